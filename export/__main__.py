@@ -1,0 +1,5 @@
+import sys
+
+from export.main import main
+
+sys.exit(main())

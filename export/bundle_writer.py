@@ -1,0 +1,98 @@
+"""Write a model bundle directory from dlib's three public-domain model files."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from export.dlib_sources import DLIB_FILES, SOURCE_PACKAGE, default_models_dir
+from export.mmod import export_detector
+from export.resnet import export_embedder
+from export.shape_predictor import export_landmarks
+from facesearch.bundle import (
+    BUNDLE_FORMAT,
+    BUNDLE_FORMAT_VERSION,
+    MANIFEST,
+    PREPROCESSING_VERSION,
+    contract_id,
+    sha256_file,
+)
+from facesearch.errors import ModelFormatError
+
+MODEL_ID = "dlib-resnet-v1"
+
+
+@dataclass(frozen=True, slots=True)
+class DlibExportConfig:
+    out: Path
+    models_dir: Path | None = None  # default: the installed face_recognition_models package
+
+
+def _source_version() -> str:
+    try:
+        return metadata.version(SOURCE_PACKAGE)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def write_dlib_bundle(config: DlibExportConfig) -> dict[str, Any]:
+    """Convert the three dlib models into ``config.out``; returns the manifest written."""
+    models_dir = config.models_dir or default_models_dir()
+    sources = {}
+    for role, name in DLIB_FILES.items():
+        path = models_dir / name
+        if not path.is_file():
+            raise ModelFormatError(f"dlib model file {name} not found in {models_dir}")
+        sources[role] = path
+    out = config.out
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    outputs = {"embedder": "embedder.onnx", "detector": "detector.onnx", "landmarks": "landmarks5.npz"}
+    converters = {"embedder": export_embedder, "detector": export_detector, "landmarks": export_landmarks}
+    sections = {}
+    for role, filename in outputs.items():
+        sections[role] = {**converters[role](sources[role], tmp / filename), "file": filename}
+    files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
+    dim = int(sections["embedder"]["embedding_dim"])
+    manifest: dict[str, Any] = {
+        "format": BUNDLE_FORMAT,
+        "format_version": BUNDLE_FORMAT_VERSION,
+        "model_id": MODEL_ID,
+        "contract_id": contract_id(MODEL_ID, files["embedder.onnx"], dim, PREPROCESSING_VERSION),
+        "preprocessing_version": PREPROCESSING_VERSION,
+        "source": {
+            "package": SOURCE_PACKAGE,
+            "version": _source_version(),
+            "licence": "public domain (dlib models by Davis King); the 68-point model is never used",
+            "files": {name: sha256_file(sources[role]) for role, name in DLIB_FILES.items()},
+        },
+        "files": files,
+        **sections,
+        "chip": {"size": 150, "padding": 0.25, "landmarks": "5-point", "method": "dlib get_face_chip"},
+        "embedding": {
+            "dim": dim,
+            "normalised": True,
+            "metric": "inner_product",
+            "score": "cosine similarity, higher is more alike",
+            "note": "dlib's Euclidean distance d between raw descriptors (norms ~1) maps to cosine ~ 1 - d^2/2; "
+            "dlib's usual 0.6 tolerance ~ cosine 0.82",
+        },
+        "export_config": {k: (str(v) if v is not None else None) for k, v in asdict(config).items()
+                          if k != "out"},
+    }
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    if out.exists():
+        old = out.with_name(out.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+    return manifest

@@ -1,0 +1,62 @@
+"""dlib's face recognition ResNet (150x150 RGB chip -> 128-d descriptor) to ONNX.
+
+The graph takes uint8 RGB chips NHWC (what the aligner produces) and does dlib's
+input normalisation inside, so the runtime feeds chips as they are. The output is
+dlib's raw descriptor (not normalised); the runtime L2-normalises it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from export.dlib_architectures import match_plan, resnet_plan
+from export.dlib_dnn import DnnModel, read_dnn_file
+from export.dlib_torch import DlibNet, RgbInput
+from export.onnx_write import OPSET, export_onnx
+from facesearch.errors import ModelFormatError
+
+INPUT_NAME = "chips"
+OUTPUT_NAME = "descriptors"
+
+
+def build_embedder(model: DnnModel) -> torch.nn.Sequential:
+    if model.loss.kind != "loss_metric" or model.input.kind != "input_rgb_image_sized":
+        raise ModelFormatError(
+            f"not a dlib metric-learning ResNet: loss {model.loss.kind!r}, input {model.input.kind!r}"
+        )
+    body = DlibNet(match_plan(model, resnet_plan(), "dlib face recognition ResNet"))
+    return torch.nn.Sequential(RgbInput(model.input.attrs["avg_rgb"]), body).eval()
+
+
+def export_embedder(dat_path: Path, out_path: Path) -> dict[str, Any]:
+    """Convert ``dlib_face_recognition_resnet_model_v1.dat``; returns the manifest section."""
+    model = read_dnn_file(str(dat_path))
+    net = build_embedder(model)
+    size = tuple(model.input.attrs["size"])
+    example = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, *size, 3), dtype=np.uint8))
+    avg = [float(v) for v in model.input.attrs["avg_rgb"]]
+    with torch.no_grad():
+        dim = int(net(example).shape[1])
+    export_onnx(
+        net, example, out_path,
+        input_name=INPUT_NAME, output_names=[OUTPUT_NAME],
+        dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        metadata={"facesearch.kind": "embedder", "facesearch.input": "uint8 NHWC RGB chip",
+                  "facesearch.chip_size": str(size[0]), "facesearch.embedding_dim": str(dim)},
+    )
+    return {
+        "file": out_path.name,
+        "source": dat_path.name,
+        "architecture": "dlib ResNet metric network (29 conv layers), loss_metric",
+        "opset": OPSET,
+        "input": {"name": INPUT_NAME, "dtype": "uint8", "layout": "NHWC", "shape": ["batch", *size, 3]},
+        "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": ["batch", dim]},
+        "colour_order": "RGB",
+        "normalisation": {"mean_rgb": avg, "divide_by": 256.0, "applied_in_graph": True},
+        "embedding_dim": dim,
+        "loss_metric": {"margin": model.loss.attrs["margin"], "distance_threshold": model.loss.attrs["dist_thresh"]},
+    }

@@ -1,0 +1,93 @@
+"""``facesearch``: the command line for embedding, evaluation and (later) client calls."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from facesearch.errors import FaceSearchError
+
+
+def _add_embed(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("embed", help="embeddings for many images (npz or Parquet)")
+    p.add_argument("--bundle", type=Path, required=True, help="model bundle directory")
+    p.add_argument("--list", type=Path, required=True, dest="source",
+                   help="file with one image path per line, or a folder of images")
+    p.add_argument("--out", type=Path, required=True, help="OUT.npz, or OUT.parquet for Parquet")
+    p.add_argument("--all-faces", action="store_true", help="a row for every face, not only the most central")
+    p.add_argument("--min-face", type=int, default=40, help="smallest face to find, px across (default 40)")
+    p.add_argument("--workers", type=int, default=0, help="worker processes (default: one per core)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="accuracy evaluations")
+    esub = p.add_subparsers(dest="eval_command", required=True)
+    pairs = esub.add_parser("pairs", help="LFW View-2 pair verification (10-fold)")
+    pairs.add_argument("--images", type=Path, required=True, help="folder of <Person>/<Person>_NNNN.jpg")
+    pairs.add_argument("--pairs", type=Path, required=True, help="pairs.txt in LFW View-2 format")
+    pairs.add_argument("--bundle", type=Path, default=None, help="model bundle (default: $FACESEARCH_BUNDLE)")
+    pairs.add_argument("--min-face", type=int, default=40)
+    pairs.add_argument("--workers", type=int, default=0)
+    pairs.add_argument("--json", action="store_true", help="print the report as JSON")
+    pairs.add_argument("--quiet", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="facesearch", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_embed(sub)
+    _add_eval(sub)
+    return parser
+
+
+def _cmd_embed(args: argparse.Namespace) -> int:
+    from facesearch.embed_job import EmbedConfig, run  # noqa: PLC0415 - keep CLI start fast
+    from facesearch.image_list import read_image_list  # noqa: PLC0415
+
+    paths = tuple(read_image_list(args.source))
+    summary = run(EmbedConfig(bundle=args.bundle, paths=paths, out=args.out, all_faces=args.all_faces,
+                              min_face=args.min_face, workers=args.workers, progress=not args.quiet))
+    print(f"embedded {summary.images} images: {summary.found} with a face, {summary.faces} faces, "
+          f"{summary.errors} unreadable -> {summary.out}")
+    return 0
+
+
+def _cmd_eval_pairs(args: argparse.Namespace) -> int:
+    from facesearch.bundle_location import resolve_bundle  # noqa: PLC0415
+    from facesearch.pairs_eval import embed_pair_images, evaluate_pairs, pair_scores, read_pairs  # noqa: PLC0415
+
+    pairs = read_pairs(args.pairs)
+    embeddings, missing = embed_pair_images(args.images, pairs, resolve_bundle(args.bundle), min_face=args.min_face,
+                                            workers=args.workers, progress=not args.quiet)
+    report = evaluate_pairs(pairs, pair_scores(pairs, embeddings), missing, len(embeddings))
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        print(f"pairs: {report.pairs} over {report.images} images, no face found in {report.images_without_face}")
+        print(f"accuracy (10-fold): {report.accuracy_mean * 100:.2f}% +/- {report.accuracy_std * 100:.2f}")
+        print(f"ROC AUC: {report.roc_auc:.4f}   TAR at FAR 1e-3: {report.tar_at_far_1e3 * 100:.2f}%")
+        print(f"thresholds (cosine) per fold: {', '.join(f'{t:.3f}' for t in report.thresholds)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "embed":
+            return _cmd_embed(args)
+        if args.command == "eval" and args.eval_command == "pairs":
+            return _cmd_eval_pairs(args)
+    except FaceSearchError as err:
+        print(f"facesearch: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("facesearch: interrupted (rerun the same command to resume)", file=sys.stderr)
+        return 130
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""The face embedder: aligned 150x150 RGB chips -> 128-d descriptors, via onnxruntime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from facesearch.errors import InvalidInputError
+from facesearch.onnx_session import create_session
+
+
+class Embedder:
+    """Runs the exported dlib ResNet. ``embed_raw`` returns dlib's descriptor as is."""
+
+    def __init__(self, path: Path, *, chip_size: int = 150, max_batch: int = 32,
+                 intra_op_threads: int | None = None) -> None:
+        self._session = create_session(path, intra_op_threads=intra_op_threads)
+        self._input = self._session.get_inputs()[0].name
+        self.chip_size = chip_size
+        self.max_batch = max_batch
+        self.dim = int(self._session.get_outputs()[0].shape[1])
+
+    def embed_raw(self, chips: np.ndarray) -> np.ndarray:
+        """``chips``: (N, size, size, 3) uint8 RGB. Returns (N, dim) float32, unnormalised."""
+        if chips.ndim != 4 or chips.shape[1:] != (self.chip_size, self.chip_size, 3) or chips.dtype != np.uint8:
+            raise InvalidInputError(
+                f"chips must be uint8 of shape (N, {self.chip_size}, {self.chip_size}, 3), "
+                f"got {chips.dtype} {chips.shape}"
+            )
+        if len(chips) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        parts = [
+            self._session.run(None, {self._input: np.ascontiguousarray(chips[i : i + self.max_batch])})[0]
+            for i in range(0, len(chips), self.max_batch)
+        ]
+        return np.concatenate(parts).astype(np.float32, copy=False)
+
+    def embed(self, chips: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """L2-normalised embeddings and the raw norms (``raw = emb * norm`` recovers dlib's)."""
+        raw = self.embed_raw(chips)
+        norms = np.linalg.norm(raw, axis=1).astype(np.float32)
+        return raw / np.maximum(norms, 1e-12)[:, None], norms

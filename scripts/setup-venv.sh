@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Create (if missing) and fill the virtual environment at .venv.
+#   scripts/setup-venv.sh serve   -> the serving install (no torch) + export extra (models are exported once)
+#   scripts/setup-venv.sh dev     -> everything: export, tests (dlib-bin reference), linters
+# The Dockerfile runs the same script, so what CI proves is what the image does.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+profile="${1:-dev}"
+python="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  "$python" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+case "$profile" in
+  serve) extras="export" ;;
+  runtime) extras="" ;;
+  dev) extras="dev" ;;
+  *) echo "setup-venv.sh: unknown profile '$profile' (serve|runtime|dev)" >&2; exit 2 ;;
+esac
+if [ -n "$extras" ]; then
+  .venv/bin/python -m pip install --quiet -e ".[$extras]"
+else
+  .venv/bin/python -m pip install --quiet -e .
+fi
