@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from facesearch.errors import BundleError
+from facesearch.calibration import Calibration
+from facesearch.errors import BundleError, InvalidInputError
 
 MANIFEST = "manifest.json"
 BUNDLE_FORMAT = "facesearch-model-bundle"
@@ -68,7 +69,7 @@ class ModelBundle:
         return float(self.manifest["chip"]["padding"])
 
     @property
-    def calibration(self) -> dict[str, Any] | None:
+    def calibration(self) -> Calibration | None:
         """The decision calibration stored beside the models (``calibration.json``), if any.
 
         It is written by ``facesearch eval calibrate`` after export and is not part of the
@@ -81,15 +82,18 @@ class ModelBundle:
             data = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise BundleError(f"{path}: unreadable calibration: {err}") from err
-        if not isinstance(data, dict) or not isinstance(data.get("min_similarity"), int | float):
-            raise BundleError(f"{path}: calibration must be an object with a numeric 'min_similarity'")
-        return data
+        if not isinstance(data, dict):
+            raise BundleError(f"{path}: calibration must be a JSON object")
+        try:
+            return Calibration.from_dict(data)
+        except InvalidInputError as err:
+            raise BundleError(f"{path}: {err}") from err
 
     @property
     def default_min_similarity(self) -> float:
         """The identification threshold (cosine) to apply when a request names none."""
         calibration = self.calibration
-        return float(calibration["min_similarity"]) if calibration else DLIB_TOLERANCE_COSINE
+        return calibration.min_similarity if calibration else DLIB_TOLERANCE_COSINE
 
     def section(self, name: str) -> dict[str, Any]:
         try:

@@ -209,3 +209,16 @@ def write_embeddings(out: Path, paths: tuple[Path, ...], rows: dict[str, np.ndar
             payload: dict[str, Any] = {"paths": row_paths, "contract_id": np.asarray(contract), **rows}
             np.savez(fh, **payload)
     os.replace(tmp, out)
+
+
+def embed_paths(bundle: Path, paths: list[Path] | tuple[Path, ...], *, min_face: int = 40, workers: int = 0,
+                progress: bool = True) -> dict[str, np.ndarray]:
+    """Run the embed job into a temporary file and return its rows (for evaluations)."""
+    import tempfile  # noqa: PLC0415
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "rows.npz"
+        run(EmbedConfig(bundle=bundle, paths=tuple(paths), out=out, min_face=min_face, workers=workers,
+                        progress=progress))
+        with np.load(out) as data:
+            return {k: data[k] for k in data.files}

@@ -139,17 +139,11 @@ def embed_pair_images(
     Returns the embeddings by relative image name and the count of images without a face.
     An image that cannot be read at all is an error, not a miss: the protocol would be wrong.
     """
-    import tempfile  # noqa: PLC0415
-
-    from facesearch.embed_job import EmbedConfig, run  # noqa: PLC0415 - pulls in the pipeline
+    from facesearch.embed_job import embed_paths  # noqa: PLC0415 - pulls in the pipeline
 
     names = sorted({p.a for p in pairs} | {p.b for p in pairs})
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "pairs.npz"
-        run(EmbedConfig(bundle=bundle, paths=tuple(images_dir / n for n in names), out=out,
-                        min_face=min_face, workers=workers, progress=progress))
-        data = np.load(out)
-        found, emb, errors = data["found"], data["embeddings"], data["errors"]
+    rows = embed_paths(bundle, [images_dir / n for n in names], min_face=min_face, workers=workers, progress=progress)
+    found, emb, errors = rows["found"], rows["embeddings"], rows["errors"]
     bad = [(n, str(e)) for n, e in zip(names, errors, strict=True) if e]
     if bad:
         raise InvalidInputError(f"{len(bad)} pair images could not be read, e.g. {bad[0][0]}: {bad[0][1]}",

@@ -33,6 +33,19 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     pairs.add_argument("--workers", type=int, default=0)
     pairs.add_argument("--json", action="store_true", help="print the report as JSON")
     pairs.add_argument("--quiet", action="store_true")
+    _add_calibrate(esub)
+
+
+def _add_calibrate(esub: argparse._SubParsersAction) -> None:
+    cal = esub.add_parser("calibrate", help="measure impostor scores and store the decision calibration in a bundle")
+    cal.add_argument("--images", type=Path, required=True,
+                     help="identity tree: one folder per person (<Person>/<photo>), e.g. lfw-dev/images")
+    cal.add_argument("--bundle", type=Path, default=None, help="model bundle (default: $FACESEARCH_BUNDLE)")
+    cal.add_argument("--default-fmr", type=float, default=1e-4,
+                     help="false-match rate per comparison behind the bundle's default min_similarity (default 1e-4)")
+    cal.add_argument("--out", type=Path, default=None, help="write here instead of BUNDLE/calibration.json")
+    cal.add_argument("--workers", type=int, default=0)
+    cal.add_argument("--quiet", action="store_true")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,6 +86,32 @@ def _cmd_eval_pairs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval_calibrate(args: argparse.Namespace) -> int:
+    import numpy as np  # noqa: PLC0415
+
+    from facesearch.bundle import CALIBRATION_FILE  # noqa: PLC0415
+    from facesearch.bundle_location import resolve_bundle  # noqa: PLC0415
+    from facesearch.calibration import calibrate  # noqa: PLC0415
+    from facesearch.embed_job import embed_paths  # noqa: PLC0415
+    from facesearch.image_list import read_image_list  # noqa: PLC0415
+
+    bundle = resolve_bundle(args.bundle)
+    paths = read_image_list(args.images)
+    rows = embed_paths(bundle, paths, workers=args.workers, progress=not args.quiet)
+    found = rows["found"]
+    labels = np.array([p.parent.name for p in paths])[rows["image_index"][found]]
+    result = calibrate(rows["embeddings"][found], labels, source=f"{args.images} ({int(found.sum())} faces)",
+                       default_fmr=args.default_fmr)
+    out = args.out or bundle / CALIBRATION_FILE
+    result.write(out)
+    print(f"{result.impostor_pairs} impostor and {result.genuine_pairs} genuine pairs from {result.identities} "
+          f"identities -> {out}")
+    for point in result.points:
+        print(f"  FMR {point.fmr:.0e}: min_similarity {point.threshold:.4f} (TAR {point.tar * 100:.1f}%)")
+    print(f"default min_similarity {result.min_similarity:.4f} at FMR {result.default_fmr:.0e}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -80,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_embed(args)
         if args.command == "eval" and args.eval_command == "pairs":
             return _cmd_eval_pairs(args)
+        if args.command == "eval" and args.eval_command == "calibrate":
+            return _cmd_eval_calibrate(args)
     except FaceSearchError as err:
         print(f"facesearch: error: {err}", file=sys.stderr)
         return 2

@@ -45,11 +45,11 @@ def test_damaged_bundle_is_refused(bundle_dir: Path, tmp_path: Path) -> None:
     with (copy / "embedder.onnx").open("r+b") as fh:
         fh.seek(1000)
         fh.write(b"\x00\x01\x02\x03")
-    with pytest.raises(BundleError, match="embedder.onnx has sha256") as info:
+    with pytest.raises(BundleError, match=r"embedder\.onnx has sha256") as info:
         ModelBundle.load(copy)
     assert info.value.reason == "BUNDLE_CHECKSUM"
     (copy / "manifest.json").unlink()
-    with pytest.raises(BundleError, match="manifest.json is missing"):
+    with pytest.raises(BundleError, match=r"manifest\.json is missing"):
         ModelBundle.load(copy)
 
 
