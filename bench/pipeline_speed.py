@@ -14,9 +14,9 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from facesearch.align import face_chip
 
 from bench.common import REPO, lfw_images, machine, table, timed
+from facesearch.align import face_chip
 from facesearch.bundle import ModelBundle
 from facesearch.decode import DecodeLimits, load_image
 from facesearch.embed_job import EmbedConfig
