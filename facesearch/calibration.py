@@ -32,7 +32,7 @@ DEFAULT_FMR = 1e-4
 @dataclass(frozen=True, slots=True)
 class CalibrationPoint:
     fmr: float  # false-match rate per comparison at this threshold
-    threshold: float  # cosine similarity; a match needs a score strictly above it
+    threshold: float  # cosine similarity; a score at or above it is a match
     tar: float  # true-accept rate of genuine (same-person) pairs at this threshold
 
 

@@ -19,6 +19,10 @@ mkdir -p "$tmp/api/v1"
 for f in "$tmp"/facesearch/v1/*.py "$tmp"/facesearch/v1/*.pyi; do
   sed -e 's/^from facesearch\.v1 import/from facesearch.api.v1 import/' "$f" > "$tmp/api/v1/$(basename "$f")"
 done
+# The grpc plugin writes untyped code and no .pyi: keep mypy (which follows imports) out of it.
+for f in "$tmp"/api/v1/*_grpc.py; do
+  { echo "# mypy: ignore-errors"; cat "$f"; } > "$f.tmp" && mv "$f.tmp" "$f"
+done
 printf '"""Generated gRPC stubs of proto/facesearch/v1 (scripts/gen-proto.sh); do not edit."""\n' \
   > "$tmp/api/v1/__init__.py"
 

@@ -1,17 +1,14 @@
 #!/usr/bin/env bash
 # The main job on embedded defaults: set up .venv, export the models once into
-# .facesearch/models/dlib, then run. Until the gRPC server lands (issue #4) the job is
-# `facesearch embed` over a folder of photos (default: the shared LFW dev set), writing
-# .facesearch/embeddings.npz.
+# $FACESEARCH_HOME/models/dlib, then run the gRPC server on $FACESEARCH_LISTEN (default
+# 0.0.0.0:50051) over the index at $FACESEARCH_HOME/index (an empty gallery until one is
+# published or faces are enrolled). Everything lives in local files and SQLite under
+# $FACESEARCH_HOME (default: .facesearch in the checkout).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export FACESEARCH_HOME="${FACESEARCH_HOME:-$PWD/.facesearch}"
 scripts/setup-venv.sh serve
 scripts/export-models.sh "$FACESEARCH_HOME/models/dlib"
-images="${1:-${FACESEARCH_DATA:-../shared/data}/lfw-dev/images}"
-if [ ! -d "$images" ] && [ ! -f "$images" ]; then
-  echo "serve.sh: no images at $images; pass a folder or a list file: scripts/serve.sh PHOTOS" >&2
-  exit 2
-fi
-exec .venv/bin/facesearch embed --bundle "$FACESEARCH_HOME/models/dlib" --list "$images" \
-  --out "$FACESEARCH_HOME/embeddings.npz"
+mkdir -p "$FACESEARCH_HOME/index"
+exec .venv/bin/facesearch-server --bundle "$FACESEARCH_HOME/models/dlib" --index "$FACESEARCH_HOME/index" \
+  --listen "${FACESEARCH_LISTEN:-0.0.0.0:50051}"

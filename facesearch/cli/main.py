@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from facesearch.cli import client_commands
 from facesearch.errors import FaceSearchError
 
 
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_embed(sub)
     _add_eval(sub)
+    client_commands.register(sub)
     return parser
 
 
@@ -115,6 +117,9 @@ def _cmd_eval_calibrate(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        status = client_commands.dispatch(args)
+        if status is not None:
+            return status
         if args.command == "embed":
             return _cmd_embed(args)
         if args.command == "eval" and args.eval_command == "pairs":

@@ -1,0 +1,250 @@
+"""``facesearch enroll|identify|verify|delete|list``: client calls to a running server.
+
+Connection options (every command): ``--target HOST:PORT`` ($FACESEARCH_TARGET, default
+localhost:50051), ``--token``/``--token-file`` ($FACESEARCH_TOKEN) for bearer auth, ``--tls``
+with ``--ca-cert``/``--client-cert``/``--client-key``, ``--timeout`` seconds, ``--json``.
+
+``identify --json`` prints one JSON object per image, in input order, a stable contract::
+
+    {"path": "a.jpg", "faces": [{"box": [x1, y1, x2, y2], "detection_score": 1.02,
+      "match": {"identity_id": "alice", "name": "Alice", "similarity": 0.94} | null,
+      "candidates": [{"identity_id": "alice", "name": "Alice", "similarity": 0.94, "face_id": "17"}, ...]}]}
+
+An image that could not be read or identified has ``"faces": []`` and an extra
+``"error": {"reason": ..., "message": ...}``; the exit status is then 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from facesearch.errors import FaceSearchError, InvalidInputError
+
+COMMANDS = ("enroll", "identify", "verify", "delete", "list")
+
+
+def _connection_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("connection")
+    g.add_argument("--target", default=None, help="server HOST:PORT [$FACESEARCH_TARGET, localhost:50051]")
+    g.add_argument("--token", default=None, help="bearer token [$FACESEARCH_TOKEN]")
+    g.add_argument("--token-file", type=Path, default=None, help="file holding the bearer token")
+    g.add_argument("--tls", action="store_true", help="use TLS (system roots unless --ca-cert)")
+    g.add_argument("--ca-cert", type=Path, default=None, help="CA certificate(s) to trust, PEM")
+    g.add_argument("--client-cert", type=Path, default=None, help="client certificate for mutual TLS, PEM")
+    g.add_argument("--client-key", type=Path, default=None, help="client private key for mutual TLS, PEM")
+    g.add_argument("--timeout", type=float, default=60.0, help="seconds per call (default 60)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("enroll", help="enroll photos of one person into a server")
+    p.add_argument("--identity", required=True, help="the person's id")
+    p.add_argument("--name", default=None, help="display name")
+    p.add_argument("--create-only", action="store_true", help="fail if the identity already exists")
+    p.add_argument("--use-largest-face", action="store_true", help="enroll the largest face of group photos")
+    p.add_argument("images", nargs="+", type=Path, help="photos of the person")
+    _connection_options(p)
+
+    p = subparsers.add_parser("identify", help="who is in these photos (streamed to the server)")
+    p.add_argument("images", nargs="*", type=Path, help="photos")
+    p.add_argument("--list", type=Path, dest="list_file", default=None,
+                   help="file with one photo path per line (or a folder)")
+    p.add_argument("--top-k", type=int, default=5, help="identities per face (default 5)")
+    p.add_argument("--min-similarity", type=float, default=None, help="threshold (default: the server's)")
+    p.add_argument("--max-false-positive-rate", type=float, default=None, metavar="FPIR",
+                   help="instead of --min-similarity: the rate of strangers wrongly matched to hold (e.g. 0.001)")
+    p.add_argument("--largest-only", action="store_true", help="only the largest face of each photo")
+    _connection_options(p)
+
+    p = subparsers.add_parser("verify", help="are these the same person (photo vs photo, or vs an identity)")
+    p.add_argument("image", type=Path, help="the probe photo")
+    p.add_argument("reference", nargs="?", type=Path, default=None, help="the reference photo")
+    p.add_argument("--identity", default=None, help="compare with this enrolled identity instead")
+    p.add_argument("--min-similarity", type=float, default=None, help="threshold (default: the server's)")
+    _connection_options(p)
+
+    p = subparsers.add_parser("delete", help="delete an identity (or some faces) from a server")
+    p.add_argument("identity", nargs="?", default=None, help="the identity to delete with all its faces")
+    p.add_argument("--faces", nargs="+", default=None, metavar="FACE_ID", help="delete only these faces")
+    _connection_options(p)
+
+    p = subparsers.add_parser("list", help="list the identities of a server")
+    p.add_argument("--page-size", type=int, default=500, help="identities per request (default 500)")
+    _connection_options(p)
+
+
+def dispatch(args: argparse.Namespace) -> int | None:
+    """Run a client command; ``None`` if ``args.command`` is not one of them."""
+    if args.command not in COMMANDS:
+        return None
+    try:
+        with _connect(args) as client:
+            return int(_RUN[args.command](client, args))
+    except FaceSearchError as err:
+        if getattr(args, "json", False):
+            print(json.dumps({"error": {"reason": err.reason, "message": err.message}}))
+        print(f"facesearch {args.command}: error: {err.message} ({err.reason})", file=sys.stderr)
+        return 2
+
+
+def _connect(args: argparse.Namespace) -> Any:
+    from facesearch.client import DEFAULT_TARGET, FaceSearchClient  # noqa: PLC0415 - keep CLI start fast
+
+    token = args.token or os.environ.get("FACESEARCH_TOKEN") or None
+    if args.token_file is not None:
+        try:
+            token = args.token_file.read_text().strip()
+        except OSError as err:
+            raise InvalidInputError(f"--token-file {args.token_file}: {err}", reason="BAD_TOKEN_FILE") from err
+    target = args.target or os.environ.get("FACESEARCH_TARGET") or DEFAULT_TARGET
+    return FaceSearchClient(target, token=token, tls=args.tls, ca_cert=args.ca_cert, client_cert=args.client_cert,
+                            client_key=args.client_key, timeout=args.timeout)
+
+
+def _out(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
+    print(json.dumps(data) if args.json else text, flush=True)
+
+
+# -- commands ------------------------------------------------------------------------------------
+def _enroll(client: Any, args: argparse.Namespace) -> int:
+    r = client.enroll(args.identity, [_read(p) for p in args.images], name=args.name, create_only=args.create_only,
+                      use_largest_face=args.use_largest_face, sources=[str(p) for p in args.images])
+    images = [{"path": str(args.images[i.index]), "accepted": i.accepted, "face_id": i.face_id or None,
+               "reject_reason": i.reject_reason or None, "message": i.message} for i in r.images]
+    data = {"identity_id": r.identity_id, "created": r.created, "face_ids": r.face_ids, "face_count": r.face_count,
+            "images": images}
+    lines = [f"{r.identity_id}: enrolled {len(r.face_ids)} of {len(images)} photos"
+             f"{' (new identity)' if r.created else ''}, {r.face_count} faces in all"]
+    lines += [f"  rejected {i['path']}: {i['reject_reason']} ({i['message']})" for i in images if not i["accepted"]]
+    _out(args, data, "\n".join(lines))
+    return 0 if r.face_ids else 1
+
+
+def _paths(args: argparse.Namespace) -> list[Path]:
+    paths = list(args.images)
+    if args.list_file is not None:
+        from facesearch.image_list import read_image_list  # noqa: PLC0415
+
+        paths.extend(read_image_list(args.list_file))
+    if not paths:
+        raise InvalidInputError("identify: name photos, or --list FILE", reason="NO_IMAGES")
+    return paths
+
+
+def identify_json(path: str, result: Any) -> dict[str, Any]:
+    """The ``identify --json`` object of one photo (the stable contract)."""
+    faces = []
+    for f in result.faces:
+        m = f.match
+        faces.append({
+            "box": [round(v, 2) for v in f.box],
+            "detection_score": round(f.detection_score, 4),
+            "match": None if m is None else {"identity_id": m.identity_id, "name": m.name,
+                                             "similarity": round(m.similarity, 4)},
+            "candidates": [{"identity_id": c.identity_id, "name": c.name, "similarity": round(c.similarity, 4),
+                            "face_id": c.face_id} for c in f.candidates],
+        })
+    return {"path": path, "faces": faces}
+
+
+def _identify_text(path: str, result: Any) -> str:
+    if not result.faces:
+        return f"{path}: no face"
+    parts = []
+    for f in result.faces:
+        box = ",".join(f"{v:.0f}" for v in f.box)
+        if f.match is not None:
+            who = f"{f.match.name or f.match.identity_id} ({f.match.identity_id}) {f.match.similarity:.3f}"
+        else:
+            best = f.candidates[0] if f.candidates else None
+            who = "unknown" + (f" (closest {best.identity_id} {best.similarity:.3f})" if best else "")
+        parts.append(f"[{box}] {who}")
+    return f"{path}: " + "; ".join(parts)
+
+
+def _identify(client: Any, args: argparse.Namespace) -> int:
+    paths = _paths(args)
+    unreadable: dict[int, FaceSearchError] = {}
+
+    def items() -> Iterator[tuple[str, bytes]]:
+        for i, p in enumerate(paths):
+            try:
+                data = p.read_bytes()
+            except OSError as err:
+                unreadable[i] = InvalidInputError(f"cannot read {p}: {err.strerror or err}", reason="IMAGE_UNREADABLE")
+                continue
+            yield str(i), data
+
+    failed = 0
+    printed = 0
+
+    def emit(i: int, result: Any, error: FaceSearchError | None) -> None:
+        nonlocal failed
+        path = str(paths[i])
+        if error is not None:
+            failed += 1
+            data = {"path": path, "faces": [], "error": {"reason": error.reason, "message": error.message}}
+            _out(args, data, f"{path}: error: {error.message} ({error.reason})")
+        else:
+            _out(args, identify_json(path, result), _identify_text(path, result))
+
+    for item in client.identify_stream(items(), top_k=args.top_k, min_similarity=args.min_similarity,
+                                       largest_only=args.largest_only,
+                                       max_false_positive_rate=args.max_false_positive_rate):
+        i = int(item.tag)
+        while printed < i:  # photos skipped before this one could not be read
+            emit(printed, None, unreadable[printed])
+            printed += 1
+        emit(i, item.result, item.error)
+        printed = i + 1
+    while printed < len(paths):
+        emit(printed, None, unreadable.get(printed) or InvalidInputError("no reply", reason="NO_REPLY"))
+        printed += 1
+    return 1 if failed else 0
+
+
+def _verify(client: Any, args: argparse.Namespace) -> int:
+    if (args.reference is None) == (args.identity is None):
+        raise InvalidInputError("verify: give a reference photo or --identity ID (one of them)", reason="BAD_ARGS")
+    r = client.verify(_read(args.image), reference_image=_read(args.reference) if args.reference else None,
+                      identity_id=args.identity, min_similarity=args.min_similarity)
+    data = {"decision": r.decision, "same": r.same, "similarity": round(r.similarity, 4),
+            "min_similarity": round(r.min_similarity, 4), "reference_face_id": r.reference_face_id or None}
+    _out(args, data, f"{r.decision} similarity {r.similarity:.3f} (threshold {r.min_similarity:.3f})")
+    return 0
+
+
+def _delete(client: Any, args: argparse.Namespace) -> int:
+    if args.faces:
+        n = client.delete_faces(args.faces)
+        _out(args, {"faces_deleted": n}, f"deleted {n} faces")
+        return 0
+    if not args.identity:
+        raise InvalidInputError("delete: name an identity, or --faces FACE_ID...", reason="BAD_ARGS")
+    n = client.delete_identity(args.identity)
+    _out(args, {"identity_id": args.identity, "faces_deleted": n}, f"deleted {args.identity} and its {n} faces")
+    return 0
+
+
+def _list(client: Any, args: argparse.Namespace) -> int:
+    for ident in client.list_identities(page_size=args.page_size):
+        data = {"identity_id": ident.identity_id, "name": ident.name, "face_count": ident.face_count,
+                "metadata": ident.metadata}
+        _out(args, data, f"{ident.identity_id}\t{ident.name}\t{ident.face_count}")
+    return 0
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise InvalidInputError(f"cannot read {path}: {err.strerror or err}", reason="IMAGE_UNREADABLE") from err
+
+
+_RUN = {"enroll": _enroll, "identify": _identify, "verify": _verify, "delete": _delete, "list": _list}

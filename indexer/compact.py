@@ -1,0 +1,274 @@
+"""``facesearch-index compact ROOT``: publish a version that contains the server's live changes.
+
+Run while the server is up (e.g. nightly). The job reads a consistent snapshot of the live
+journal (``ROOT/live``: every change up to sequence number N), applies it to a copy of the
+current version's identity store (deleted identities and faces removed, names and metadata
+updated, live faces added with the vector ids the server gave them, so face ids stay
+valid), updates the trained index incrementally (or retrains when the gallery outgrew it,
+as ``add`` does), and publishes the result with ``live_seq = N`` (and the journal's id) in
+the store's meta. The server swaps to it and drops exactly the changes with seq <= N;
+changes that arrived during the compaction have seq > N and stay in its live delta.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from facesearch.errors import ContractMismatchError, PreconditionError
+from facesearch.identity_store import FaceRows, IdentityStore
+from facesearch.index_artifact import (
+    REJECTS_FILE,
+    STORE_FILE,
+    LoadedIndex,
+    current_version,
+    load_index,
+    resolve_version_dir,
+)
+from facesearch.live_journal import JournalSnapshot, LiveJournal
+from indexer.build import JobResult, finish_version, version_manifest
+from indexer.config import fingerprint
+from indexer.index_stage import run_index_stage, set_threads
+from indexer.ingest import RejectsWriter
+from indexer.plan import IndexOptions
+from indexer.publish import locked, next_version, staging_dir
+from indexer.update import DRIFT_LIMIT, retrain_reason
+
+log = logging.getLogger(__name__)
+
+LIVE_DIR = "live"
+
+
+@dataclass(frozen=True, slots=True)
+class CompactConfig:
+    root: Path
+    live_dir: Path | None = None  # default ROOT/live
+    memory_budget: int = 2 << 30
+    keep_versions: int = 3
+    threads: int = 0
+    progress: bool = False
+    index: IndexOptions = field(default_factory=IndexOptions)
+
+
+@dataclass(frozen=True, slots=True)
+class CompactResult:
+    job: JobResult | None  # None: nothing to compact (no version published)
+    live_seq: int  # the journal sequence number the version contains
+    added_faces: int
+    removed_faces: int
+    deleted_identities: int
+
+
+def compact(
+    root: Path,
+    *,
+    live_dir: Path | None = None,
+    memory_budget: int = 2 << 30,
+    keep_versions: int = 3,
+    threads: int = 0,
+    progress: bool = False,
+) -> CompactResult:
+    """Publish ``root``'s current version plus its live changes as a new version."""
+    return run(CompactConfig(root, live_dir, memory_budget, keep_versions, threads, progress))
+
+
+def run(config: CompactConfig) -> CompactResult:
+    set_threads(config.threads)
+    t0 = time.perf_counter()
+    root = config.root
+    journal = LiveJournal.open_reader(config.live_dir or root / LIVE_DIR)
+    try:
+        with locked(root):
+            base = load_index(resolve_version_dir(root)) if current_version(root) else None
+            if base is not None and base.manifest.contract_id != journal.contract_id:
+                raise ContractMismatchError(
+                    f"the live journal holds model contract {journal.contract_id}, the index "
+                    f"{base.manifest.version} {base.manifest.contract_id}; they cannot be merged"
+                )
+            done = _absorbed_seq(base, journal.journal_id)
+            snap = journal.snapshot(after_seq=done)
+            if snap.high_water <= done:
+                log.info("nothing to compact: the current version holds the journal up to seq %d", done)
+                return CompactResult(None, done, 0, 0, 0)
+            return _publish(config, base, snap, contract_id=journal.contract_id, d=journal.d, t0=t0)
+    finally:
+        journal.close()
+
+
+def _absorbed_seq(base: LoadedIndex | None, journal_id: str) -> int:
+    if base is None:
+        return 0
+    with IdentityStore.open(base.dir / STORE_FILE, readonly=True) as store:
+        if store.meta("live_journal_id") != journal_id:
+            return 0
+        return int(store.meta("live_seq") or 0)
+
+
+def _publish(
+    config: CompactConfig,
+    base: LoadedIndex | None,
+    snap: JournalSnapshot,
+    *,
+    contract_id: str,
+    d: int,
+    t0: float,
+) -> CompactResult:
+    root = config.root
+    version = next_version(root)
+    staged = staging_dir(root, version)
+    try:
+        store_path = staged / STORE_FILE
+        if base is not None:
+            shutil.copyfile(base.dir / STORE_FILE, store_path)
+            store = IdentityStore.open(store_path, readonly=False)
+        else:
+            store = IdentityStore.create(store_path, contract_id=contract_id, d=d)
+        deleted = apply_snapshot(store, snap)
+        n_total = store.count_faces()
+        if n_total == 0:
+            raise PreconditionError(
+                "compaction would publish an empty index (every face was deleted); "
+                "the server serves an empty gallery without one",
+                reason="EMPTY_INDEX",
+            )
+        vids_now, _ = store.vector_identity_keys()
+        options = _options_of(base) if base is not None else config.index
+        reason = (
+            retrain_reason(base, n_total, config.memory_budget, options, False) if base else "first version"
+        )
+        removed = np.setdiff1d(base.vector_ids, vids_now) if base is not None else np.zeros(0, np.int64)
+        added = np.setdiff1d(vids_now, base.vector_ids) if base is not None else vids_now
+        if reason is None:
+            assert base is not None
+            add_from = int(added.min()) if len(added) else int(np.iinfo(np.int64).max)
+            if len(added) and np.isin(vids_now[vids_now >= add_from], base.vector_ids).any():
+                reason = "live vector ids interleave with the version's"
+            else:
+                outcome = run_index_stage(
+                    store,
+                    budget=config.memory_budget,
+                    options=options,
+                    progress=config.progress,
+                    base=base,
+                    add_from=add_from,
+                    remove_ids=removed,
+                )
+                trained, new = (
+                    base.manifest.build.get("train_distortion"),
+                    outcome.facts.get("new_distortion"),
+                )
+                if trained and new and new > DRIFT_LIMIT * trained:
+                    reason = f"new faces sit {new / trained:.2f}x farther from the coarse centroids"
+        if reason is not None:
+            log.info("compact: training a new index (%s)", reason)
+            outcome = run_index_stage(
+                store, budget=config.memory_budget, options=options, progress=config.progress
+            )
+        build: dict[str, Any] = {
+            "live_seq": snap.high_water,
+            "live_journal_id": snap.journal_id,
+            "added_faces": len(added),
+            "removed_faces": len(removed),
+            "deleted_identities": deleted,
+            "retrained": reason,
+        }
+        parent = base.manifest.version if base is not None else None
+        fp = fingerprint("compact", parent, snap.journal_id, snap.high_water)
+        manifest = version_manifest(
+            version=version,
+            parent=parent,
+            contract_id=contract_id,
+            d=d,
+            store=store,
+            outcome=outcome,
+            input_fp=fp,
+            config=config,
+            build=build,
+        )
+        rejects = RejectsWriter(staged / REJECTS_FILE)
+        job = finish_version(
+            root=root,
+            staged=staged,
+            version=version,
+            store=store,
+            rejects=rejects,
+            outcome=outcome,
+            manifest=manifest,
+            keep=config.keep_versions,
+            started=t0,
+        )
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    log.info(
+        "compact: published %s with the live changes up to seq %d (+%d faces, -%d faces)",
+        version,
+        snap.high_water,
+        len(added),
+        len(removed),
+    )
+    return CompactResult(job, snap.high_water, len(added), len(removed), deleted)
+
+
+def apply_snapshot(store: IdentityStore, snap: JournalSnapshot) -> int:
+    """Apply the journal's changes to ``store`` (deletions first); returns identities deleted."""
+    gone = [i.identity_id for i in snap.identities if i.deleted]
+    present = sorted(store.existing_identities(gone))
+    if present:
+        store.remove_identities(present)
+    store.commit()
+    _remove_faces(store.path, [t.vector_id for t in snap.tombstones])
+    alive = [i for i in snap.identities if not i.deleted]
+    if alive:
+        store.upsert_identities((i.identity_id, i.name, i.metadata or None) for i in alive)
+    if snap.faces:
+        names = {i.identity_id: i.name for i in alive}
+        boxes = np.asarray(
+            [f.box if f.box is not None else (np.nan,) * 4 for f in snap.faces], dtype=np.float64
+        )
+        store.add_faces(
+            FaceRows(
+                vector_ids=np.asarray([f.vector_id for f in snap.faces], dtype=np.int64),
+                identity_ids=[f.identity_id for f in snap.faces],
+                embeddings=np.ascontiguousarray(snap.embeddings, dtype=np.float32),
+                names=[names.get(f.identity_id) for f in snap.faces],
+                sources=[f.source for f in snap.faces],
+                boxes=boxes,
+                det_scores=np.asarray([np.nan if f.det_score is None else f.det_score for f in snap.faces]),
+                face_sizes=np.asarray([np.nan if f.face_size is None else f.face_size for f in snap.faces]),
+                blurs=np.asarray([np.nan if f.blur is None else f.blur for f in snap.faces]),
+            )
+        )
+    store.set_meta("live_seq", snap.high_water)
+    store.set_meta("live_journal_id", snap.journal_id)
+    store.commit()
+    return len(present)
+
+
+def _remove_faces(path: Path, vector_ids: list[int]) -> None:
+    """Delete faces (and chips) by vector id. The store has no such call yet, so this opens
+    the staged file directly (its writer has committed; nothing else has it open)."""
+    if not vector_ids:
+        return
+    conn = sqlite3.connect(path)
+    try:
+        for i in range(0, len(vector_ids), 900):
+            chunk = vector_ids[i : i + 900]
+            marks = ",".join("?" * len(chunk))
+            conn.execute(f"DELETE FROM chips WHERE vector_id IN ({marks})", chunk)
+            conn.execute(f"DELETE FROM faces WHERE vector_id IN ({marks})", chunk)
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def _options_of(base: LoadedIndex) -> IndexOptions:
+    raw = base.manifest.config.get("index") or {}
+    return IndexOptions(**{k: v for k, v in raw.items() if k in IndexOptions.__dataclass_fields__})

@@ -1,0 +1,266 @@
+"""``facesearch-server``: build the server, serve until SIGTERM, shut down gracefully.
+
+Startup: the model bundle and the face pipeline are loaded, the live journal is opened, the
+gRPC port is bound with health NOT_SERVING, then the published index version (if any) is
+loaded in the background; health turns SERVING once it is installed. An index made with
+another model contract is refused: health stays NOT_SERVING and calls that need the gallery
+fail with FAILED_PRECONDITION (reason CONTRACT_MISMATCH) until a matching version is published.
+With no published version the gallery is just the live enrollments.
+
+Shutdown (SIGTERM/SIGINT): health NOT_SERVING, no new calls, in-flight calls get
+FACESEARCH_SHUTDOWN_GRACE_S to finish, then workers, journal and metrics are closed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import faiss
+import grpc
+from grpc_reflection.v1alpha import reflection
+
+from facesearch.api.v1 import facesearch_pb2 as pb
+from facesearch.api.v1 import facesearch_pb2_grpc as pb_grpc
+from facesearch.bundle import DLIB_TOLERANCE_COSINE, ModelBundle
+from facesearch.errors import FaceSearchError, PreconditionError
+from facesearch.image_limits import DecodeLimits
+from facesearch.live_journal import LiveJournal
+from facesearch.pipeline import FacePipeline, PipelineConfig
+from server.admission import Admission
+from server.base_index import BaseIndex
+from server.batcher import EmbedBatcher
+from server.config import ServerConfig, add_arguments, load_config
+from server.engine import FaceEngine
+from server.gallery import Gallery
+from server.health import SERVICE, Health
+from server.interceptors import EdgeInterceptor, read_tokens
+from server.metrics import Metrics
+from server.service import FaceSearchService, Thresholds
+from server.servicer import FaceSearchServicer
+from server.watcher import IndexWatcher
+
+log = logging.getLogger("facesearch.server")
+
+IO_THREADS = 4
+
+
+def thresholds(bundle: ModelBundle, config: ServerConfig) -> Thresholds:
+    calibration = bundle.calibration
+    if config.min_similarity is not None:
+        value, note = config.min_similarity, "set by FACESEARCH_MIN_SIMILARITY"
+    elif calibration is not None:
+        value = calibration.min_similarity
+        tar = next((p.tar for p in calibration.points if p.fmr == calibration.default_fmr), None)
+        note = (f"calibrated on {calibration.source}: false-match rate {calibration.default_fmr:g} per comparison "
+                f"({calibration.impostor_pairs} impostor pairs, {calibration.identities} identities"
+                + (f", true-accept rate {tar:.3f})" if tar is not None else ")"))
+    else:
+        value = DLIB_TOLERANCE_COSINE
+        note = (f"uncalibrated default {DLIB_TOLERANCE_COSINE}: dlib's Euclidean tolerance 0.6 as a cosine; "
+                "calibrate the bundle to state a false-match rate")
+    return Thresholds(float(value), note, config.enroll_min_face_size, config.enroll_min_blur, calibration)
+
+
+class FaceSearchServer:
+    """One server instance; ``await start()``, then ``await wait()`` or ``await stop()``."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.port = 0
+        self.metrics_port = 0
+        self._stopped = asyncio.Event()
+        self._grpc: grpc.aio.Server | None = None
+        self._refused: FaceSearchError | None = None
+
+    async def start(self) -> None:
+        c = self.config
+        faiss.omp_set_num_threads(c.search_threads)  # concurrency comes from requests, not from OpenMP
+        self.bundle = ModelBundle.load(c.bundle)
+        self.pipeline = FacePipeline(self.bundle, PipelineConfig(min_face=c.min_face, threads=c.threads or None,
+                                                                 max_batch=c.max_batch))
+        self.journal = LiveJournal.open(c.live_dir, contract_id=self.bundle.contract_id, d=self.bundle.embedding_dim)
+        self.cpu = ThreadPoolExecutor(max_workers=c.workers, thread_name_prefix="cpu")
+        self.io = ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="io")
+        self.batcher = EmbedBatcher(self.pipeline.embedder.embed, c.max_batch, self.pipeline.embedder.dim,
+                                    self.metrics.observe_batch)
+        self.batcher.start()
+        engine = FaceEngine(self.pipeline, self.batcher, self.cpu,
+                            DecodeLimits(max_pixels=c.max_image_pixels, max_bytes=c.max_message_bytes),
+                            self.metrics.observe_stage)
+        self.gallery = Gallery(self.journal, self.bundle.embedding_dim)
+        self.admission = Admission(c.workers, c.queue_size)
+        self.service = FaceSearchService(engine, self.gallery, self.admission, thresholds(self.bundle, c), self.io)
+        self.metrics.queue_depth.set_function(lambda: self.admission.depth)
+
+        tokens = read_tokens(c.auth_tokens_file) if c.auth_tokens_file else None
+        options = [("grpc.max_receive_message_length", c.max_message_bytes),
+                   ("grpc.max_send_message_length", c.max_message_bytes),
+                   ("grpc.so_reuseport", 0)]
+        server = grpc.aio.server(interceptors=[EdgeInterceptor(self.metrics, tokens, c.access_log)], options=options)
+        self._grpc = server
+        servicer = FaceSearchServicer(self.service, self.bundle.model_id, self.bundle.contract_id,
+                                      self.bundle.embedding_dim, stream_window=max(2, c.workers))
+        pb_grpc.add_FaceSearchServicer_to_server(servicer, server)
+        self.health = Health(server)
+        await self.health.set(False)
+        reflection.enable_server_reflection(
+            (pb.DESCRIPTOR.services_by_name["FaceSearch"].full_name, "grpc.health.v1.Health", reflection.SERVICE_NAME),
+            server)
+        self.port = self._bind(server)
+        await server.start()
+        if c.metrics_listen is not None:
+            self.metrics_port = self.metrics.start(c.metrics_listen)
+        log.info("listening on %s (port %d), tls=%s auth=%s", c.listen, self.port, c.tls, bool(tokens))
+
+        self.watcher = IndexWatcher(c.index_root, self.bundle.contract_id, c.index_poll_s, self.io,
+                                    install=self._install, refuse=self._refuse)
+        await self.watcher.load_current()
+        self.watcher.start()
+
+    def _bind(self, server: grpc.aio.Server) -> int:
+        c = self.config
+        if c.tls:
+            assert c.tls_cert is not None and c.tls_key is not None
+            ca = c.tls_client_ca.read_bytes() if c.tls_client_ca else None
+            creds = grpc.ssl_server_credentials([(c.tls_key.read_bytes(), c.tls_cert.read_bytes())],
+                                                root_certificates=ca, require_client_auth=ca is not None)
+            port = server.add_secure_port(c.listen, creds)
+        else:
+            port = server.add_insecure_port(c.listen)
+        if port == 0:
+            raise PreconditionError(f"cannot listen on {c.listen} (FACESEARCH_LISTEN): address in use or invalid",
+                                    reason="BAD_CONFIG")
+        return port
+
+    async def _install(self, base: BaseIndex | None) -> None:
+        await asyncio.get_running_loop().run_in_executor(self.io, self.gallery.install, base)
+        self._refused = None
+        self.service.not_ready = None
+        self.metrics.swaps.labels("ok").inc()
+        self._update_gauges()
+        await self.health.set(True)
+        self.metrics.serving.set(1)
+
+    async def _refuse(self, version: str | None, err: FaceSearchError) -> None:
+        self.metrics.swaps.labels("refused" if err.reason == "CONTRACT_MISMATCH" else "failed").inc()
+        if self.gallery.state is None:  # nothing served yet: stay NOT_SERVING and say why
+            self._refused = err
+            self.service.not_ready = PreconditionError(f"index version {version} refused: {err}", reason=err.reason)
+            await self.health.set(False)
+            self.metrics.serving.set(0)
+
+    def _update_gauges(self) -> None:
+        state = self.gallery.state
+        if state is None:
+            return
+        stats = state.stats()
+        m = self.metrics
+        m.index_ntotal.set(stats.index_ntotal)
+        m.live_faces.set_function(lambda: float(self._live_count()))
+        m.tombstones.set_function(lambda: float(self._tomb_count()))
+        m.identities.set(stats.identities)
+        m.set_index(stats.index_version, self.bundle.contract_id)
+
+    def _live_count(self) -> int:
+        state = self.gallery.state
+        return state.live.alive_count if state else 0
+
+    def _tomb_count(self) -> int:
+        state = self.gallery.state
+        return state.live.base_tombstone_total if state else 0
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Graceful shutdown; safe after a partial start and when called twice."""
+        grace = self.config.shutdown_grace_s if grace is None else grace
+        if self._stopped.is_set():
+            return
+        log.info("shutting down: health NOT_SERVING, %.1fs grace for in-flight calls", grace)
+        if hasattr(self, "health"):
+            await self.health.shutdown()
+        self.metrics.serving.set(0)
+        if hasattr(self, "watcher"):
+            await self.watcher.stop()
+        if self._grpc is not None:
+            await self._grpc.stop(grace)
+            self._grpc = None
+        if hasattr(self, "batcher"):
+            await self.batcher.stop()
+        for name in ("cpu", "io"):
+            if hasattr(self, name):
+                getattr(self, name).shutdown(wait=True)
+        if hasattr(self, "journal"):
+            self.journal.close()
+        self.metrics.stop()
+        self._stopped.set()
+        log.info("stopped")
+
+    async def wait(self) -> None:
+        await self._stopped.wait()
+
+
+def create_server(config: ServerConfig) -> FaceSearchServer:
+    return FaceSearchServer(config)
+
+
+async def serve(config: ServerConfig) -> int:
+    server = create_server(config)
+    loop = asyncio.get_running_loop()
+    stopping: list[asyncio.Task[Any]] = []
+
+    def on_signal(signum: int) -> None:
+        if not stopping:
+            log.info("received %s", signal.Signals(signum).name)
+            stopping.append(loop.create_task(server.stop()))
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        await server.start()
+    except BaseException:
+        await server.stop(0)
+        raise
+    # One line on stdout once the port is bound (scripts and tests wait for it).
+    print(f"facesearch-server listening on port {server.port} metrics {server.metrics_port or 'off'} "
+          f"service {SERVICE}", flush=True)
+    await server.wait()
+    return 0
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="facesearch-server", description="the facesearch gRPC server")
+    add_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args)
+    except FaceSearchError as err:
+        print(f"facesearch-server: error: {err}", file=sys.stderr)
+        return 2
+    setup_logging(config.log_level)
+    log.info("config: %s", config.describe())
+    try:
+        return asyncio.run(serve(config))
+    except FaceSearchError as err:
+        log.error("cannot start: %s", err)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,244 @@
+"""Server configuration: ``FACESEARCH_*`` environment variables and flags, read once, validated.
+
+Flags override environment variables, which override the defaults. Every problem names the
+variable (or flag) to fix. The resolved config is frozen and logged at startup.
+
+==================================  ==========================  ==============================
+variable                            flag                        default
+==================================  ==========================  ==============================
+FACESEARCH_BUNDLE                   --bundle DIR                $FACESEARCH_HOME/models/dlib
+FACESEARCH_INDEX                    --index ROOT                $FACESEARCH_HOME/index
+FACESEARCH_LISTEN                   --listen HOST:PORT          0.0.0.0:50051
+FACESEARCH_METRICS_LISTEN           --metrics-listen HOST:PORT  0.0.0.0:9464 ("off" disables)
+FACESEARCH_TLS_CERT / _TLS_KEY      --tls-cert / --tls-key      off (plaintext)
+FACESEARCH_TLS_CLIENT_CA            --tls-client-ca FILE        off (no client certificates)
+FACESEARCH_AUTH_TOKENS_FILE         --auth-tokens FILE          off (no bearer-token auth)
+FACESEARCH_WORKERS                  --workers N                 cores (requests in CPU stages)
+FACESEARCH_LOG_LEVEL                --log-level LEVEL           INFO
+FACESEARCH_LIVE_DIR                                             ROOT/live (the live journal)
+FACESEARCH_QUEUE_SIZE                                           64 (requests waiting for a worker)
+FACESEARCH_THREADS                                              1 (onnxruntime threads per inference; 0 = cores)
+FACESEARCH_SEARCH_THREADS                                       1 (FAISS threads per search)
+FACESEARCH_MAX_BATCH                                            32 (faces per embedding batch)
+FACESEARCH_MAX_MESSAGE_BYTES                                    32M (a 20 MB photo fits)
+FACESEARCH_MAX_IMAGE_PIXELS                                     40000000
+FACESEARCH_MIN_FACE                                             40 (px, smallest face detected)
+FACESEARCH_ENROLL_MIN_FACE_SIZE                                 50 (px, smallest face enrolled)
+FACESEARCH_ENROLL_MIN_BLUR                                      25 (Laplacian variance)
+FACESEARCH_MIN_SIMILARITY                                       the bundle's calibrated value
+FACESEARCH_INDEX_POLL_S                                         2 (seconds between CURRENT checks)
+FACESEARCH_SHUTDOWN_GRACE_S                                     10 (seconds for in-flight calls)
+FACESEARCH_ACCESS_LOG                                           on (one JSON line per call)
+==================================  ==========================  ==============================
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from facesearch.errors import InvalidInputError
+
+DEFAULT_LISTEN = "0.0.0.0:50051"
+DEFAULT_METRICS_LISTEN = "0.0.0.0:9464"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _cores() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    bundle: Path
+    index_root: Path
+    live_dir: Path
+    listen: str = DEFAULT_LISTEN
+    metrics_listen: str | None = DEFAULT_METRICS_LISTEN  # None: no metrics endpoint
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    auth_tokens_file: Path | None = None
+    workers: int = 2
+    queue_size: int = 64
+    threads: int = 1  # per inference: requests run in parallel (workers), not inside one model call
+    search_threads: int = 1
+    max_batch: int = 32
+    max_message_bytes: int = 32 << 20
+    max_image_pixels: int = 40_000_000
+    min_face: int = 40
+    enroll_min_face_size: float = 50.0
+    enroll_min_blur: float = 25.0
+    min_similarity: float | None = None  # None: the bundle's default
+    index_poll_s: float = 2.0
+    shutdown_grace_s: float = 10.0
+    access_log: bool = True
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        _check_hostport(self.listen, "FACESEARCH_LISTEN (--listen)")
+        if self.metrics_listen is not None:
+            _check_hostport(self.metrics_listen, "FACESEARCH_METRICS_LISTEN (--metrics-listen)")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise InvalidInputError("FACESEARCH_TLS_CERT and FACESEARCH_TLS_KEY must be set together",
+                                    reason="BAD_CONFIG")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise InvalidInputError("FACESEARCH_TLS_CLIENT_CA needs FACESEARCH_TLS_CERT/FACESEARCH_TLS_KEY",
+                                    reason="BAD_CONFIG")
+        for name in ("tls_cert", "tls_key", "tls_client_ca", "auth_tokens_file"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise InvalidInputError(f"FACESEARCH_{name.upper()}: no such file {path}", reason="BAD_CONFIG")
+        positive = {"workers": self.workers, "queue_size": self.queue_size, "max_batch": self.max_batch,
+                    "search_threads": self.search_threads,
+                    "max_message_bytes": self.max_message_bytes, "max_image_pixels": self.max_image_pixels}
+        for name, value in positive.items():
+            if value < 1:
+                raise InvalidInputError(f"FACESEARCH_{name.upper()} must be >= 1, got {value}", reason="BAD_CONFIG")
+        if self.threads < 0:
+            raise InvalidInputError(f"FACESEARCH_THREADS must be >= 0, got {self.threads}", reason="BAD_CONFIG")
+        if self.min_face < 10:
+            raise InvalidInputError(f"FACESEARCH_MIN_FACE must be >= 10 px, got {self.min_face}", reason="BAD_CONFIG")
+        if self.min_similarity is not None and not -1.0 <= self.min_similarity <= 1.0:
+            raise InvalidInputError(f"FACESEARCH_MIN_SIMILARITY must be a cosine in [-1, 1], got {self.min_similarity}",
+                                    reason="BAD_CONFIG")
+        if self.index_poll_s <= 0 or self.shutdown_grace_s < 0:
+            raise InvalidInputError("FACESEARCH_INDEX_POLL_S must be > 0 and FACESEARCH_SHUTDOWN_GRACE_S >= 0",
+                                    reason="BAD_CONFIG")
+        if self.log_level not in LOG_LEVELS:
+            raise InvalidInputError(f"FACESEARCH_LOG_LEVEL must be one of {LOG_LEVELS}, got {self.log_level!r}",
+                                    reason="BAD_CONFIG")
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+    def describe(self) -> dict[str, Any]:
+        return {f.name: str(v) if isinstance(v := getattr(self, f.name), Path) else v for f in fields(self)}
+
+
+def _check_hostport(value: str, what: str) -> None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise InvalidInputError(f"{what}: expected HOST:PORT, got {value!r}", reason="BAD_CONFIG")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The server's flags (each defaults to its ``FACESEARCH_*`` variable)."""
+    parser.add_argument("--bundle", type=Path, help="model bundle directory [FACESEARCH_BUNDLE]")
+    parser.add_argument("--index", type=Path, help="index root (CURRENT + versions) [FACESEARCH_INDEX]")
+    parser.add_argument("--listen", help=f"gRPC address HOST:PORT [FACESEARCH_LISTEN, {DEFAULT_LISTEN}]")
+    parser.add_argument("--metrics-listen", help="Prometheus HOST:PORT, or 'off' [FACESEARCH_METRICS_LISTEN]")
+    parser.add_argument("--tls-cert", type=Path, help="server certificate chain, PEM [FACESEARCH_TLS_CERT]")
+    parser.add_argument("--tls-key", type=Path, help="server private key, PEM [FACESEARCH_TLS_KEY]")
+    parser.add_argument("--tls-client-ca", type=Path,
+                        help="CA bundle; clients must present a certificate it signed [FACESEARCH_TLS_CLIENT_CA]")
+    parser.add_argument("--auth-tokens", type=Path,
+                        help="file of accepted bearer tokens, one a line [FACESEARCH_AUTH_TOKENS_FILE]")
+    parser.add_argument("--workers", type=int, help="requests processed at once [FACESEARCH_WORKERS, cores]")
+    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR [FACESEARCH_LOG_LEVEL]")
+
+
+def load_config(args: argparse.Namespace | None = None, env: Mapping[str, str] | None = None) -> ServerConfig:
+    """Flags > ``FACESEARCH_*`` variables > defaults, validated."""
+    env = os.environ if env is None else env
+    args = args or argparse.Namespace()
+    reader = _EnvReader(env)
+    home = Path(env.get("FACESEARCH_HOME") or Path.home() / ".local" / "share" / "facesearch")
+
+    def flag(name: str) -> Any:
+        return getattr(args, name, None)
+
+    bundle = flag("bundle") or reader.as_path("FACESEARCH_BUNDLE") or home / "models" / "dlib"
+    index_root = flag("index") or reader.as_path("FACESEARCH_INDEX") or home / "index"
+    metrics = flag("metrics_listen") or env.get("FACESEARCH_METRICS_LISTEN") or DEFAULT_METRICS_LISTEN
+    return ServerConfig(
+        bundle=Path(bundle),
+        index_root=Path(index_root),
+        live_dir=reader.as_path("FACESEARCH_LIVE_DIR") or Path(index_root) / "live",
+        listen=flag("listen") or env.get("FACESEARCH_LISTEN") or DEFAULT_LISTEN,
+        metrics_listen=None if metrics.lower() in ("off", "none", "") else metrics,
+        tls_cert=flag("tls_cert") or reader.as_path("FACESEARCH_TLS_CERT"),
+        tls_key=flag("tls_key") or reader.as_path("FACESEARCH_TLS_KEY"),
+        tls_client_ca=flag("tls_client_ca") or reader.as_path("FACESEARCH_TLS_CLIENT_CA"),
+        auth_tokens_file=flag("auth_tokens") or reader.as_path("FACESEARCH_AUTH_TOKENS_FILE"),
+        workers=flag("workers") or reader.as_int("FACESEARCH_WORKERS", _cores()),
+        queue_size=reader.as_int("FACESEARCH_QUEUE_SIZE", 64),
+        threads=reader.as_int("FACESEARCH_THREADS", 1),
+        search_threads=reader.as_int("FACESEARCH_SEARCH_THREADS", 1),
+        max_batch=reader.as_int("FACESEARCH_MAX_BATCH", 32),
+        max_message_bytes=reader.as_size("FACESEARCH_MAX_MESSAGE_BYTES", 32 << 20),
+        max_image_pixels=reader.as_int("FACESEARCH_MAX_IMAGE_PIXELS", 40_000_000),
+        min_face=reader.as_int("FACESEARCH_MIN_FACE", 40),
+        enroll_min_face_size=reader.as_float("FACESEARCH_ENROLL_MIN_FACE_SIZE", 50.0),
+        enroll_min_blur=reader.as_float("FACESEARCH_ENROLL_MIN_BLUR", 25.0),
+        min_similarity=reader.as_optional_float("FACESEARCH_MIN_SIMILARITY"),
+        index_poll_s=reader.as_float("FACESEARCH_INDEX_POLL_S", 2.0),
+        shutdown_grace_s=reader.as_float("FACESEARCH_SHUTDOWN_GRACE_S", 10.0),
+        access_log=reader.as_bool("FACESEARCH_ACCESS_LOG", True),
+        log_level=(flag("log_level") or env.get("FACESEARCH_LOG_LEVEL") or "INFO").upper(),
+    )
+
+
+class _EnvReader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def _raw(self, name: str) -> str | None:
+        value = self.env.get(name)
+        return value.strip() if value and value.strip() else None
+
+    def _bad(self, name: str, value: str, want: str) -> InvalidInputError:
+        return InvalidInputError(f"{name}={value!r}: expected {want}", reason="BAD_CONFIG")
+
+    def as_path(self, name: str) -> Path | None:
+        raw = self._raw(name)
+        return Path(raw) if raw else None
+
+    def as_int(self, name: str, default: int) -> int:
+        raw = self._raw(name)
+        if raw is None:
+            return default
+        try:
+            return int(raw)
+        except ValueError:
+            raise self._bad(name, raw, "an integer") from None
+
+    def as_float(self, name: str, default: float) -> float:
+        value = self.as_optional_float(name)
+        return default if value is None else value
+
+    def as_optional_float(self, name: str) -> float | None:
+        raw = self._raw(name)
+        if raw is None:
+            return None
+        try:
+            return float(raw)
+        except ValueError:
+            raise self._bad(name, raw, "a number") from None
+
+    def as_bool(self, name: str, default: bool) -> bool:
+        raw = self._raw(name)
+        if raw is None:
+            return default
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise self._bad(name, raw, "on/off")
+
+    def as_size(self, name: str, default: int) -> int:
+        raw = self._raw(name)
+        if raw is None:
+            return default
+        units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+        text = raw.upper().removesuffix("IB").removesuffix("B")
+        factor = units.get(text[-1:], 1)
+        try:
+            return int(float(text[:-1] if text[-1:] in units else text) * factor)
+        except ValueError:
+            raise self._bad(name, raw, "a size like 32M") from None

@@ -1,0 +1,216 @@
+"""Protobuf <-> domain: the only server module that knows the wire types (besides the servicer).
+
+Requests are validated here (fields, sizes, identity ids, page tokens) and become the
+service's frozen query types; results become response messages.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+
+from facesearch.api.v1 import facesearch_pb2 as pb
+from facesearch.errors import InvalidInputError
+from facesearch.pipeline import Face
+from server.gallery import Candidate, FaceView, IdentityView
+from server.service import (
+    DEFAULT_TOP_K,
+    MAX_TOP_K,
+    EnrollQuery,
+    EnrollResult,
+    IdentifyQuery,
+    IdentifyResult,
+    ServiceStats,
+    VerifyQuery,
+    VerifyResult,
+)
+
+MAX_IDENTITY_ID_BYTES = 256
+MAX_NAME_BYTES = 1024
+MAX_METADATA_KEYS = 64
+MAX_METADATA_BYTES = 16 << 10
+MAX_PAGE_SIZE = 1000
+DEFAULT_PAGE_SIZE = 100
+MAX_DELETE_FACES = 1000
+
+
+# -- validation ------------------------------------------------------------------------------
+def identity_id(value: str, field: str = "identity_id") -> str:
+    if not value:
+        raise InvalidInputError(f"{field} is required", reason="BAD_IDENTITY_ID")
+    if len(value.encode()) > MAX_IDENTITY_ID_BYTES:
+        raise InvalidInputError(f"{field} is longer than {MAX_IDENTITY_ID_BYTES} bytes", reason="BAD_IDENTITY_ID")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise InvalidInputError(f"{field} holds control characters", reason="BAD_IDENTITY_ID")
+    return value
+
+
+def image(value: bytes, field: str = "image") -> bytes:
+    if not value:
+        raise InvalidInputError(f"{field} is empty: send the photo's encoded bytes", reason="IMAGE_EMPTY")
+    return value
+
+
+def _threshold(message: object, field: str) -> float | None:
+    return float(getattr(message, field)) if message.HasField(field) else None  # type: ignore[attr-defined]
+
+
+def metadata(values: dict[str, str]) -> dict[str, str]:
+    if len(values) > MAX_METADATA_KEYS:
+        raise InvalidInputError(f"metadata has {len(values)} keys, at most {MAX_METADATA_KEYS}",
+                                reason="BAD_METADATA")
+    if sum(len(k.encode()) + len(v.encode()) for k, v in values.items()) > MAX_METADATA_BYTES:
+        raise InvalidInputError(f"metadata is over {MAX_METADATA_BYTES} bytes", reason="BAD_METADATA")
+    return dict(values)
+
+
+# -- requests --------------------------------------------------------------------------------
+def identify_query(req: pb.IdentifyRequest) -> IdentifyQuery:
+    top_k = req.top_k or DEFAULT_TOP_K
+    if top_k > MAX_TOP_K:
+        raise InvalidInputError(f"top_k must be 1..{MAX_TOP_K}, got {top_k}", reason="BAD_TOP_K")
+    return IdentifyQuery(image(req.image), top_k, _threshold(req, "min_similarity"), largest_only(req.faces),
+                         _threshold(req, "max_false_positive_rate"))
+
+
+def largest_only(selection: int) -> bool:
+    if selection not in (pb.FACE_SELECTION_UNSPECIFIED, pb.ALL_FACES, pb.LARGEST_FACE):
+        raise InvalidInputError(f"faces: unknown FaceSelection {selection}", reason="BAD_FACE_SELECTION")
+    return selection == pb.LARGEST_FACE
+
+
+def verify_query(req: pb.VerifyRequest) -> VerifyQuery:
+    which = req.WhichOneof("reference")
+    if which is None:
+        raise InvalidInputError("set reference_image or identity_id", reason="NO_REFERENCE")
+    ref_image = image(req.reference_image, "reference_image") if which == "reference_image" else None
+    ident = identity_id(req.identity_id) if which == "identity_id" else None
+    return VerifyQuery(image(req.image), ref_image, ident, _threshold(req, "min_similarity"))
+
+
+def enroll_query(req: pb.EnrollRequest) -> EnrollQuery:
+    if len(req.display_name.encode()) > MAX_NAME_BYTES:
+        raise InvalidInputError(f"display_name is longer than {MAX_NAME_BYTES} bytes", reason="BAD_NAME")
+    images = [(image(im.image, f"images[{i}].image"), im.source) for i, im in enumerate(req.images)]
+    return EnrollQuery(identity_id(req.identity_id), req.display_name or None, metadata(dict(req.metadata)), images,
+                       req.create_only, req.use_largest_face)
+
+
+def face_ids(req: pb.DeleteFacesRequest) -> list[str]:
+    if not req.face_ids:
+        raise InvalidInputError("face_ids is empty", reason="NO_FACE_IDS")
+    if len(req.face_ids) > MAX_DELETE_FACES:
+        raise InvalidInputError(f"at most {MAX_DELETE_FACES} face ids per call", reason="TOO_MANY_FACE_IDS")
+    return list(req.face_ids)
+
+
+def page(req: pb.ListIdentitiesRequest) -> tuple[str, int]:
+    """``(after identity id, page size)`` from a list request."""
+    size = req.page_size or DEFAULT_PAGE_SIZE
+    if size > MAX_PAGE_SIZE:
+        raise InvalidInputError(f"page_size must be 1..{MAX_PAGE_SIZE}, got {size}", reason="BAD_PAGE_SIZE")
+    return decode_page_token(req.page_token), size
+
+
+def encode_page_token(after: str) -> str:
+    raw = json.dumps({"v": 1, "after": after}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_page_token(token: str) -> str:
+    if not token:
+        return ""
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        data = json.loads(raw)
+        if not isinstance(data, dict) or data.get("v") != 1 or not isinstance(data.get("after"), str):
+            raise ValueError("bad token")
+        return str(data["after"])
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidInputError("page_token is not a token this server issued", reason="BAD_PAGE_TOKEN") from None
+
+
+# -- responses -------------------------------------------------------------------------------
+def detected_face(face: Face) -> pb.DetectedFace:
+    x1, y1, x2, y2 = face.box
+    return pb.DetectedFace(
+        box=pb.Box(x1=x1, y1=y1, x2=x2, y2=y2),
+        detection_score=face.score,
+        landmarks=[pb.Point(x=float(x), y=float(y)) for x, y in face.landmarks],
+        quality=pb.FaceQuality(face_size=face.quality.face_size, blur=face.quality.blur),
+    )
+
+
+def candidate(c: Candidate) -> pb.Candidate:
+    return pb.Candidate(identity_id=c.identity_id, name=c.name, similarity=c.similarity, face_id=c.face_id)
+
+
+def identify_response(result: IdentifyResult) -> pb.IdentifyResponse:
+    faces = []
+    for f in result.faces:
+        item = pb.IdentifiedFace(face=detected_face(f.face), candidates=[candidate(c) for c in f.candidates])
+        if f.match is not None:
+            item.match.CopyFrom(candidate(f.match))
+        faces.append(item)
+    return pb.IdentifyResponse(faces=faces, min_similarity=result.min_similarity, index_version=result.index_version,
+                               image_width=result.width, image_height=result.height)
+
+
+def detect_response(width: int, height: int, faces: list[Face]) -> pb.DetectResponse:
+    return pb.DetectResponse(faces=[detected_face(f) for f in faces], image_width=width, image_height=height)
+
+
+def verify_response(result: VerifyResult) -> pb.VerifyResponse:
+    out = pb.VerifyResponse(decision=pb.VerifyDecision.Value(result.decision), same=result.decision == "SAME",
+                            similarity=result.similarity, min_similarity=result.min_similarity,
+                            reference_face_id=result.reference_face_id)
+    if result.face is not None:
+        out.face.CopyFrom(detected_face(result.face))
+    if result.reference_face is not None:
+        out.reference_face.CopyFrom(detected_face(result.reference_face))
+    return out
+
+
+def enroll_response(result: EnrollResult) -> pb.EnrollResponse:
+    results = []
+    for r in result.results:
+        item = pb.EnrollResult(image_index=r.index, accepted=r.accepted, face_id=r.face_id, message=r.message,
+                               reject_reason=pb.RejectReason.Value(r.reject_reason or "REJECT_REASON_UNSPECIFIED"))
+        if r.face is not None:
+            item.face.CopyFrom(detected_face(r.face))
+        results.append(item)
+    return pb.EnrollResponse(identity_id=result.identity_id, created=result.created, results=results,
+                             face_ids=result.face_ids, face_count=result.face_count)
+
+
+def face(view: FaceView) -> pb.Face:
+    out = pb.Face(face_id=view.face_id, source=view.source, detection_score=view.det_score,
+                  created_at=view.created_at)
+    if view.box is not None:
+        x1, y1, x2, y2 = view.box
+        out.box.CopyFrom(pb.Box(x1=x1, y1=y1, x2=x2, y2=y2))
+    if view.face_size is not None or view.blur is not None:
+        out.quality.CopyFrom(pb.FaceQuality(face_size=view.face_size or 0.0, blur=view.blur or 0.0))
+    return out
+
+
+def identity(view: IdentityView, faces: list[FaceView] | None = None) -> pb.Identity:
+    return pb.Identity(identity_id=view.identity_id, name=view.name, metadata=view.metadata,
+                       face_count=view.face_count, faces=[face(f) for f in faces or []])
+
+
+def list_response(views: list[IdentityView], more: bool) -> pb.ListIdentitiesResponse:
+    token = encode_page_token(views[-1].identity_id) if more and views else ""
+    return pb.ListIdentitiesResponse(identities=[identity(v) for v in views], next_page_token=token)
+
+
+def stats(s: ServiceStats, model_id: str, contract_id: str, dim: int) -> pb.Stats:
+    g = s.gallery
+    return pb.Stats(
+        model_id=model_id, contract_id=contract_id, embedding_dim=dim, index_version=g.index_version,
+        index_ntotal=g.index_ntotal, live_faces=g.live_faces, tombstones=g.tombstones, faces=g.faces,
+        identities=g.identities, default_min_similarity=s.default_min_similarity, threshold_note=s.threshold_note,
+        index_factory=g.index_factory, enroll_min_face_size=s.enroll_min_face_size,
+        enroll_min_blur=s.enroll_min_blur, queue_depth=s.queue_depth,
+    )

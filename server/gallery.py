@@ -1,0 +1,392 @@
+"""The gallery the server searches: the published index version merged with the live delta.
+
+Reads are lock-free: a request takes the current :class:`GalleryState` (published version +
+live state) once and uses it throughout, so a hot swap never disturbs it. Writes (enroll,
+delete) are serialised by one lock, made durable in the live journal first, then applied to
+the live state; they are visible to the next search when the call returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from facesearch.errors import AlreadyExistsError, InvalidInputError, NotFoundError
+from facesearch.live_journal import LiveFace, LiveIdentity, LiveJournal, NewFace
+from server.base_index import BaseIndex, StoredFace, StoredIdentity
+from server.live_state import LiveState
+from server.search import Scored, best_per_label, drop_ids, merge_top
+
+log = logging.getLogger(__name__)
+
+MAX_CANDIDATES = 8192  # published-index candidates fetched per query, at most
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    identity_id: str
+    name: str
+    similarity: float
+    face_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityView:
+    identity_id: str
+    name: str
+    metadata: dict[str, str]
+    face_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class FaceView:
+    face_id: str
+    source: str
+    box: tuple[float, float, float, float] | None
+    det_score: float
+    face_size: float | None
+    blur: float | None
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class EnrollOutcome:
+    created: bool
+    face_ids: list[str]
+    face_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class GalleryStats:
+    index_version: str
+    index_factory: str
+    index_ntotal: int
+    live_faces: int
+    tombstones: int
+    faces: int
+    identities: int
+
+
+def face_id(vector_id: int) -> str:
+    return str(int(vector_id))
+
+
+def parse_face_id(text: str) -> int:
+    if not text.isdigit() or len(text) > 19:
+        raise NotFoundError(f"face {text!r} does not exist", reason="FACE_NOT_FOUND")
+    return int(text)
+
+
+class GalleryState:
+    """One consistent pairing of a published version (or none) with its live state."""
+
+    def __init__(self, base: BaseIndex | None, live: LiveState) -> None:
+        self.base = base
+        self.live = live
+
+    # -- identities ----------------------------------------------------------------------
+    def identity(self, identity_id: str) -> IdentityView | None:
+        live = self.live.identities.get(identity_id)
+        if live is not None:
+            if live.deleted:
+                return None
+            return IdentityView(identity_id, live.name or "", dict(live.metadata), self.face_count(identity_id))
+        stored = self.base.identity(identity_id) if self.base is not None else None
+        if stored is None:
+            return None
+        return IdentityView(identity_id, stored.name or "", stored.metadata, self.face_count(identity_id))
+
+    def require(self, identity_id: str) -> IdentityView:
+        view = self.identity(identity_id)
+        if view is None:
+            raise NotFoundError(f"identity {identity_id!r} does not exist", reason="IDENTITY_NOT_FOUND")
+        return view
+
+    def face_count(self, identity_id: str, base_count: int | None = None) -> int:
+        live = self.live.identities.get(identity_id)
+        if live is not None and live.deleted:
+            return 0
+        if base_count is None:
+            base_count = 0
+            if self.base is not None and (stored := self.base.identity(identity_id)) is not None:
+                base_count = self.base.face_counts([stored.key]).get(stored.key, 0)
+        return base_count - self.live.base_tombstones.get(identity_id, 0) + len(self.live.faces_of.get(identity_id, []))
+
+    def face_vector_ids(self, identity_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(published vector ids, live vector ids)`` of an identity's current faces."""
+        base_ids = np.zeros(0, np.int64)
+        live = self.live.identities.get(identity_id)
+        if live is not None and live.deleted:
+            return base_ids, base_ids
+        if self.base is not None and (stored := self.base.identity(identity_id)) is not None:
+            base_ids = self.base.face_ids_of(stored.key)
+            tomb = self.live.view().tombstones
+            if len(tomb):
+                base_ids = base_ids[~np.isin(base_ids, tomb)]
+        return base_ids, np.asarray(self.live.faces_of.get(identity_id, []), dtype=np.int64)
+
+    def faces(self, identity_id: str) -> list[FaceView]:
+        base_ids, live_ids = self.face_vector_ids(identity_id)
+        out: list[FaceView] = []
+        if self.base is not None and len(base_ids):
+            out.extend(_face_view(f) for f in self.base.faces(base_ids.tolist()))
+        out.extend(_face_view(self.live.faces[int(v)]) for v in live_ids)
+        return sorted(out, key=lambda f: (f.created_at, int(f.face_id)))
+
+    def embeddings_of(self, identity_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(vector ids, embeddings (n, d))`` of an identity's current faces."""
+        base_ids, live_ids = self.face_vector_ids(identity_id)
+        parts, ids = [], []
+        if self.base is not None and len(base_ids):
+            parts.append(self.base.embeddings(base_ids.tolist()))
+            ids.append(base_ids)
+        if len(live_ids):
+            view = self.live.view()
+            parts.append(view.vectors[[self.live.row_of[int(v)] for v in live_ids]])
+            ids.append(live_ids)
+        if not parts:
+            return np.zeros(0, np.int64), np.zeros((0, self.live.d), np.float32)
+        return np.concatenate(ids), np.concatenate(parts)
+
+    def list_page(self, after: str, limit: int) -> tuple[list[IdentityView], bool]:
+        """Up to ``limit`` identities with id > ``after`` in id order, and whether more follow."""
+        live_rows = dict(self.live.identities)  # a copy: the writer may add rows meanwhile
+        live_alive = sorted(i for i, row in live_rows.items() if not row.deleted and i > after)[: limit + 1]
+        base_rows: list[StoredIdentity] = []
+        cursor = after
+        while self.base is not None and len(base_rows) <= limit:
+            batch = self.base.identities_after(cursor, limit + 1)
+            base_rows.extend(s for s in batch if s.identity_id not in live_rows)  # a live row decides
+            if len(batch) <= limit:
+                break
+            cursor = batch[-1].identity_id
+        merged = sorted([(i, None) for i in live_alive] + [(s.identity_id, s) for s in base_rows[: limit + 1]],
+                        key=lambda item: item[0])
+        more = len(merged) > limit
+        merged = merged[:limit]
+        keys = [s.key for _, s in merged if s is not None]
+        counts = self.base.face_counts(keys) if self.base is not None and keys else {}
+        out = []
+        for identity_id, stored in merged:
+            if stored is None:
+                row = live_rows[identity_id]
+                out.append(IdentityView(identity_id, row.name or "", dict(row.metadata), self.face_count(identity_id)))
+            else:
+                out.append(IdentityView(identity_id, stored.name or "", stored.metadata,
+                                        self.face_count(identity_id, counts.get(stored.key, 0))))
+        return out, more
+
+    def identity_count(self) -> int:
+        n = self.base.n_identities if self.base is not None else 0
+        for identity_id, row in list(self.live.identities.items()):  # a copy: the writer may add rows meanwhile
+            in_base = self.live.identity_in_base.get(identity_id, False)
+            if row.deleted and in_base:
+                n -= 1
+            elif not row.deleted and not in_base:
+                n += 1
+        return n
+
+    def stats(self) -> GalleryStats:
+        ntotal = self.base.ntotal if self.base is not None else 0
+        tombs = self.live.base_tombstone_total
+        live = self.live.alive_count
+        return GalleryStats(self.base.version if self.base else "", self.base.factory if self.base else "",
+                            ntotal, live, tombs, ntotal - tombs + live, self.identity_count())
+
+    # -- search --------------------------------------------------------------------------
+    def search(self, queries: np.ndarray, k: int) -> list[list[Candidate]]:
+        """Top-``k`` identities per query (rows of ``queries``, L2-normalised)."""
+        if len(queries) == 0:
+            return []
+        view = self.live.view()
+        parts: list[list[list[tuple[str, Scored]]]] = [[] for _ in range(len(queries))]
+        names: dict[str, str] = {}
+        if self.base is not None and self.base.ntotal > 0:
+            for qi, ranked in enumerate(self._search_base(queries, k, view.tombstones, names)):
+                parts[qi].append(ranked)
+        if view.n:
+            scores = queries @ view.vectors[: view.n].T
+            scores[:, ~view.alive[: view.n]] = -np.inf
+            for qi in range(len(queries)):
+                best = best_per_label(scores[qi], view.codes[: view.n], view.vector_ids[: view.n], k)
+                parts[qi].append([(view.code_ids[int(s.label)], s) for s in best])  # type: ignore[call-overload]
+        top = [merge_top(p, k) for p in parts]
+        for ranked in top:  # live rows hold the current names (and names of live-only identities)
+            for identity_id, _ in ranked:
+                row = self.live.identities.get(identity_id)
+                if row is not None:
+                    names[identity_id] = row.name or ""
+        return [[Candidate(i, names.get(i, ""), s.similarity, face_id(s.vector_id)) for i, s in ranked]
+                for ranked in top]
+
+    def _search_base(self, queries: np.ndarray, k: int, tombstones: np.ndarray,
+                     names: dict[str, str]) -> list[list[tuple[str, Scored]]]:
+        base = self.base
+        assert base is not None
+        kk = min(max(32, 4 * k) + min(len(tombstones), 256), base.ntotal, MAX_CANDIDATES)
+        results: list[list[Scored]] = [[] for _ in range(len(queries))]
+        todo = np.arange(len(queries))
+        while len(todo):
+            scores, vids = base.search(queries[todo], kk)
+            scores = drop_ids(vids, scores, tombstones)
+            again = []
+            for row, qi in enumerate(todo):
+                keys = base.keys_of(vids[row])
+                best = best_per_label(scores[row], keys, vids[row], k)
+                exhausted = bool((vids[row] < 0).any()) or kk >= min(base.ntotal, MAX_CANDIDATES)
+                if len(best) < k and not exhausted:
+                    again.append(qi)
+                else:
+                    results[qi] = best
+            todo = np.asarray(again, dtype=np.int64)
+            kk = min(kk * 4, base.ntotal, MAX_CANDIDATES)
+        stored = base.identities_by_key([int(s.label) for r in results for s in r])  # type: ignore[call-overload]
+        names.update((s.identity_id, s.name or "") for s in stored.values())
+        return [[(stored[int(s.label)].identity_id, s) for s in r if int(s.label) in stored]  # type: ignore[call-overload]
+                for r in results]
+
+
+def _face_view(face: StoredFace | LiveFace) -> FaceView:
+    return FaceView(face_id(face.vector_id), face.source or "", face.box, float(face.det_score or 0.0),
+                    face.face_size, face.blur, float(face.created_at))
+
+
+class Gallery:
+    """The current :class:`GalleryState` plus the serialised, durable write path."""
+
+    def __init__(self, journal: LiveJournal, d: int) -> None:
+        self.journal = journal
+        self.d = d
+        self._write = threading.Lock()
+        self._state: GalleryState | None = None
+
+    @property
+    def state(self) -> GalleryState | None:
+        return self._state
+
+    def install(self, base: BaseIndex | None) -> None:
+        """Serve ``base`` (or no published version) with the live changes it does not contain."""
+        with self._write:
+            cut = 0
+            if base is not None and base.live_seq and base.live_journal_id == self.journal.journal_id:
+                cut = base.live_seq
+                self.journal.prune(cut)
+            elif base is not None and base.live_seq:
+                log.warning("index %s absorbed live changes of another journal (%s); keeping all of ours",
+                            base.version, base.live_journal_id)
+            snap = self.journal.snapshot(after_seq=cut)
+            live = LiveState(self.d, _in_base(base), _contains(base), _identity_of(base))
+            live.load(snap)
+            self._state = GalleryState(base, live)
+        log.info("serving index %s + %d live faces, %d tombstones (journal seq %d..%d)",
+                 base.version if base else "(none)", live.alive_count, len(live.tombstones), cut, snap.high_water)
+
+    def _require_state(self) -> GalleryState:
+        state = self._state
+        if state is None:
+            raise RuntimeError("gallery used before install()")
+        return state
+
+    def enroll(self, identity_id: str, name: str | None, metadata: dict[str, str], faces: Sequence[NewFace],
+               create_only: bool) -> EnrollOutcome:
+        with self._write:
+            state = self._require_state()
+            existing = state.identity(identity_id)
+            if existing is not None and create_only:
+                raise AlreadyExistsError(f"identity {identity_id!r} already exists", reason="IDENTITY_EXISTS")
+            if not faces:
+                return EnrollOutcome(False, [], existing.face_count if existing else 0)
+            now = time.time()
+            prior = state.live.identities.get(identity_id)
+            created_at = prior.created_at if prior is not None and not prior.deleted else now
+            row = LiveIdentity(identity_id, 0, False, name or (existing.name if existing else None) or None,
+                               metadata or (existing.metadata if existing else {}), created_at, now)
+            seq, vids = self.journal.enroll(row, faces)
+            row = LiveIdentity(row.identity_id, seq, False, row.name, row.metadata, row.created_at, row.updated_at)
+            live_faces = [LiveFace(int(v), seq, identity_id, f.source, f.box, f.det_score, f.face_size, f.blur, now)
+                          for v, f in zip(vids.tolist(), faces, strict=True)]
+            in_base = state.base is not None and state.base.identity(identity_id) is not None
+            state.live.enroll(row, live_faces, np.stack([f.embedding for f in faces]), in_base)
+            return EnrollOutcome(existing is None, [face_id(v) for v in vids.tolist()], state.face_count(identity_id))
+
+    def delete_identity(self, identity_id: str) -> int:
+        with self._write:
+            state = self._require_state()
+            existing = state.require(identity_id)
+            base_ids, live_ids = state.face_vector_ids(identity_id)
+            doomed = [*base_ids.tolist(), *live_ids.tolist()]
+            now = time.time()
+            row = LiveIdentity(identity_id, 0, True, None, {}, now, now)
+            seq = self.journal.delete_identity(row, doomed)
+            row = LiveIdentity(identity_id, seq, True, None, {}, now, now)
+            in_base = state.base is not None and state.base.identity(identity_id) is not None
+            state.live.delete_identity(row, doomed, in_base)
+            return existing.face_count
+
+    def delete_faces(self, face_ids: Sequence[str]) -> int:
+        if not face_ids:
+            raise InvalidInputError("name at least one face id", reason="NO_FACE_IDS")
+        vids = list(dict.fromkeys(parse_face_id(f) for f in face_ids))
+        with self._write:
+            state = self._require_state()
+            owners = self._owners(state, vids)
+            missing = [face_id(v) for v, o in zip(vids, owners, strict=True) if o is None]
+            if missing:
+                raise NotFoundError(f"faces do not exist: {', '.join(missing[:10])}", reason="FACE_NOT_FOUND")
+            identity_ids = [o for o in owners if o is not None]
+            seq = self.journal.delete_faces(vids, identity_ids)
+            state.live.delete_faces(seq, vids, identity_ids)
+            return len(vids)
+
+    @staticmethod
+    def _owners(state: GalleryState, vids: list[int]) -> list[str | None]:
+        """The identity of each current face (None: no such face, or deleted)."""
+        live = state.live
+        out: list[str | None] = []
+        base = state.base
+        base_keys = base.keys_of(np.asarray(vids, dtype=np.int64)) if base is not None else None
+        stored = base.identities_by_key(base_keys.tolist()) if base is not None and base_keys is not None else {}
+        for i, v in enumerate(vids):
+            if v in live.tombstones:
+                out.append(None)
+            elif v in live.faces:
+                out.append(live.faces[v].identity_id)
+            elif base_keys is not None and base_keys[i] >= 0 and int(base_keys[i]) in stored:
+                owner = stored[int(base_keys[i])].identity_id
+                row = live.identities.get(owner)
+                out.append(None if row is not None and row.deleted else owner)
+            else:
+                out.append(None)
+        return out
+
+
+def _in_base(base: BaseIndex | None) -> Callable[[Iterable[str]], set[str]]:
+    def check(ids: Iterable[str]) -> set[str]:
+        if base is None:
+            return set()
+        return {i for i in ids if base.identity(i) is not None}
+
+    return check
+
+
+def _contains(base: BaseIndex | None) -> Callable[[int], bool]:
+    def check(vid: int) -> bool:
+        return base is not None and bool(base.contains([vid])[0])
+
+    return check
+
+
+def _identity_of(base: BaseIndex | None) -> Callable[[int], str | None]:
+    def owner(vid: int) -> str | None:
+        if base is None:
+            return None
+        key = int(base.keys_of(np.asarray([vid], dtype=np.int64))[0])
+        stored = base.identities_by_key([key]) if key >= 0 else {}
+        return stored[key].identity_id if key in stored else None
+
+    return owner

@@ -1,0 +1,314 @@
+"""The service's behaviour in domain terms: queries in, results out, no protobuf.
+
+:class:`FaceSearchService` is what the gRPC servicer calls after converting a request. It
+owns admission (bounded queue + deadlines), runs the CPU stages through the engine and the
+gallery reads/writes on a small I/O pool, and applies the decision threshold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import numpy as np
+
+from facesearch.calibration import Calibration, fmr_for_fpir
+from facesearch.errors import AlreadyExistsError, InvalidInputError, PreconditionError
+from facesearch.live_journal import NewFace
+from facesearch.pipeline import Face
+from server.admission import Admission, Deadline
+from server.engine import AnalyzedPhoto, FaceEngine, PreparedPhoto
+from server.gallery import Candidate, EnrollOutcome, FaceView, Gallery, GalleryState, GalleryStats, IdentityView
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+MAX_TOP_K = 100
+DEFAULT_TOP_K = 5
+MAX_ENROLL_IMAGES = 64
+
+
+# -- queries ---------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class IdentifyQuery:
+    image: bytes
+    top_k: int = DEFAULT_TOP_K
+    min_similarity: float | None = None
+    largest_only: bool = False
+    max_false_positive_rate: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyQuery:
+    image: bytes
+    reference_image: bytes | None
+    identity_id: str | None
+    min_similarity: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class EnrollQuery:
+    identity_id: str
+    name: str | None
+    metadata: dict[str, str]
+    images: list[tuple[bytes, str]]  # (photo, source)
+    create_only: bool = False
+    use_largest_face: bool = False
+
+
+# -- results ---------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class IdentifiedFace:
+    face: Face
+    candidates: list[Candidate]
+    match: Candidate | None
+
+
+@dataclass(frozen=True, slots=True)
+class IdentifyResult:
+    width: int
+    height: int
+    faces: list[IdentifiedFace]
+    min_similarity: float
+    index_version: str
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyResult:
+    decision: str  # SAME | DIFFERENT | NO_FACE_IN_IMAGE | NO_FACE_IN_REFERENCE
+    similarity: float
+    min_similarity: float
+    face: Face | None
+    reference_face: Face | None
+    reference_face_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class EnrollImageResult:
+    index: int
+    accepted: bool
+    face_id: str = ""
+    reject_reason: str = ""  # NO_FACE | MULTIPLE_FACES | FACE_TOO_SMALL | FACE_TOO_BLURRY
+    message: str = ""
+    face: Face | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EnrollResult:
+    identity_id: str
+    created: bool
+    results: list[EnrollImageResult]
+    face_ids: list[str] = field(default_factory=list)
+    face_count: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceStats:
+    gallery: GalleryStats
+    default_min_similarity: float
+    threshold_note: str
+    enroll_min_face_size: float
+    enroll_min_blur: float
+    queue_depth: int
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    default_min_similarity: float
+    note: str
+    enroll_min_face_size: float
+    enroll_min_blur: float
+    calibration: Calibration | None = None
+
+    def for_fpir(self, fpir: float, identities: int) -> float:
+        """The threshold that holds a stranger's false-positive identification rate at ``fpir``."""
+        if not math.isfinite(fpir) or not 0.0 < fpir < 1.0:
+            raise InvalidInputError(f"max_false_positive_rate must be in (0, 1), got {fpir}", reason="BAD_FPIR")
+        if self.calibration is None:
+            raise PreconditionError("the model bundle has no calibration; use min_similarity",
+                                    reason="NO_CALIBRATION")
+        return float(self.calibration.threshold_for_fmr(fmr_for_fpir(fpir, identities)))
+
+
+class FaceSearchService:
+    def __init__(self, engine: FaceEngine, gallery: Gallery, admission: Admission, thresholds: Thresholds,
+                 io: ThreadPoolExecutor) -> None:
+        self.engine = engine
+        self.gallery = gallery
+        self.admission = admission
+        self.thresholds = thresholds
+        self.io = io
+        self.not_ready: PreconditionError | None = PreconditionError("the index is loading", reason="NOT_READY")
+
+    # -- helpers -------------------------------------------------------------------------
+    def state(self) -> GalleryState:
+        state = self.gallery.state
+        if state is None or self.not_ready is not None:
+            raise self.not_ready or PreconditionError("the index is loading", reason="NOT_READY")
+        return state
+
+    async def _io(self, fn: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.io, fn, *args)
+
+    async def _cpu(self, fn: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.engine.executor, fn, *args)
+
+    def threshold(self, requested: float | None) -> float:
+        if requested is None:
+            return self.thresholds.default_min_similarity
+        if not math.isfinite(requested) or not -1.0 <= requested <= 1.0:
+            raise InvalidInputError(f"min_similarity must be a cosine in [-1, 1], got {requested}",
+                                    reason="BAD_MIN_SIMILARITY")
+        return float(requested)
+
+    # -- calls ---------------------------------------------------------------------------
+    async def identify(self, query: IdentifyQuery, deadline: Deadline, *, wait: bool = False) -> IdentifyResult:
+        if not 1 <= query.top_k <= MAX_TOP_K:
+            raise InvalidInputError(f"top_k must be 1..{MAX_TOP_K}, got {query.top_k}", reason="BAD_TOP_K")
+        state = self.state()
+        if query.max_false_positive_rate is not None:
+            if query.min_similarity is not None:
+                raise InvalidInputError("set min_similarity or max_false_positive_rate, not both",
+                                        reason="BAD_THRESHOLD")
+            threshold = self.thresholds.for_fpir(query.max_false_positive_rate, max(1, state.identity_count()))
+        else:
+            threshold = self.threshold(query.min_similarity)
+        async with self.admission.slot(deadline, wait=wait):
+            photo = await self.engine.analyze(query.image, deadline, largest_only=query.largest_only)
+            deadline.check("search")
+            queries = np.stack([f.embedding for f in photo.faces]) if photo.faces else np.zeros((0, self.engine.dim))
+            t0 = asyncio.get_running_loop().time()
+            ranked = await self._cpu(state.search, queries.astype(np.float32), query.top_k)
+            self.engine.observe("search", asyncio.get_running_loop().time() - t0)
+        faces = [IdentifiedFace(f, cands, cands[0] if cands and cands[0].similarity >= threshold else None)
+                 for f, cands in zip(photo.faces, ranked, strict=True)]
+        version = state.base.version if state.base is not None else ""
+        return IdentifyResult(photo.width, photo.height, faces, threshold, version)
+
+    async def detect(self, image: bytes, largest_only: bool, deadline: Deadline) -> AnalyzedPhoto:
+        async with self.admission.slot(deadline):
+            photo: PreparedPhoto = await self.engine.prepare_async(image, deadline, largest_only)
+        return self.engine.unembedded(photo)
+
+    async def verify(self, query: VerifyQuery, deadline: Deadline) -> VerifyResult:
+        threshold = self.threshold(query.min_similarity)
+        state = self.state() if query.identity_id is not None else None
+        if state is not None and query.identity_id is not None:
+            await self._io(state.require, query.identity_id)
+        reference: AnalyzedPhoto | None = None
+        async with self.admission.slot(deadline):
+            probe = await self.engine.analyze(query.image, deadline, largest_only=True)
+            if query.reference_image is not None:
+                reference = await self.engine.analyze(query.reference_image, deadline, largest_only=True)
+        face = probe.faces[0] if probe.faces else None
+        if face is None:
+            return VerifyResult("NO_FACE_IN_IMAGE", 0.0, threshold, None, None, "")
+        if reference is not None:
+            ref = reference.faces[0] if reference.faces else None
+            if ref is None:
+                return VerifyResult("NO_FACE_IN_REFERENCE", 0.0, threshold, face, None, "")
+            sim = float(np.dot(face.embedding, ref.embedding))
+            return VerifyResult(_decide(sim, threshold), sim, threshold, face, ref, "")
+        assert state is not None and query.identity_id is not None
+        vids, embeddings = await self._io(state.embeddings_of, query.identity_id)
+        if len(vids) == 0:
+            return VerifyResult("NO_FACE_IN_REFERENCE", 0.0, threshold, face, None, "")
+        sims = embeddings @ face.embedding
+        best = int(np.argmax(sims))
+        sim = float(sims[best])
+        return VerifyResult(_decide(sim, threshold), sim, threshold, face, None, str(int(vids[best])))
+
+    async def enroll(self, query: EnrollQuery, deadline: Deadline) -> EnrollResult:
+        if not query.images:
+            raise InvalidInputError("enroll needs at least one image", reason="NO_IMAGES")
+        if len(query.images) > MAX_ENROLL_IMAGES:
+            raise InvalidInputError(f"at most {MAX_ENROLL_IMAGES} images per enroll call, got {len(query.images)}",
+                                    reason="TOO_MANY_IMAGES")
+        state = self.state()
+        if query.create_only and await self._io(state.identity, query.identity_id) is not None:
+            raise AlreadyExistsError(f"identity {query.identity_id!r} already exists", reason="IDENTITY_EXISTS")
+        async with self.admission.slot(deadline):
+            photos = []
+            for i, (data, _) in enumerate(query.images):
+                try:
+                    photos.append(await self.engine.prepare_async(data, deadline, False))
+                except InvalidInputError as err:
+                    raise type(err)(f"image {i}: {err.message}", reason=err.reason) from err
+            results, accepted = self._gate(photos, query.use_largest_face)
+            faces = await self.engine.embed_rows([(photos[i], row) for i, row in accepted], deadline)
+        new = [NewFace(f.embedding, query.images[i][1] or None, f.box, f.score, f.quality.face_size, f.quality.blur)
+               for (i, _), f in zip(accepted, faces, strict=True)]
+        deadline.check("store")
+        outcome: EnrollOutcome = await self._io(self.gallery.enroll, query.identity_id, query.name, query.metadata,
+                                                new, query.create_only)
+        ids = iter(outcome.face_ids)
+        by_index = {i: f for (i, _), f in zip(accepted, faces, strict=True)}
+        final = [EnrollImageResult(r.index, True, next(ids), face=by_index[r.index]) if r.accepted else r
+                 for r in results]
+        return EnrollResult(query.identity_id, outcome.created, final, outcome.face_ids, outcome.face_count)
+
+    def _gate(self, photos: list[PreparedPhoto], use_largest: bool) -> tuple[list[EnrollImageResult],
+                                                                              list[tuple[int, int]]]:
+        """Quality rules per photo: results (accepted ones without face id yet) and (photo, row) to embed."""
+        t = self.thresholds
+        results: list[EnrollImageResult] = []
+        accepted: list[tuple[int, int]] = []
+        for i, photo in enumerate(photos):
+            found = photo.found
+            if not found:
+                results.append(EnrollImageResult(i, False, reject_reason="NO_FACE", message="no face found"))
+                continue
+            if len(found) > 1 and not use_largest:
+                results.append(EnrollImageResult(
+                    i, False, reject_reason="MULTIPLE_FACES",
+                    message=f"{len(found)} faces found; send a photo of one person or set use_largest_face"))
+                continue
+            f = found[0]
+            face = self.engine.unembedded(PreparedPhoto(photo.width, photo.height, [f], photo.chips[:1])).faces[0]
+            if f.quality.face_size < t.enroll_min_face_size:
+                results.append(EnrollImageResult(
+                    i, False, reject_reason="FACE_TOO_SMALL", face=face,
+                    message=f"face is {f.quality.face_size:.0f} px, the minimum is {t.enroll_min_face_size:.0f} px"))
+            elif f.quality.blur < t.enroll_min_blur:
+                results.append(EnrollImageResult(
+                    i, False, reject_reason="FACE_TOO_BLURRY", face=face,
+                    message=f"sharpness {f.quality.blur:.1f} is below the minimum {t.enroll_min_blur:.1f}"))
+            else:
+                results.append(EnrollImageResult(i, True))
+                accepted.append((i, 0))
+        return results, accepted
+
+    async def delete_identity(self, identity_id: str) -> int:
+        self.state()
+        return await self._io(self.gallery.delete_identity, identity_id)
+
+    async def delete_faces(self, face_ids: list[str]) -> int:
+        self.state()
+        return await self._io(self.gallery.delete_faces, face_ids)
+
+    async def get_identity(self, identity_id: str, include_faces: bool) -> tuple[IdentityView, list[FaceView]]:
+        state = self.state()
+        view = await self._io(state.require, identity_id)
+        faces = await self._io(state.faces, identity_id) if include_faces else []
+        return view, faces
+
+    async def list_identities(self, after: str, limit: int) -> tuple[list[IdentityView], bool]:
+        state = self.state()
+        return await self._io(state.list_page, after, limit)
+
+    async def stats(self) -> ServiceStats:
+        state = self.state()
+        gallery = await self._io(state.stats)
+        t = self.thresholds
+        return ServiceStats(gallery, t.default_min_similarity, t.note, t.enroll_min_face_size, t.enroll_min_blur,
+                            self.admission.depth)
+
+
+def _decide(similarity: float, threshold: float) -> str:
+    return "SAME" if similarity >= threshold else "DIFFERENT"

@@ -1,0 +1,93 @@
+"""Hot swap: watch ``ROOT/CURRENT`` and serve each newly published version.
+
+A new version is loaded in the background (requests keep using the old one), checked
+against the model contract, and installed atomically with the live changes it does not
+contain. A refused or broken version is logged and counted, the old one keeps serving, and
+it is not retried until ``CURRENT`` changes again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from facesearch.errors import ContractMismatchError, FaceSearchError, IndexFormatError
+from facesearch.index_artifact import current_version
+from server.base_index import BaseIndex
+
+log = logging.getLogger(__name__)
+
+
+class IndexWatcher:
+    def __init__(self, root: Path, contract_id: str, poll_s: float, executor: ThreadPoolExecutor, *,
+                 install: Callable[[BaseIndex | None], Awaitable[None]],
+                 refuse: Callable[[str | None, FaceSearchError], Awaitable[None]]) -> None:
+        self.root = root
+        self.contract_id = contract_id
+        self.poll_s = poll_s
+        self.executor = executor
+        self._install = install
+        self._refuse = refuse
+        self.seen: str | None = None  # the CURRENT value last acted upon
+        self._task: asyncio.Task[None] | None = None
+
+    def current(self) -> str | None:
+        try:
+            return current_version(self.root)
+        except OSError:
+            return None
+
+    async def load_current(self) -> None:
+        """Load whatever CURRENT names now (or no version) and install it; refusals are reported."""
+        loop = asyncio.get_running_loop()
+        version = await loop.run_in_executor(self.executor, self.current)
+        if version is None:
+            await self._install(None)
+            self.seen = version
+            return
+        try:
+            base = await loop.run_in_executor(self.executor, self._load)
+        except FaceSearchError as err:
+            level = logging.ERROR if isinstance(err, ContractMismatchError) else logging.WARNING
+            log.log(level, "index version %s refused: %s", version, err)
+            self.seen = version  # not retried until CURRENT changes
+            await self._refuse(version, err)
+            return
+        except Exception as err:  # a corrupt file can raise anything (faiss, numpy, sqlite)
+            log.exception("index version %s failed to load", version)
+            self.seen = version
+            await self._refuse(version, IndexFormatError(f"index version {version} failed to load: {err}"))
+            return
+        await self._install(base)  # raises on failure: the next poll tries again
+        self.seen = version
+
+    def _load(self) -> BaseIndex:
+        return BaseIndex.load(self.root, contract_id=self.contract_id)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="index-watcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.poll_s)
+            try:
+                version = await loop.run_in_executor(self.executor, self.current)
+                if version is not None and version != self.seen:
+                    log.info("index version %s published (serving %s); loading it", version, self.seen)
+                    await self.load_current()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a watcher that dies silently would freeze the index: log and go on
+                log.exception("index watcher: checking %s failed", self.root)

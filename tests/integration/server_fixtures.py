@@ -1,0 +1,176 @@
+"""Helpers and fixtures for the server's integration tests: real server processes on port 0,
+indices built by the real indexer from seeded synthetic embeddings, LFW people.
+
+Import the fixtures into a test module with ``from tests.integration.server_fixtures import *``
+(the names are listed in ``__all__``).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from facesearch.client import FaceSearchClient
+
+REPO = Path(__file__).resolve().parents[2]
+
+__all__ = [
+    "ServerProcess",
+    "build_index",
+    "people",
+    "server_bundle",
+    "start_server",
+    "synthetic_embeddings",
+    "wait_until",
+]
+
+
+@dataclass
+class ServerProcess:
+    proc: subprocess.Popen[str]
+    port: int
+    metrics_port: int
+    log_path: Path
+    lines: list[str] = field(default_factory=list)
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def client(self, **kwargs: object) -> FaceSearchClient:
+        return FaceSearchClient(self.target, **kwargs)  # type: ignore[arg-type]
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return int(self.proc.returncode)
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup at all (what a crash or the OOM killer does)."""
+        self.stop(signal.SIGKILL)
+
+
+def start_server(bundle: Path, index_root: Path, log_dir: Path, *, env: dict[str, str] | None = None,
+                 args: tuple[str, ...] = (), timeout: float = 120.0) -> ServerProcess:
+    """Start ``python -m server`` on 127.0.0.1:0 and wait for its "listening" line."""
+    full_env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "FACESEARCH_MIN_FACE": "80",  # LFW faces are ~100 px: 4x less detector work than 40
+        "FACESEARCH_INDEX_POLL_S": "0.3",
+        "FACESEARCH_METRICS_LISTEN": "127.0.0.1:0",
+        "FACESEARCH_SHUTDOWN_GRACE_S": "5",
+        "FACESEARCH_WORKERS": "2",
+        **(env or {}),
+    }
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"server-{time.time_ns()}.log"
+    cmd = [sys.executable, "-m", "server", "--bundle", str(bundle), "--index", str(index_root),
+           "--listen", "127.0.0.1:0", *args]
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=full_env, cwd=REPO)
+    assert proc.stdout is not None
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            line = lines.get(timeout=max(remaining, 0.01))
+        except queue.Empty:
+            proc.kill()
+            raise TimeoutError(f"server did not start in {timeout}s:\n{log_path.read_text()[-4000:]}") from None
+        if line is None:
+            proc.wait(10)
+            raise RuntimeError(f"server exited ({proc.returncode}) before listening:\n"
+                               f"{log_path.read_text()[-4000:]}")
+        if line.startswith("facesearch-server listening on port"):
+            words = line.split()
+            metrics = words[6]
+            return ServerProcess(proc, int(words[4]), int(metrics) if metrics.isdigit() else 0, log_path, [line])
+
+
+def wait_until(predicate: object, timeout: float = 30.0, interval: float = 0.1, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def synthetic_embeddings(n_faces: int, *, seed: int, faces_per_identity: float = 4.0,
+                         prefix: str = "syn") -> tuple[np.ndarray, list[str]]:
+    """Seeded face-like embeddings (``facesearch.synthetic``) and identity ids ``{prefix}-{label}``."""
+    from facesearch.synthetic import FaceEmbeddingModel, SyntheticGallery, default_model_path
+
+    path = default_model_path()
+    if not path.is_file():
+        pytest.skip(f"face embedding model not found at {path} (set FACESEARCH_DATA)")
+    gallery = SyntheticGallery(FaceEmbeddingModel.load(path), n_faces, faces_per_identity=faces_per_identity,
+                               seed=seed)
+    chunk = gallery.materialize()
+    return chunk.embeddings, [f"{prefix}-{int(i)}" for i in chunk.identities]
+
+
+def build_index(root: Path, embeddings: np.ndarray, identities: list[str], contract_id: str, *,
+                work: Path, names: list[str] | None = None, options: dict[str, object] | None = None) -> Path:
+    """Publish a version of ``embeddings`` under ``root`` with the real indexer; returns its directory."""
+    from indexer.build import run
+    from indexer.config import BuildConfig, InputSpec
+    from indexer.plan import IndexOptions
+
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / f"emb-{time.time_ns()}.npz"
+    extra = {"names": np.asarray(names)} if names is not None else {}
+    np.savez(path, embeddings=embeddings.astype(np.float32), identities=np.asarray(identities),
+             contract_id=np.asarray(contract_id), **extra)
+    result = run(BuildConfig(out=root, input=InputSpec("embeddings", path), bundle=None, memory_budget=1 << 30,
+                             index=IndexOptions(**{"queries": 50, **(options or {})}), progress=False))
+    return result.version_dir
+
+
+@pytest.fixture(scope="session")
+def server_bundle(bundle_dir: Path) -> Path:
+    """The exported model bundle the servers load."""
+    return bundle_dir
+
+
+@pytest.fixture(scope="session")
+def people(lfw_dir: Path) -> dict[str, list[Path]]:
+    """Eight LFW people with at least 6 photos each: name -> sorted photo paths."""
+    out: dict[str, list[Path]] = {}
+    for folder in sorted((lfw_dir / "images").iterdir()):
+        photos = sorted(folder.glob("*.jpg"))
+        if len(photos) >= 6:
+            out[folder.name] = photos
+        if len(out) == 8:
+            break
+    if len(out) < 8:
+        pytest.skip("LFW dev data has too few people with 6+ photos")
+    return out

@@ -1,0 +1,150 @@
+"""The gallery (published index + live delta + tombstones) without models: per-identity search
+checked against exact brute force, deletions, merged listing, and installing a compacted version."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from facesearch.errors import AlreadyExistsError, NotFoundError
+from facesearch.live_journal import LiveJournal, NewFace
+from indexer.compact import compact
+from server.base_index import BaseIndex
+from server.gallery import Gallery, GalleryState
+from tests.integration.server_fixtures import build_index, synthetic_embeddings
+
+CONTRACT = "test-model:0000000000000000"
+D = 128
+
+
+def new_faces(x: np.ndarray) -> list[NewFace]:
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return [NewFace(v.astype(np.float32), None, None, None, None, None) for v in x]
+
+
+def near(v: np.ndarray, seed: int) -> np.ndarray:
+    """A unit vector very close to ``v`` (another photo of the same face)."""
+    x = v + 0.01 * np.random.default_rng(seed).standard_normal(v.shape).astype(np.float32)
+    return (x / np.linalg.norm(x)).astype(np.float32)
+
+
+def exact_ranking(state: GalleryState, q: np.ndarray, all_vecs: dict[int, tuple[str, np.ndarray]],
+                  k: int) -> list[str]:
+    """Brute force: best face per identity over every current face."""
+    best: dict[str, float] = {}
+    for vid, (ident, v) in all_vecs.items():
+        if vid in state.live.tombstones:
+            continue
+        s = float(v @ q)
+        best[ident] = max(best.get(ident, -2.0), s)
+    return [i for i, _ in sorted(best.items(), key=lambda kv: -kv[1])[:k]]
+
+
+@pytest.fixture(params=["flat", "ivf"])
+def setup(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Gallery, dict[int, tuple[str, np.ndarray]], Path]:
+    emb, ids = synthetic_embeddings(3000, seed=11)
+    options = {"flat_max": 100} if request.param == "ivf" else {}
+    build_index(tmp_path / "index", emb, ids, CONTRACT, work=tmp_path / "work", options=options)
+    base = BaseIndex.load(tmp_path / "index", contract_id=CONTRACT)
+    assert (base.loaded.manifest.nlist > 0) == (request.param == "ivf")
+    journal = LiveJournal.open(tmp_path / "index" / "live", contract_id=CONTRACT, d=D)
+    gallery = Gallery(journal, D)
+    gallery.install(base)
+    vecs = {int(v): (ids[i], emb[i]) for i, v in enumerate(base.vector_ids)}  # build keeps input order
+    yield gallery, vecs, tmp_path / "index"
+    journal.close()
+
+
+def test_search_matches_exact_per_identity_ranking(setup) -> None:
+    gallery, vecs, _ = setup
+    state = gallery.state
+    emb, _ = synthetic_embeddings(3000, seed=11)
+    rng = np.random.default_rng(0)
+    queries = emb[rng.choice(len(emb), 40, replace=False)] + 0.02 * rng.standard_normal((40, D)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    got = state.search(queries.astype(np.float32), 5)
+    agree = sum(g[0].identity_id == exact_ranking(state, q, vecs, 5)[0] for g, q in zip(got, queries, strict=True))
+    assert agree >= 38  # IVF may rarely miss; the indexer tuned it to >= 0.995 identity agreement
+    for g in got:
+        assert len({c.identity_id for c in g}) == len(g) == 5
+
+
+def test_live_changes_and_tombstones(setup) -> None:
+    gallery, _, _ = setup
+    state = gallery.state
+    emb, ids = synthetic_embeddings(3000, seed=11)
+    target = ids[0]
+    q = emb[0]
+    assert state.search(q[None], 3)[0][0].identity_id == target
+    n_before = state.identity(target).face_count
+    # enrolling into a published identity merges with its faces
+    live_vec = near(q, 1)
+    out = gallery.enroll(target, "Target", {"k": "v"}, new_faces(live_vec[None]), create_only=False)
+    assert not out.created and out.face_count == n_before + 1
+    top = state.search(live_vec[None], 3)[0]
+    assert [c.identity_id for c in top].count(target) == 1 and top[0].name == "Target"
+    assert top[0].face_id == out.face_ids[0]  # the live face is now its best
+    with pytest.raises(AlreadyExistsError):
+        gallery.enroll(target, None, {}, new_faces(q[None]), create_only=True)
+    # deleting the best face: the next best face of the same person takes its place
+    gallery.delete_faces(out.face_ids)
+    after = state.search(live_vec[None], 5)[0]
+    assert out.face_ids[0] not in {c.face_id for c in after} and after[0].identity_id == target
+    assert state.identity(target).face_count == n_before
+    # deleting the identity: gone from search, listing and lookups, immediately
+    assert gallery.delete_identity(target) == n_before
+    assert target not in {c.identity_id for c in state.search(q[None], 20)[0]}
+    assert state.identity(target) is None
+    with pytest.raises(NotFoundError):
+        gallery.delete_identity(target)
+    # re-enrolling the id starts a new person with only the new face
+    again = gallery.enroll(target, None, {}, new_faces(q[None]), create_only=True)
+    assert again.created and again.face_count == 1
+    stats = state.stats()
+    assert stats.tombstones == n_before and stats.live_faces == 1
+    assert stats.faces == stats.index_ntotal - n_before + 1
+
+
+def test_listing_merges_published_and_live(setup) -> None:
+    gallery, _, _ = setup
+    state = gallery.state
+    emb, ids = synthetic_embeddings(3000, seed=11)
+    published = sorted(set(ids))
+    gallery.delete_identity(published[1])
+    gallery.enroll("aaa-live", None, {}, new_faces(emb[:1]), create_only=True)
+    gallery.enroll(published[2], "renamed", {}, new_faces(emb[1:2]), create_only=False)
+    expected = sorted((set(published) - {published[1]}) | {"aaa-live"})
+    seen, after = [], ""
+    while True:
+        page, more = state.list_page(after, 97)
+        seen += [v.identity_id for v in page]
+        if not more:
+            break
+        after = page[-1].identity_id
+    assert seen == expected
+    assert state.identity_count() == len(expected)
+    renamed = state.identity(published[2])
+    assert renamed.name == "renamed" and renamed.face_count == ids.count(published[2]) + 1
+
+
+def test_install_compacted_version_drops_absorbed_delta(setup) -> None:
+    gallery, _, root = setup
+    emb, ids = synthetic_embeddings(3000, seed=11)
+    gallery.delete_identity(ids[0])
+    live = gallery.enroll("new-person", None, {}, new_faces(emb[5:7] * 0.9 + 0.1 * emb[:2]), create_only=True)
+    q = (emb[5] * 0.9 + 0.1 * emb[0])[None].astype(np.float32)
+    before = gallery.state.search(q / np.linalg.norm(q), 5)[0]
+    result = compact(root)
+    assert result.job is not None and result.added_faces == 2
+    late = gallery.enroll("late-person", None, {}, new_faces(emb[9:10]), create_only=True)  # after the snapshot
+    gallery.install(BaseIndex.load(root, contract_id=CONTRACT))
+    state = gallery.state
+    assert state.base.version == result.job.version_dir.name
+    assert set(state.live.faces) == {int(late.face_ids[0])}  # only the change made after the snapshot
+    assert not state.live.tombstones
+    after = state.search(q / np.linalg.norm(q), 5)[0]
+    assert [c.identity_id for c in after] == [c.identity_id for c in before]
+    assert after[0].face_id in live.face_ids  # face ids survive compaction
+    assert state.identity(ids[0]) is None and state.identity("late-person").face_count == 1

