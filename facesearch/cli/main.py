@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from facesearch.cli import client_commands
+from facesearch.cli import client_commands, eval_ident
 from facesearch.errors import FaceSearchError
 
 
@@ -35,6 +35,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     pairs.add_argument("--json", action="store_true", help="print the report as JSON")
     pairs.add_argument("--quiet", action="store_true")
     _add_calibrate(esub)
+    eval_ident.register(esub)
 
 
 def _add_calibrate(esub: argparse._SubParsersAction) -> None:
@@ -96,6 +97,7 @@ def _cmd_eval_calibrate(args: argparse.Namespace) -> int:
     from facesearch.calibration import calibrate  # noqa: PLC0415
     from facesearch.embed_job import embed_paths  # noqa: PLC0415
     from facesearch.image_list import read_image_list  # noqa: PLC0415
+    from facesearch.open_set_calibration import OPEN_SET_CALIBRATION_FILE, calibrate_open_set  # noqa: PLC0415
 
     bundle = resolve_bundle(args.bundle)
     paths = read_image_list(args.images)
@@ -106,6 +108,8 @@ def _cmd_eval_calibrate(args: argparse.Namespace) -> int:
                        default_fmr=args.default_fmr)
     out = args.out or bundle / CALIBRATION_FILE
     result.write(out)
+    calibrate_open_set(rows["embeddings"][found], labels, source=result.source).write(
+        out.parent / OPEN_SET_CALIBRATION_FILE)
     print(f"{result.impostor_pairs} impostor and {result.genuine_pairs} genuine pairs from {result.identities} "
           f"identities -> {out}")
     for point in result.points:
@@ -126,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_eval_pairs(args)
         if args.command == "eval" and args.eval_command == "calibrate":
             return _cmd_eval_calibrate(args)
+        if args.command == "eval" and args.eval_command in ("ident", "ident-split"):
+            return eval_ident.run(args)
     except FaceSearchError as err:
         print(f"facesearch: error: {err}", file=sys.stderr)
         return 2
