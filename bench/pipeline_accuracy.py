@@ -47,7 +47,10 @@ def _dlib_embeddings(images: Path, pairs: list[Pair], model: str, workers: int) 
 
 
 def _row(name: str, r: PairsReport) -> list[str]:
-    return [name, f"{r.accuracy_mean * 100:.2f} +/- {r.accuracy_std * 100:.2f}", f"{r.roc_auc:.4f}",
+    # With one fold there are no other folds to choose a threshold on: accuracy is undefined.
+    accuracy = (f"{r.accuracy_mean * 100:.2f} +/- {r.accuracy_std * 100:.2f}" if len(r.fold_accuracies) > 1
+                else "n/a (one fold)")
+    return [name, accuracy, f"{r.roc_auc:.4f}",
             f"{r.tar_at_far_1e3 * 100:.1f}%", f"{r.images_without_face} / {r.images}"]
 
 

@@ -4,9 +4,10 @@
 
     with FaceSearchClient("localhost:50051") as fs:
         fs.enroll("alice", [Path("alice1.jpg"), Path("alice2.jpg")], name="Alice")
-        result = fs.identify(Path("group.jpg"))
+        result = fs.identify(Path("group.jpg"), max_fpir=0.01)  # hold strangers matched at 1%
         for face in result.faces:
             print(face.box, face.match.identity_id if face.match else "unknown")
+        print(result.threshold.reason)  # which threshold was applied, on which score, and why
 
 Photos may be given as bytes or as paths. Failures raise :class:`~facesearch.errors.FaceSearchError`
 subclasses carrying the server's stable ``reason`` (from its google.rpc ErrorInfo), or
@@ -91,11 +92,36 @@ def to_error(err: grpc.RpcError) -> FaceSearchError:
 
 # -- results -----------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
+class ScoreDetails:
+    """normalised_score = identity_similarity - (probe_cohort_mean + identity_cohort_mean) / 2 (None: left out)."""
+
+    identity_similarity: float  # the identity's template-rule score
+    probe_cohort_mean: float | None
+    identity_cohort_mean: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class Candidate:
     identity_id: str
     name: str
-    similarity: float  # cosine, higher = more alike
+    similarity: float  # cosine with the identity's best face, higher = more alike
     face_id: str
+    normalised_score: float | None = None  # the open-set decision score (None: unavailable)
+    details: ScoreDetails | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionThreshold:
+    """The threshold a decision used and why."""
+
+    kind: str  # min_similarity | max_fmr | max_fpir | default
+    value: float  # a match needs a score >= value
+    score_kind: str  # raw (Candidate.similarity) | normalised (Candidate.normalised_score)
+    gallery_size: int
+    fmr: float | None  # per-comparison false-match rate it stands for (None: uncalibrated)
+    fpir: float | None  # false-positive identification rate at gallery_size (None: uncalibrated)
+    capped: bool  # the rate asked for is below what the calibration measured
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +138,7 @@ class FaceResult:
 @dataclass(frozen=True, slots=True)
 class IdentifyResult:
     faces: list[FaceResult]
-    min_similarity: float
+    threshold: DecisionThreshold
     index_version: str
     width: int
     height: int
@@ -134,6 +160,7 @@ class VerifyResult:
     similarity: float
     min_similarity: float
     reference_face_id: str
+    threshold: DecisionThreshold | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,8 +208,26 @@ def _face(f: pb.DetectedFace) -> FaceResult:
                       f.quality.face_size, f.quality.blur)
 
 
+def _opt(message: Any, name: str) -> float | None:
+    return float(getattr(message, name)) if message.HasField(name) else None
+
+
 def _candidate(c: pb.Candidate) -> Candidate:
-    return Candidate(c.identity_id, c.name, c.similarity, c.face_id)
+    d = c.score_details
+    details = ScoreDetails(d.identity_similarity, _opt(d, "probe_cohort_mean"), _opt(d, "identity_cohort_mean")) \
+        if c.HasField("score_details") else None
+    return Candidate(c.identity_id, c.name, c.similarity, c.face_id, _opt(c, "normalised_score"), details)
+
+
+_THRESHOLD_KINDS = {pb.THRESHOLD_KIND_MIN_SIMILARITY: "min_similarity", pb.THRESHOLD_KIND_MAX_FMR: "max_fmr",
+                    pb.THRESHOLD_KIND_MAX_FPIR: "max_fpir", pb.THRESHOLD_KIND_DEFAULT: "default"}
+_SCORE_KINDS = {pb.SCORE_KIND_RAW: "raw", pb.SCORE_KIND_NORMALISED: "normalised"}
+
+
+def _threshold(t: pb.DecisionThreshold) -> DecisionThreshold:
+    return DecisionThreshold(_THRESHOLD_KINDS.get(t.kind, "unspecified"), t.value,
+                             _SCORE_KINDS.get(t.score_kind, "raw"), int(t.gallery_size), _opt(t, "fmr"),
+                             _opt(t, "fpir"), t.capped, t.reason)
 
 
 def _identify_result(r: pb.IdentifyResponse) -> IdentifyResult:
@@ -192,7 +237,7 @@ def _identify_result(r: pb.IdentifyResponse) -> IdentifyResult:
         faces.append(FaceResult(base.box, base.detection_score, base.landmarks, base.face_size, base.blur,
                                 _candidate(f.match) if f.HasField("match") else None,
                                 [_candidate(c) for c in f.candidates]))
-    return IdentifyResult(faces, r.min_similarity, r.index_version, r.image_width, r.image_height)
+    return IdentifyResult(faces, _threshold(r.threshold), r.index_version, r.image_width, r.image_height)
 
 
 def _identity(r: pb.Identity) -> Identity:
@@ -243,19 +288,21 @@ class FaceSearchClient:
 
     # -- calls -------------------------------------------------------------------------------
     def identify(self, image: Photo, *, top_k: int = 5, min_similarity: float | None = None,
-                 largest_only: bool = False, max_false_positive_rate: float | None = None) -> IdentifyResult:
+                 largest_only: bool = False, max_fpir: float | None = None,
+                 max_fmr: float | None = None) -> IdentifyResult:
         """Faces of ``image`` with their top-k identities and the decision.
 
-        ``max_false_positive_rate`` (instead of ``min_similarity``): the rate of strangers
-        wrongly matched to hold, turned into a threshold for the current gallery size by the
-        server (needs a calibrated model bundle).
+        Instead of ``min_similarity`` (a raw cosine): ``max_fpir``, the rate of people who are
+        not enrolled that may be matched to someone, and/or ``max_fmr``, the false-match rate
+        per comparison; the server turns them into a threshold for the current gallery size
+        (needs a calibrated model bundle). ``result.threshold`` says what was applied and why.
         """
-        req = _identify_request(read_photo(image), top_k, min_similarity, largest_only, max_false_positive_rate)
+        req = _identify_request(read_photo(image), top_k, min_similarity, largest_only, max_fpir, max_fmr)
         return _identify_result(self._call(self._stub.Identify, req))
 
     def identify_stream(self, items: Iterable[tuple[str, Photo]], *, top_k: int = 5,
                         min_similarity: float | None = None, largest_only: bool = False,
-                        max_false_positive_rate: float | None = None,
+                        max_fpir: float | None = None, max_fmr: float | None = None,
                         timeout: float | None = None) -> Iterator[StreamItem]:
         """Identify many photos over one StreamIdentify call; yields in input order.
 
@@ -264,8 +311,7 @@ class FaceSearchClient:
         """
         def requests() -> Iterator[pb.StreamIdentifyRequest]:
             for tag, photo in items:
-                req = _identify_request(read_photo(photo), top_k, min_similarity, largest_only,
-                                        max_false_positive_rate)
+                req = _identify_request(read_photo(photo), top_k, min_similarity, largest_only, max_fpir, max_fmr)
                 yield pb.StreamIdentifyRequest(tag=tag, request=req)
 
         try:
@@ -282,7 +328,7 @@ class FaceSearchClient:
             raise to_error(err) from None
 
     def verify(self, image: Photo, *, reference_image: Photo | None = None, identity_id: str | None = None,
-               min_similarity: float | None = None) -> VerifyResult:
+               min_similarity: float | None = None, max_fmr: float | None = None) -> VerifyResult:
         if (reference_image is None) == (identity_id is None):
             raise InvalidInputError("verify: give exactly one of reference_image and identity_id")
         req = pb.VerifyRequest(image=read_photo(image))
@@ -292,9 +338,11 @@ class FaceSearchClient:
             req.identity_id = str(identity_id)
         if min_similarity is not None:
             req.min_similarity = min_similarity
+        if max_fmr is not None:
+            req.max_false_match_rate = max_fmr
         r = self._call(self._stub.Verify, req)
         return VerifyResult(pb.VerifyDecision.Name(r.decision), r.same, r.similarity, r.min_similarity,
-                            r.reference_face_id)
+                            r.reference_face_id, _threshold(r.threshold) if r.HasField("threshold") else None)
 
     def detect(self, image: Photo, *, largest_only: bool = False) -> list[FaceResult]:
         req = pb.DetectRequest(image=read_photo(image), faces=pb.LARGEST_FACE if largest_only else pb.ALL_FACES)
@@ -354,13 +402,15 @@ class FaceSearchClient:
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(r.status))
 
 
-def _identify_request(image: bytes, top_k: int, min_similarity: float | None, largest_only: bool,
-                      max_false_positive_rate: float | None = None) -> pb.IdentifyRequest:
+def _identify_request(image: bytes, top_k: int, min_similarity: float | None, largest_only: bool,  # noqa: PLR0917
+                      max_fpir: float | None = None, max_fmr: float | None = None) -> pb.IdentifyRequest:
     req = pb.IdentifyRequest(image=image, top_k=top_k, faces=pb.LARGEST_FACE if largest_only else pb.ALL_FACES)
     if min_similarity is not None:
         req.min_similarity = min_similarity
-    if max_false_positive_rate is not None:
-        req.max_false_positive_rate = max_false_positive_rate
+    if max_fpir is not None:
+        req.max_false_positive_identification_rate = max_fpir
+    if max_fmr is not None:
+        req.max_false_match_rate = max_fmr
     return req
 
 

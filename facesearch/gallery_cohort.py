@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -260,31 +261,79 @@ class GalleryCohort:
         rows, scores = self._rows_of(neighbour_ids, neighbour_scores, exclude=row)
         self._set_row(row, rows, scores, len(self._row) - 1)
 
+    def row_of(self, identity_id: Hashable) -> int:
+        """The identity's storage row (stable while it is enrolled; -1 if unknown), for :meth:`floors_at`."""
+        return self._row.get(identity_id, -1)
+
+    def floors(self, identity_ids: Sequence[Hashable]) -> tuple[np.ndarray, np.ndarray]:
+        """Per identity, ``(takes, floor)``: whether its buffer can take a newcomer at all, and the
+        score a newcomer must beat to enter it (-inf for a buffer holding the whole gallery).
+
+        An identity scoring ``s`` against a newcomer takes it exactly when ``takes and s > floor``
+        (see :meth:`enroll`); unknown identities never take one.
+        """
+        return self.floors_at(np.array([self._row.get(i, -1) for i in identity_ids], np.int64))
+
+    def floors_at(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`floors` by storage rows (:meth:`row_of`; -1: unknown)."""
+        rows = np.asarray(rows, np.int64)
+        if len(self._count) == 0:
+            return np.zeros(len(rows), bool), np.full(len(rows), np.inf)
+        safe = np.maximum(rows, 0)
+        count = self._count[safe]
+        complete = self._complete[safe] & (rows >= 0)
+        last = self._score[safe, np.maximum(count - 1, 0)].astype(np.float64)
+        takes = (rows >= 0) & (complete | (count > 0))
+        return takes, np.where(complete, -np.inf, np.where(takes, last, np.inf))
+
     # -- persistence ----------------------------------------------------------------------
-    def save(self, path: Path) -> None:
-        """npz: identity ids (as str), neighbour positions into that list, scores, flags."""
-        rows = self._live_rows()
+    def export(self, identity_ids: Sequence[Hashable]) -> dict[str, np.ndarray]:
+        """The state as arrays aligned with ``identity_ids`` (exactly the cohort's identities, any order):
+        ``neighbours`` (positions into ``identity_ids``, -1 for none), ``scores``, ``counts``, ``complete``."""
+        if len(identity_ids) != len(self._row) or any(i not in self._row for i in identity_ids):
+            raise InvalidInputError("export needs exactly the cohort's identities", reason="BAD_SCORES")
+        rows = np.array([self._row[i] for i in identity_ids], np.int64)
         position = np.full(len(self._count), -1, np.int64)
         position[rows] = np.arange(len(rows))
         nbr = self._nbr[rows]
         mapped = np.where(nbr >= 0, position[np.maximum(nbr, 0)], -1).astype(np.int32)
+        return {"neighbours": mapped, "scores": self._score[rows].copy(), "counts": self._count[rows].copy(),
+                "complete": self._complete[rows].copy()}
+
+    @classmethod
+    def restore(cls, identity_ids: Sequence[Hashable], arrays: dict[str, np.ndarray], k: int,
+                depth: int) -> GalleryCohort:
+        """The inverse of :meth:`export`."""
+        cohort = cls(k, depth)
+        n = len(identity_ids)
+        shapes = (arrays["neighbours"].shape, arrays["scores"].shape, arrays["counts"].shape,
+                  arrays["complete"].shape)
+        if shapes != ((n, cohort.depth), (n, cohort.depth), (n,), (n,)):
+            raise InvalidInputError(f"cohort arrays do not fit {n} identities at depth {depth}: {shapes}",
+                                    reason="BAD_SCORES")
+        cohort._grow(n)
+        cohort._ids = list(identity_ids)
+        cohort._row = {identity: i for i, identity in enumerate(identity_ids)}
+        if len(cohort._row) != n:
+            raise AlreadyExistsError("duplicate identity ids in a saved cohort", reason="DUPLICATE_IDENTITY")
+        cohort._nbr[:n] = arrays["neighbours"]
+        cohort._score[:n] = arrays["scores"]
+        cohort._count[:n] = arrays["counts"]
+        cohort._complete[:n] = arrays["complete"]
+        return cohort
+
+    def save(self, path: Path) -> None:
+        """npz: identity ids (as str), neighbour positions into that list, scores, flags."""
+        ids = [self._ids[r] for r in self._live_rows()]
         tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, identity_ids=np.asarray([str(self._ids[r]) for r in rows]), neighbours=mapped,
-                 scores=self._score[rows], counts=self._count[rows], complete=self._complete[rows],
-                 k=np.int64(self.k), depth=np.int64(self.depth))
+        payload: dict[str, Any] = {"identity_ids": np.asarray([str(i) for i in ids]), "k": np.int64(self.k),
+                                   "depth": np.int64(self.depth), **self.export(ids)}
+        np.savez(tmp, **payload)
         tmp.replace(path)
 
     @classmethod
     def load(cls, path: Path) -> GalleryCohort:
         with np.load(path) as data:
-            cohort = cls(int(data["k"]), int(data["depth"]))
             ids = [str(i) for i in data["identity_ids"]]
-            n = len(ids)
-            cohort._grow(n)
-            cohort._ids = list(ids)
-            cohort._row = {identity: i for i, identity in enumerate(ids)}
-            cohort._nbr[:n] = data["neighbours"]
-            cohort._score[:n] = data["scores"]
-            cohort._count[:n] = data["counts"]
-            cohort._complete[:n] = data["complete"]
-        return cohort
+            arrays = {key: data[key] for key in ("neighbours", "scores", "counts", "complete")}
+            return cls.restore(ids, arrays, int(data["k"]), int(data["depth"]))

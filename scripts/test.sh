@@ -5,6 +5,7 @@ cd "$(dirname "$0")/.."
 scripts/setup-venv.sh dev
 .venv/bin/ruff check .
 .venv/bin/mypy
+scripts/gen-proto.sh --check
 set +e
 .venv/bin/python -m pytest "$@"
 status=$?

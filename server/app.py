@@ -2,7 +2,11 @@
 
 Startup: the model bundle and the face pipeline are loaded, the live journal is opened, the
 gRPC port is bound with health NOT_SERVING, then the published index version (if any) is
-loaded in the background; health turns SERVING once it is installed. An index made with
+loaded in the background with its open-set statistics (templates and cohort: the version's
+``open_set.npz``, a copy this server computed before under ``LIVE_DIR/open_set/``, or computed
+now from its identity store) and the live changes are replayed into them; health turns SERVING
+once it is installed. Decision thresholds come from the bundle's ``calibration.json`` and
+``open_set_calibration.json`` (``facesearch eval calibrate``), see :mod:`server.thresholds`. An index made with
 another model contract is refused: health stays NOT_SERVING and calls that need the gallery
 fail with FAILED_PRECONDITION (reason CONTRACT_MISMATCH) until a matching version is published.
 With no published version the gallery is just the live enrollments.
@@ -27,10 +31,11 @@ from grpc_reflection.v1alpha import reflection
 
 from facesearch.api.v1 import facesearch_pb2 as pb
 from facesearch.api.v1 import facesearch_pb2_grpc as pb_grpc
-from facesearch.bundle import DLIB_TOLERANCE_COSINE, ModelBundle
+from facesearch.bundle import ModelBundle
 from facesearch.errors import FaceSearchError, PreconditionError
 from facesearch.image_limits import DecodeLimits
 from facesearch.live_journal import LiveJournal
+from facesearch.open_set_calibration import OpenSetCalibration, load_open_set_calibration
 from facesearch.pipeline import FacePipeline, PipelineConfig
 from server.admission import Admission
 from server.base_index import BaseIndex
@@ -41,8 +46,10 @@ from server.gallery import Gallery
 from server.health import SERVICE, Health
 from server.interceptors import EdgeInterceptor, read_tokens
 from server.metrics import Metrics
-from server.service import FaceSearchService, Thresholds
+from server.open_set_upkeep import OpenSetParams
+from server.service import EnrollRules, FaceSearchService
 from server.servicer import FaceSearchServicer
+from server.thresholds import ThresholdPolicy
 from server.watcher import IndexWatcher
 
 log = logging.getLogger("facesearch.server")
@@ -50,21 +57,19 @@ log = logging.getLogger("facesearch.server")
 IO_THREADS = 4
 
 
-def thresholds(bundle: ModelBundle, config: ServerConfig) -> Thresholds:
-    calibration = bundle.calibration
-    if config.min_similarity is not None:
-        value, note = config.min_similarity, "set by FACESEARCH_MIN_SIMILARITY"
-    elif calibration is not None:
-        value = calibration.min_similarity
-        tar = next((p.tar for p in calibration.points if p.fmr == calibration.default_fmr), None)
-        note = (f"calibrated on {calibration.source}: false-match rate {calibration.default_fmr:g} per comparison "
-                f"({calibration.impostor_pairs} impostor pairs, {calibration.identities} identities"
-                + (f", true-accept rate {tar:.3f})" if tar is not None else ")"))
-    else:
-        value = DLIB_TOLERANCE_COSINE
-        note = (f"uncalibrated default {DLIB_TOLERANCE_COSINE}: dlib's Euclidean tolerance 0.6 as a cosine; "
-                "calibrate the bundle to state a false-match rate")
-    return Thresholds(float(value), note, config.enroll_min_face_size, config.enroll_min_blur, calibration)
+def threshold_policy(bundle: ModelBundle, open_set: OpenSetCalibration | None, config: ServerConfig) -> ThresholdPolicy:
+    try:
+        return ThresholdPolicy(bundle.calibration, open_set, min_similarity=config.min_similarity,
+                               max_fpir=config.max_fpir)
+    except FaceSearchError as err:  # a default the bundle cannot honour: refuse to start, naming the variable
+        raise PreconditionError(f"{err.message} (bundle {config.bundle})", reason="BAD_CONFIG") from err
+
+
+def open_set_params(open_set: OpenSetCalibration | None, config: ServerConfig) -> OpenSetParams:
+    """The statistics' k and template rule are those the open-set calibration was measured with."""
+    if open_set is None:
+        return OpenSetParams(cache_dir=config.live_dir / "open_set")
+    return OpenSetParams(k=open_set.k, rule=open_set.template, cache_dir=config.live_dir / "open_set")
 
 
 class FaceSearchServer:
@@ -94,9 +99,14 @@ class FaceSearchServer:
         engine = FaceEngine(self.pipeline, self.batcher, self.cpu,
                             DecodeLimits(max_pixels=c.max_image_pixels, max_bytes=c.max_message_bytes),
                             self.metrics.observe_stage)
-        self.gallery = Gallery(self.journal, self.bundle.embedding_dim)
+        open_set = load_open_set_calibration(c.bundle)
+        self.gallery = Gallery(self.journal, self.bundle.embedding_dim, open_set_params(open_set, c))
         self.admission = Admission(c.workers, c.queue_size)
-        self.service = FaceSearchService(engine, self.gallery, self.admission, thresholds(self.bundle, c), self.io)
+        self.service = FaceSearchService(engine, self.gallery, self.admission,
+                                         policy=threshold_policy(self.bundle, open_set, c),
+                                         enroll_rules=EnrollRules(c.enroll_min_face_size, c.enroll_min_blur),
+                                         io=self.io)
+        log.info("decision thresholds: %s", self.service.policy.note)
         self.metrics.queue_depth.set_function(lambda: self.admission.depth)
 
         tokens = read_tokens(c.auth_tokens_file) if c.auth_tokens_file else None
@@ -120,7 +130,7 @@ class FaceSearchServer:
         log.info("listening on %s (port %d), tls=%s auth=%s", c.listen, self.port, c.tls, bool(tokens))
 
         self.watcher = IndexWatcher(c.index_root, self.bundle.contract_id, c.index_poll_s, self.io,
-                                    install=self._install, refuse=self._refuse)
+                                    install=self._install, refuse=self._refuse, prepare=self.gallery.base_open_set)
         await self.watcher.load_current()
         self.watcher.start()
 

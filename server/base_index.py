@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from facesearch.gallery_open_set import GalleryOpenSet
 from facesearch.identity_store import IdentityStore
 from facesearch.index_artifact import STORE_FILE, LoadedIndex, load_index, resolve_version_dir
 
@@ -81,6 +82,9 @@ class BaseIndex:
         self.live_journal_id = live_journal_id
         self.load_s = load_s
         self._pool = _ReadPool(loaded.dir / STORE_FILE, POOL_SIZE)
+        # The version's open-set statistics, attached by the loader before the version is installed;
+        # the gallery takes them over (and keeps them current) on install.
+        self.open_set: GalleryOpenSet | None = None
 
     # -- loading -----------------------------------------------------------------------
     @classmethod
@@ -105,6 +109,10 @@ class BaseIndex:
         self._pool.close()
 
     # -- facts -------------------------------------------------------------------------
+    @property
+    def dir(self) -> Path:
+        return self.loaded.dir
+
     @property
     def version(self) -> str:
         return self.loaded.manifest.version
@@ -159,6 +167,20 @@ class BaseIndex:
             rows = c.execute("SELECT key, identity_id, name, metadata FROM identities WHERE identity_id > ? "
                              "ORDER BY identity_id LIMIT ?", (after, limit)).fetchall()
         return [StoredIdentity(r[0], r[1], r[2], _meta(r[3])) for r in rows]
+
+    def keys_of_identities(self, identity_ids: Sequence[str]) -> dict[str, int]:
+        """Identity id -> key for the ids this version holds."""
+        out: dict[str, int] = {}
+        with self._pool.conn() as c:
+            for chunk in _chunks(sorted(set(identity_ids)), 900):
+                q = f"SELECT identity_id, key FROM identities WHERE identity_id IN ({_marks(chunk)})"
+                out.update(c.execute(q, chunk).fetchall())
+        return out
+
+    def faces_of_keys(self, keys: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """``(vector ids, identity keys)`` of every face of the given identities (one pass, 1 byte a face)."""
+        mask = np.isin(self.identity_keys, np.asarray(list(keys), np.int64))
+        return self.vector_ids[mask], self.identity_keys[mask]
 
     def face_ids_of(self, key: int) -> np.ndarray:
         lo = self.identity_keys == key  # 1 byte a face, fine per call; avoids needing an index

@@ -26,6 +26,7 @@ FACESEARCH_MIN_FACE                                             40 (px, smallest
 FACESEARCH_ENROLL_MIN_FACE_SIZE                                 50 (px, smallest face enrolled)
 FACESEARCH_ENROLL_MIN_BLUR                                      25 (Laplacian variance)
 FACESEARCH_MIN_SIMILARITY                                       the bundle's calibrated value
+FACESEARCH_MAX_FPIR                                             off (Identify default by FPIR)
 FACESEARCH_INDEX_POLL_S                                         2 (seconds between CURRENT checks)
 FACESEARCH_SHUTDOWN_GRACE_S                                     10 (seconds for in-flight calls)
 FACESEARCH_ACCESS_LOG                                           on (one JSON line per call)
@@ -74,6 +75,7 @@ class ServerConfig:
     enroll_min_face_size: float = 50.0
     enroll_min_blur: float = 25.0
     min_similarity: float | None = None  # None: the bundle's default
+    max_fpir: float | None = None  # default Identify threshold as a false-positive identification rate
     index_poll_s: float = 2.0
     shutdown_grace_s: float = 10.0
     access_log: bool = True
@@ -105,6 +107,12 @@ class ServerConfig:
             raise InvalidInputError(f"FACESEARCH_MIN_FACE must be >= 10 px, got {self.min_face}", reason="BAD_CONFIG")
         if self.min_similarity is not None and not -1.0 <= self.min_similarity <= 1.0:
             raise InvalidInputError(f"FACESEARCH_MIN_SIMILARITY must be a cosine in [-1, 1], got {self.min_similarity}",
+                                    reason="BAD_CONFIG")
+        if self.max_fpir is not None and not 0.0 < self.max_fpir < 1.0:
+            raise InvalidInputError(f"FACESEARCH_MAX_FPIR must be in (0, 1), e.g. 0.01, got {self.max_fpir}",
+                                    reason="BAD_CONFIG")
+        if self.max_fpir is not None and self.min_similarity is not None:
+            raise InvalidInputError("set FACESEARCH_MIN_SIMILARITY or FACESEARCH_MAX_FPIR, not both",
                                     reason="BAD_CONFIG")
         if self.index_poll_s <= 0 or self.shutdown_grace_s < 0:
             raise InvalidInputError("FACESEARCH_INDEX_POLL_S must be > 0 and FACESEARCH_SHUTDOWN_GRACE_S >= 0",
@@ -177,6 +185,7 @@ def load_config(args: argparse.Namespace | None = None, env: Mapping[str, str] |
         enroll_min_face_size=reader.as_float("FACESEARCH_ENROLL_MIN_FACE_SIZE", 50.0),
         enroll_min_blur=reader.as_float("FACESEARCH_ENROLL_MIN_BLUR", 25.0),
         min_similarity=reader.as_optional_float("FACESEARCH_MIN_SIMILARITY"),
+        max_fpir=reader.as_optional_float("FACESEARCH_MAX_FPIR"),
         index_poll_s=reader.as_float("FACESEARCH_INDEX_POLL_S", 2.0),
         shutdown_grace_s=reader.as_float("FACESEARCH_SHUTDOWN_GRACE_S", 10.0),
         access_log=reader.as_bool("FACESEARCH_ACCESS_LOG", True),

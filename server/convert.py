@@ -13,7 +13,8 @@ import json
 from facesearch.api.v1 import facesearch_pb2 as pb
 from facesearch.errors import InvalidInputError
 from facesearch.pipeline import Face
-from server.gallery import Candidate, FaceView, IdentityView
+from server.gallery import FaceView, IdentityView
+from server.open_set_state import ScoredCandidate
 from server.service import (
     DEFAULT_TOP_K,
     MAX_TOP_K,
@@ -25,6 +26,7 @@ from server.service import (
     VerifyQuery,
     VerifyResult,
 )
+from server.thresholds import DecisionThreshold
 
 MAX_IDENTITY_ID_BYTES = 256
 MAX_NAME_BYTES = 1024
@@ -71,7 +73,8 @@ def identify_query(req: pb.IdentifyRequest) -> IdentifyQuery:
     if top_k > MAX_TOP_K:
         raise InvalidInputError(f"top_k must be 1..{MAX_TOP_K}, got {top_k}", reason="BAD_TOP_K")
     return IdentifyQuery(image(req.image), top_k, _threshold(req, "min_similarity"), largest_only(req.faces),
-                         _threshold(req, "max_false_positive_rate"))
+                         max_fmr=_threshold(req, "max_false_match_rate"),
+                         max_fpir=_threshold(req, "max_false_positive_identification_rate"))
 
 
 def largest_only(selection: int) -> bool:
@@ -86,7 +89,8 @@ def verify_query(req: pb.VerifyRequest) -> VerifyQuery:
         raise InvalidInputError("set reference_image or identity_id", reason="NO_REFERENCE")
     ref_image = image(req.reference_image, "reference_image") if which == "reference_image" else None
     ident = identity_id(req.identity_id) if which == "identity_id" else None
-    return VerifyQuery(image(req.image), ref_image, ident, _threshold(req, "min_similarity"))
+    return VerifyQuery(image(req.image), ref_image, ident, _threshold(req, "min_similarity"),
+                       _threshold(req, "max_false_match_rate"))
 
 
 def enroll_query(req: pb.EnrollRequest) -> EnrollQuery:
@@ -142,8 +146,32 @@ def detected_face(face: Face) -> pb.DetectedFace:
     )
 
 
-def candidate(c: Candidate) -> pb.Candidate:
-    return pb.Candidate(identity_id=c.identity_id, name=c.name, similarity=c.similarity, face_id=c.face_id)
+def candidate(s: ScoredCandidate) -> pb.Candidate:
+    c = s.candidate
+    out = pb.Candidate(identity_id=c.identity_id, name=c.name, similarity=c.similarity, face_id=c.face_id,
+                       score_details=pb.ScoreDetails(identity_similarity=s.identity_similarity))
+    if s.normalised is not None:
+        out.normalised_score = s.normalised
+    if s.probe_mean is not None:
+        out.score_details.probe_cohort_mean = s.probe_mean
+    if s.identity_mean is not None:
+        out.score_details.identity_cohort_mean = s.identity_mean
+    return out
+
+
+_THRESHOLD_KINDS = {"min_similarity": pb.THRESHOLD_KIND_MIN_SIMILARITY, "max_fmr": pb.THRESHOLD_KIND_MAX_FMR,
+                    "max_fpir": pb.THRESHOLD_KIND_MAX_FPIR, "default": pb.THRESHOLD_KIND_DEFAULT}
+_SCORE_KINDS = {"raw": pb.SCORE_KIND_RAW, "normalised": pb.SCORE_KIND_NORMALISED}
+
+
+def decision_threshold(t: DecisionThreshold) -> pb.DecisionThreshold:
+    out = pb.DecisionThreshold(kind=_THRESHOLD_KINDS[t.kind], value=t.value, score_kind=_SCORE_KINDS[t.score_kind],
+                               gallery_size=t.gallery_size, capped=t.capped, reason=t.reason)
+    if t.fmr is not None:
+        out.fmr = t.fmr
+    if t.fpir is not None:
+        out.fpir = t.fpir
+    return out
 
 
 def identify_response(result: IdentifyResult) -> pb.IdentifyResponse:
@@ -153,8 +181,8 @@ def identify_response(result: IdentifyResult) -> pb.IdentifyResponse:
         if f.match is not None:
             item.match.CopyFrom(candidate(f.match))
         faces.append(item)
-    return pb.IdentifyResponse(faces=faces, min_similarity=result.min_similarity, index_version=result.index_version,
-                               image_width=result.width, image_height=result.height)
+    return pb.IdentifyResponse(faces=faces, index_version=result.index_version, image_width=result.width,
+                               image_height=result.height, threshold=decision_threshold(result.threshold))
 
 
 def detect_response(width: int, height: int, faces: list[Face]) -> pb.DetectResponse:
@@ -163,8 +191,9 @@ def detect_response(width: int, height: int, faces: list[Face]) -> pb.DetectResp
 
 def verify_response(result: VerifyResult) -> pb.VerifyResponse:
     out = pb.VerifyResponse(decision=pb.VerifyDecision.Value(result.decision), same=result.decision == "SAME",
-                            similarity=result.similarity, min_similarity=result.min_similarity,
-                            reference_face_id=result.reference_face_id)
+                            similarity=result.similarity, min_similarity=result.threshold.value,
+                            reference_face_id=result.reference_face_id,
+                            threshold=decision_threshold(result.threshold))
     if result.face is not None:
         out.face.CopyFrom(detected_face(result.face))
     if result.reference_face is not None:
@@ -213,4 +242,5 @@ def stats(s: ServiceStats, model_id: str, contract_id: str, dim: int) -> pb.Stat
         identities=g.identities, default_min_similarity=s.default_min_similarity, threshold_note=s.threshold_note,
         index_factory=g.index_factory, enroll_min_face_size=s.enroll_min_face_size,
         enroll_min_blur=s.enroll_min_blur, queue_depth=s.queue_depth,
+        default_threshold=decision_threshold(s.default_threshold), cohort_k=s.cohort_k, template_rule=s.template_rule,
     )

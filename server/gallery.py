@@ -1,9 +1,14 @@
 """The gallery the server searches: the published index version merged with the live delta.
 
 Reads are lock-free: a request takes the current :class:`GalleryState` (published version +
-live state) once and uses it throughout, so a hot swap never disturbs it. Writes (enroll,
-delete) are serialised by one lock, made durable in the live journal first, then applied to
-the live state; they are visible to the next search when the call returns.
+live state + open-set statistics) once and uses it throughout, so a hot swap never disturbs
+it. Writes (enroll, delete) are serialised by one lock, made durable in the live journal first,
+then applied to the live state and to the open-set statistics (templates and cohort,
+:mod:`server.open_set_upkeep`); they are visible to the next search when the call returns.
+
+Installing a version replays the live changes it does not contain into its statistics: every
+identity the live delta touched is re-derived, so the cost is bounded by the live delta (one
+search per touched identity), which compaction keeps small.
 """
 
 from __future__ import annotations
@@ -20,19 +25,13 @@ from facesearch.errors import AlreadyExistsError, InvalidInputError, NotFoundErr
 from facesearch.live_journal import LiveFace, LiveIdentity, LiveJournal, NewFace
 from server.base_index import BaseIndex, StoredFace, StoredIdentity
 from server.live_state import LiveState
-from server.search import Scored, best_per_label, drop_ids, merge_top
+from server.open_set_state import OpenSetState
+from server.open_set_upkeep import OpenSetParams, OpenSetUpkeep, load_base_open_set
+from server.search import Candidate, Scored, best_per_label, drop_ids, merge_top
 
 log = logging.getLogger(__name__)
 
 MAX_CANDIDATES = 8192  # published-index candidates fetched per query, at most
-
-
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    identity_id: str
-    name: str
-    similarity: float
-    face_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,9 +84,11 @@ def parse_face_id(text: str) -> int:
 class GalleryState:
     """One consistent pairing of a published version (or none) with its live state."""
 
-    def __init__(self, base: BaseIndex | None, live: LiveState) -> None:
+    def __init__(self, base: BaseIndex | None, live: LiveState, open_set: OpenSetState) -> None:
         self.base = base
         self.live = live
+        self.open_set = open_set
+        self.upkeep = OpenSetUpkeep(self, open_set)
 
     # -- identities ----------------------------------------------------------------------
     def identity(self, identity_id: str) -> IdentityView | None:
@@ -129,6 +130,31 @@ class GalleryState:
             if len(tomb):
                 base_ids = base_ids[~np.isin(base_ids, tomb)]
         return base_ids, np.asarray(self.live.faces_of.get(identity_id, []), dtype=np.int64)
+
+    def embeddings_of_many(self, identity_ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """Embeddings (n, d) of each identity's current faces (identities without faces are left out)."""
+        wanted = list(dict.fromkeys(identity_ids))
+        parts: dict[str, list[np.ndarray]] = {}
+        live = self.live
+        view = live.view()
+        if self.base is not None and wanted:
+            alive = [i for i in wanted if not ((row := live.identities.get(i)) is not None and row.deleted)]
+            keys = self.base.keys_of_identities(alive)
+            if keys:
+                vids, owners = self.base.faces_of_keys(list(keys.values()))
+                if len(view.tombstones) and len(vids):
+                    keep = ~np.isin(vids, view.tombstones)
+                    vids, owners = vids[keep], owners[keep]
+                if len(vids):
+                    vectors = self.base.embeddings(vids.tolist())
+                    by_key = {key: identity for identity, key in keys.items()}
+                    for key in np.unique(owners).tolist():
+                        parts.setdefault(by_key[key], []).append(vectors[owners == key])
+        for identity in wanted:
+            rows = [live.row_of[v] for v in live.faces_of.get(identity, [])]
+            if rows:
+                parts.setdefault(identity, []).append(view.vectors[rows])
+        return {i: np.concatenate(p).astype(np.float32) for i, p in parts.items()}
 
     def faces(self, identity_id: str) -> list[FaceView]:
         base_ids, live_ids = self.face_vector_ids(identity_id)
@@ -259,11 +285,17 @@ def _face_view(face: StoredFace | LiveFace) -> FaceView:
 class Gallery:
     """The current :class:`GalleryState` plus the serialised, durable write path."""
 
-    def __init__(self, journal: LiveJournal, d: int) -> None:
+    def __init__(self, journal: LiveJournal, d: int, open_set: OpenSetParams | None = None) -> None:
         self.journal = journal
         self.d = d
+        self.open_set = open_set or OpenSetParams()
         self._write = threading.Lock()
         self._state: GalleryState | None = None
+
+    def base_open_set(self, base: BaseIndex) -> None:
+        """Attach ``base``'s open-set statistics (loaded or computed: run it off the event loop, before install)."""
+        if base.open_set is None:
+            base.open_set = load_base_open_set(base.dir, self.open_set)
 
     @property
     def state(self) -> GalleryState | None:
@@ -282,7 +314,19 @@ class Gallery:
             snap = self.journal.snapshot(after_seq=cut)
             live = LiveState(self.d, _in_base(base), _contains(base), _identity_of(base))
             live.load(snap)
-            self._state = GalleryState(base, live)
+            if base is not None:
+                self.base_open_set(base)
+                data, base.open_set = base.open_set, None  # taken over: the state keeps it current
+            else:
+                data = None
+            state = GalleryState(base, live, OpenSetState(data or self.open_set.empty(self.d)))
+            touched = set(live.identities) | set(live.base_tombstones)
+            t0 = time.perf_counter()
+            state.upkeep.changed(touched)
+            log.info("open-set statistics: %d identities (k=%d, rule %s); %d touched by live changes replayed "
+                     "in %.2fs", state.open_set.gallery_size, state.open_set.k, state.open_set.rule, len(touched),
+                     time.perf_counter() - t0)
+            self._state = state
         log.info("serving index %s + %d live faces, %d tombstones (journal seq %d..%d)",
                  base.version if base else "(none)", live.alive_count, len(live.tombstones), cut, snap.high_water)
 
@@ -312,6 +356,7 @@ class Gallery:
                           for v, f in zip(vids.tolist(), faces, strict=True)]
             in_base = state.base is not None and state.base.identity(identity_id) is not None
             state.live.enroll(row, live_faces, np.stack([f.embedding for f in faces]), in_base)
+            state.upkeep.changed([identity_id])
             return EnrollOutcome(existing is None, [face_id(v) for v in vids.tolist()], state.face_count(identity_id))
 
     def delete_identity(self, identity_id: str) -> int:
@@ -326,6 +371,7 @@ class Gallery:
             row = LiveIdentity(identity_id, seq, True, None, {}, now, now)
             in_base = state.base is not None and state.base.identity(identity_id) is not None
             state.live.delete_identity(row, doomed, in_base)
+            state.upkeep.changed([identity_id])
             return existing.face_count
 
     def delete_faces(self, face_ids: Sequence[str]) -> int:
@@ -341,6 +387,7 @@ class Gallery:
             identity_ids = [o for o in owners if o is not None]
             seq = self.journal.delete_faces(vids, identity_ids)
             state.live.delete_faces(seq, vids, identity_ids)
+            state.upkeep.changed(identity_ids)
             return len(vids)
 
     @staticmethod

@@ -14,6 +14,16 @@ import numpy as np
 
 
 @dataclass(frozen=True, slots=True)
+class Candidate:
+    """An identity found for one query: its best face and that face's cosine similarity."""
+
+    identity_id: str
+    name: str
+    similarity: float
+    face_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class Scored:
     """An identity's best face for one query."""
 

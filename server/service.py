@@ -2,14 +2,18 @@
 
 :class:`FaceSearchService` is what the gRPC servicer calls after converting a request. It
 owns admission (bounded queue + deadlines), runs the CPU stages through the engine and the
-gallery reads/writes on a small I/O pool, and applies the decision threshold.
+gallery reads/writes on a small I/O pool, and makes the decision: each face's shortlist is
+scored (raw best-face similarity, template score, normalised score: :mod:`server.open_set_state`),
+ranked by the score the request's threshold is on (:mod:`server.thresholds`), and the best
+candidate is the match when it reaches the threshold.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import logging
-import math
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -17,13 +21,14 @@ from typing import TypeVar
 
 import numpy as np
 
-from facesearch.calibration import Calibration, fmr_for_fpir
 from facesearch.errors import AlreadyExistsError, InvalidInputError, PreconditionError
 from facesearch.live_journal import NewFace
 from facesearch.pipeline import Face
 from server.admission import Admission, Deadline
 from server.engine import AnalyzedPhoto, FaceEngine, PreparedPhoto
-from server.gallery import Candidate, EnrollOutcome, FaceView, Gallery, GalleryState, GalleryStats, IdentityView
+from server.gallery import EnrollOutcome, FaceView, Gallery, GalleryState, GalleryStats, IdentityView
+from server.open_set_state import ScoredCandidate
+from server.thresholds import DecisionThreshold, ThresholdPolicy, ThresholdRequest
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +46,8 @@ class IdentifyQuery:
     top_k: int = DEFAULT_TOP_K
     min_similarity: float | None = None
     largest_only: bool = False
-    max_false_positive_rate: float | None = None
+    max_fmr: float | None = None  # per-comparison false-match rate to hold
+    max_fpir: float | None = None  # false-positive identification rate to hold at the current gallery size
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +56,7 @@ class VerifyQuery:
     reference_image: bytes | None
     identity_id: str | None
     min_similarity: float | None
+    max_fmr: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +73,8 @@ class EnrollQuery:
 @dataclass(frozen=True, slots=True)
 class IdentifiedFace:
     face: Face
-    candidates: list[Candidate]
-    match: Candidate | None
+    candidates: list[ScoredCandidate]  # best first by the score the threshold is on
+    match: ScoredCandidate | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +82,7 @@ class IdentifyResult:
     width: int
     height: int
     faces: list[IdentifiedFace]
-    min_similarity: float
+    threshold: DecisionThreshold
     index_version: str
 
 
@@ -83,10 +90,14 @@ class IdentifyResult:
 class VerifyResult:
     decision: str  # SAME | DIFFERENT | NO_FACE_IN_IMAGE | NO_FACE_IN_REFERENCE
     similarity: float
-    min_similarity: float
+    threshold: DecisionThreshold
     face: Face | None
     reference_face: Face | None
     reference_face_id: str
+
+    @property
+    def min_similarity(self) -> float:
+        return self.threshold.value
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,33 +127,27 @@ class ServiceStats:
     enroll_min_face_size: float
     enroll_min_blur: float
     queue_depth: int
+    default_threshold: DecisionThreshold
+    cohort_k: int
+    template_rule: str
 
 
 @dataclass(frozen=True, slots=True)
-class Thresholds:
-    default_min_similarity: float
-    note: str
-    enroll_min_face_size: float
-    enroll_min_blur: float
-    calibration: Calibration | None = None
+class EnrollRules:
+    """Enrollment quality gates."""
 
-    def for_fpir(self, fpir: float, identities: int) -> float:
-        """The threshold that holds a stranger's false-positive identification rate at ``fpir``."""
-        if not math.isfinite(fpir) or not 0.0 < fpir < 1.0:
-            raise InvalidInputError(f"max_false_positive_rate must be in (0, 1), got {fpir}", reason="BAD_FPIR")
-        if self.calibration is None:
-            raise PreconditionError("the model bundle has no calibration; use min_similarity",
-                                    reason="NO_CALIBRATION")
-        return float(self.calibration.threshold_for_fmr(fmr_for_fpir(fpir, identities)))
+    min_face_size: float
+    min_blur: float
 
 
 class FaceSearchService:
-    def __init__(self, engine: FaceEngine, gallery: Gallery, admission: Admission, thresholds: Thresholds,
-                 io: ThreadPoolExecutor) -> None:
+    def __init__(self, engine: FaceEngine, gallery: Gallery, admission: Admission, *, policy: ThresholdPolicy,
+                 enroll_rules: EnrollRules, io: ThreadPoolExecutor) -> None:
         self.engine = engine
         self.gallery = gallery
         self.admission = admission
-        self.thresholds = thresholds
+        self.policy = policy
+        self.enroll_rules = enroll_rules
         self.io = io
         self.not_ready: PreconditionError | None = PreconditionError("the index is loading", reason="NOT_READY")
 
@@ -159,37 +164,44 @@ class FaceSearchService:
     async def _cpu(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.engine.executor, fn, *args)
 
-    def threshold(self, requested: float | None) -> float:
-        if requested is None:
-            return self.thresholds.default_min_similarity
-        if not math.isfinite(requested) or not -1.0 <= requested <= 1.0:
-            raise InvalidInputError(f"min_similarity must be a cosine in [-1, 1], got {requested}",
-                                    reason="BAD_MIN_SIMILARITY")
-        return float(requested)
+    def identify_threshold(self, state: GalleryState, query: IdentifyQuery) -> DecisionThreshold:
+        open_set = state.open_set
+        n = open_set.gallery_size if open_set.ready else state.identity_count()
+        t = self.policy.identify(ThresholdRequest(query.min_similarity, query.max_fmr, query.max_fpir), n,
+                                 normalised=open_set.ready)
+        if not open_set.ready and self.policy.open_set is not None:
+            t = dataclasses.replace(t, reason=f"{t.reason}; normalised scores unavailable ({open_set.failure})")
+        return t
 
     # -- calls ---------------------------------------------------------------------------
     async def identify(self, query: IdentifyQuery, deadline: Deadline, *, wait: bool = False) -> IdentifyResult:
         if not 1 <= query.top_k <= MAX_TOP_K:
             raise InvalidInputError(f"top_k must be 1..{MAX_TOP_K}, got {query.top_k}", reason="BAD_TOP_K")
         state = self.state()
-        if query.max_false_positive_rate is not None:
-            if query.min_similarity is not None:
-                raise InvalidInputError("set min_similarity or max_false_positive_rate, not both",
-                                        reason="BAD_THRESHOLD")
-            threshold = self.thresholds.for_fpir(query.max_false_positive_rate, max(1, state.identity_count()))
-        else:
-            threshold = self.threshold(query.min_similarity)
+        threshold = self.identify_threshold(state, query)
         async with self.admission.slot(deadline, wait=wait):
             photo = await self.engine.analyze(query.image, deadline, largest_only=query.largest_only)
             deadline.check("search")
             queries = np.stack([f.embedding for f in photo.faces]) if photo.faces else np.zeros((0, self.engine.dim))
             t0 = asyncio.get_running_loop().time()
-            ranked = await self._cpu(state.search, queries.astype(np.float32), query.top_k)
+            faces = await self._cpu(functools.partial(self._search_and_decide, state, photo.faces,
+                                                      queries.astype(np.float32), top_k=query.top_k,
+                                                      threshold=threshold))
             self.engine.observe("search", asyncio.get_running_loop().time() - t0)
-        faces = [IdentifiedFace(f, cands, cands[0] if cands and cands[0].similarity >= threshold else None)
-                 for f, cands in zip(photo.faces, ranked, strict=True)]
         version = state.base.version if state.base is not None else ""
         return IdentifyResult(photo.width, photo.height, faces, threshold, version)
+
+    @staticmethod
+    def _search_and_decide(state: GalleryState, faces: list[Face], queries: np.ndarray, *, top_k: int,
+                           threshold: DecisionThreshold) -> list[IdentifiedFace]:
+        ranked = state.search(queries, state.open_set.shortlist(top_k))
+        out = []
+        for face, query, cands in zip(faces, queries, ranked, strict=True):
+            scored = state.open_set.score(query, cands)
+            top = rank(scored, threshold)[:top_k]
+            match = top[0] if top and decision_score(top[0], threshold) >= threshold.value else None
+            out.append(IdentifiedFace(face, top, match))
+        return out
 
     async def detect(self, image: bytes, largest_only: bool, deadline: Deadline) -> AnalyzedPhoto:
         async with self.admission.slot(deadline):
@@ -197,7 +209,7 @@ class FaceSearchService:
         return self.engine.unembedded(photo)
 
     async def verify(self, query: VerifyQuery, deadline: Deadline) -> VerifyResult:
-        threshold = self.threshold(query.min_similarity)
+        threshold = self.policy.verify(query.min_similarity, query.max_fmr)
         state = self.state() if query.identity_id is not None else None
         if state is not None and query.identity_id is not None:
             await self._io(state.require, query.identity_id)
@@ -214,7 +226,7 @@ class FaceSearchService:
             if ref is None:
                 return VerifyResult("NO_FACE_IN_REFERENCE", 0.0, threshold, face, None, "")
             sim = float(np.dot(face.embedding, ref.embedding))
-            return VerifyResult(_decide(sim, threshold), sim, threshold, face, ref, "")
+            return VerifyResult(_decide(sim, threshold.value), sim, threshold, face, ref, "")
         assert state is not None and query.identity_id is not None
         vids, embeddings = await self._io(state.embeddings_of, query.identity_id)
         if len(vids) == 0:
@@ -222,7 +234,7 @@ class FaceSearchService:
         sims = embeddings @ face.embedding
         best = int(np.argmax(sims))
         sim = float(sims[best])
-        return VerifyResult(_decide(sim, threshold), sim, threshold, face, None, str(int(vids[best])))
+        return VerifyResult(_decide(sim, threshold.value), sim, threshold, face, None, str(int(vids[best])))
 
     async def enroll(self, query: EnrollQuery, deadline: Deadline) -> EnrollResult:
         if not query.images:
@@ -256,7 +268,7 @@ class FaceSearchService:
     def _gate(self, photos: list[PreparedPhoto], use_largest: bool) -> tuple[list[EnrollImageResult],
                                                                               list[tuple[int, int]]]:
         """Quality rules per photo: results (accepted ones without face id yet) and (photo, row) to embed."""
-        t = self.thresholds
+        t = self.enroll_rules
         results: list[EnrollImageResult] = []
         accepted: list[tuple[int, int]] = []
         for i, photo in enumerate(photos):
@@ -271,14 +283,14 @@ class FaceSearchService:
                 continue
             f = found[0]
             face = self.engine.unembedded(PreparedPhoto(photo.width, photo.height, [f], photo.chips[:1])).faces[0]
-            if f.quality.face_size < t.enroll_min_face_size:
+            if f.quality.face_size < t.min_face_size:
                 results.append(EnrollImageResult(
                     i, False, reject_reason="FACE_TOO_SMALL", face=face,
-                    message=f"face is {f.quality.face_size:.0f} px, the minimum is {t.enroll_min_face_size:.0f} px"))
-            elif f.quality.blur < t.enroll_min_blur:
+                    message=f"face is {f.quality.face_size:.0f} px, the minimum is {t.min_face_size:.0f} px"))
+            elif f.quality.blur < t.min_blur:
                 results.append(EnrollImageResult(
                     i, False, reject_reason="FACE_TOO_BLURRY", face=face,
-                    message=f"sharpness {f.quality.blur:.1f} is below the minimum {t.enroll_min_blur:.1f}"))
+                    message=f"sharpness {f.quality.blur:.1f} is below the minimum {t.min_blur:.1f}"))
             else:
                 results.append(EnrollImageResult(i, True))
                 accepted.append((i, 0))
@@ -305,9 +317,22 @@ class FaceSearchService:
     async def stats(self) -> ServiceStats:
         state = self.state()
         gallery = await self._io(state.stats)
-        t = self.thresholds
-        return ServiceStats(gallery, t.default_min_similarity, t.note, t.enroll_min_face_size, t.enroll_min_blur,
-                            self.admission.depth)
+        p, r = self.policy, self.enroll_rules
+        default = self.identify_threshold(state, IdentifyQuery(b""))
+        return ServiceStats(gallery, p.default_min_similarity, p.note, r.min_face_size, r.min_blur,
+                            self.admission.depth, default, state.open_set.k, state.open_set.rule)
+
+
+def decision_score(candidate: ScoredCandidate, threshold: DecisionThreshold) -> float:
+    """The score ``threshold`` applies to."""
+    if threshold.score_kind == "normalised" and candidate.normalised is not None:
+        return candidate.normalised
+    return candidate.similarity
+
+
+def rank(candidates: list[ScoredCandidate], threshold: DecisionThreshold) -> list[ScoredCandidate]:
+    """Best first by the decision score, then raw similarity, then identity id (stable for equal scores)."""
+    return sorted(candidates, key=lambda c: (-decision_score(c, threshold), -c.similarity, c.identity_id))
 
 
 def _decide(similarity: float, threshold: float) -> str:

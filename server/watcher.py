@@ -1,9 +1,10 @@
 """Hot swap: watch ``ROOT/CURRENT`` and serve each newly published version.
 
 A new version is loaded in the background (requests keep using the old one), checked
-against the model contract, and installed atomically with the live changes it does not
-contain. A refused or broken version is logged and counted, the old one keeps serving, and
-it is not retried until ``CURRENT`` changes again.
+against the model contract, prepared (its open-set statistics loaded or computed), and
+installed atomically with the live changes it does not contain. A refused or broken version
+is logged and counted, the old one keeps serving, and it is not retried until ``CURRENT``
+changes again.
 """
 
 from __future__ import annotations
@@ -25,13 +26,15 @@ log = logging.getLogger(__name__)
 class IndexWatcher:
     def __init__(self, root: Path, contract_id: str, poll_s: float, executor: ThreadPoolExecutor, *,
                  install: Callable[[BaseIndex | None], Awaitable[None]],
-                 refuse: Callable[[str | None, FaceSearchError], Awaitable[None]]) -> None:
+                 refuse: Callable[[str | None, FaceSearchError], Awaitable[None]],
+                 prepare: Callable[[BaseIndex], None] | None = None) -> None:
         self.root = root
         self.contract_id = contract_id
         self.poll_s = poll_s
         self.executor = executor
         self._install = install
         self._refuse = refuse
+        self._prepare = prepare
         self.seen: str | None = None  # the CURRENT value last acted upon
         self._task: asyncio.Task[None] | None = None
 
@@ -66,7 +69,14 @@ class IndexWatcher:
         self.seen = version
 
     def _load(self) -> BaseIndex:
-        return BaseIndex.load(self.root, contract_id=self.contract_id)
+        base = BaseIndex.load(self.root, contract_id=self.contract_id)
+        if self._prepare is not None:
+            try:
+                self._prepare(base)
+            except BaseException:
+                base.close()
+                raise
+        return base
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="index-watcher")

@@ -4,14 +4,26 @@ Connection options (every command): ``--target HOST:PORT`` ($FACESEARCH_TARGET, 
 localhost:50051), ``--token``/``--token-file`` ($FACESEARCH_TOKEN) for bearer auth, ``--tls``
 with ``--ca-cert``/``--client-cert``/``--client-key``, ``--timeout`` seconds, ``--json``.
 
+``identify --max-fpir X`` holds the rate of people who are not enrolled that get matched
+to someone at X (e.g. 0.01) at the server's current gallery size; ``--max-fmr X`` holds the
+false-match rate per comparison (both: the stricter wins). Both need a calibrated bundle on
+the server; without them the server's default applies. ``--min-similarity`` is a raw cosine.
+
 ``identify --json`` prints one JSON object per image, in input order, a stable contract::
 
     {"path": "a.jpg", "faces": [{"box": [x1, y1, x2, y2], "detection_score": 1.02,
-      "match": {"identity_id": "alice", "name": "Alice", "similarity": 0.94} | null,
-      "candidates": [{"identity_id": "alice", "name": "Alice", "similarity": 0.94, "face_id": "17"}, ...]}]}
+      "match": {"identity_id": "alice", "name": "Alice", "similarity": 0.94, "normalised_score": 0.081} | null,
+      "candidates": [{"identity_id": "alice", "name": "Alice", "similarity": 0.94, "face_id": "17",
+                      "normalised_score": 0.081}, ...],
+      "threshold": {"kind": "max_fpir", "value": 0.0288, "score_kind": "normalised", "gallery_size": 417,
+                    "fmr": 2.4e-05, "fpir": 0.01, "capped": false, "reason": "FPIR 1% at gallery size 417 -> ..."}}]}
 
-An image that could not be read or identified has ``"faces": []`` and an extra
-``"error": {"reason": ..., "message": ...}``; the exit status is then 1.
+``similarity`` is the raw cosine with the identity's best face; ``normalised_score`` the
+open-set decision score (null if the server has none); ``threshold`` the threshold the
+decision used (``kind``: min_similarity | max_fmr | max_fpir | default; ``score_kind``: raw
+| normalised; ``fmr``/``fpir`` null when uncalibrated), the same for every face of a photo.
+Keys are only ever added. An image that could not be read or identified has ``"faces": []``
+and an extra ``"error": {"reason": ..., "message": ...}``; the exit status is then 1.
 """
 
 from __future__ import annotations
@@ -56,9 +68,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--list", type=Path, dest="list_file", default=None,
                    help="file with one photo path per line (or a folder)")
     p.add_argument("--top-k", type=int, default=5, help="identities per face (default 5)")
-    p.add_argument("--min-similarity", type=float, default=None, help="threshold (default: the server's)")
-    p.add_argument("--max-false-positive-rate", type=float, default=None, metavar="FPIR",
-                   help="instead of --min-similarity: the rate of strangers wrongly matched to hold (e.g. 0.001)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--min-similarity", type=float, default=None,
+                   help="raw cosine threshold (default: the server's)")
+    g.add_argument("--max-fpir", type=float, default=None, metavar="X",
+                   help="false-positive identification rate to hold: the fraction of people not enrolled "
+                        "that get matched to someone (e.g. 0.01), at the current gallery size")
+    p.add_argument("--max-fmr", type=float, default=None, metavar="X",
+                   help="false-match rate per comparison to hold (e.g. 1e-5); with --max-fpir the stricter wins")
     p.add_argument("--largest-only", action="store_true", help="only the largest face of each photo")
     _connection_options(p)
 
@@ -66,7 +83,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("image", type=Path, help="the probe photo")
     p.add_argument("reference", nargs="?", type=Path, default=None, help="the reference photo")
     p.add_argument("--identity", default=None, help="compare with this enrolled identity instead")
-    p.add_argument("--min-similarity", type=float, default=None, help="threshold (default: the server's)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--min-similarity", type=float, default=None, help="cosine threshold (default: the server's)")
+    g.add_argument("--max-fmr", type=float, default=None, metavar="X", help="false-match rate to hold (e.g. 1e-4)")
     _connection_options(p)
 
     p = subparsers.add_parser("delete", help="delete an identity (or some faces) from a server")
@@ -137,35 +156,57 @@ def _paths(args: argparse.Namespace) -> list[Path]:
     return paths
 
 
+def _score(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+def threshold_json(t: Any) -> dict[str, Any]:
+    """The ``threshold`` object of ``identify --json``."""
+    return {"kind": t.kind, "value": round(t.value, 4), "score_kind": t.score_kind, "gallery_size": t.gallery_size,
+            "fmr": None if t.fmr is None else float(f"{t.fmr:.3g}"),
+            "fpir": None if t.fpir is None else float(f"{t.fpir:.3g}"), "capped": t.capped, "reason": t.reason}
+
+
 def identify_json(path: str, result: Any) -> dict[str, Any]:
     """The ``identify --json`` object of one photo (the stable contract)."""
     faces = []
+    threshold = threshold_json(result.threshold)
     for f in result.faces:
         m = f.match
         faces.append({
             "box": [round(v, 2) for v in f.box],
             "detection_score": round(f.detection_score, 4),
             "match": None if m is None else {"identity_id": m.identity_id, "name": m.name,
-                                             "similarity": round(m.similarity, 4)},
+                                             "similarity": round(m.similarity, 4),
+                                             "normalised_score": _score(m.normalised_score)},
             "candidates": [{"identity_id": c.identity_id, "name": c.name, "similarity": round(c.similarity, 4),
-                            "face_id": c.face_id} for c in f.candidates],
+                            "face_id": c.face_id, "normalised_score": _score(c.normalised_score)}
+                           for c in f.candidates],
+            "threshold": threshold,
         })
     return {"path": path, "faces": faces}
+
+
+def _describe(c: Any, score_kind: str) -> str:
+    if score_kind == "normalised" and c.normalised_score is not None:
+        return f"{c.normalised_score:.3f} normalised, similarity {c.similarity:.3f}"
+    return f"{c.similarity:.3f}"
 
 
 def _identify_text(path: str, result: Any) -> str:
     if not result.faces:
         return f"{path}: no face"
     parts = []
+    kind = result.threshold.score_kind
     for f in result.faces:
         box = ",".join(f"{v:.0f}" for v in f.box)
         if f.match is not None:
-            who = f"{f.match.name or f.match.identity_id} ({f.match.identity_id}) {f.match.similarity:.3f}"
+            who = f"{f.match.name or f.match.identity_id} ({f.match.identity_id}) {_describe(f.match, kind)}"
         else:
             best = f.candidates[0] if f.candidates else None
-            who = "unknown" + (f" (closest {best.identity_id} {best.similarity:.3f})" if best else "")
+            who = "unknown" + (f" (closest {best.identity_id} {_describe(best, kind)})" if best else "")
         parts.append(f"[{box}] {who}")
-    return f"{path}: " + "; ".join(parts)
+    return f"{path}: " + "; ".join(parts) + f"  [threshold {result.threshold.value:.4f} {kind}]"
 
 
 def _identify(client: Any, args: argparse.Namespace) -> int:
@@ -195,8 +236,8 @@ def _identify(client: Any, args: argparse.Namespace) -> int:
             _out(args, identify_json(path, result), _identify_text(path, result))
 
     for item in client.identify_stream(items(), top_k=args.top_k, min_similarity=args.min_similarity,
-                                       largest_only=args.largest_only,
-                                       max_false_positive_rate=args.max_false_positive_rate):
+                                       largest_only=args.largest_only, max_fpir=args.max_fpir,
+                                       max_fmr=args.max_fmr):
         i = int(item.tag)
         while printed < i:  # photos skipped before this one could not be read
             emit(printed, None, unreadable[printed])
@@ -213,9 +254,11 @@ def _verify(client: Any, args: argparse.Namespace) -> int:
     if (args.reference is None) == (args.identity is None):
         raise InvalidInputError("verify: give a reference photo or --identity ID (one of them)", reason="BAD_ARGS")
     r = client.verify(_read(args.image), reference_image=_read(args.reference) if args.reference else None,
-                      identity_id=args.identity, min_similarity=args.min_similarity)
+                      identity_id=args.identity, min_similarity=args.min_similarity, max_fmr=args.max_fmr)
     data = {"decision": r.decision, "same": r.same, "similarity": round(r.similarity, 4),
             "min_similarity": round(r.min_similarity, 4), "reference_face_id": r.reference_face_id or None}
+    if r.threshold is not None:
+        data["threshold"] = threshold_json(r.threshold)
     _out(args, data, f"{r.decision} similarity {r.similarity:.3f} (threshold {r.min_similarity:.3f})")
     return 0
 

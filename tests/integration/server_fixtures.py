@@ -1,5 +1,7 @@
 """Helpers and fixtures for the server's integration tests: real server processes on port 0,
-indices built by the real indexer from seeded synthetic embeddings, LFW people.
+indices built by the real indexer from seeded synthetic embeddings, LFW people, a bundle
+calibrated by ``facesearch eval calibrate`` on other LFW people, and reference embeddings
+computed in-process exactly as the server enrolls them.
 
 Import the fixtures into a test module with ``from tests.integration.server_fixtures import *``
 (the names are listed in ``__all__``).
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,12 +30,19 @@ REPO = Path(__file__).resolve().parents[2]
 __all__ = [
     "ServerProcess",
     "build_index",
+    "calibrated_bundle",
+    "largest_face_embeddings",
+    "lfw_gallery",
     "people",
     "server_bundle",
     "start_server",
     "synthetic_embeddings",
     "wait_until",
 ]
+
+CALIBRATION_PHOTOS = 160  # ~20 s of embedding on 2 cores
+CALIBRATION_PER_PERSON = 3
+GALLERY_PEOPLE = 140  # above the open-set calibration's 128: decisions on the normalised score
 
 
 @dataclass
@@ -174,3 +184,72 @@ def people(lfw_dir: Path) -> dict[str, list[Path]]:
     if len(out) < 8:
         pytest.skip("LFW dev data has too few people with 6+ photos")
     return out
+
+
+@pytest.fixture(scope="session")
+def calibrated_bundle(server_bundle: Path, lfw_dir: Path, people: dict[str, list[Path]],
+                      tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the exported bundle with calibration.json and open_set_calibration.json, written by
+    ``facesearch eval calibrate`` on lfw-dev people disjoint from ``people`` (from the other end of
+    the alphabet, at most 3 photos each, 160 photos: linked, never copied)."""
+    from facesearch.cli.main import main
+
+    root = tmp_path_factory.mktemp("calibrated")
+    bundle = root / "dlib"
+    shutil.copytree(server_bundle, bundle)
+    tree = root / "tree"
+    count = 0
+    for folder in _folders(lfw_dir)[::-1]:
+        if folder.name in people:
+            continue
+        (tree / folder.name).mkdir(parents=True)
+        for photo in sorted(folder.glob("*.jpg"))[:CALIBRATION_PER_PERSON]:
+            (tree / folder.name / photo.name).symlink_to(photo)
+            count += 1
+        if count >= CALIBRATION_PHOTOS:
+            break
+    assert main(["eval", "calibrate", "--images", str(tree), "--bundle", str(bundle), "--workers", "2",
+                 "--quiet"]) == 0
+    assert (bundle / "calibration.json").is_file() and (bundle / "open_set_calibration.json").is_file()
+    return bundle
+
+
+def largest_face_embeddings(bundle: Path, photos: list[Path], min_face: int = 80) -> np.ndarray:
+    """The embedding of each photo's largest face, as the server enrolls it (``use_largest_face``)."""
+    from facesearch.bundle import ModelBundle
+    from facesearch.decode import decode_image
+    from facesearch.pipeline import FacePipeline, PipelineConfig
+
+    pipeline = FacePipeline(ModelBundle.load(bundle, verify=False), PipelineConfig(min_face=min_face, threads=1))
+
+    def area(box: tuple[float, float, float, float]) -> float:
+        return max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
+
+    out = []
+    for photo in photos:
+        rgb = decode_image(photo.read_bytes())
+        largest = sorted(pipeline.detect(rgb), key=lambda d: -area(d.box))[0]
+        _, chips = pipeline.align(rgb, [largest.box])
+        out.append(pipeline.embed_chips(chips)[0])
+    return np.stack(out).astype(np.float32)
+
+
+def _folders(lfw_dir: Path) -> list[Path]:
+    return sorted(p for p in (lfw_dir / "images").iterdir() if p.is_dir())
+
+
+@pytest.fixture(scope="session")
+def lfw_gallery(server_bundle: Path, lfw_dir: Path, people: dict[str, list[Path]],
+                calibrated_bundle: Path) -> tuple[np.ndarray, list[str]]:
+    """Real faces to publish: the first photo of 140 lfw-dev people from the start of the alphabet
+    (not in ``people``, not among the calibration people at the other end): ``(embeddings, names)``."""
+    from facesearch.embed_job import embed_paths
+
+    calibration = {p.name for p in (calibrated_bundle.parent / "tree").iterdir()}
+    folders = [f for f in _folders(lfw_dir) if f.name not in people][: GALLERY_PEOPLE + 10]
+    assert not calibration & {f.name for f in folders}, "gallery and calibration people must be disjoint"
+    photos = [sorted(f.glob("*.jpg"))[0] for f in folders]
+    rows = embed_paths(server_bundle, photos, min_face=80, workers=2, progress=False)
+    found = np.flatnonzero(rows["found"])[:GALLERY_PEOPLE]
+    names = [photos[i].parent.name for i in rows["image_index"][found]]
+    return rows["embeddings"][found].astype(np.float32), names

@@ -57,15 +57,18 @@ def test_cli_round_trip(server: ServerProcess, people: dict[str, list[Path]], tm
     assert [r["path"] for r in rows] == [str(people[a][4]), str(missing), str(people[b][4]), str(people[stranger][0])]
     for row in rows:
         assert set(row) <= {"path", "faces", "error"}
-        for face in row["faces"]:
-            assert set(face) == {"box", "detection_score", "match", "candidates"}
+        for face in row["faces"]:  # the issue-4 keys, plus the keys open-set decisions added
+            assert set(face) == {"box", "detection_score", "match", "candidates", "threshold"}
             assert len(face["box"]) == 4 and isinstance(face["detection_score"], float)
-            assert face["match"] is None or set(face["match"]) == {"identity_id", "name", "similarity"}
+            assert face["match"] is None or set(face["match"]) == {"identity_id", "name", "similarity",
+                                                                   "normalised_score"}
             assert 1 <= len(face["candidates"]) <= 2
             for c in face["candidates"]:
-                assert set(c) == {"identity_id", "name", "similarity", "face_id"}
-    assert rows[0]["faces"][0]["match"] == {"identity_id": a, "name": "Person A",
-                                            "similarity": rows[0]["faces"][0]["match"]["similarity"]}
+                assert set(c) == {"identity_id", "name", "similarity", "face_id", "normalised_score"}
+            assert face["threshold"]["kind"] == "default" and face["threshold"]["score_kind"] == "raw"
+    match = rows[0]["faces"][0]["match"]
+    assert match == {"identity_id": a, "name": "Person A", "similarity": match["similarity"],
+                     "normalised_score": match["normalised_score"]}
     assert rows[1]["faces"] == [] and rows[1]["error"]["reason"] == "IMAGE_UNREADABLE"
     assert rows[2]["faces"][0]["match"]["identity_id"] == b
     assert rows[3]["faces"][0]["match"] is None  # a stranger is unknown

@@ -148,3 +148,51 @@ def test_install_compacted_version_drops_absorbed_delta(setup) -> None:
     assert [c.identity_id for c in after] == [c.identity_id for c in before]
     assert after[0].face_id in live.face_ids  # face ids survive compaction
     assert state.identity(ids[0]) is None and state.identity("late-person").face_count == 1
+
+
+def _assert_statistics_exact(gallery: Gallery, faces: dict[int, tuple[str, np.ndarray]], what: str) -> None:
+    """Templates and cohort means of every identity against a recomputation from all current faces."""
+    from facesearch.open_set import gallery_topk_mean
+    from facesearch.templates import build_gallery, gallery_scores
+
+    labels = np.array([f[0] for f in faces.values()])
+    g = build_gallery(np.stack([f[1] for f in faces.values()]), labels)
+    names = [str(x) for x in g.identities]
+    data = gallery.state.open_set.data
+    assert sorted(map(str, data.cohort.identity_ids)) == names, what
+    np.testing.assert_allclose(data.cohort.means(names), gallery_topk_mean(gallery_scores(g, "both"), 4), atol=1e-5,
+                               err_msg=what)
+    np.testing.assert_allclose(data.templates.get(names)[0], g.templates, atol=1e-5, err_msg=what)
+
+
+def test_open_set_statistics_stay_exact_through_changes_and_replay(setup) -> None:
+    gallery, vecs, root = setup
+    faces = dict(vecs)
+    _assert_statistics_exact(gallery, faces, "built from the published version")
+    emb, ids = synthetic_embeddings(3000, seed=11)
+    rng = np.random.default_rng(5)
+    published = sorted(set(ids))
+    for step in range(24):
+        kind = step % 4
+        if kind == 0:  # a new person close to a published face
+            x = near(emb[int(rng.integers(len(emb)))], step)
+            out = gallery.enroll(f"new-{step}", None, {}, new_faces(x[None]), create_only=True)
+            faces[int(out.face_ids[0])] = (f"new-{step}", x)
+        elif kind == 1:  # a live face for a published person: its template changes
+            who = published[int(rng.integers(len(published)))]
+            if gallery.state.identity(who) is None:
+                continue
+            x = near(emb[ids.index(who)], 100 + step)
+            out = gallery.enroll(who, None, {}, new_faces(x[None]), create_only=False)
+            faces[int(out.face_ids[0])] = (who, x)
+        elif kind == 2:  # a person deleted
+            who = sorted({f[0] for f in faces.values()})[int(rng.integers(len(faces) // 4))]
+            gallery.delete_identity(who)
+            faces = {v: f for v, f in faces.items() if f[0] != who}
+        else:  # one published face deleted
+            vid = sorted(v for v in faces if v in vecs)[int(rng.integers(100))]
+            gallery.delete_faces([str(vid)])
+            del faces[vid]
+    _assert_statistics_exact(gallery, faces, "after enrolls and deletes")
+    gallery.install(BaseIndex.load(root, contract_id=CONTRACT))  # what a restart or a swap does: replay
+    _assert_statistics_exact(gallery, faces, "after replaying the live changes")

@@ -97,7 +97,8 @@ def test_grpcurl_list_describe_and_identify_json(server: ServerProcess, people: 
     for rpc in ("Identify", "Verify", "Detect", "Enroll", "DeleteIdentity", "DeleteFaces", "GetIdentity",
                 "ListIdentities", "GetStats", "StreamIdentify"):
         assert f"rpc {rpc} " in described
-    assert "max_false_positive_rate" in run("describe", "facesearch.v1.IdentifyRequest")
+    described = run("describe", "facesearch.v1.IdentifyRequest")
+    assert "max_false_positive_identification_rate" in described and "max_false_match_rate" in described
     name = next(iter(enrolled))
     body = json.dumps({"image": base64.b64encode(people[name][4].read_bytes()).decode(), "top_k": 3,
                        "faces": "LARGEST_FACE"})
@@ -106,6 +107,9 @@ def test_grpcurl_list_describe_and_identify_json(server: ServerProcess, people: 
     assert face["match"]["identity_id"] == name
     assert len(face["face"]["landmarks"]) == 5
     assert len({c["identity_id"] for c in face["candidates"]}) == len(face["candidates"]) == 3
+    assert "normalised_score" in face["match"] and "identity_similarity" in face["match"]["score_details"]
+    threshold = reply["threshold"]
+    assert threshold["kind"] == "THRESHOLD_KIND_DEFAULT" and threshold["score_kind"] == "SCORE_KIND_RAW"
 
 
 def test_detect(client: FaceSearchClient, people: dict[str, list[Path]]) -> None:
@@ -157,17 +161,23 @@ def test_stranger_is_unknown(client: FaceSearchClient, people: dict[str, list[Pa
     assert client.identify(people[name][3], min_similarity=0.999).faces[0].match is None
 
 
-def test_false_positive_rate_needs_a_calibrated_bundle(client: FaceSearchClient,
-                                                       people: dict[str, list[Path]]) -> None:
+def test_error_rates_need_a_calibrated_bundle(client: FaceSearchClient, people: dict[str, list[Path]]) -> None:
     photo = next(iter(people.values()))[0]
     from facesearch.errors import PreconditionError
 
-    with pytest.raises(PreconditionError) as err:  # the test bundle is not calibrated
-        client.identify(photo, max_false_positive_rate=0.001)
-    assert err.value.reason == "NO_CALIBRATION"
+    for rates in ({"max_fpir": 0.001}, {"max_fmr": 1e-5}):
+        with pytest.raises(PreconditionError) as err:  # the test bundle is not calibrated
+            client.identify(photo, **rates)  # type: ignore[arg-type]
+        assert err.value.reason == "NO_CALIBRATION"
+    with pytest.raises(PreconditionError):
+        client.verify(photo, reference_image=photo, max_fmr=1e-4)
     with pytest.raises(InvalidInputError) as bad:
-        client.identify(photo, max_false_positive_rate=0.001, min_similarity=0.9)
+        client.identify(photo, max_fpir=0.001, min_similarity=0.9)
     assert bad.value.reason == "BAD_THRESHOLD"
+    r = client.identify(photo)  # FACESEARCH_MIN_SIMILARITY: the server's default, on raw cosine
+    assert (r.threshold.kind, r.threshold.score_kind, r.threshold.value) == ("default", "raw",
+                                                                             pytest.approx(THRESHOLD))
+    assert r.threshold.fmr is None and "FACESEARCH_MIN_SIMILARITY" in r.threshold.reason
 
 
 def test_verify(client: FaceSearchClient, people: dict[str, list[Path]], enrolled: dict[str, list[str]]) -> None:

@@ -35,6 +35,7 @@ def test_flags_override_environment() -> None:
     assert config.index_root == Path("/env/index")
     assert config.max_message_bytes == 64 << 20 and config.metrics_listen is None
     assert config.min_similarity == 0.9 and not config.access_log
+    assert load_config(parse([]), env={"FACESEARCH_MAX_FPIR": "0.001"}).max_fpir == 0.001
 
 
 @pytest.mark.parametrize(("env", "names"), [
@@ -42,6 +43,8 @@ def test_flags_override_environment() -> None:
     ({"FACESEARCH_QUEUE_SIZE": "0"}, "FACESEARCH_QUEUE_SIZE"),
     ({"FACESEARCH_LISTEN": "nowhere"}, "FACESEARCH_LISTEN"),
     ({"FACESEARCH_MIN_SIMILARITY": "2"}, "FACESEARCH_MIN_SIMILARITY"),
+    ({"FACESEARCH_MAX_FPIR": "1"}, "FACESEARCH_MAX_FPIR"),
+    ({"FACESEARCH_MAX_FPIR": "0.01", "FACESEARCH_MIN_SIMILARITY": "0.9"}, "FACESEARCH_MAX_FPIR"),
     ({"FACESEARCH_TLS_CERT": "/no/such/cert.pem"}, "FACESEARCH_TLS"),
     ({"FACESEARCH_AUTH_TOKENS_FILE": "/no/such/file"}, "FACESEARCH_AUTH_TOKENS_FILE"),
     ({"FACESEARCH_LOG_LEVEL": "chatty"}, "FACESEARCH_LOG_LEVEL"),

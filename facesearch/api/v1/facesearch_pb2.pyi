@@ -13,6 +13,20 @@ class FaceSelection(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ALL_FACES: _ClassVar[FaceSelection]
     LARGEST_FACE: _ClassVar[FaceSelection]
 
+class ThresholdKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    THRESHOLD_KIND_UNSPECIFIED: _ClassVar[ThresholdKind]
+    THRESHOLD_KIND_MIN_SIMILARITY: _ClassVar[ThresholdKind]
+    THRESHOLD_KIND_MAX_FMR: _ClassVar[ThresholdKind]
+    THRESHOLD_KIND_MAX_FPIR: _ClassVar[ThresholdKind]
+    THRESHOLD_KIND_DEFAULT: _ClassVar[ThresholdKind]
+
+class ScoreKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SCORE_KIND_UNSPECIFIED: _ClassVar[ScoreKind]
+    SCORE_KIND_RAW: _ClassVar[ScoreKind]
+    SCORE_KIND_NORMALISED: _ClassVar[ScoreKind]
+
 class VerifyDecision(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     VERIFY_DECISION_UNSPECIFIED: _ClassVar[VerifyDecision]
@@ -31,6 +45,14 @@ class RejectReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 FACE_SELECTION_UNSPECIFIED: FaceSelection
 ALL_FACES: FaceSelection
 LARGEST_FACE: FaceSelection
+THRESHOLD_KIND_UNSPECIFIED: ThresholdKind
+THRESHOLD_KIND_MIN_SIMILARITY: ThresholdKind
+THRESHOLD_KIND_MAX_FMR: ThresholdKind
+THRESHOLD_KIND_MAX_FPIR: ThresholdKind
+THRESHOLD_KIND_DEFAULT: ThresholdKind
+SCORE_KIND_UNSPECIFIED: ScoreKind
+SCORE_KIND_RAW: ScoreKind
+SCORE_KIND_NORMALISED: ScoreKind
 VERIFY_DECISION_UNSPECIFIED: VerifyDecision
 SAME: VerifyDecision
 DIFFERENT: VerifyDecision
@@ -83,30 +105,66 @@ class DetectedFace(_message.Message):
     def __init__(self, box: _Optional[_Union[Box, _Mapping]] = ..., detection_score: _Optional[float] = ..., landmarks: _Optional[_Iterable[_Union[Point, _Mapping]]] = ..., quality: _Optional[_Union[FaceQuality, _Mapping]] = ...) -> None: ...
 
 class Candidate(_message.Message):
-    __slots__ = ("identity_id", "name", "similarity", "face_id")
+    __slots__ = ("identity_id", "name", "similarity", "face_id", "normalised_score", "score_details")
     IDENTITY_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     SIMILARITY_FIELD_NUMBER: _ClassVar[int]
     FACE_ID_FIELD_NUMBER: _ClassVar[int]
+    NORMALISED_SCORE_FIELD_NUMBER: _ClassVar[int]
+    SCORE_DETAILS_FIELD_NUMBER: _ClassVar[int]
     identity_id: str
     name: str
     similarity: float
     face_id: str
-    def __init__(self, identity_id: _Optional[str] = ..., name: _Optional[str] = ..., similarity: _Optional[float] = ..., face_id: _Optional[str] = ...) -> None: ...
+    normalised_score: float
+    score_details: ScoreDetails
+    def __init__(self, identity_id: _Optional[str] = ..., name: _Optional[str] = ..., similarity: _Optional[float] = ..., face_id: _Optional[str] = ..., normalised_score: _Optional[float] = ..., score_details: _Optional[_Union[ScoreDetails, _Mapping]] = ...) -> None: ...
+
+class ScoreDetails(_message.Message):
+    __slots__ = ("identity_similarity", "probe_cohort_mean", "identity_cohort_mean")
+    IDENTITY_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    PROBE_COHORT_MEAN_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_COHORT_MEAN_FIELD_NUMBER: _ClassVar[int]
+    identity_similarity: float
+    probe_cohort_mean: float
+    identity_cohort_mean: float
+    def __init__(self, identity_similarity: _Optional[float] = ..., probe_cohort_mean: _Optional[float] = ..., identity_cohort_mean: _Optional[float] = ...) -> None: ...
+
+class DecisionThreshold(_message.Message):
+    __slots__ = ("kind", "value", "score_kind", "gallery_size", "fmr", "fpir", "capped", "reason")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    SCORE_KIND_FIELD_NUMBER: _ClassVar[int]
+    GALLERY_SIZE_FIELD_NUMBER: _ClassVar[int]
+    FMR_FIELD_NUMBER: _ClassVar[int]
+    FPIR_FIELD_NUMBER: _ClassVar[int]
+    CAPPED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    kind: ThresholdKind
+    value: float
+    score_kind: ScoreKind
+    gallery_size: int
+    fmr: float
+    fpir: float
+    capped: bool
+    reason: str
+    def __init__(self, kind: _Optional[_Union[ThresholdKind, str]] = ..., value: _Optional[float] = ..., score_kind: _Optional[_Union[ScoreKind, str]] = ..., gallery_size: _Optional[int] = ..., fmr: _Optional[float] = ..., fpir: _Optional[float] = ..., capped: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class IdentifyRequest(_message.Message):
-    __slots__ = ("image", "top_k", "min_similarity", "faces", "max_false_positive_rate")
+    __slots__ = ("image", "top_k", "min_similarity", "faces", "max_false_positive_identification_rate", "max_false_match_rate")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     MIN_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
     FACES_FIELD_NUMBER: _ClassVar[int]
-    MAX_FALSE_POSITIVE_RATE_FIELD_NUMBER: _ClassVar[int]
+    MAX_FALSE_POSITIVE_IDENTIFICATION_RATE_FIELD_NUMBER: _ClassVar[int]
+    MAX_FALSE_MATCH_RATE_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     top_k: int
     min_similarity: float
     faces: FaceSelection
-    max_false_positive_rate: float
-    def __init__(self, image: _Optional[bytes] = ..., top_k: _Optional[int] = ..., min_similarity: _Optional[float] = ..., faces: _Optional[_Union[FaceSelection, str]] = ..., max_false_positive_rate: _Optional[float] = ...) -> None: ...
+    max_false_positive_identification_rate: float
+    max_false_match_rate: float
+    def __init__(self, image: _Optional[bytes] = ..., top_k: _Optional[int] = ..., min_similarity: _Optional[float] = ..., faces: _Optional[_Union[FaceSelection, str]] = ..., max_false_positive_identification_rate: _Optional[float] = ..., max_false_match_rate: _Optional[float] = ...) -> None: ...
 
 class IdentifiedFace(_message.Message):
     __slots__ = ("face", "match", "candidates")
@@ -119,33 +177,35 @@ class IdentifiedFace(_message.Message):
     def __init__(self, face: _Optional[_Union[DetectedFace, _Mapping]] = ..., match: _Optional[_Union[Candidate, _Mapping]] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ...) -> None: ...
 
 class IdentifyResponse(_message.Message):
-    __slots__ = ("faces", "min_similarity", "index_version", "image_width", "image_height")
+    __slots__ = ("faces", "index_version", "image_width", "image_height", "threshold")
     FACES_FIELD_NUMBER: _ClassVar[int]
-    MIN_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
     INDEX_VERSION_FIELD_NUMBER: _ClassVar[int]
     IMAGE_WIDTH_FIELD_NUMBER: _ClassVar[int]
     IMAGE_HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     faces: _containers.RepeatedCompositeFieldContainer[IdentifiedFace]
-    min_similarity: float
     index_version: str
     image_width: int
     image_height: int
-    def __init__(self, faces: _Optional[_Iterable[_Union[IdentifiedFace, _Mapping]]] = ..., min_similarity: _Optional[float] = ..., index_version: _Optional[str] = ..., image_width: _Optional[int] = ..., image_height: _Optional[int] = ...) -> None: ...
+    threshold: DecisionThreshold
+    def __init__(self, faces: _Optional[_Iterable[_Union[IdentifiedFace, _Mapping]]] = ..., index_version: _Optional[str] = ..., image_width: _Optional[int] = ..., image_height: _Optional[int] = ..., threshold: _Optional[_Union[DecisionThreshold, _Mapping]] = ...) -> None: ...
 
 class VerifyRequest(_message.Message):
-    __slots__ = ("image", "reference_image", "identity_id", "min_similarity")
+    __slots__ = ("image", "reference_image", "identity_id", "min_similarity", "max_false_match_rate")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_IMAGE_FIELD_NUMBER: _ClassVar[int]
     IDENTITY_ID_FIELD_NUMBER: _ClassVar[int]
     MIN_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    MAX_FALSE_MATCH_RATE_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     reference_image: bytes
     identity_id: str
     min_similarity: float
-    def __init__(self, image: _Optional[bytes] = ..., reference_image: _Optional[bytes] = ..., identity_id: _Optional[str] = ..., min_similarity: _Optional[float] = ...) -> None: ...
+    max_false_match_rate: float
+    def __init__(self, image: _Optional[bytes] = ..., reference_image: _Optional[bytes] = ..., identity_id: _Optional[str] = ..., min_similarity: _Optional[float] = ..., max_false_match_rate: _Optional[float] = ...) -> None: ...
 
 class VerifyResponse(_message.Message):
-    __slots__ = ("decision", "same", "similarity", "min_similarity", "face", "reference_face", "reference_face_id")
+    __slots__ = ("decision", "same", "similarity", "min_similarity", "face", "reference_face", "reference_face_id", "threshold")
     DECISION_FIELD_NUMBER: _ClassVar[int]
     SAME_FIELD_NUMBER: _ClassVar[int]
     SIMILARITY_FIELD_NUMBER: _ClassVar[int]
@@ -153,6 +213,7 @@ class VerifyResponse(_message.Message):
     FACE_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_FACE_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_FACE_ID_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     decision: VerifyDecision
     same: bool
     similarity: float
@@ -160,7 +221,8 @@ class VerifyResponse(_message.Message):
     face: DetectedFace
     reference_face: DetectedFace
     reference_face_id: str
-    def __init__(self, decision: _Optional[_Union[VerifyDecision, str]] = ..., same: _Optional[bool] = ..., similarity: _Optional[float] = ..., min_similarity: _Optional[float] = ..., face: _Optional[_Union[DetectedFace, _Mapping]] = ..., reference_face: _Optional[_Union[DetectedFace, _Mapping]] = ..., reference_face_id: _Optional[str] = ...) -> None: ...
+    threshold: DecisionThreshold
+    def __init__(self, decision: _Optional[_Union[VerifyDecision, str]] = ..., same: _Optional[bool] = ..., similarity: _Optional[float] = ..., min_similarity: _Optional[float] = ..., face: _Optional[_Union[DetectedFace, _Mapping]] = ..., reference_face: _Optional[_Union[DetectedFace, _Mapping]] = ..., reference_face_id: _Optional[str] = ..., threshold: _Optional[_Union[DecisionThreshold, _Mapping]] = ...) -> None: ...
 
 class DetectRequest(_message.Message):
     __slots__ = ("image", "faces")
@@ -331,7 +393,7 @@ class GetStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Stats(_message.Message):
-    __slots__ = ("model_id", "contract_id", "embedding_dim", "index_version", "index_ntotal", "live_faces", "tombstones", "faces", "identities", "default_min_similarity", "threshold_note", "index_factory", "enroll_min_face_size", "enroll_min_blur", "queue_depth")
+    __slots__ = ("model_id", "contract_id", "embedding_dim", "index_version", "index_ntotal", "live_faces", "tombstones", "faces", "identities", "default_min_similarity", "threshold_note", "index_factory", "enroll_min_face_size", "enroll_min_blur", "queue_depth", "default_threshold", "cohort_k", "template_rule")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     CONTRACT_ID_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_DIM_FIELD_NUMBER: _ClassVar[int]
@@ -347,6 +409,9 @@ class Stats(_message.Message):
     ENROLL_MIN_FACE_SIZE_FIELD_NUMBER: _ClassVar[int]
     ENROLL_MIN_BLUR_FIELD_NUMBER: _ClassVar[int]
     QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    COHORT_K_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_RULE_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     contract_id: str
     embedding_dim: int
@@ -362,7 +427,10 @@ class Stats(_message.Message):
     enroll_min_face_size: float
     enroll_min_blur: float
     queue_depth: int
-    def __init__(self, model_id: _Optional[str] = ..., contract_id: _Optional[str] = ..., embedding_dim: _Optional[int] = ..., index_version: _Optional[str] = ..., index_ntotal: _Optional[int] = ..., live_faces: _Optional[int] = ..., tombstones: _Optional[int] = ..., faces: _Optional[int] = ..., identities: _Optional[int] = ..., default_min_similarity: _Optional[float] = ..., threshold_note: _Optional[str] = ..., index_factory: _Optional[str] = ..., enroll_min_face_size: _Optional[float] = ..., enroll_min_blur: _Optional[float] = ..., queue_depth: _Optional[int] = ...) -> None: ...
+    default_threshold: DecisionThreshold
+    cohort_k: int
+    template_rule: str
+    def __init__(self, model_id: _Optional[str] = ..., contract_id: _Optional[str] = ..., embedding_dim: _Optional[int] = ..., index_version: _Optional[str] = ..., index_ntotal: _Optional[int] = ..., live_faces: _Optional[int] = ..., tombstones: _Optional[int] = ..., faces: _Optional[int] = ..., identities: _Optional[int] = ..., default_min_similarity: _Optional[float] = ..., threshold_note: _Optional[str] = ..., index_factory: _Optional[str] = ..., enroll_min_face_size: _Optional[float] = ..., enroll_min_blur: _Optional[float] = ..., queue_depth: _Optional[int] = ..., default_threshold: _Optional[_Union[DecisionThreshold, _Mapping]] = ..., cohort_k: _Optional[int] = ..., template_rule: _Optional[str] = ...) -> None: ...
 
 class StreamIdentifyRequest(_message.Message):
     __slots__ = ("tag", "request")

@@ -1,0 +1,140 @@
+"""Stage 1 of every version: input rows -> validated, normalised faces in the identity store.
+
+Rows that cannot be used (non-finite or zero embeddings, no identity) are skipped and
+written to the rejects file with a reason; the job never dies on one bad row.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+from tqdm import tqdm
+
+from facesearch.errors import InvalidInputError
+from facesearch.identity_store import FaceRows, IdentityStore
+from indexer.read import InputChunk
+
+
+@dataclass(slots=True)
+class IngestStats:
+    rows: int = 0
+    accepted: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    first_vector_id: int = -1
+    last_vector_id: int = -1
+
+
+class RejectsWriter:
+    """Appends one JSON line per skipped input row: row, identity, source, reason, detail."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fh: IO[str] = path.open("a", encoding="utf-8")
+        self.count = 0
+
+    def write(
+        self,
+        row: int,
+        reason: str,
+        *,
+        identity_id: str | None = None,
+        source: str | None = None,
+        detail: str = "",
+    ) -> None:
+        record: dict[str, Any] = {"row": row, "reason": reason}
+        if identity_id is not None:
+            record["identity_id"] = identity_id
+        if source is not None:
+            record["source"] = source
+        if detail:
+            record["detail"] = detail
+        self._fh.write(json.dumps(record) + "\n")
+        self.count += 1
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def validate(chunk: InputChunk, d: int) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str, str]]]:
+    """``(keep mask, L2-normalised embeddings of kept rows, [(index in chunk, reason, detail)])``."""
+    x = chunk.embeddings
+    if x.ndim != 2 or x.shape[1] != d:
+        raise InvalidInputError(f"rows {chunk.start}..: embeddings are {x.shape[1:]}-d, expected {d}")
+    finite = np.isfinite(x).all(axis=1)
+    norms = np.linalg.norm(np.where(finite[:, None], x, 0.0), axis=1)
+    keep = finite & (norms > 1e-6)
+    has_id = np.array([bool(i) for i in chunk.identities], dtype=bool)
+    rejects = []
+    for i in np.flatnonzero(~(keep & has_id)):
+        if not finite[i]:
+            rejects.append((int(i), "BAD_EMBEDDING", "non-finite values"))
+        elif norms[i] <= 1e-6:
+            rejects.append((int(i), "BAD_EMBEDDING", "zero vector"))
+        else:
+            rejects.append((int(i), "NO_IDENTITY", "empty identity id"))
+    keep &= has_id
+    kept = (x[keep] / norms[keep, None]).astype(np.float32)
+    return keep, kept, rejects
+
+
+def ingest(
+    chunks: Iterable[InputChunk],
+    store: IdentityStore,
+    rejects: RejectsWriter,
+    *,
+    total: int,
+    progress: bool,
+    desc: str = "ingest",
+) -> IngestStats:
+    """Write every usable row into ``store`` with fresh vector ids; returns counts."""
+    stats = IngestStats()
+    d = store.d
+    with tqdm(total=total, desc=desc, unit="face", disable=not progress, dynamic_ncols=True) as bar:
+        for chunk in chunks:
+            keep, emb, bad = validate(chunk, d)
+            for i, reason, detail in bad:
+                src = chunk.sources[i] if chunk.sources is not None else None
+                rejects.write(
+                    chunk.row(i), reason, identity_id=chunk.identities[i] or None, source=src, detail=detail
+                )
+                stats.rejected[reason] += 1
+            idx = np.flatnonzero(keep)
+            stats.rows += len(chunk)
+            if len(idx):
+                vids = store.allocate_vector_ids(len(idx))
+                if stats.first_vector_id < 0:
+                    stats.first_vector_id = int(vids[0])
+                stats.last_vector_id = int(vids[-1])
+                store.add_faces(_face_rows(chunk, idx, vids, emb))
+                stats.accepted += len(idx)
+            store.commit()
+            bar.update(len(chunk))
+    return stats
+
+
+def _face_rows(chunk: InputChunk, idx: np.ndarray, vids: np.ndarray, emb: np.ndarray) -> FaceRows:
+    def pick(values: list[Any] | None) -> list[Any] | None:
+        return None if values is None else [values[i] for i in idx]
+
+    def pick_arr(values: np.ndarray | None) -> np.ndarray | None:
+        return None if values is None else values[idx]
+
+    return FaceRows(
+        vector_ids=vids,
+        identity_ids=[chunk.identities[i] for i in idx],
+        embeddings=emb,
+        names=pick(chunk.names),
+        sources=pick(chunk.sources),
+        boxes=pick_arr(chunk.boxes),
+        det_scores=pick_arr(chunk.det_scores),
+        face_sizes=pick_arr(chunk.face_sizes),
+        blurs=pick_arr(chunk.blurs),
+        metadata=pick(chunk.metadata),
+        chips=pick(chunk.chips),
+    )

@@ -1,0 +1,306 @@
+"""``facesearch-index``: build | add | remove | info | verify | rollback.
+
+    facesearch-index build --bundle DIR (--images TREE | --manifest FILE | --embeddings FILE)
+                           --out ROOT [--memory-budget 8G] [--ray ADDRESS]
+    facesearch-index add ROOT (--images TREE | --manifest FILE | --embeddings FILE) [--bundle DIR]
+    facesearch-index remove ROOT --identity ID [--identity ID ...] | --identities-file FILE
+    facesearch-index info ROOT            the current manifest as JSON on stdout
+    facesearch-index verify ROOT          sha256 of every file, consistency, recall re-measured
+    facesearch-index rollback ROOT [--to VERSION]
+
+Exit status: 0 done, 1 failed (verify found problems, or the job failed), 2 bad usage/input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from facesearch.errors import FaceSearchError, InvalidInputError
+from facesearch.index_artifact import IndexManifest, read_manifest, resolve_version_dir
+from indexer import build, update, verify
+from indexer.config import (
+    AddConfig,
+    BuildConfig,
+    EmbedOptions,
+    InputSpec,
+    RemoveConfig,
+    VerifyConfig,
+    to_jsonable,
+)
+from indexer.plan import IndexOptions
+from indexer.publish import locked, rollback
+from indexer.sizes import format_size, parse_size
+
+log = logging.getLogger("facesearch.index")
+
+
+def default_budget() -> str:
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return "8G"
+    return format_size(min(8 << 30, int(total * 0.7))).replace(".00", "")
+
+
+def _add_input(p: argparse.ArgumentParser, *, required: bool) -> None:
+    group = p.add_mutually_exclusive_group(required=required)
+    group.add_argument("--images", type=Path, metavar="TREE", help="folder tree, one folder per identity")
+    group.add_argument(
+        "--manifest", type=Path, metavar="FILE", help="CSV/JSONL: path, identity_id, name, metadata"
+    )
+    group.add_argument(
+        "--embeddings", type=Path, metavar="FILE", help=".npz or .parquet of precomputed embeddings"
+    )
+
+
+def _add_job_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--memory-budget",
+        default=default_budget(),
+        metavar="SIZE",
+        help="peak memory of the job, e.g. 8G (default: %(default)s)",
+    )
+    p.add_argument(
+        "--ray", metavar="ADDRESS", help="run the embedding stage on Ray Data ('local', 'auto', ray://...)"
+    )
+    p.add_argument(
+        "--keep-chips", action="store_true", help="store aligned face chips (photo pixels) in the store"
+    )
+    p.add_argument(
+        "--workers", type=int, default=0, help="embedding processes / Ray actors (default: all cores)"
+    )
+    p.add_argument(
+        "--index-options",
+        default="",
+        metavar="K=V,...",
+        help="nlist, refine (flat|fp16|sq8), exact_on_disk, flat_max, queries, target_recall_at_1, "
+        "target_identity_agreement, margin, train_per_list, seed",
+    )
+    p.add_argument(
+        "--embed-options", default="", metavar="K=V,...", help="min_face, min_blur, shard_size, multi_face"
+    )
+    p.add_argument("--keep-versions", type=int, default=3, help="published versions kept for rollback")
+    p.add_argument(
+        "--restart", action="store_true", help="discard an unfinished embedding stage instead of resuming"
+    )
+    p.add_argument("--threads", type=int, default=0, help="FAISS threads (default: all cores)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="facesearch-index", description="Build and manage face index versions.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", help="build a new index version from photos or embeddings")
+    b.add_argument("--bundle", type=Path, metavar="DIR", help="model bundle (optional with --embeddings)")
+    _add_input(b, required=True)
+    b.add_argument("--out", type=Path, required=True, metavar="ROOT", help="index root")
+    _add_job_flags(b)
+    a = sub.add_parser("add", help="add faces/identities to the current version")
+    a.add_argument("root", type=Path)
+    a.add_argument("--bundle", type=Path, metavar="DIR")
+    _add_input(a, required=True)
+    a.add_argument("--retrain", action="store_true", help="full rebuild: train the index anew")
+    _add_job_flags(a)
+    r = sub.add_parser("remove", help="delete identities (faces, vectors, chips) in a new version")
+    r.add_argument("root", type=Path)
+    r.add_argument("--identity", action="append", default=[], metavar="ID")
+    r.add_argument("--identities-file", type=Path, metavar="FILE", help="one identity id per line")
+    r.add_argument("--memory-budget", default=default_budget(), metavar="SIZE")
+    r.add_argument("--keep-versions", type=int, default=3)
+    r.add_argument("--threads", type=int, default=0)
+    r.add_argument("--quiet", action="store_true")
+    i = sub.add_parser("info", help="the current manifest as JSON")
+    i.add_argument("root", type=Path)
+    i.add_argument("--version", help="a kept version instead of CURRENT")
+    v = sub.add_parser("verify", help="re-check sha256 of every file and re-measure recall")
+    v.add_argument("root", type=Path)
+    v.add_argument("--version", help="a kept version instead of CURRENT")
+    v.add_argument(
+        "--queries", type=int, default=0, help="held-out queries (default: as many as the build used)"
+    )
+    v.add_argument("--seed", type=int, default=-1, help="query sample seed (default: the build's)")
+    v.add_argument("--no-recall", action="store_true", help="only check files and consistency")
+    v.add_argument("--threads", type=int, default=0)
+    v.add_argument("--quiet", action="store_true")
+    rb = sub.add_parser("rollback", help="point CURRENT at an older kept version")
+    rb.add_argument("root", type=Path)
+    rb.add_argument("--to", metavar="VERSION", help="default: the version before the current one")
+    return ap
+
+
+def _input(args: argparse.Namespace) -> InputSpec:
+    for kind in ("images", "manifest", "embeddings"):
+        if getattr(args, kind) is not None:
+            return InputSpec(kind, getattr(args, kind))
+    raise InvalidInputError("give one of --images, --manifest, --embeddings")
+
+
+def _embed_options(args: argparse.Namespace) -> EmbedOptions:
+    kwargs: dict[str, object] = {
+        "ray_address": args.ray,
+        "keep_chips": args.keep_chips,
+        "workers": args.workers,
+    }
+    types: dict[str, type] = {"min_face": int, "min_blur": float, "shard_size": int, "multi_face": str}
+    for item in filter(None, args.embed_options.split(",")):
+        key, _, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if key not in types:
+            raise InvalidInputError(f"bad embed option {item!r}; known: {', '.join(types)}")
+        try:
+            kwargs[key] = types[key](value)
+        except ValueError:
+            raise InvalidInputError(f"bad value in embed option {item!r}") from None
+    return EmbedOptions(**kwargs)  # type: ignore[arg-type]
+
+
+def summary(command: str, manifest: IndexManifest, vdir: Path) -> str:
+    b = manifest.build
+    r = manifest.recall
+    lines = [
+        f"facesearch-index {command}: published {manifest.version} -> {vdir}",
+        f"  faces {manifest.ntotal:,}  identities {manifest.n_identities:,}  d {manifest.d}  contract "
+        f"{manifest.contract_id}",
+        f"  index {manifest.factory}"
+        + (f" + {manifest.refine} re-ranking" if manifest.refine else "")
+        + (" (+ exact rows on disk)" if manifest.exact_on_disk else "")
+        + f"  nlist {manifest.nlist}  search {json.dumps(to_jsonable(manifest.search))}",
+    ]
+    if r is not None:
+        lines.append(
+            f"  recall@1 {r.recall_at_1:.4f} (target {r.target_recall_at_1})  "
+            f"recall@10 {r.recall_at_10:.4f}  "
+            f"identity agreement {r.identity_agreement:.4f} (target {r.target_identity_agreement})  "
+            f"on {r.queries} held-out queries: {'met' if r.met else 'NOT MET'}"
+        )
+    if "input_rows" in b:
+        rejected = ", ".join(f"{k} {v}" for k, v in sorted(b.get("rejected", {}).items())) or "none"
+        lines.append(
+            f"  input rows {b.get('images', b['input_rows']):,}  accepted {b['accepted']:,}  "
+            f"rejected {b.get('rejected_total', 0):,} ({rejected})"
+        )
+    if b.get("retrained"):
+        lines.append(f"  retrained: {b['retrained']}")
+    if "removed_faces" in b:
+        lines.append(
+            f"  removed {len(b['removed_identities'])} identities, {b['removed_faces']} faces"
+            + (f"; not found: {', '.join(b['not_found'][:5])}" if b["not_found"] else "")
+        )
+    stages = "  ".join(
+        f"{k.removesuffix('_s')} {b[k]:.1f}s"
+        for k in ("embed_s", "ingest_s", "train_s", "add_s", "tune_s", "write_s", "total_s")
+        if b.get(k)
+    )
+    lines.append(f"  time: {stages}")
+    lines.append(
+        f"  peak RSS {format_size(b.get('peak_rss', 0))}  "
+        f"index ~{format_size(b.get('index_bytes_estimate', 0))}"
+        f" ({b.get('bytes_per_face_estimate', 0):.0f} B/face)"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # OpenMP threads that spin while waiting crawl when the cores are shared (FAISS then runs
+    # 10-50x slower); passive waiting costs little. Only effective before FAISS is first imported.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    try:
+        return _dispatch(args)
+    except InvalidInputError as err:
+        print(f"facesearch-index: error ({err.reason}): {err}", file=sys.stderr)
+        return 2
+    except FaceSearchError as err:
+        print(f"facesearch-index: failed ({err.reason}): {err}", file=sys.stderr)
+        return 1
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "build":
+        result = build.run(
+            BuildConfig(
+                out=args.out,
+                input=_input(args),
+                bundle=args.bundle,
+                memory_budget=parse_size(args.memory_budget),
+                index=IndexOptions.parse(args.index_options),
+                embed=_embed_options(args),
+                keep_versions=args.keep_versions,
+                threads=args.threads,
+                restart=args.restart,
+                progress=not args.quiet,
+            )
+        )
+        print(summary("build", result.manifest, result.version_dir))
+        return 0
+    if args.command == "add":
+        result = update.run_add(
+            AddConfig(
+                root=args.root,
+                input=_input(args),
+                bundle=args.bundle,
+                memory_budget=parse_size(args.memory_budget),
+                retrain=args.retrain,
+                index=IndexOptions.parse(args.index_options),
+                embed=_embed_options(args),
+                keep_versions=args.keep_versions,
+                threads=args.threads,
+                restart=args.restart,
+                progress=not args.quiet,
+            )
+        )
+        print(summary("add", result.manifest, result.version_dir))
+        return 0
+    if args.command == "remove":
+        ids = list(args.identity)
+        if args.identities_file is not None:
+            ids += [ln.strip() for ln in args.identities_file.read_text().splitlines() if ln.strip()]
+        result = update.run_remove(
+            RemoveConfig(
+                root=args.root,
+                identities=tuple(dict.fromkeys(ids)),
+                memory_budget=parse_size(args.memory_budget),
+                keep_versions=args.keep_versions,
+                threads=args.threads,
+                progress=not args.quiet,
+            )
+        )
+        print(summary("remove", result.manifest, result.version_dir))
+        return 0
+    if args.command == "info":
+        vdir = resolve_version_dir(args.root / args.version if args.version else args.root)
+        print((vdir / "manifest.json").read_text().rstrip())
+        return 0
+    if args.command == "verify":
+        report = verify.run(
+            VerifyConfig(
+                root=args.root,
+                version=args.version,
+                queries=args.queries,
+                recall=not args.no_recall,
+                seed=args.seed,
+                threads=args.threads,
+                progress=not args.quiet,
+            )
+        )
+        print(json.dumps(asdict(report), indent=2))
+        return 0 if report.ok else 1
+    if args.command == "rollback":
+        with locked(args.root):
+            to = rollback(args.root, args.to)
+        print(f"facesearch-index rollback: CURRENT -> {to} ({read_manifest(args.root / to).ntotal:,} faces)")
+        return 0
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

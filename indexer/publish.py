@@ -1,0 +1,147 @@
+"""Versions on disk: stage into a hidden directory, publish by rename, switch ``CURRENT``.
+
+Readers never see a half-written version: files are written under ``ROOT/.staging-<v>-<pid>``,
+the directory is renamed to ``ROOT/<v>`` and only then ``CURRENT`` is replaced (temp file ->
+``os.replace``). Older versions are kept for rollback (``keep`` newest, never the current
+one). One job at a time per root (an ``flock`` on ``ROOT/.lock``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from facesearch.bundle import sha256_file
+from facesearch.errors import NotFoundError, PreconditionError
+from facesearch.index_artifact import (
+    CURRENT,
+    INDEX_FILE,
+    MANIFEST,
+    REFINE_CODEC_FILE,
+    REFINE_FILE,
+    VECTOR_IDS_FILE,
+    FileEntry,
+    IndexManifest,
+    current_version,
+    list_versions,
+    write_atomic,
+)
+
+
+@contextlib.contextmanager
+def locked(root: Path) -> Iterator[None]:
+    """Exclusive lock on an index root for the duration of a job."""
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / ".lock").open("a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PreconditionError(f"another facesearch-index job holds {root / '.lock'}") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def next_version(root: Path) -> str:
+    versions = list_versions(root)
+    last = max((int(v[1:]) for v in versions if v[1:].isdigit()), default=0)
+    return f"v{last + 1:06d}"
+
+
+def staging_dir(root: Path, version: str) -> Path:
+    for old in root.glob(".staging-*"):  # leftovers of killed jobs (we hold the lock)
+        shutil.rmtree(old, ignore_errors=True)
+    path = root / f".staging-{version}-{os.getpid()}"
+    path.mkdir(parents=True)
+    return path
+
+
+def write_index_files(
+    vdir: Path, index: Any, vector_ids: np.ndarray, refine_rows: np.ndarray | None, codec: Any | None
+) -> None:
+    faiss.write_index(index, str(vdir / INDEX_FILE))
+    np.save(vdir / VECTOR_IDS_FILE, vector_ids)
+    if refine_rows is not None:
+        np.save(vdir / REFINE_FILE, refine_rows)
+    if codec is not None:
+        faiss.write_index(codec, str(vdir / REFINE_CODEC_FILE))
+
+
+def seal(vdir: Path, manifest: IndexManifest) -> IndexManifest:
+    """Hash every file of the staged version into the manifest and write ``manifest.json``."""
+    files = {}
+    for path in sorted(vdir.iterdir()):
+        if path.is_file() and path.name != MANIFEST:
+            _fsync(path)
+            files[path.name] = FileEntry(sha256=sha256_file(path), bytes=path.stat().st_size)
+    sealed = replace(manifest, files=files)
+    write_atomic(vdir / MANIFEST, sealed.to_json().encode())
+    return sealed
+
+
+def publish(root: Path, staged: Path, version: str, keep: int) -> Path:
+    """Rename the staged directory to ``root/version``, point ``CURRENT`` at it, prune old ones."""
+    final = root / version
+    if final.exists():
+        raise PreconditionError(f"version {final} already exists")
+    os.replace(staged, final)
+    _fsync_dir(root)
+    set_current(root, version)
+    prune(root, keep)
+    return final
+
+
+def set_current(root: Path, version: str) -> None:
+    if not (root / version / MANIFEST).is_file():
+        raise NotFoundError(f"no published version {version!r} under {root}")
+    write_atomic(root / CURRENT, (version + "\n").encode())
+    _fsync_dir(root)
+
+
+def prune(root: Path, keep: int) -> list[str]:
+    """Delete all but the ``keep`` newest versions (never the current one); returns the deleted."""
+    current = current_version(root)
+    versions = list_versions(root)
+    doomed = [v for v in versions[: max(0, len(versions) - keep)] if v != current]
+    for v in doomed:
+        trash = root / f".trash-{v}-{time.time_ns()}"
+        os.replace(root / v, trash)  # readers following CURRENT never see a half-deleted version
+        shutil.rmtree(trash, ignore_errors=True)
+    return doomed
+
+
+def rollback(root: Path, to: str | None = None) -> str:
+    """Point ``CURRENT`` at ``to`` (default: the version before the current one)."""
+    versions = list_versions(root)
+    current = current_version(root)
+    if to is None:
+        older = [v for v in versions if current is None or v < current]
+        if not older:
+            raise NotFoundError(f"no version older than {current} is kept under {root}")
+        to = older[-1]
+    set_current(root, to)
+    return to
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        _fsync(path)

@@ -1,0 +1,175 @@
+"""Open-set decisions end to end, on a bundle calibrated by ``facesearch eval calibrate``: a real
+server, a published index of 140 lfw-dev people plus four more enrolled live, Identify and
+StreamIdentify (through the CLI) with max_fpir / max_fmr / defaults, and what the replies say
+about the threshold. A gallery below the open-set calibration's size decides on raw cosine."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from facesearch.bundle import ModelBundle
+from facesearch.cli import client_commands
+from facesearch.client import FaceSearchClient
+from facesearch.errors import InvalidInputError
+from facesearch.open_set_calibration import load_open_set_calibration
+from tests.integration.server_fixtures import *  # noqa: F403
+from tests.integration.server_fixtures import ServerProcess, build_index, start_server
+
+pytestmark = pytest.mark.slow
+
+ENROLLED = 4  # the first people of the fixture are enrolled; the last four are strangers
+
+
+@pytest.fixture(scope="module")
+def server(calibrated_bundle: Path, people: dict[str, list[Path]], lfw_gallery: tuple[np.ndarray, list[str]],
+           tmp_path_factory: pytest.TempPathFactory) -> ServerProcess:
+    root = tmp_path_factory.mktemp("decisions")
+    contract = ModelBundle.load(calibrated_bundle, verify=False).contract_id
+    emb, names = lfw_gallery
+    build_index(root / "index", emb, names, contract, work=root / "work")
+    srv = start_server(calibrated_bundle, root / "index", root / "logs")
+    with srv.client() as c:
+        for name in list(people)[:ENROLLED]:
+            assert c.enroll(name, people[name][:3], use_largest_face=True).face_ids
+    yield srv
+    assert srv.stop() == 0, srv.log()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def client(server: ServerProcess) -> FaceSearchClient:
+    with server.client() as c:
+        yield c
+
+
+def split(people: dict[str, list[Path]]) -> tuple[list[str], list[str]]:
+    names = list(people)
+    return names[:ENROLLED], names[ENROLLED:]
+
+
+def test_stranger_is_unknown_and_enrolled_people_are_identified_at_max_fpir(
+        client: FaceSearchClient, people: dict[str, list[Path]], calibrated_bundle: Path) -> None:
+    enrolled, strangers = split(people)
+    gallery = client.stats()["identities"]
+    cal = load_open_set_calibration(calibrated_bundle)
+    assert cal is not None and gallery >= cal.min_gallery  # large enough for the normalised decision
+    # The test calibration (114 identities) measured galleries up to ~57: a larger gallery keeps that
+    # size's threshold, which is conservative (FPIR at a fixed normalised threshold falls with N).
+    assert cal.max_gallery < gallery
+    for name in strangers:
+        for photo in people[name][:2]:
+            r = client.identify(photo, largest_only=True, max_fpir=0.01)
+            t = r.threshold
+            assert (t.kind, t.score_kind, t.gallery_size) == ("max_fpir", "normalised", gallery)
+            assert t.fpir == pytest.approx(0.01) and t.fmr == pytest.approx(1 - 0.99 ** (1 / gallery))
+            assert "FPIR 1% at gallery size" in t.reason and "held at the largest calibrated gallery" in t.reason
+            face = r.faces[0]
+            assert face.match is None, (name, face.candidates[:2])  # a stranger is unknown
+            assert face.candidates and all(c.normalised_score is not None for c in face.candidates)
+            assert face.candidates[0].normalised_score < t.value
+    hits, wrong = 0, []
+    for name in enrolled:
+        for photo in people[name][3:5]:
+            strict = client.identify(photo, largest_only=True, max_fpir=0.01).faces[0]
+            assert strict.match is None or strict.match.identity_id == name  # never a wrong name
+            face = client.identify(photo, largest_only=True, max_fpir=0.1).faces[0]
+            top = face.candidates[0]
+            assert top.identity_id == name  # rank 1 is right for every probe
+            scores = [c.normalised_score for c in face.candidates]
+            assert scores == sorted(scores, reverse=True)  # ranked by the score the decision is on
+            d = top.details
+            assert d is not None and d.probe_cohort_mean is not None and d.identity_cohort_mean is not None
+            assert top.normalised_score == pytest.approx(
+                d.identity_similarity - (d.probe_cohort_mean + d.identity_cohort_mean) / 2, abs=1e-5)
+            hits += face.match is not None and face.match.identity_id == name
+            if face.match is not None and face.match.identity_id != name:
+                wrong.append((photo, face.match.identity_id))
+    assert not wrong
+    assert hits >= 6, hits  # of 8 probes (7 here; the 8th, a hard photo, scores 0.020 against a 0.027 threshold)
+
+
+def test_defaults_and_other_threshold_kinds(client: FaceSearchClient, people: dict[str, list[Path]]) -> None:
+    enrolled, strangers = split(people)
+    stats = client.stats()
+    assert stats["cohort_k"] == 4 and stats["template_rule"] == "both"
+    default = stats["default_threshold"]
+    assert default.score_kind == 2 and default.kind == 4 and "default FPIR" in default.reason  # NORMALISED, DEFAULT
+    probe = people[enrolled[0]][3]
+    r = client.identify(probe, largest_only=True)
+    assert (r.threshold.kind, r.threshold.score_kind) == ("default", "normalised")
+    assert r.threshold.value == pytest.approx(default.value)
+    strict = client.identify(probe, largest_only=True, max_fmr=1e-9)
+    assert strict.threshold.kind == "max_fmr" and strict.threshold.capped
+    assert "not guaranteed" in strict.threshold.reason
+    both = client.identify(probe, largest_only=True, max_fpir=0.5, max_fmr=1e-7)  # the stricter wins
+    assert both.threshold.kind == "max_fmr"
+    raw = client.identify(probe, largest_only=True, min_similarity=0.9)
+    t = raw.threshold
+    assert (t.kind, t.score_kind, t.value) == ("min_similarity", "raw", pytest.approx(0.9))
+    assert t.fmr is not None and t.fpir is not None  # what the cosine stands for, from calibration.json
+    sims = [c.similarity for c in raw.faces[0].candidates]
+    assert sims == sorted(sims, reverse=True)  # ranked by raw similarity
+    for bad in ({"max_fpir": 0.01, "min_similarity": 0.9}, {"max_fpir": 0.0}, {"max_fmr": 2.0}):
+        with pytest.raises(InvalidInputError) as err:
+            client.identify(probe, **bad)  # type: ignore[arg-type]
+        assert err.value.reason in ("BAD_THRESHOLD", "BAD_FPIR", "BAD_FMR")
+    same = client.verify(people[enrolled[0]][3], reference_image=people[enrolled[0]][4], max_fmr=1e-3)
+    assert same.threshold is not None and same.threshold.kind == "max_fmr" and same.threshold.gallery_size == 1
+    assert same.min_similarity == pytest.approx(same.threshold.value)
+    assert not client.verify(people[strangers[0]][0], identity_id=enrolled[0], max_fmr=1e-3).same
+
+
+def cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="facesearch")
+    sub = parser.add_subparsers(dest="command", required=True)
+    client_commands.register(sub)
+    result = client_commands.dispatch(parser.parse_args(argv))
+    assert result is not None
+    return result
+
+
+def test_cli_max_fpir_and_max_fmr(server: ServerProcess, people: dict[str, list[Path]],
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    enrolled, strangers = split(people)
+    photos = [str(people[enrolled[1]][3]), str(people[strangers[1]][0])]
+    assert cli(["identify", "--json", "--largest-only", "--max-fpir", "0.01", "--target", server.target, *photos]) == 0
+    rows = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.strip()]
+    assert [r["path"] for r in rows] == photos
+    for row in rows:
+        face = row["faces"][0]
+        assert set(face) == {"box", "detection_score", "match", "candidates", "threshold"}
+        assert set(face["threshold"]) == {"kind", "value", "score_kind", "gallery_size", "fmr", "fpir", "capped",
+                                          "reason"}
+        assert face["threshold"]["kind"] == "max_fpir" and face["threshold"]["score_kind"] == "normalised"
+        assert face["threshold"]["fpir"] == pytest.approx(0.01)
+        for c in face["candidates"]:
+            assert set(c) == {"identity_id", "name", "similarity", "face_id", "normalised_score"}
+            assert isinstance(c["normalised_score"], float)
+    assert rows[1]["faces"][0]["match"] is None  # the stranger
+    assert cli(["identify", "--max-fmr", "1e-6", "--largest-only", "--target", server.target, photos[0]]) == 0
+    assert "normalised" in capsys.readouterr().out
+
+
+def test_small_gallery_decides_on_raw_cosine(calibrated_bundle: Path, people: dict[str, list[Path]],
+                                             tmp_path: Path) -> None:
+    enrolled, strangers = split(people)
+    srv = start_server(calibrated_bundle, tmp_path / "index", tmp_path / "logs")  # no published version
+    try:
+        with srv.client() as c:
+            for name in enrolled[:2]:
+                c.enroll(name, people[name][:3], use_largest_face=True)
+            r = c.identify(people[enrolled[0]][3], largest_only=True, max_fpir=0.01)
+            t = r.threshold
+            assert (t.kind, t.score_kind, t.gallery_size) == ("max_fpir", "raw", 2)
+            assert "below the normalised calibration" in t.reason and t.fmr is not None
+            assert r.faces[0].match is not None and r.faces[0].match.identity_id == enrolled[0]
+            assert r.faces[0].match.similarity >= t.value
+            assert r.faces[0].candidates[0].normalised_score is not None  # reported, though not decided on
+            assert c.identify(people[strangers[0]][0], largest_only=True, max_fpir=0.01).faces[0].match is None
+            assert c.stats()["default_threshold"].score_kind == 1  # RAW
+    finally:
+        assert srv.stop() == 0
