@@ -129,6 +129,13 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--no-recall", action="store_true", help="only check files and consistency")
     v.add_argument("--threads", type=int, default=0)
     v.add_argument("--quiet", action="store_true")
+    c = sub.add_parser("compact", help="publish the current version plus the server's live enrollments/deletions")
+    c.add_argument("root", type=Path)
+    c.add_argument("--live-dir", type=Path, metavar="DIR", help="the server's live journal (default: ROOT/live)")
+    c.add_argument("--memory-budget", default=default_budget(), metavar="SIZE")
+    c.add_argument("--keep-versions", type=int, default=3)
+    c.add_argument("--threads", type=int, default=0)
+    c.add_argument("--quiet", action="store_true")
     rb = sub.add_parser("rollback", help="point CURRENT at an older kept version")
     rb.add_argument("root", type=Path)
     rb.add_argument("--to", metavar="VERSION", help="default: the version before the current one")
@@ -294,6 +301,18 @@ def _dispatch(args: argparse.Namespace) -> int:
         )
         print(json.dumps(asdict(report), indent=2))
         return 0 if report.ok else 1
+    if args.command == "compact":
+        from indexer.compact import compact  # noqa: PLC0415 - reads the server's journal format
+
+        outcome = compact(args.root, live_dir=args.live_dir, memory_budget=parse_size(args.memory_budget),
+                          keep_versions=args.keep_versions, threads=args.threads, progress=not args.quiet)
+        if outcome.job is None:
+            print(f"facesearch-index compact: nothing to compact in {args.root}")
+            return 0
+        print(summary("compact", outcome.job.manifest, outcome.job.version_dir))
+        print(f"live changes folded in up to #{outcome.live_seq}: +{outcome.added_faces} faces, "
+              f"-{outcome.removed_faces} faces, -{outcome.deleted_identities} identities")
+        return 0
     if args.command == "rollback":
         with locked(args.root):
             to = rollback(args.root, args.to)
