@@ -106,6 +106,7 @@ def main() -> int:
         "--no-flat-memory", action="store_true", help="skip in-memory exact/numpy baselines (10M)"
     )
     ap.add_argument("--rounds", type=int, default=3, help="interleaved latency rounds (best median kept)")
+    ap.add_argument("--reuse-build", action="store_true", help="re-measure search on the last build")
     ap.add_argument("--render", type=Path, help="only re-render the markdown from a results .json")
     args = ap.parse_args()
     if args.render:
@@ -130,33 +131,43 @@ def main() -> int:
 
     # -- build (own process: its peak RSS is the build's) ----------------------------------
     root = args.work / f"index-{data_path.stem}"
-    if root.exists():
-        import shutil
+    previous = (
+        json.loads(args.out.with_suffix(".json").read_text())
+        if args.out.with_suffix(".json").is_file()
+        else {}
+    )
+    if args.reuse_build and (root / "CURRENT").is_file() and previous.get("build_wall_s"):
+        build_wall = float(previous["build_wall_s"])  # measure search again on the same published build
+        print(f"reusing the build in {root}", flush=True)
+        results["reused_build"] = True
+    else:
+        if root.exists():
+            import shutil
 
-        shutil.rmtree(root)
-    cmd = [
-        sys.executable,
-        "-m",
-        "indexer",
-        "build",
-        "--embeddings",
-        str(data_path),
-        "--out",
-        str(root),
-        "--memory-budget",
-        args.memory_budget,
-        "--threads",
-        str(args.build_threads),
-        "--quiet",
-    ]
-    if args.index_options:
-        cmd += ["--index-options", args.index_options]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, check=False, cwd=REPO, capture_output=True, text=True)
-    build_wall = time.perf_counter() - t0
-    print(proc.stdout, proc.stderr[-3000:], flush=True)
-    if proc.returncode != 0:
-        return proc.returncode
+            shutil.rmtree(root)
+        cmd = [
+            sys.executable,
+            "-m",
+            "indexer",
+            "build",
+            "--embeddings",
+            str(data_path),
+            "--out",
+            str(root),
+            "--memory-budget",
+            args.memory_budget,
+            "--threads",
+            str(args.build_threads),
+            "--quiet",
+        ]
+        if args.index_options:
+            cmd += ["--index-options", args.index_options]
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, check=False, cwd=REPO, capture_output=True, text=True)
+        build_wall = time.perf_counter() - t0
+        print(proc.stdout, proc.stderr[-3000:], flush=True)
+        if proc.returncode != 0:
+            return proc.returncode
     manifest = json.loads((next(root.glob("v*")) / "manifest.json").read_text())
     results["build_wall_s"] = round(build_wall, 1)
     results["manifest"] = manifest
@@ -377,6 +388,7 @@ def render(r: dict, n: int) -> str:
         "",
         "## Build",
         "",
+        *(["(Search re-measured on the same published build.)", ""] if r.get("reused_build") else []),
         f"Wall {r['build_wall_s']} s, CPU {b.get('cpu_s', '?')} s (data generation {r['data_s']} s not "
         "included); peak RSS "
         f"{format_size(b['peak_rss'])} with --memory-budget {r['args']['memory_budget']}.",

@@ -276,6 +276,7 @@ class IndexSearcher:
         self.refine = refine
         self.default_params = default_params
         self.exact = exact
+        self._positions = _position_table(vector_ids)
 
     def close(self) -> None:
         """Release the on-disk exact rows (the rest is plain memory)."""
@@ -325,8 +326,13 @@ class IndexSearcher:
         """Re-score candidate vector ids by inner product against the refine store; keep top ``k``."""
         assert self.refine is not None
         valid = cand >= 0
-        pos = np.searchsorted(self.vector_ids, np.where(valid, cand, 0))
-        pos = np.minimum(pos, len(self.vector_ids) - 1)
+        safe = np.where(valid, cand, 0)
+        if self._positions is None:  # vector ids are the row numbers (a fresh build)
+            pos = np.minimum(safe, len(self.vector_ids) - 1)
+        elif len(self._positions):  # dense id -> row table (a binary search misses cache at 1M+)
+            pos = self._positions[np.minimum(safe, len(self._positions) - 1)]
+        else:
+            pos = np.minimum(np.searchsorted(self.vector_ids, safe), len(self.vector_ids) - 1)
         vecs = self.refine.vectors(pos)
         scores = np.einsum("nkd,nd->nk", vecs, q)
         scores[~valid] = -np.inf
@@ -347,6 +353,20 @@ class IndexSearcher:
             top_scores = np.pad(top_scores, ((0, 0), (0, pad)), constant_values=-np.inf)
             top_ids = np.pad(top_ids, ((0, 0), (0, pad)), constant_values=-1)
         return top_scores, top_ids
+
+
+def _position_table(vector_ids: np.ndarray) -> np.ndarray | None:
+    """How to map vector ids to rows: None when they are the rows, a dense int32 table when ids
+    are not too sparse (4 bytes per id), else an empty array (binary search)."""
+    n = len(vector_ids)
+    if n == 0 or (vector_ids[0] == 0 and vector_ids[-1] == n - 1):
+        return None
+    top = int(vector_ids[-1]) + 1
+    if top > 2 * n + 1024 or n >= 2**31:
+        return np.empty(0, dtype=np.int32)
+    table = np.zeros(top, dtype=np.int32)
+    table[vector_ids] = np.arange(n, dtype=np.int32)
+    return table
 
 
 class LoadedIndex(IndexSearcher):

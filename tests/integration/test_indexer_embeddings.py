@@ -80,7 +80,7 @@ def test_build_publishes_a_tuned_ivf_version(ivf_root: Path, capsys: pytest.Capt
     assert main(["info", str(ivf_root)]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["contract_id"] == CONTRACT and info["ntotal"] == 20_000 and info["d"] == 128
-    assert info["factory"].startswith("IVF512,") and info["nlist"] == 512 and info["refine"] == "flat"
+    assert info["factory"].startswith("IVF256,") and info["nlist"] == 256 and info["refine"] == "flat"
     assert info["recall"]["met"] and info["recall"]["recall_at_1"] >= 0.98
     assert info["search"]["nprobe"] > 0
     assert info["config"]["memory_budget"] == 2 << 30  # the resolved config travels with the version

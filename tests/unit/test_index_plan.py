@@ -43,26 +43,28 @@ def test_small_gallery_is_exact_flat() -> None:
 
 
 def test_nlist_grows_with_sqrt_n() -> None:
-    assert choose_nlist(1_000_000) == 4096
-    assert choose_nlist(10_000_000) == 16384
-    assert choose_nlist(60_000) == 1024
+    assert choose_nlist(1_000_000) == 1024
+    assert choose_nlist(10_000_000) == 4096
+    assert choose_nlist(100_000_000) == 8192
+    assert choose_nlist(60_000) == 256
     assert choose_nlist(10) == 256
 
 
 def test_million_faces_with_room_get_exact_reranking() -> None:
     plan = plan_index(1_000_000, 128, 8 * G)
-    assert plan.kind == "ivf" and plan.nlist == 4096 and plan.refine == "flat"
-    assert plan.factory == "IVF4096,PQ64x4fs" and not plan.hnsw_quantizer
+    assert plan.kind == "ivf" and plan.nlist == 1024 and plan.refine == "flat"
+    assert plan.factory == "IVF1024,PQ64x4fs" and not plan.hnsw_quantizer
     assert plan.peak_bytes <= 8 * G
 
 
 def test_tighter_budget_picks_a_smaller_reranking_store() -> None:
     roomy = plan_index(10_000_000, 128, 12 * G)
-    tight = plan_index(10_000_000, 128, 4 * G)
+    middle = plan_index(10_000_000, 128, 5 * G)
+    tight = plan_index(10_000_000, 128, 3 * G)
     assert roomy.refine == "flat"
-    assert tight.refine == "sq8" and tight.hnsw_quantizer and tight.nlist == 16384
+    assert middle.refine == "fp16" and tight.refine == "sq8" and tight.nlist == 4096
     assert tight.index_bytes < 2 * G  # the 10M target: resident index under 2 GB
-    assert tight.peak_bytes <= 4 * G
+    assert tight.peak_bytes <= 3 * G
 
 
 def test_budget_too_small_fails_early_naming_the_knob() -> None:
