@@ -284,6 +284,14 @@ class IndexSearcher:
             self.exact.close()
             self.exact = None
 
+    def drop_rows(self) -> None:
+        """Free the re-ranking rows and id tables, keeping the FAISS index (for a job that rebuilds
+        them while it reuses the trained index); searching afterwards is an error."""
+        self.close()
+        self.refine = None
+        self.vector_ids = np.empty(0, dtype=np.int64)
+        self._positions = None
+
     @property
     def ntotal(self) -> int:
         return int(self.index.ntotal)

@@ -98,6 +98,7 @@ def run_index_stage(
         plan = base_plan(base, n, budget, options)
         index = base.index
         codec = base.refine.codec if base.refine is not None else None
+        base.drop_rows()  # rebuilt from the store below: never hold two copies of the rows
         for key in ("train_distortion", "train_size"):  # facts of the training this index still uses
             if key in base.manifest.build:
                 facts[key] = base.manifest.build[key]
