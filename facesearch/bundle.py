@@ -37,9 +37,17 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def contract_id(model_id: str, embedder_sha256: str, embedding_dim: int, preprocessing_version: int) -> str:
-    """Stable id of the embedding space: model id, embedder digest, d, preprocessing version."""
-    text = json.dumps([model_id, embedder_sha256, embedding_dim, preprocessing_version])
+def contract_id(model_id: str, embedder_sha256: str, embedding_dim: int, preprocessing_version: int,
+                *, flip_average: bool = False) -> str:
+    """Stable id of the embedding space: model id, embedder digest, d, preprocessing version, and
+    whether embeddings average the face with its mirror image (which changes every embedding).
+
+    Bundles without flip averaging keep the id they had before the option existed.
+    """
+    fields: list[object] = [model_id, embedder_sha256, embedding_dim, preprocessing_version]
+    if flip_average:
+        fields.append("flip_average")
+    text = json.dumps(fields)
     return f"{model_id}:{hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
 
@@ -59,6 +67,15 @@ class ModelBundle:
     @property
     def embedding_dim(self) -> int:
         return int(self.manifest["embedding"]["dim"])
+
+    @property
+    def flip_average(self) -> bool:
+        """Whether an embedding is the normalised mean of the chip's and its mirror image's
+        (test-time flip averaging; ``embedding.flip_average`` in the manifest, part of the contract)."""
+        value = self.manifest["embedding"].get("flip_average", False)
+        if not isinstance(value, bool):
+            raise BundleError(f"bundle {self.root}: embedding.flip_average must be true or false, got {value!r}")
+        return value
 
     @property
     def chip_size(self) -> int:

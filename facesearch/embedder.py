@@ -11,10 +11,16 @@ from facesearch.onnx_session import create_session
 
 
 class Embedder:
-    """Runs the exported dlib ResNet. ``embed_raw`` returns dlib's descriptor as is."""
+    """Runs the exported dlib ResNet. ``embed_raw`` returns dlib's descriptor as is.
+
+    With ``flip_average`` (a bundle property, part of its contract id) ``embed`` returns the
+    normalised sum of the chip's and its horizontal mirror's normalised descriptors: one extra
+    network pass per face, measured in ``bench/results/open_set.md``.
+    """
 
     def __init__(self, path: Path, *, chip_size: int = 150, max_batch: int = 32,
-                 intra_op_threads: int | None = None) -> None:
+                 intra_op_threads: int | None = None, flip_average: bool = False) -> None:
+        self.flip_average = flip_average
         self._session = create_session(path, intra_op_threads=intra_op_threads)
         self._input = self._session.get_inputs()[0].name
         self.chip_size = chip_size
@@ -37,7 +43,20 @@ class Embedder:
         return np.concatenate(parts).astype(np.float32, copy=False)
 
     def embed(self, chips: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """L2-normalised embeddings and the raw norms (``raw = emb * norm`` recovers dlib's)."""
-        raw = self.embed_raw(chips)
-        norms = np.linalg.norm(raw, axis=1).astype(np.float32)
-        return raw / np.maximum(norms, 1e-12)[:, None], norms
+        """L2-normalised embeddings and the norms of the chips' raw descriptors.
+
+        Without flip averaging ``emb * norm`` is dlib's descriptor; with it the embedding is
+        ``normalise(u + u_mirror)`` of the two unit descriptors, and the norm stays the plain chip's.
+        """
+        if not self.flip_average:
+            return _unit(self.embed_raw(chips))
+        both = self.embed_raw(np.concatenate([chips, chips[:, :, ::-1]])) if len(chips) else self.embed_raw(chips)
+        plain, norms = _unit(both[: len(chips)])
+        mirror, _ = _unit(both[len(chips):])
+        averaged, _ = _unit(plain + mirror)
+        return averaged, norms
+
+
+def _unit(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    norms = np.linalg.norm(raw, axis=1).astype(np.float32)
+    return (raw / np.maximum(norms, 1e-12)[:, None]).astype(np.float32, copy=False), norms

@@ -48,13 +48,14 @@ class Face:
     score: float  # detector confidence (dlib's MMOD score; > 0 is a detection)
     landmarks: np.ndarray  # (5, 2) float32 x, y
     embedding: np.ndarray  # (d,) float32, L2-normalised
-    norm: float  # L2 norm of dlib's raw descriptor: raw = embedding * norm
+    norm: float  # L2 norm of the chip's raw descriptor (raw = embedding * norm unless the bundle flip-averages)
     quality: FaceQuality
     chip: np.ndarray | None = field(default=None, repr=False)  # (150, 150, 3) uint8 when kept
 
     @property
     def raw_descriptor(self) -> np.ndarray:
-        """dlib's own 128-d descriptor, as ``compute_face_descriptor`` returns it."""
+        """dlib's own 128-d descriptor, as ``compute_face_descriptor`` returns it (bundles without
+        flip averaging; with it, the flip-averaged embedding at the chip's descriptor norm)."""
         return (self.embedding * self.norm).astype(np.float32)
 
     @property
@@ -72,7 +73,8 @@ class FacePipeline:
                                                intra_op_threads=threads)
         self.landmarks = LandmarkPredictor.from_file(bundle.path("landmarks"))
         self.embedder = Embedder(bundle.path("embedder"), chip_size=bundle.chip_size,
-                                 max_batch=self.config.max_batch, intra_op_threads=threads)
+                                 max_batch=self.config.max_batch, intra_op_threads=threads,
+                                 flip_average=bundle.flip_average)
         self.upsample = upsample_for_min_face(self.config.min_face)
 
     def detect(self, image: np.ndarray) -> list[Detection]:
