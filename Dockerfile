@@ -27,7 +27,7 @@ RUN scripts/setup-venv.sh runtime
 COPY --from=export /bundle/models /data/models
 RUN mkdir -p /data/index && chown -R facesearch /data
 USER facesearch
-ENV FACESEARCH_HOME=/data FACESEARCH_BUNDLE=/data/models/dlib FACESEARCH_INDEX=/data/index \
+ENV FACESEARCH_HOME=/data FACESEARCH_INDEX=/data/index \
     FACESEARCH_LISTEN=0.0.0.0:50051 FACESEARCH_METRICS_LISTEN=0.0.0.0:9464 PATH=/app/.venv/bin:$PATH
 EXPOSE 50051 9464
 HEALTHCHECK --start-period=60s --interval=30s --timeout=5s CMD ["python", "scripts/healthcheck.py"]

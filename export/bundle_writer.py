@@ -14,6 +14,7 @@ from export.dlib_sources import DLIB_FILES, SOURCE_PACKAGE, default_models_dir
 from export.mmod import export_detector
 from export.resnet import export_embedder
 from export.shape_predictor import export_landmarks
+from export.shipped_calibration import install_shipped_calibration
 from facesearch.bundle import (
     BUNDLE_FORMAT,
     BUNDLE_FORMAT_VERSION,
@@ -35,6 +36,9 @@ class DlibExportConfig:
     #: lfw-dev (bench/results/open_set.md): FNIR at FPIR 1% 23.1% -> 19.6% for +7% pipeline time,
     #: so it is on by default. It changes every embedding, so it is part of the contract id.
     flip_average: bool = True
+    #: Install the decision calibration shipped for these exact model files and settings
+    #: (export/calibrations/, measured on lfw-dev), so thresholds by FMR/FPIR work out of the box.
+    shipped_calibration: bool = True
 
 
 def _source_version() -> str:
@@ -93,6 +97,8 @@ def write_dlib_bundle(config: DlibExportConfig) -> dict[str, Any]:
                           if k != "out"},
     }
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    if config.shipped_calibration:
+        install_shipped_calibration(tmp, manifest)  # beside the models, outside the sha256 list (recalibratable)
     if out.exists():
         old = out.with_name(out.name + ".old")
         shutil.rmtree(old, ignore_errors=True)

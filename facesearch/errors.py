@@ -121,3 +121,15 @@ class IndexBuildError(FaceSearchError):
     """A batch indexing job that failed (a worker, a shard, a stage); the message names which."""
 
     default_reason = "INDEX_BUILD_FAILED"
+
+
+class TrainingError(FaceSearchError):
+    """A training run that cannot start or continue: bad data, a checkpoint from another run or format.
+
+    Reasons: ``TRAINING_DATA`` (too few usable identities or faces), ``CHECKPOINT_FORMAT`` (not a
+    readable training checkpoint), ``CHECKPOINT_MISMATCH`` (resume with a different config, data or
+    base bundle), ``BASE_WEIGHTS`` (the base bundle's source weights are missing or differ).
+    """
+
+    code = ErrorCode.FAILED_PRECONDITION
+    default_reason = "TRAINING_FAILED"

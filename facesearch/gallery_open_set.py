@@ -25,19 +25,31 @@ Cost of the bulk build (n faces, L identities, d = 128):
   cohort mean. Measured on the synthetic face model (4,000 identities, 16,000 faces): 99.9% of
   cohort means identical to the exact build, the largest difference 5e-4 (normalised
   thresholds are ~0.03); the build took 1.6 s against 6.7 s for the exact one.
-- memory: the embeddings (n x d float32, 512 MB at 1M faces) plus L x d templates.
+- memory (:func:`build_open_set_for_store`, the indexer's and the server's path): the store is
+  read in chunks and its faces regrouped by identity, held in memory up to a byte limit and
+  otherwise in a float32 scratch file read through the page cache (512 MB at 1M faces, 5 GB at
+  10M); resident are the L x d templates, the cohort and 32 bytes a face of ids
+  (:func:`open_set_build_bytes`). The compute is unchanged: O(L^2 d) for the template
+  shortlist, which is what limits it beyond a few hundred thousand identities.
+
+``facesearch-index`` writes :data:`OPEN_SET_FILE` into every version it publishes, with the
+sha256 of the identity store it was computed from (:attr:`GalleryOpenSet.store_sha256`), so
+the server can tell it belongs to the version before using it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
+import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from facesearch.errors import IndexFormatError, InvalidInputError
 from facesearch.gallery_cohort import GalleryCohort
@@ -51,6 +63,10 @@ EXACT_FACES = 10_000
 #: Above it, neighbours per identity re-scored exactly after a template-cosine shortlist.
 SHORTLIST = 64
 _BLOCK_ELEMENTS = 1 << 24  # scores held at once by the bulk build (64 MB of float32)
+#: Faces regrouped by identity are held in memory up to this many bytes, else in a scratch file.
+RESIDENT_FACES_BYTES = 1 << 30
+_READ_ROWS = 65_536  # faces read from the store at once
+_TEMPLATE_IDS = 65_536  # identities whose template sums are held at once
 
 
 def combine(best: np.ndarray, template: np.ndarray, rule: str) -> np.ndarray:
@@ -181,6 +197,8 @@ class GalleryOpenSet:
         self.templates = templates
         self.cohort = cohort
         self.rule = rule
+        #: sha256 of the identity store the statistics were computed from (saved with them), if known
+        self.store_sha256: str | None = None
         self._cohort_row = np.full(templates.capacity, -1, np.int64)  # template row -> cohort row
         for identity in templates.identity_ids:
             self._cohort_row[templates.row(identity)] = cohort.row_of(identity)
@@ -243,7 +261,7 @@ class GalleryOpenSet:
             "format_version": np.int64(FORMAT_VERSION), "rule": np.asarray(self.rule), "k": np.int64(self.k),
             "depth": np.int64(self.depth), "d": np.int64(self.templates.d),
             "id_blob": np.frombuffer(b"".join(encoded), np.uint8), "id_offsets": offsets, "templates": templates,
-            **self.cohort.export(ids)}
+            "store_sha256": np.asarray(self.store_sha256 or ""), **self.cohort.export(ids)}
         np.savez(tmp, **payload)
         tmp.replace(path)
 
@@ -259,9 +277,20 @@ class GalleryOpenSet:
                 arrays = {key: data[key] for key in ("neighbours", "scores", "counts", "complete")}
                 cohort = GalleryCohort.restore(ids, arrays, int(data["k"]), int(data["depth"]))
                 templates = TemplateTable.from_rows(ids, data["templates"].reshape(len(ids), int(data["d"])))
-                return cls(templates, cohort, str(data["rule"]))
+                result = cls(templates, cohort, str(data["rule"]))
+                result.store_sha256 = str(data["store_sha256"]) or None if "store_sha256" in data.files else None
+                return result
         except (OSError, KeyError, ValueError, UnicodeDecodeError, InvalidInputError) as err:
             raise IndexFormatError(f"{path}: unreadable open-set statistics: {err}") from err
+
+
+def saved_params(path: Path) -> tuple[int, str, int]:
+    """``(k, rule, depth)`` of a saved :data:`OPEN_SET_FILE`, without reading its arrays."""
+    try:
+        with np.load(path) as data:
+            return int(data["k"]), str(data["rule"]), int(data["depth"])
+    except (OSError, KeyError, ValueError) as err:
+        raise IndexFormatError(f"{path}: unreadable open-set statistics: {err}") from err
 
 
 def file_fingerprint(path: Path) -> str:
@@ -287,25 +316,34 @@ def build_open_set(identity_ids: Sequence[str], face_identity: np.ndarray, embed
     if len(counts) != n_ids or (counts == 0).any():
         raise InvalidInputError("every identity needs at least one face, and rows must be < len(identity_ids)",
                                 reason="BAD_GALLERY")
-    result = GalleryOpenSet.empty(faces.shape[1] if faces.ndim == 2 else 0, k, rule, depth)
     if n_ids == 0:
-        return result
+        return GalleryOpenSet.empty(faces.shape[1], k, rule, depth)
     order = np.argsort(owner, kind="stable")
     faces = faces[order]
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
     templates = mean_templates(faces, owner[order], n_ids)
+    return _from_grouped([str(i) for i in identity_ids], _Grouped(faces, starts, counts, templates), k=k,
+                         rule=rule, depth=depth, exact_faces=exact_faces, shortlist=shortlist)
+
+
+def _from_grouped(ids: list[str], grouped: _Grouped, *, k: int, rule: str, depth: int | None,
+                  exact_faces: int = EXACT_FACES, shortlist: int = SHORTLIST,
+                  progress: bool = False) -> GalleryOpenSet:
+    result = GalleryOpenSet.empty(grouped.faces.shape[1], k, rule, depth)
+    n_ids = len(ids)
+    if n_ids == 0:
+        return result
     keep = min(result.depth, n_ids - 1)
     nbr = np.full((n_ids, max(keep, 1)), -1, np.int64)
     scores = np.full((n_ids, max(keep, 1)), -np.inf, np.float32)
     if keep > 0:
-        grouped = _Grouped(faces, starts, counts, templates)
-        if len(faces) <= exact_faces or n_ids <= shortlist + 1:
-            _exact_neighbours(grouped, rule, keep, nbr, scores)
-        else:
-            _shortlist_neighbours(grouped, rule, keep, shortlist, nbr, scores)
-    ids = [str(i) for i in identity_ids]
+        with tqdm(total=n_ids, desc="open-set cohort", unit="id", disable=not progress, dynamic_ncols=True) as bar:
+            if len(grouped.faces) <= exact_faces or n_ids <= shortlist + 1:
+                _exact_neighbours(grouped, rule, keep, nbr, scores, bar)
+            else:
+                _shortlist_neighbours(grouped, rule, keep, shortlist, nbr, scores, bar)
     cohort = GalleryCohort.from_neighbours(ids, nbr, scores, k, result.depth)
-    return GalleryOpenSet(TemplateTable.from_rows(ids, templates), cohort, rule)
+    return GalleryOpenSet(TemplateTable.from_rows(ids, grouped.templates), cohort, rule)
 
 
 def _top(block: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray]:
@@ -327,7 +365,8 @@ class _Grouped:
     templates: np.ndarray
 
 
-def _exact_neighbours(g: _Grouped, rule: str, keep: int, nbr: np.ndarray, out: np.ndarray) -> None:
+def _exact_neighbours(g: _Grouped, rule: str, keep: int, nbr: np.ndarray, out: np.ndarray,  # noqa: PLR0917
+                      bar: Any) -> None:
     faces, starts, counts, templates = g.faces, g.starts, g.counts, g.templates
     n_ids = len(starts)
     per_block = max(1, _BLOCK_ELEMENTS // max(len(faces), 1))
@@ -343,11 +382,12 @@ def _exact_neighbours(g: _Grouped, rule: str, keep: int, nbr: np.ndarray, out: n
         block = combine(best, templates[lo:hi] @ templates.T, rule).astype(np.float32)
         block[np.arange(hi - lo), np.arange(lo, hi)] = -np.inf
         nbr[lo:hi, :keep], out[lo:hi, :keep] = _top(block, keep)
+        bar.update(hi - lo)
         lo = hi
 
 
 def _shortlist_neighbours(g: _Grouped, rule: str, keep: int, shortlist: int, nbr: np.ndarray,  # noqa: PLR0917
-                          out: np.ndarray) -> None:
+                          out: np.ndarray, bar: Any) -> None:
     faces, starts, counts, templates = g.faces, g.starts, g.counts, g.templates
     n_ids = len(starts)
     per_block = max(1, _BLOCK_ELEMENTS // n_ids)
@@ -370,30 +410,70 @@ def _shortlist_neighbours(g: _Grouped, rule: str, keep: int, shortlist: int, nbr
             top_cols, top_vals = _top(np.asarray(both, np.float32)[None, :], keep)
             nbr[lo + i, :keep] = cols[top_cols[0]]
             out[lo + i, :keep] = top_vals[0]
+        bar.update(hi - lo)
 
 
 def build_open_set_for_store(store_path: Path, *, k: int = DEFAULT_K, rule: str = DEFAULT_TEMPLATE,
-                             depth: int | None = None) -> GalleryOpenSet:
+                             depth: int | None = None, resident_bytes: int = RESIDENT_FACES_BYTES,
+                             scratch_dir: Path | None = None, progress: bool = False, exact_faces: int = EXACT_FACES,
+                             shortlist: int = SHORTLIST) -> GalleryOpenSet:
     """The open-set statistics of a published version, from its identity store (every face's embedding).
 
     For the indexer: ``build_open_set_for_store(version_dir / STORE_FILE, k=..., rule=...)
-    .save(version_dir / OPEN_SET_FILE)`` before the manifest is written; ``k`` and ``rule``
+    .save(version_dir / OPEN_SET_FILE)`` before the version is published; ``k`` and ``rule``
     from the bundle's ``open_set_calibration.json`` (:func:`open_set_params`).
+
+    Memory stays bounded: the store is read in chunks, and the faces, regrouped by identity,
+    are held in memory only up to ``resident_bytes``; above, they go to a float32 scratch file
+    (in ``scratch_dir``, default the system's temporary folder) that the build reads through
+    the page cache. Resident: the templates (L x d float32), the cohort (L x depth x 12 bytes)
+    and 32 bytes a face of ids (:func:`open_set_build_bytes`). Same result as :func:`build_open_set`.
     """
     from facesearch.identity_store import IdentityStore  # noqa: PLC0415 - sqlite only when building
 
-    with IdentityStore.open(store_path, readonly=True) as store:
-        n = store.count_faces()
-        faces = np.empty((n, store.d), np.float32)  # filled in place: no second copy
-        keys = np.empty(n, np.int64)
-        pos = 0
-        for _, emb, key in store.iter_embeddings():
-            faces[pos : pos + len(emb)], keys[pos : pos + len(emb)] = emb, key
-            pos += len(emb)
-        faces, keys = faces[:pos], keys[:pos]
-        unique, rows = np.unique(keys, return_inverse=True)
+    with contextlib.ExitStack() as stack:
+        store = stack.enter_context(IdentityStore.open(store_path, readonly=True))
+        _, keys = store.vector_identity_keys()  # vector id order, as iter_embeddings reads
+        unique, owner = np.unique(keys, return_inverse=True)
+        del keys
         identity_ids = store.identity_ids_by_key(unique.tolist())
-    return build_open_set(identity_ids, rows, faces, k=k, rule=rule, depth=depth)
+        n, d, n_ids = len(owner), store.d, len(unique)
+        counts = np.bincount(owner, minlength=n_ids)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        dest = np.empty(n, np.int64)  # the row of each face once grouped by identity (stable: vector id order)
+        dest[np.argsort(owner, kind="stable")] = np.arange(n)
+        del owner
+        if n * d * 4 <= resident_bytes:
+            faces = np.empty((n, d), np.float32)
+        else:
+            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="open-set-", dir=scratch_dir)))
+            faces = np.lib.format.open_memmap(scratch / "faces.npy", mode="w+", dtype=np.float32, shape=(n, d))
+        pos = 0
+        with tqdm(total=n, desc="open-set read", unit="face", disable=not progress, dynamic_ncols=True) as bar:
+            for _, emb, _ in store.iter_embeddings(_READ_ROWS):
+                faces[dest[pos : pos + len(emb)]] = emb
+                pos += len(emb)
+                bar.update(len(emb))
+        if pos != n:
+            raise InvalidInputError(f"{store_path}: {pos} faces read, {n} counted", reason="BAD_GALLERY")
+        del dest
+        templates = np.empty((n_ids, d), np.float32)
+        for lo in range(0, n_ids, _TEMPLATE_IDS):  # sums in float64, as mean_templates
+            hi = min(n_ids, lo + _TEMPLATE_IDS)
+            sums = np.add.reduceat(np.asarray(faces[starts[lo] : starts[hi - 1] + counts[hi - 1]], np.float64),
+                                   starts[lo:hi] - starts[lo], axis=0)
+            templates[lo:hi] = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+        return _from_grouped([str(i) for i in identity_ids], _Grouped(faces, starts, counts, templates), k=k,
+                             rule=rule, depth=depth, exact_faces=exact_faces, shortlist=shortlist,
+                             progress=progress)
+
+
+def open_set_build_bytes(n_faces: int, n_identities: int, d: int, depth: int) -> int:
+    """Resident bytes of :func:`build_open_set_for_store` with the faces in a scratch file."""
+    return (n_identities * d * 4 * 2  # templates, and one float64 block of sums
+            + n_identities * depth * 12 * 2  # neighbour rows + scores, and the cohort built from them
+            + n_faces * 8 * 4  # keys, owner rows, their order, destination rows
+            + _BLOCK_ELEMENTS * 4 * 3 + _READ_ROWS * d * 4 * 2)
 
 
 def open_set_params(bundle_root: Path) -> tuple[int, str]:

@@ -49,6 +49,8 @@ from facesearch.errors import ContractMismatchError, IndexFormatError
 
 SCHEMA_VERSION = 1
 JOURNAL_FILE = "journal.sqlite"
+#: Journals of model contracts other than the first one a live directory served.
+CONTRACTS_DIR = "contracts"
 LIVE_VECTOR_ID_BASE = 1 << 48
 _ID_BYTES = 8
 
@@ -89,6 +91,55 @@ CREATE TABLE IF NOT EXISTS tombstones (
     identity_id TEXT
 );
 """
+
+
+@dataclass(frozen=True, slots=True)
+class JournalPlace:
+    """Where the journal of one model contract lives under a live directory, and what else is there."""
+
+    directory: Path
+    #: Journals of other contracts under the same live directory: (directory, contract id, live faces).
+    others: tuple[tuple[Path, str, int], ...]
+
+
+def journal_place(live_dir: str | Path, contract_id: str) -> JournalPlace:
+    """The journal directory of ``contract_id`` under ``live_dir``.
+
+    A live directory's first model keeps its journal at ``live_dir`` itself; a model with another
+    contract (a promoted bundle) gets ``live_dir/contracts/<contract>/``, an empty journal of its own.
+    Live faces hold embeddings of the model that made them and cannot be searched with another, so
+    a model change never mixes, moves or deletes them: switching back to the old bundle finds them
+    where they were, and ``others`` lets the caller say how many are not being served.
+    """
+    live_dir = Path(live_dir)
+    candidates = [live_dir]
+    extra = live_dir / CONTRACTS_DIR
+    if extra.is_dir():
+        candidates += sorted(p for p in extra.iterdir() if p.is_dir())
+    held = {d: _journal_summary(d) for d in candidates if (d / JOURNAL_FILE).is_file()}
+    if live_dir not in held:
+        chosen = live_dir
+    else:
+        chosen = next((d for d, (c, _) in held.items() if c == contract_id), extra / contract_id.replace(":", "-"))
+    others = tuple((d, c, n) for d, (c, n) in held.items() if d != chosen)
+    return JournalPlace(chosen, others)
+
+
+def _journal_summary(directory: Path) -> tuple[str, int]:
+    """(contract id, alive live faces) of an existing journal, read without changing it."""
+    path = directory / JOURNAL_FILE
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0)
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'contract_id'").fetchone()
+            count = conn.execute("SELECT COUNT(*) FROM faces").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.Error as err:
+        raise IndexFormatError(f"live journal {path} is unreadable: {err}") from err
+    if row is None:
+        raise IndexFormatError(f"live journal {path} has no meta (not initialised)")
+    return str(json.loads(row[0])), int(count)
 
 
 @dataclass(frozen=True, slots=True)

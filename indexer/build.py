@@ -20,8 +20,17 @@ from indexer.embed import EmbedStats, run_stage, shard_chunks
 from indexer.index_stage import IndexOutcome, run_index_stage, set_threads
 from indexer.ingest import IngestStats, RejectsWriter, ingest
 from indexer.inputs import rows_from_manifest, rows_from_tree
+from indexer.open_set_stage import OpenSetSpec, resolve_spec, write_open_set
 from indexer.plan import chunk_rows, plan_index
-from indexer.publish import locked, next_version, publish, seal, staging_dir, write_index_files
+from indexer.publish import (
+    first_free_vector_id,
+    locked,
+    next_version,
+    publish,
+    seal,
+    staging_dir,
+    write_index_files,
+)
 from indexer.read import EmbeddingFile, InputChunk
 from indexer.sizes import cpu_seconds, peak_rss
 
@@ -193,16 +202,25 @@ def finish_version(
     manifest: IndexManifest,
     keep: int,
     started: float,
+    open_set: OpenSetSpec,
+    budget: int,
+    progress: bool,
 ) -> JobResult:
-    """Write the index files, seal the manifest (sha256 of every file) and publish."""
+    """Write the index files and the open-set statistics, seal the manifest (sha256 of every file) and publish."""
     t0 = time.perf_counter()
     store.finalize()
     store.close()
     rejects.close()
     write_index_files(staged, outcome.index, outcome.vector_ids, outcome.refine_rows, outcome.codec)
     manifest.build["write_s"] = round(time.perf_counter() - t0, 2)
+    # the index is on disk: let it go before the open-set statistics take their memory
+    outcome.index, outcome.refine_rows, outcome.codec = None, None, None
+    outcome.vector_ids = outcome.vector_ids[:0]
+    facts, store_entry = write_open_set(staged, open_set, budget=budget, progress=progress)
+    manifest.build["open_set"] = facts
+    manifest.build["open_set_s"] = facts["seconds"]
     manifest.build["total_s"] = round(time.perf_counter() - started, 2)  # hashing and publishing excluded
-    sealed = seal(staged, manifest)
+    sealed = seal(staged, manifest, {STORE_FILE: store_entry})
     final = publish(root, staged, version, keep)
     return JobResult(root, final, sealed)
 
@@ -212,6 +230,7 @@ def run(config: BuildConfig) -> JobResult:
     set_threads(config.threads)
     t0 = time.perf_counter()
     root = config.out
+    open_set = resolve_spec(config.bundle, None)
     with locked(root):
         opened = open_input(
             config.input,
@@ -227,6 +246,7 @@ def run(config: BuildConfig) -> JobResult:
         staged = staging_dir(root, version)
         try:
             store = IdentityStore.create(staged / STORE_FILE, contract_id=opened.contract_id, d=opened.d)
+            store.set_meta("next_vector_id", first_free_vector_id(root))  # ids unique across the root's history
             rejects = RejectsWriter(staged / REJECTS_FILE)
             t1 = time.perf_counter()
             rows = chunk_rows(opened.d, config.memory_budget)
@@ -269,6 +289,9 @@ def run(config: BuildConfig) -> JobResult:
                 manifest=manifest,
                 keep=config.keep_versions,
                 started=t0,
+                open_set=open_set,
+                budget=config.memory_budget,
+                progress=config.progress,
             )
         except BaseException:
             shutil.rmtree(staged, ignore_errors=True)

@@ -32,11 +32,12 @@ from facesearch.index_artifact import (
     load_index,
     resolve_version_dir,
 )
-from facesearch.live_journal import JournalSnapshot, LiveJournal
+from facesearch.live_journal import JournalSnapshot, LiveJournal, journal_place
 from indexer.build import JobResult, finish_version, version_manifest
 from indexer.config import fingerprint
 from indexer.index_stage import run_index_stage, set_threads
 from indexer.ingest import RejectsWriter
+from indexer.open_set_stage import resolve_spec
 from indexer.plan import IndexOptions
 from indexer.publish import locked, next_version, staging_dir
 from indexer.update import DRIFT_LIMIT, retrain_reason
@@ -55,6 +56,7 @@ class CompactConfig:
     threads: int = 0
     progress: bool = False
     index: IndexOptions = field(default_factory=IndexOptions)
+    bundle: Path | None = None  # only for the open-set parameters (default: the parent version's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,19 +76,23 @@ def compact(
     keep_versions: int = 3,
     threads: int = 0,
     progress: bool = False,
+    bundle: Path | None = None,
 ) -> CompactResult:
     """Publish ``root``'s current version plus its live changes as a new version."""
-    return run(CompactConfig(root, live_dir, memory_budget, keep_versions, threads, progress))
+    return run(CompactConfig(root, live_dir, memory_budget, keep_versions, threads, progress, bundle=bundle))
 
 
 def run(config: CompactConfig) -> CompactResult:
     set_threads(config.threads)
     t0 = time.perf_counter()
     root = config.root
-    journal = LiveJournal.open_reader(config.live_dir or root / LIVE_DIR)
-    try:
-        with locked(root):
-            base = load_index(resolve_version_dir(root)) if current_version(root) else None
+    live_dir = config.live_dir or root / LIVE_DIR
+    with locked(root):
+        base = load_index(resolve_version_dir(root)) if current_version(root) else None
+        # The journal of the published model: after a model change each contract has its own.
+        directory = journal_place(live_dir, base.manifest.contract_id).directory if base is not None else live_dir
+        journal = LiveJournal.open_reader(directory)
+        try:
             if base is not None and base.manifest.contract_id != journal.contract_id:
                 raise ContractMismatchError(
                     f"the live journal holds model contract {journal.contract_id}, the index "
@@ -98,8 +104,8 @@ def run(config: CompactConfig) -> CompactResult:
                 log.info("nothing to compact: the current version holds the journal up to seq %d", done)
                 return CompactResult(None, done, 0, 0, 0)
             return _publish(config, base, snap, contract_id=journal.contract_id, d=journal.d, t0=t0)
-    finally:
-        journal.close()
+        finally:
+            journal.close()
 
 
 def _absorbed_seq(base: LoadedIndex | None, journal_id: str) -> int:
@@ -121,6 +127,7 @@ def _publish(
     t0: float,
 ) -> CompactResult:
     root = config.root
+    open_set = resolve_spec(config.bundle, base.dir if base is not None else None)
     version = next_version(root)
     staged = staging_dir(root, version)
     try:
@@ -203,6 +210,9 @@ def _publish(
             manifest=manifest,
             keep=config.keep_versions,
             started=t0,
+            open_set=open_set,
+            budget=config.memory_budget,
+            progress=config.progress,
         )
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)

@@ -90,6 +90,7 @@ class RemoveConfig:
     keep_versions: int = 3
     threads: int = 0
     progress: bool = True
+    bundle: Path | None = None  # only for the open-set parameters (default: the parent version's)
 
     def __post_init__(self) -> None:
         if not self.identities:

@@ -1,12 +1,16 @@
-"""``facesearch-index``: build | add | remove | info | verify | rollback.
+"""``facesearch-index``: build | add | remove | compact | info | verify | rollback.
 
     facesearch-index build --bundle DIR (--images TREE | --manifest FILE | --embeddings FILE)
                            --out ROOT [--memory-budget 8G] [--ray ADDRESS]
     facesearch-index add ROOT (--images TREE | --manifest FILE | --embeddings FILE) [--bundle DIR]
-    facesearch-index remove ROOT --identity ID [--identity ID ...] | --identities-file FILE
+    facesearch-index remove ROOT --identity ID [--identity ID ...] | --identities-file FILE [--bundle DIR]
+    facesearch-index compact ROOT [--live-dir DIR] [--bundle DIR]
     facesearch-index info ROOT            the current manifest as JSON on stdout
     facesearch-index verify ROOT          sha256 of every file, consistency, recall re-measured
     facesearch-index rollback ROOT [--to VERSION]
+
+Every published version carries ``open_set.npz``, the gallery's open-set statistics
+(indexer/open_set_stage.py), listed in its manifest.
 
 Exit status: 0 done, 1 failed (verify found problems, or the job failed), 2 bad usage/input.
 """
@@ -94,6 +98,10 @@ def _add_job_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+_OPEN_SET_BUNDLE = "model bundle whose open-set calibration sets k and the template rule of open_set.npz " \
+    "(default: those of the current version)"
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="facesearch-index", description="Build and manage face index versions.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -113,6 +121,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--identity", action="append", default=[], metavar="ID")
     r.add_argument("--identities-file", type=Path, metavar="FILE", help="one identity id per line")
     r.add_argument("--memory-budget", default=default_budget(), metavar="SIZE")
+    r.add_argument("--bundle", type=Path, metavar="DIR", help=_OPEN_SET_BUNDLE)
     r.add_argument("--keep-versions", type=int, default=3)
     r.add_argument("--threads", type=int, default=0)
     r.add_argument("--quiet", action="store_true")
@@ -133,6 +142,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("root", type=Path)
     c.add_argument("--live-dir", type=Path, metavar="DIR", help="the server's live journal (default: ROOT/live)")
     c.add_argument("--memory-budget", default=default_budget(), metavar="SIZE")
+    c.add_argument("--bundle", type=Path, metavar="DIR", help=_OPEN_SET_BUNDLE)
     c.add_argument("--keep-versions", type=int, default=3)
     c.add_argument("--threads", type=int, default=0)
     c.add_argument("--quiet", action="store_true")
@@ -193,6 +203,10 @@ def summary(command: str, manifest: IndexManifest, vdir: Path) -> str:
             f"  input rows {b.get('images', b['input_rows']):,}  accepted {b['accepted']:,}  "
             f"rejected {b.get('rejected_total', 0):,} ({rejected})"
         )
+    if "open_set" in b:
+        o = b["open_set"]
+        lines.append(f"  open-set statistics: {o['identities']:,} identities, k={o['k']}, rule {o['rule']} "
+                     f"(from the {o['params_from']})")
     if b.get("retrained"):
         lines.append(f"  retrained: {b['retrained']}")
     if "removed_faces" in b:
@@ -202,7 +216,7 @@ def summary(command: str, manifest: IndexManifest, vdir: Path) -> str:
         )
     stages = "  ".join(
         f"{k.removesuffix('_s')} {b[k]:.1f}s"
-        for k in ("embed_s", "ingest_s", "train_s", "add_s", "tune_s", "write_s", "total_s")
+        for k in ("embed_s", "ingest_s", "train_s", "add_s", "tune_s", "write_s", "open_set_s", "total_s")
         if b.get(k)
     )
     lines.append(f"  time: {stages}")
@@ -279,6 +293,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                 keep_versions=args.keep_versions,
                 threads=args.threads,
                 progress=not args.quiet,
+                bundle=args.bundle,
             )
         )
         print(summary("remove", result.manifest, result.version_dir))
@@ -305,7 +320,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from indexer.compact import compact  # noqa: PLC0415 - reads the server's journal format
 
         outcome = compact(args.root, live_dir=args.live_dir, memory_budget=parse_size(args.memory_budget),
-                          keep_versions=args.keep_versions, threads=args.threads, progress=not args.quiet)
+                          keep_versions=args.keep_versions, threads=args.threads, progress=not args.quiet,
+                          bundle=args.bundle)
         if outcome.job is None:
             print(f"facesearch-index compact: nothing to compact in {args.root}")
             return 0

@@ -23,12 +23,14 @@ import numpy as np
 
 from facesearch.bundle import sha256_file
 from facesearch.errors import NotFoundError, PreconditionError
+from facesearch.identity_store import IdentityStore
 from facesearch.index_artifact import (
     CURRENT,
     INDEX_FILE,
     MANIFEST,
     REFINE_CODEC_FILE,
     REFINE_FILE,
+    STORE_FILE,
     VECTOR_IDS_FILE,
     FileEntry,
     IndexManifest,
@@ -59,6 +61,22 @@ def next_version(root: Path) -> str:
     return f"v{last + 1:06d}"
 
 
+def first_free_vector_id(root: Path) -> int:
+    """The lowest vector id no version of ``root`` has used.
+
+    A fresh build into a root continues from it, so vector ids stay unique across the root's
+    history: a server's live tombstone of a face of an older version (a deleted face, by id) can
+    never hide a face of a newer build that would otherwise have reused its id.
+    """
+    best = 0
+    for version in list_versions(root):
+        path = root / version / STORE_FILE
+        if path.is_file():
+            with IdentityStore.open(path, readonly=True) as store:
+                best = max(best, int(store.meta("next_vector_id") or 0))
+    return best
+
+
 def staging_dir(root: Path, version: str) -> Path:
     for old in root.glob(".staging-*"):  # leftovers of killed jobs (we hold the lock)
         shutil.rmtree(old, ignore_errors=True)
@@ -78,13 +96,19 @@ def write_index_files(
         faiss.write_index(codec, str(vdir / REFINE_CODEC_FILE))
 
 
-def seal(vdir: Path, manifest: IndexManifest) -> IndexManifest:
-    """Hash every file of the staged version into the manifest and write ``manifest.json``."""
+def seal(vdir: Path, manifest: IndexManifest, hashed: dict[str, FileEntry] | None = None) -> IndexManifest:
+    """Hash every file of the staged version into the manifest and write ``manifest.json``.
+
+    ``hashed``: entries of files the job already hashed (and has not changed since)."""
     files = {}
     for path in sorted(vdir.iterdir()):
         if path.is_file() and path.name != MANIFEST:
             _fsync(path)
-            files[path.name] = FileEntry(sha256=sha256_file(path), bytes=path.stat().st_size)
+            known = (hashed or {}).get(path.name)
+            if known is not None and known.bytes == path.stat().st_size:
+                files[path.name] = known
+            else:
+                files[path.name] = FileEntry(sha256=sha256_file(path), bytes=path.stat().st_size)
     sealed = replace(manifest, files=files)
     write_atomic(vdir / MANIFEST, sealed.to_json().encode())
     return sealed

@@ -33,6 +33,7 @@ from indexer.build import (
 from indexer.config import AddConfig, RemoveConfig, to_jsonable
 from indexer.index_stage import IndexOutcome, run_index_stage, set_threads
 from indexer.ingest import RejectsWriter, ingest
+from indexer.open_set_stage import resolve_spec
 from indexer.plan import IndexOptions, choose_nlist, chunk_rows, plan_index
 from indexer.publish import locked, next_version, staging_dir
 
@@ -64,6 +65,7 @@ def run_add(config: AddConfig) -> JobResult:
     with locked(root):
         base_dir = resolve_version_dir(root)
         base = load_index(base_dir)
+        open_set = resolve_spec(config.bundle, base_dir)
         options = config.index if config.index != IndexOptions() else _options_of(base)
         opened = open_input(
             config.input,
@@ -141,6 +143,9 @@ def run_add(config: AddConfig) -> JobResult:
                 manifest=manifest,
                 keep=config.keep_versions,
                 started=t0,
+                open_set=open_set,
+                budget=config.memory_budget,
+                progress=config.progress,
             )
         except BaseException:
             shutil.rmtree(staged, ignore_errors=True)
@@ -165,6 +170,7 @@ def run_remove(config: RemoveConfig) -> JobResult:
     with locked(root):
         base_dir = resolve_version_dir(root)
         base = load_index(base_dir)
+        open_set = resolve_spec(config.bundle, base_dir)
         version = next_version(root)
         staged = staging_dir(root, version)
         try:
@@ -218,6 +224,9 @@ def run_remove(config: RemoveConfig) -> JobResult:
                 manifest=manifest,
                 keep=config.keep_versions,
                 started=t0,
+                open_set=open_set,
+                budget=config.memory_budget,
+                progress=config.progress,
             )
         except BaseException:
             shutil.rmtree(staged, ignore_errors=True)

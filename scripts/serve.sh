@@ -10,5 +10,6 @@ export FACESEARCH_HOME="${FACESEARCH_HOME:-$PWD/.facesearch}"
 scripts/setup-venv.sh serve
 scripts/export-models.sh "$FACESEARCH_HOME/models/dlib"
 mkdir -p "$FACESEARCH_HOME/index"
-exec .venv/bin/facesearch-server --bundle "$FACESEARCH_HOME/models/dlib" --index "$FACESEARCH_HOME/index" \
-  --listen "${FACESEARCH_LISTEN:-0.0.0.0:50051}"
+# The bundle: $FACESEARCH_HOME/models/CURRENT once `facesearch models promote` has installed one,
+# else the exported dlib bundle (see facesearch/bundle_location.py).
+exec .venv/bin/facesearch-server --index "$FACESEARCH_HOME/index" --listen "${FACESEARCH_LISTEN:-0.0.0.0:50051}"

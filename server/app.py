@@ -34,7 +34,7 @@ from facesearch.api.v1 import facesearch_pb2_grpc as pb_grpc
 from facesearch.bundle import ModelBundle
 from facesearch.errors import FaceSearchError, PreconditionError
 from facesearch.image_limits import DecodeLimits
-from facesearch.live_journal import LiveJournal
+from facesearch.live_journal import LiveJournal, journal_place
 from facesearch.open_set_calibration import OpenSetCalibration, load_open_set_calibration
 from facesearch.pipeline import FacePipeline, PipelineConfig
 from server.admission import Admission
@@ -58,6 +58,12 @@ IO_THREADS = 4
 
 
 def threshold_policy(bundle: ModelBundle, open_set: OpenSetCalibration | None, config: ServerConfig) -> ThresholdPolicy:
+    if bundle.calibration is None and config.min_similarity is None and not bundle.model_id.startswith("dlib-"):
+        # dlib's customary tolerance, the uncalibrated fallback, says nothing about another model's scores
+        raise PreconditionError(
+            f"bundle {config.bundle} (model {bundle.model_id}) has no calibration.json and dlib's default "
+            "threshold does not apply to it: run `facesearch eval calibrate --bundle DIR --images TREE`, "
+            "or set FACESEARCH_MIN_SIMILARITY", reason="NO_CALIBRATION")
     try:
         return ThresholdPolicy(bundle.calibration, open_set, min_similarity=config.min_similarity,
                                max_fpir=config.max_fpir)
@@ -90,7 +96,13 @@ class FaceSearchServer:
         self.bundle = ModelBundle.load(c.bundle)
         self.pipeline = FacePipeline(self.bundle, PipelineConfig(min_face=c.min_face, threads=c.threads or None,
                                                                  max_batch=c.max_batch))
-        self.journal = LiveJournal.open(c.live_dir, contract_id=self.bundle.contract_id, d=self.bundle.embedding_dim)
+        place = journal_place(c.live_dir, self.bundle.contract_id)
+        for directory, contract, faces in place.others:
+            log.warning("live journal %s holds %d live faces of model contract %s, which this model (%s) cannot "
+                        "search; they are kept as they are: serve them again with that model's bundle, or "
+                        "re-enroll those people", directory, faces, contract, self.bundle.contract_id)
+        self.journal = LiveJournal.open(place.directory, contract_id=self.bundle.contract_id,
+                                        d=self.bundle.embedding_dim)
         self.cpu = ThreadPoolExecutor(max_workers=c.workers, thread_name_prefix="cpu")
         self.io = ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="io")
         self.batcher = EmbedBatcher(self.pipeline.embedder.embed, c.max_batch, self.pipeline.embedder.dim,

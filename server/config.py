@@ -7,6 +7,7 @@ variable (or flag) to fix. The resolved config is frozen and logged at startup.
 variable                            flag                        default
 ==================================  ==========================  ==============================
 FACESEARCH_BUNDLE                   --bundle DIR                $FACESEARCH_HOME/models/dlib
+                                                                (models/CURRENT when promoted)
 FACESEARCH_INDEX                    --index ROOT                $FACESEARCH_HOME/index
 FACESEARCH_LISTEN                   --listen HOST:PORT          0.0.0.0:50051
 FACESEARCH_METRICS_LISTEN           --metrics-listen HOST:PORT  0.0.0.0:9464 ("off" disables)
@@ -42,6 +43,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from facesearch.bundle_location import default_bundle
 from facesearch.errors import InvalidInputError
 
 DEFAULT_LISTEN = "0.0.0.0:50051"
@@ -161,7 +163,7 @@ def load_config(args: argparse.Namespace | None = None, env: Mapping[str, str] |
     def flag(name: str) -> Any:
         return getattr(args, name, None)
 
-    bundle = flag("bundle") or reader.as_path("FACESEARCH_BUNDLE") or home / "models" / "dlib"
+    bundle = flag("bundle") or reader.as_path("FACESEARCH_BUNDLE") or default_bundle(home / "models")
     index_root = flag("index") or reader.as_path("FACESEARCH_INDEX") or home / "index"
     metrics = flag("metrics_listen") or env.get("FACESEARCH_METRICS_LISTEN") or DEFAULT_METRICS_LISTEN
     return ServerConfig(

@@ -26,9 +26,12 @@ read from the stores; plus, now and then, a refresh search for an identity whose
 deletion emptied below k.
 
 Published versions: :func:`load_base_open_set` reads the version's ``open_set.npz`` (written
-by the indexer), or a copy this server computed before (``LIVE_DIR/open_set/``), or builds it
-from the version's identity store (:func:`facesearch.gallery_open_set.build_open_set_for_store`:
-seconds for 10k faces; about a minute per 100k identities) and saves that copy.
+by the indexer, ``facesearch-index build|add|remove|compact``) when its ``k``, template rule and
+identity store (sha256 recorded inside, checked against the manifest's) are this server's and
+the version's; else a copy this server computed before (``LIVE_DIR/open_set/``); else it builds
+it from the version's identity store (:func:`facesearch.gallery_open_set.build_open_set_for_store`:
+seconds for 10k faces; about a minute per 100k identities; versions published before the
+indexer wrote the file) and saves that copy.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ from facesearch.gallery_open_set import (
     file_fingerprint,
     unit,
 )
-from facesearch.index_artifact import MANIFEST, STORE_FILE
+from facesearch.index_artifact import MANIFEST, STORE_FILE, read_manifest
 from facesearch.open_set import DEFAULT_K
 from facesearch.templates import DEFAULT_TEMPLATE
 from server.open_set_state import OpenSetState
@@ -197,16 +200,22 @@ def _top_mask(scores: np.ndarray, count: int) -> np.ndarray:
 
 # -- published versions ------------------------------------------------------------------
 def load_base_open_set(version_dir: Path, params: OpenSetParams) -> GalleryOpenSet:
-    """The open-set statistics of a published version: its own file, our cached copy, or built now."""
+    """The open-set statistics of a published version: its own file, our cached copy, or built now.
+
+    The version's own file (written by the indexer) is used when it was made with this
+    server's ``k`` and template rule and from the version's identity store (the store sha256
+    it records equals the manifest's); otherwise it is recomputed, with a warning saying why.
+    """
     own = version_dir / OPEN_SET_FILE
     if own.is_file():
         try:
             data = GalleryOpenSet.load(own)
-            if params.fits(data):
-                log.info("open-set statistics of %s from %s (%d identities)", version_dir.name, own.name, len(data))
+            why = _mismatch(data, params, _store_sha256(version_dir))
+            if why is None:
+                log.info("open-set statistics of %s loaded from the version's %s (%d identities, k=%d, rule %s): "
+                         "not recomputed", version_dir.name, own.name, len(data), data.k, data.rule)
                 return data
-            log.warning("%s: made with k=%d rule=%s, the server uses k=%d rule=%s: recomputing", own, data.k,
-                        data.rule, params.k, params.rule)
+            log.warning("%s: %s: recomputing", own, why)
         except FaceSearchError as err:
             log.warning("%s: %s; recomputing", own, err)
     cached = _cache_path(version_dir, params)
@@ -231,6 +240,27 @@ def load_base_open_set(version_dir: Path, params: OpenSetParams) -> GalleryOpenS
         except OSError as err:
             log.warning("cannot keep the open-set statistics in %s: %s", cached.parent, err)
     return data
+
+
+def _store_sha256(version_dir: Path) -> str | None:
+    """The identity store's sha256 as the version's manifest lists it (None: not listed)."""
+    try:
+        entry = read_manifest(version_dir).files.get(STORE_FILE)
+    except FaceSearchError:
+        return None
+    return entry.sha256 if entry is not None else None
+
+
+def _mismatch(data: GalleryOpenSet, params: OpenSetParams, store_sha256: str | None) -> str | None:
+    """Why a version's saved statistics cannot be used by this server (None: they can)."""
+    if not params.fits(data):
+        return (f"made with k={data.k} rule={data.rule} depth={data.depth}, the server uses k={params.k} "
+                f"rule={params.rule}" + (f" depth={params.depth}" if params.depth is not None else ""))
+    if store_sha256 is None or data.store_sha256 is None:
+        return "cannot tell which identity store it was computed from"
+    if data.store_sha256 != store_sha256:
+        return "computed from another identity store than the version's"
+    return None
 
 
 def _cache_path(version_dir: Path, params: OpenSetParams) -> Path | None:

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from facesearch.cli import client_commands, eval_ident
+from facesearch.cli import client_commands, eval_ident, models
 from facesearch.errors import FaceSearchError
 
 
@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_embed(sub)
     _add_eval(sub)
     client_commands.register(sub)
+    models.register(sub)
     return parser
 
 
@@ -132,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_eval_calibrate(args)
         if args.command == "eval" and args.eval_command in ("ident", "ident-split"):
             return eval_ident.run(args)
+        if args.command == "models" and args.models_command == "promote":
+            return models.run(args)
     except FaceSearchError as err:
         print(f"facesearch: error: {err}", file=sys.stderr)
         return 2

@@ -1,7 +1,8 @@
-"""Open-set decisions end to end, on a bundle calibrated by ``facesearch eval calibrate``: a real
-server, a published index of 140 lfw-dev people plus four more enrolled live, Identify and
-StreamIdentify (through the CLI) with max_fpir / max_fmr / defaults, and what the replies say
-about the threshold. A gallery below the open-set calibration's size decides on raw cosine."""
+"""Open-set decisions end to end, on a bundle calibrated by ``facesearch eval calibrate`` (on 330
+other lfw-dev people: out of sample, galleries up to 165): a real server, a published index of
+140 lfw-dev people plus four more enrolled live, Identify and StreamIdentify (through the CLI)
+with max_fpir / max_fmr / defaults, and what the replies say about the threshold. A gallery below
+the open-set calibration's size decides on raw cosine."""
 
 from __future__ import annotations
 
@@ -57,16 +58,17 @@ def test_stranger_is_unknown_and_enrolled_people_are_identified_at_max_fpir(
     gallery = client.stats()["identities"]
     cal = load_open_set_calibration(calibrated_bundle)
     assert cal is not None and gallery >= cal.min_gallery  # large enough for the normalised decision
-    # The test calibration (114 identities) measured galleries up to ~57: a larger gallery keeps that
-    # size's threshold, which is conservative (FPIR at a fixed normalised threshold falls with N).
-    assert cal.max_gallery < gallery
+    # calibrated (out of sample: other lfw-dev people) on galleries up to half its ~330 identities:
+    # the served gallery's size is inside the table, so FPIR 1% is read off it, not extrapolated
+    assert cal.curves[-2].gallery_size < gallery <= cal.max_gallery
     for name in strangers:
         for photo in people[name][:2]:
             r = client.identify(photo, largest_only=True, max_fpir=0.01)
             t = r.threshold
             assert (t.kind, t.score_kind, t.gallery_size) == ("max_fpir", "normalised", gallery)
             assert t.fpir == pytest.approx(0.01) and t.fmr == pytest.approx(1 - 0.99 ** (1 / gallery))
-            assert "FPIR 1% at gallery size" in t.reason and "held at the largest calibrated gallery" in t.reason
+            assert "FPIR 1% at gallery size" in t.reason and "held at the largest" not in t.reason
+            assert not t.capped
             face = r.faces[0]
             assert face.match is None, (name, face.candidates[:2])  # a stranger is unknown
             assert face.candidates and all(c.normalised_score is not None for c in face.candidates)
@@ -74,9 +76,7 @@ def test_stranger_is_unknown_and_enrolled_people_are_identified_at_max_fpir(
     hits, wrong = 0, []
     for name in enrolled:
         for photo in people[name][3:5]:
-            strict = client.identify(photo, largest_only=True, max_fpir=0.01).faces[0]
-            assert strict.match is None or strict.match.identity_id == name  # never a wrong name
-            face = client.identify(photo, largest_only=True, max_fpir=0.1).faces[0]
+            face = client.identify(photo, largest_only=True, max_fpir=0.01).faces[0]
             top = face.candidates[0]
             assert top.identity_id == name  # rank 1 is right for every probe
             scores = [c.normalised_score for c in face.candidates]
@@ -88,8 +88,10 @@ def test_stranger_is_unknown_and_enrolled_people_are_identified_at_max_fpir(
             hits += face.match is not None and face.match.identity_id == name
             if face.match is not None and face.match.identity_id != name:
                 wrong.append((photo, face.match.identity_id))
-    assert not wrong
-    assert hits >= 6, hits  # of 8 probes (7 here; the 8th, a hard photo, scores 0.020 against a 0.027 threshold)
+    assert not wrong  # never a wrong name
+    # of 8 probes at FPIR 1%: 5 here. bench/results/open_set.md measures FNIR ~23% at a calibrated FPIR 1%
+    # on lfw-dev (~6 of 8 expected; 5 or fewer has probability ~0.28 at that rate)
+    assert hits >= 5, hits
 
 
 def test_defaults_and_other_threshold_kinds(client: FaceSearchClient, people: dict[str, list[Path]]) -> None:

@@ -161,23 +161,28 @@ def test_stranger_is_unknown(client: FaceSearchClient, people: dict[str, list[Pa
     assert client.identify(people[name][3], min_similarity=0.999).faces[0].match is None
 
 
-def test_error_rates_need_a_calibrated_bundle(client: FaceSearchClient, people: dict[str, list[Path]]) -> None:
+def test_error_rates_use_the_shipped_calibration(client: FaceSearchClient, people: dict[str, list[Path]],
+                                                 server_bundle: Path) -> None:
+    """The exported bundle carries the calibration shipped for it, so error-rate requests work out of
+    the box (an uncalibrated bundle refuses them with NO_CALIBRATION: tests/unit/test_server_thresholds.py)."""
+    assert (server_bundle / "calibration.json").is_file() and (server_bundle / "open_set_calibration.json").is_file()
     photo = next(iter(people.values()))[0]
-    from facesearch.errors import PreconditionError
-
-    for rates in ({"max_fpir": 0.001}, {"max_fmr": 1e-5}):
-        with pytest.raises(PreconditionError) as err:  # the test bundle is not calibrated
-            client.identify(photo, **rates)  # type: ignore[arg-type]
-        assert err.value.reason == "NO_CALIBRATION"
-    with pytest.raises(PreconditionError):
-        client.verify(photo, reference_image=photo, max_fmr=1e-4)
+    strict = client.identify(photo, max_fmr=1e-5).threshold
+    assert strict.kind == "max_fmr" and strict.score_kind == "raw"
+    assert strict.fmr is not None and (strict.fmr <= 1e-5 or strict.capped)
+    loose = client.identify(photo, max_fmr=1e-2).threshold
+    assert loose.fmr is not None and loose.value < strict.value  # a looser promise, a lower bar
+    by_fpir = client.identify(photo, max_fpir=0.001).threshold
+    assert by_fpir.kind == "max_fpir" and by_fpir.fpir is not None and by_fpir.gallery_size >= 1
+    assert client.verify(photo, reference_image=photo, max_fmr=1e-4).same
     with pytest.raises(InvalidInputError) as bad:
         client.identify(photo, max_fpir=0.001, min_similarity=0.9)
     assert bad.value.reason == "BAD_THRESHOLD"
     r = client.identify(photo)  # FACESEARCH_MIN_SIMILARITY: the server's default, on raw cosine
     assert (r.threshold.kind, r.threshold.score_kind, r.threshold.value) == ("default", "raw",
                                                                              pytest.approx(THRESHOLD))
-    assert r.threshold.fmr is None and "FACESEARCH_MIN_SIMILARITY" in r.threshold.reason
+    assert "FACESEARCH_MIN_SIMILARITY" in r.threshold.reason
+    assert r.threshold.fmr is not None and 0.0 < r.threshold.fmr < 0.05  # calibrated: the rate 0.91 stands for
 
 
 def test_verify(client: FaceSearchClient, people: dict[str, list[Path]], enrolled: dict[str, list[str]]) -> None:

@@ -1,0 +1,1 @@
+"""facesearch-train: fine-tune the face embedder (torch and torchvision live here and in export/ only)."""
