@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import asdict, dataclass
 from importlib import metadata
@@ -15,6 +14,7 @@ from export.mmod import export_detector
 from export.resnet import export_embedder
 from export.shape_predictor import export_landmarks
 from export.shipped_calibration import install_shipped_calibration
+from facesearch.atomic_dir import replace_dir
 from facesearch.bundle import (
     BUNDLE_FORMAT,
     BUNDLE_FORMAT_VERSION,
@@ -99,12 +99,5 @@ def write_dlib_bundle(config: DlibExportConfig) -> dict[str, Any]:
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     if config.shipped_calibration:
         install_shipped_calibration(tmp, manifest)  # beside the models, outside the sha256 list (recalibratable)
-    if out.exists():
-        old = out.with_name(out.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
+    replace_dir(tmp, out)
     return manifest

@@ -24,7 +24,6 @@ Written into ``OUT.partial`` and switched in with ``os.replace``. The base's
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +33,9 @@ import cv2
 import numpy as np
 import torch
 
-from export.onnx_write import OPSET, export_onnx
-from export.resnet import INPUT_NAME, OUTPUT_NAME
+from export.onnx_write import OPSET
+from export.resnet import INPUT_NAME, OUTPUT_NAME, write_chip_embedder_onnx
+from facesearch.atomic_dir import replace_dir
 from facesearch.bundle import (
     BUNDLE_FORMAT,
     BUNDLE_FORMAT_VERSION,
@@ -171,17 +171,7 @@ def check_parity(module: torch.nn.Module, onnx_path: Path, chips: np.ndarray) ->
 def export_checkpoint_embedder(backbone: torch.nn.Module, arch: dict[str, Any], out_path: Path, *,
                                model_id: str, size: int) -> tuple[ChipEmbedder, dict[str, Any]]:
     net = ChipEmbedder(backbone).eval()
-    example = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, size, size, 3), dtype=np.uint8))
-    with torch.no_grad():
-        dim = int(net(example).shape[1])
-    export_onnx(
-        net, example, out_path,
-        input_name=INPUT_NAME, output_names=[OUTPUT_NAME],
-        dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-        metadata={"facesearch.kind": "embedder", "facesearch.input": "uint8 NHWC RGB chip",
-                  "facesearch.chip_size": str(size), "facesearch.embedding_dim": str(dim),
-                  "facesearch.model_id": model_id},
-    )
+    dim = write_chip_embedder_onnx(net, size, out_path, extra_metadata={"facesearch.model_id": model_id})
     section = {
         "file": out_path.name,
         "architecture": f"{arch.get('kind')} (fine-tuned or trained by facesearch-train)",
@@ -199,17 +189,6 @@ def export_checkpoint_embedder(backbone: torch.nn.Module, arch: dict[str, Any], 
 def _plain(value: Any) -> Any:
     """JSON-ready copy (tensors and paths as strings) for the manifest."""
     return json.loads(json.dumps(value, default=str, sort_keys=True))
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    if out.exists():
-        old = out.with_name(out.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
 
 
 def _write_manifest(tmp: Path, manifest: dict[str, Any]) -> None:
@@ -292,7 +271,7 @@ def write_checkpoint_bundle(config: CheckpointExportConfig) -> dict[str, Any]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _replace_dir(tmp, out)
+    replace_dir(tmp, out)
     return manifest
 
 

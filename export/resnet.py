@@ -32,22 +32,27 @@ def build_embedder(model: DnnModel) -> torch.nn.Sequential:
     return torch.nn.Sequential(RgbInput(model.input.attrs["avg_rgb"]), body).eval()
 
 
+def write_chip_embedder_onnx(net: torch.nn.Module, size: int, out_path: Path, *,
+                             extra_metadata: dict[str, str] | None = None) -> int:
+    """Export a chip embedder (uint8 NHWC RGB chips in, raw descriptors out, dynamic batch) to
+    ``out_path`` with the embedder I/O contract every bundle shares; returns the embedding dim."""
+    example = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, size, size, 3), dtype=np.uint8))
+    with torch.no_grad():
+        dim = int(net(example).shape[1])
+    metadata = {"facesearch.kind": "embedder", "facesearch.input": "uint8 NHWC RGB chip",
+                "facesearch.chip_size": str(size), "facesearch.embedding_dim": str(dim), **(extra_metadata or {})}
+    export_onnx(net, example, out_path, input_name=INPUT_NAME, output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, metadata=metadata)
+    return dim
+
+
 def export_embedder(dat_path: Path, out_path: Path) -> dict[str, Any]:
     """Convert ``dlib_face_recognition_resnet_model_v1.dat``; returns the manifest section."""
     model = read_dnn_file(str(dat_path))
     net = build_embedder(model)
     size = tuple(model.input.attrs["size"])
-    example = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, *size, 3), dtype=np.uint8))
     avg = [float(v) for v in model.input.attrs["avg_rgb"]]
-    with torch.no_grad():
-        dim = int(net(example).shape[1])
-    export_onnx(
-        net, example, out_path,
-        input_name=INPUT_NAME, output_names=[OUTPUT_NAME],
-        dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-        metadata={"facesearch.kind": "embedder", "facesearch.input": "uint8 NHWC RGB chip",
-                  "facesearch.chip_size": str(size[0]), "facesearch.embedding_dim": str(dim)},
-    )
+    dim = write_chip_embedder_onnx(net, int(size[0]), out_path)
     return {
         "file": out_path.name,
         "source": dat_path.name,

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from facesearch.atomic_dir import replace_dir
 from facesearch.bundle import ModelBundle
 from facesearch.bundle_location import CURRENT_POINTER, current_bundle
 from facesearch.errors import InvalidInputError, PreconditionError
@@ -110,14 +111,7 @@ def install(candidate: Path, models_dir: Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(candidate, tmp)
         ModelBundle.load(tmp)  # re-hash the copy before anything points at it
-        if target.exists():  # the same contract installed before: replace it (same embedder bytes)
-            old = models_dir / f".{name}.old"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
+        replace_dir(tmp, target)  # the same contract installed before is replaced (same embedder bytes)
     pointer = models_dir / CURRENT_POINTER
     tmp_pointer = models_dir / f".{CURRENT_POINTER}.tmp"
     tmp_pointer.write_text(name + "\n")
