@@ -57,12 +57,14 @@ def make_index(bundle: Path, n: int) -> None:
     from facesearch.synthetic import FaceEmbeddingModel, SyntheticGallery, default_model_path
 
     contract = ModelBundle.load(bundle, verify=False).contract_id
+    if EMBEDDINGS.is_file() and str(np.load(EMBEDDINGS)["contract_id"]) != contract:
+        EMBEDDINGS.unlink()  # made for another model: restamp (the embeddings are synthetic, seeded)
     if not EMBEDDINGS.is_file():
         g = SyntheticGallery(FaceEmbeddingModel.load(default_model_path()), n, 10.0, seed=1).materialize()
         np.savez(EMBEDDINGS, embeddings=g.embeddings, identities=np.char.add("syn-", g.identities.astype(str)),
                  contract_id=np.asarray(contract))
     subprocess.run([sys.executable, "-m", "indexer", "build", "--embeddings", str(EMBEDDINGS), "--out", str(INDEX),
-                    "--memory-budget", "6G"], cwd=REPO, check=True)
+                    "--bundle", str(bundle), "--memory-budget", "6G"], cwd=REPO, check=True)
 
 
 @dataclass

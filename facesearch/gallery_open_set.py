@@ -63,6 +63,10 @@ EXACT_FACES = 10_000
 #: Above it, neighbours per identity re-scored exactly after a template-cosine shortlist.
 SHORTLIST = 64
 _BLOCK_ELEMENTS = 1 << 24  # scores held at once by the bulk build (64 MB of float32)
+#: Above this many identities the template shortlist comes from an HNSW graph, not a full scan.
+ANN_IDENTITIES = 50_000
+_ANN_BLOCK = 1024  # identities re-scored at once
+_PAD_PAIRS = 4096  # own x candidate faces per identity pair above which re-scoring is done pair by pair
 #: Faces regrouped by identity are held in memory up to this many bytes, else in a scratch file.
 RESIDENT_FACES_BYTES = 1 << 30
 _READ_ROWS = 65_536  # faces read from the store at once
@@ -387,30 +391,94 @@ def _exact_neighbours(g: _Grouped, rule: str, keep: int, nbr: np.ndarray, out: n
 
 
 def _shortlist_neighbours(g: _Grouped, rule: str, keep: int, shortlist: int, nbr: np.ndarray,  # noqa: PLR0917
-                          out: np.ndarray, bar: Any) -> None:
-    faces, starts, counts, templates = g.faces, g.starts, g.counts, g.templates
-    n_ids = len(starts)
-    per_block = max(1, _BLOCK_ELEMENTS // n_ids)
+                          out: np.ndarray, bar: Any, *, ann_identities: int = ANN_IDENTITIES) -> None:
+    """Per identity: the ``shortlist`` nearest other templates, re-scored exactly under ``rule``.
+
+    Up to ``ann_identities`` identities the shortlist is a full template scan (L^2 d); above, it
+    comes from an HNSW graph over the templates (about L log L), so a 10M-face gallery with a
+    million identities builds in minutes, not hours. Re-scoring (best face pair of the two
+    identities) is done for a block of identities at once.
+    """
+    templates = g.templates
+    n_ids = len(templates)
+    graph = _template_graph(templates, shortlist) if n_ids > ann_identities else None
+    per_block = max(1, min(_ANN_BLOCK, _BLOCK_ELEMENTS // n_ids)) if graph is None else _ANN_BLOCK
     for lo in range(0, n_ids, per_block):
         hi = min(n_ids, lo + per_block)
-        tt = templates[lo:hi] @ templates.T
-        tt[np.arange(hi - lo), np.arange(lo, hi)] = -np.inf
-        cand, cand_tt = _top(tt, shortlist)
-        for i in range(hi - lo):
-            cols = cand[i]
-            if rule == "mean":
-                both = cand_tt[i]
-            else:
-                own = faces[starts[lo + i] : starts[lo + i] + counts[lo + i]]
-                lengths = counts[cols]
-                seg = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-                rows = np.repeat(starts[cols] - seg, lengths) + np.arange(int(lengths.sum()))
-                best = np.maximum.reduceat((own @ faces[rows].T).max(axis=0), seg)
-                both = combine(best, cand_tt[i], rule)
-            top_cols, top_vals = _top(np.asarray(both, np.float32)[None, :], keep)
-            nbr[lo + i, :keep] = cols[top_cols[0]]
-            out[lo + i, :keep] = top_vals[0]
+        if graph is None:
+            tt = templates[lo:hi] @ templates.T
+            tt[np.arange(hi - lo), np.arange(lo, hi)] = -np.inf
+            cand, cand_tt = _top(tt, shortlist)
+        else:
+            cand, cand_tt = _graph_candidates(graph, templates, lo, hi, shortlist)
+        both = cand_tt if rule == "mean" else combine(_best_pairs(g, np.arange(lo, hi), cand), cand_tt, rule)
+        both = np.where(cand >= 0, both, -np.inf).astype(np.float32)
+        top_cols, top_vals = _top(both, keep)
+        nbr[lo:hi, :keep] = np.take_along_axis(cand, top_cols, axis=1)
+        out[lo:hi, :keep] = top_vals
         bar.update(hi - lo)
+
+
+def _template_graph(templates: np.ndarray, shortlist: int) -> Any:
+    import faiss  # noqa: PLC0415 - only large galleries need it
+
+    graph = faiss.IndexHNSWFlat(templates.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
+    graph.hnsw.efConstruction = 80
+    graph.hnsw.efSearch = max(128, 2 * (shortlist + 1))
+    graph.add(np.ascontiguousarray(templates, dtype=np.float32))
+    return graph
+
+
+def _graph_candidates(graph: Any, templates: np.ndarray, lo: int, hi: int,
+                      shortlist: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``shortlist`` nearest other templates of rows ``lo:hi`` (-1 where the graph found fewer)."""
+    scores, rows = graph.search(np.ascontiguousarray(templates[lo:hi]), shortlist + 1)
+    own = rows == np.arange(lo, hi)[:, None]
+    own[~own.any(axis=1), -1] = True  # self not returned: drop the weakest instead
+    keep = ~own
+    cand = rows[keep].reshape(hi - lo, shortlist)
+    vals = scores[keep].reshape(hi - lo, shortlist).astype(np.float32)
+    return cand, np.where(cand >= 0, vals, -np.inf).astype(np.float32)
+
+
+def _best_pairs(g: _Grouped, ids: np.ndarray, cand: np.ndarray) -> np.ndarray:
+    """(len(ids), S): the best cosine between any face of ``ids[i]`` and any face of ``cand[i, j]``."""
+    out = np.full(cand.shape, -np.inf, np.float32)
+    counts = g.counts
+    valid = cand >= 0
+    safe = np.where(valid, cand, 0)
+    m_own = int(counts[ids].max())
+    m_other = int(counts[safe].max())
+    width = cand.shape[1]
+    per_row = width * m_other * (g.faces.shape[1] + m_own)
+    step = max(1, _BLOCK_ELEMENTS // max(per_row, 1))
+    if m_own * m_other > _PAD_PAIRS:  # a few identities with very many faces: one at a time
+        for i, identity in enumerate(ids):
+            own = g.faces[g.starts[identity] : g.starts[identity] + counts[identity]]
+            for j in np.flatnonzero(valid[i]):
+                c = cand[i, j]
+                other = g.faces[g.starts[c] : g.starts[c] + counts[c]]
+                out[i, j] = float((own @ other.T).max())
+        return out
+    for a in range(0, len(ids), step):
+        b = min(len(ids), a + step)
+        own, own_ok = _padded(g, ids[a:b], m_own)  # (B, m_own, d)
+        other, other_ok = _padded(g, safe[a:b].ravel(), m_other)  # (B*S, m_other, d)
+        other = other.reshape(b - a, width * m_other, -1)
+        sims = np.matmul(own, other.transpose(0, 2, 1)).reshape(b - a, m_own, width, m_other)
+        ok = own_ok[:, :, None, None] & other_ok.reshape(b - a, 1, width, m_other)
+        sims = np.where(ok, sims, -np.inf)
+        out[a:b] = sims.max(axis=(1, 3))
+    out[~valid] = -np.inf
+    return out
+
+
+def _padded(g: _Grouped, ids: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """The faces of ``ids`` padded to ``width`` rows each, and which rows are real."""
+    offsets = np.arange(width)
+    ok = offsets[None, :] < g.counts[ids][:, None]
+    rows = g.starts[ids][:, None] + np.where(ok, offsets[None, :], 0)
+    return np.asarray(g.faces[rows.ravel()], np.float32).reshape(len(ids), width, -1), ok
 
 
 def build_open_set_for_store(store_path: Path, *, k: int = DEFAULT_K, rule: str = DEFAULT_TEMPLATE,
