@@ -66,7 +66,8 @@ _BLOCK_ELEMENTS = 1 << 24  # scores held at once by the bulk build (64 MB of flo
 #: Above this many identities the template shortlist comes from an HNSW graph, not a full scan.
 ANN_IDENTITIES = 50_000
 _ANN_BLOCK = 1024  # identities re-scored at once
-_PAD_PAIRS = 4096  # own x candidate faces per identity pair above which re-scoring is done pair by pair
+_HNSW_M = 32  # graph degree of the template shortlist graph
+_HNSW_EF_SLACK = 64  # search breadth beyond the shortlist length
 #: Faces regrouped by identity are held in memory up to this many bytes, else in a scratch file.
 RESIDENT_FACES_BYTES = 1 << 30
 _READ_ROWS = 65_536  # faces read from the store at once
@@ -397,7 +398,7 @@ def _shortlist_neighbours(g: _Grouped, rule: str, keep: int, shortlist: int, nbr
     Up to ``ann_identities`` identities the shortlist is a full template scan (L^2 d); above, it
     comes from an HNSW graph over the templates (about L log L), so a 10M-face gallery with a
     million identities builds in minutes, not hours. Re-scoring (best face pair of the two
-    identities) is done for a block of identities at once.
+    identities) lays out a block of identities' candidate faces at once.
     """
     templates = g.templates
     n_ids = len(templates)
@@ -422,9 +423,9 @@ def _shortlist_neighbours(g: _Grouped, rule: str, keep: int, shortlist: int, nbr
 def _template_graph(templates: np.ndarray, shortlist: int) -> Any:
     import faiss  # noqa: PLC0415 - only large galleries need it
 
-    graph = faiss.IndexHNSWFlat(templates.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
+    graph = faiss.IndexHNSWFlat(templates.shape[1], _HNSW_M, faiss.METRIC_INNER_PRODUCT)
     graph.hnsw.efConstruction = 80
-    graph.hnsw.efSearch = max(128, 2 * (shortlist + 1))
+    graph.hnsw.efSearch = shortlist + 1 + _HNSW_EF_SLACK
     graph.add(np.ascontiguousarray(templates, dtype=np.float32))
     return graph
 
@@ -442,43 +443,32 @@ def _graph_candidates(graph: Any, templates: np.ndarray, lo: int, hi: int,
 
 
 def _best_pairs(g: _Grouped, ids: np.ndarray, cand: np.ndarray) -> np.ndarray:
-    """(len(ids), S): the best cosine between any face of ``ids[i]`` and any face of ``cand[i, j]``."""
+    """(len(ids), S): the best cosine between any face of ``ids[i]`` and any face of ``cand[i, j]``.
+
+    The candidates' face rows are laid out for the whole block at once; each identity then costs
+    one gather and one (own faces x candidate faces) product, with no padding.
+    """
     out = np.full(cand.shape, -np.inf, np.float32)
-    counts = g.counts
     valid = cand >= 0
-    safe = np.where(valid, cand, 0)
-    m_own = int(counts[ids].max())
-    m_other = int(counts[safe].max())
-    width = cand.shape[1]
-    per_row = width * m_other * (g.faces.shape[1] + m_own)
-    step = max(1, _BLOCK_ELEMENTS // max(per_row, 1))
-    if m_own * m_other > _PAD_PAIRS:  # a few identities with very many faces: one at a time
-        for i, identity in enumerate(ids):
-            own = g.faces[g.starts[identity] : g.starts[identity] + counts[identity]]
-            for j in np.flatnonzero(valid[i]):
-                c = cand[i, j]
-                other = g.faces[g.starts[c] : g.starts[c] + counts[c]]
-                out[i, j] = float((own @ other.T).max())
+    lengths = np.where(valid, g.counts[np.where(valid, cand, 0)], 0)  # (B, S) faces of each candidate
+    flat = lengths.ravel()
+    total = int(flat.sum())
+    if total == 0:
         return out
-    for a in range(0, len(ids), step):
-        b = min(len(ids), a + step)
-        own, own_ok = _padded(g, ids[a:b], m_own)  # (B, m_own, d)
-        other, other_ok = _padded(g, safe[a:b].ravel(), m_other)  # (B*S, m_other, d)
-        other = other.reshape(b - a, width * m_other, -1)
-        sims = np.matmul(own, other.transpose(0, 2, 1)).reshape(b - a, m_own, width, m_other)
-        ok = own_ok[:, :, None, None] & other_ok.reshape(b - a, 1, width, m_other)
-        sims = np.where(ok, sims, -np.inf)
-        out[a:b] = sims.max(axis=(1, 3))
-    out[~valid] = -np.inf
+    first = np.concatenate([[0], np.cumsum(flat)[:-1]])  # where each candidate's faces begin
+    rows = np.repeat(g.starts[np.where(valid, cand, 0)].ravel() - first, flat) + np.arange(total)
+    per_id = lengths.sum(axis=1)
+    id_first = np.concatenate([[0], np.cumsum(per_id)[:-1]])
+    for i, identity in enumerate(ids):
+        cols = np.flatnonzero(valid[i])
+        if not len(cols):
+            continue
+        own = g.faces[g.starts[identity] : g.starts[identity] + g.counts[identity]]
+        theirs = g.faces[rows[id_first[i] : id_first[i] + per_id[i]]]
+        best = (own @ theirs.T).max(axis=0)
+        seg = np.concatenate([[0], np.cumsum(lengths[i, cols])[:-1]])
+        out[i, cols] = np.maximum.reduceat(best, seg)
     return out
-
-
-def _padded(g: _Grouped, ids: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """The faces of ``ids`` padded to ``width`` rows each, and which rows are real."""
-    offsets = np.arange(width)
-    ok = offsets[None, :] < g.counts[ids][:, None]
-    rows = g.starts[ids][:, None] + np.where(ok, offsets[None, :], 0)
-    return np.asarray(g.faces[rows.ravel()], np.float32).reshape(len(ids), width, -1), ok
 
 
 def build_open_set_for_store(store_path: Path, *, k: int = DEFAULT_K, rule: str = DEFAULT_TEMPLATE,
