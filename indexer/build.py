@@ -243,8 +243,7 @@ def run(config: BuildConfig) -> JobResult:
         )
         plan_index(max(opened.total, 1), opened.d, config.memory_budget, config.index)  # fail early on memory
         version = next_version(root)
-        staged = staging_dir(root, version)
-        try:
+        with staging_dir(root, version) as staged:
             store = IdentityStore.create(staged / STORE_FILE, contract_id=opened.contract_id, d=opened.d)
             store.set_meta("next_vector_id", first_free_vector_id(root))  # ids unique across the root's history
             rejects = RejectsWriter(staged / REJECTS_FILE)
@@ -293,9 +292,6 @@ def run(config: BuildConfig) -> JobResult:
                 budget=config.memory_budget,
                 progress=config.progress,
             )
-        except BaseException:
-            shutil.rmtree(staged, ignore_errors=True)
-            raise
         if opened.work is not None:
             shutil.rmtree(opened.work, ignore_errors=True)
     return result

@@ -129,8 +129,7 @@ def _publish(
     root = config.root
     open_set = resolve_spec(config.bundle, base.dir if base is not None else None)
     version = next_version(root)
-    staged = staging_dir(root, version)
-    try:
+    with staging_dir(root, version) as staged:
         store_path = staged / STORE_FILE
         if base is not None:
             shutil.copyfile(base.dir / STORE_FILE, store_path)
@@ -214,9 +213,6 @@ def _publish(
             budget=config.memory_budget,
             progress=config.progress,
         )
-    except BaseException:
-        shutil.rmtree(staged, ignore_errors=True)
-        raise
     log.info(
         "compact: published %s with the live changes up to seq %d (+%d faces, -%d faces)",
         version,

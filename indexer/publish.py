@@ -77,12 +77,19 @@ def first_free_vector_id(root: Path) -> int:
     return best
 
 
-def staging_dir(root: Path, version: str) -> Path:
+@contextlib.contextmanager
+def staging_dir(root: Path, version: str) -> Iterator[Path]:
+    """A fresh staging folder for ``version``, deleted if the job fails before publishing it
+    (publishing renames it away; an exception anywhere in the body removes what it wrote)."""
     for old in root.glob(".staging-*"):  # leftovers of killed jobs (we hold the lock)
         shutil.rmtree(old, ignore_errors=True)
     path = root / f".staging-{version}-{os.getpid()}"
     path.mkdir(parents=True)
-    return path
+    try:
+        yield path
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)
+        raise
 
 
 def write_index_files(

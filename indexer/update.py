@@ -77,8 +77,7 @@ def run_add(config: AddConfig) -> JobResult:
             progress=config.progress,
         )
         version = next_version(root)
-        staged = staging_dir(root, version)
-        try:
+        with staging_dir(root, version) as staged:
             shutil.copyfile(base_dir / STORE_FILE, staged / STORE_FILE)
             store = IdentityStore.open(staged / STORE_FILE, readonly=False)
             store.check_contract(opened.contract_id)
@@ -147,9 +146,6 @@ def run_add(config: AddConfig) -> JobResult:
                 budget=config.memory_budget,
                 progress=config.progress,
             )
-        except BaseException:
-            shutil.rmtree(staged, ignore_errors=True)
-            raise
         if opened.work is not None:
             shutil.rmtree(opened.work, ignore_errors=True)
     return result
@@ -172,8 +168,7 @@ def run_remove(config: RemoveConfig) -> JobResult:
         base = load_index(base_dir)
         open_set = resolve_spec(config.bundle, base_dir)
         version = next_version(root)
-        staged = staging_dir(root, version)
-        try:
+        with staging_dir(root, version) as staged:
             shutil.copyfile(base_dir / STORE_FILE, staged / STORE_FILE)
             store = IdentityStore.open(staged / STORE_FILE, readonly=False)
             present = store.existing_identities(config.identities)
@@ -228,9 +223,6 @@ def run_remove(config: RemoveConfig) -> JobResult:
                 budget=config.memory_budget,
                 progress=config.progress,
             )
-        except BaseException:
-            shutil.rmtree(staged, ignore_errors=True)
-            raise
     return result
 
 

@@ -60,10 +60,10 @@ def _publish_flat(root: Path, x: np.ndarray, ids: np.ndarray, keep: int = 3) -> 
     index = faiss.index_factory(x.shape[1], "IDMap,Flat", faiss.METRIC_L2)
     index.add_with_ids(x, ids)
     version = next_version(root)
-    staged = staging_dir(root, version)
-    write_index_files(staged, index, ids, None, None)
-    seal(staged, _manifest(version, len(x), x.shape[1]))
-    publish(root, staged, version, keep)
+    with staging_dir(root, version) as staged:
+        write_index_files(staged, index, ids, None, None)
+        seal(staged, _manifest(version, len(x), x.shape[1]))
+        publish(root, staged, version, keep)
     return version
 
 
