@@ -58,14 +58,15 @@ IO_THREADS = 4
 
 
 def threshold_policy(bundle: ModelBundle, open_set: OpenSetCalibration | None, config: ServerConfig) -> ThresholdPolicy:
-    if bundle.calibration is None and config.min_similarity is None and not bundle.model_id.startswith("dlib-"):
+    calibration = bundle.calibration  # read from calibration.json on each access: once here
+    if calibration is None and config.min_similarity is None and not bundle.model_id.startswith("dlib-"):
         # dlib's customary tolerance, the uncalibrated fallback, says nothing about another model's scores
         raise PreconditionError(
             f"bundle {config.bundle} (model {bundle.model_id}) has no calibration.json and dlib's default "
             "threshold does not apply to it: run `facesearch eval calibrate --bundle DIR --images TREE`, "
             "or set FACESEARCH_MIN_SIMILARITY", reason="NO_CALIBRATION")
     try:
-        return ThresholdPolicy(bundle.calibration, open_set, min_similarity=config.min_similarity,
+        return ThresholdPolicy(calibration, open_set, min_similarity=config.min_similarity,
                                max_fpir=config.max_fpir)
     except FaceSearchError as err:  # a default the bundle cannot honour: refuse to start, naming the variable
         raise PreconditionError(f"{err.message} (bundle {config.bundle})", reason="BAD_CONFIG") from err
