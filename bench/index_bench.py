@@ -30,9 +30,9 @@ sys.path.insert(0, str(REPO))
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
-from facesearch.identity_store import IdentityStore  # noqa: E402
-from facesearch.index_artifact import STORE_FILE, load_index  # noqa: E402
-from facesearch.synthetic import FaceEmbeddingModel, SyntheticGallery, default_model_path  # noqa: E402
+from facesearch.evaluation.synthetic import FaceEmbeddingModel, SyntheticGallery, default_model_path  # noqa: E402
+from facesearch.store.identity_store import IdentityStore  # noqa: E402
+from facesearch.store.index_artifact import STORE_FILE, load_index  # noqa: E402
 from indexer.add import ExactAccumulator  # noqa: E402
 from indexer.read import EmbeddingFile  # noqa: E402
 from indexer.sizes import current_rss, format_size  # noqa: E402
@@ -51,9 +51,7 @@ def write_gallery(path: Path, n: int, fpi: float, seed: int) -> SyntheticGallery
     d = gallery.model.d
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
         with zf.open("embeddings.npy", "w", force_zip64=True) as fh:
-            np.lib.format.write_array_header_2_0(
-                fh, {"descr": "<f4", "fortran_order": False, "shape": (n, d)}
-            )
+            np.lib.format.write_array_header_2_0(fh, {"descr": "<f4", "fortran_order": False, "shape": (n, d)})
             ids = np.empty(n, dtype=np.int64)
             for chunk in gallery.chunks(262_144):
                 fh.write(chunk.embeddings.tobytes())
@@ -102,9 +100,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--numpy-queries", type=int, default=5)
     ap.add_argument("--flat-queries", type=int, default=100)
-    ap.add_argument(
-        "--no-flat-memory", action="store_true", help="skip in-memory exact/numpy baselines (10M)"
-    )
+    ap.add_argument("--no-flat-memory", action="store_true", help="skip in-memory exact/numpy baselines (10M)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved latency rounds (best median kept)")
     ap.add_argument("--reuse-build", action="store_true", help="re-measure search on the last build")
     ap.add_argument("--render", type=Path, help="only re-render the markdown from a results .json")
@@ -131,11 +127,7 @@ def main() -> int:
 
     # -- build (own process: its peak RSS is the build's) ----------------------------------
     root = args.work / f"index-{data_path.stem}"
-    previous = (
-        json.loads(args.out.with_suffix(".json").read_text())
-        if args.out.with_suffix(".json").is_file()
-        else {}
-    )
+    previous = json.loads(args.out.with_suffix(".json").read_text()) if args.out.with_suffix(".json").is_file() else {}
     if args.reuse_build and (root / "CURRENT").is_file() and previous.get("build_wall_s"):
         build_wall = float(previous["build_wall_s"])  # measure search again on the same published build
         print(f"reusing the build in {root}", flush=True)
@@ -181,9 +173,7 @@ def main() -> int:
         vids, _ = store.vector_identity_keys()
     file_sizes = {p.name: p.stat().st_size for p in index.dir.iterdir() if p.is_file()}
     searchable = sum(
-        file_sizes[f]
-        for f in ("index.faiss", "vector_ids.npy", "refine.npy", "refine_codec.faiss")
-        if f in file_sizes
+        file_sizes[f] for f in ("index.faiss", "vector_ids.npy", "refine.npy", "refine_codec.faiss") if f in file_sizes
     )
 
     # -- queries and exact ground truth (streamed, so 10M fits) ----------------------------
@@ -191,9 +181,7 @@ def main() -> int:
     for chunk in src.chunks(262_144):
         labels_all[chunk.start : chunk.start + len(chunk)] = [hash(s) for s in chunk.identities]
     if gallery is not None:
-        enrolled = np.unique(
-            np.concatenate([np.asarray(c.identities, dtype=np.int64) for c in src.chunks(262_144)])
-        )
+        enrolled = np.unique(np.concatenate([np.asarray(c.identities, dtype=np.int64) for c in src.chunks(262_144)]))
         q = gallery.mated_queries(args.queries, enrolled, seed=7)
         queries, q_labels = q.embeddings, q.identities
     else:
@@ -247,9 +235,7 @@ def main() -> int:
         xb = faiss.rev_swig_ptr(flat.get_xb(), n * d).reshape(n, d)  # a view: no second copy at 10M
 
     def numpy_scan(x: np.ndarray) -> np.ndarray:  # face_recognition.face_distance + argsort, float32
-        dist = np.concatenate(
-            [np.linalg.norm(xb[s : s + 1_000_000] - x[0], axis=1) for s in range(0, n, 1_000_000)]
-        )
+        dist = np.concatenate([np.linalg.norm(xb[s : s + 1_000_000] - x[0], axis=1) for s in range(0, n, 1_000_000)])
         return np.argsort(dist)[:10]
 
     def best(key: str, value: float) -> None:
@@ -274,9 +260,7 @@ def main() -> int:
             def face_distance(known: np.ndarray | list, x: np.ndarray) -> np.ndarray:
                 return np.argsort(np.linalg.norm(known - x[0].astype(np.float64), axis=1))[:10]
 
-            lat["numpy64_single_ms"] = time_single(
-                lambda x: face_distance(known64, x), queries, args.numpy_queries
-            )
+            lat["numpy64_single_ms"] = time_single(lambda x: face_distance(known64, x), queries, args.numpy_queries)
             known_list = list(known64)
             del known64
             lat["numpy_list_single_ms"] = time_single(lambda x: face_distance(known_list, x), queries, 3)
@@ -372,8 +356,7 @@ def render(r: dict, n: int) -> str:
     lines += [
         "",
         (
-            f"Quality is on {r['args']['queries']} mated queries (new faces of enrolled people, not in the "
-            "gallery)."
+            f"Quality is on {r['args']['queries']} mated queries (new faces of enrolled people, not in the gallery)."
             if r["args"].get("embeddings") in (None, "None")
             else f"Quality is on {r['args']['queries']} held-out gallery faces (leave-one-out: each searched "
             "with itself excluded from exact and approximate results)."

@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
-from facesearch.synthetic import FaceEmbeddingModel, SyntheticGallery, default_model_path  # noqa: E402
+from facesearch.evaluation.synthetic import FaceEmbeddingModel, SyntheticGallery, default_model_path  # noqa: E402
 
 L2, IP = faiss.METRIC_L2, faiss.METRIC_INNER_PRODUCT
 

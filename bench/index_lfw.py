@@ -22,8 +22,8 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-from facesearch.identity_store import IdentityStore  # noqa: E402
-from facesearch.index_artifact import STORE_FILE, read_manifest, resolve_version_dir  # noqa: E402
+from facesearch.store.identity_store import IdentityStore  # noqa: E402
+from facesearch.store.index_artifact import STORE_FILE, read_manifest, resolve_version_dir  # noqa: E402
 
 
 def main() -> int:

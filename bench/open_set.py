@@ -22,13 +22,19 @@ import numpy as np
 
 from bench.common import REPO, data_dir, machine, table
 from bench.open_set_faces import face_cache
-from facesearch.calibration import calibrate
-from facesearch.det_plot import Curve, draw_det
-from facesearch.ident_eval import Searches, fnir_at, fpir_at, rank_rate, threshold_at_fpir, wilson_interval
-from facesearch.ident_scoring import ScoredSplit, score_split
-from facesearch.open_set import DEFAULT_K, probe_topk_mean
-from facesearch.open_set_calibration import calibrate_open_set, resolve_threshold
-from facesearch.templates import DEFAULT_TEMPLATE, build_gallery, gallery_scores, identity_scores, quality_weights
+from facesearch.evaluation.calibrate import calibrate, calibrate_open_set
+from facesearch.evaluation.det_plot import Curve, draw_det
+from facesearch.evaluation.ident import Searches, fnir_at, fpir_at, rank_rate, threshold_at_fpir, wilson_interval
+from facesearch.evaluation.ident_scoring import ScoredSplit, score_split
+from facesearch.scoring.normalise import DEFAULT_K, probe_topk_mean
+from facesearch.scoring.open_set_calibration import resolve_threshold
+from facesearch.scoring.templates import (
+    DEFAULT_TEMPLATE,
+    build_gallery,
+    gallery_scores,
+    identity_scores,
+    quality_weights,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,8 +55,14 @@ def load_faces(cache: Path, workers: int) -> Faces:
     rows = face_cache(paths, REPO / ".facesearch" / "models" / "dlib", cache, workers)
     both = rows["embedding"] + rows["embedding_flip"]
     both /= np.maximum(np.linalg.norm(both, axis=1, keepdims=True), 1e-12)
-    return Faces(paths, np.array([p.parent.name for p in paths]), rows["found"].astype(bool), rows["embedding"],
-                 both.astype(np.float32), quality_weights(rows["face_size"], rows["blur"]))
+    return Faces(
+        paths,
+        np.array([p.parent.name for p in paths]),
+        rows["found"].astype(bool),
+        rows["embedding"],
+        both.astype(np.float32),
+        quality_weights(rows["face_size"], rows["blur"]),
+    )
 
 
 def split_people(faces: Faces, people: set[str] | None = None, enrol: int = 1) -> tuple[np.ndarray, ...]:
@@ -70,21 +82,40 @@ def split_people(faces: Faces, people: set[str] | None = None, enrol: int = 1) -
     return np.array(gallery), np.array(probes), np.array(nonmated)
 
 
-def run_split(faces: Faces, emb: np.ndarray, split: tuple[np.ndarray, ...], *, k: int,
-              template: str = DEFAULT_TEMPLATE,
-              weighted: bool = False, loo: bool = False) -> ScoredSplit:
+def run_split(
+    faces: Faces,
+    emb: np.ndarray,
+    split: tuple[np.ndarray, ...],
+    *,
+    k: int,
+    template: str = DEFAULT_TEMPLATE,
+    weighted: bool = False,
+    loo: bool = False,
+) -> ScoredSplit:
     gallery, probes, nonmated = split
     gallery = gallery[faces.found[gallery]]
     rows = np.r_[probes, nonmated]
-    return score_split(emb[gallery], faces.person[gallery], emb[rows], faces.person[rows], faces.found[rows], k=k,
-                       template=template, weights=faces.weight[gallery] if weighted else None, leave_one_out=loo)
+    return score_split(
+        emb[gallery],
+        faces.person[gallery],
+        emb[rows],
+        faces.person[rows],
+        faces.found[rows],
+        k=k,
+        template=template,
+        weights=faces.weight[gallery] if weighted else None,
+        leave_one_out=loo,
+    )
 
 
 def summary(s: Searches) -> dict[str, float]:
     nonmated = s.top_score[~s.mated]
-    return {"rank1": rank_rate(s, 1), "rank5": rank_rate(s, 5),
-            "fnir@1%": fnir_at(s, threshold_at_fpir(nonmated, 0.01)),
-            "fnir@0.1%": fnir_at(s, threshold_at_fpir(nonmated, 0.001))}
+    return {
+        "rank1": rank_rate(s, 1),
+        "rank5": rank_rate(s, 5),
+        "fnir@1%": fnir_at(s, threshold_at_fpir(nonmated, 0.01)),
+        "fnir@0.1%": fnir_at(s, threshold_at_fpir(nonmated, 0.001)),
+    }
 
 
 def pct(x: float, digits: int = 1) -> str:
@@ -98,7 +129,7 @@ def row(name: str, s: dict[str, float]) -> list[str]:
 # -- comparisons --------------------------------------------------------------------------
 def classic_as_norm(faces: Faces, emb: np.ndarray, split: tuple[np.ndarray, ...], k: int) -> Searches:
     """Textbook AS-norm (top-k mean and standard deviation on both sides), for reference."""
-    from facesearch.ident_eval import searches_from_scores
+    from facesearch.evaluation.ident import searches_from_scores
 
     gallery, probes, nonmated = split
     g = build_gallery(emb[gallery], faces.person[gallery])
@@ -108,8 +139,9 @@ def classic_as_norm(faces: Faces, emb: np.ndarray, split: tuple[np.ndarray, ...]
     part = -np.sort(-s, axis=1)[:, : k + 1]
     mate = np.array([{n: i for i, n in enumerate(g.identities)}.get(p, -1) for p in faces.person[rows]])
     pm = probe_topk_mean(s, k)
-    ps = np.sqrt(np.maximum((part[:, :k] ** 2).mean(axis=1, keepdims=True) - part[:, :k].mean(1, keepdims=True) ** 2,
-                            1e-6))
+    ps = np.sqrt(
+        np.maximum((part[:, :k] ** 2).mean(axis=1, keepdims=True) - part[:, :k].mean(1, keepdims=True) ** 2, 1e-6)
+    )
     z = 0.5 * ((s - pm) / ps + (s - gs.mean(1)) / np.maximum(gs.std(1), 1e-3))
     return searches_from_scores(z, mate, faces.found[rows])
 
@@ -131,12 +163,13 @@ def bootstrap_ratio(a: Searches, b: Searches, rng: np.random.Generator, reps: in
 
 def flip_cost(faces: Faces, count: int = 24) -> dict[str, float]:
     """ms per face: the whole pipeline (detect, landmarks, align, embed) vs one extra flipped embedding."""
-    from facesearch.bundle import ModelBundle
-    from facesearch.decode import load_image
-    from facesearch.pipeline import FacePipeline, PipelineConfig
+    from facesearch.bundle.manifest import ModelBundle
+    from facesearch.vision.decode import load_image
+    from facesearch.vision.pipeline import FacePipeline, PipelineConfig
 
-    pipe = FacePipeline(ModelBundle.load(REPO / ".facesearch" / "models" / "dlib"),
-                        PipelineConfig(threads=1, keep_chips=True))
+    pipe = FacePipeline(
+        ModelBundle.load(REPO / ".facesearch" / "models" / "dlib"), PipelineConfig(threads=1, keep_chips=True)
+    )
     images = [load_image(p) for p in faces.paths[:: max(1, len(faces.paths) // count)][:count]]
     pipe.analyze(images[0])  # warm up
     start = time.perf_counter()
@@ -147,8 +180,11 @@ def flip_cost(faces: Faces, count: int = 24) -> dict[str, float]:
     for chip in chips:  # one at a time, as the pipeline embeds a photo's faces
         pipe.embedder.embed(np.ascontiguousarray(chip[None, :, ::-1]))
     flip_s = time.perf_counter() - start
-    return {"faces": len(chips), "pipeline_ms_per_face": 1000 * pipeline_s / len(chips),
-            "flip_ms_per_face": 1000 * flip_s / len(chips)}
+    return {
+        "faces": len(chips),
+        "pipeline_ms_per_face": 1000 * pipeline_s / len(chips),
+        "flip_ms_per_face": 1000 * flip_s / len(chips),
+    }
 
 
 def by_gallery_size(faces: Faces, split: tuple[np.ndarray, ...], k: int, repeats: int = 8) -> list[list[str]]:
@@ -173,8 +209,10 @@ def by_gallery_size(faces: Faces, split: tuple[np.ndarray, ...], k: int, repeats
                 scored = run_split(faces, emb, sub, k=k, loo=True)
                 acc[f"raw {name}"].append(summary(scored.raw)["fnir@1%"])
                 acc[f"norm {name}"].append(summary(scored.normalised)["fnir@1%"])
-        out.append([str(size)] + [pct(float(np.mean(acc[key]))) for key in ("raw plain", "norm plain", "raw flip",
-                                                                              "norm flip")])
+        out.append(
+            [str(size)]
+            + [pct(float(np.mean(acc[key]))) for key in ("raw plain", "norm plain", "raw flip", "norm flip")]
+        )
     return out
 
 
@@ -191,8 +229,9 @@ def honesty(faces: Faces, emb: np.ndarray, splits: int, k: int) -> dict[str, obj
         in_a = np.array([p in half_a for p in faces.person]) & faces.found
         order = np.flatnonzero(in_a)[np.argsort([faces.paths[i].name for i in np.flatnonzero(in_a)], kind="stable")]
         # normalise_from=8: check the normalised table at every size, also below where the decision uses it
-        cal = calibrate_open_set(emb[order], faces.person[order], source=f"half A seed {seed}", k=k, seed=seed,
-                                 normalise_from=8)
+        cal = calibrate_open_set(
+            emb[order], faces.person[order], source=f"half A seed {seed}", k=k, seed=seed, normalise_from=8
+        )
         raw_cal = calibrate(emb[order], faces.person[order], source=f"half A seed {seed}")
         half_b = set(names.tolist()) - half_a
         split = split_people(faces, half_b)
@@ -203,15 +242,22 @@ def honesty(faces: Faces, emb: np.ndarray, splits: int, k: int) -> dict[str, obj
             dropped_people = set(faces.person[gallery[dropped]].tolist())
             moved = np.array([i for i in probes if faces.person[i] in dropped_people], np.int64)
             kept_probes = np.array([i for i in probes if faces.person[i] not in dropped_people], np.int64)
-            scored = run_split(faces, emb, (gallery[keep], kept_probes, np.r_[nonmated, moved, gallery[dropped]]),
-                               k=k, loo=True)
+            scored = run_split(
+                faces, emb, (gallery[keep], kept_probes, np.r_[nonmated, moved, gallery[dropped]]), k=k, loo=True
+            )
             sizes[label].append(scored.gallery_size)
             for fpir in (0.01, 0.001):
                 for kind, searches, th in (
-                    ("facesearch", scored.normalised,
-                     resolve_threshold(cal, None, gallery_size=scored.gallery_size, max_fpir=fpir)),
-                    ("raw", scored.raw, resolve_threshold(None, raw_cal, gallery_size=scored.gallery_size,
-                                                          max_fpir=fpir)),
+                    (
+                        "facesearch",
+                        scored.normalised,
+                        resolve_threshold(cal, None, gallery_size=scored.gallery_size, max_fpir=fpir),
+                    ),
+                    (
+                        "raw",
+                        scored.raw,
+                        resolve_threshold(None, raw_cal, gallery_size=scored.gallery_size, max_fpir=fpir),
+                    ),
                 ):
                     n = int((~searches.mated).sum())
                     hits = round(fpir_at(searches, th.score) * n)
@@ -219,14 +265,22 @@ def honesty(faces: Faces, emb: np.ndarray, splits: int, k: int) -> dict[str, obj
                     if kind == "facesearch" and label == "full" and seed == 0:
                         reasons.append(th.reason)
         del cal
-    out: dict[str, object] = {"reasons_seed0": reasons,
-                              "gallery_sizes": {label: [min(v), max(v)] for label, v in sizes.items()}}
+    out: dict[str, object] = {
+        "reasons_seed0": reasons,
+        "gallery_sizes": {label: [min(v), max(v)] for label, v in sizes.items()},
+    }
     for key, vals in events.items():
         hits, n = sum(v[0] for v in vals), sum(v[1] for v in vals)
         lo, hi = wilson_interval(hits, n)
-        out[key] = {"achieved": hits / n, "ci95": [lo, hi], "events": hits, "searches": n,
-                    "fnir_mean": float(np.mean([v[2] for v in vals])),
-                    "per_split_min": min(v[0] / v[1] for v in vals), "per_split_max": max(v[0] / v[1] for v in vals)}
+        out[key] = {
+            "achieved": hits / n,
+            "ci95": [lo, hi],
+            "events": hits,
+            "searches": n,
+            "fnir_mean": float(np.mean([v[2] for v in vals])),
+            "per_split_min": min(v[0] / v[1] for v in vals),
+            "per_split_max": max(v[0] / v[1] for v in vals),
+        }
     return out
 
 
@@ -248,23 +302,34 @@ def main(argv: list[str] | None = None) -> int:
     faces = timed("embed (or read cache)", lambda: load_faces(args.cache, args.workers), secs)
     assert isinstance(faces, Faces)
     spec = split_people(faces)
-    res: dict[str, object] = {"machine": machine(), "k": DEFAULT_K,
-                              "split": {"gallery": len(spec[0]), "probes": len(spec[1]), "nonmated": len(spec[2]),
-                                        "photos_without_face": int((~faces.found).sum())}}
+    res: dict[str, object] = {
+        "machine": machine(),
+        "k": DEFAULT_K,
+        "split": {
+            "gallery": len(spec[0]),
+            "probes": len(spec[1]),
+            "nonmated": len(spec[2]),
+            "photos_without_face": int((~faces.found).sum()),
+        },
+    }
     # 1. the issue's protocol, same embeddings
     main_rows, det = [], []
     raw_plain = run_split(faces, faces.plain, spec, k=DEFAULT_K)
     ours_plain = raw_plain.normalised
     raw_flip = run_split(faces, faces.flip, spec, k=DEFAULT_K)
-    table1 = {"raw cosine (dlib-equivalent)": summary(raw_plain.raw),
-              "raw cosine + flip": summary(raw_flip.raw),
-              "classic AS-norm k=50 (mean+std)": summary(classic_as_norm(faces, faces.plain, spec, 50)),
-              f"facesearch normalised k={DEFAULT_K}": summary(ours_plain),
-              f"facesearch normalised k={DEFAULT_K} + flip": summary(raw_flip.normalised)}
+    table1 = {
+        "raw cosine (dlib-equivalent)": summary(raw_plain.raw),
+        "raw cosine + flip": summary(raw_flip.raw),
+        "classic AS-norm k=50 (mean+std)": summary(classic_as_norm(faces, faces.plain, spec, 50)),
+        f"facesearch normalised k={DEFAULT_K}": summary(ours_plain),
+        f"facesearch normalised k={DEFAULT_K} + flip": summary(raw_flip.normalised),
+    }
     main_rows = [row(name, s) for name, s in table1.items()]
-    det = [Curve("raw cosine (dlib-equivalent)", *_det(raw_plain.raw)),
-           Curve(f"facesearch k={DEFAULT_K}", *_det(ours_plain)),
-           Curve(f"facesearch k={DEFAULT_K} + flip", *_det(raw_flip.normalised))]
+    det = [
+        Curve("raw cosine (dlib-equivalent)", *_det(raw_plain.raw)),
+        Curve(f"facesearch k={DEFAULT_K}", *_det(ours_plain)),
+        Curve(f"facesearch k={DEFAULT_K} + flip", *_det(raw_flip.normalised)),
+    ]
     rng = np.random.default_rng(0)
     res["protocol"] = table1
     res["ratio_ci95_plain"] = bootstrap_ratio(raw_plain.raw, ours_plain, rng)
@@ -275,23 +340,40 @@ def main(argv: list[str] | None = None) -> int:
     for k in (1, 2, 3, 4, 5, 8, 10, 20, 50):
         a = summary(run_split(faces, faces.plain, spec, k=k).normalised)
         b = summary(run_split(faces, faces.plain, spec, k=k, loo=True).normalised)
-        k_rows.append([str(k), pct(a["rank1"]), pct(a["fnir@1%"]), pct(a["fnir@0.1%"]), pct(b["fnir@1%"]),
-                       pct(b["fnir@0.1%"])])
+        k_rows.append(
+            [str(k), pct(a["rank1"]), pct(a["fnir@1%"]), pct(a["fnir@0.1%"]), pct(b["fnir@1%"]), pct(b["fnir@0.1%"])]
+        )
     raw_loo = summary(run_split(faces, faces.plain, spec, k=DEFAULT_K, loo=True).raw)
-    k_rows.append(["raw", pct(table1["raw cosine (dlib-equivalent)"]["rank1"]),
-                   pct(table1["raw cosine (dlib-equivalent)"]["fnir@1%"]),
-                   pct(table1["raw cosine (dlib-equivalent)"]["fnir@0.1%"]), pct(raw_loo["fnir@1%"]),
-                   pct(raw_loo["fnir@0.1%"])])
+    k_rows.append(
+        [
+            "raw",
+            pct(table1["raw cosine (dlib-equivalent)"]["rank1"]),
+            pct(table1["raw cosine (dlib-equivalent)"]["fnir@1%"]),
+            pct(table1["raw cosine (dlib-equivalent)"]["fnir@0.1%"]),
+            pct(raw_loo["fnir@1%"]),
+            pct(raw_loo["fnir@0.1%"]),
+        ]
+    )
     # 3. templates: two enrolled photos per person
     two = split_people(faces, enrol=2)
     t_rows = [row("raw cosine, best face", summary(run_split(faces, faces.plain, two, k=DEFAULT_K).raw))]
     one = (np.array([g for g in two[0] if g not in set(two[0][1::2])]), two[1], two[2])
-    t_rows.append(row("normalised, first photo only", summary(run_split(faces, faces.plain, one, k=DEFAULT_K)
-                                                              .normalised)))
-    for name, mode, weighted in (("best", "best", False), ("mean", "mean", False), ("both", "both", False),
-                                 ("mean, quality-weighted", "mean", True), ("both, quality-weighted", "both", True)):
-        t_rows.append(row(f"normalised, {name}", summary(run_split(faces, faces.plain, two, k=DEFAULT_K,
-                                                                   template=mode, weighted=weighted).normalised)))
+    t_rows.append(
+        row("normalised, first photo only", summary(run_split(faces, faces.plain, one, k=DEFAULT_K).normalised))
+    )
+    for name, mode, weighted in (
+        ("best", "best", False),
+        ("mean", "mean", False),
+        ("both", "both", False),
+        ("mean, quality-weighted", "mean", True),
+        ("both, quality-weighted", "both", True),
+    ):
+        t_rows.append(
+            row(
+                f"normalised, {name}",
+                summary(run_split(faces, faces.plain, two, k=DEFAULT_K, template=mode, weighted=weighted).normalised),
+            )
+        )
     res["templates_split"] = {"gallery": len(two[0]), "probes": len(two[1]), "nonmated": len(two[2])}
     n_rows = timed("gallery sizes", lambda: by_gallery_size(faces, spec, DEFAULT_K), secs)
     # 4. flip cost, 5. calibration honesty
@@ -306,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _det(s: Searches) -> tuple[list[float], list[float]]:
-    from facesearch.ident_eval import det_curve
+    from facesearch.evaluation.ident import det_curve
 
     _, fpir, fnir = det_curve(s)
     return fpir.tolist(), fnir.tolist()
@@ -314,10 +396,17 @@ def _det(s: Searches) -> tuple[list[float], list[float]]:
 
 def report(res: dict, main_rows: list[list[str]], k_rows: list[list[str]], t_rows: list[list[str]]) -> str:
     head = ["scoring", "rank-1", "rank-5", "FNIR @ FPIR 1%", "FNIR @ FPIR 0.1%"]
-    lines = [table(main_rows, head), "", table(k_rows, ["k", "rank-1", "FNIR@1%", "FNIR@0.1%", "+LOO FNIR@1%",
-                                                        "+LOO FNIR@0.1%"]), "", table(t_rows, head), ""]
-    lines.append(json.dumps({k: res[k] for k in ("ratio_ci95_plain", "ratio_ci95_flip", "flip_cost", "seconds")},
-                            default=float))
+    lines = [
+        table(main_rows, head),
+        "",
+        table(k_rows, ["k", "rank-1", "FNIR@1%", "FNIR@0.1%", "+LOO FNIR@1%", "+LOO FNIR@0.1%"]),
+        "",
+        table(t_rows, head),
+        "",
+    ]
+    lines.append(
+        json.dumps({k: res[k] for k in ("ratio_ci95_plain", "ratio_ci95_flip", "flip_cost", "seconds")}, default=float)
+    )
     honest = res["honesty"]
     h_rows = []
     for key, val in honest.items():
@@ -325,11 +414,24 @@ def report(res: dict, main_rows: list[list[str]], k_rows: list[list[str]], t_row
             continue
         kind, label, fpir = key.split("|")
         lo_n, hi_n = honest["gallery_sizes"][label]
-        h_rows.append([kind, f"{label} ({lo_n}-{hi_n})", pct(float(fpir), 2), pct(val["achieved"], 3),
-                       f"{val['events']}/{val['searches']}", f"{pct(val['ci95'][0], 3)}-{pct(val['ci95'][1], 3)}",
-                       f"{pct(val['per_split_min'], 2)}-{pct(val['per_split_max'], 2)}", pct(val["fnir_mean"])])
-    lines += ["", table(h_rows, ["table", "gallery (N)", "requested FPIR", "achieved", "events", "95% CI",
-                                 "per split", "FNIR"]), "", "\n".join(honest["reasons_seed0"])]
+        h_rows.append(
+            [
+                kind,
+                f"{label} ({lo_n}-{hi_n})",
+                pct(float(fpir), 2),
+                pct(val["achieved"], 3),
+                f"{val['events']}/{val['searches']}",
+                f"{pct(val['ci95'][0], 3)}-{pct(val['ci95'][1], 3)}",
+                f"{pct(val['per_split_min'], 2)}-{pct(val['per_split_max'], 2)}",
+                pct(val["fnir_mean"]),
+            ]
+        )
+    lines += [
+        "",
+        table(h_rows, ["table", "gallery (N)", "requested FPIR", "achieved", "events", "95% CI", "per split", "FNIR"]),
+        "",
+        "\n".join(honest["reasons_seed0"]),
+    ]
     return "\n".join(lines)
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from facesearch.bundle import ModelBundle
-from facesearch.decode import DecodeLimits, load_image
-from facesearch.pipeline import FacePipeline, PipelineConfig, nearest_centre
+from facesearch.bundle.manifest import ModelBundle
+from facesearch.vision.decode import DecodeLimits, load_image
+from facesearch.vision.pipeline import FacePipeline, PipelineConfig, nearest_centre
 
 _pipe: FacePipeline | None = None
 KEYS = ("found", "embedding", "embedding_flip", "face_size", "blur", "det_score")
@@ -35,11 +35,23 @@ def _one(path: str) -> tuple[str, dict[str, object]]:
     dim = _pipe.embedder.dim
     if face is None or face.chip is None:
         zeros = np.zeros(dim, np.float32)
-        return path, {"found": False, "embedding": zeros, "embedding_flip": zeros, "face_size": 0.0, "blur": 0.0,
-                      "det_score": 0.0}
+        return path, {
+            "found": False,
+            "embedding": zeros,
+            "embedding_flip": zeros,
+            "face_size": 0.0,
+            "blur": 0.0,
+            "det_score": 0.0,
+        }
     flipped, _ = _pipe.embedder.embed(np.ascontiguousarray(face.chip[None, :, ::-1]))
-    return path, {"found": True, "embedding": face.embedding, "embedding_flip": flipped[0],
-                  "face_size": face.quality.face_size, "blur": face.quality.blur, "det_score": face.score}
+    return path, {
+        "found": True,
+        "embedding": face.embedding,
+        "embedding_flip": flipped[0],
+        "face_size": face.quality.face_size,
+        "blur": face.quality.blur,
+        "det_score": face.score,
+    }
 
 
 def face_cache(paths: list[Path], bundle: Path, cache: Path, workers: int = 2) -> dict[str, np.ndarray]:
@@ -51,8 +63,9 @@ def face_cache(paths: list[Path], bundle: Path, cache: Path, workers: int = 2) -
                 return {k: data[k] for k in data.files}
     rows: dict[str, dict[str, object]] = {}
     with mp.get_context("spawn").Pool(workers, initializer=_init, initargs=(str(bundle),)) as pool:
-        for path, row in tqdm(pool.imap_unordered(_one, names.tolist(), chunksize=8), total=len(names),
-                              desc="faces", dynamic_ncols=True):
+        for path, row in tqdm(
+            pool.imap_unordered(_one, names.tolist(), chunksize=8), total=len(names), desc="faces", dynamic_ncols=True
+        ):
             rows[path] = row
     out = {"paths": names, **{k: np.asarray([rows[n][k] for n in names.tolist()]) for k in KEYS}}
     out["embedding"] = out["embedding"].astype(np.float32)
@@ -69,6 +82,9 @@ if __name__ == "__main__":
     from bench.common import REPO, data_dir
 
     tree = data_dir() / "lfw-dev" / "images"
-    result = face_cache(sorted(tree.glob("*/*.jpg")), REPO / ".facesearch" / "models" / "dlib",
-                        Path(sys.argv[1]) if len(sys.argv) > 1 else Path("/tmp/open_set_faces.npz"))
+    result = face_cache(
+        sorted(tree.glob("*/*.jpg")),
+        REPO / ".facesearch" / "models" / "dlib",
+        Path(sys.argv[1]) if len(sys.argv) > 1 else Path("/tmp/open_set_faces.npz"),
+    )
     print(f"{len(result['paths'])} photos, {int(result['found'].sum())} with a face")

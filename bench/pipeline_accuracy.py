@@ -19,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from bench.common import REPO, data_dir, machine, table
-from facesearch.pairs_eval import Pair, PairsReport, embed_pair_images, evaluate_pairs, pair_scores, read_pairs
+from facesearch.evaluation.pairs import Pair, PairsReport, embed_pair_images, evaluate_pairs, pair_scores, read_pairs
 
 
 def _dlib_embed(task: tuple[str, str]) -> tuple[str, np.ndarray | None]:
@@ -48,10 +48,18 @@ def _dlib_embeddings(images: Path, pairs: list[Pair], model: str, workers: int) 
 
 def _row(name: str, r: PairsReport) -> list[str]:
     # With one fold there are no other folds to choose a threshold on: accuracy is undefined.
-    accuracy = (f"{r.accuracy_mean * 100:.2f} +/- {r.accuracy_std * 100:.2f}" if len(r.fold_accuracies) > 1
-                else "n/a (one fold)")
-    return [name, accuracy, f"{r.roc_auc:.4f}",
-            f"{r.tar_at_far_1e3 * 100:.1f}%", f"{r.images_without_face} / {r.images}"]
+    accuracy = (
+        f"{r.accuracy_mean * 100:.2f} +/- {r.accuracy_std * 100:.2f}"
+        if len(r.fold_accuracies) > 1
+        else "n/a (one fold)"
+    )
+    return [
+        name,
+        accuracy,
+        f"{r.roc_auc:.4f}",
+        f"{r.tar_at_far_1e3 * 100:.1f}%",
+        f"{r.images_without_face} / {r.images}",
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,18 +75,23 @@ def main(argv: list[str] | None = None) -> int:
 
     results: list[list[str]] = []
     ours, ours_missing = embed_pair_images(images, pairs, args.bundle, min_face=40, workers=args.workers)
-    results.append(_row("facesearch (min_face 40)", evaluate_pairs(pairs, pair_scores(pairs, ours), ours_missing,
-                                                                   len(ours))))
+    results.append(
+        _row("facesearch (min_face 40)", evaluate_pairs(pairs, pair_scores(pairs, ours), ours_missing, len(ours)))
+    )
     hog, hog_missing = _dlib_embeddings(images, pairs, "hog", args.workers)
-    results.append(_row("dlib face_recognition HOG", evaluate_pairs(pairs, pair_scores(pairs, hog), hog_missing,
-                                                                    len(hog))))
+    results.append(
+        _row("dlib face_recognition HOG", evaluate_pairs(pairs, pair_scores(pairs, hog), hog_missing, len(hog)))
+    )
     sub_rows: list[list[str]] = []
     if args.cnn_folds:
         subset = [p for p in pairs if p.fold < args.cnn_folds]
         # evaluate a subset as its own k-fold protocol (threshold from the other subset folds)
         cnn, cnn_missing = _dlib_embeddings(images, subset, "cnn", args.workers)
-        for name, emb in (("facesearch (min_face 40)", ours), ("dlib face_recognition HOG", hog),
-                          ("dlib face_recognition CNN", cnn)):
+        for name, emb in (
+            ("facesearch (min_face 40)", ours),
+            ("dlib face_recognition HOG", hog),
+            ("dlib face_recognition CNN", cnn),
+        ):
             used = {n: emb[n] for n in {p.a for p in subset} | {p.b for p in subset}}
             missing = sum(v is None for v in used.values())
             sub_rows.append(_row(name, evaluate_pairs(subset, pair_scores(subset, used), missing, len(used))))
@@ -93,8 +106,13 @@ def main(argv: list[str] | None = None) -> int:
         table(results, header),
     ]
     if sub_rows:
-        text += ["", f"Folds 1-{args.cnn_folds} only ({2 * args.cnn_folds * 100} pairs; each fold's threshold from the "
-                 "other folds of this subset), where dlib's CNN pipeline also ran:", "", table(sub_rows, header)]
+        text += [
+            "",
+            f"Folds 1-{args.cnn_folds} only ({2 * args.cnn_folds * 100} pairs; each fold's threshold from the "
+            "other folds of this subset), where dlib's CNN pipeline also ran:",
+            "",
+            table(sub_rows, header),
+        ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(text) + "\n")
     print("\n".join(text))

@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import REPO, lfw_images, machine, table, timed
-from facesearch.align import face_chip
-from facesearch.bundle import ModelBundle
-from facesearch.decode import DecodeLimits, load_image
-from facesearch.embed_job import EmbedConfig
-from facesearch.embed_job import run as run_embed
-from facesearch.pipeline import FacePipeline, PipelineConfig
+from facesearch.bundle.manifest import ModelBundle
+from facesearch.jobs.embed import EmbedConfig
+from facesearch.jobs.embed import run as run_embed
+from facesearch.vision.align import face_chip
+from facesearch.vision.decode import DecodeLimits, load_image
+from facesearch.vision.pipeline import FacePipeline, PipelineConfig
 
 
 def _ours(paths: list[Path], bundle: ModelBundle, min_face: int) -> dict[str, float]:
@@ -30,21 +30,34 @@ def _ours(paths: list[Path], bundle: ModelBundle, min_face: int) -> dict[str, fl
     t_decode, images = timed(lambda: [load_image(p, DecodeLimits()) for p in paths])
     t_detect, dets = timed(lambda: [pipe.detect(im) for im in images])
     boxes = [[d.box for d in ds] for ds in dets]
-    t_marks, marks = timed(lambda: [pipe.landmarks.predict_many(im, b) if b else [] for im, b in zip(images, boxes,
-                                                                                                     strict=True)])
+    t_marks, marks = timed(
+        lambda: [pipe.landmarks.predict_many(im, b) if b else [] for im, b in zip(images, boxes, strict=True)]
+    )
     t_chip, chips = timed(lambda: [face_chip(im, m) for im, ms in zip(images, marks, strict=True) for m in ms])
     faces = len(chips)
     t_embed, _ = timed(lambda: pipe.embedder.embed(np.stack(chips)))
     t_e2e, _ = timed(lambda: [pipe.analyze(load_image(p, DecodeLimits())) for p in paths])
-    return {"decode": t_decode, "detect": t_detect, "landmarks": t_marks, "chip": t_chip, "embed": t_embed,
-            "end_to_end": t_e2e, "faces": faces, "images": len(paths)}
+    return {
+        "decode": t_decode,
+        "detect": t_detect,
+        "landmarks": t_marks,
+        "chip": t_chip,
+        "embed": t_embed,
+        "end_to_end": t_e2e,
+        "faces": faces,
+        "images": len(paths),
+    }
 
 
 def _ours_throughput(paths: list[Path], bundle_dir: Path, min_face: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
-        seconds, _ = timed(lambda: run_embed(EmbedConfig(bundle=bundle_dir, paths=tuple(paths),
-                                                         out=Path(tmp) / "e.npz", min_face=min_face,
-                                                         progress=False)))
+        seconds, _ = timed(
+            lambda: run_embed(
+                EmbedConfig(
+                    bundle=bundle_dir, paths=tuple(paths), out=Path(tmp) / "e.npz", min_face=min_face, progress=False
+                )
+            )
+        )
     return seconds
 
 
@@ -62,10 +75,12 @@ def _dlib(paths: list[Path], model: str) -> dict[str, float]:
         return [d.rect for d in out] if model == "cnn" else list(out)
 
     t_detect, rects = timed(lambda: [detect(im) for im in images])
-    t_marks, shapes = timed(lambda: [[api.pose_predictor_5_point(im, r) for r in rs]
-                                     for im, rs in zip(images, rects, strict=True)])
-    t_chip, chips = timed(lambda: [dlib.get_face_chip(im, s, 150, 0.25) for im, ss in zip(images, shapes, strict=True)
-                                   for s in ss])
+    t_marks, shapes = timed(
+        lambda: [[api.pose_predictor_5_point(im, r) for r in rs] for im, rs in zip(images, rects, strict=True)]
+    )
+    t_chip, chips = timed(
+        lambda: [dlib.get_face_chip(im, s, 150, 0.25) for im, ss in zip(images, shapes, strict=True) for s in ss]
+    )
     t_embed, _ = timed(lambda: [api.face_encoder.compute_face_descriptor(c) for c in chips])
 
     def e2e(path: Path) -> None:
@@ -74,8 +89,16 @@ def _dlib(paths: list[Path], model: str) -> dict[str, float]:
         face_recognition.face_encodings(im, locs, 1, "small")
 
     t_e2e, _ = timed(lambda: [e2e(p) for p in paths])
-    return {"decode": t_decode, "detect": t_detect, "landmarks": t_marks, "chip": t_chip, "embed": t_embed,
-            "end_to_end": t_e2e, "faces": len(chips), "images": len(paths)}
+    return {
+        "decode": t_decode,
+        "detect": t_detect,
+        "landmarks": t_marks,
+        "chip": t_chip,
+        "embed": t_embed,
+        "end_to_end": t_e2e,
+        "faces": len(chips),
+        "images": len(paths),
+    }
 
 
 def _ms(result: dict[str, float], stage: str) -> float:
@@ -102,9 +125,18 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for stage in ("decode", "detect", "landmarks", "chip", "embed", "end_to_end"):
         unit = "ms/face" if stage in ("landmarks", "chip", "embed") else "ms/image"
-        rows.append([stage, unit, f"{_ms(ours40, stage):.2f}", f"{_ms(ours80, stage):.2f}", f"{_ms(hog, stage):.2f}",
-                     f"{_ms(cnn, stage):.2f}", f"{_ms(hog, stage) / _ms(ours40, stage):.1f}x",
-                     f"{_ms(cnn, stage) / _ms(ours40_cnnset, stage):.1f}x"])
+        rows.append(
+            [
+                stage,
+                unit,
+                f"{_ms(ours40, stage):.2f}",
+                f"{_ms(ours80, stage):.2f}",
+                f"{_ms(hog, stage):.2f}",
+                f"{_ms(cnn, stage):.2f}",
+                f"{_ms(hog, stage) / _ms(ours40, stage):.1f}x",
+                f"{_ms(cnn, stage) / _ms(ours40_cnnset, stage):.1f}x",
+            ]
+        )
     thr_ms = 1000.0 * through40 / len(paths)
     text = [
         "# Face pipeline speed: facesearch vs dlib (face_recognition), same run",
@@ -117,8 +149,19 @@ def main(argv: list[str] | None = None) -> int:
         "facesearch: onnxruntime on all cores, embeddings batched; dlib: face_recognition as users call it "
         "(upsample 1, 5-point landmarks), one process.",
         "",
-        table(rows, ["stage", "unit", "ours min_face=40", "ours min_face=80", "dlib HOG", "dlib CNN",
-                     "speed-up vs HOG", "speed-up vs CNN"]),
+        table(
+            rows,
+            [
+                "stage",
+                "unit",
+                "ours min_face=40",
+                "ours min_face=80",
+                "dlib HOG",
+                "dlib CNN",
+                "speed-up vs HOG",
+                "speed-up vs CNN",
+            ],
+        ),
         "",
         f"End to end with `facesearch embed` (one worker process per core, min_face 40): {thr_ms:.1f} ms/image, "
         f"{1000.0 / thr_ms:.1f} images/s: {_ms(hog, 'end_to_end') / thr_ms:.1f}x the HOG pipeline, "

@@ -2,7 +2,7 @@
 face_recognition doing the same work per image (CNN and HOG detectors + a numpy scan over the
 same gallery), in the same run.
 
-Gallery: a published index of 1,000,000 seeded synthetic face embeddings (``facesearch.synthetic``,
+Gallery: a published index of 1,000,000 seeded synthetic face embeddings (``facesearch.evaluation.synthetic``,
 stamped with the bundle's contract) plus real lfw-dev people enrolled through the server's
 Enroll call (live delta). Queries: other photos of the enrolled people (mated) and photos of
 people not enrolled (strangers), LFW-size (250x250) JPEGs. Clients are separate threads with
@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 
 from bench.common import data_dir, machine, table  # noqa: E402
-from facesearch.client import FaceSearchClient  # noqa: E402
+from facesearch.client.service_client import FaceSearchClient  # noqa: E402
 
 OUT = REPO / "bench" / "out"
 INDEX = OUT / "server-index-1m"
@@ -53,18 +53,38 @@ def bundle_path(explicit: str | None) -> Path:
 
 
 def make_index(bundle: Path, n: int) -> None:
-    from facesearch.bundle import ModelBundle
-    from facesearch.synthetic import FaceEmbeddingModel, SyntheticGallery, default_model_path
+    from facesearch.bundle.manifest import ModelBundle
+    from facesearch.evaluation.synthetic import FaceEmbeddingModel, SyntheticGallery, default_model_path
 
     contract = ModelBundle.load(bundle, verify=False).contract_id
     if EMBEDDINGS.is_file() and str(np.load(EMBEDDINGS)["contract_id"]) != contract:
         EMBEDDINGS.unlink()  # made for another model: restamp (the embeddings are synthetic, seeded)
     if not EMBEDDINGS.is_file():
         g = SyntheticGallery(FaceEmbeddingModel.load(default_model_path()), n, 10.0, seed=1).materialize()
-        np.savez(EMBEDDINGS, embeddings=g.embeddings, identities=np.char.add("syn-", g.identities.astype(str)),
-                 contract_id=np.asarray(contract))
-    subprocess.run([sys.executable, "-m", "indexer", "build", "--embeddings", str(EMBEDDINGS), "--out", str(INDEX),
-                    "--bundle", str(bundle), "--memory-budget", "6G"], cwd=REPO, check=True)
+        np.savez(
+            EMBEDDINGS,
+            embeddings=g.embeddings,
+            identities=np.char.add("syn-", g.identities.astype(str)),
+            contract_id=np.asarray(contract),
+        )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "indexer",
+            "build",
+            "--embeddings",
+            str(EMBEDDINGS),
+            "--out",
+            str(INDEX),
+            "--bundle",
+            str(bundle),
+            "--memory-budget",
+            "6G",
+        ],
+        cwd=REPO,
+        check=True,
+    )
 
 
 @dataclass
@@ -95,12 +115,23 @@ class Server:
 
 def start_server(bundle: Path, live: Path, env: dict[str, str]) -> Server:
     shutil.rmtree(live, ignore_errors=True)
-    full = {**os.environ, "PYTHONPATH": str(REPO), "FACESEARCH_LIVE_DIR": str(live),
-            "FACESEARCH_METRICS_LISTEN": "127.0.0.1:0", "FACESEARCH_ACCESS_LOG": "off", **env}
+    full = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "FACESEARCH_LIVE_DIR": str(live),
+        "FACESEARCH_METRICS_LISTEN": "127.0.0.1:0",
+        "FACESEARCH_ACCESS_LOG": "off",
+        **env,
+    }
     log = (OUT / "server-bench.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "server", "--bundle", str(bundle), "--index", str(INDEX),
-                             "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE, stderr=log, text=True, env=full,
-                            cwd=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server", "--bundle", str(bundle), "--index", str(INDEX), "--listen", "127.0.0.1:0"],
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+        env=full,
+        cwd=REPO,
+    )
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if not line.startswith("facesearch-server listening"):
@@ -174,6 +205,7 @@ def load(target: str, queries: list[tuple[bytes, str | None]], concurrency: int,
 
 def stage_means(before: str, after: str) -> dict[str, float]:
     """Mean ms per call of each pipeline stage between two /metrics scrapes."""
+
     def parse(text: str) -> dict[tuple[str, str], float]:
         out = {}
         for m in re.finditer(r'facesearch_stage_seconds_(sum|count)\{stage="(\w+)"\} ([0-9.e+-]+)', text):
@@ -224,10 +256,16 @@ def main() -> int:
     parser.add_argument("--concurrency", default="1,4,16")
     parser.add_argument("--min-face", default="40,80", help="FACESEARCH_MIN_FACE values to run")
     parser.add_argument("--baseline-images", type=int, default=6, help="0 skips the face_recognition baseline")
-    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra FACESEARCH_* setting for the server (repeatable)")
-    parser.add_argument("--min-similarity", type=float, default=None,
-                        help="decision threshold (default: the bundle's calibrated one)")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra FACESEARCH_* setting for the server (repeatable)",
+    )
+    parser.add_argument(
+        "--min-similarity", type=float, default=None, help="decision threshold (default: the bundle's calibrated one)"
+    )
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "server_1m.md")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
@@ -274,11 +312,17 @@ def main() -> int:
                 runs[-1].server_cpu = server.cpu_seconds() - cpu0
                 if level == 1:
                     stages = stage_means(before, server.metrics())
-                print(f"min_face {min_face} c={level}: p50 {runs[-1].pct(50):.1f} ms p99 {runs[-1].pct(99):.1f} ms "
-                      f"{runs[-1].throughput:.2f} req/s", flush=True)
+                print(
+                    f"min_face {min_face} c={level}: p50 {runs[-1].pct(50):.1f} ms p99 {runs[-1].pct(99):.1f} ms "
+                    f"{runs[-1].throughput:.2f} req/s",
+                    flush=True,
+                )
             rss_after = server.rss()
-            batch = re.search(r"facesearch_embed_batch_size_sum ([0-9.e+]+)\s+.*?facesearch_embed_batch_size_count"
-                              r" ([0-9.e+]+)", server.metrics().replace("\n", " "))
+            batch = re.search(
+                r"facesearch_embed_batch_size_sum ([0-9.e+]+)\s+.*?facesearch_embed_batch_size_count"
+                r" ([0-9.e+]+)",
+                server.metrics().replace("\n", " "),
+            )
         finally:
             server.stop()
         sections.append((min_face, stats, enroll_s, rss_loaded, rss_enrolled, rss_after, runs, stages, batch))
@@ -288,8 +332,9 @@ def main() -> int:
     print("baseline: face_recognition ...", flush=True)
     with np.load(EMBEDDINGS) as data:
         gallery = np.asarray(data["embeddings"], dtype=np.float64)
-    gallery = np.concatenate([gallery, gallery[: gallery_faces - len(gallery)]]) if gallery_faces > len(gallery) \
-        else gallery
+    gallery = (
+        np.concatenate([gallery, gallery[: gallery_faces - len(gallery)]]) if gallery_faces > len(gallery) else gallery
+    )
     base = {m: baseline(query_paths, gallery, m, args.baseline_images) for m in ("hog", "cnn")}
     del gallery
     args.out.write_text(report(args, sections, base, len(queries)))
@@ -327,22 +372,57 @@ def report(args: argparse.Namespace, sections: list, base: dict[str, dict[str, f
         ]
         rows = []
         for r in runs:
-            rows.append([str(r.concurrency), f"{r.pct(50):.1f}", f"{r.pct(99):.1f}", f"{r.throughput:.2f}",
-                         f"{r.throughput / single.throughput:.2f}x", f"{r.server_cpu / r.wall:.2f}",
-                         f"{r.server_cpu / len(r.latencies) * 1e3:.1f}", f"{r.mated_top1}/{r.mated}",
-                         f"{r.strangers_unknown}/{r.strangers}"])
-        lines += [table(rows, ["clients", "p50 ms", "p99 ms", "req/s", "vs 1 client", "server cores used",
-                               "server CPU ms/req", "enrolled: rank-1 right", "strangers: unknown"]), ""]
+            rows.append(
+                [
+                    str(r.concurrency),
+                    f"{r.pct(50):.1f}",
+                    f"{r.pct(99):.1f}",
+                    f"{r.throughput:.2f}",
+                    f"{r.throughput / single.throughput:.2f}x",
+                    f"{r.server_cpu / r.wall:.2f}",
+                    f"{r.server_cpu / len(r.latencies) * 1e3:.1f}",
+                    f"{r.mated_top1}/{r.mated}",
+                    f"{r.strangers_unknown}/{r.strangers}",
+                ]
+            )
+        lines += [
+            table(
+                rows,
+                [
+                    "clients",
+                    "p50 ms",
+                    "p99 ms",
+                    "req/s",
+                    "vs 1 client",
+                    "server cores used",
+                    "server CPU ms/req",
+                    "enrolled: rank-1 right",
+                    "strangers: unknown",
+                ],
+            ),
+            "",
+        ]
         if batch:
-            lines.append(f"Mean embedding batch over all runs: {float(batch.group(1)) / float(batch.group(2)):.2f} "
-                         "faces.")
+            lines.append(
+                f"Mean embedding batch over all runs: {float(batch.group(1)) / float(batch.group(2)):.2f} faces."
+            )
         lines += ["", "Per-stage mean, single client (server histograms):", ""]
         lines += [table([[s, f"{v:.1f}"] for s, v in stages.items()], ["stage", "ms"]), ""]
-        fr = [[m, *(f"{base[m][k]:.1f}" for k in ("decode", "detect", "embed", "search", "total")),
-               f"{base[m]['total'] / single.pct(50):.1f}x"] for m in ("hog", "cnn")]
-        lines += [f"face_recognition doing the same per image (median of {args.baseline_images} images, one client, "
-                  "numpy scan over the same number of faces), and how much slower it is than the server's p50:", "",
-                  table(fr, ["detector", "decode", "detect", "embed", "numpy scan", "total ms", "vs server p50"]), ""]
+        fr = [
+            [
+                m,
+                *(f"{base[m][k]:.1f}" for k in ("decode", "detect", "embed", "search", "total")),
+                f"{base[m]['total'] / single.pct(50):.1f}x",
+            ]
+            for m in ("hog", "cnn")
+        ]
+        lines += [
+            f"face_recognition doing the same per image (median of {args.baseline_images} images, one client, "
+            "numpy scan over the same number of faces), and how much slower it is than the server's p50:",
+            "",
+            table(fr, ["detector", "decode", "detect", "embed", "numpy scan", "total ms", "vs server p50"]),
+            "",
+        ]
     return "\n".join(lines) + "\n"
 
 

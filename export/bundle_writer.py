@@ -9,13 +9,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from export.dlib_sources import DLIB_FILES, SOURCE_PACKAGE, default_models_dir
 from export.mmod import export_detector
 from export.resnet import export_embedder
 from export.shape_predictor import export_landmarks
 from export.shipped_calibration import install_shipped_calibration
-from facesearch.atomic_dir import replace_dir
-from facesearch.bundle import (
+from facesearch.bundle.manifest import (
     BUNDLE_FORMAT,
     BUNDLE_FORMAT_VERSION,
     MANIFEST,
@@ -24,6 +22,8 @@ from facesearch.bundle import (
     sha256_file,
 )
 from facesearch.errors import ModelFormatError
+from facesearch.nets.dlib_sources import DLIB_FILES, SOURCE_PACKAGE, default_models_dir
+from facesearch.util.fs import replace_dir
 
 MODEL_ID = "dlib-resnet-v1"
 
@@ -72,8 +72,9 @@ def write_dlib_bundle(config: DlibExportConfig) -> dict[str, Any]:
         "format": BUNDLE_FORMAT,
         "format_version": BUNDLE_FORMAT_VERSION,
         "model_id": MODEL_ID,
-        "contract_id": contract_id(MODEL_ID, files["embedder.onnx"], dim, PREPROCESSING_VERSION,
-                                   flip_average=config.flip_average),
+        "contract_id": contract_id(
+            MODEL_ID, files["embedder.onnx"], dim, PREPROCESSING_VERSION, flip_average=config.flip_average
+        ),
         "preprocessing_version": PREPROCESSING_VERSION,
         "source": {
             "package": SOURCE_PACKAGE,
@@ -93,8 +94,9 @@ def write_dlib_bundle(config: DlibExportConfig) -> dict[str, Any]:
             "note": "dlib's Euclidean distance d between raw descriptors (norms ~1) maps to cosine ~ 1 - d^2/2; "
             "dlib's usual 0.6 tolerance ~ cosine 0.82",
         },
-        "export_config": {k: (v if isinstance(v, bool) or v is None else str(v)) for k, v in asdict(config).items()
-                          if k != "out"},
+        "export_config": {
+            k: (v if isinstance(v, bool) or v is None else str(v)) for k, v in asdict(config).items() if k != "out"
+        },
     }
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     if config.shipped_calibration:

@@ -12,7 +12,7 @@ The new bundle is the base bundle with its embedder replaced:
   ``model_id`` (``facesearch-ft-<arch>``) and contract id, the base's ``chip`` and
   ``embedding`` sections (with ``d`` of the new model), plus ``training`` (provenance) and
   ``parity`` (torch vs onnxruntime on the same chips: the export fails above the bound);
-- ``model_card.md`` / ``model_card.json`` (:mod:`training.model_card`): generated with a
+- ``model_card.md`` / ``model_card.json`` (:mod:`export.model_card`): generated with a
   before/after evaluation when ``--eval TREE`` is given (and then also written into the
   run directory), else copied from the run directory when it holds one, else generated
   without evaluation numbers.
@@ -35,8 +35,7 @@ import torch
 
 from export.onnx_write import OPSET
 from export.resnet import INPUT_NAME, OUTPUT_NAME, write_chip_embedder_onnx
-from facesearch.atomic_dir import replace_dir
-from facesearch.bundle import (
+from facesearch.bundle.manifest import (
     BUNDLE_FORMAT,
     BUNDLE_FORMAT_VERSION,
     MANIFEST,
@@ -46,6 +45,7 @@ from facesearch.bundle import (
     sha256_file,
 )
 from facesearch.errors import ContractMismatchError, FaceSearchError, ModelFormatError
+from facesearch.util.fs import replace_dir
 
 MODEL_ID_PREFIX = "facesearch-ft-"
 #: Largest torch-vs-onnxruntime difference allowed, relative to the mean L2 norm of the
@@ -85,7 +85,7 @@ def run_dir_of(checkpoint: Path) -> Path:
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
-    from training.checkpoint import load_checkpoint  # noqa: PLC0415 - training is only needed here
+    from facesearch.nets.checkpoint import load_checkpoint  # noqa: PLC0415 - training is only needed here
 
     ckpt = load_checkpoint(path)
     for key, kind in (("arch", dict), ("model_state", dict), ("base_bundle", dict), ("config", dict)):
@@ -95,7 +95,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def load_backbone(ckpt: dict[str, Any], path: Path) -> torch.nn.Module:
-    from training.backbones import build_backbone  # noqa: PLC0415
+    from facesearch.nets.backbones import build_backbone  # noqa: PLC0415
 
     backbone = build_backbone(ckpt["arch"])
     try:
@@ -115,7 +115,8 @@ def resolve_base(ckpt: dict[str, Any], explicit: Path | None, path: Path) -> Mod
     if base.contract_id != expected:
         raise ContractMismatchError(
             f"base bundle {root} has contract {base.contract_id}, but {path.name} was trained from {expected}: "
-            "pass --base-bundle with the bundle the run started from (its detector and landmarks cut the chips)")
+            "pass --base-bundle with the bundle the run started from (its detector and landmarks cut the chips)"
+        )
     return base
 
 
@@ -149,27 +150,35 @@ def run_chips(checkpoint: Path, ckpt: dict[str, Any], size: int, count: int = 32
 
 def check_parity(module: torch.nn.Module, onnx_path: Path, chips: np.ndarray) -> dict[str, Any]:
     """torch and onnxruntime on the same chips; raises ModelFormatError above :data:`PARITY_BOUND`."""
-    from facesearch.onnx_session import create_session  # noqa: PLC0415
+    from facesearch.vision.onnx_session import create_session  # noqa: PLC0415
 
     with torch.no_grad():
         ref = module(torch.from_numpy(chips)).numpy().astype(np.float64)
     session = create_session(onnx_path, intra_op_threads=None)
     name = session.get_inputs()[0].name
-    got = np.concatenate([session.run(None, {name: chips[i:i + 8]})[0] for i in range(0, len(chips), 8)])
+    got = np.concatenate([session.run(None, {name: chips[i : i + 8]})[0] for i in range(0, len(chips), 8)])
     diff = float(np.abs(got.astype(np.float64) - ref).max())
     scale = float(np.linalg.norm(ref, axis=1).mean())
     relative = diff / max(scale, 1e-12)
-    result = {"chips": len(chips), "max_abs_diff": diff, "mean_descriptor_norm": scale,
-              "relative": relative, "bound_relative": PARITY_BOUND}
+    result = {
+        "chips": len(chips),
+        "max_abs_diff": diff,
+        "mean_descriptor_norm": scale,
+        "relative": relative,
+        "bound_relative": PARITY_BOUND,
+    }
     if not np.isfinite(relative) or relative > PARITY_BOUND:
         raise ModelFormatError(
             f"parity check failed: onnxruntime differs from torch by {diff:.3g} (max |diff|), {relative:.3g} of the "
-            f"descriptor norm {scale:.3g}; the bound is {PARITY_BOUND:g}", reason="EXPORT_PARITY")
+            f"descriptor norm {scale:.3g}; the bound is {PARITY_BOUND:g}",
+            reason="EXPORT_PARITY",
+        )
     return result
 
 
-def export_checkpoint_embedder(backbone: torch.nn.Module, arch: dict[str, Any], out_path: Path, *,
-                               model_id: str, size: int) -> tuple[ChipEmbedder, dict[str, Any]]:
+def export_checkpoint_embedder(
+    backbone: torch.nn.Module, arch: dict[str, Any], out_path: Path, *, model_id: str, size: int
+) -> tuple[ChipEmbedder, dict[str, Any]]:
     net = ChipEmbedder(backbone).eval()
     dim = write_chip_embedder_onnx(net, size, out_path, extra_metadata={"facesearch.model_id": model_id})
     section = {
@@ -179,8 +188,11 @@ def export_checkpoint_embedder(backbone: torch.nn.Module, arch: dict[str, Any], 
         "input": {"name": INPUT_NAME, "dtype": "uint8", "layout": "NHWC", "shape": ["batch", size, size, 3]},
         "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": ["batch", dim]},
         "colour_order": "RGB",
-        "normalisation": {"mean_rgb": arch.get("input_mean_rgb"), "divide_by": arch.get("input_divide_by"),
-                          "applied_in_graph": True},
+        "normalisation": {
+            "mean_rgb": arch.get("input_mean_rgb"),
+            "divide_by": arch.get("input_divide_by"),
+            "applied_in_graph": True,
+        },
         "embedding_dim": dim,
     }
     return net, section
@@ -210,8 +222,7 @@ def write_checkpoint_bundle(config: CheckpointExportConfig) -> dict[str, Any]:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        net, embedder = export_checkpoint_embedder(backbone, arch, tmp / "embedder.onnx", model_id=model_id,
-                                                   size=size)
+        net, embedder = export_checkpoint_embedder(backbone, arch, tmp / "embedder.onnx", model_id=model_id, size=size)
         faces: Any = None
         pairs: list[Any] = []
         if config.eval_tree is not None:
@@ -230,15 +241,20 @@ def write_checkpoint_bundle(config: CheckpointExportConfig) -> dict[str, Any]:
             "format": BUNDLE_FORMAT,
             "format_version": BUNDLE_FORMAT_VERSION,
             "model_id": model_id,
-            "contract_id": contract_id(model_id, embedder_sha, dim, PREPROCESSING_VERSION,
-                                           flip_average=base.flip_average),
+            "contract_id": contract_id(
+                model_id, embedder_sha, dim, PREPROCESSING_VERSION, flip_average=base.flip_average
+            ),
             "preprocessing_version": PREPROCESSING_VERSION,
             "source": {
                 "checkpoint": ckpt_path.name,
                 "checkpoint_sha256": ckpt_sha,
-                "base_bundle": {"model_id": base.model_id, "contract_id": base.contract_id,
-                                "source": base_manifest.get("source")},
-                "licence": "base weights: " + str((base_manifest.get("source") or {}).get("licence", "see base"))
+                "base_bundle": {
+                    "model_id": base.model_id,
+                    "contract_id": base.contract_id,
+                    "source": base_manifest.get("source"),
+                },
+                "licence": "base weights: "
+                + str((base_manifest.get("source") or {}).get("licence", "see base"))
                 + "; fine-tuned weights: the owner of the training data decides",
             },
             "embedder": embedder,
@@ -259,10 +275,13 @@ def write_checkpoint_bundle(config: CheckpointExportConfig) -> dict[str, Any]:
                 "data": _plain(ckpt.get("data")),
             },
             "parity": parity,
-            "export_config": {"checkpoint": str(ckpt_path), "base_bundle": str(base.root),
-                              "eval_tree": str(config.eval_tree) if config.eval_tree else None,
-                              "eval_pairs": str(config.eval_pairs) if config.eval_pairs else None,
-                              "min_face": config.min_face},
+            "export_config": {
+                "checkpoint": str(ckpt_path),
+                "base_bundle": str(base.root),
+                "eval_tree": str(config.eval_tree) if config.eval_tree else None,
+                "eval_pairs": str(config.eval_pairs) if config.eval_pairs else None,
+                "min_face": config.min_face,
+            },
         }
         _write_manifest(tmp, manifest)
         _model_card(config, ckpt, base, tmp, manifest, faces=faces, pairs=pairs)
@@ -276,8 +295,8 @@ def write_checkpoint_bundle(config: CheckpointExportConfig) -> dict[str, Any]:
 
 
 def _eval_faces(base: ModelBundle, config: CheckpointExportConfig) -> tuple[Any, list[Any]]:
-    from facesearch.model_eval import cut_chips, draw_pairs, tree_names  # noqa: PLC0415
-    from facesearch.pairs_eval import read_pairs  # noqa: PLC0415
+    from facesearch.evaluation.model_eval import cut_chips, draw_pairs, tree_names  # noqa: PLC0415
+    from facesearch.evaluation.pairs import read_pairs  # noqa: PLC0415
 
     assert config.eval_tree is not None
     pairs = read_pairs(config.eval_pairs) if config.eval_pairs else []
@@ -285,9 +304,17 @@ def _eval_faces(base: ModelBundle, config: CheckpointExportConfig) -> tuple[Any,
     return faces, pairs or draw_pairs(faces)
 
 
-def _model_card(config: CheckpointExportConfig, ckpt: dict[str, Any], base: ModelBundle, tmp: Path,
-                manifest: dict[str, Any], *, faces: Any, pairs: list[Any]) -> None:
-    from training.model_card import build_card, write_card  # noqa: PLC0415
+def _model_card(
+    config: CheckpointExportConfig,
+    ckpt: dict[str, Any],
+    base: ModelBundle,
+    tmp: Path,
+    manifest: dict[str, Any],
+    *,
+    faces: Any,
+    pairs: list[Any],
+) -> None:
+    from export.model_card import build_card, write_card  # noqa: PLC0415
 
     run_dir = run_dir_of(config.checkpoint)
     if faces is None and all((run_dir / name).is_file() for name in CARD_FILES):
@@ -296,14 +323,22 @@ def _model_card(config: CheckpointExportConfig, ckpt: dict[str, Any], base: Mode
         return
     evaluation = None
     if faces is not None:
-        from facesearch.model_eval import score_bundle  # noqa: PLC0415
+        from facesearch.evaluation.model_eval import score_bundle  # noqa: PLC0415
 
         before = score_bundle(base, faces, pairs)
         after = score_bundle(ModelBundle.load(tmp), faces, pairs)
-        evaluation = {"set": {"tree": str(config.eval_tree), "pairs": str(config.eval_pairs or "drawn from the tree"),
-                              "photos": len(faces.names), "identities": faces.identities,
-                              "faces_found": int(faces.found.sum()), "pairs_count": len(pairs)},
-                      "before": before.as_dict(), "after": after.as_dict()}
+        evaluation = {
+            "set": {
+                "tree": str(config.eval_tree),
+                "pairs": str(config.eval_pairs or "drawn from the tree"),
+                "photos": len(faces.names),
+                "identities": faces.identities,
+                "faces_found": int(faces.found.sum()),
+                "pairs_count": len(pairs),
+            },
+            "before": before.as_dict(),
+            "after": after.as_dict(),
+        }
     card = build_card(ckpt, manifest, run_dir=run_dir, evaluation=evaluation)
     write_card(card, tmp)
     if evaluation is not None:  # the run keeps the card with its numbers too

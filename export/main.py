@@ -14,24 +14,44 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     dlib = sub.add_parser("dlib", help="convert dlib's public-domain face models (face_recognition_models)")
     dlib.add_argument("--out", type=Path, required=True, help="bundle directory to write")
-    dlib.add_argument("--models-dir", type=Path, default=None,
-                      help="folder holding the three dlib .dat files (default: the installed "
-                      "face_recognition_models package)")
-    dlib.add_argument("--flip-average", action=argparse.BooleanOptionalAction, default=True,
-                      help="embed each face and its mirror image and average them (default: on; "
-                      "part of the embedding contract, so indexes must be built with the same choice)")
-    dlib.add_argument("--shipped-calibration", action=argparse.BooleanOptionalAction, default=True,
-                      help="install the decision calibration facesearch ships for these model files "
-                      "(measured on lfw-dev; default: on). Recalibrate on your own data with "
-                      "`facesearch eval calibrate`")
+    dlib.add_argument(
+        "--models-dir",
+        type=Path,
+        default=None,
+        help="folder holding the three dlib .dat files (default: the installed face_recognition_models package)",
+    )
+    dlib.add_argument(
+        "--flip-average",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="embed each face and its mirror image and average them (default: on; "
+        "part of the embedding contract, so indexes must be built with the same choice)",
+    )
+    dlib.add_argument(
+        "--shipped-calibration",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="install the decision calibration facesearch ships for these model files "
+        "(measured on lfw-dev; default: on). Recalibrate on your own data with "
+        "`facesearch eval calibrate`",
+    )
     ckpt = sub.add_parser("checkpoint", help="turn a facesearch-train checkpoint (RUN_DIR/best.pt) into a bundle")
     ckpt.add_argument("checkpoint", type=Path, metavar="CKPT", help="training checkpoint, e.g. RUN_DIR/best.pt")
     ckpt.add_argument("--out", type=Path, required=True, help="bundle directory to write")
-    ckpt.add_argument("--base-bundle", type=Path, default=None,
-                      help="the bundle the run started from (default: the path the checkpoint records)")
-    ckpt.add_argument("--eval", type=Path, default=None, dest="eval_tree", metavar="TREE",
-                      help="identity tree <Person>/<photo> of people not trained on: before/after numbers in "
-                      "the model card")
+    ckpt.add_argument(
+        "--base-bundle",
+        type=Path,
+        default=None,
+        help="the bundle the run started from (default: the path the checkpoint records)",
+    )
+    ckpt.add_argument(
+        "--eval",
+        type=Path,
+        default=None,
+        dest="eval_tree",
+        metavar="TREE",
+        help="identity tree <Person>/<photo> of people not trained on: before/after numbers in the model card",
+    )
     ckpt.add_argument("--pairs", type=Path, default=None, help="pairs.txt for --eval (default: drawn from TREE)")
     ckpt.add_argument("--min-face", type=int, default=40, help="smallest face for --eval, px (default 40)")
     return parser
@@ -43,23 +63,39 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "dlib":
             from export.bundle_writer import DlibExportConfig, write_dlib_bundle  # noqa: PLC0415
 
-            manifest = write_dlib_bundle(DlibExportConfig(
-                out=args.out, models_dir=args.models_dir, flip_average=args.flip_average,
-                shipped_calibration=args.shipped_calibration))
+            manifest = write_dlib_bundle(
+                DlibExportConfig(
+                    out=args.out,
+                    models_dir=args.models_dir,
+                    flip_average=args.flip_average,
+                    shipped_calibration=args.shipped_calibration,
+                )
+            )
             print(f"wrote {args.out} (contract {manifest['contract_id']})")
             return 0
         if args.command == "checkpoint":
             from export.checkpoint_bundle import CheckpointExportConfig, write_checkpoint_bundle  # noqa: PLC0415
 
-            manifest = write_checkpoint_bundle(CheckpointExportConfig(
-                checkpoint=args.checkpoint, out=args.out, base_bundle=args.base_bundle, eval_tree=args.eval_tree,
-                eval_pairs=args.pairs, min_face=args.min_face))
+            manifest = write_checkpoint_bundle(
+                CheckpointExportConfig(
+                    checkpoint=args.checkpoint,
+                    out=args.out,
+                    base_bundle=args.base_bundle,
+                    eval_tree=args.eval_tree,
+                    eval_pairs=args.pairs,
+                    min_face=args.min_face,
+                )
+            )
             parity = manifest["parity"]
-            print(f"wrote {args.out} (contract {manifest['contract_id']}, base "
-                  f"{manifest['training']['base_contract_id']}); parity torch vs onnxruntime: max |diff| "
-                  f"{parity['max_abs_diff']:.2e} over {parity['chips']} chips")
-            print(f"next: facesearch eval calibrate --bundle {args.out} --images TREE; then "
-                  f"facesearch models promote {args.out} --eval TREE")
+            print(
+                f"wrote {args.out} (contract {manifest['contract_id']}, base "
+                f"{manifest['training']['base_contract_id']}); parity torch vs onnxruntime: max |diff| "
+                f"{parity['max_abs_diff']:.2e} over {parity['chips']} chips"
+            )
+            print(
+                f"next: facesearch eval calibrate --bundle {args.out} --images TREE; then "
+                f"facesearch models promote {args.out} --eval TREE"
+            )
             return 0
     except FaceSearchError as err:
         print(f"facesearch-export: error: {err}", file=sys.stderr)

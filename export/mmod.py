@@ -4,8 +4,8 @@ The graph is the network body only: input ``input`` float32 NCHW ``(batch, 3, H,
 dlib's tiled image pyramid *already normalised* (``(pixel - avg_rgb) / 256``, padding 0);
 output ``scores`` float32 ``(batch, 1, h, w)``, the detector window's score map, ~1/8 the size.
 The pyramid is not in the graph because dlib resizes the normalised float levels with its own
-bilinear arithmetic and pads with 0 (the mean colour); :mod:`facesearch.pyramid` rebuilds that
-tensor exactly, then :mod:`facesearch.detector` turns scores into boxes.
+bilinear arithmetic and pads with 0 (the mean colour); :mod:`facesearch.vision.pyramid` rebuilds that
+tensor exactly, then :mod:`facesearch.vision.detector` turns scores into boxes.
 
 The returned manifest section records everything that runtime needs (normalisation, pyramid,
 window, NMS, the output-to-input mapping derived from the layers), and the ONNX file carries the
@@ -25,12 +25,12 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from export.dlib_architectures import Op, match_plan, mmod_plan
-from export.dlib_dnn import DnnLayer, DnnModel, read_dnn_file
-from export.dlib_torch import DlibNet
 from export.onnx_write import OPSET, export_onnx
 from facesearch.errors import ModelFormatError
-from facesearch.pyramid import build_pyramid_tensor, tiled_pyramid_layout
+from facesearch.nets.dlib_architectures import Op, match_plan, mmod_plan
+from facesearch.nets.dlib_dnn import DnnLayer, DnnModel, read_dnn_file
+from facesearch.nets.dlib_torch import DlibNet
+from facesearch.vision.pyramid import build_pyramid_tensor, tiled_pyramid_layout
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "scores"
@@ -88,24 +88,35 @@ def _manifest(model: DnnModel, dat_path: Path) -> dict[str, Any]:
         "source": {"file": dat_path.name, "sha256": hashlib.sha256(dat_path.read_bytes()).hexdigest()},
         "preprocessing_version": PREPROCESSING_VERSION,
         "input": {
-            "name": INPUT_NAME, "layout": "NCHW", "dtype": "float32", "colour_order": "RGB",
+            "name": INPUT_NAME,
+            "layout": "NCHW",
+            "dtype": "float32",
+            "colour_order": "RGB",
             "dims": ["batch", 3, "height", "width"],
             "content": "tiled image pyramid, normalised, padding 0",
-            "normalisation": {"avg_rgb": [float(v) for v in inp.attrs["avg_rgb"]], "divisor": 256.0,
-                              "formula": "(float32(pixel) - float32(avg)) / 256"},
+            "normalisation": {
+                "avg_rgb": [float(v) for v in inp.attrs["avg_rgb"]],
+                "divisor": 256.0,
+                "formula": "(float32(pixel) - float32(avg)) / 256",
+            },
         },
-        "output": {"name": OUTPUT_NAME, "dims": ["batch", 1, "out_height", "out_width"],
-                   "to_input": {"stride": stride, "offset": offset,
-                                "formula": "input_xy = stride * output_xy + offset"},
-                   "min_input_size": min_input_size(model)},
-        "pyramid": {"type": "pyramid_down<6>", "rate_down": 6,
-                    "padding": int(inp.attrs["pyramid_padding"]),
-                    "outer_padding": int(inp.attrs["pyramid_outer_padding"]),
-                    "padding_value": 0.0, "min_level_rows": 5,
-                    "resize": "dlib resize_image bilinear (align corners), float32 levels"},
+        "output": {
+            "name": OUTPUT_NAME,
+            "dims": ["batch", 1, "out_height", "out_width"],
+            "to_input": {"stride": stride, "offset": offset, "formula": "input_xy = stride * output_xy + offset"},
+            "min_input_size": min_input_size(model),
+        },
+        "pyramid": {
+            "type": "pyramid_down<6>",
+            "rate_down": 6,
+            "padding": int(inp.attrs["pyramid_padding"]),
+            "outer_padding": int(inp.attrs["pyramid_outer_padding"]),
+            "padding_value": 0.0,
+            "min_level_rows": 5,
+            "resize": "dlib resize_image bilinear (align corners), float32 levels",
+        },
         "upsample": {"type": "pyramid_up with pyramid_down<2>", "default": 0},
-        "detector_window": {"width": int(windows[0][0]), "height": int(windows[0][1]),
-                            "label": windows[0][2]},
+        "detector_window": {"width": int(windows[0][0]), "height": int(windows[0][1]), "label": windows[0][2]},
         "nms": {"iou": float(iou), "percent_covered": float(covered)},
         "adjust_threshold": 0.0,
         "box_convention": "(x1, y1, x2, y2) = (left, top, right + 1, bottom + 1) of dlib's inclusive rect",
@@ -130,12 +141,14 @@ def pad_channels(paired: list[tuple[Op, DnnLayer]], multiple: int) -> list[tuple
             weight, bias = layer.weights["weight"], layer.weights["bias"]
             extra_out = 0 if i == last_con else (-weight.shape[0]) % multiple
             weight = np.pad(weight, ((0, extra_out), (0, extra_in), (0, 0), (0, 0)))
-            padded = DnnLayer("con", {**layer.attrs, "num_filters": weight.shape[0]},
-                              {"weight": weight, "bias": np.pad(bias, (0, extra_out))})
+            padded = DnnLayer(
+                "con",
+                {**layer.attrs, "num_filters": weight.shape[0]},
+                {"weight": weight, "bias": np.pad(bias, (0, extra_out))},
+            )
             extra_in = extra_out
         elif layer.kind == "affine":
-            padded = DnnLayer("affine", layer.attrs,
-                              {k: np.pad(v, (0, extra_in)) for k, v in layer.weights.items()})
+            padded = DnnLayer("affine", layer.attrs, {k: np.pad(v, (0, extra_in)) for k, v in layer.weights.items()})
         elif layer.kind not in ("relu", "marker"):
             raise ModelFormatError(f"cannot pad channels through a {layer.kind!r} layer")
         out.append((op, padded))
@@ -158,8 +171,12 @@ class ShiftSumConv(nn.Module):
     def __init__(self, conv: nn.Conv2d) -> None:
         super().__init__()
         k = conv.kernel_size[0]
-        if conv.out_channels != 1 or conv.stride != (1, 1) or conv.kernel_size != (k, k) \
-                or conv.padding != (k // 2, k // 2):
+        if (
+            conv.out_channels != 1
+            or conv.stride != (1, 1)
+            or conv.kernel_size != (k, k)
+            or conv.padding != (k // 2, k // 2)
+        ):
             raise ModelFormatError(f"ShiftSumConv needs a 1-output, stride-1, 'same' square conv, got {conv}")
         self.k, self.p = k, k // 2
         self.taps = nn.Conv2d(conv.in_channels, k * k, 1, bias=False)
@@ -210,8 +227,7 @@ def verify_onnx(net: torch.nn.Module, onnx_bytes: bytes, tensors: list[np.ndarra
             ref = net(torch.from_numpy(x)).numpy()
             got = sess.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
             if ref.shape != got.shape:
-                raise ModelFormatError(
-                    f"onnx output shape {got.shape} != torch {ref.shape} for input {x.shape}")
+                raise ModelFormatError(f"onnx output shape {got.shape} != torch {ref.shape} for input {x.shape}")
             worst = max(worst, float(np.abs(ref - got).max()))
     return worst
 
@@ -242,27 +258,42 @@ def export_detector(dat_path: Path, out_path: Path) -> dict[str, Any]:
     reference, model = build_torch_detector(dat_path)
     net, _ = build_torch_detector(dat_path, fast=True)
     manifest = _manifest(model, dat_path)
-    manifest["output"]["graph"] = (f"dlib network, hidden layers zero-padded to {CHANNEL_MULTIPLE} "
-                                   "channels, scorer as 1x1 conv + shifted sums")
-    metadata = {"facesearch.kind": "detector",
-                "facesearch.detector": json.dumps(manifest, sort_keys=True),
-                "facesearch.preprocessing_version": PREPROCESSING_VERSION,
-                "facesearch.input": "float32 NCHW (batch, 3, H, W), H and W dynamic and >= "
-                                    f"{manifest['output']['min_input_size']}: dlib's tiled image pyramid, "
-                                    "(rgb - avg_rgb) / 256, padding 0",
-                "facesearch.output": "float32 (batch, 1, h, w) scores; input_xy = "
-                                     f"{manifest['output']['to_input']['stride']} * xy + "
-                                     f"{manifest['output']['to_input']['offset']}"}
+    manifest["output"]["graph"] = (
+        f"dlib network, hidden layers zero-padded to {CHANNEL_MULTIPLE} channels, scorer as 1x1 conv + shifted sums"
+    )
+    metadata = {
+        "facesearch.kind": "detector",
+        "facesearch.vision.detector": json.dumps(manifest, sort_keys=True),
+        "facesearch.preprocessing_version": PREPROCESSING_VERSION,
+        "facesearch.input": "float32 NCHW (batch, 3, H, W), H and W dynamic and >= "
+        f"{manifest['output']['min_input_size']}: dlib's tiled image pyramid, "
+        "(rgb - avg_rgb) / 256, padding 0",
+        "facesearch.output": "float32 (batch, 1, h, w) scores; input_xy = "
+        f"{manifest['output']['to_input']['stride']} * xy + "
+        f"{manifest['output']['to_input']['offset']}",
+    }
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    export_onnx(net, torch.zeros(1, 3, 120, 100), out_path, input_name=INPUT_NAME, output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
-                              OUTPUT_NAME: {0: "batch", 2: "out_height", 3: "out_width"}},
-                metadata=metadata)
+    export_onnx(
+        net,
+        torch.zeros(1, 3, 120, 100),
+        out_path,
+        input_name=INPUT_NAME,
+        output_names=[OUTPUT_NAME],
+        dynamic_axes={
+            INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
+            OUTPUT_NAME: {0: "batch", 2: "out_height", 3: "out_width"},
+        },
+        metadata=metadata,
+    )
     data = out_path.read_bytes()
     diff = verify_onnx(reference, data, _verification_inputs(manifest))
     if not diff <= _MAX_EXPORT_DIFF:
         out_path.unlink()
         raise ModelFormatError(f"onnxruntime and torch disagree on the MMOD scores by {diff:.3g}")
-    manifest["onnx"] = {"file": out_path.name, "sha256": hashlib.sha256(data).hexdigest(), "opset": OPSET,
-                        "max_abs_diff_vs_torch": diff}
+    manifest["onnx"] = {
+        "file": out_path.name,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "opset": OPSET,
+        "max_abs_diff_vs_torch": diff,
+    }
     return manifest

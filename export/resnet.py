@@ -13,11 +13,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from export.dlib_architectures import match_plan, resnet_plan
-from export.dlib_dnn import DnnModel, read_dnn_file
-from export.dlib_torch import DlibNet, RgbInput
 from export.onnx_write import OPSET, export_onnx
 from facesearch.errors import ModelFormatError
+from facesearch.nets.dlib_architectures import match_plan, resnet_plan
+from facesearch.nets.dlib_dnn import DnnModel, read_dnn_file
+from facesearch.nets.dlib_torch import DlibNet, RgbInput
 
 INPUT_NAME = "chips"
 OUTPUT_NAME = "descriptors"
@@ -32,17 +32,30 @@ def build_embedder(model: DnnModel) -> torch.nn.Sequential:
     return torch.nn.Sequential(RgbInput(model.input.attrs["avg_rgb"]), body).eval()
 
 
-def write_chip_embedder_onnx(net: torch.nn.Module, size: int, out_path: Path, *,
-                             extra_metadata: dict[str, str] | None = None) -> int:
+def write_chip_embedder_onnx(
+    net: torch.nn.Module, size: int, out_path: Path, *, extra_metadata: dict[str, str] | None = None
+) -> int:
     """Export a chip embedder (uint8 NHWC RGB chips in, raw descriptors out, dynamic batch) to
     ``out_path`` with the embedder I/O contract every bundle shares; returns the embedding dim."""
     example = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, size, size, 3), dtype=np.uint8))
     with torch.no_grad():
         dim = int(net(example).shape[1])
-    metadata = {"facesearch.kind": "embedder", "facesearch.input": "uint8 NHWC RGB chip",
-                "facesearch.chip_size": str(size), "facesearch.embedding_dim": str(dim), **(extra_metadata or {})}
-    export_onnx(net, example, out_path, input_name=INPUT_NAME, output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, metadata=metadata)
+    metadata = {
+        "facesearch.kind": "embedder",
+        "facesearch.input": "uint8 NHWC RGB chip",
+        "facesearch.chip_size": str(size),
+        "facesearch.embedding_dim": str(dim),
+        **(extra_metadata or {}),
+    }
+    export_onnx(
+        net,
+        example,
+        out_path,
+        input_name=INPUT_NAME,
+        output_names=[OUTPUT_NAME],
+        dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        metadata=metadata,
+    )
     return dim
 
 

@@ -12,8 +12,8 @@ is::
     vector<vector<unsigned long>> anchor_idx  # [cascade][feature] nearest landmark
     vector<vector<vector<float,2>>> deltas    # [cascade][feature] offset from that landmark
 
-We read it with :mod:`export.dlib_stream` and store the same numbers as dense,
-uniformly shaped float32/int32 arrays, so the runtime (:mod:`facesearch.landmarks`)
+We read it with :mod:`facesearch.nets.dlib_stream` and store the same numbers as dense,
+uniformly shaped float32/int32 arrays, so the runtime (:mod:`facesearch.vision.landmarks`)
 needs numpy and nothing from dlib. Every value is copied bit-for-bit (dlib's floats
 are float32 at heart), which is what lets the runtime reproduce dlib exactly.
 
@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from export.dlib_stream import DlibStream
 from facesearch.errors import ModelFormatError
+from facesearch.nets.dlib_stream import DlibStream
 
 FORMAT_NAME = "facesearch-landmarks"
 FORMAT_VERSION = 1

@@ -13,7 +13,7 @@ import numpy as np
 from tqdm import tqdm
 
 from facesearch.errors import IndexBuildError
-from facesearch.identity_store import IdentityStore
+from facesearch.store.identity_store import IdentityStore
 
 REFINE_DTYPES: dict[str, Any] = {"flat": np.float32, "fp16": np.float16}
 
@@ -111,9 +111,7 @@ def fill(
                 try:
                     index.add_with_ids(np.ascontiguousarray(x[new]), np.ascontiguousarray(vids[new]))
                 except RuntimeError as err:
-                    raise IndexBuildError(
-                        f"adding vectors {vids[new][0]}..{vids[new][-1]} failed: {err}"
-                    ) from err
+                    raise IndexBuildError(f"adding vectors {vids[new][0]}..{vids[new][-1]} failed: {err}") from err
                 added += int(new.sum())
             if accumulator is not None:
                 accumulator.add(x, vids)

@@ -11,15 +11,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from facesearch.bundle import ModelBundle
+from facesearch.bundle.manifest import ModelBundle
 from facesearch.errors import ContractMismatchError, InvalidInputError
-from facesearch.identity_store import IdentityStore
-from facesearch.index_artifact import REJECTS_FILE, STORE_FILE, IndexManifest
+from facesearch.jobs.inputs import rows_from_manifest, rows_from_tree
+from facesearch.store.identity_store import IdentityStore
+from facesearch.store.index_artifact import REJECTS_FILE, STORE_FILE, IndexManifest
 from indexer.config import BuildConfig, EmbedOptions, InputSpec, fingerprint, to_jsonable
 from indexer.embed import EmbedStats, run_stage, shard_chunks
 from indexer.index_stage import IndexOutcome, run_index_stage, set_threads
 from indexer.ingest import IngestStats, RejectsWriter, ingest
-from indexer.inputs import rows_from_manifest, rows_from_tree
 from indexer.open_set_stage import OpenSetSpec, resolve_spec, write_open_set
 from indexer.plan import chunk_rows, plan_index
 from indexer.publish import (
@@ -81,9 +81,7 @@ def open_input(
                 f"{bundle_dir} is {bundle.contract_id}; embed them again with this bundle"
             )
         if bundle is not None and src.d != bundle.embedding_dim:
-            raise InvalidInputError(
-                f"--embeddings {spec.path} are {src.d}-d, the bundle's are {bundle.embedding_dim}"
-            )
+            raise InvalidInputError(f"--embeddings {spec.path} are {src.d}-d, the bundle's are {bundle.embedding_dim}")
         _check_contract(src.contract_id, expected_contract, spec)
         st = spec.path.stat()
         fp = fingerprint(str(spec.path.resolve()), st.st_size, st.st_mtime_ns, src.contract_id, src.n, src.d)
@@ -249,9 +247,7 @@ def run(config: BuildConfig) -> JobResult:
             rejects = RejectsWriter(staged / REJECTS_FILE)
             t1 = time.perf_counter()
             rows = chunk_rows(opened.d, config.memory_budget)
-            stats = ingest(
-                opened.chunks(rejects, rows), store, rejects, total=opened.total, progress=config.progress
-            )
+            stats = ingest(opened.chunks(rejects, rows), store, rejects, total=opened.total, progress=config.progress)
             if stats.accepted == 0:
                 raise InvalidInputError(f"{opened.describe}: no usable faces (see {staged / REJECTS_FILE})")
             ingest_s = round(time.perf_counter() - t1, 2)

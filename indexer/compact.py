@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from facesearch.errors import ContractMismatchError, PreconditionError
-from facesearch.identity_store import FaceRows, IdentityStore
-from facesearch.index_artifact import (
+from facesearch.store.identity_store import FaceRows, IdentityStore
+from facesearch.store.index_artifact import (
     REJECTS_FILE,
     STORE_FILE,
     LoadedIndex,
@@ -32,7 +32,7 @@ from facesearch.index_artifact import (
     load_index,
     resolve_version_dir,
 )
-from facesearch.live_journal import JournalSnapshot, LiveJournal, journal_place
+from facesearch.store.live_journal import JournalSnapshot, LiveJournal, journal_place
 from indexer.build import JobResult, finish_version, version_manifest
 from indexer.config import fingerprint
 from indexer.index_stage import run_index_stage, set_threads
@@ -146,9 +146,7 @@ def _publish(
             )
         vids_now, _ = store.vector_identity_keys()
         options = _options_of(base) if base is not None else config.index
-        reason = (
-            retrain_reason(base, n_total, config.memory_budget, options, False) if base else "first version"
-        )
+        reason = retrain_reason(base, n_total, config.memory_budget, options, False) if base else "first version"
         removed = np.setdiff1d(base.vector_ids, vids_now) if base is not None else np.zeros(0, np.int64)
         added = np.setdiff1d(vids_now, base.vector_ids) if base is not None else vids_now
         if reason is None:
@@ -174,9 +172,7 @@ def _publish(
                     reason = f"new faces sit {new / trained:.2f}x farther from the coarse centroids"
         if reason is not None:
             log.info("compact: training a new index (%s)", reason)
-            outcome = run_index_stage(
-                store, budget=config.memory_budget, options=options, progress=config.progress
-            )
+            outcome = run_index_stage(store, budget=config.memory_budget, options=options, progress=config.progress)
         build: dict[str, Any] = {
             "live_seq": snap.high_water,
             "live_journal_id": snap.journal_id,
@@ -236,9 +232,7 @@ def apply_snapshot(store: IdentityStore, snap: JournalSnapshot) -> int:
         store.upsert_identities((i.identity_id, i.name, i.metadata or None) for i in alive)
     if snap.faces:
         names = {i.identity_id: i.name for i in alive}
-        boxes = np.asarray(
-            [f.box if f.box is not None else (np.nan,) * 4 for f in snap.faces], dtype=np.float64
-        )
+        boxes = np.asarray([f.box if f.box is not None else (np.nan,) * 4 for f in snap.faces], dtype=np.float64)
         store.add_faces(
             FaceRows(
                 vector_ids=np.asarray([f.vector_id for f in snap.faces], dtype=np.int64),

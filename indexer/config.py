@@ -60,9 +60,7 @@ class BuildConfig:
 
     def __post_init__(self) -> None:
         if self.input.kind != "embeddings" and self.bundle is None:
-            raise InvalidInputError(
-                f"--{self.input.kind} needs --bundle DIR (the model that embeds the faces)"
-            )
+            raise InvalidInputError(f"--{self.input.kind} needs --bundle DIR (the model that embeds the faces)")
         if self.keep_versions < 1:
             raise InvalidInputError(f"--keep-versions must be >= 1, got {self.keep_versions}")
 
@@ -94,9 +92,7 @@ class RemoveConfig:
 
     def __post_init__(self) -> None:
         if not self.identities:
-            raise InvalidInputError(
-                "remove: name at least one identity (--identity ID or --identities-file FILE)"
-            )
+            raise InvalidInputError("remove: name at least one identity (--identity ID or --identities-file FILE)")
 
 
 @dataclass(frozen=True, slots=True)

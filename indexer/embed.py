@@ -3,7 +3,7 @@
 Local by default: a process pool (``spawn``; one ONNX pipeline per worker with one intra-op
 thread, which uses cores better than one process with many threads). With ``--ray`` the same
 :class:`ShardEmbedder` runs in a Ray Data actor pool (indexer.ray_embed). Either way the
-output is the shard format of indexer.shards, and a killed run resumes where it stopped.
+output is the shard format of facesearch.jobs.shards, and a killed run resumes where it stopped.
 
 Per photo, bad rows are data, not errors: MISSING_FILE, UNDECODABLE (the decoder's reason in
 the detail), TOO_LARGE, NO_FACE, MULTIPLE_FACES (a photo of an identity folder must show one
@@ -25,15 +25,15 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from facesearch.bundle import ModelBundle
-from facesearch.decode import load_image
+from facesearch.bundle.manifest import ModelBundle
 from facesearch.errors import FaceSearchError, ImageDecodeError, ImageTooLargeError, IndexBuildError
-from facesearch.pipeline import FacePipeline, PipelineConfig
+from facesearch.jobs.inputs import ImageRow
+from facesearch.jobs.shards import is_done, open_workdir, read_shard, shard_ranges, write_shard
+from facesearch.vision.decode import load_image
+from facesearch.vision.pipeline import FacePipeline, PipelineConfig
 from indexer.config import EmbedOptions, fingerprint
 from indexer.ingest import RejectsWriter
-from indexer.inputs import ImageRow
 from indexer.read import InputChunk
-from indexer.shards import is_done, open_workdir, read_shard, shard_ranges, write_shard
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +89,7 @@ class ShardEmbedder:
                 continue
             face = max(faces, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
             if face.quality.blur < self.options.min_blur:
-                rejects.append(
-                    (r, "LOW_QUALITY", f"blur {face.quality.blur:.1f} < --min-blur {self.options.min_blur}")
-                )
+                rejects.append((r, "LOW_QUALITY", f"blur {face.quality.blur:.1f} < --min-blur {self.options.min_blur}"))
                 continue
             acc["rows"].append(r)
             acc["embeddings"].append(face.embedding)
@@ -176,9 +174,7 @@ def run_stage(
     resumed = open_workdir(work, fp, info, restart=restart)
     pending = [(s, e) for s, e in ranges if not is_done(work, s, e)]
     if resumed:
-        log.info(
-            "resuming: %d of %d shards already done in %s", len(ranges) - len(pending), len(ranges), work
-        )
+        log.info("resuming: %d of %d shards already done in %s", len(ranges) - len(pending), len(ranges), work)
     done_images = len(rows) - sum(e - s for s, e in pending)
     with tqdm(
         total=len(rows),
@@ -217,9 +213,7 @@ def _run_local(
             yield embedder.run_shard(str(work), s, e, rows[s:e])
         return
     ctx = mp.get_context("spawn")  # onnxruntime sessions must not cross a fork
-    with ProcessPoolExecutor(
-        workers, mp_context=ctx, initializer=_init_worker, initargs=(bundle, options)
-    ) as pool:
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(bundle, options)) as pool:
         todo = iter(pending)
         running: set[Future[tuple[int, int]]] = set()
         for s, e in todo:  # keep at most 2 tasks per worker in flight: bounded memory for huge inputs

@@ -15,8 +15,8 @@ from typing import Any
 import faiss
 import numpy as np
 
-from facesearch.identity_store import IdentityStore
-from facesearch.index_artifact import (
+from facesearch.store.identity_store import IdentityStore
+from facesearch.store.index_artifact import (
     EXACT_FILE,
     DiskRows,
     IndexSearcher,
@@ -60,9 +60,7 @@ def base_plan(base: LoadedIndex, n: int, budget: int, options: IndexOptions) -> 
     """The plan of an existing index, re-costed for ``n`` faces (raises if it outgrows the budget)."""
     m = base.manifest
     if m.nlist == 0:
-        return plan_index(
-            n, m.d, budget, IndexOptions(**{**asdict(options), "flat_max": max(n, 1), "nlist": 0})
-        )
+        return plan_index(n, m.d, budget, IndexOptions(**{**asdict(options), "flat_max": max(n, 1), "nlist": 0}))
     opts = IndexOptions(**{**asdict(options), "nlist": m.nlist, "refine": m.refine or options.refine})
     plan = plan_index(n, m.d, budget, opts)
     return replace(plan, factory=m.factory, nlist=m.nlist, hnsw_quantizer="_HNSW" in m.factory)
@@ -111,9 +109,7 @@ def run_index_stage(
     nq = min(options.queries, n)
     query_ids = sample_vector_ids(vids, nq, options.seed, stream=QUERY_STREAM)
     accumulator = ExactAccumulator(query_ids, store.embeddings_by_ids(query_ids), min(GT_K, n))
-    wants_exact = (
-        base.manifest.exact_on_disk if base is not None else (plan.refine == "sq8" and options.exact_on_disk)
-    )
+    wants_exact = base.manifest.exact_on_disk if base is not None else (plan.refine == "sq8" and options.exact_on_disk)
     exact_path = staged / EXACT_FILE if staged is not None and wants_exact else None
     filled = fill(
         index,

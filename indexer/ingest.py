@@ -17,7 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from facesearch.errors import InvalidInputError
-from facesearch.identity_store import FaceRows, IdentityStore
+from facesearch.store.identity_store import FaceRows, IdentityStore
 from indexer.read import InputChunk
 
 
@@ -100,9 +100,7 @@ def ingest(
             keep, emb, bad = validate(chunk, d)
             for i, reason, detail in bad:
                 src = chunk.sources[i] if chunk.sources is not None else None
-                rejects.write(
-                    chunk.row(i), reason, identity_id=chunk.identities[i] or None, source=src, detail=detail
-                )
+                rejects.write(chunk.row(i), reason, identity_id=chunk.identities[i] or None, source=src, detail=detail)
                 stats.rejected[reason] += 1
             idx = np.flatnonzero(keep)
             stats.rows += len(chunk)

@@ -27,7 +27,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from facesearch.errors import FaceSearchError, InvalidInputError
-from facesearch.index_artifact import IndexManifest, read_manifest, resolve_version_dir
+from facesearch.store.index_artifact import IndexManifest, read_manifest, resolve_version_dir
 from indexer import build, update, verify
 from indexer.config import (
     AddConfig,
@@ -56,12 +56,8 @@ def default_budget() -> str:
 def _add_input(p: argparse.ArgumentParser, *, required: bool) -> None:
     group = p.add_mutually_exclusive_group(required=required)
     group.add_argument("--images", type=Path, metavar="TREE", help="folder tree, one folder per identity")
-    group.add_argument(
-        "--manifest", type=Path, metavar="FILE", help="CSV/JSONL: path, identity_id, name, metadata"
-    )
-    group.add_argument(
-        "--embeddings", type=Path, metavar="FILE", help=".npz or .parquet of precomputed embeddings"
-    )
+    group.add_argument("--manifest", type=Path, metavar="FILE", help="CSV/JSONL: path, identity_id, name, metadata")
+    group.add_argument("--embeddings", type=Path, metavar="FILE", help=".npz or .parquet of precomputed embeddings")
 
 
 def _add_job_flags(p: argparse.ArgumentParser) -> None:
@@ -71,15 +67,9 @@ def _add_job_flags(p: argparse.ArgumentParser) -> None:
         metavar="SIZE",
         help="peak memory of the job, e.g. 8G (default: %(default)s)",
     )
-    p.add_argument(
-        "--ray", metavar="ADDRESS", help="run the embedding stage on Ray Data ('local', 'auto', ray://...)"
-    )
-    p.add_argument(
-        "--keep-chips", action="store_true", help="store aligned face chips (photo pixels) in the store"
-    )
-    p.add_argument(
-        "--workers", type=int, default=0, help="embedding processes / Ray actors (default: all cores)"
-    )
+    p.add_argument("--ray", metavar="ADDRESS", help="run the embedding stage on Ray Data ('local', 'auto', ray://...)")
+    p.add_argument("--keep-chips", action="store_true", help="store aligned face chips (photo pixels) in the store")
+    p.add_argument("--workers", type=int, default=0, help="embedding processes / Ray actors (default: all cores)")
     p.add_argument(
         "--index-options",
         default="",
@@ -87,19 +77,17 @@ def _add_job_flags(p: argparse.ArgumentParser) -> None:
         help="nlist, refine (flat|fp16|sq8), exact_on_disk, flat_max, queries, target_recall_at_1, "
         "target_identity_agreement, margin, train_per_list, seed",
     )
-    p.add_argument(
-        "--embed-options", default="", metavar="K=V,...", help="min_face, min_blur, shard_size, multi_face"
-    )
+    p.add_argument("--embed-options", default="", metavar="K=V,...", help="min_face, min_blur, shard_size, multi_face")
     p.add_argument("--keep-versions", type=int, default=3, help="published versions kept for rollback")
-    p.add_argument(
-        "--restart", action="store_true", help="discard an unfinished embedding stage instead of resuming"
-    )
+    p.add_argument("--restart", action="store_true", help="discard an unfinished embedding stage instead of resuming")
     p.add_argument("--threads", type=int, default=0, help="FAISS threads (default: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-_OPEN_SET_BUNDLE = "model bundle whose open-set calibration sets k and the template rule of open_set.npz " \
+_OPEN_SET_BUNDLE = (
+    "model bundle whose open-set calibration sets k and the template rule of open_set.npz "
     "(default: those of the current version)"
+)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -131,9 +119,7 @@ def parser() -> argparse.ArgumentParser:
     v = sub.add_parser("verify", help="re-check sha256 of every file and re-measure recall")
     v.add_argument("root", type=Path)
     v.add_argument("--version", help="a kept version instead of CURRENT")
-    v.add_argument(
-        "--queries", type=int, default=0, help="held-out queries (default: as many as the build used)"
-    )
+    v.add_argument("--queries", type=int, default=0, help="held-out queries (default: as many as the build used)")
     v.add_argument("--seed", type=int, default=-1, help="query sample seed (default: the build's)")
     v.add_argument("--no-recall", action="store_true", help="only check files and consistency")
     v.add_argument("--threads", type=int, default=0)
@@ -205,8 +191,10 @@ def summary(command: str, manifest: IndexManifest, vdir: Path) -> str:
         )
     if "open_set" in b:
         o = b["open_set"]
-        lines.append(f"  open-set statistics: {o['identities']:,} identities, k={o['k']}, rule {o['rule']} "
-                     f"(from the {o['params_from']})")
+        lines.append(
+            f"  open-set statistics: {o['identities']:,} identities, k={o['k']}, rule {o['rule']} "
+            f"(from the {o['params_from']})"
+        )
     if b.get("retrained"):
         lines.append(f"  retrained: {b['retrained']}")
     if "removed_faces" in b:
@@ -319,15 +307,23 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "compact":
         from indexer.compact import compact  # noqa: PLC0415 - reads the server's journal format
 
-        outcome = compact(args.root, live_dir=args.live_dir, memory_budget=parse_size(args.memory_budget),
-                          keep_versions=args.keep_versions, threads=args.threads, progress=not args.quiet,
-                          bundle=args.bundle)
+        outcome = compact(
+            args.root,
+            live_dir=args.live_dir,
+            memory_budget=parse_size(args.memory_budget),
+            keep_versions=args.keep_versions,
+            threads=args.threads,
+            progress=not args.quiet,
+            bundle=args.bundle,
+        )
         if outcome.job is None:
             print(f"facesearch-index compact: nothing to compact in {args.root}")
             return 0
         print(summary("compact", outcome.job.manifest, outcome.job.version_dir))
-        print(f"live changes folded in up to #{outcome.live_seq}: +{outcome.added_faces} faces, "
-              f"-{outcome.removed_faces} faces, -{outcome.deleted_identities} identities")
+        print(
+            f"live changes folded in up to #{outcome.live_seq}: +{outcome.added_faces} faces, "
+            f"-{outcome.removed_faces} faces, -{outcome.deleted_identities} identities"
+        )
         return 0
     if args.command == "rollback":
         with locked(args.root):

@@ -1,7 +1,7 @@
 """The open-set statistics of a staged version: ``open_set.npz``, written before it is published.
 
 Every job that publishes a version (build, add, remove, compact) computes the gallery's
-templates and cohort (:mod:`facesearch.gallery_open_set`) from the staged identity store and
+templates and cohort (:mod:`facesearch.scoring.gallery_stats`) from the staged identity store and
 saves them beside it, recording the store's sha256 inside; :func:`indexer.publish.seal` lists
 the file in the manifest with its own sha256, so ``facesearch-index verify`` checks it. The
 server loads it with the version instead of computing it (it still computes it for versions
@@ -25,20 +25,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from facesearch.bundle import sha256_file
+from facesearch.bundle.manifest import sha256_file
 from facesearch.errors import MemoryBudgetError
-from facesearch.gallery_cohort import GalleryCohort
-from facesearch.gallery_open_set import (
+from facesearch.scoring.cohort import GalleryCohort
+from facesearch.scoring.gallery_stats import (
     OPEN_SET_FILE,
-    build_open_set_for_store,
-    open_set_build_bytes,
     open_set_params,
     saved_params,
 )
-from facesearch.identity_store import IdentityStore
-from facesearch.index_artifact import STORE_FILE, FileEntry
-from facesearch.open_set import DEFAULT_K
-from facesearch.templates import DEFAULT_TEMPLATE
+from facesearch.scoring.normalise import DEFAULT_K
+from facesearch.scoring.templates import DEFAULT_TEMPLATE
+from facesearch.store.identity_store import IdentityStore
+from facesearch.store.index_artifact import STORE_FILE, FileEntry
+from facesearch.store.open_set_build import build_open_set_for_store, open_set_build_bytes
 from indexer.plan import BASELINE_BYTES
 from indexer.sizes import format_size
 
@@ -68,8 +67,7 @@ def resolve_spec(bundle: Path | None, parent_dir: Path | None) -> OpenSetSpec:
     return OpenSetSpec()
 
 
-def write_open_set(staged: Path, spec: OpenSetSpec, *, budget: int, progress: bool) -> tuple[dict[str, Any],
-                                                                                             FileEntry]:
+def write_open_set(staged: Path, spec: OpenSetSpec, *, budget: int, progress: bool) -> tuple[dict[str, Any], FileEntry]:
     """Compute and save ``staged/open_set.npz``; returns its facts for the manifest and the
     store's file entry (hashed here once, so sealing need not hash it again)."""
     t0 = time.perf_counter()
@@ -82,20 +80,41 @@ def write_open_set(staged: Path, spec: OpenSetSpec, *, budget: int, progress: bo
         raise MemoryBudgetError(
             f"the open-set statistics of {n_ids:,} identities ({n:,} faces) need about {format_size(need)}, "
             f"more than --memory-budget {format_size(budget)}; raise --memory-budget to at least "
-            f"{format_size(need)}")
+            f"{format_size(need)}"
+        )
     store_entry = FileEntry(sha256=sha256_file(store_path), bytes=store_path.stat().st_size)
     scratch = staged / SCRATCH_DIR
     scratch.mkdir(exist_ok=True)
     try:
-        data = build_open_set_for_store(store_path, k=spec.k, rule=spec.rule, depth=spec.depth,
-                                        resident_bytes=budget - need, scratch_dir=scratch, progress=progress)
+        data = build_open_set_for_store(
+            store_path,
+            k=spec.k,
+            rule=spec.rule,
+            depth=spec.depth,
+            resident_bytes=budget - need,
+            scratch_dir=scratch,
+            progress=progress,
+        )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     data.store_sha256 = store_entry.sha256
     data.save(staged / OPEN_SET_FILE)
-    facts = {"k": data.k, "rule": data.rule, "depth": data.depth, "params_from": spec.origin,
-             "identities": len(data), "faces": n, "faces_resident": n * d * 4 <= budget - need,
-             "seconds": round(time.perf_counter() - t0, 2)}
-    log.info("open-set statistics: %d identities, k=%d, rule %s (from the %s) in %.1fs", len(data), data.k,
-             data.rule, spec.origin, facts["seconds"])
+    facts = {
+        "k": data.k,
+        "rule": data.rule,
+        "depth": data.depth,
+        "params_from": spec.origin,
+        "identities": len(data),
+        "faces": n,
+        "faces_resident": n * d * 4 <= budget - need,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    log.info(
+        "open-set statistics: %d identities, k=%d, rule %s (from the %s) in %.1fs",
+        len(data),
+        data.k,
+        data.rule,
+        spec.origin,
+        facts["seconds"],
+    )
     return facts, store_entry

@@ -21,10 +21,10 @@ from typing import Any
 import faiss
 import numpy as np
 
-from facesearch.bundle import sha256_file
+from facesearch.bundle.manifest import sha256_file
 from facesearch.errors import NotFoundError, PreconditionError
-from facesearch.identity_store import IdentityStore
-from facesearch.index_artifact import (
+from facesearch.store.identity_store import IdentityStore
+from facesearch.store.index_artifact import (
     CURRENT,
     INDEX_FILE,
     MANIFEST,

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 
 from facesearch.errors import IndexBuildError, PreconditionError
+from facesearch.jobs.inputs import ImageRow
 from indexer.config import EmbedOptions
-from indexer.inputs import ImageRow
 
 log = logging.getLogger(__name__)
 

@@ -82,9 +82,7 @@ class _NpyStream:
         else:
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(self.fh)
         if dtype.hasobject:
-            raise InvalidInputError(
-                f"{name} holds Python objects (pickles are refused); save strings as str arrays"
-            )
+            raise InvalidInputError(f"{name} holds Python objects (pickles are refused); save strings as str arrays")
         if fortran and len(shape) > 1:
             raise InvalidInputError(f"{name} is Fortran-ordered; save it C-ordered (np.ascontiguousarray)")
         self.shape, self.dtype = tuple(shape), dtype
@@ -109,9 +107,7 @@ class _NpzReader:
                 members = {n.removesuffix(".npy") for n in zf.namelist()}
                 for key in ("embeddings", "identities", "contract_id"):
                     if key not in members:
-                        raise InvalidInputError(
-                            f"--embeddings {path}: missing key {key!r} (has {sorted(members)})"
-                        )
+                        raise InvalidInputError(f"--embeddings {path}: missing key {key!r} (has {sorted(members)})")
                 emb = _NpyStream(zf, "embeddings.npy")
                 ids = _NpyStream(zf, "identities.npy")
                 emb.close()
@@ -126,9 +122,7 @@ class _NpzReader:
                 f"--embeddings {path}: embeddings must be a 2-d float array, got {emb.dtype} {emb.shape}"
             )
         if ids.shape != (emb.shape[0],):
-            raise InvalidInputError(
-                f"--embeddings {path}: identities shape {ids.shape}, expected ({emb.shape[0]},)"
-            )
+            raise InvalidInputError(f"--embeddings {path}: identities shape {ids.shape}, expected ({emb.shape[0]},)")
         self.n, self.d = int(emb.shape[0]), int(emb.shape[1])
         self.contract_id = str(cid.item() if cid.ndim == 0 else cid.ravel()[0])
 
@@ -188,11 +182,7 @@ class _ParquetReader:
                 )
             x = values.astype(np.float32).reshape(batch.num_rows, self.d)
             ids = [str(v) for v in batch.column(1).to_pylist()]
-            names = (
-                [None if v is None else str(v) for v in batch.column(2).to_pylist()]
-                if self.has_names
-                else None
-            )
+            names = [None if v is None else str(v) for v in batch.column(2).to_pylist()] if self.has_names else None
             yield InputChunk(start, x, ids, names)
             start += batch.num_rows
 

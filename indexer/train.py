@@ -10,7 +10,7 @@ import faiss
 import numpy as np
 
 from facesearch.errors import IndexBuildError
-from facesearch.identity_store import IdentityStore
+from facesearch.store.identity_store import IdentityStore
 from indexer.plan import IndexPlan
 
 log = logging.getLogger(__name__)
@@ -32,9 +32,7 @@ def sample_vector_ids(vector_ids: np.ndarray, size: int, seed: int, stream: int)
     return np.sort(rng.choice(vector_ids, size=size, replace=False))
 
 
-def train_index(
-    index: Any, plan: IndexPlan, store: IdentityStore, vector_ids: np.ndarray, seed: int
-) -> dict[str, Any]:
+def train_index(index: Any, plan: IndexPlan, store: IdentityStore, vector_ids: np.ndarray, seed: int) -> dict[str, Any]:
     """Train ``index`` (and the refine codec) on a sample; returns facts for the manifest."""
     if plan.kind == "flat":
         return {"train_size": 0, "train_s": 0.0}

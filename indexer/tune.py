@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from facesearch.index_artifact import IndexSearcher, RecallReport, SearchParams
+from facesearch.store.index_artifact import IndexSearcher, RecallReport, SearchParams
 from indexer.add import GroundTruth
 
 log = logging.getLogger(__name__)
@@ -52,9 +52,7 @@ class IdentityLookup:
         return np.where(found & (vids >= 0), self.keys[pos], -1)
 
 
-def _drop_self(
-    ids: np.ndarray, scores: np.ndarray, self_ids: np.ndarray, k: int
-) -> tuple[np.ndarray, np.ndarray]:
+def _drop_self(ids: np.ndarray, scores: np.ndarray, self_ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Remove each row's own id, keep the first ``k`` remaining columns."""
     out_i = np.full((len(ids), k), -1, dtype=np.int64)
     out_s = np.full((len(ids), k), -np.inf, dtype=np.float32)
@@ -66,25 +64,19 @@ def _drop_self(
     return out_i, out_s
 
 
-def measure(
-    searcher: IndexSearcher, gt: GroundTruth, identities: IdentityLookup, params: SearchParams
-) -> Measurement:
+def measure(searcher: IndexSearcher, gt: GroundTruth, identities: IdentityLookup, params: SearchParams) -> Measurement:
     exact_i, exact_s = _drop_self(gt.ids, gt.scores, gt.query_ids, gt.ids.shape[1] - 1)
     s1, i1 = searcher.search(gt.queries, 2, params)
     top_i, _ = _drop_self(i1, s1, gt.query_ids, 1)
     ann1 = top_i[:, 0]
     # a hit: same id, or an id whose exact score ties the exact top-1
-    ann_exact = np.array(
-        [exact_s[r][exact_i[r] == ann1[r]][:1].tolist() or [-np.inf] for r in range(len(ann1))]
-    )
+    ann_exact = np.array([exact_s[r][exact_i[r] == ann1[r]][:1].tolist() or [-np.inf] for r in range(len(ann1))])
     hit = (ann1 == exact_i[:, 0]) | (ann_exact[:, 0] >= exact_s[:, 0] - TIE)
     same_identity = identities(ann1) == identities(exact_i[:, 0])
     k10 = min(10, exact_i.shape[1])
     s10, i10 = searcher.search(gt.queries, k10 + 1, params)
     top10, _ = _drop_self(i10, s10, gt.query_ids, k10)
-    overlap = [
-        len(set(top10[r].tolist()) & set(exact_i[r, :k10].tolist()) - {-1}) / k10 for r in range(len(top10))
-    ]
+    overlap = [len(set(top10[r].tolist()) & set(exact_i[r, :k10].tolist()) - {-1}) / k10 for r in range(len(top10))]
     return Measurement(params, float(hit.mean()), float(np.mean(overlap)), float(same_identity.mean()))
 
 
@@ -143,9 +135,7 @@ def tune(
         doubling: list[Measurement] = []
         chosen = None
         prev = 0
-        with tqdm(
-            total=len(steps), desc="tune", unit="step", disable=not progress, dynamic_ncols=True
-        ) as bar:
+        with tqdm(total=len(steps), desc="tune", unit="step", disable=not progress, dynamic_ncols=True) as bar:
             for nprobe in steps:
                 m = run(params(nprobe, kf_max))
                 doubling.append(m)
@@ -161,8 +151,7 @@ def tune(
             chosen = next(
                 m
                 for m in doubling
-                if m.recall_at_1 >= best.recall_at_1 - 0.002
-                and m.identity_agreement >= best.identity_agreement - 0.001
+                if m.recall_at_1 >= best.recall_at_1 - 0.002 and m.identity_agreement >= best.identity_agreement - 0.001
             )
             want_r1, want_id = chosen.recall_at_1, chosen.identity_agreement
             log.warning(

@@ -21,8 +21,8 @@ from dataclasses import replace
 import numpy as np
 
 from facesearch.errors import NotFoundError
-from facesearch.identity_store import IdentityStore
-from facesearch.index_artifact import REJECTS_FILE, STORE_FILE, LoadedIndex, load_index, resolve_version_dir
+from facesearch.store.identity_store import IdentityStore
+from facesearch.store.index_artifact import REJECTS_FILE, STORE_FILE, LoadedIndex, load_index, resolve_version_dir
 from indexer.build import (
     JobResult,
     finish_version,
@@ -43,9 +43,7 @@ GROWTH_LIMIT = 4
 DRIFT_LIMIT = 1.5
 
 
-def retrain_reason(
-    base: LoadedIndex, n_total: int, budget: int, options: IndexOptions, retrain: bool
-) -> str | None:
+def retrain_reason(base: LoadedIndex, n_total: int, budget: int, options: IndexOptions, retrain: bool) -> str | None:
     """Why the current trained index no longer fits ``n_total`` faces (None: it still fits)."""
     if retrain:
         return "--retrain"
@@ -179,9 +177,7 @@ def run_remove(config: RemoveConfig) -> JobResult:
             store.commit()
             rejects = RejectsWriter(staged / REJECTS_FILE)
             if store.count_faces() == 0:
-                raise NotFoundError(
-                    "removing these identities would leave an empty index; build a new one instead"
-                )
+                raise NotFoundError("removing these identities would leave an empty index; build a new one instead")
             options = _options_of(base)
             outcome = run_index_stage(
                 store,

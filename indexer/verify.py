@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from facesearch.identity_store import IdentityStore
-from facesearch.index_artifact import STORE_FILE, check_files, load_index, read_manifest, resolve_version_dir
+from facesearch.store.identity_store import IdentityStore
+from facesearch.store.index_artifact import STORE_FILE, check_files, load_index, read_manifest, resolve_version_dir
 from indexer.add import ExactAccumulator
 from indexer.config import VerifyConfig
 from indexer.index_stage import GT_K, QUERY_STREAM, set_threads
@@ -89,8 +89,6 @@ def run(config: VerifyConfig) -> VerifyReport:
                     f"the targets {target.target_recall_at_1} / {target.target_identity_agreement}"
                 )
             elif target is not None and m.recall_at_1 < target.recall_at_1 - 0.01:
-                report.fail(
-                    f"recall@1 {m.recall_at_1:.4f} is below the {target.recall_at_1:.4f} measured at build"
-                )
+                report.fail(f"recall@1 {m.recall_at_1:.4f} is below the {target.recall_at_1:.4f} measured at build")
     report.seconds = round(time.perf_counter() - t0, 2)
     return report

@@ -65,7 +65,9 @@ class Admission:
         if not wait and self.active >= self.workers and self.waiting >= self.queue_size:
             raise ResourceExhaustedError(
                 f"server busy: {self.active} requests running and {self.waiting} queued "
-                f"(FACESEARCH_QUEUE_SIZE={self.queue_size}); retry with backoff", reason="QUEUE_FULL")
+                f"(FACESEARCH_QUEUE_SIZE={self.queue_size}); retry with backoff",
+                reason="QUEUE_FULL",
+            )
         self.waiting += 1
         try:
             remaining = deadline.remaining()

@@ -6,7 +6,8 @@ loaded in the background with its open-set statistics (templates and cohort: the
 ``open_set.npz``, a copy this server computed before under ``LIVE_DIR/open_set/``, or computed
 now from its identity store) and the live changes are replayed into them; health turns SERVING
 once it is installed. Decision thresholds come from the bundle's ``calibration.json`` and
-``open_set_calibration.json`` (``facesearch eval calibrate``), see :mod:`server.thresholds`. An index made with
+``open_set_calibration.json`` (``facesearch eval calibrate``), see
+:mod:`facesearch.scoring.thresholds`. An index made with
 another model contract is refused: health stays NOT_SERVING and calls that need the gallery
 fail with FAILED_PRECONDITION (reason CONTRACT_MISMATCH) until a matching version is published.
 With no published version the gallery is just the live enrollments.
@@ -31,12 +32,13 @@ from grpc_reflection.v1alpha import reflection
 
 from facesearch.api.v1 import facesearch_pb2 as pb
 from facesearch.api.v1 import facesearch_pb2_grpc as pb_grpc
-from facesearch.bundle import ModelBundle
+from facesearch.bundle.manifest import ModelBundle
 from facesearch.errors import FaceSearchError, PreconditionError
-from facesearch.image_limits import DecodeLimits
-from facesearch.live_journal import LiveJournal, journal_place
-from facesearch.open_set_calibration import OpenSetCalibration, load_open_set_calibration
-from facesearch.pipeline import FacePipeline, PipelineConfig
+from facesearch.scoring.open_set_calibration import OpenSetCalibration, load_open_set_calibration
+from facesearch.scoring.thresholds import ThresholdPolicy
+from facesearch.store.live_journal import LiveJournal, journal_place
+from facesearch.vision.image_limits import DecodeLimits
+from facesearch.vision.pipeline import FacePipeline, PipelineConfig
 from server.admission import Admission
 from server.base_index import BaseIndex
 from server.batcher import EmbedBatcher
@@ -49,7 +51,6 @@ from server.metrics import Metrics
 from server.open_set_upkeep import OpenSetParams
 from server.service import EnrollRules, FaceSearchService
 from server.servicer import FaceSearchServicer
-from server.thresholds import ThresholdPolicy
 from server.watcher import IndexWatcher
 
 log = logging.getLogger("facesearch.server")
@@ -64,10 +65,11 @@ def threshold_policy(bundle: ModelBundle, open_set: OpenSetCalibration | None, c
         raise PreconditionError(
             f"bundle {config.bundle} (model {bundle.model_id}) has no calibration.json and dlib's default "
             "threshold does not apply to it: run `facesearch eval calibrate --bundle DIR --images TREE`, "
-            "or set FACESEARCH_MIN_SIMILARITY", reason="NO_CALIBRATION")
+            "or set FACESEARCH_MIN_SIMILARITY",
+            reason="NO_CALIBRATION",
+        )
     try:
-        return ThresholdPolicy(calibration, open_set, min_similarity=config.min_similarity,
-                               max_fpir=config.max_fpir)
+        return ThresholdPolicy(calibration, open_set, min_similarity=config.min_similarity, max_fpir=config.max_fpir)
     except FaceSearchError as err:  # a default the bundle cannot honour: refuse to start, naming the variable
         raise PreconditionError(f"{err.message} (bundle {config.bundle})", reason="BAD_CONFIG") from err
 
@@ -95,55 +97,87 @@ class FaceSearchServer:
         c = self.config
         faiss.omp_set_num_threads(c.search_threads)  # concurrency comes from requests, not from OpenMP
         self.bundle = ModelBundle.load(c.bundle)
-        self.pipeline = FacePipeline(self.bundle, PipelineConfig(min_face=c.min_face, threads=c.threads or None,
-                                                                 max_batch=c.max_batch))
+        self.pipeline = FacePipeline(
+            self.bundle, PipelineConfig(min_face=c.min_face, threads=c.threads or None, max_batch=c.max_batch)
+        )
         place = journal_place(c.live_dir, self.bundle.contract_id)
         for directory, contract, faces in place.others:
-            log.warning("live journal %s holds %d live faces of model contract %s, which this model (%s) cannot "
-                        "search; they are kept as they are: serve them again with that model's bundle, or "
-                        "re-enroll those people", directory, faces, contract, self.bundle.contract_id)
-        self.journal = LiveJournal.open(place.directory, contract_id=self.bundle.contract_id,
-                                        d=self.bundle.embedding_dim)
+            log.warning(
+                "live journal %s holds %d live faces of model contract %s, which this model (%s) cannot "
+                "search; they are kept as they are: serve them again with that model's bundle, or "
+                "re-enroll those people",
+                directory,
+                faces,
+                contract,
+                self.bundle.contract_id,
+            )
+        self.journal = LiveJournal.open(
+            place.directory, contract_id=self.bundle.contract_id, d=self.bundle.embedding_dim
+        )
         self.cpu = ThreadPoolExecutor(max_workers=c.workers, thread_name_prefix="cpu")
         self.io = ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="io")
-        self.batcher = EmbedBatcher(self.pipeline.embedder.embed, c.max_batch, self.pipeline.embedder.dim,
-                                    self.metrics.observe_batch)
+        self.batcher = EmbedBatcher(
+            self.pipeline.embedder.embed, c.max_batch, self.pipeline.embedder.dim, self.metrics.observe_batch
+        )
         self.batcher.start()
-        engine = FaceEngine(self.pipeline, self.batcher, self.cpu,
-                            DecodeLimits(max_pixels=c.max_image_pixels, max_bytes=c.max_message_bytes),
-                            self.metrics.observe_stage)
+        engine = FaceEngine(
+            self.pipeline,
+            self.batcher,
+            self.cpu,
+            DecodeLimits(max_pixels=c.max_image_pixels, max_bytes=c.max_message_bytes),
+            self.metrics.observe_stage,
+        )
         open_set = load_open_set_calibration(c.bundle)
         self.gallery = Gallery(self.journal, self.bundle.embedding_dim, open_set_params(open_set, c))
         self.admission = Admission(c.workers, c.queue_size)
-        self.service = FaceSearchService(engine, self.gallery, self.admission,
-                                         policy=threshold_policy(self.bundle, open_set, c),
-                                         enroll_rules=EnrollRules(c.enroll_min_face_size, c.enroll_min_blur),
-                                         io=self.io)
+        self.service = FaceSearchService(
+            engine,
+            self.gallery,
+            self.admission,
+            policy=threshold_policy(self.bundle, open_set, c),
+            enroll_rules=EnrollRules(c.enroll_min_face_size, c.enroll_min_blur),
+            io=self.io,
+        )
         log.info("decision thresholds: %s", self.service.policy.note)
         self.metrics.queue_depth.set_function(lambda: self.admission.depth)
 
         tokens = read_tokens(c.auth_tokens_file) if c.auth_tokens_file else None
-        options = [("grpc.max_receive_message_length", c.max_message_bytes),
-                   ("grpc.max_send_message_length", c.max_message_bytes),
-                   ("grpc.so_reuseport", 0)]
+        options = [
+            ("grpc.max_receive_message_length", c.max_message_bytes),
+            ("grpc.max_send_message_length", c.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
         server = grpc.aio.server(interceptors=[EdgeInterceptor(self.metrics, tokens, c.access_log)], options=options)
         self._grpc = server
-        servicer = FaceSearchServicer(self.service, self.bundle.model_id, self.bundle.contract_id,
-                                      self.bundle.embedding_dim, stream_window=max(2, c.workers))
+        servicer = FaceSearchServicer(
+            self.service,
+            self.bundle.model_id,
+            self.bundle.contract_id,
+            self.bundle.embedding_dim,
+            stream_window=max(2, c.workers),
+        )
         pb_grpc.add_FaceSearchServicer_to_server(servicer, server)
         self.health = Health(server)
         await self.health.set(False)
         reflection.enable_server_reflection(
             (pb.DESCRIPTOR.services_by_name["FaceSearch"].full_name, "grpc.health.v1.Health", reflection.SERVICE_NAME),
-            server)
+            server,
+        )
         self.port = self._bind(server)
         await server.start()
         if c.metrics_listen is not None:
             self.metrics_port = self.metrics.start(c.metrics_listen)
         log.info("listening on %s (port %d), tls=%s auth=%s", c.listen, self.port, c.tls, bool(tokens))
 
-        self.watcher = IndexWatcher(c.index_root, self.bundle.contract_id, c.index_poll_s, self.io,
-                                    install=self._install, refuse=self._refuse, prepare=self.gallery.base_open_set)
+        self.watcher = IndexWatcher(
+            c.index_root,
+            self.bundle.contract_id,
+            c.index_poll_s,
+            self.io,
+            install=self._install,
+            refuse=self._refuse,
+            prepare=self.gallery.base_open_set,
+        )
         await self.watcher.load_current()
         self.watcher.start()
 
@@ -152,14 +186,18 @@ class FaceSearchServer:
         if c.tls:
             assert c.tls_cert is not None and c.tls_key is not None
             ca = c.tls_client_ca.read_bytes() if c.tls_client_ca else None
-            creds = grpc.ssl_server_credentials([(c.tls_key.read_bytes(), c.tls_cert.read_bytes())],
-                                                root_certificates=ca, require_client_auth=ca is not None)
+            creds = grpc.ssl_server_credentials(
+                [(c.tls_key.read_bytes(), c.tls_cert.read_bytes())],
+                root_certificates=ca,
+                require_client_auth=ca is not None,
+            )
             port = server.add_secure_port(c.listen, creds)
         else:
             port = server.add_insecure_port(c.listen)
         if port == 0:
-            raise PreconditionError(f"cannot listen on {c.listen} (FACESEARCH_LISTEN): address in use or invalid",
-                                    reason="BAD_CONFIG")
+            raise PreconditionError(
+                f"cannot listen on {c.listen} (FACESEARCH_LISTEN): address in use or invalid", reason="BAD_CONFIG"
+            )
         return port
 
     async def _install(self, base: BaseIndex | None) -> None:
@@ -250,15 +288,18 @@ async def serve(config: ServerConfig) -> int:
         await server.stop(0)
         raise
     # One line on stdout once the port is bound (scripts and tests wait for it).
-    print(f"facesearch-server listening on port {server.port} metrics {server.metrics_port or 'off'} "
-          f"service {SERVICE}", flush=True)
+    print(
+        f"facesearch-server listening on port {server.port} metrics {server.metrics_port or 'off'} service {SERVICE}",
+        flush=True,
+    )
     await server.wait()
     return 0
 
 
 def setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=getattr(logging, level), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from facesearch.gallery_open_set import GalleryOpenSet
-from facesearch.identity_store import IdentityStore
-from facesearch.index_artifact import STORE_FILE, LoadedIndex, load_index, resolve_version_dir
+from facesearch.scoring.gallery_stats import GalleryOpenSet
+from facesearch.store.identity_store import IdentityStore
+from facesearch.store.index_artifact import STORE_FILE, LoadedIndex, load_index, resolve_version_dir
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +72,17 @@ class _ReadPool:
 
 
 class BaseIndex:
-    def __init__(self, loaded: LoadedIndex, *, vector_ids: np.ndarray, identity_keys: np.ndarray,
-                 n_identities: int, live_seq: int, live_journal_id: str | None, load_s: float) -> None:
+    def __init__(
+        self,
+        loaded: LoadedIndex,
+        *,
+        vector_ids: np.ndarray,
+        identity_keys: np.ndarray,
+        n_identities: int,
+        live_seq: int,
+        live_journal_id: str | None,
+        load_s: float,
+    ) -> None:
         self.loaded = loaded
         self.vector_ids = vector_ids  # ascending
         self.identity_keys = identity_keys  # aligned with vector_ids
@@ -99,10 +108,24 @@ class BaseIndex:
             n_identities = store.count_identities()
             live_seq = int(store.meta("live_seq") or 0)
             journal_id = store.meta("live_journal_id")
-        base = cls(loaded, vector_ids=vids, identity_keys=keys, n_identities=n_identities, live_seq=live_seq,
-                   live_journal_id=journal_id, load_s=round(time.perf_counter() - t0, 3))
-        log.info("loaded index %s: ntotal=%d identities=%d factory=%s live_seq=%d in %.2fs", loaded.manifest.version,
-                 loaded.ntotal, n_identities, loaded.manifest.factory, live_seq, base.load_s)
+        base = cls(
+            loaded,
+            vector_ids=vids,
+            identity_keys=keys,
+            n_identities=n_identities,
+            live_seq=live_seq,
+            live_journal_id=journal_id,
+            load_s=round(time.perf_counter() - t0, 3),
+        )
+        log.info(
+            "loaded index %s: ntotal=%d identities=%d factory=%s live_seq=%d in %.2fs",
+            loaded.manifest.version,
+            loaded.ntotal,
+            n_identities,
+            loaded.manifest.factory,
+            live_seq,
+            base.load_s,
+        )
         return base
 
     def close(self) -> None:
@@ -157,15 +180,19 @@ class BaseIndex:
 
     def identity(self, identity_id: str) -> StoredIdentity | None:
         with self._pool.conn() as c:
-            r = c.execute("SELECT key, identity_id, name, metadata FROM identities WHERE identity_id = ?",
-                          (identity_id,)).fetchone()
+            r = c.execute(
+                "SELECT key, identity_id, name, metadata FROM identities WHERE identity_id = ?", (identity_id,)
+            ).fetchone()
         return None if r is None else StoredIdentity(r[0], r[1], r[2], _meta(r[3]))
 
     def identities_after(self, after: str, limit: int) -> list[StoredIdentity]:
         """Identities with ``identity_id > after``, in identity id order."""
         with self._pool.conn() as c:
-            rows = c.execute("SELECT key, identity_id, name, metadata FROM identities WHERE identity_id > ? "
-                             "ORDER BY identity_id LIMIT ?", (after, limit)).fetchall()
+            rows = c.execute(
+                "SELECT key, identity_id, name, metadata FROM identities WHERE identity_id > ? "
+                "ORDER BY identity_id LIMIT ?",
+                (after, limit),
+            ).fetchall()
         return [StoredIdentity(r[0], r[1], r[2], _meta(r[3])) for r in rows]
 
     def keys_of_identities(self, identity_ids: Sequence[str]) -> dict[str, int]:
@@ -199,9 +226,11 @@ class BaseIndex:
         out: list[StoredFace] = []
         with self._pool.conn() as c:
             for chunk in _chunks(sorted(int(v) for v in vids), 900):
-                q = ("SELECT f.vector_id, i.identity_id, f.source, f.x1, f.y1, f.x2, f.y2, f.det_score, f.face_size, "
-                     "f.blur, f.created_at FROM faces f JOIN identities i ON i.key = f.identity_key "
-                     f"WHERE f.vector_id IN ({_marks(chunk)}) ORDER BY f.vector_id")
+                q = (
+                    "SELECT f.vector_id, i.identity_id, f.source, f.x1, f.y1, f.x2, f.y2, f.det_score, f.face_size, "
+                    "f.blur, f.created_at FROM faces f JOIN identities i ON i.key = f.identity_key "
+                    f"WHERE f.vector_id IN ({_marks(chunk)}) ORDER BY f.vector_id"
+                )
                 for r in c.execute(q, chunk):
                     box = None if r[3] is None else (r[3], r[4], r[5], r[6])
                     out.append(StoredFace(r[0], r[1], r[2], box, r[7], r[8], r[9], r[10]))

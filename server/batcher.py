@@ -32,8 +32,9 @@ class _Job:
 
 
 class EmbedBatcher:
-    def __init__(self, embed: EmbedFn, max_batch: int, dim: int,
-                 on_batch: Callable[[int, float], None] | None = None) -> None:
+    def __init__(
+        self, embed: EmbedFn, max_batch: int, dim: int, on_batch: Callable[[int, float], None] | None = None
+    ) -> None:
         self._embed = embed
         self.max_batch = max_batch
         self.dim = dim

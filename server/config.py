@@ -43,7 +43,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from facesearch.bundle_location import default_bundle
+from facesearch.bundle.location import default_bundle
 from facesearch.errors import InvalidInputError
 
 DEFAULT_LISTEN = "0.0.0.0:50051"
@@ -88,18 +88,25 @@ class ServerConfig:
         if self.metrics_listen is not None:
             _check_hostport(self.metrics_listen, "FACESEARCH_METRICS_LISTEN (--metrics-listen)")
         if (self.tls_cert is None) != (self.tls_key is None):
-            raise InvalidInputError("FACESEARCH_TLS_CERT and FACESEARCH_TLS_KEY must be set together",
-                                    reason="BAD_CONFIG")
+            raise InvalidInputError(
+                "FACESEARCH_TLS_CERT and FACESEARCH_TLS_KEY must be set together", reason="BAD_CONFIG"
+            )
         if self.tls_client_ca is not None and self.tls_cert is None:
-            raise InvalidInputError("FACESEARCH_TLS_CLIENT_CA needs FACESEARCH_TLS_CERT/FACESEARCH_TLS_KEY",
-                                    reason="BAD_CONFIG")
+            raise InvalidInputError(
+                "FACESEARCH_TLS_CLIENT_CA needs FACESEARCH_TLS_CERT/FACESEARCH_TLS_KEY", reason="BAD_CONFIG"
+            )
         for name in ("tls_cert", "tls_key", "tls_client_ca", "auth_tokens_file"):
             path = getattr(self, name)
             if path is not None and not path.is_file():
                 raise InvalidInputError(f"FACESEARCH_{name.upper()}: no such file {path}", reason="BAD_CONFIG")
-        positive = {"workers": self.workers, "queue_size": self.queue_size, "max_batch": self.max_batch,
-                    "search_threads": self.search_threads,
-                    "max_message_bytes": self.max_message_bytes, "max_image_pixels": self.max_image_pixels}
+        positive = {
+            "workers": self.workers,
+            "queue_size": self.queue_size,
+            "max_batch": self.max_batch,
+            "search_threads": self.search_threads,
+            "max_message_bytes": self.max_message_bytes,
+            "max_image_pixels": self.max_image_pixels,
+        }
         for name, value in positive.items():
             if value < 1:
                 raise InvalidInputError(f"FACESEARCH_{name.upper()} must be >= 1, got {value}", reason="BAD_CONFIG")
@@ -108,20 +115,25 @@ class ServerConfig:
         if self.min_face < 10:
             raise InvalidInputError(f"FACESEARCH_MIN_FACE must be >= 10 px, got {self.min_face}", reason="BAD_CONFIG")
         if self.min_similarity is not None and not -1.0 <= self.min_similarity <= 1.0:
-            raise InvalidInputError(f"FACESEARCH_MIN_SIMILARITY must be a cosine in [-1, 1], got {self.min_similarity}",
-                                    reason="BAD_CONFIG")
+            raise InvalidInputError(
+                f"FACESEARCH_MIN_SIMILARITY must be a cosine in [-1, 1], got {self.min_similarity}", reason="BAD_CONFIG"
+            )
         if self.max_fpir is not None and not 0.0 < self.max_fpir < 1.0:
-            raise InvalidInputError(f"FACESEARCH_MAX_FPIR must be in (0, 1), e.g. 0.01, got {self.max_fpir}",
-                                    reason="BAD_CONFIG")
+            raise InvalidInputError(
+                f"FACESEARCH_MAX_FPIR must be in (0, 1), e.g. 0.01, got {self.max_fpir}", reason="BAD_CONFIG"
+            )
         if self.max_fpir is not None and self.min_similarity is not None:
-            raise InvalidInputError("set FACESEARCH_MIN_SIMILARITY or FACESEARCH_MAX_FPIR, not both",
-                                    reason="BAD_CONFIG")
+            raise InvalidInputError(
+                "set FACESEARCH_MIN_SIMILARITY or FACESEARCH_MAX_FPIR, not both", reason="BAD_CONFIG"
+            )
         if self.index_poll_s <= 0 or self.shutdown_grace_s < 0:
-            raise InvalidInputError("FACESEARCH_INDEX_POLL_S must be > 0 and FACESEARCH_SHUTDOWN_GRACE_S >= 0",
-                                    reason="BAD_CONFIG")
+            raise InvalidInputError(
+                "FACESEARCH_INDEX_POLL_S must be > 0 and FACESEARCH_SHUTDOWN_GRACE_S >= 0", reason="BAD_CONFIG"
+            )
         if self.log_level not in LOG_LEVELS:
-            raise InvalidInputError(f"FACESEARCH_LOG_LEVEL must be one of {LOG_LEVELS}, got {self.log_level!r}",
-                                    reason="BAD_CONFIG")
+            raise InvalidInputError(
+                f"FACESEARCH_LOG_LEVEL must be one of {LOG_LEVELS}, got {self.log_level!r}", reason="BAD_CONFIG"
+            )
 
     @property
     def tls(self) -> bool:
@@ -145,10 +157,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-listen", help="Prometheus HOST:PORT, or 'off' [FACESEARCH_METRICS_LISTEN]")
     parser.add_argument("--tls-cert", type=Path, help="server certificate chain, PEM [FACESEARCH_TLS_CERT]")
     parser.add_argument("--tls-key", type=Path, help="server private key, PEM [FACESEARCH_TLS_KEY]")
-    parser.add_argument("--tls-client-ca", type=Path,
-                        help="CA bundle; clients must present a certificate it signed [FACESEARCH_TLS_CLIENT_CA]")
-    parser.add_argument("--auth-tokens", type=Path,
-                        help="file of accepted bearer tokens, one a line [FACESEARCH_AUTH_TOKENS_FILE]")
+    parser.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        help="CA bundle; clients must present a certificate it signed [FACESEARCH_TLS_CLIENT_CA]",
+    )
+    parser.add_argument(
+        "--auth-tokens", type=Path, help="file of accepted bearer tokens, one a line [FACESEARCH_AUTH_TOKENS_FILE]"
+    )
     parser.add_argument("--workers", type=int, help="requests processed at once [FACESEARCH_WORKERS, cores]")
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR [FACESEARCH_LOG_LEVEL]")
 

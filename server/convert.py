@@ -12,7 +12,8 @@ import json
 
 from facesearch.api.v1 import facesearch_pb2 as pb
 from facesearch.errors import InvalidInputError
-from facesearch.pipeline import Face
+from facesearch.scoring.thresholds import DecisionThreshold
+from facesearch.vision.pipeline import Face
 from server.gallery import FaceView, IdentityView
 from server.open_set_state import ScoredCandidate
 from server.service import (
@@ -26,7 +27,6 @@ from server.service import (
     VerifyQuery,
     VerifyResult,
 )
-from server.thresholds import DecisionThreshold
 
 MAX_IDENTITY_ID_BYTES = 256
 MAX_NAME_BYTES = 1024
@@ -60,8 +60,7 @@ def _threshold(message: object, field: str) -> float | None:
 
 def metadata(values: dict[str, str]) -> dict[str, str]:
     if len(values) > MAX_METADATA_KEYS:
-        raise InvalidInputError(f"metadata has {len(values)} keys, at most {MAX_METADATA_KEYS}",
-                                reason="BAD_METADATA")
+        raise InvalidInputError(f"metadata has {len(values)} keys, at most {MAX_METADATA_KEYS}", reason="BAD_METADATA")
     if sum(len(k.encode()) + len(v.encode()) for k, v in values.items()) > MAX_METADATA_BYTES:
         raise InvalidInputError(f"metadata is over {MAX_METADATA_BYTES} bytes", reason="BAD_METADATA")
     return dict(values)
@@ -72,9 +71,14 @@ def identify_query(req: pb.IdentifyRequest) -> IdentifyQuery:
     top_k = req.top_k or DEFAULT_TOP_K
     if top_k > MAX_TOP_K:
         raise InvalidInputError(f"top_k must be 1..{MAX_TOP_K}, got {top_k}", reason="BAD_TOP_K")
-    return IdentifyQuery(image(req.image), top_k, _threshold(req, "min_similarity"), largest_only(req.faces),
-                         max_fmr=_threshold(req, "max_false_match_rate"),
-                         max_fpir=_threshold(req, "max_false_positive_identification_rate"))
+    return IdentifyQuery(
+        image(req.image),
+        top_k,
+        _threshold(req, "min_similarity"),
+        largest_only(req.faces),
+        max_fmr=_threshold(req, "max_false_match_rate"),
+        max_fpir=_threshold(req, "max_false_positive_identification_rate"),
+    )
 
 
 def largest_only(selection: int) -> bool:
@@ -89,16 +93,23 @@ def verify_query(req: pb.VerifyRequest) -> VerifyQuery:
         raise InvalidInputError("set reference_image or identity_id", reason="NO_REFERENCE")
     ref_image = image(req.reference_image, "reference_image") if which == "reference_image" else None
     ident = identity_id(req.identity_id) if which == "identity_id" else None
-    return VerifyQuery(image(req.image), ref_image, ident, _threshold(req, "min_similarity"),
-                       _threshold(req, "max_false_match_rate"))
+    return VerifyQuery(
+        image(req.image), ref_image, ident, _threshold(req, "min_similarity"), _threshold(req, "max_false_match_rate")
+    )
 
 
 def enroll_query(req: pb.EnrollRequest) -> EnrollQuery:
     if len(req.display_name.encode()) > MAX_NAME_BYTES:
         raise InvalidInputError(f"display_name is longer than {MAX_NAME_BYTES} bytes", reason="BAD_NAME")
     images = [(image(im.image, f"images[{i}].image"), im.source) for i, im in enumerate(req.images)]
-    return EnrollQuery(identity_id(req.identity_id), req.display_name or None, metadata(dict(req.metadata)), images,
-                       req.create_only, req.use_largest_face)
+    return EnrollQuery(
+        identity_id(req.identity_id),
+        req.display_name or None,
+        metadata(dict(req.metadata)),
+        images,
+        req.create_only,
+        req.use_largest_face,
+    )
 
 
 def face_ids(req: pb.DeleteFacesRequest) -> list[str]:
@@ -148,8 +159,13 @@ def detected_face(face: Face) -> pb.DetectedFace:
 
 def candidate(s: ScoredCandidate) -> pb.Candidate:
     c = s.candidate
-    out = pb.Candidate(identity_id=c.identity_id, name=c.name, similarity=c.similarity, face_id=c.face_id,
-                       score_details=pb.ScoreDetails(identity_similarity=s.identity_similarity))
+    out = pb.Candidate(
+        identity_id=c.identity_id,
+        name=c.name,
+        similarity=c.similarity,
+        face_id=c.face_id,
+        score_details=pb.ScoreDetails(identity_similarity=s.identity_similarity),
+    )
     if s.normalised is not None:
         out.normalised_score = s.normalised
     if s.probe_mean is not None:
@@ -159,14 +175,24 @@ def candidate(s: ScoredCandidate) -> pb.Candidate:
     return out
 
 
-_THRESHOLD_KINDS = {"min_similarity": pb.THRESHOLD_KIND_MIN_SIMILARITY, "max_fmr": pb.THRESHOLD_KIND_MAX_FMR,
-                    "max_fpir": pb.THRESHOLD_KIND_MAX_FPIR, "default": pb.THRESHOLD_KIND_DEFAULT}
+_THRESHOLD_KINDS = {
+    "min_similarity": pb.THRESHOLD_KIND_MIN_SIMILARITY,
+    "max_fmr": pb.THRESHOLD_KIND_MAX_FMR,
+    "max_fpir": pb.THRESHOLD_KIND_MAX_FPIR,
+    "default": pb.THRESHOLD_KIND_DEFAULT,
+}
 _SCORE_KINDS = {"raw": pb.SCORE_KIND_RAW, "normalised": pb.SCORE_KIND_NORMALISED}
 
 
 def decision_threshold(t: DecisionThreshold) -> pb.DecisionThreshold:
-    out = pb.DecisionThreshold(kind=_THRESHOLD_KINDS[t.kind], value=t.value, score_kind=_SCORE_KINDS[t.score_kind],
-                               gallery_size=t.gallery_size, capped=t.capped, reason=t.reason)
+    out = pb.DecisionThreshold(
+        kind=_THRESHOLD_KINDS[t.kind],
+        value=t.value,
+        score_kind=_SCORE_KINDS[t.score_kind],
+        gallery_size=t.gallery_size,
+        capped=t.capped,
+        reason=t.reason,
+    )
     if t.fmr is not None:
         out.fmr = t.fmr
     if t.fpir is not None:
@@ -181,8 +207,13 @@ def identify_response(result: IdentifyResult) -> pb.IdentifyResponse:
         if f.match is not None:
             item.match.CopyFrom(candidate(f.match))
         faces.append(item)
-    return pb.IdentifyResponse(faces=faces, index_version=result.index_version, image_width=result.width,
-                               image_height=result.height, threshold=decision_threshold(result.threshold))
+    return pb.IdentifyResponse(
+        faces=faces,
+        index_version=result.index_version,
+        image_width=result.width,
+        image_height=result.height,
+        threshold=decision_threshold(result.threshold),
+    )
 
 
 def detect_response(width: int, height: int, faces: list[Face]) -> pb.DetectResponse:
@@ -190,10 +221,14 @@ def detect_response(width: int, height: int, faces: list[Face]) -> pb.DetectResp
 
 
 def verify_response(result: VerifyResult) -> pb.VerifyResponse:
-    out = pb.VerifyResponse(decision=pb.VerifyDecision.Value(result.decision), same=result.decision == "SAME",
-                            similarity=result.similarity, min_similarity=result.threshold.value,
-                            reference_face_id=result.reference_face_id,
-                            threshold=decision_threshold(result.threshold))
+    out = pb.VerifyResponse(
+        decision=pb.VerifyDecision.Value(result.decision),
+        same=result.decision == "SAME",
+        similarity=result.similarity,
+        min_similarity=result.threshold.value,
+        reference_face_id=result.reference_face_id,
+        threshold=decision_threshold(result.threshold),
+    )
     if result.face is not None:
         out.face.CopyFrom(detected_face(result.face))
     if result.reference_face is not None:
@@ -204,18 +239,27 @@ def verify_response(result: VerifyResult) -> pb.VerifyResponse:
 def enroll_response(result: EnrollResult) -> pb.EnrollResponse:
     results = []
     for r in result.results:
-        item = pb.EnrollResult(image_index=r.index, accepted=r.accepted, face_id=r.face_id, message=r.message,
-                               reject_reason=pb.RejectReason.Value(r.reject_reason or "REJECT_REASON_UNSPECIFIED"))
+        item = pb.EnrollResult(
+            image_index=r.index,
+            accepted=r.accepted,
+            face_id=r.face_id,
+            message=r.message,
+            reject_reason=pb.RejectReason.Value(r.reject_reason or "REJECT_REASON_UNSPECIFIED"),
+        )
         if r.face is not None:
             item.face.CopyFrom(detected_face(r.face))
         results.append(item)
-    return pb.EnrollResponse(identity_id=result.identity_id, created=result.created, results=results,
-                             face_ids=result.face_ids, face_count=result.face_count)
+    return pb.EnrollResponse(
+        identity_id=result.identity_id,
+        created=result.created,
+        results=results,
+        face_ids=result.face_ids,
+        face_count=result.face_count,
+    )
 
 
 def face(view: FaceView) -> pb.Face:
-    out = pb.Face(face_id=view.face_id, source=view.source, detection_score=view.det_score,
-                  created_at=view.created_at)
+    out = pb.Face(face_id=view.face_id, source=view.source, detection_score=view.det_score, created_at=view.created_at)
     if view.box is not None:
         x1, y1, x2, y2 = view.box
         out.box.CopyFrom(pb.Box(x1=x1, y1=y1, x2=x2, y2=y2))
@@ -225,8 +269,13 @@ def face(view: FaceView) -> pb.Face:
 
 
 def identity(view: IdentityView, faces: list[FaceView] | None = None) -> pb.Identity:
-    return pb.Identity(identity_id=view.identity_id, name=view.name, metadata=view.metadata,
-                       face_count=view.face_count, faces=[face(f) for f in faces or []])
+    return pb.Identity(
+        identity_id=view.identity_id,
+        name=view.name,
+        metadata=view.metadata,
+        face_count=view.face_count,
+        faces=[face(f) for f in faces or []],
+    )
 
 
 def list_response(views: list[IdentityView], more: bool) -> pb.ListIdentitiesResponse:
@@ -237,10 +286,22 @@ def list_response(views: list[IdentityView], more: bool) -> pb.ListIdentitiesRes
 def stats(s: ServiceStats, model_id: str, contract_id: str, dim: int) -> pb.Stats:
     g = s.gallery
     return pb.Stats(
-        model_id=model_id, contract_id=contract_id, embedding_dim=dim, index_version=g.index_version,
-        index_ntotal=g.index_ntotal, live_faces=g.live_faces, tombstones=g.tombstones, faces=g.faces,
-        identities=g.identities, default_min_similarity=s.default_min_similarity, threshold_note=s.threshold_note,
-        index_factory=g.index_factory, enroll_min_face_size=s.enroll_min_face_size,
-        enroll_min_blur=s.enroll_min_blur, queue_depth=s.queue_depth,
-        default_threshold=decision_threshold(s.default_threshold), cohort_k=s.cohort_k, template_rule=s.template_rule,
+        model_id=model_id,
+        contract_id=contract_id,
+        embedding_dim=dim,
+        index_version=g.index_version,
+        index_ntotal=g.index_ntotal,
+        live_faces=g.live_faces,
+        tombstones=g.tombstones,
+        faces=g.faces,
+        identities=g.identities,
+        default_min_similarity=s.default_min_similarity,
+        threshold_note=s.threshold_note,
+        index_factory=g.index_factory,
+        enroll_min_face_size=s.enroll_min_face_size,
+        enroll_min_blur=s.enroll_min_blur,
+        queue_depth=s.queue_depth,
+        default_threshold=decision_threshold(s.default_threshold),
+        cohort_k=s.cohort_k,
+        template_rule=s.template_rule,
     )

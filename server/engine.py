@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from facesearch.decode import decode_image
-from facesearch.image_limits import DecodeLimits
-from facesearch.pipeline import Face, FacePipeline
-from facesearch.quality import FaceQuality, measure_quality
+from facesearch.vision.decode import decode_image
+from facesearch.vision.image_limits import DecodeLimits
+from facesearch.vision.pipeline import Face, FacePipeline
+from facesearch.vision.quality import FaceQuality, measure_quality
 from server.admission import Deadline
 from server.batcher import EmbedBatcher
 
@@ -56,8 +56,14 @@ def _area(box: tuple[float, float, float, float]) -> float:
 
 
 class FaceEngine:
-    def __init__(self, pipeline: FacePipeline, batcher: EmbedBatcher, executor: ThreadPoolExecutor,
-                 limits: DecodeLimits, observe: Observe) -> None:
+    def __init__(
+        self,
+        pipeline: FacePipeline,
+        batcher: EmbedBatcher,
+        executor: ThreadPoolExecutor,
+        limits: DecodeLimits,
+        observe: Observe,
+    ) -> None:
         self.pipeline = pipeline
         self.batcher = batcher
         self.executor = executor
@@ -80,8 +86,9 @@ class FaceEngine:
         self.observe("detect", t2 - t1)
         deadline.check("align")
         marks, chips = self.pipeline.align(rgb, [d.box for d in dets])
-        found = [FoundFace(d.box, d.score, m, measure_quality(d.box, c)) for d, m, c in zip(dets, marks, chips,
-                                                                                             strict=True)]
+        found = [
+            FoundFace(d.box, d.score, m, measure_quality(d.box, c)) for d, m, c in zip(dets, marks, chips, strict=True)
+        ]
         self.observe("align", time.perf_counter() - t2)
         return PreparedPhoto(int(rgb.shape[1]), int(rgb.shape[0]), found, chips)
 
@@ -108,8 +115,16 @@ class FaceEngine:
         out = []
         for j, (photo, i) in enumerate(rows):
             f = photo.found[i]
-            out.append(Face(box=f.box, score=f.score, landmarks=f.landmarks, embedding=embeddings[j],
-                            norm=float(norms[j]), quality=f.quality))
+            out.append(
+                Face(
+                    box=f.box,
+                    score=f.score,
+                    landmarks=f.landmarks,
+                    embedding=embeddings[j],
+                    norm=float(norms[j]),
+                    quality=f.quality,
+                )
+            )
         return out
 
     async def analyze(self, data: bytes, deadline: Deadline, *, largest_only: bool) -> AnalyzedPhoto:
@@ -119,6 +134,8 @@ class FaceEngine:
 
     def unembedded(self, photo: PreparedPhoto) -> AnalyzedPhoto:
         zero = np.zeros(self.dim, np.float32)
-        faces = [Face(box=f.box, score=f.score, landmarks=f.landmarks, embedding=zero, norm=0.0, quality=f.quality)
-                 for f in photo.found]
+        faces = [
+            Face(box=f.box, score=f.score, landmarks=f.landmarks, embedding=zero, norm=0.0, quality=f.quality)
+            for f in photo.found
+        ]
         return AnalyzedPhoto(photo.width, photo.height, faces)

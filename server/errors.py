@@ -46,8 +46,9 @@ def public_message(err: BaseException) -> str:
     return "internal error (the server log has the details)"
 
 
-def details_trailer(code: grpc.StatusCode, message: str, reason: str,
-                    metadata: dict[str, str] | None = None) -> tuple[tuple[str, bytes], ...]:
+def details_trailer(
+    code: grpc.StatusCode, message: str, reason: str, metadata: dict[str, str] | None = None
+) -> tuple[tuple[str, bytes], ...]:
     info = error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata or {})
     packed = any_pb2.Any()
     packed.Pack(info)

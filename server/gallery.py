@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from facesearch.errors import AlreadyExistsError, InvalidInputError, NotFoundError
-from facesearch.live_journal import LiveFace, LiveIdentity, LiveJournal, NewFace
+from facesearch.store.live_journal import LiveFace, LiveIdentity, LiveJournal, NewFace
 from server.base_index import BaseIndex, StoredFace, StoredIdentity
 from server.live_state import LiveState
 from server.open_set_state import OpenSetState
@@ -191,8 +191,10 @@ class GalleryState:
             if len(batch) <= limit:
                 break
             cursor = batch[-1].identity_id
-        merged = sorted([(i, None) for i in live_alive] + [(s.identity_id, s) for s in base_rows[: limit + 1]],
-                        key=lambda item: item[0])
+        merged = sorted(
+            [(i, None) for i in live_alive] + [(s.identity_id, s) for s in base_rows[: limit + 1]],
+            key=lambda item: item[0],
+        )
         more = len(merged) > limit
         merged = merged[:limit]
         keys = [s.key for _, s in merged if s is not None]
@@ -203,8 +205,14 @@ class GalleryState:
                 row = live_rows[identity_id]
                 out.append(IdentityView(identity_id, row.name or "", dict(row.metadata), self.face_count(identity_id)))
             else:
-                out.append(IdentityView(identity_id, stored.name or "", stored.metadata,
-                                        self.face_count(identity_id, counts.get(stored.key, 0))))
+                out.append(
+                    IdentityView(
+                        identity_id,
+                        stored.name or "",
+                        stored.metadata,
+                        self.face_count(identity_id, counts.get(stored.key, 0)),
+                    )
+                )
         return out, more
 
     def identity_count(self) -> int:
@@ -221,8 +229,15 @@ class GalleryState:
         ntotal = self.base.ntotal if self.base is not None else 0
         tombs = self.live.base_tombstone_total
         live = self.live.alive_count
-        return GalleryStats(self.base.version if self.base else "", self.base.factory if self.base else "",
-                            ntotal, live, tombs, ntotal - tombs + live, self.identity_count())
+        return GalleryStats(
+            self.base.version if self.base else "",
+            self.base.factory if self.base else "",
+            ntotal,
+            live,
+            tombs,
+            ntotal - tombs + live,
+            self.identity_count(),
+        )
 
     # -- search --------------------------------------------------------------------------
     def search(self, queries: np.ndarray, k: int) -> list[list[Candidate]]:
@@ -247,11 +262,13 @@ class GalleryState:
                 row = self.live.identities.get(identity_id)
                 if row is not None:
                     names[identity_id] = row.name or ""
-        return [[Candidate(i, names.get(i, ""), s.similarity, face_id(s.vector_id)) for i, s in ranked]
-                for ranked in top]
+        return [
+            [Candidate(i, names.get(i, ""), s.similarity, face_id(s.vector_id)) for i, s in ranked] for ranked in top
+        ]
 
-    def _search_base(self, queries: np.ndarray, k: int, tombstones: np.ndarray,
-                     names: dict[str, str]) -> list[list[tuple[str, Scored]]]:
+    def _search_base(
+        self, queries: np.ndarray, k: int, tombstones: np.ndarray, names: dict[str, str]
+    ) -> list[list[tuple[str, Scored]]]:
         base = self.base
         assert base is not None
         kk = min(max(32, 4 * k) + min(len(tombstones), 256), base.ntotal, MAX_CANDIDATES)
@@ -273,13 +290,22 @@ class GalleryState:
             kk = min(kk * 4, base.ntotal, MAX_CANDIDATES)
         stored = base.identities_by_key([int(s.label) for r in results for s in r])  # type: ignore[call-overload]
         names.update((s.identity_id, s.name or "") for s in stored.values())
-        return [[(stored[int(s.label)].identity_id, s) for s in r if int(s.label) in stored]  # type: ignore[call-overload]
-                for r in results]
+        return [
+            [(stored[int(s.label)].identity_id, s) for s in r if int(s.label) in stored]  # type: ignore[call-overload]
+            for r in results
+        ]
 
 
 def _face_view(face: StoredFace | LiveFace) -> FaceView:
-    return FaceView(face_id(face.vector_id), face.source or "", face.box, float(face.det_score or 0.0),
-                    face.face_size, face.blur, float(face.created_at))
+    return FaceView(
+        face_id(face.vector_id),
+        face.source or "",
+        face.box,
+        float(face.det_score or 0.0),
+        face.face_size,
+        face.blur,
+        float(face.created_at),
+    )
 
 
 class Gallery:
@@ -309,8 +335,11 @@ class Gallery:
                 cut = base.live_seq
                 self.journal.prune(cut)
             elif base is not None and base.live_seq:
-                log.warning("index %s absorbed live changes of another journal (%s); keeping all of ours",
-                            base.version, base.live_journal_id)
+                log.warning(
+                    "index %s absorbed live changes of another journal (%s); keeping all of ours",
+                    base.version,
+                    base.live_journal_id,
+                )
             snap = self.journal.snapshot(after_seq=cut)
             live = LiveState(self.d, _in_base(base), _contains(base), _identity_of(base))
             live.load(snap)
@@ -323,12 +352,23 @@ class Gallery:
             touched = set(live.identities) | set(live.base_tombstones)
             t0 = time.perf_counter()
             state.upkeep.changed(touched)
-            log.info("open-set statistics: %d identities (k=%d, rule %s); %d touched by live changes replayed "
-                     "in %.2fs", state.open_set.gallery_size, state.open_set.k, state.open_set.rule, len(touched),
-                     time.perf_counter() - t0)
+            log.info(
+                "open-set statistics: %d identities (k=%d, rule %s); %d touched by live changes replayed in %.2fs",
+                state.open_set.gallery_size,
+                state.open_set.k,
+                state.open_set.rule,
+                len(touched),
+                time.perf_counter() - t0,
+            )
             self._state = state
-        log.info("serving index %s + %d live faces, %d tombstones (journal seq %d..%d)",
-                 base.version if base else "(none)", live.alive_count, len(live.tombstones), cut, snap.high_water)
+        log.info(
+            "serving index %s + %d live faces, %d tombstones (journal seq %d..%d)",
+            base.version if base else "(none)",
+            live.alive_count,
+            len(live.tombstones),
+            cut,
+            snap.high_water,
+        )
 
     def _require_state(self) -> GalleryState:
         state = self._state
@@ -336,8 +376,9 @@ class Gallery:
             raise RuntimeError("gallery used before install()")
         return state
 
-    def enroll(self, identity_id: str, name: str | None, metadata: dict[str, str], faces: Sequence[NewFace],
-               create_only: bool) -> EnrollOutcome:
+    def enroll(
+        self, identity_id: str, name: str | None, metadata: dict[str, str], faces: Sequence[NewFace], create_only: bool
+    ) -> EnrollOutcome:
         with self._write:
             state = self._require_state()
             existing = state.identity(identity_id)
@@ -348,12 +389,21 @@ class Gallery:
             now = time.time()
             prior = state.live.identities.get(identity_id)
             created_at = prior.created_at if prior is not None and not prior.deleted else now
-            row = LiveIdentity(identity_id, 0, False, name or (existing.name if existing else None) or None,
-                               metadata or (existing.metadata if existing else {}), created_at, now)
+            row = LiveIdentity(
+                identity_id,
+                0,
+                False,
+                name or (existing.name if existing else None) or None,
+                metadata or (existing.metadata if existing else {}),
+                created_at,
+                now,
+            )
             seq, vids = self.journal.enroll(row, faces)
             row = LiveIdentity(row.identity_id, seq, False, row.name, row.metadata, row.created_at, row.updated_at)
-            live_faces = [LiveFace(int(v), seq, identity_id, f.source, f.box, f.det_score, f.face_size, f.blur, now)
-                          for v, f in zip(vids.tolist(), faces, strict=True)]
+            live_faces = [
+                LiveFace(int(v), seq, identity_id, f.source, f.box, f.det_score, f.face_size, f.blur, now)
+                for v, f in zip(vids.tolist(), faces, strict=True)
+            ]
             in_base = state.base is not None and state.base.identity(identity_id) is not None
             state.live.enroll(row, live_faces, np.stack([f.embedding for f in faces]), in_base)
             state.upkeep.changed([identity_id])

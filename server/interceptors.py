@@ -55,36 +55,42 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
         header = metadata.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            return UnauthenticatedError("missing bearer token: send metadata 'authorization: Bearer <token>'",
-                                        reason="MISSING_TOKEN")
+            return UnauthenticatedError(
+                "missing bearer token: send metadata 'authorization: Bearer <token>'", reason="MISSING_TOKEN"
+            )
         given = token.strip().encode()
         ok = False
         for expected in self.tokens:  # compare with every token: timing says nothing about which
             ok |= hmac.compare_digest(given, expected)
         return None if ok else UnauthenticatedError("invalid bearer token", reason="BAD_TOKEN")
 
-    async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails],
-                                                             Awaitable[grpc.RpcMethodHandler]],
-                                handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
         method = handler_call_details.method
-        metadata = {k: v for k, v in (handler_call_details.invocation_metadata or ())
-                    if isinstance(v, str)}
+        metadata = {k: v for k, v in (handler_call_details.invocation_metadata or ()) if isinstance(v, str)}
         denied = None if method.startswith(PUBLIC_PREFIXES) else self._auth_error(metadata)
         call = _Call(self, method, metadata.get("x-request-id") or uuid.uuid4().hex[:16], denied)
         if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(call.unary(handler.unary_unary),
-                                                       handler.request_deserializer, handler.response_serializer)
+            return grpc.unary_unary_rpc_method_handler(
+                call.unary(handler.unary_unary), handler.request_deserializer, handler.response_serializer
+            )
         if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(call.streaming(handler.unary_stream),
-                                                        handler.request_deserializer, handler.response_serializer)
+            return grpc.unary_stream_rpc_method_handler(
+                call.streaming(handler.unary_stream), handler.request_deserializer, handler.response_serializer
+            )
         if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(call.unary(handler.stream_unary),
-                                                        handler.request_deserializer, handler.response_serializer)
-        return grpc.stream_stream_rpc_method_handler(call.streaming(handler.stream_stream),
-                                                     handler.request_deserializer, handler.response_serializer)
+            return grpc.stream_unary_rpc_method_handler(
+                call.unary(handler.stream_unary), handler.request_deserializer, handler.response_serializer
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            call.streaming(handler.stream_stream), handler.request_deserializer, handler.response_serializer
+        )
 
 
 class _Call:
@@ -140,8 +146,9 @@ class _Call:
             return _code_of(context), ""
         return status_of(err)
 
-    async def _abort(self, err: BaseException, code: grpc.StatusCode, reason: str,
-                     context: grpc.aio.ServicerContext) -> None:
+    async def _abort(
+        self, err: BaseException, code: grpc.StatusCode, reason: str, context: grpc.aio.ServicerContext
+    ) -> None:
         """Abort the call with ``code`` (raises), unless it is cancelled or already aborted."""
         if isinstance(err, asyncio.CancelledError | grpc.aio.AbortError):
             return
@@ -156,8 +163,13 @@ class _Call:
         m.requests.labels(self.short, code.name).inc()
         m.latency.labels(self.short, code.name).observe(seconds)
         if self.edge.access_log:
-            entry = {"method": self.method, "code": code.name, "ms": round(seconds * 1e3, 2),
-                     "peer": context.peer(), "request_id": self.request_id}
+            entry = {
+                "method": self.method,
+                "code": code.name,
+                "ms": round(seconds * 1e3, 2),
+                "peer": context.peer(),
+                "request_id": self.request_id,
+            }
             if reason:
                 entry["reason"] = reason
             access.info(json.dumps(entry, separators=(",", ":")))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from facesearch.live_journal import JournalSnapshot, LiveFace, LiveIdentity
+from facesearch.store.live_journal import JournalSnapshot, LiveFace, LiveIdentity
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,8 +30,13 @@ class LiveView:
 
 
 class LiveState:
-    def __init__(self, d: int, in_base: Callable[[Iterable[str]], set[str]], base_contains: Callable[[int], bool],
-                 base_identity_of: Callable[[int], str | None]) -> None:
+    def __init__(
+        self,
+        d: int,
+        in_base: Callable[[Iterable[str]], set[str]],
+        base_contains: Callable[[int], bool],
+        base_identity_of: Callable[[int], str | None],
+    ) -> None:
         self.d = d
         self._in_base = in_base  # which identity ids the published version holds
         self._base_contains = base_contains  # is a vector id in the published version
@@ -68,8 +73,9 @@ class LiveState:
     # -- reads -------------------------------------------------------------------------
     def view(self) -> LiveView:
         with self._lock:
-            return LiveView(self._n, self._vectors, self._vids, self._alive, self._codes, self._code_ids,
-                            self._tomb_array)
+            return LiveView(
+                self._n, self._vectors, self._vids, self._alive, self._codes, self._code_ids, self._tomb_array
+            )
 
     @property
     def alive_count(self) -> int:

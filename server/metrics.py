@@ -17,25 +17,40 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter("facesearch_requests", "gRPC calls finished, by method and status code",
-                                ["method", "code"], registry=r)
-        self.latency = Histogram("facesearch_request_seconds", "gRPC call latency, by method and status code",
-                                 ["method", "code"], buckets=LATENCY_BUCKETS, registry=r)
-        self.stage = Histogram("facesearch_stage_seconds", "time per pipeline stage (decode, detect, align, "
-                               "embed, search)", ["stage"], buckets=LATENCY_BUCKETS, registry=r)
+        self.requests = Counter(
+            "facesearch_requests", "gRPC calls finished, by method and status code", ["method", "code"], registry=r
+        )
+        self.latency = Histogram(
+            "facesearch_request_seconds",
+            "gRPC call latency, by method and status code",
+            ["method", "code"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.stage = Histogram(
+            "facesearch_stage_seconds",
+            "time per pipeline stage (decode, detect, align, embed, search)",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.queue_depth = Gauge("facesearch_queue_depth", "requests waiting for or holding a worker", registry=r)
-        self.batch_size = Histogram("facesearch_embed_batch_size", "face chips per embedding batch",
-                                    buckets=BATCH_BUCKETS, registry=r)
-        self.batch_seconds = Histogram("facesearch_embed_batch_seconds", "embedding batch inference time",
-                                       buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram(
+            "facesearch_embed_batch_size", "face chips per embedding batch", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.batch_seconds = Histogram(
+            "facesearch_embed_batch_seconds", "embedding batch inference time", buckets=LATENCY_BUCKETS, registry=r
+        )
         self.index_ntotal = Gauge("facesearch_index_ntotal", "faces in the published index version", registry=r)
         self.live_faces = Gauge("facesearch_live_faces", "faces enrolled since the published version", registry=r)
         self.tombstones = Gauge("facesearch_tombstones", "published faces deleted since the version", registry=r)
         self.identities = Gauge("facesearch_identities", "identities in the gallery", registry=r)
-        self.index_info = Gauge("facesearch_index_info", "the index version served (value 1)",
-                                ["version", "contract_id"], registry=r)
-        self.swaps = Counter("facesearch_index_swaps", "index version loads, by result (ok, refused, failed)",
-                             ["result"], registry=r)
+        self.index_info = Gauge(
+            "facesearch_index_info", "the index version served (value 1)", ["version", "contract_id"], registry=r
+        )
+        self.swaps = Counter(
+            "facesearch_index_swaps", "index version loads, by result (ok, refused, failed)", ["result"], registry=r
+        )
         self.serving = Gauge("facesearch_serving", "1 when the health status is SERVING", registry=r)
         self._server: Any = None
 

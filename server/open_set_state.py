@@ -11,7 +11,7 @@ A candidate's scores (:class:`ScoredCandidate`):
 - ``identity_similarity``: the identity's score under the template rule (``both``: the average
   of ``similarity`` and the cosine with the identity's mean embedding);
 - ``normalised``: ``identity_similarity - (probe_mean + identity_mean) / 2``
-  (:func:`facesearch.open_set.margin`): the probe's mean over its top-k *other* candidates,
+  (:func:`facesearch.scoring.normalise.margin`): the probe's mean over its top-k *other* candidates,
   and the identity's stored cohort mean. A missing side (no other candidate; an identity whose
   statistics are being refreshed) is left out.
 
@@ -29,8 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from facesearch.gallery_open_set import GalleryOpenSet, combine
-from facesearch.open_set import margin, probe_topk_mean
+from facesearch.scoring.gallery_stats import GalleryOpenSet, combine
+from facesearch.scoring.normalise import margin, probe_topk_mean
 from server.search import Candidate
 
 log = logging.getLogger(__name__)
@@ -105,8 +105,10 @@ class OpenSetState:
         ident = np.where(known, combine(best, templates @ np.asarray(probe, np.float32), self.rule), best)
         probe_means = probe_topk_mean(ident[None, :], self.k)[0]
         z = margin(ident, probe_means, means)
-        return [ScoredCandidate(c, float(ident[i]), float(z[i]), _opt(probe_means[i]), _opt(means[i]))
-                for i, c in enumerate(candidates)]
+        return [
+            ScoredCandidate(c, float(ident[i]), float(z[i]), _opt(probe_means[i]), _opt(means[i]))
+            for i, c in enumerate(candidates)
+        ]
 
 
 def _opt(value: float) -> float | None:

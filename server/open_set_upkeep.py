@@ -3,7 +3,7 @@
 When an identity's faces change (enrolled, deleted, some faces deleted) it leaves the cohort
 and, if it still has faces, re-enters it with a fresh template and its scores against the
 rest of the gallery (:meth:`OpenSetUpkeep.changed`); identities left with a thin buffer are
-refreshed by a fresh search. :class:`~facesearch.gallery_cohort.GalleryCohort` needs, for the
+refreshed by a fresh search. :class:`~facesearch.scoring.cohort.GalleryCohort` needs, for the
 identity X entering it, its scores against (a) its ``depth`` best identities and (b) every
 identity whose buffer X enters. :meth:`OpenSetUpkeep.neighbours` finds both without scanning
 every face:
@@ -29,7 +29,7 @@ Published versions: :func:`load_base_open_set` reads the version's ``open_set.np
 by the indexer, ``facesearch-index build|add|remove|compact``) when its ``k``, template rule and
 identity store (sha256 recorded inside, checked against the manifest's) are this server's and
 the version's; else a copy this server computed before (``LIVE_DIR/open_set/``); else it builds
-it from the version's identity store (:func:`facesearch.gallery_open_set.build_open_set_for_store`:
+it from the version's identity store (:func:`facesearch.scoring.gallery_stats.build_open_set_for_store`:
 seconds for 10k faces; about a minute per 100k identities; versions published before the
 indexer wrote the file) and saves that copy.
 """
@@ -46,17 +46,17 @@ from typing import Protocol
 import numpy as np
 
 from facesearch.errors import FaceSearchError
-from facesearch.gallery_open_set import (
+from facesearch.scoring.gallery_stats import (
     OPEN_SET_FILE,
     GalleryOpenSet,
-    build_open_set_for_store,
     combine,
     file_fingerprint,
     unit,
 )
-from facesearch.index_artifact import MANIFEST, STORE_FILE, read_manifest
-from facesearch.open_set import DEFAULT_K
-from facesearch.templates import DEFAULT_TEMPLATE
+from facesearch.scoring.normalise import DEFAULT_K
+from facesearch.scoring.templates import DEFAULT_TEMPLATE
+from facesearch.store.index_artifact import MANIFEST, STORE_FILE, read_manifest
+from facesearch.store.open_set_build import build_open_set_for_store
 from server.open_set_state import OpenSetState
 from server.search import Candidate
 
@@ -142,8 +142,9 @@ class OpenSetUpkeep:
                 data.refresh(identity, nb_ids, nb_scores)
 
     # -- neighbours of one identity --------------------------------------------------------
-    def neighbours(self, identity: str, faces: np.ndarray, template: np.ndarray, *,
-                   reverse: bool) -> tuple[list[str], np.ndarray]:
+    def neighbours(
+        self, identity: str, faces: np.ndarray, template: np.ndarray, *, reverse: bool
+    ) -> tuple[list[str], np.ndarray]:
         """Rule scores of ``identity`` against every cohort member it may matter to (module notes)."""
         data, cohort = self.data, self.data.cohort
         rows, tt32 = data.templates.scan(template, exclude=identity)
@@ -185,8 +186,7 @@ class OpenSetUpkeep:
             return np.zeros(0)
         theirs = self.gallery.embeddings_of_many(identity_ids)
         own = np.atleast_2d(faces)
-        return np.array([float((own @ theirs[i].T).max()) if len(theirs.get(i, ())) else -np.inf
-                         for i in identity_ids])
+        return np.array([float((own @ theirs[i].T).max()) if len(theirs.get(i, ())) else -np.inf for i in identity_ids])
 
 
 def _top_mask(scores: np.ndarray, count: int) -> np.ndarray:
@@ -212,8 +212,15 @@ def load_base_open_set(version_dir: Path, params: OpenSetParams) -> GalleryOpenS
             data = GalleryOpenSet.load(own)
             why = _mismatch(data, params, _store_sha256(version_dir))
             if why is None:
-                log.info("open-set statistics of %s loaded from the version's %s (%d identities, k=%d, rule %s): "
-                         "not recomputed", version_dir.name, own.name, len(data), data.k, data.rule)
+                log.info(
+                    "open-set statistics of %s loaded from the version's %s (%d identities, k=%d, rule %s): "
+                    "not recomputed",
+                    version_dir.name,
+                    own.name,
+                    len(data),
+                    data.k,
+                    data.rule,
+                )
                 return data
             log.warning("%s: %s: recomputing", own, why)
         except FaceSearchError as err:
@@ -229,8 +236,12 @@ def load_base_open_set(version_dir: Path, params: OpenSetParams) -> GalleryOpenS
             log.warning("%s: %s; recomputing", cached, err)
     t0 = time.perf_counter()
     data = build_open_set_for_store(version_dir / STORE_FILE, k=params.k, rule=params.rule, depth=params.depth)
-    log.info("computed the open-set statistics of %s: %d identities in %.1fs", version_dir.name, len(data),
-             time.perf_counter() - t0)
+    log.info(
+        "computed the open-set statistics of %s: %d identities in %.1fs",
+        version_dir.name,
+        len(data),
+        time.perf_counter() - t0,
+    )
     if cached is not None:
         try:
             cached.parent.mkdir(parents=True, exist_ok=True)
@@ -254,8 +265,10 @@ def _store_sha256(version_dir: Path) -> str | None:
 def _mismatch(data: GalleryOpenSet, params: OpenSetParams, store_sha256: str | None) -> str | None:
     """Why a version's saved statistics cannot be used by this server (None: they can)."""
     if not params.fits(data):
-        return (f"made with k={data.k} rule={data.rule} depth={data.depth}, the server uses k={params.k} "
-                f"rule={params.rule}" + (f" depth={params.depth}" if params.depth is not None else ""))
+        return (
+            f"made with k={data.k} rule={data.rule} depth={data.depth}, the server uses k={params.k} "
+            f"rule={params.rule}" + (f" depth={params.depth}" if params.depth is not None else "")
+        )
     if store_sha256 is None or data.store_sha256 is None:
         return "cannot tell which identity store it was computed from"
     if data.store_sha256 != store_sha256:

@@ -4,7 +4,7 @@
 owns admission (bounded queue + deadlines), runs the CPU stages through the engine and the
 gallery reads/writes on a small I/O pool, and makes the decision: each face's shortlist is
 scored (raw best-face similarity, template score, normalised score: :mod:`server.open_set_state`),
-ranked by the score the request's threshold is on (:mod:`server.thresholds`), and the best
+ranked by the score the request's threshold is on (:mod:`facesearch.scoring.thresholds`), and the best
 candidate is the match when it reaches the threshold.
 """
 
@@ -22,13 +22,13 @@ from typing import TypeVar
 import numpy as np
 
 from facesearch.errors import AlreadyExistsError, InvalidInputError, PreconditionError
-from facesearch.live_journal import NewFace
-from facesearch.pipeline import Face
+from facesearch.scoring.thresholds import DecisionThreshold, ThresholdPolicy, ThresholdRequest
+from facesearch.store.live_journal import NewFace
+from facesearch.vision.pipeline import Face
 from server.admission import Admission, Deadline
 from server.engine import AnalyzedPhoto, FaceEngine, PreparedPhoto
 from server.gallery import EnrollOutcome, FaceView, Gallery, GalleryState, GalleryStats, IdentityView
 from server.open_set_state import ScoredCandidate
-from server.thresholds import DecisionThreshold, ThresholdPolicy, ThresholdRequest
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +141,16 @@ class EnrollRules:
 
 
 class FaceSearchService:
-    def __init__(self, engine: FaceEngine, gallery: Gallery, admission: Admission, *, policy: ThresholdPolicy,
-                 enroll_rules: EnrollRules, io: ThreadPoolExecutor) -> None:
+    def __init__(
+        self,
+        engine: FaceEngine,
+        gallery: Gallery,
+        admission: Admission,
+        *,
+        policy: ThresholdPolicy,
+        enroll_rules: EnrollRules,
+        io: ThreadPoolExecutor,
+    ) -> None:
         self.engine = engine
         self.gallery = gallery
         self.admission = admission
@@ -167,8 +175,9 @@ class FaceSearchService:
     def identify_threshold(self, state: GalleryState, query: IdentifyQuery) -> DecisionThreshold:
         open_set = state.open_set
         n = open_set.gallery_size if open_set.ready else state.identity_count()
-        t = self.policy.identify(ThresholdRequest(query.min_similarity, query.max_fmr, query.max_fpir), n,
-                                 normalised=open_set.ready)
+        t = self.policy.identify(
+            ThresholdRequest(query.min_similarity, query.max_fmr, query.max_fpir), n, normalised=open_set.ready
+        )
         if not open_set.ready and self.policy.open_set is not None:
             t = dataclasses.replace(t, reason=f"{t.reason}; normalised scores unavailable ({open_set.failure})")
         return t
@@ -184,16 +193,24 @@ class FaceSearchService:
             deadline.check("search")
             queries = np.stack([f.embedding for f in photo.faces]) if photo.faces else np.zeros((0, self.engine.dim))
             t0 = asyncio.get_running_loop().time()
-            faces = await self._cpu(functools.partial(self._search_and_decide, state, photo.faces,
-                                                      queries.astype(np.float32), top_k=query.top_k,
-                                                      threshold=threshold))
+            faces = await self._cpu(
+                functools.partial(
+                    self._search_and_decide,
+                    state,
+                    photo.faces,
+                    queries.astype(np.float32),
+                    top_k=query.top_k,
+                    threshold=threshold,
+                )
+            )
             self.engine.observe("search", asyncio.get_running_loop().time() - t0)
         version = state.base.version if state.base is not None else ""
         return IdentifyResult(photo.width, photo.height, faces, threshold, version)
 
     @staticmethod
-    def _search_and_decide(state: GalleryState, faces: list[Face], queries: np.ndarray, *, top_k: int,
-                           threshold: DecisionThreshold) -> list[IdentifiedFace]:
+    def _search_and_decide(
+        state: GalleryState, faces: list[Face], queries: np.ndarray, *, top_k: int, threshold: DecisionThreshold
+    ) -> list[IdentifiedFace]:
         ranked = state.search(queries, state.open_set.shortlist(top_k))
         out = []
         for face, query, cands in zip(faces, queries, ranked, strict=True):
@@ -240,8 +257,9 @@ class FaceSearchService:
         if not query.images:
             raise InvalidInputError("enroll needs at least one image", reason="NO_IMAGES")
         if len(query.images) > MAX_ENROLL_IMAGES:
-            raise InvalidInputError(f"at most {MAX_ENROLL_IMAGES} images per enroll call, got {len(query.images)}",
-                                    reason="TOO_MANY_IMAGES")
+            raise InvalidInputError(
+                f"at most {MAX_ENROLL_IMAGES} images per enroll call, got {len(query.images)}", reason="TOO_MANY_IMAGES"
+            )
         state = self.state()
         if query.create_only and await self._io(state.identity, query.identity_id) is not None:
             raise AlreadyExistsError(f"identity {query.identity_id!r} already exists", reason="IDENTITY_EXISTS")
@@ -254,19 +272,24 @@ class FaceSearchService:
                     raise type(err)(f"image {i}: {err.message}", reason=err.reason) from err
             results, accepted = self._gate(photos, query.use_largest_face)
             faces = await self.engine.embed_rows([(photos[i], row) for i, row in accepted], deadline)
-        new = [NewFace(f.embedding, query.images[i][1] or None, f.box, f.score, f.quality.face_size, f.quality.blur)
-               for (i, _), f in zip(accepted, faces, strict=True)]
+        new = [
+            NewFace(f.embedding, query.images[i][1] or None, f.box, f.score, f.quality.face_size, f.quality.blur)
+            for (i, _), f in zip(accepted, faces, strict=True)
+        ]
         deadline.check("store")
-        outcome: EnrollOutcome = await self._io(self.gallery.enroll, query.identity_id, query.name, query.metadata,
-                                                new, query.create_only)
+        outcome: EnrollOutcome = await self._io(
+            self.gallery.enroll, query.identity_id, query.name, query.metadata, new, query.create_only
+        )
         ids = iter(outcome.face_ids)
         by_index = {i: f for (i, _), f in zip(accepted, faces, strict=True)}
-        final = [EnrollImageResult(r.index, True, next(ids), face=by_index[r.index]) if r.accepted else r
-                 for r in results]
+        final = [
+            EnrollImageResult(r.index, True, next(ids), face=by_index[r.index]) if r.accepted else r for r in results
+        ]
         return EnrollResult(query.identity_id, outcome.created, final, outcome.face_ids, outcome.face_count)
 
-    def _gate(self, photos: list[PreparedPhoto], use_largest: bool) -> tuple[list[EnrollImageResult],
-                                                                              list[tuple[int, int]]]:
+    def _gate(
+        self, photos: list[PreparedPhoto], use_largest: bool
+    ) -> tuple[list[EnrollImageResult], list[tuple[int, int]]]:
         """Quality rules per photo: results (accepted ones without face id yet) and (photo, row) to embed."""
         t = self.enroll_rules
         results: list[EnrollImageResult] = []
@@ -277,20 +300,37 @@ class FaceSearchService:
                 results.append(EnrollImageResult(i, False, reject_reason="NO_FACE", message="no face found"))
                 continue
             if len(found) > 1 and not use_largest:
-                results.append(EnrollImageResult(
-                    i, False, reject_reason="MULTIPLE_FACES",
-                    message=f"{len(found)} faces found; send a photo of one person or set use_largest_face"))
+                results.append(
+                    EnrollImageResult(
+                        i,
+                        False,
+                        reject_reason="MULTIPLE_FACES",
+                        message=f"{len(found)} faces found; send a photo of one person or set use_largest_face",
+                    )
+                )
                 continue
             f = found[0]
             face = self.engine.unembedded(PreparedPhoto(photo.width, photo.height, [f], photo.chips[:1])).faces[0]
             if f.quality.face_size < t.min_face_size:
-                results.append(EnrollImageResult(
-                    i, False, reject_reason="FACE_TOO_SMALL", face=face,
-                    message=f"face is {f.quality.face_size:.0f} px, the minimum is {t.min_face_size:.0f} px"))
+                results.append(
+                    EnrollImageResult(
+                        i,
+                        False,
+                        reject_reason="FACE_TOO_SMALL",
+                        face=face,
+                        message=f"face is {f.quality.face_size:.0f} px, the minimum is {t.min_face_size:.0f} px",
+                    )
+                )
             elif f.quality.blur < t.min_blur:
-                results.append(EnrollImageResult(
-                    i, False, reject_reason="FACE_TOO_BLURRY", face=face,
-                    message=f"sharpness {f.quality.blur:.1f} is below the minimum {t.min_blur:.1f}"))
+                results.append(
+                    EnrollImageResult(
+                        i,
+                        False,
+                        reject_reason="FACE_TOO_BLURRY",
+                        face=face,
+                        message=f"sharpness {f.quality.blur:.1f} is below the minimum {t.min_blur:.1f}",
+                    )
+                )
             else:
                 results.append(EnrollImageResult(i, True))
                 accepted.append((i, 0))
@@ -319,8 +359,17 @@ class FaceSearchService:
         gallery = await self._io(state.stats)
         p, r = self.policy, self.enroll_rules
         default = self.identify_threshold(state, IdentifyQuery(b""))
-        return ServiceStats(gallery, p.default_min_similarity, p.note, r.min_face_size, r.min_blur,
-                            self.admission.depth, default, state.open_set.k, state.open_set.rule)
+        return ServiceStats(
+            gallery,
+            p.default_min_similarity,
+            p.note,
+            r.min_face_size,
+            r.min_blur,
+            self.admission.depth,
+            default,
+            state.open_set.k,
+            state.open_set.rule,
+        )
 
 
 def decision_score(candidate: ScoredCandidate, threshold: DecisionThreshold) -> float:

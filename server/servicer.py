@@ -27,8 +27,9 @@ def deadline_of(context: grpc.aio.ServicerContext) -> Deadline:
 
 
 class FaceSearchServicer(pb_grpc.FaceSearchServicer):
-    def __init__(self, service: FaceSearchService, model_id: str, contract_id: str, dim: int,
-                 stream_window: int) -> None:
+    def __init__(
+        self, service: FaceSearchService, model_id: str, contract_id: str, dim: int, stream_window: int
+    ) -> None:
         self.service = service
         self.model_id = model_id
         self.contract_id = contract_id
@@ -44,31 +45,40 @@ class FaceSearchServicer(pb_grpc.FaceSearchServicer):
         return convert.verify_response(result)
 
     async def Detect(self, request: pb.DetectRequest, context: grpc.aio.ServicerContext) -> pb.DetectResponse:  # noqa: N802
-        photo = await self.service.detect(convert.image(request.image), convert.largest_only(request.faces),
-                                          deadline_of(context))
+        photo = await self.service.detect(
+            convert.image(request.image), convert.largest_only(request.faces), deadline_of(context)
+        )
         return convert.detect_response(photo.width, photo.height, photo.faces)
 
     async def Enroll(self, request: pb.EnrollRequest, context: grpc.aio.ServicerContext) -> pb.EnrollResponse:  # noqa: N802
         result = await self.service.enroll(convert.enroll_query(request), deadline_of(context))
         return convert.enroll_response(result)
 
-    async def DeleteIdentity(self, request: pb.DeleteIdentityRequest,  # noqa: N802
-                             context: grpc.aio.ServicerContext) -> pb.DeleteIdentityResponse:
+    async def DeleteIdentity(  # noqa: N802
+        self,
+        request: pb.DeleteIdentityRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> pb.DeleteIdentityResponse:
         n = await self.service.delete_identity(convert.identity_id(request.identity_id))
         return pb.DeleteIdentityResponse(faces_deleted=n)
 
-    async def DeleteFaces(self, request: pb.DeleteFacesRequest,  # noqa: N802
-                          context: grpc.aio.ServicerContext) -> pb.DeleteFacesResponse:
+    async def DeleteFaces(  # noqa: N802
+        self,
+        request: pb.DeleteFacesRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> pb.DeleteFacesResponse:
         n = await self.service.delete_faces(convert.face_ids(request))
         return pb.DeleteFacesResponse(faces_deleted=n)
 
     async def GetIdentity(self, request: pb.GetIdentityRequest, context: grpc.aio.ServicerContext) -> pb.Identity:  # noqa: N802
-        view, faces = await self.service.get_identity(convert.identity_id(request.identity_id),
-                                                      request.include_faces)
+        view, faces = await self.service.get_identity(convert.identity_id(request.identity_id), request.include_faces)
         return convert.identity(view, faces)
 
-    async def ListIdentities(self, request: pb.ListIdentitiesRequest,  # noqa: N802
-                             context: grpc.aio.ServicerContext) -> pb.ListIdentitiesResponse:
+    async def ListIdentities(  # noqa: N802
+        self,
+        request: pb.ListIdentitiesRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> pb.ListIdentitiesResponse:
         after, size = convert.page(request)
         views, more = await self.service.list_identities(after, size)
         return convert.list_response(views, more)
@@ -76,8 +86,11 @@ class FaceSearchServicer(pb_grpc.FaceSearchServicer):
     async def GetStats(self, request: pb.GetStatsRequest, context: grpc.aio.ServicerContext) -> pb.Stats:  # noqa: N802
         return convert.stats(await self.service.stats(), self.model_id, self.contract_id, self.dim)
 
-    async def StreamIdentify(self, request_iterator: AsyncIterator[pb.StreamIdentifyRequest],  # noqa: N802
-                             context: grpc.aio.ServicerContext) -> AsyncIterator[pb.StreamIdentifyResponse]:
+    async def StreamIdentify(  # noqa: N802
+        self,
+        request_iterator: AsyncIterator[pb.StreamIdentifyRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.StreamIdentifyResponse]:
         """Up to ``stream_window`` requests of the stream are processed at once; replies keep order."""
         deadline = deadline_of(context)
         pending: asyncio.Queue[asyncio.Task[pb.StreamIdentifyResponse] | None] = asyncio.Queue(self.stream_window)
@@ -86,8 +99,7 @@ class FaceSearchServicer(pb_grpc.FaceSearchServicer):
             try:
                 query = convert.identify_query(item.request)
                 result = await self.service.identify(query, deadline, wait=True)
-                return pb.StreamIdentifyResponse(sequence=seq, tag=item.tag,
-                                                 result=convert.identify_response(result))
+                return pb.StreamIdentifyResponse(sequence=seq, tag=item.tag, result=convert.identify_response(result))
             except DeadlineExceeded:
                 raise
             except FaceSearchError as err:
@@ -95,8 +107,9 @@ class FaceSearchServicer(pb_grpc.FaceSearchServicer):
                 error = pb.RequestError(code=code.value[0], reason=reason, message=err.message)
             except Exception:
                 log.exception("StreamIdentify item %d failed", seq)
-                error = pb.RequestError(code=grpc.StatusCode.INTERNAL.value[0], reason="INTERNAL",
-                                        message="internal error")
+                error = pb.RequestError(
+                    code=grpc.StatusCode.INTERNAL.value[0], reason="INTERNAL", message="internal error"
+                )
             return pb.StreamIdentifyResponse(sequence=seq, tag=item.tag, error=error)
 
         async def reader() -> None:

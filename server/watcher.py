@@ -17,17 +17,24 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from facesearch.errors import ContractMismatchError, FaceSearchError, IndexFormatError
-from facesearch.index_artifact import current_version
+from facesearch.store.index_artifact import current_version
 from server.base_index import BaseIndex
 
 log = logging.getLogger(__name__)
 
 
 class IndexWatcher:
-    def __init__(self, root: Path, contract_id: str, poll_s: float, executor: ThreadPoolExecutor, *,
-                 install: Callable[[BaseIndex | None], Awaitable[None]],
-                 refuse: Callable[[str | None, FaceSearchError], Awaitable[None]],
-                 prepare: Callable[[BaseIndex], None] | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        contract_id: str,
+        poll_s: float,
+        executor: ThreadPoolExecutor,
+        *,
+        install: Callable[[BaseIndex | None], Awaitable[None]],
+        refuse: Callable[[str | None, FaceSearchError], Awaitable[None]],
+        prepare: Callable[[BaseIndex], None] | None = None,
+    ) -> None:
         self.root = root
         self.contract_id = contract_id
         self.poll_s = poll_s

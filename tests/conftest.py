@@ -46,7 +46,7 @@ def dlib_models_dir() -> Path:
     from facesearch.errors import ModelFormatError
 
     try:
-        from export.dlib_sources import default_models_dir
+        from facesearch.nets.dlib_sources import default_models_dir
 
         return default_models_dir()
     except (ImportError, ModelFormatError) as err:

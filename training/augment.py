@@ -13,13 +13,15 @@ from torchvision.transforms import v2
 
 
 def chip_augmentation() -> v2.Compose:
-    return v2.Compose([
-        v2.RandomHorizontalFlip(p=0.5),
-        v2.RandomApply([v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.03)], p=0.8),
-        v2.RandomAffine(degrees=8.0, translate=(0.04, 0.04), scale=(0.95, 1.05)),
-        v2.RandomApply([v2.GaussianBlur(kernel_size=5, sigma=(0.1, 1.5))], p=0.2),
-        v2.RandomGrayscale(p=0.1),
-    ])
+    return v2.Compose(
+        [
+            v2.RandomHorizontalFlip(p=0.5),
+            v2.RandomApply([v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.03)], p=0.8),
+            v2.RandomAffine(degrees=8.0, translate=(0.04, 0.04), scale=(0.95, 1.05)),
+            v2.RandomApply([v2.GaussianBlur(kernel_size=5, sigma=(0.1, 1.5))], p=0.2),
+            v2.RandomGrayscale(p=0.1),
+        ]
+    )
 
 
 def augment_batch(chips: torch.Tensor, transform: v2.Compose) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from facesearch.bundle import MANIFEST, ModelBundle, sha256_file
+from facesearch.bundle.manifest import MANIFEST, ModelBundle, sha256_file
 from facesearch.errors import FaceSearchError, TrainingError
 
 
@@ -34,7 +34,7 @@ def base_dlib_weights(bundle: ModelBundle, models_dir: Path | None = None) -> Pa
             reason="BASE_WEIGHTS",
         )
     if models_dir is None:
-        from export.dlib_sources import default_models_dir  # noqa: PLC0415 (only for dlib_resnet)
+        from facesearch.nets.dlib_sources import default_models_dir  # noqa: PLC0415 (only for dlib_resnet)
 
         try:
             models_dir = default_models_dir()

@@ -1,9 +1,9 @@
 """Face chips for training, made exactly as serving makes them, cached on disk.
 
 Inputs are an identity-folder tree (``TREE/<identity>/<photo>``) or a CSV/JSONL manifest with
-``path`` and ``identity_id`` columns: the indexer's readers (:mod:`indexer.inputs`).
+``path`` and ``identity_id`` columns: the indexer's readers (:mod:`facesearch.jobs.inputs`).
 
-Each photo goes through the base bundle's :class:`facesearch.pipeline.FacePipeline`: detect
+Each photo goes through the base bundle's :class:`facesearch.vision.pipeline.FacePipeline`: detect
 (MMOD, ``min_face``), 5-point landmarks, the 150x150 aligned chip (dlib's ``get_face_chip``).
 A photo must show exactly one face. Rejects, with reasons (the indexer's vocabulary):
 ``MISSING_FILE``, ``UNDECODABLE`` (the decoder's reason in the detail), ``TOO_LARGE``,
@@ -34,11 +34,11 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from facesearch.bundle import ModelBundle, sha256_file
-from facesearch.decode import load_image
+from facesearch.bundle.manifest import ModelBundle, sha256_file
 from facesearch.errors import FaceSearchError, ImageDecodeError, ImageTooLargeError, InvalidInputError
-from facesearch.pipeline import FacePipeline, PipelineConfig
-from indexer.inputs import ImageRow, rows_from_manifest, rows_from_tree
+from facesearch.jobs.inputs import ImageRow, rows_from_manifest, rows_from_tree
+from facesearch.vision.decode import load_image
+from facesearch.vision.pipeline import FacePipeline, PipelineConfig
 
 CHIPS_FORMAT = "facesearch-train-chips"
 CHIPS_FORMAT_VERSION = 1
@@ -83,8 +83,9 @@ _worker: FacePipeline | None = None
 
 def _init_worker(bundle_root: str, min_face: int, threads: int) -> None:
     global _worker  # noqa: PLW0603 - one pipeline per worker process
-    _worker = FacePipeline(ModelBundle.load(bundle_root, verify=False), PipelineConfig(min_face=min_face,
-                                                                                        threads=threads))
+    _worker = FacePipeline(
+        ModelBundle.load(bundle_root, verify=False), PipelineConfig(min_face=min_face, threads=threads)
+    )
 
 
 def chip_for(pipe: FacePipeline, path: str, multi_face: str) -> tuple[np.ndarray | None, str, str]:
@@ -126,10 +127,14 @@ def _chip_shard(task: tuple[int, list[str], str, str]) -> int:
             rows.append(start + i)
             chips.append(chip)
     tmp = shard_path + ".tmp.npz"
-    np.savez(tmp, rows=np.asarray(rows, np.int64),
-             chips=np.asarray(chips, np.uint8).reshape(-1, size, size, 3),
-             reject_rows=np.asarray(reject_rows, np.int64), reasons=np.asarray(reasons, dtype=str),
-             details=np.asarray(details, dtype=str))
+    np.savez(
+        tmp,
+        rows=np.asarray(rows, np.int64),
+        chips=np.asarray(chips, np.uint8).reshape(-1, size, size, 3),
+        reject_rows=np.asarray(reject_rows, np.int64),
+        reasons=np.asarray(reasons, dtype=str),
+        details=np.asarray(details, dtype=str),
+    )
     os.replace(tmp, shard_path)
     return len(paths)
 
@@ -149,9 +154,17 @@ def _shard_path(work: Path, start: int, end: int) -> Path:
     return work / f"shard-{start:09d}-{end:09d}.npz"
 
 
-def prepare_chips(rows: list[ImageRow], bundle: ModelBundle, cache: Path, *, min_face: int = 40,
-                  multi_face: str = "reject", workers: int = 0, shard_size: int = 64,
-                  progress: bool = True) -> ChipSet:
+def prepare_chips(
+    rows: list[ImageRow],
+    bundle: ModelBundle,
+    cache: Path,
+    *,
+    min_face: int = 40,
+    multi_face: str = "reject",
+    workers: int = 0,
+    shard_size: int = 64,
+    progress: bool = True,
+) -> ChipSet:
     """Chips for ``rows`` under ``cache`` (reused when inputs and config are unchanged)."""
     fp = _fingerprint(rows, bundle.contract_id, min_face, multi_face)
     root = cache / fp[:16]
@@ -172,8 +185,17 @@ def prepare_chips(rows: list[ImageRow], bundle: ModelBundle, cache: Path, *, min
     return load_chips(root)
 
 
-def _merge(rows: list[ImageRow], bundle: ModelBundle, root: Path, work: Path, *, ranges: list[tuple[int, int]],
-           fp: str, min_face: int, multi_face: str) -> None:
+def _merge(
+    rows: list[ImageRow],
+    bundle: ModelBundle,
+    root: Path,
+    work: Path,
+    *,
+    ranges: list[tuple[int, int]],
+    fp: str,
+    min_face: int,
+    multi_face: str,
+) -> None:
     kept = 0
     for s, e in ranges:
         with np.load(_shard_path(work, s, e)) as shard:
@@ -186,27 +208,42 @@ def _merge(rows: list[ImageRow], bundle: ModelBundle, root: Path, work: Path, *,
     for s, e in ranges:
         with np.load(_shard_path(work, s, e)) as shard:
             k = len(shard["rows"])
-            out[len(chip_rows): len(chip_rows) + k] = shard["chips"]
+            out[len(chip_rows) : len(chip_rows) + k] = shard["chips"]
             chip_rows += shard["rows"].tolist()
-            for r, reason, detail in zip(shard["reject_rows"].tolist(), shard["reasons"].tolist(),
-                                         shard["details"].tolist(), strict=True):
-                rejects.append({"path": rows[r].path, "identity": rows[r].identity_id, "reason": reason,
-                                "detail": detail})
+            for r, reason, detail in zip(
+                shard["reject_rows"].tolist(), shard["reasons"].tolist(), shard["details"].tolist(), strict=True
+            ):
+                rejects.append(
+                    {"path": rows[r].path, "identity": rows[r].identity_id, "reason": reason, "detail": detail}
+                )
     out.flush()
     del out
     os.replace(tmp_chips, root / "chips.npy")
-    index = {"paths": [rows[r].path for r in chip_rows], "identities": [rows[r].identity_id for r in chip_rows],
-             "rejects": rejects}
+    index = {
+        "paths": [rows[r].path for r in chip_rows],
+        "identities": [rows[r].identity_id for r in chip_rows],
+        "rejects": rejects,
+    }
     _write_json(root / "index.json", index)
     reasons: dict[str, int] = {}
     for rej in rejects:
         reasons[rej["reason"]] = reasons.get(rej["reason"], 0) + 1
     manifest = {
-        "format": CHIPS_FORMAT, "format_version": CHIPS_FORMAT_VERSION, "fingerprint": fp,
-        "config": {"bundle_contract_id": bundle.contract_id, "min_face": min_face, "multi_face": multi_face,
-                   "chip_size": size, "chip_padding": bundle.chip_padding,
-                   "preprocessing_version": bundle.manifest.get("preprocessing_version")},
-        "images": len(rows), "chips": kept, "rejected": len(rejects), "reject_reasons": reasons,
+        "format": CHIPS_FORMAT,
+        "format_version": CHIPS_FORMAT_VERSION,
+        "fingerprint": fp,
+        "config": {
+            "bundle_contract_id": bundle.contract_id,
+            "min_face": min_face,
+            "multi_face": multi_face,
+            "chip_size": size,
+            "chip_padding": bundle.chip_padding,
+            "preprocessing_version": bundle.manifest.get("preprocessing_version"),
+        },
+        "images": len(rows),
+        "chips": kept,
+        "rejected": len(rejects),
+        "reject_reasons": reasons,
         "files": {"chips.npy": sha256_file(root / "chips.npy"), "index.json": sha256_file(root / "index.json")},
     }
     _write_json(root / MANIFEST, manifest)
@@ -223,5 +260,12 @@ def load_chips(root: Path) -> ChipSet:
     manifest = json.loads(manifest_path.read_text())
     index = json.loads((root / "index.json").read_text())
     chips = np.load(root / "chips.npy", mmap_mode="r")
-    return ChipSet(root=root, chips=chips, paths=tuple(index["paths"]), identities=tuple(index["identities"]),
-                   rejects=tuple(index["rejects"]), manifest=manifest, manifest_sha256=sha256_file(manifest_path))
+    return ChipSet(
+        root=root,
+        chips=chips,
+        paths=tuple(index["paths"]),
+        identities=tuple(index["identities"]),
+        rejects=tuple(index["rejects"]),
+        manifest=manifest,
+        manifest_sha256=sha256_file(manifest_path),
+    )

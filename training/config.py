@@ -19,8 +19,17 @@ HEAD_DEFAULTS = {"arcface": (0.3, 32.0), "cosface": (0.25, 32.0)}
 FREEZE_DEFAULTS = {"dlib_resnet": 4, "resnet18": 0, "resnet50": 0}
 #: Options that change where or how fast a run goes, never what it computes: not fingerprinted,
 #: so a resume may change them.
-OPERATIONAL = ("out", "max_minutes", "stop_after_steps", "workers", "threads", "progress", "chips_cache",
-               "checkpoint_every", "keep_checkpoints")
+OPERATIONAL = (
+    "out",
+    "max_minutes",
+    "stop_after_steps",
+    "workers",
+    "threads",
+    "progress",
+    "chips_cache",
+    "checkpoint_every",
+    "keep_checkpoints",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,8 +115,11 @@ class TrainConfig:
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready: paths as strings, resolved defaults added."""
         data = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
-        data.update(resolved_margin=self.resolved_margin, resolved_scale=self.resolved_scale,
-                    resolved_freeze_stages=self.resolved_freeze)
+        data.update(
+            resolved_margin=self.resolved_margin,
+            resolved_scale=self.resolved_scale,
+            resolved_freeze_stages=self.resolved_freeze,
+        )
         return data
 
     def run_defining(self) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """The training curves as PNG (loss; train and validation accuracy per epoch), drawn with Pillow alone.
 
-matplotlib is not a dependency; like :mod:`facesearch.det_plot`, two line panels are a few
+matplotlib is not a dependency; like :mod:`facesearch.evaluation.det_plot`, two line panels are a few
 lines of Pillow.
 """
 
@@ -16,8 +16,13 @@ from PIL import Image, ImageDraw, ImageFont
 COLOURS = ((31, 119, 180), (214, 39, 40), (44, 160, 44))
 
 
-def _panel(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], title: str, epochs: Sequence[int],
-           series: Sequence[tuple[str, Sequence[float | None]]]) -> None:
+def _panel(
+    draw: ImageDraw.ImageDraw,
+    box: tuple[int, int, int, int],
+    title: str,
+    epochs: Sequence[int],
+    series: Sequence[tuple[str, Sequence[float | None]]],
+) -> None:
     font = ImageFont.load_default()
     x0, y0, x1, y1 = box
     values = [v for _, vs in series for v in vs if v is not None and math.isfinite(v)]
@@ -61,11 +66,23 @@ def draw_curves(rows: Sequence[dict[str, float | int | None]], out: Path, *, tit
     draw = ImageDraw.Draw(img)
     draw.text((20, 8), title, fill="black", font=ImageFont.load_default())
     epochs = [int(r["epoch"] or 0) for r in rows]
-    _panel(draw, (80, 50, width - 20, 270), "train loss (margin softmax)", epochs,
-           [("train loss", [_f(r.get("train_loss")) for r in rows])])
-    _panel(draw, (80, 330, width - 20, height - 40), "accuracy (epoch 0 = base model)", epochs,
-           [("val verification", [_f(r.get("val_accuracy")) for r in rows]),
-            ("train (no margin)", [_f(r.get("train_accuracy")) for r in rows])])
+    _panel(
+        draw,
+        (80, 50, width - 20, 270),
+        "train loss (margin softmax)",
+        epochs,
+        [("train loss", [_f(r.get("train_loss")) for r in rows])],
+    )
+    _panel(
+        draw,
+        (80, 330, width - 20, height - 40),
+        "accuracy (epoch 0 = base model)",
+        epochs,
+        [
+            ("val verification", [_f(r.get("val_accuracy")) for r in rows]),
+            ("train (no margin)", [_f(r.get("train_accuracy")) for r in rows]),
+        ],
+    )
     draw.text((width // 2 - 20, height - 18), "epoch", fill="black", font=ImageFont.load_default())
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp.png")

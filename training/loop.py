@@ -28,13 +28,11 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from tqdm import tqdm
 
-from facesearch.bundle import ModelBundle
+from facesearch.bundle.manifest import ModelBundle
 from facesearch.errors import TrainingError
-from facesearch.pairs_eval import Pair, evaluate_pairs, pair_scores
-from training.augment import augment_batch, chip_augmentation
-from training.backbones import Backbone, build_backbone, freeze_stages, initial_backbone, set_train_mode
-from training.base import base_bundle_info, base_dlib_weights
-from training.checkpoint import (
+from facesearch.evaluation.pairs import Pair, evaluate_pairs, pair_scores
+from facesearch.nets.backbones import Backbone, build_backbone, freeze_stages, initial_backbone, set_train_mode
+from facesearch.nets.checkpoint import (
     BEST,
     LAST,
     capture_rng_state,
@@ -45,6 +43,8 @@ from training.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
+from training.augment import augment_batch, chip_augmentation
+from training.base import base_bundle_info, base_dlib_weights
 from training.chips import ChipSet, prepare_chips, read_rows
 from training.config import TrainConfig
 from training.curves import draw_curves
@@ -52,8 +52,19 @@ from training.heads import MarginHead
 from training.split import Split, class_balance, split_identities, validation_pairs
 
 EVAL_BATCH = 64
-LOG_FIELDS = ("epoch", "global_step", "train_loss", "train_accuracy", "lr", "val_accuracy", "val_accuracy_std",
-              "val_roc_auc", "val_tar_at_far_1e3", "epoch_seconds", "elapsed_seconds")
+LOG_FIELDS = (
+    "epoch",
+    "global_step",
+    "train_loss",
+    "train_accuracy",
+    "lr",
+    "val_accuracy",
+    "val_accuracy_std",
+    "val_roc_auc",
+    "val_tar_at_far_1e3",
+    "epoch_seconds",
+    "elapsed_seconds",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,14 +93,20 @@ def _chips_tensor(chips: np.ndarray, idx: np.ndarray) -> torch.Tensor:
 
 
 @torch.no_grad()
-def embed_chips(backbone: Backbone, chips: np.ndarray, indices: list[int], *, flip_average: bool = False,
-                progress: bool = False, desc: str = "embed") -> np.ndarray:
+def embed_chips(
+    backbone: Backbone,
+    chips: np.ndarray,
+    indices: list[int],
+    *,
+    flip_average: bool = False,
+    progress: bool = False,
+    desc: str = "embed",
+) -> np.ndarray:
     """L2-normalised embeddings (n, d) of the given cached chips, no augmentation, eval mode."""
     backbone.eval()
     out = []
-    for s in tqdm(range(0, len(indices), EVAL_BATCH), desc=desc, disable=not progress, leave=False,
-                  dynamic_ncols=True):
-        x = _chips_tensor(chips, np.asarray(indices[s: s + EVAL_BATCH])).to(torch.float32)
+    for s in tqdm(range(0, len(indices), EVAL_BATCH), desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
+        x = _chips_tensor(chips, np.asarray(indices[s : s + EVAL_BATCH])).to(torch.float32)
         e = F.normalize(backbone(x), dim=1)
         if flip_average:  # the runtime's test-time flip averaging, when the base bundle uses it
             e = F.normalize(e + F.normalize(backbone(torch.flip(x, dims=[3])), dim=1), dim=1)
@@ -97,14 +114,26 @@ def embed_chips(backbone: Backbone, chips: np.ndarray, indices: list[int], *, fl
     return torch.cat(out).numpy() if out else np.zeros((0, backbone.embedding_dim), np.float32)
 
 
-def validate(backbone: Backbone, chips: np.ndarray, val_chips: list[int], pairs: list[Pair], *,
-             flip_average: bool, progress: bool) -> dict[str, float]:
+def validate(
+    backbone: Backbone,
+    chips: np.ndarray,
+    val_chips: list[int],
+    pairs: list[Pair],
+    *,
+    flip_average: bool,
+    progress: bool,
+) -> dict[str, float]:
     emb = embed_chips(backbone, chips, val_chips, flip_average=flip_average, progress=progress, desc="validate")
     table: dict[str, np.ndarray | None] = {str(i): emb[k] for k, i in enumerate(val_chips)}
     report = evaluate_pairs(pairs, pair_scores(pairs, table), 0, len(val_chips))
-    return {"val_accuracy": report.accuracy_mean, "val_accuracy_std": report.accuracy_std,
-            "val_roc_auc": report.roc_auc, "val_tar_at_far_1e3": report.tar_at_far_1e3,
-            "val_threshold": float(np.mean(report.thresholds)), "val_pairs": float(report.pairs)}
+    return {
+        "val_accuracy": report.accuracy_mean,
+        "val_accuracy_std": report.accuracy_std,
+        "val_roc_auc": report.roc_auc,
+        "val_tar_at_far_1e3": report.tar_at_far_1e3,
+        "val_threshold": float(np.mean(report.thresholds)),
+        "val_pairs": float(report.pairs),
+    }
 
 
 def _lr_lambda(total_steps: int, warmup_steps: int) -> Any:
@@ -113,6 +142,7 @@ def _lr_lambda(total_steps: int, warmup_steps: int) -> Any:
             return (step + 1) / warmup_steps
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
     return f
 
 
@@ -137,8 +167,15 @@ def _write_data_reports(run_dir: Path, chipset: ChipSet, split: Split, pairs: li
     balance = class_balance(split, len(chipset.paths), chipset.rejects, config.min_images, pairs)
     balance["chips_cache"] = str(chipset.root.resolve())
     _write_json(run_dir / "class_balance.json", balance)
-    _write_json(run_dir / "split.json", {"train": sorted(split.train), "val": sorted(split.val),
-                                         "seed": config.seed, "val_fraction": config.val_fraction})
+    _write_json(
+        run_dir / "split.json",
+        {
+            "train": sorted(split.train),
+            "val": sorted(split.val),
+            "seed": config.seed,
+            "val_fraction": config.val_fraction,
+        },
+    )
     tmp = run_dir / "rejects.csv.tmp"
     with tmp.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=("path", "identity", "reason", "detail"))
@@ -148,8 +185,10 @@ def _write_data_reports(run_dir: Path, chipset: ChipSet, split: Split, pairs: li
 
 
 def _optimizer(config: TrainConfig, backbone: Backbone, head: MarginHead) -> torch.optim.Optimizer:
-    groups = [{"params": [p for p in backbone.parameters() if p.requires_grad], "lr": config.lr},
-              {"params": list(head.parameters()), "lr": config.head_lr}]
+    groups = [
+        {"params": [p for p in backbone.parameters() if p.requires_grad], "lr": config.lr},
+        {"params": list(head.parameters()), "lr": config.head_lr},
+    ]
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay)
     return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
@@ -161,23 +200,38 @@ def run(config: TrainConfig) -> TrainSummary:
     bundle = ModelBundle.load(config.bundle)
     run_dir = config.out
     run_dir.mkdir(parents=True, exist_ok=True)
-    chipset = prepare_chips(read_rows(config.data), bundle, config.chips_dir, min_face=config.min_face,
-                            multi_face=config.multi_face, workers=config.workers, progress=config.progress)
-    split = split_identities(chipset.identities, val_fraction=config.val_fraction, min_images=config.min_images,
-                             seed=config.seed)
+    chipset = prepare_chips(
+        read_rows(config.data),
+        bundle,
+        config.chips_dir,
+        min_face=config.min_face,
+        multi_face=config.multi_face,
+        workers=config.workers,
+        progress=config.progress,
+    )
+    split = split_identities(
+        chipset.identities, val_fraction=config.val_fraction, min_images=config.min_images, seed=config.seed
+    )
     pairs = validation_pairs(split.val, pairs_per_fold=config.pairs_per_fold, seed=config.seed)
     train_idx, train_labels = split.train_labels
     val_chips = split.val_chips
     fp = fingerprint(config.run_defining(), chipset.manifest_sha256, bundle.contract_id)
     base = base_bundle_info(bundle)
-    data_info = {"chips_manifest_sha256": chipset.manifest_sha256, "train_identities": len(split.train),
-                 "val_identities": len(split.val), "train_chips": len(train_idx), "val_chips": len(val_chips),
-                 "val_pairs": len(pairs)}
+    data_info = {
+        "chips_manifest_sha256": chipset.manifest_sha256,
+        "train_identities": len(split.train),
+        "val_identities": len(split.val),
+        "train_chips": len(train_idx),
+        "val_chips": len(val_chips),
+        "val_pairs": len(pairs),
+    }
     num_classes = len(split.train)
     steps_per_epoch = len(train_idx) // config.batch_size
     if steps_per_epoch < 1:
-        raise TrainingError(f"{len(train_idx)} training chips: fewer than one batch of --batch-size "
-                            f"{config.batch_size}", reason="TRAINING_DATA")
+        raise TrainingError(
+            f"{len(train_idx)} training chips: fewer than one batch of --batch-size {config.batch_size}",
+            reason="TRAINING_DATA",
+        )
     total_steps = steps_per_epoch * config.epochs
 
     last = run_dir / LAST
@@ -187,8 +241,9 @@ def run(config: TrainConfig) -> TrainSummary:
         ckpt = load_checkpoint(last)
         check_resume(ckpt, fp, last)
     _write_data_reports(run_dir, chipset, split, pairs, config)
-    _write_json(run_dir / "config.json", {"config": config.as_dict(), "fingerprint": fp, "base_bundle": base,
-                                          "data": data_info})
+    _write_json(
+        run_dir / "config.json", {"config": config.as_dict(), "fingerprint": fp, "base_bundle": base, "data": data_info}
+    )
     if ckpt is not None:
         arch = ckpt["arch"]
         backbone = build_backbone(arch)
@@ -198,22 +253,47 @@ def run(config: TrainConfig) -> TrainSummary:
         torch.manual_seed(config.seed)  # torchvision init and the head's init
         arch, backbone = initial_backbone(config.arch, dlib_dat=dat, embedding_dim=config.embedding_dim)
     freeze_stages(backbone, config.resolved_freeze)
-    head = MarginHead(config.head, backbone.embedding_dim, num_classes, margin=config.resolved_margin,
-                      scale=config.resolved_scale)
+    head = MarginHead(
+        config.head, backbone.embedding_dim, num_classes, margin=config.resolved_margin, scale=config.resolved_scale
+    )
     optimizer = _optimizer(config, backbone, head)
     warmup = round(config.warmup_epochs * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps, warmup))
 
-    def checkpoint(epoch: int, global_step: int, step_in_epoch: int, *, metrics: dict[str, Any],
-                   best: dict[str, Any], history: list[dict[str, Any]], partial: dict[str, float],
-                   is_best: bool) -> Path:
-        return save_checkpoint(run_dir, {
-            "arch": arch, "model_state": backbone.state_dict(), "head_state": head.state_dict(),
-            "optimizer_state": optimizer.state_dict(), "scheduler_state": scheduler.state_dict(),
-            "epoch": epoch, "global_step": global_step, "step_in_epoch": step_in_epoch,
-            "rng_state": capture_rng_state(), "config": config.as_dict(), "fingerprint": fp, "base_bundle": base,
-            "metrics": metrics, "best": best, "data": data_info, "history": history, "partial": partial,
-        }, is_best=is_best)
+    def checkpoint(
+        epoch: int,
+        global_step: int,
+        step_in_epoch: int,
+        *,
+        metrics: dict[str, Any],
+        best: dict[str, Any],
+        history: list[dict[str, Any]],
+        partial: dict[str, float],
+        is_best: bool,
+    ) -> Path:
+        return save_checkpoint(
+            run_dir,
+            {
+                "arch": arch,
+                "model_state": backbone.state_dict(),
+                "head_state": head.state_dict(),
+                "optimizer_state": optimizer.state_dict(),
+                "scheduler_state": scheduler.state_dict(),
+                "epoch": epoch,
+                "global_step": global_step,
+                "step_in_epoch": step_in_epoch,
+                "rng_state": capture_rng_state(),
+                "config": config.as_dict(),
+                "fingerprint": fp,
+                "base_bundle": base,
+                "metrics": metrics,
+                "best": best,
+                "data": data_info,
+                "history": history,
+                "partial": partial,
+            },
+            is_best=is_best,
+        )
 
     empty = {"loss_sum": 0.0, "correct": 0.0, "seen": 0.0, "seconds": 0.0}
     if ckpt is not None:
@@ -227,15 +307,25 @@ def run(config: TrainConfig) -> TrainSummary:
         partial = dict(ckpt.get("partial") or empty)
     else:
         if config.arch == "dlib_resnet":  # start each class vector at its identity's mean base embedding
-            emb = torch.from_numpy(embed_chips(backbone, chipset.chips, train_idx, progress=config.progress,
-                                               desc="class centres"))
+            emb = torch.from_numpy(
+                embed_chips(backbone, chipset.chips, train_idx, progress=config.progress, desc="class centres")
+            )
             labels = torch.tensor(train_labels)
             centres = torch.zeros(num_classes, emb.shape[1]).index_add_(0, labels, emb)
             head.init_from_centres(centres)
-        metrics = validate(backbone, chipset.chips, val_chips, pairs, flip_average=base["flip_average"],
-                           progress=config.progress)
-        row = {"epoch": 0, "global_step": 0, "train_loss": None, "train_accuracy": None, "lr": 0.0, **metrics,
-               "epoch_seconds": 0.0, "elapsed_seconds": round(time.monotonic() - started, 1)}
+        metrics = validate(
+            backbone, chipset.chips, val_chips, pairs, flip_average=base["flip_average"], progress=config.progress
+        )
+        row = {
+            "epoch": 0,
+            "global_step": 0,
+            "train_loss": None,
+            "train_accuracy": None,
+            "lr": 0.0,
+            **metrics,
+            "epoch_seconds": 0.0,
+            "elapsed_seconds": round(time.monotonic() - started, 1),
+        }
         history = [row]
         best = {"epoch": 0, "metric": "val_accuracy", "value": metrics["val_accuracy"], "stale_epochs": 0}
         epoch_done, global_step, step_in_epoch, partial = 0, 0, 0, dict(empty)
@@ -250,15 +340,21 @@ def run(config: TrainConfig) -> TrainSummary:
         if best["stale_epochs"] >= config.patience:
             stopped = "early_stopping"
             break
-        perm = torch.randperm(len(idx_all), generator=torch.Generator().manual_seed(_step_seed(config.seed, epoch,
-                                                                                              -1))).numpy()
+        perm = torch.randperm(
+            len(idx_all), generator=torch.Generator().manual_seed(_step_seed(config.seed, epoch, -1))
+        ).numpy()
         set_train_mode(backbone, True)
         head.train()
         t0 = time.monotonic() - partial["seconds"]
-        bar = tqdm(total=steps_per_epoch, initial=step_in_epoch, desc=f"epoch {epoch}/{config.epochs}",
-                   disable=not config.progress, dynamic_ncols=True)
+        bar = tqdm(
+            total=steps_per_epoch,
+            initial=step_in_epoch,
+            desc=f"epoch {epoch}/{config.epochs}",
+            disable=not config.progress,
+            dynamic_ncols=True,
+        )
         for step in range(step_in_epoch, steps_per_epoch):
-            sel = perm[step * config.batch_size: (step + 1) * config.batch_size]
+            sel = perm[step * config.batch_size : (step + 1) * config.batch_size]
             torch.manual_seed(_step_seed(config.seed, epoch, step))
             x = augment_batch(_chips_tensor(chipset.chips, idx_all[sel]), transform)
             y = torch.from_numpy(labels_all[sel])
@@ -278,27 +374,47 @@ def run(config: TrainConfig) -> TrainSummary:
             stop_now = config.stop_after_steps is not None and global_step >= config.stop_after_steps
             if mid and (stop_now or (config.checkpoint_every and global_step % config.checkpoint_every == 0)):
                 partial["seconds"] = time.monotonic() - t0
-                checkpoint(epoch - 1, global_step, step + 1, metrics=history[-1], best=best, history=history,
-                           partial=partial, is_best=False)
+                checkpoint(
+                    epoch - 1,
+                    global_step,
+                    step + 1,
+                    metrics=history[-1],
+                    best=best,
+                    history=history,
+                    partial=partial,
+                    is_best=False,
+                )
             if stop_now and mid:
                 bar.close()
-                return _summary(run_dir, best, history, epochs_done=epoch - 1, stopped="stop_after_steps",
-                                resumed=resumed)
+                return _summary(
+                    run_dir, best, history, epochs_done=epoch - 1, stopped="stop_after_steps", resumed=resumed
+                )
         bar.close()
-        metrics = validate(backbone, chipset.chips, val_chips, pairs, flip_average=base["flip_average"],
-                           progress=config.progress)
+        metrics = validate(
+            backbone, chipset.chips, val_chips, pairs, flip_average=base["flip_average"], progress=config.progress
+        )
         improved = metrics["val_accuracy"] > best["value"]
-        best = ({"epoch": epoch, "metric": "val_accuracy", "value": metrics["val_accuracy"], "stale_epochs": 0}
-                if improved else {**best, "stale_epochs": best["stale_epochs"] + 1})
-        history.append({
-            "epoch": epoch, "global_step": global_step, "train_loss": partial["loss_sum"] / partial["seen"],
-            "train_accuracy": partial["correct"] / partial["seen"], "lr": optimizer.param_groups[0]["lr"],
-            **metrics, "epoch_seconds": round(time.monotonic() - t0, 1),
-            "elapsed_seconds": round(time.monotonic() - started, 1),
-        })
+        best = (
+            {"epoch": epoch, "metric": "val_accuracy", "value": metrics["val_accuracy"], "stale_epochs": 0}
+            if improved
+            else {**best, "stale_epochs": best["stale_epochs"] + 1}
+        )
+        history.append(
+            {
+                "epoch": epoch,
+                "global_step": global_step,
+                "train_loss": partial["loss_sum"] / partial["seen"],
+                "train_accuracy": partial["correct"] / partial["seen"],
+                "lr": optimizer.param_groups[0]["lr"],
+                **metrics,
+                "epoch_seconds": round(time.monotonic() - t0, 1),
+                "elapsed_seconds": round(time.monotonic() - started, 1),
+            }
+        )
         partial, step_in_epoch = dict(empty), 0
-        checkpoint(epoch, global_step, 0, metrics=metrics, best=best, history=history, partial=partial,
-                   is_best=improved)
+        checkpoint(
+            epoch, global_step, 0, metrics=metrics, best=best, history=history, partial=partial, is_best=improved
+        )
         prune_checkpoints(run_dir, config.keep_checkpoints)
         _write_logs(run_dir, history)
         if config.stop_after_steps is not None and global_step >= config.stop_after_steps:
@@ -308,17 +424,32 @@ def run(config: TrainConfig) -> TrainSummary:
             stopped = "max_minutes"
             break
     summary = _summary(run_dir, best, history, epochs_done=history[-1]["epoch"], stopped=stopped, resumed=resumed)
-    _write_json(run_dir / "summary.json", {
-        "best_path": str(summary.best_path), "best_epoch": summary.best_epoch,
-        "best_val_accuracy": summary.best_val_accuracy, "base_val_accuracy": summary.base_val_accuracy,
-        "epochs_done": summary.epochs_done, "stopped": summary.stopped, "resumed": resumed,
-        "elapsed_seconds_this_invocation": round(time.monotonic() - started, 1),
-    })
+    _write_json(
+        run_dir / "summary.json",
+        {
+            "best_path": str(summary.best_path),
+            "best_epoch": summary.best_epoch,
+            "best_val_accuracy": summary.best_val_accuracy,
+            "base_val_accuracy": summary.base_val_accuracy,
+            "epochs_done": summary.epochs_done,
+            "stopped": summary.stopped,
+            "resumed": resumed,
+            "elapsed_seconds_this_invocation": round(time.monotonic() - started, 1),
+        },
+    )
     return summary
 
 
-def _summary(run_dir: Path, best: dict[str, Any], history: list[dict[str, Any]], *, epochs_done: int, stopped: str,
-             resumed: bool) -> TrainSummary:
-    return TrainSummary(run_dir=run_dir, best_path=run_dir / BEST, best_epoch=int(best["epoch"]),
-                        best_val_accuracy=float(best["value"]), base_val_accuracy=float(history[0]["val_accuracy"]),
-                        epochs_done=int(epochs_done), stopped=stopped, resumed=resumed)
+def _summary(
+    run_dir: Path, best: dict[str, Any], history: list[dict[str, Any]], *, epochs_done: int, stopped: str, resumed: bool
+) -> TrainSummary:
+    return TrainSummary(
+        run_dir=run_dir,
+        best_path=run_dir / BEST,
+        best_epoch=int(best["epoch"]),
+        best_val_accuracy=float(best["value"]),
+        base_val_accuracy=float(history[0]["val_accuracy"]),
+        epochs_done=int(epochs_done),
+        stopped=stopped,
+        resumed=resumed,
+    )

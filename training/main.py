@@ -22,33 +22,56 @@ from training.config import ARCHS, FREEZE_DEFAULTS, HEAD_DEFAULTS, HEADS, MULTI_
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="facesearch-train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="facesearch-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", type=Path, required=True, help="identity-folder tree or CSV/JSONL manifest")
-    parser.add_argument("--bundle", type=Path, required=True,
-                        help="base model bundle (its detection + alignment make the chips; its weights start "
-                        "dlib_resnet)")
+    parser.add_argument(
+        "--bundle",
+        type=Path,
+        required=True,
+        help="base model bundle (its detection + alignment make the chips; its weights start dlib_resnet)",
+    )
     parser.add_argument("--out", type=Path, required=True, help="run directory (an existing one is resumed)")
     parser.add_argument("--epochs", type=int, default=8, help="training epochs (default 8)")
-    parser.add_argument("--max-minutes", type=float, default=None,
-                        help="wall-clock budget of this invocation: stop after the epoch that crosses it")
+    parser.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="wall-clock budget of this invocation: stop after the epoch that crosses it",
+    )
 
     model = parser.add_argument_group("model")
-    model.add_argument("--arch", choices=ARCHS, default="dlib_resnet",
-                       help="dlib_resnet fine-tunes the base bundle's dlib ResNet (default); resnet18/50 train "
-                       "from scratch (large data sets)")
+    model.add_argument(
+        "--arch",
+        choices=ARCHS,
+        default="dlib_resnet",
+        help="dlib_resnet fine-tunes the base bundle's dlib ResNet (default); resnet18/50 train "
+        "from scratch (large data sets)",
+    )
     model.add_argument("--embedding-dim", type=int, default=128, help="resnet18/50 only (default 128)")
     model.add_argument("--head", choices=HEADS, default="arcface", help="margin softmax head (default arcface)")
-    model.add_argument("--margin", type=float, default=None,
-                       help="margin (default " + ", ".join(f"{k} {v[0]}" for k, v in HEAD_DEFAULTS.items()) + ")")
-    model.add_argument("--scale", type=float, default=None,
-                       help="logit scale (default " + ", ".join(f"{k} {v[1]}" for k, v in HEAD_DEFAULTS.items())
-                       + ")")
-    model.add_argument("--freeze-stages", type=int, default=None,
-                       help="freeze the stem and the first N residual stages (dlib_resnet has 5: 3x32, 4x64, 3x128, "
-                       "3x256, 1x256 filters; resnet18/50 have 4). Default "
-                       + ", ".join(f"{k} {v}" for k, v in FREEZE_DEFAULTS.items())
-                       + " (dlib_resnet: train the last stage + final fc)")
+    model.add_argument(
+        "--margin",
+        type=float,
+        default=None,
+        help="margin (default " + ", ".join(f"{k} {v[0]}" for k, v in HEAD_DEFAULTS.items()) + ")",
+    )
+    model.add_argument(
+        "--scale",
+        type=float,
+        default=None,
+        help="logit scale (default " + ", ".join(f"{k} {v[1]}" for k, v in HEAD_DEFAULTS.items()) + ")",
+    )
+    model.add_argument(
+        "--freeze-stages",
+        type=int,
+        default=None,
+        help="freeze the stem and the first N residual stages (dlib_resnet has 5: 3x32, 4x64, 3x128, "
+        "3x256, 1x256 filters; resnet18/50 have 4). Default "
+        + ", ".join(f"{k} {v}" for k, v in FREEZE_DEFAULTS.items())
+        + " (dlib_resnet: train the last stage + final fc)",
+    )
 
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw")
@@ -62,20 +85,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = parser.add_argument_group("data")
     data.add_argument("--val-fraction", type=float, default=0.2, help="share of identities held out (default 0.2)")
-    data.add_argument("--min-images", type=int, default=2,
-                      help="drop identities with fewer usable photos (default 2)")
+    data.add_argument("--min-images", type=int, default=2, help="drop identities with fewer usable photos (default 2)")
     data.add_argument("--pairs-per-fold", type=int, default=300, help="validation pairs per fold, 10 folds")
     data.add_argument("--min-face", type=int, default=40, help="smallest face the detector finds (px)")
-    data.add_argument("--multi-face", choices=MULTI_FACE, default="reject",
-                      help="a photo with several faces: reject it (default, as the indexer) or keep the largest")
+    data.add_argument(
+        "--multi-face",
+        choices=MULTI_FACE,
+        default="reject",
+        help="a photo with several faces: reject it (default, as the indexer) or keep the largest",
+    )
     data.add_argument("--chips-cache", type=Path, default=None, help="chip cache folder (default RUN_DIR/chips)")
 
     run = parser.add_argument_group("running")
     run.add_argument("--workers", type=int, default=0, help="chip preparation processes (0 = one per core)")
     run.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
     run.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every K steps (0 = per epoch)")
-    run.add_argument("--keep-checkpoints", type=int, default=0,
-                     help="keep the newest K checkpoints/epoch_*.pt (default 0 = all; best.pt, last.pt always)")
+    run.add_argument(
+        "--keep-checkpoints",
+        type=int,
+        default=0,
+        help="keep the newest K checkpoints/epoch_*.pt (default 0 = all; best.pt, last.pt always)",
+    )
     run.add_argument("--stop-after-steps", type=int, default=None, help=argparse.SUPPRESS)  # tests: interrupt
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
@@ -83,15 +113,37 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
-        data=args.data, bundle=args.bundle, out=args.out, epochs=args.epochs, arch=args.arch,
-        embedding_dim=args.embedding_dim, head=args.head, margin=args.margin, scale=args.scale,
-        freeze_stages=args.freeze_stages, optimizer=args.optimizer, lr=args.lr, head_lr=args.head_lr,
-        weight_decay=args.weight_decay, batch_size=args.batch_size, warmup_epochs=args.warmup_epochs,
-        patience=args.patience, seed=args.seed, val_fraction=args.val_fraction, min_images=args.min_images,
-        pairs_per_fold=args.pairs_per_fold, min_face=args.min_face, multi_face=args.multi_face,
-        workers=args.workers, threads=args.threads, chips_cache=args.chips_cache,
-        checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints, max_minutes=args.max_minutes,
-        stop_after_steps=args.stop_after_steps, progress=not args.no_progress,
+        data=args.data,
+        bundle=args.bundle,
+        out=args.out,
+        epochs=args.epochs,
+        arch=args.arch,
+        embedding_dim=args.embedding_dim,
+        head=args.head,
+        margin=args.margin,
+        scale=args.scale,
+        freeze_stages=args.freeze_stages,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        head_lr=args.head_lr,
+        weight_decay=args.weight_decay,
+        batch_size=args.batch_size,
+        warmup_epochs=args.warmup_epochs,
+        patience=args.patience,
+        seed=args.seed,
+        val_fraction=args.val_fraction,
+        min_images=args.min_images,
+        pairs_per_fold=args.pairs_per_fold,
+        min_face=args.min_face,
+        multi_face=args.multi_face,
+        workers=args.workers,
+        threads=args.threads,
+        chips_cache=args.chips_cache,
+        checkpoint_every=args.checkpoint_every,
+        keep_checkpoints=args.keep_checkpoints,
+        max_minutes=args.max_minutes,
+        stop_after_steps=args.stop_after_steps,
+        progress=not args.no_progress,
     )
 
 
@@ -108,9 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     if summary.stopped == "stop_after_steps":
         print(f"stopped after --stop-after-steps; rerun with the same --out to resume ({summary.run_dir / 'last.pt'})")
         return 0
-    print(f"validation verification accuracy: base model {summary.base_val_accuracy:.4f}, "
-          f"best {summary.best_val_accuracy:.4f} at epoch {summary.best_epoch} "
-          f"({summary.epochs_done} epochs, {summary.stopped}{', resumed' if summary.resumed else ''})")
+    print(
+        f"validation verification accuracy: base model {summary.base_val_accuracy:.4f}, "
+        f"best {summary.best_val_accuracy:.4f} at epoch {summary.best_epoch} "
+        f"({summary.epochs_done} epochs, {summary.stopped}{', resumed' if summary.resumed else ''})"
+    )
     print(f"best checkpoint: {summary.best_path}")
     print(f"next: facesearch-export checkpoint {summary.best_path} --out DIR")
     return 0

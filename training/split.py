@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from facesearch.errors import TrainingError
-from facesearch.pairs_eval import Pair
+from facesearch.evaluation.pairs import Pair
 
 FOLDS = 10
 
@@ -36,8 +36,9 @@ class Split:
         return sorted(i for idx in self.val.values() for i in idx)
 
 
-def split_identities(identities: Sequence[str], *, val_fraction: float, min_images: int, seed: int,
-                     min_val_identities: int = 4) -> Split:
+def split_identities(
+    identities: Sequence[str], *, val_fraction: float, min_images: int, seed: int, min_val_identities: int = 4
+) -> Split:
     """Seeded split of the identities with >= ``min_images`` chips; ``identities[i]`` is chip i's identity."""
     per: dict[str, list[int]] = {}
     for i, identity in enumerate(identities):
@@ -54,8 +55,11 @@ def split_identities(identities: Sequence[str], *, val_fraction: float, min_imag
         )
     order = np.random.default_rng(seed).permutation(len(kept))
     val_ids = {kept[i] for i in order[:n_val]}
-    return Split(train={k: per[k] for k in kept if k not in val_ids}, val={k: per[k] for k in kept if k in val_ids},
-                 dropped=dropped)
+    return Split(
+        train={k: per[k] for k in kept if k not in val_ids},
+        val={k: per[k] for k in kept if k in val_ids},
+        dropped=dropped,
+    )
 
 
 def validation_pairs(val: dict[str, list[int]], *, pairs_per_fold: int, seed: int) -> list[Pair]:
@@ -71,7 +75,7 @@ def validation_pairs(val: dict[str, list[int]], *, pairs_per_fold: int, seed: in
     pairs: list[Pair] = []
     for fold in range(folds):
         members = ids[fold::folds]
-        matched = [(a, b) for k in members for j, a in enumerate(val[k]) for b in val[k][j + 1:]]
+        matched = [(a, b) for k in members for j, a in enumerate(val[k]) for b in val[k][j + 1 :]]
         sizes = [len(val[k]) for k in members]
         cross = (sum(sizes) ** 2 - sum(n * n for n in sizes)) // 2
         want = min(pairs_per_fold // 2, len(matched), cross)
@@ -90,8 +94,9 @@ def validation_pairs(val: dict[str, list[int]], *, pairs_per_fold: int, seed: in
     return pairs
 
 
-def class_balance(split: Split, chips_images: int, rejects: Sequence[dict[str, str]], min_images: int,
-                  pairs: Sequence[Pair]) -> dict[str, Any]:
+def class_balance(
+    split: Split, chips_images: int, rejects: Sequence[dict[str, str]], min_images: int, pairs: Sequence[Pair]
+) -> dict[str, Any]:
     """The class-balance report written to ``RUN_DIR/class_balance.json``."""
 
     def histogram(groups: dict[str, list[int]]) -> dict[str, int]:
@@ -111,12 +116,20 @@ def class_balance(split: Split, chips_images: int, rejects: Sequence[dict[str, s
         "min_images": min_images,
         "dropped_identities": len(split.dropped),
         "dropped_chips": sum(split.dropped.values()),
-        "train": {"identities": len(split.train), "chips": sum(train_sizes),
-                  "images_per_identity": histogram(split.train),
-                  "min": min(train_sizes), "max": max(train_sizes),
-                  "mean": float(np.mean(train_sizes))},
-        "val": {"identities": len(split.val), "chips": sum(len(v) for v in split.val.values()),
-                "images_per_identity": histogram(split.val),
-                "pairs": len(pairs), "matched_pairs": sum(p.same for p in pairs)},
+        "train": {
+            "identities": len(split.train),
+            "chips": sum(train_sizes),
+            "images_per_identity": histogram(split.train),
+            "min": min(train_sizes),
+            "max": max(train_sizes),
+            "mean": float(np.mean(train_sizes)),
+        },
+        "val": {
+            "identities": len(split.val),
+            "chips": sum(len(v) for v in split.val.values()),
+            "images_per_identity": histogram(split.val),
+            "pairs": len(pairs),
+            "matched_pairs": sum(p.same for p in pairs),
+        },
         "dropped": split.dropped,
     }

@@ -65,17 +65,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("identify", help="who is in these photos (streamed to the server)")
     p.add_argument("images", nargs="*", type=Path, help="photos")
-    p.add_argument("--list", type=Path, dest="list_file", default=None,
-                   help="file with one photo path per line (or a folder)")
+    p.add_argument(
+        "--list", type=Path, dest="list_file", default=None, help="file with one photo path per line (or a folder)"
+    )
     p.add_argument("--top-k", type=int, default=5, help="identities per face (default 5)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--min-similarity", type=float, default=None,
-                   help="raw cosine threshold (default: the server's)")
-    g.add_argument("--max-fpir", type=float, default=None, metavar="X",
-                   help="false-positive identification rate to hold: the fraction of people not enrolled "
-                        "that get matched to someone (e.g. 0.01), at the current gallery size")
-    p.add_argument("--max-fmr", type=float, default=None, metavar="X",
-                   help="false-match rate per comparison to hold (e.g. 1e-5); with --max-fpir the stricter wins")
+    g.add_argument("--min-similarity", type=float, default=None, help="raw cosine threshold (default: the server's)")
+    g.add_argument(
+        "--max-fpir",
+        type=float,
+        default=None,
+        metavar="X",
+        help="false-positive identification rate to hold: the fraction of people not enrolled "
+        "that get matched to someone (e.g. 0.01), at the current gallery size",
+    )
+    p.add_argument(
+        "--max-fmr",
+        type=float,
+        default=None,
+        metavar="X",
+        help="false-match rate per comparison to hold (e.g. 1e-5); with --max-fpir the stricter wins",
+    )
     p.add_argument("--largest-only", action="store_true", help="only the largest face of each photo")
     _connection_options(p)
 
@@ -113,7 +123,7 @@ def dispatch(args: argparse.Namespace) -> int | None:
 
 
 def _connect(args: argparse.Namespace) -> Any:
-    from facesearch.client import DEFAULT_TARGET, FaceSearchClient  # noqa: PLC0415 - keep CLI start fast
+    from facesearch.client.service_client import DEFAULT_TARGET, FaceSearchClient  # noqa: PLC0415 - keep CLI start fast
 
     token = args.token or os.environ.get("FACESEARCH_TOKEN") or None
     if args.token_file is not None:
@@ -122,8 +132,15 @@ def _connect(args: argparse.Namespace) -> Any:
         except OSError as err:
             raise InvalidInputError(f"--token-file {args.token_file}: {err}", reason="BAD_TOKEN_FILE") from err
     target = args.target or os.environ.get("FACESEARCH_TARGET") or DEFAULT_TARGET
-    return FaceSearchClient(target, token=token, tls=args.tls, ca_cert=args.ca_cert, client_cert=args.client_cert,
-                            client_key=args.client_key, timeout=args.timeout)
+    return FaceSearchClient(
+        target,
+        token=token,
+        tls=args.tls,
+        ca_cert=args.ca_cert,
+        client_cert=args.client_cert,
+        client_key=args.client_key,
+        timeout=args.timeout,
+    )
 
 
 def _out(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
@@ -132,14 +149,35 @@ def _out(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
 
 # -- commands ------------------------------------------------------------------------------------
 def _enroll(client: Any, args: argparse.Namespace) -> int:
-    r = client.enroll(args.identity, [_read(p) for p in args.images], name=args.name, create_only=args.create_only,
-                      use_largest_face=args.use_largest_face, sources=[str(p) for p in args.images])
-    images = [{"path": str(args.images[i.index]), "accepted": i.accepted, "face_id": i.face_id or None,
-               "reject_reason": i.reject_reason or None, "message": i.message} for i in r.images]
-    data = {"identity_id": r.identity_id, "created": r.created, "face_ids": r.face_ids, "face_count": r.face_count,
-            "images": images}
-    lines = [f"{r.identity_id}: enrolled {len(r.face_ids)} of {len(images)} photos"
-             f"{' (new identity)' if r.created else ''}, {r.face_count} faces in all"]
+    r = client.enroll(
+        args.identity,
+        [_read(p) for p in args.images],
+        name=args.name,
+        create_only=args.create_only,
+        use_largest_face=args.use_largest_face,
+        sources=[str(p) for p in args.images],
+    )
+    images = [
+        {
+            "path": str(args.images[i.index]),
+            "accepted": i.accepted,
+            "face_id": i.face_id or None,
+            "reject_reason": i.reject_reason or None,
+            "message": i.message,
+        }
+        for i in r.images
+    ]
+    data = {
+        "identity_id": r.identity_id,
+        "created": r.created,
+        "face_ids": r.face_ids,
+        "face_count": r.face_count,
+        "images": images,
+    }
+    lines = [
+        f"{r.identity_id}: enrolled {len(r.face_ids)} of {len(images)} photos"
+        f"{' (new identity)' if r.created else ''}, {r.face_count} faces in all"
+    ]
     lines += [f"  rejected {i['path']}: {i['reject_reason']} ({i['message']})" for i in images if not i["accepted"]]
     _out(args, data, "\n".join(lines))
     return 0 if r.face_ids else 1
@@ -148,7 +186,7 @@ def _enroll(client: Any, args: argparse.Namespace) -> int:
 def _paths(args: argparse.Namespace) -> list[Path]:
     paths = list(args.images)
     if args.list_file is not None:
-        from facesearch.image_list import read_image_list  # noqa: PLC0415
+        from facesearch.jobs.image_list import read_image_list  # noqa: PLC0415
 
         paths.extend(read_image_list(args.list_file))
     if not paths:
@@ -162,9 +200,16 @@ def _score(value: float | None) -> float | None:
 
 def threshold_json(t: Any) -> dict[str, Any]:
     """The ``threshold`` object of ``identify --json``."""
-    return {"kind": t.kind, "value": round(t.value, 4), "score_kind": t.score_kind, "gallery_size": t.gallery_size,
-            "fmr": None if t.fmr is None else float(f"{t.fmr:.3g}"),
-            "fpir": None if t.fpir is None else float(f"{t.fpir:.3g}"), "capped": t.capped, "reason": t.reason}
+    return {
+        "kind": t.kind,
+        "value": round(t.value, 4),
+        "score_kind": t.score_kind,
+        "gallery_size": t.gallery_size,
+        "fmr": None if t.fmr is None else float(f"{t.fmr:.3g}"),
+        "fpir": None if t.fpir is None else float(f"{t.fpir:.3g}"),
+        "capped": t.capped,
+        "reason": t.reason,
+    }
 
 
 def identify_json(path: str, result: Any) -> dict[str, Any]:
@@ -173,17 +218,31 @@ def identify_json(path: str, result: Any) -> dict[str, Any]:
     threshold = threshold_json(result.threshold)
     for f in result.faces:
         m = f.match
-        faces.append({
-            "box": [round(v, 2) for v in f.box],
-            "detection_score": round(f.detection_score, 4),
-            "match": None if m is None else {"identity_id": m.identity_id, "name": m.name,
-                                             "similarity": round(m.similarity, 4),
-                                             "normalised_score": _score(m.normalised_score)},
-            "candidates": [{"identity_id": c.identity_id, "name": c.name, "similarity": round(c.similarity, 4),
-                            "face_id": c.face_id, "normalised_score": _score(c.normalised_score)}
-                           for c in f.candidates],
-            "threshold": threshold,
-        })
+        faces.append(
+            {
+                "box": [round(v, 2) for v in f.box],
+                "detection_score": round(f.detection_score, 4),
+                "match": None
+                if m is None
+                else {
+                    "identity_id": m.identity_id,
+                    "name": m.name,
+                    "similarity": round(m.similarity, 4),
+                    "normalised_score": _score(m.normalised_score),
+                },
+                "candidates": [
+                    {
+                        "identity_id": c.identity_id,
+                        "name": c.name,
+                        "similarity": round(c.similarity, 4),
+                        "face_id": c.face_id,
+                        "normalised_score": _score(c.normalised_score),
+                    }
+                    for c in f.candidates
+                ],
+                "threshold": threshold,
+            }
+        )
     return {"path": path, "faces": faces}
 
 
@@ -235,9 +294,14 @@ def _identify(client: Any, args: argparse.Namespace) -> int:
         else:
             _out(args, identify_json(path, result), _identify_text(path, result))
 
-    for item in client.identify_stream(items(), top_k=args.top_k, min_similarity=args.min_similarity,
-                                       largest_only=args.largest_only, max_fpir=args.max_fpir,
-                                       max_fmr=args.max_fmr):
+    for item in client.identify_stream(
+        items(),
+        top_k=args.top_k,
+        min_similarity=args.min_similarity,
+        largest_only=args.largest_only,
+        max_fpir=args.max_fpir,
+        max_fmr=args.max_fmr,
+    ):
         i = int(item.tag)
         while printed < i:  # photos skipped before this one could not be read
             emit(printed, None, unreadable[printed])
@@ -253,10 +317,20 @@ def _identify(client: Any, args: argparse.Namespace) -> int:
 def _verify(client: Any, args: argparse.Namespace) -> int:
     if (args.reference is None) == (args.identity is None):
         raise InvalidInputError("verify: give a reference photo or --identity ID (one of them)", reason="BAD_ARGS")
-    r = client.verify(_read(args.image), reference_image=_read(args.reference) if args.reference else None,
-                      identity_id=args.identity, min_similarity=args.min_similarity, max_fmr=args.max_fmr)
-    data = {"decision": r.decision, "same": r.same, "similarity": round(r.similarity, 4),
-            "min_similarity": round(r.min_similarity, 4), "reference_face_id": r.reference_face_id or None}
+    r = client.verify(
+        _read(args.image),
+        reference_image=_read(args.reference) if args.reference else None,
+        identity_id=args.identity,
+        min_similarity=args.min_similarity,
+        max_fmr=args.max_fmr,
+    )
+    data = {
+        "decision": r.decision,
+        "same": r.same,
+        "similarity": round(r.similarity, 4),
+        "min_similarity": round(r.min_similarity, 4),
+        "reference_face_id": r.reference_face_id or None,
+    }
     if r.threshold is not None:
         data["threshold"] = threshold_json(r.threshold)
     _out(args, data, f"{r.decision} similarity {r.similarity:.3f} (threshold {r.min_similarity:.3f})")
@@ -277,8 +351,12 @@ def _delete(client: Any, args: argparse.Namespace) -> int:
 
 def _list(client: Any, args: argparse.Namespace) -> int:
     for ident in client.list_identities(page_size=args.page_size):
-        data = {"identity_id": ident.identity_id, "name": ident.name, "face_count": ident.face_count,
-                "metadata": ident.metadata}
+        data = {
+            "identity_id": ident.identity_id,
+            "name": ident.name,
+            "face_count": ident.face_count,
+            "metadata": ident.metadata,
+        }
         _out(args, data, f"{ident.identity_id}\t{ident.name}\t{ident.face_count}")
     return 0
 

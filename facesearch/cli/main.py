@@ -14,8 +14,13 @@ from facesearch.errors import FaceSearchError
 def _add_embed(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("embed", help="embeddings for many images (npz or Parquet)")
     p.add_argument("--bundle", type=Path, required=True, help="model bundle directory")
-    p.add_argument("--list", type=Path, required=True, dest="source",
-                   help="file with one image path per line, or a folder of images")
+    p.add_argument(
+        "--list",
+        type=Path,
+        required=True,
+        dest="source",
+        help="file with one image path per line, or a folder of images",
+    )
     p.add_argument("--out", type=Path, required=True, help="OUT.npz, or OUT.parquet for Parquet")
     p.add_argument("--all-faces", action="store_true", help="a row for every face, not only the most central")
     p.add_argument("--min-face", type=int, default=40, help="smallest face to find, px across (default 40)")
@@ -40,11 +45,19 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 def _add_calibrate(esub: argparse._SubParsersAction) -> None:
     cal = esub.add_parser("calibrate", help="measure impostor scores and store the decision calibration in a bundle")
-    cal.add_argument("--images", type=Path, required=True,
-                     help="identity tree: one folder per person (<Person>/<photo>), e.g. lfw-dev/images")
+    cal.add_argument(
+        "--images",
+        type=Path,
+        required=True,
+        help="identity tree: one folder per person (<Person>/<photo>), e.g. lfw-dev/images",
+    )
     cal.add_argument("--bundle", type=Path, default=None, help="model bundle (default: $FACESEARCH_BUNDLE)")
-    cal.add_argument("--default-fmr", type=float, default=1e-4,
-                     help="false-match rate per comparison behind the bundle's default min_similarity (default 1e-4)")
+    cal.add_argument(
+        "--default-fmr",
+        type=float,
+        default=1e-4,
+        help="false-match rate per comparison behind the bundle's default min_similarity (default 1e-4)",
+    )
     cal.add_argument("--out", type=Path, default=None, help="write here instead of BUNDLE/calibration.json")
     cal.add_argument("--workers", type=int, default=0)
     cal.add_argument("--quiet", action="store_true")
@@ -61,24 +74,41 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
-    from facesearch.embed_job import EmbedConfig, run  # noqa: PLC0415 - keep CLI start fast
-    from facesearch.image_list import read_image_list  # noqa: PLC0415
+    from facesearch.jobs.embed import EmbedConfig, run  # noqa: PLC0415 - keep CLI start fast
+    from facesearch.jobs.image_list import read_image_list  # noqa: PLC0415
 
     paths = tuple(read_image_list(args.source))
-    summary = run(EmbedConfig(bundle=args.bundle, paths=paths, out=args.out, all_faces=args.all_faces,
-                              min_face=args.min_face, workers=args.workers, progress=not args.quiet))
-    print(f"embedded {summary.images} images: {summary.found} with a face, {summary.faces} faces, "
-          f"{summary.errors} unreadable -> {summary.out}")
+    summary = run(
+        EmbedConfig(
+            bundle=args.bundle,
+            paths=paths,
+            out=args.out,
+            all_faces=args.all_faces,
+            min_face=args.min_face,
+            workers=args.workers,
+            progress=not args.quiet,
+        )
+    )
+    print(
+        f"embedded {summary.images} images: {summary.found} with a face, {summary.faces} faces, "
+        f"{summary.errors} unreadable -> {summary.out}"
+    )
     return 0
 
 
 def _cmd_eval_pairs(args: argparse.Namespace) -> int:
-    from facesearch.bundle_location import resolve_bundle  # noqa: PLC0415
-    from facesearch.pairs_eval import embed_pair_images, evaluate_pairs, pair_scores, read_pairs  # noqa: PLC0415
+    from facesearch.bundle.location import resolve_bundle  # noqa: PLC0415
+    from facesearch.evaluation.pairs import embed_pair_images, evaluate_pairs, pair_scores, read_pairs  # noqa: PLC0415
 
     pairs = read_pairs(args.pairs)
-    embeddings, missing = embed_pair_images(args.images, pairs, resolve_bundle(args.bundle), min_face=args.min_face,
-                                            workers=args.workers, progress=not args.quiet)
+    embeddings, missing = embed_pair_images(
+        args.images,
+        pairs,
+        resolve_bundle(args.bundle),
+        min_face=args.min_face,
+        workers=args.workers,
+        progress=not args.quiet,
+    )
     report = evaluate_pairs(pairs, pair_scores(pairs, embeddings), missing, len(embeddings))
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
@@ -93,26 +123,33 @@ def _cmd_eval_pairs(args: argparse.Namespace) -> int:
 def _cmd_eval_calibrate(args: argparse.Namespace) -> int:
     import numpy as np  # noqa: PLC0415
 
-    from facesearch.bundle import CALIBRATION_FILE  # noqa: PLC0415
-    from facesearch.bundle_location import resolve_bundle  # noqa: PLC0415
-    from facesearch.calibration import calibrate  # noqa: PLC0415
-    from facesearch.embed_job import embed_paths  # noqa: PLC0415
-    from facesearch.image_list import read_image_list  # noqa: PLC0415
-    from facesearch.open_set_calibration import OPEN_SET_CALIBRATION_FILE, calibrate_open_set  # noqa: PLC0415
+    from facesearch.bundle.location import resolve_bundle  # noqa: PLC0415
+    from facesearch.bundle.manifest import CALIBRATION_FILE  # noqa: PLC0415
+    from facesearch.evaluation.calibrate import calibrate, calibrate_open_set  # noqa: PLC0415
+    from facesearch.jobs.embed import embed_paths  # noqa: PLC0415
+    from facesearch.jobs.image_list import read_image_list  # noqa: PLC0415
+    from facesearch.scoring.open_set_calibration import OPEN_SET_CALIBRATION_FILE  # noqa: PLC0415
 
     bundle = resolve_bundle(args.bundle)
     paths = read_image_list(args.images)
     rows = embed_paths(bundle, paths, workers=args.workers, progress=not args.quiet)
     found = rows["found"]
     labels = np.array([p.parent.name for p in paths])[rows["image_index"][found]]
-    result = calibrate(rows["embeddings"][found], labels, source=f"{args.images} ({int(found.sum())} faces)",
-                       default_fmr=args.default_fmr)
+    result = calibrate(
+        rows["embeddings"][found],
+        labels,
+        source=f"{args.images} ({int(found.sum())} faces)",
+        default_fmr=args.default_fmr,
+    )
     out = args.out or bundle / CALIBRATION_FILE
     result.write(out)
     calibrate_open_set(rows["embeddings"][found], labels, source=result.source).write(
-        out.parent / OPEN_SET_CALIBRATION_FILE)
-    print(f"{result.impostor_pairs} impostor and {result.genuine_pairs} genuine pairs from {result.identities} "
-          f"identities -> {out}")
+        out.parent / OPEN_SET_CALIBRATION_FILE
+    )
+    print(
+        f"{result.impostor_pairs} impostor and {result.genuine_pairs} genuine pairs from {result.identities} "
+        f"identities -> {out}"
+    )
     for point in result.points:
         print(f"  FMR {point.fmr:.0e}: min_similarity {point.threshold:.4f} (TAR {point.tar * 100:.1f}%)")
     print(f"default min_similarity {result.min_similarity:.4f} at FMR {result.default_fmr:.0e}")

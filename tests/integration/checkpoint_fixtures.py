@@ -15,14 +15,15 @@ EVAL_PEOPLE = 24  # with 2+ photos (up to 4 each): the pairs' folds and the gall
 EVAL_SINGLES = 8  # one photo each: non-mated searches
 
 
-def make_checkpoint(run_dir: Path, base_bundle: Path, *, kind: str = "dlib_resnet", noise: float = 0.0,
-                    seed: int = 0) -> Path:
+def make_checkpoint(
+    run_dir: Path, base_bundle: Path, *, kind: str = "dlib_resnet", noise: float = 0.0, seed: int = 0
+) -> Path:
     """Write ``run_dir/best.pt`` from the base weights (``noise`` x mean |w| of seeded Gaussian noise added)."""
     torch = pytest.importorskip("torch", reason="checkpoints need the export extra (torch)")
-    from export.dlib_sources import default_models_dir
-    from facesearch.bundle import ModelBundle, sha256_file
-    from training.backbones import initial_backbone
-    from training.checkpoint import BEST, save_checkpoint
+    from facesearch.bundle.manifest import ModelBundle, sha256_file
+    from facesearch.nets.backbones import initial_backbone
+    from facesearch.nets.checkpoint import BEST, save_checkpoint
+    from facesearch.nets.dlib_sources import default_models_dir
 
     base = ModelBundle.load(base_bundle, verify=False)
     dat = default_models_dir() / "dlib_face_recognition_resnet_model_v1.dat"
@@ -33,13 +34,24 @@ def make_checkpoint(run_dir: Path, base_bundle: Path, *, kind: str = "dlib_resne
             for p in net.parameters():
                 p.add_(torch.randn(p.shape, generator=gen) * noise * p.abs().mean())
     ckpt = {
-        "arch": arch, "model_state": net.state_dict(), "head_state": {}, "optimizer_state": {},
-        "scheduler_state": {}, "epoch": 1, "global_step": 3, "rng_state": {}, "config": {"arch": kind, "seed": seed},
+        "arch": arch,
+        "model_state": net.state_dict(),
+        "head_state": {},
+        "optimizer_state": {},
+        "scheduler_state": {},
+        "epoch": 1,
+        "global_step": 3,
+        "rng_state": {},
+        "config": {"arch": kind, "seed": seed},
         "fingerprint": "0" * 64,
-        "base_bundle": {"path": str(base_bundle), "contract_id": base.contract_id,
-                        "manifest_sha256": sha256_file(base_bundle / "manifest.json"),
-                        "flip_average": base.flip_average},
-        "metrics": {"val_accuracy": 0.9}, "best": {"epoch": 1, "metric": "val_accuracy", "value": 0.9},
+        "base_bundle": {
+            "path": str(base_bundle),
+            "contract_id": base.contract_id,
+            "manifest_sha256": sha256_file(base_bundle / "manifest.json"),
+            "flip_average": base.flip_average,
+        },
+        "metrics": {"val_accuracy": 0.9},
+        "best": {"epoch": 1, "metric": "val_accuracy", "value": 0.9},
         "data": {"chips_manifest_sha256": "0" * 64, "train_identities": 4, "val_identities": 2},
     }
     save_checkpoint(run_dir, ckpt, is_best=True)
@@ -66,8 +78,9 @@ def ft_bundle(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 def worse_bundle(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A bundle from perturbed weights (30% noise): measurably worse than the base."""
     root = tmp_path_factory.mktemp("worse")
-    return with_base_calibration(export_bundle(make_checkpoint(root / "run", bundle_dir, noise=0.3), root / "bundle"),
-                                 bundle_dir)
+    return with_base_calibration(
+        export_bundle(make_checkpoint(root / "run", bundle_dir, noise=0.3), root / "bundle"), bundle_dir
+    )
 
 
 def with_base_calibration(bundle: Path, base: Path) -> Path:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facesearch.client import FaceSearchClient
+from facesearch.client.service_client import FaceSearchClient
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -78,8 +78,15 @@ class ServerProcess:
         self.stop(signal.SIGKILL)
 
 
-def start_server(bundle: Path, index_root: Path, log_dir: Path, *, env: dict[str, str] | None = None,
-                 args: tuple[str, ...] = (), timeout: float = 120.0) -> ServerProcess:
+def start_server(
+    bundle: Path,
+    index_root: Path,
+    log_dir: Path,
+    *,
+    env: dict[str, str] | None = None,
+    args: tuple[str, ...] = (),
+    timeout: float = 120.0,
+) -> ServerProcess:
     """Start ``python -m server`` on 127.0.0.1:0 and wait for its "listening" line."""
     full_env = {
         **os.environ,
@@ -93,8 +100,18 @@ def start_server(bundle: Path, index_root: Path, log_dir: Path, *, env: dict[str
     }
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"server-{time.time_ns()}.log"
-    cmd = [sys.executable, "-m", "server", "--bundle", str(bundle), "--index", str(index_root),
-           "--listen", "127.0.0.1:0", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "server",
+        "--bundle",
+        str(bundle),
+        "--index",
+        str(index_root),
+        "--listen",
+        "127.0.0.1:0",
+        *args,
+    ]
     with log_path.open("w") as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=full_env, cwd=REPO)
     assert proc.stdout is not None
@@ -117,8 +134,7 @@ def start_server(bundle: Path, index_root: Path, log_dir: Path, *, env: dict[str
             raise TimeoutError(f"server did not start in {timeout}s:\n{log_path.read_text()[-4000:]}") from None
         if line is None:
             proc.wait(10)
-            raise RuntimeError(f"server exited ({proc.returncode}) before listening:\n"
-                               f"{log_path.read_text()[-4000:]}")
+            raise RuntimeError(f"server exited ({proc.returncode}) before listening:\n{log_path.read_text()[-4000:]}")
         if line.startswith("facesearch-server listening on port"):
             words = line.split()
             metrics = words[6]
@@ -134,22 +150,30 @@ def wait_until(predicate: object, timeout: float = 30.0, interval: float = 0.1, 
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def synthetic_embeddings(n_faces: int, *, seed: int, faces_per_identity: float = 4.0,
-                         prefix: str = "syn") -> tuple[np.ndarray, list[str]]:
-    """Seeded face-like embeddings (``facesearch.synthetic``) and identity ids ``{prefix}-{label}``."""
-    from facesearch.synthetic import FaceEmbeddingModel, SyntheticGallery, default_model_path
+def synthetic_embeddings(
+    n_faces: int, *, seed: int, faces_per_identity: float = 4.0, prefix: str = "syn"
+) -> tuple[np.ndarray, list[str]]:
+    """Seeded face-like embeddings (``facesearch.evaluation.synthetic``) and identity ids ``{prefix}-{label}``."""
+    from facesearch.evaluation.synthetic import FaceEmbeddingModel, SyntheticGallery, default_model_path
 
     path = default_model_path()
     if not path.is_file():
         pytest.skip(f"face embedding model not found at {path} (set FACESEARCH_DATA)")
-    gallery = SyntheticGallery(FaceEmbeddingModel.load(path), n_faces, faces_per_identity=faces_per_identity,
-                               seed=seed)
+    gallery = SyntheticGallery(FaceEmbeddingModel.load(path), n_faces, faces_per_identity=faces_per_identity, seed=seed)
     chunk = gallery.materialize()
     return chunk.embeddings, [f"{prefix}-{int(i)}" for i in chunk.identities]
 
 
-def build_index(root: Path, embeddings: np.ndarray, identities: list[str], contract_id: str, *,
-                work: Path, names: list[str] | None = None, options: dict[str, object] | None = None) -> Path:
+def build_index(
+    root: Path,
+    embeddings: np.ndarray,
+    identities: list[str],
+    contract_id: str,
+    *,
+    work: Path,
+    names: list[str] | None = None,
+    options: dict[str, object] | None = None,
+) -> Path:
     """Publish a version of ``embeddings`` under ``root`` with the real indexer; returns its directory."""
     from indexer.build import run
     from indexer.config import BuildConfig, InputSpec
@@ -158,10 +182,23 @@ def build_index(root: Path, embeddings: np.ndarray, identities: list[str], contr
     work.mkdir(parents=True, exist_ok=True)
     path = work / f"emb-{time.time_ns()}.npz"
     extra = {"names": np.asarray(names)} if names is not None else {}
-    np.savez(path, embeddings=embeddings.astype(np.float32), identities=np.asarray(identities),
-             contract_id=np.asarray(contract_id), **extra)
-    result = run(BuildConfig(out=root, input=InputSpec("embeddings", path), bundle=None, memory_budget=1 << 30,
-                             index=IndexOptions(**{"queries": 50, **(options or {})}), progress=False))
+    np.savez(
+        path,
+        embeddings=embeddings.astype(np.float32),
+        identities=np.asarray(identities),
+        contract_id=np.asarray(contract_id),
+        **extra,
+    )
+    result = run(
+        BuildConfig(
+            out=root,
+            input=InputSpec("embeddings", path),
+            bundle=None,
+            memory_budget=1 << 30,
+            index=IndexOptions(**{"queries": 50, **(options or {})}),
+            progress=False,
+        )
+    )
     return result.version_dir
 
 
@@ -187,8 +224,9 @@ def people(lfw_dir: Path) -> dict[str, list[Path]]:
 
 
 @pytest.fixture(scope="session")
-def calibrated_bundle(server_bundle: Path, lfw_dir: Path, people: dict[str, list[Path]],
-                      tmp_path_factory: pytest.TempPathFactory) -> Path:
+def calibrated_bundle(
+    server_bundle: Path, lfw_dir: Path, people: dict[str, list[Path]], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     """A copy of the exported bundle with calibration.json and open_set_calibration.json, written by
     ``facesearch eval calibrate`` on lfw-dev people disjoint from ``people`` and from the gallery
     (330 people from the other end of the alphabet, at most 2 photos each: linked, never copied),
@@ -203,17 +241,16 @@ def calibrated_bundle(server_bundle: Path, lfw_dir: Path, people: dict[str, list
         (tree / folder.name).mkdir(parents=True)
         for photo in sorted(folder.glob("*.jpg"))[:CALIBRATION_PER_PERSON]:
             (tree / folder.name / photo.name).symlink_to(photo)
-    assert main(["eval", "calibrate", "--images", str(tree), "--bundle", str(bundle), "--workers", "2",
-                 "--quiet"]) == 0
+    assert main(["eval", "calibrate", "--images", str(tree), "--bundle", str(bundle), "--workers", "2", "--quiet"]) == 0
     assert (bundle / "calibration.json").is_file() and (bundle / "open_set_calibration.json").is_file()
     return bundle
 
 
 def largest_face_embeddings(bundle: Path, photos: list[Path], min_face: int = 80) -> np.ndarray:
     """The embedding of each photo's largest face, as the server enrolls it (``use_largest_face``)."""
-    from facesearch.bundle import ModelBundle
-    from facesearch.decode import decode_image
-    from facesearch.pipeline import FacePipeline, PipelineConfig
+    from facesearch.bundle.manifest import ModelBundle
+    from facesearch.vision.decode import decode_image
+    from facesearch.vision.pipeline import FacePipeline, PipelineConfig
 
     pipeline = FacePipeline(ModelBundle.load(bundle, verify=False), PipelineConfig(min_face=min_face, threads=1))
 
@@ -234,11 +271,12 @@ def _folders(lfw_dir: Path) -> list[Path]:
 
 
 @pytest.fixture(scope="session")
-def lfw_gallery(server_bundle: Path, lfw_dir: Path, people: dict[str, list[Path]],
-                calibrated_bundle: Path) -> tuple[np.ndarray, list[str]]:
+def lfw_gallery(
+    server_bundle: Path, lfw_dir: Path, people: dict[str, list[Path]], calibrated_bundle: Path
+) -> tuple[np.ndarray, list[str]]:
     """Real faces to publish: the first photo of 140 lfw-dev people from the start of the alphabet
     (not in ``people``, not among the calibration people at the other end): ``(embeddings, names)``."""
-    from facesearch.embed_job import embed_paths
+    from facesearch.jobs.embed import embed_paths
 
     calibration = {p.name for p in (calibrated_bundle.parent / "tree").iterdir()}
     folders = [f for f in _folders(lfw_dir) if f.name not in people][: GALLERY_PEOPLE + 10]

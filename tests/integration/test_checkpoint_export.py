@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facesearch.bundle import ModelBundle, sha256_file
+from facesearch.bundle.manifest import ModelBundle, sha256_file
 from tests.integration.checkpoint_fixtures import *  # noqa: F403
 from tests.integration.checkpoint_fixtures import export_bundle, make_checkpoint
 
@@ -29,7 +29,8 @@ def test_exported_bundle_keeps_the_runtime_contract(bundle_dir: Path, ft_bundle:
     for section in ("detector", "landmarks", "chip"):
         assert ft.manifest[section] == base.manifest[section]
     assert {k: v for k, v in ft.manifest["embedder"].items() if k in ("input", "output", "opset")} == {
-        k: v for k, v in base.manifest["embedder"].items() if k in ("input", "output", "opset")}
+        k: v for k, v in base.manifest["embedder"].items() if k in ("input", "output", "opset")
+    }
     for name in ("detector.onnx", "landmarks5.npz"):
         assert ft.manifest["files"][name] == base.manifest["files"][name]
     assert {"model_card.md", "model_card.json"} <= set(ft.manifest["files"])
@@ -42,8 +43,8 @@ def test_exported_bundle_keeps_the_runtime_contract(bundle_dir: Path, ft_bundle:
 
 
 def test_unchanged_weights_embed_like_the_base(bundle_dir: Path, ft_bundle: Path, lfw_images: list[Path]) -> None:
-    from facesearch.decode import load_image
-    from facesearch.pipeline import FacePipeline, PipelineConfig
+    from facesearch.vision.decode import load_image
+    from facesearch.vision.pipeline import FacePipeline, PipelineConfig
 
     config = PipelineConfig(min_face=80, threads=1)
     base = FacePipeline(ModelBundle.load(bundle_dir), config)
@@ -67,8 +68,9 @@ def test_reexport_is_byte_identical(ft_bundle: Path, tmp_path: Path) -> None:
         assert (again / name).read_bytes() == (ft_bundle / name).read_bytes(), name
 
 
-def test_bad_checkpoints_exit_2_with_a_clear_message(bundle_dir: Path, ft_bundle: Path, tmp_path: Path,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_checkpoints_exit_2_with_a_clear_message(
+    bundle_dir: Path, ft_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from export.main import main as export_main
 
     junk = tmp_path / "junk.pt"
@@ -85,8 +87,9 @@ def test_bad_checkpoints_exit_2_with_a_clear_message(bundle_dir: Path, ft_bundle
     assert not (tmp_path / "b3").exists() and not (tmp_path / "b3.partial").exists()
 
 
-def test_weights_that_do_not_fit_the_arch_are_refused(bundle_dir: Path, tmp_path: Path,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_weights_that_do_not_fit_the_arch_are_refused(
+    bundle_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from export.main import main as export_main
 
     ckpt_path = make_checkpoint(tmp_path / "run", bundle_dir)
@@ -112,17 +115,24 @@ def test_parity_check_fails_on_a_wrong_graph(tmp_path: Path) -> None:
 
     chips = parity_chips(150)
     path = tmp_path / "e.onnx"
-    export_onnx(ChipEmbedder(Tiny(0)), torch.from_numpy(chips[:2]), path, input_name="chips",
-                output_names=["descriptors"], dynamic_axes={"chips": {0: "batch"}, "descriptors": {0: "batch"}},
-                metadata={})
+    export_onnx(
+        ChipEmbedder(Tiny(0)),
+        torch.from_numpy(chips[:2]),
+        path,
+        input_name="chips",
+        output_names=["descriptors"],
+        dynamic_axes={"chips": {0: "batch"}, "descriptors": {0: "batch"}},
+        metadata={},
+    )
     assert check_parity(ChipEmbedder(Tiny(0)), path, chips)["max_abs_diff"] <= 1e-6
     with pytest.raises(ModelFormatError, match="parity check failed") as err:  # BGR where RGB was meant
         check_parity(ChipEmbedder(Tiny(2)), path, chips)
     assert err.value.reason == "EXPORT_PARITY"
 
 
-def test_export_with_eval_writes_before_after_into_the_card(bundle_dir: Path, ft_bundle: Path, eval_tree: Path,
-                                                            tmp_path: Path) -> None:
+def test_export_with_eval_writes_before_after_into_the_card(
+    bundle_dir: Path, ft_bundle: Path, eval_tree: Path, tmp_path: Path
+) -> None:
     run = tmp_path / "run"
     shutil.copytree(ft_bundle.parent / "run", run)
     out = export_bundle(run / "best.pt", tmp_path / "b", "--eval", str(eval_tree), "--min-face", "80")

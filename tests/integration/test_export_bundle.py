@@ -10,7 +10,7 @@ import onnx
 import pytest
 
 from export.main import main as export_main
-from facesearch.bundle import ModelBundle, sha256_file
+from facesearch.bundle.manifest import ModelBundle, sha256_file
 from facesearch.errors import BundleError
 
 
@@ -21,7 +21,11 @@ def test_manifest_describes_every_file(bundle_dir: Path) -> None:
     for name, digest in manifest["files"].items():
         assert sha256_file(bundle_dir / name) == digest
     assert manifest["embedding"]["dim"] == 128 and manifest["chip"] == {
-        "size": 150, "padding": 0.25, "landmarks": "5-point", "method": "dlib get_face_chip"}
+        "size": 150,
+        "padding": 0.25,
+        "landmarks": "5-point",
+        "method": "dlib get_face_chip",
+    }
     assert manifest["source"]["package"] == "face_recognition_models"
     assert "shape_predictor_68_face_landmarks.dat" not in json.dumps(manifest)
     assert bundle.contract_id.startswith("dlib-resnet-v1:")

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facesearch.bundle import PREPROCESSING_VERSION, ModelBundle, contract_id
-from facesearch.decode import decode_image
-from facesearch.embedder import Embedder
-from facesearch.pipeline import FacePipeline
+from facesearch.bundle.manifest import PREPROCESSING_VERSION, ModelBundle, contract_id
+from facesearch.vision.decode import decode_image
+from facesearch.vision.embedder import Embedder
+from facesearch.vision.pipeline import FacePipeline
 
 
 @pytest.fixture(scope="module")

@@ -36,20 +36,40 @@ def _write(path: Path, photos: list[Path]) -> Path:
     return path
 
 
-def test_eval_ident_writes_report_and_det(lfw_dir: Path, bundle_dir: Path, tmp_path: Path,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_eval_ident_writes_report_and_det(
+    lfw_dir: Path, bundle_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     enrolled = _people(lfw_dir / "images", range(2, 4), 10)
     strangers = _people(lfw_dir / "images", range(1, 2), 6)
     gallery = _write(tmp_path / "gallery.txt", [p[0] for p in enrolled])
     probes = _write(tmp_path / "probes.txt", [q for p in enrolled for q in p[1:]])
     nonmated = _write(tmp_path / "nonmated.txt", [p[0] for p in strangers])
     groups = tmp_path / "groups.csv"
-    groups.write_text("identity,group\n" + "".join(f"{p[0].parent.name},{'ab'[i % 2]}\n"
-                                                   for i, p in enumerate(enrolled + strangers)))
+    groups.write_text(
+        "identity,group\n" + "".join(f"{p[0].parent.name},{'ab'[i % 2]}\n" for i, p in enumerate(enrolled + strangers))
+    )
     out = tmp_path / "report"
-    args = _parser().parse_args(["eval", "ident", "--gallery", str(gallery), "--probes", str(probes),
-                                 "--nonmated", str(nonmated), "--groups", str(groups), "--bundle", str(bundle_dir),
-                                 "--out", str(out), "--workers", "2", "--quiet"])
+    args = _parser().parse_args(
+        [
+            "eval",
+            "ident",
+            "--gallery",
+            str(gallery),
+            "--probes",
+            str(probes),
+            "--nonmated",
+            str(nonmated),
+            "--groups",
+            str(groups),
+            "--bundle",
+            str(bundle_dir),
+            "--out",
+            str(out),
+            "--workers",
+            "2",
+            "--quiet",
+        ]
+    )
     assert eval_ident.run(args) == 0
     report = json.loads((out / "report.json").read_text())
     ours, raw = report["facesearch"], report["raw"]

@@ -15,9 +15,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from facesearch.identity_store import IdentityStore
-from facesearch.index_artifact import STORE_FILE, load_index, read_manifest
-from facesearch.synthetic import FaceEmbeddingModel, SyntheticGallery, default_model_path
+from facesearch.evaluation.synthetic import FaceEmbeddingModel, SyntheticGallery, default_model_path
+from facesearch.store.identity_store import IdentityStore
+from facesearch.store.index_artifact import STORE_FILE, load_index, read_manifest
 from indexer.main import main
 
 CONTRACT = "synthetic:test"
@@ -28,9 +28,7 @@ FAST = ["--threads", "1", "--quiet"]
 def model() -> FaceEmbeddingModel:
     path = default_model_path()
     if not path.is_file():
-        pytest.skip(
-            f"face embedding model not found at {path} (set FACESEARCH_DATA to the shared data folder)"
-        )
+        pytest.skip(f"face embedding model not found at {path} (set FACESEARCH_DATA to the shared data folder)")
     faiss.omp_set_num_threads(1)
     return FaceEmbeddingModel.load(path)
 
@@ -146,12 +144,7 @@ def test_add_remove_rollback_keep_versions(
     victim = f"b{new.identities[0]}"
     victim_rows = np.flatnonzero(new.identities == new.identities[0])
     capsys.readouterr()
-    assert (
-        main(
-            ["remove", str(root), "--identity", victim, "--identity", "nobody", "--keep-versions", "2", *FAST]
-        )
-        == 0
-    )
+    assert main(["remove", str(root), "--identity", victim, "--identity", "nobody", "--keep-versions", "2", *FAST]) == 0
     assert "not found: nobody" in capsys.readouterr().out
     v3 = load_index(root)
     assert v3.ntotal == 3300 - len(victim_rows)
@@ -222,9 +215,7 @@ def test_parquet_input_rejects_bad_rows(model: FaceEmbeddingModel, tmp_path: Pat
     manifest = read_manifest(root)
     assert manifest.ntotal == 497
     assert manifest.build["rejected"] == {"BAD_EMBEDDING": 2, "NO_IDENTITY": 1}
-    rejects = [
-        json.loads(line) for line in (root / manifest.version / "rejects.jsonl").read_text().splitlines()
-    ]
+    rejects = [json.loads(line) for line in (root / manifest.version / "rejects.jsonl").read_text().splitlines()]
     assert sorted((r["row"], r["reason"]) for r in rejects) == [
         (3, "BAD_EMBEDDING"),
         (7, "BAD_EMBEDDING"),
@@ -232,9 +223,7 @@ def test_parquet_input_rejects_bad_rows(model: FaceEmbeddingModel, tmp_path: Pat
     ]
 
 
-def test_add_retrains_when_the_gallery_outgrows_exact_search(
-    model: FaceEmbeddingModel, tmp_path: Path
-) -> None:
+def test_add_retrains_when_the_gallery_outgrows_exact_search(model: FaceEmbeddingModel, tmp_path: Path) -> None:
     g = SyntheticGallery(model, 4000, faces_per_identity=4, seed=51).materialize()
     root = tmp_path / "root"
     src = _npz(tmp_path / "a.npz", g.embeddings[:1000], [str(i) for i in g.identities[:1000]])
@@ -319,7 +308,4 @@ def test_sq8_store_rescores_exactly_from_disk(model: FaceEmbeddingModel, tmp_pat
     rows = [i for i, lab in enumerate(labels) if lab == victim]
     assert main(["remove", str(root), "--identity", victim, *FAST]) == 0
     v2 = load_index(root)
-    assert (
-        v2.manifest.exact_on_disk
-        and g.embeddings[rows[0]].tobytes() not in (v2.dir / "exact.npy").read_bytes()
-    )
+    assert v2.manifest.exact_on_disk and g.embeddings[rows[0]].tobytes() not in (v2.dir / "exact.npy").read_bytes()

@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facesearch.bundle import ModelBundle
-from facesearch.decode import load_image
-from facesearch.identity_store import IdentityStore
-from facesearch.index_artifact import STORE_FILE, load_index, read_manifest
-from facesearch.pipeline import FacePipeline, PipelineConfig
+from facesearch.bundle.manifest import ModelBundle
+from facesearch.store.identity_store import IdentityStore
+from facesearch.store.index_artifact import STORE_FILE, load_index, read_manifest
+from facesearch.vision.decode import load_image
+from facesearch.vision.pipeline import FacePipeline, PipelineConfig
 from indexer.main import main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -91,9 +91,7 @@ def built(people: dict[str, list[Path]], bundle_dir: Path, tmp_path_factory: pyt
     return root
 
 
-def test_build_from_photos_finds_held_out_photos(
-    built: Path, people: dict[str, list[Path]], bundle_dir: Path
-) -> None:
+def test_build_from_photos_finds_held_out_photos(built: Path, people: dict[str, list[Path]], bundle_dir: Path) -> None:
     m = read_manifest(built)
     assert m.contract_id == ModelBundle.load(bundle_dir).contract_id
     assert m.build["images"] == 14 and m.build["accepted"] == m.ntotal
@@ -140,9 +138,7 @@ def _spawn_build(tree: Path, root: Path, bundle: Path) -> subprocess.Popen[bytes
         "shard_size=2",
         *FAST,
     ]
-    return subprocess.Popen(
-        cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
-    )
+    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
 
 
 def _kill_after_shards(proc: subprocess.Popen[bytes], work: Path, shards: int, timeout: float = 240) -> int:
@@ -174,9 +170,7 @@ def test_killed_build_resumes_and_a_changed_input_is_refused(
     assert not (root / "CURRENT").exists()  # nothing published by the killed run
     # another input while the unfinished stage is there: refused, naming the way out
     other = _tree(tmp_path / "other", dict(list(people.items())[:2]), 1, bad=False)
-    assert (
-        main(["build", "--bundle", str(bundle_dir), "--images", str(other), "--out", str(root), *FAST]) == 1
-    )
+    assert main(["build", "--bundle", str(bundle_dir), "--images", str(other), "--out", str(root), *FAST]) == 1
     err = capsys.readouterr().err
     assert "RESUME_MISMATCH" in err and "--restart" in err
     # the same input resumes: finished shards are not embedded again
@@ -238,9 +232,7 @@ def _faces_with_embeddings(store: IdentityStore) -> list:
     return list(zip(store.faces(vids.tolist()), emb, strict=True))
 
 
-def test_manifest_csv_with_metadata_and_chips(
-    people: dict[str, list[Path]], bundle_dir: Path, tmp_path: Path
-) -> None:
+def test_manifest_csv_with_metadata_and_chips(people: dict[str, list[Path]], bundle_dir: Path, tmp_path: Path) -> None:
     name, photos = next(iter(people.items()))
     csv = tmp_path / "people.csv"
     lines = ["path,identity_id,name,metadata,site"]
@@ -273,11 +265,7 @@ def test_manifest_csv_with_metadata_and_chips(
         chip = store.chip(0)
         assert chip is not None and chip.shape == (150, 150, 3)
         face = store.faces([0])[0]
-        assert (
-            face is not None
-            and face.identity_id == name.lower()
-            and face.metadata == {"badge": 0, "site": "north"}
-        )
+        assert face is not None and face.identity_id == name.lower() and face.metadata == {"badge": 0, "site": "north"}
     assert main(["remove", str(root), "--identity", name.lower(), *FAST]) == 1  # would empty the index
 
 

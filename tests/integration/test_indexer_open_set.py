@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facesearch.gallery_open_set import OPEN_SET_FILE, GalleryOpenSet
-from facesearch.identity_store import IdentityStore
-from facesearch.index_artifact import STORE_FILE, read_manifest
-from facesearch.live_journal import LiveJournal, NewFace
-from facesearch.open_set import gallery_topk_mean
-from facesearch.open_set_calibration import OPEN_SET_CALIBRATION_FILE
-from facesearch.templates import build_gallery, gallery_scores
+from facesearch.scoring.gallery_stats import OPEN_SET_FILE, GalleryOpenSet
+from facesearch.scoring.normalise import gallery_topk_mean
+from facesearch.scoring.open_set_calibration import OPEN_SET_CALIBRATION_FILE
+from facesearch.scoring.templates import build_gallery, gallery_scores
+from facesearch.store.identity_store import IdentityStore
+from facesearch.store.index_artifact import STORE_FILE, read_manifest
+from facesearch.store.live_journal import LiveJournal, NewFace
 from indexer.compact import compact
 from indexer.main import main
 from server.base_index import BaseIndex
@@ -95,9 +95,16 @@ def test_build_add_remove_verify_carry_open_set(tmp_path: Path, capsys: pytest.C
     # a bundle whose open-set calibration was measured with k=3 and rule "best" sets the parameters
     bundle = tmp_path / "bundle"
     bundle.mkdir()
-    cal = {"score": "margin-v1", "k": 3, "template": "best", "identities": 100, "source": "test",
-           "default_fpir": 0.01, "normalise_from": 128,
-           "curves": [{"gallery_size": 16, "searches": 1000, "points": [{"fpir": 0.1, "threshold": 0.05}]}]}
+    cal = {
+        "score": "margin-v1",
+        "k": 3,
+        "template": "best",
+        "identities": 100,
+        "source": "test",
+        "default_fpir": 0.01,
+        "normalise_from": 128,
+        "curves": [{"gallery_size": 16, "searches": 1000, "points": [{"fpir": 0.1, "threshold": 0.05}]}],
+    }
     (bundle / OPEN_SET_CALIBRATION_FILE).write_text(json.dumps(cal))
     gone = sorted(set(ids))[:5]
     assert main(["remove", str(root), *[f"--identity={i}" for i in gone], "--bundle", str(bundle), *FAST]) == 0
@@ -133,8 +140,7 @@ def test_compact_carries_open_set_and_the_server_loads_it(tmp_path: Path, caplog
         rng = np.random.default_rng(0)
         x = emb[:3] + 0.05 * rng.standard_normal((3, D)).astype(np.float32)
         x /= np.linalg.norm(x, axis=1, keepdims=True)
-        gallery.enroll("live-person", None, {}, [NewFace(v, None, None, None, None, None) for v in x],
-                       create_only=True)
+        gallery.enroll("live-person", None, {}, [NewFace(v, None, None, None, None, None) for v in x], create_only=True)
         gallery.delete_identity(ids[-1])
         result = compact(root)
         assert result.job is not None

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facesearch.detector import Detection, FaceDetector
+from facesearch.vision.detector import Detection, FaceDetector
 
 dlib = pytest.importorskip("dlib", reason="dlib-bin is the parity reference (test extra)")
 pytest.importorskip("torch", reason="exporting the detector needs the export extra (torch)")
@@ -26,8 +26,8 @@ MAX_SCORE_DIFF = 1e-3
 
 @pytest.fixture(scope="module")
 def dat_path() -> Path:
-    from export.dlib_sources import default_models_dir
     from facesearch.errors import ModelFormatError
+    from facesearch.nets.dlib_sources import default_models_dir
 
     try:
         return default_models_dir() / "mmod_human_face_detector.dat"
@@ -68,8 +68,10 @@ def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
 
 def _assert_parity(reference, ours: FaceDetector, image: np.ndarray, upsample: int) -> float:
     """Checks one image; returns the largest score difference."""
-    theirs = [((d.rect.left(), d.rect.top(), d.rect.right() + 1, d.rect.bottom() + 1), d.confidence)
-              for d in reference(image, upsample)]
+    theirs = [
+        ((d.rect.left(), d.rect.top(), d.rect.right() + 1, d.rect.bottom() + 1), d.confidence)
+        for d in reference(image, upsample)
+    ]
     mine: list[Detection] = ours.detect(image, upsample=upsample)
     assert len(mine) == len(theirs), f"dlib found {theirs}, we found {mine}"
     worst = 0.0
@@ -81,8 +83,7 @@ def _assert_parity(reference, ours: FaceDetector, image: np.ndarray, upsample: i
     return worst
 
 
-def test_export_is_deterministic_and_matches_torch(dat_path: Path, exported: tuple[Path, dict],
-                                                   tmp_path: Path) -> None:
+def test_export_is_deterministic_and_matches_torch(dat_path: Path, exported: tuple[Path, dict], tmp_path: Path) -> None:
     from export.mmod import export_detector
 
     path, section = exported
@@ -90,8 +91,11 @@ def test_export_is_deterministic_and_matches_torch(dat_path: Path, exported: tup
     assert hashlib.sha256(path.read_bytes()).hexdigest() == section["onnx"]["sha256"]
     assert again["onnx"]["sha256"] == section["onnx"]["sha256"]
     assert section["onnx"]["max_abs_diff_vs_torch"] < 1e-4
-    assert section["output"]["to_input"] == {"stride": 8, "offset": 14,
-                                             "formula": "input_xy = stride * output_xy + offset"}
+    assert section["output"]["to_input"] == {
+        "stride": 8,
+        "offset": 14,
+        "formula": "input_xy = stride * output_xy + offset",
+    }
     assert section["detector_window"]["width"] == 80 and section["nms"]["percent_covered"] == 1.0
 
 
@@ -116,8 +120,12 @@ def _canvas(lfw_dir: Path) -> np.ndarray:
     rng = np.random.default_rng(7)
     canvas = np.full((360, 480, 3), (120, 128, 110), dtype=np.int64) + rng.integers(-12, 13, (360, 480, 3))
     canvas = canvas.clip(0, 255).astype(np.uint8)
-    for index, size, (y, x) in [(100, 150, (20, 20)), (900, 100, (40, 250)), (1700, 56, (230, 380)),
-                                (2400, 72, (220, 120))]:
+    for index, size, (y, x) in [
+        (100, 150, (20, 20)),
+        (900, 100, (40, 250)),
+        (1700, 56, (230, 380)),
+        (2400, 72, (220, 120)),
+    ]:
         crop = Image.open(paths[index % len(paths)]).convert("RGB").crop((60, 60, 190, 190))
         canvas[y : y + size, x : x + size] = np.asarray(crop.resize((size, size), Image.BILINEAR))
     return canvas

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facesearch.bundle import ModelBundle
-from facesearch.embedder import Embedder
+from facesearch.bundle.manifest import ModelBundle
 from facesearch.errors import InvalidInputError
+from facesearch.vision.embedder import Embedder
 
 dlib = pytest.importorskip("dlib", reason="dlib-bin (test extra) is the parity reference")
 
@@ -28,8 +28,9 @@ def dlib_chips(lfw_images: list[Path], dlib_models_dir: Path) -> np.ndarray:
     return np.stack(chips)
 
 
-def test_descriptors_equal_dlib_on_identical_chips(bundle_dir: Path, dlib_chips: np.ndarray,
-                                                   dlib_models_dir: Path) -> None:
+def test_descriptors_equal_dlib_on_identical_chips(
+    bundle_dir: Path, dlib_chips: np.ndarray, dlib_models_dir: Path
+) -> None:
     bundle = ModelBundle.load(bundle_dir)
     embedder = Embedder(bundle.path("embedder"), max_batch=7)  # several batches, one partial
     ours = embedder.embed_raw(dlib_chips)

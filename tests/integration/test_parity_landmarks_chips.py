@@ -20,8 +20,8 @@ import pytest
 from PIL import Image
 
 from export.shape_predictor import export_landmarks
-from facesearch.align import MEAN_FACE_5, face_chip
-from facesearch.landmarks import LandmarkPredictor
+from facesearch.vision.align import MEAN_FACE_5, face_chip
+from facesearch.vision.landmarks import LandmarkPredictor
 
 dlib = pytest.importorskip("dlib", reason="dlib-bin (the parity reference) is not installed")
 

@@ -9,12 +9,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from facesearch.bundle import ModelBundle
+from facesearch.bundle.manifest import ModelBundle
 from facesearch.cli.main import main as cli_main
-from facesearch.decode import DecodeLimits, load_image
-from facesearch.embed_job import EmbedConfig, run
 from facesearch.errors import InvalidInputError, PreconditionError
-from facesearch.pipeline import FacePipeline, PipelineConfig
+from facesearch.jobs.embed import EmbedConfig, run
+from facesearch.vision.decode import DecodeLimits, load_image
+from facesearch.vision.pipeline import FacePipeline, PipelineConfig
 
 
 @pytest.fixture(scope="module")
@@ -92,25 +92,44 @@ def test_embed_cli_contract_npz_and_parquet(bundle_dir: Path, lfw_images: list[P
     assert str(data["contract_id"]) == ModelBundle.load(bundle_dir).contract_id
     np.testing.assert_allclose(np.linalg.norm(data["embeddings"][[0, 3]], axis=1), 1.0, atol=1e-5)
     pq_out = tmp_path / "out.parquet"
-    assert cli_main(["embed", "--bundle", str(bundle_dir), "--list", str(listing), "--out", str(pq_out), "--quiet",
-                     "--workers", "2"]) == 0
+    assert (
+        cli_main(
+            [
+                "embed",
+                "--bundle",
+                str(bundle_dir),
+                "--list",
+                str(listing),
+                "--out",
+                str(pq_out),
+                "--quiet",
+                "--workers",
+                "2",
+            ]
+        )
+        == 0
+    )
     table = pq.read_table(pq_out)
     assert table.column("found").to_pylist() == [True, False, False, True]
-    np.testing.assert_allclose(np.array(table.column("embedding").to_pylist(), np.float32), data["embeddings"],
-                               atol=1e-5)  # two worker processes give the same answer as one
+    np.testing.assert_allclose(
+        np.array(table.column("embedding").to_pylist(), np.float32), data["embeddings"], atol=1e-5
+    )  # two worker processes give the same answer as one
 
 
 def test_embed_resumes_and_refuses_other_inputs(bundle_dir: Path, lfw_images: list[Path], tmp_path: Path) -> None:
     out = tmp_path / "e.npz"
-    config = EmbedConfig(bundle=bundle_dir, paths=tuple(lfw_images[:6]), out=out, shard_size=2, workers=1,
-                         progress=False)
+    config = EmbedConfig(
+        bundle=bundle_dir, paths=tuple(lfw_images[:6]), out=out, shard_size=2, workers=1, progress=False
+    )
     parts = out.with_name("e.npz.parts")
     parts.mkdir()
-    (parts / "fingerprint.json").write_text(json.dumps({"fingerprint": config.fingerprint(
-        ModelBundle.load(bundle_dir).contract_id)}))
+    (parts / "fingerprint.json").write_text(
+        json.dumps({"fingerprint": config.fingerprint(ModelBundle.load(bundle_dir).contract_id)})
+    )
     # a finished shard from an earlier (killed) run is reused, not recomputed: plant a marker value
-    first = run(EmbedConfig(bundle=bundle_dir, paths=tuple(lfw_images[:2]), out=tmp_path / "x.npz", workers=1,
-                            progress=False))
+    first = run(
+        EmbedConfig(bundle=bundle_dir, paths=tuple(lfw_images[:2]), out=tmp_path / "x.npz", workers=1, progress=False)
+    )
     assert first.images == 2
     x = dict(np.load(tmp_path / "x.npz"))
     shard = {k: x[k] for k in ("image_index", "embeddings", "found", "boxes", "scores", "errors")}

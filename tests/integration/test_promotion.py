@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from facesearch.bundle import ModelBundle
-from facesearch.bundle_location import CURRENT_POINTER, default_bundle
+from facesearch.bundle.location import CURRENT_POINTER, default_bundle
+from facesearch.bundle.manifest import ModelBundle
 from facesearch.cli.main import main
 from tests.integration.checkpoint_fixtures import *  # noqa: F403
 
@@ -18,12 +18,29 @@ pytestmark = pytest.mark.slow
 
 
 def _promote(candidate: Path, current: Path, tree: Path, models: Path, report: Path) -> int:
-    return main(["models", "promote", str(candidate), "--current", str(current), "--eval", str(tree),
-                 "--to", str(models), "--report", str(report), "--min-face", "80", "--quiet"])
+    return main(
+        [
+            "models",
+            "promote",
+            str(candidate),
+            "--current",
+            str(current),
+            "--eval",
+            str(tree),
+            "--to",
+            str(models),
+            "--report",
+            str(report),
+            "--min-face",
+            "80",
+            "--quiet",
+        ]
+    )
 
 
-def test_worse_candidate_is_refused(bundle_dir: Path, worse_bundle: Path, eval_tree: Path, tmp_path: Path,
-                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_worse_candidate_is_refused(
+    bundle_dir: Path, worse_bundle: Path, eval_tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     models, report = tmp_path / "models", tmp_path / "report.json"
     assert _promote(worse_bundle, bundle_dir, eval_tree, models, report) == 1
     out = capsys.readouterr()
@@ -31,15 +48,18 @@ def test_worse_candidate_is_refused(bundle_dir: Path, worse_bundle: Path, eval_t
     data = json.loads(report.read_text())
     assert data["decision"] == "refused" and data["reasons"] and data["installed"] is None
     cur, cand = data["current"], data["candidate"]
-    assert cand["pairs_accuracy"] < cur["pairs_accuracy"] - 0.005 or \
-        cand["fnir_at_fpir_1pct"] > cur["fnir_at_fpir_1pct"] + 0.01
+    assert (
+        cand["pairs_accuracy"] < cur["pairs_accuracy"] - 0.005
+        or cand["fnir_at_fpir_1pct"] > cur["fnir_at_fpir_1pct"] + 0.01
+    )
     assert f"{cur['pairs_accuracy']:.4f}" in out.err or f"{cur['fnir_at_fpir_1pct']:.4f}" in out.err
     assert not (models / CURRENT_POINTER).exists()
     assert default_bundle(models) == models / "dlib"
 
 
-def test_equal_candidate_is_installed_and_becomes_current(bundle_dir: Path, ft_bundle: Path, eval_tree: Path,
-                                                          tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_equal_candidate_is_installed_and_becomes_current(
+    bundle_dir: Path, ft_bundle: Path, eval_tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     models, report = tmp_path / "models", tmp_path / "report.json"
     assert _promote(ft_bundle, bundle_dir, eval_tree, models, report) == 0
     out = capsys.readouterr().out
@@ -58,8 +78,9 @@ def test_equal_candidate_is_installed_and_becomes_current(bundle_dir: Path, ft_b
     assert not [p for p in models.iterdir() if p.name.startswith(".")]
 
 
-def test_uncalibrated_candidate_is_refused_before_evaluation(bundle_dir: Path, ft_bundle: Path, tmp_path: Path,
-                                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_uncalibrated_candidate_is_refused_before_evaluation(
+    bundle_dir: Path, ft_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     bare = tmp_path / "bare"
     shutil.copytree(ft_bundle, bare)
     (bare / "calibration.json").unlink()

@@ -37,12 +37,27 @@ def lines(capsys: pytest.CaptureFixture[str]) -> list[str]:
     return [x for x in capsys.readouterr().out.splitlines() if x.strip()]
 
 
-def test_cli_round_trip(server: ServerProcess, people: dict[str, list[Path]], tmp_path: Path,
-                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_round_trip(
+    server: ServerProcess, people: dict[str, list[Path]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     target = ["--target", server.target]
     a, b, stranger = list(people)[:3]
-    assert cli(["enroll", "--identity", a, "--name", "Person A", "--use-largest-face", "--json", *target,
-                *map(str, people[a][:3])]) == 0
+    assert (
+        cli(
+            [
+                "enroll",
+                "--identity",
+                a,
+                "--name",
+                "Person A",
+                "--use-largest-face",
+                "--json",
+                *target,
+                *map(str, people[a][:3]),
+            ]
+        )
+        == 0
+    )
     out = json.loads(lines(capsys)[-1])
     assert out["identity_id"] == a and out["created"] and len(out["face_ids"]) >= 2
     assert cli(["enroll", "--identity", b, "--use-largest-face", *target, *map(str, people[b][:3])]) == 0
@@ -51,8 +66,23 @@ def test_cli_round_trip(server: ServerProcess, people: dict[str, list[Path]], tm
     listing = tmp_path / "photos.txt"
     listing.write_text(f"{people[b][4]}\n# a comment\n{people[stranger][0]}\n")
     missing = tmp_path / "missing.jpg"
-    assert cli(["identify", "--json", "--largest-only", "--top-k", "2", *target, str(people[a][4]), str(missing),
-                "--list", str(listing)]) == 1  # one photo could not be read
+    assert (
+        cli(
+            [
+                "identify",
+                "--json",
+                "--largest-only",
+                "--top-k",
+                "2",
+                *target,
+                str(people[a][4]),
+                str(missing),
+                "--list",
+                str(listing),
+            ]
+        )
+        == 1
+    )  # one photo could not be read
     rows = [json.loads(x) for x in lines(capsys)]
     assert [r["path"] for r in rows] == [str(people[a][4]), str(missing), str(people[b][4]), str(people[stranger][0])]
     for row in rows:
@@ -60,15 +90,23 @@ def test_cli_round_trip(server: ServerProcess, people: dict[str, list[Path]], tm
         for face in row["faces"]:  # the issue-4 keys, plus the keys open-set decisions added
             assert set(face) == {"box", "detection_score", "match", "candidates", "threshold"}
             assert len(face["box"]) == 4 and isinstance(face["detection_score"], float)
-            assert face["match"] is None or set(face["match"]) == {"identity_id", "name", "similarity",
-                                                                   "normalised_score"}
+            assert face["match"] is None or set(face["match"]) == {
+                "identity_id",
+                "name",
+                "similarity",
+                "normalised_score",
+            }
             assert 1 <= len(face["candidates"]) <= 2
             for c in face["candidates"]:
                 assert set(c) == {"identity_id", "name", "similarity", "face_id", "normalised_score"}
             assert face["threshold"]["kind"] == "default" and face["threshold"]["score_kind"] == "raw"
     match = rows[0]["faces"][0]["match"]
-    assert match == {"identity_id": a, "name": "Person A", "similarity": match["similarity"],
-                     "normalised_score": match["normalised_score"]}
+    assert match == {
+        "identity_id": a,
+        "name": "Person A",
+        "similarity": match["similarity"],
+        "normalised_score": match["normalised_score"],
+    }
     assert rows[1]["faces"] == [] and rows[1]["error"]["reason"] == "IMAGE_UNREADABLE"
     assert rows[2]["faces"][0]["match"]["identity_id"] == b
     assert rows[3]["faces"][0]["match"] is None  # a stranger is unknown

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facesearch.bundle import ModelBundle
-from facesearch.client import FaceSearchClient
-from facesearch.open_set import gallery_topk_mean, normalise_matrix
-from facesearch.templates import build_gallery, gallery_scores, identity_scores
+from facesearch.bundle.manifest import ModelBundle
+from facesearch.client.service_client import FaceSearchClient
+from facesearch.scoring.normalise import gallery_topk_mean, normalise_matrix
+from facesearch.scoring.templates import build_gallery, gallery_scores, identity_scores
 from tests.integration.server_fixtures import *  # noqa: F403
 from tests.integration.server_fixtures import (
     build_index,
@@ -67,7 +67,8 @@ class Expected:
 
 
 def test_statistics_match_a_recomputation_through_changes_restart_and_swap(
-        server_bundle: Path, people: dict[str, list[Path]], tmp_path: Path) -> None:
+    server_bundle: Path, people: dict[str, list[Path]], tmp_path: Path
+) -> None:
     names = list(people)
     a, b, c, d, probe_person = names[0], names[1], names[2], names[3], names[7]
     photos = {n: people[n][:3] for n in (a, b, c, d)}

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facesearch.bundle import ModelBundle
+from facesearch.bundle.manifest import ModelBundle
 from facesearch.cli import client_commands
-from facesearch.client import FaceSearchClient
+from facesearch.client.service_client import FaceSearchClient
 from facesearch.errors import InvalidInputError
-from facesearch.open_set_calibration import load_open_set_calibration
+from facesearch.scoring.open_set_calibration import load_open_set_calibration
 from tests.integration.server_fixtures import *  # noqa: F403
 from tests.integration.server_fixtures import ServerProcess, build_index, start_server
 
@@ -27,8 +27,12 @@ ENROLLED = 4  # the first people of the fixture are enrolled; the last four are 
 
 
 @pytest.fixture(scope="module")
-def server(calibrated_bundle: Path, people: dict[str, list[Path]], lfw_gallery: tuple[np.ndarray, list[str]],
-           tmp_path_factory: pytest.TempPathFactory) -> ServerProcess:
+def server(
+    calibrated_bundle: Path,
+    people: dict[str, list[Path]],
+    lfw_gallery: tuple[np.ndarray, list[str]],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> ServerProcess:
     root = tmp_path_factory.mktemp("decisions")
     contract = ModelBundle.load(calibrated_bundle, verify=False).contract_id
     emb, names = lfw_gallery
@@ -53,7 +57,8 @@ def split(people: dict[str, list[Path]]) -> tuple[list[str], list[str]]:
 
 
 def test_stranger_is_unknown_and_enrolled_people_are_identified_at_max_fpir(
-        client: FaceSearchClient, people: dict[str, list[Path]], calibrated_bundle: Path) -> None:
+    client: FaceSearchClient, people: dict[str, list[Path]], calibrated_bundle: Path
+) -> None:
     enrolled, strangers = split(people)
     gallery = client.stats()["identities"]
     cal = load_open_set_calibration(calibrated_bundle)
@@ -84,7 +89,8 @@ def test_stranger_is_unknown_and_enrolled_people_are_identified_at_max_fpir(
             d = top.details
             assert d is not None and d.probe_cohort_mean is not None and d.identity_cohort_mean is not None
             assert top.normalised_score == pytest.approx(
-                d.identity_similarity - (d.probe_cohort_mean + d.identity_cohort_mean) / 2, abs=1e-5)
+                d.identity_similarity - (d.probe_cohort_mean + d.identity_cohort_mean) / 2, abs=1e-5
+            )
             hits += face.match is not None and face.match.identity_id == name
             if face.match is not None and face.match.identity_id != name:
                 wrong.append((photo, face.match.identity_id))
@@ -134,8 +140,9 @@ def cli(argv: list[str]) -> int:
     return result
 
 
-def test_cli_max_fpir_and_max_fmr(server: ServerProcess, people: dict[str, list[Path]],
-                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_max_fpir_and_max_fmr(
+    server: ServerProcess, people: dict[str, list[Path]], capsys: pytest.CaptureFixture[str]
+) -> None:
     enrolled, strangers = split(people)
     photos = [str(people[enrolled[1]][3]), str(people[strangers[1]][0])]
     assert cli(["identify", "--json", "--largest-only", "--max-fpir", "0.01", "--target", server.target, *photos]) == 0
@@ -144,8 +151,16 @@ def test_cli_max_fpir_and_max_fmr(server: ServerProcess, people: dict[str, list[
     for row in rows:
         face = row["faces"][0]
         assert set(face) == {"box", "detection_score", "match", "candidates", "threshold"}
-        assert set(face["threshold"]) == {"kind", "value", "score_kind", "gallery_size", "fmr", "fpir", "capped",
-                                          "reason"}
+        assert set(face["threshold"]) == {
+            "kind",
+            "value",
+            "score_kind",
+            "gallery_size",
+            "fmr",
+            "fpir",
+            "capped",
+            "reason",
+        }
         assert face["threshold"]["kind"] == "max_fpir" and face["threshold"]["score_kind"] == "normalised"
         assert face["threshold"]["fpir"] == pytest.approx(0.01)
         for c in face["candidates"]:
@@ -156,8 +171,9 @@ def test_cli_max_fpir_and_max_fmr(server: ServerProcess, people: dict[str, list[
     assert "normalised" in capsys.readouterr().out
 
 
-def test_small_gallery_decides_on_raw_cosine(calibrated_bundle: Path, people: dict[str, list[Path]],
-                                             tmp_path: Path) -> None:
+def test_small_gallery_decides_on_raw_cosine(
+    calibrated_bundle: Path, people: dict[str, list[Path]], tmp_path: Path
+) -> None:
     enrolled, strangers = split(people)
     srv = start_server(calibrated_bundle, tmp_path / "index", tmp_path / "logs")  # no published version
     try:

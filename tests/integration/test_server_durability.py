@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from facesearch.bundle import ModelBundle
+from facesearch.bundle.manifest import ModelBundle
 from facesearch.errors import FaceSearchError, NotFoundError
 from indexer.compact import compact
 from tests.integration.server_fixtures import *  # noqa: F403
@@ -25,8 +25,9 @@ pytestmark = pytest.mark.slow
 THRESHOLD = "0.91"
 
 
-def test_kill_9_during_enrollments_loses_nothing_acknowledged(server_bundle: Path, tmp_path: Path,
-                                                              people: dict[str, list[Path]]) -> None:
+def test_kill_9_during_enrollments_loses_nothing_acknowledged(
+    server_bundle: Path, tmp_path: Path, people: dict[str, list[Path]]
+) -> None:
     root = tmp_path / "index"
     srv = start_server(server_bundle, root, tmp_path / "logs")
     photos = [p for ps in people.values() for p in ps[:4]]
@@ -76,14 +77,19 @@ def test_kill_9_during_enrollments_loses_nothing_acknowledged(server_bundle: Pat
         assert again.stop() == 0
 
 
-def test_compaction_swaps_and_keeps_changes_made_meanwhile(server_bundle: Path, tmp_path: Path,
-                                                           people: dict[str, list[Path]]) -> None:
+def test_compaction_swaps_and_keeps_changes_made_meanwhile(
+    server_bundle: Path, tmp_path: Path, people: dict[str, list[Path]]
+) -> None:
     contract = ModelBundle.load(server_bundle, verify=False).contract_id
     root = tmp_path / "index"
     emb, ids = synthetic_embeddings(400, seed=7)
     v1 = build_index(root, emb, ids, contract, work=tmp_path / "work").name
-    srv = start_server(server_bundle, root, tmp_path / "logs",
-                       env={"FACESEARCH_MIN_SIMILARITY": THRESHOLD, "FACESEARCH_INDEX_POLL_S": "1"})
+    srv = start_server(
+        server_bundle,
+        root,
+        tmp_path / "logs",
+        env={"FACESEARCH_MIN_SIMILARITY": THRESHOLD, "FACESEARCH_INDEX_POLL_S": "1"},
+    )
     names = list(people)
     a, b, c_name = names[0], names[1], names[2]
     servers = [srv]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from facesearch.errors import AlreadyExistsError, NotFoundError
-from facesearch.live_journal import LiveJournal, NewFace
+from facesearch.store.live_journal import LiveJournal, NewFace
 from indexer.compact import compact
 from server.base_index import BaseIndex
 from server.gallery import Gallery, GalleryState
@@ -30,8 +30,7 @@ def near(v: np.ndarray, seed: int) -> np.ndarray:
     return (x / np.linalg.norm(x)).astype(np.float32)
 
 
-def exact_ranking(state: GalleryState, q: np.ndarray, all_vecs: dict[int, tuple[str, np.ndarray]],
-                  k: int) -> list[str]:
+def exact_ranking(state: GalleryState, q: np.ndarray, all_vecs: dict[int, tuple[str, np.ndarray]], k: int) -> list[str]:
     """Brute force: best face per identity over every current face."""
     best: dict[str, float] = {}
     for vid, (ident, v) in all_vecs.items():
@@ -152,16 +151,17 @@ def test_install_compacted_version_drops_absorbed_delta(setup) -> None:
 
 def _assert_statistics_exact(gallery: Gallery, faces: dict[int, tuple[str, np.ndarray]], what: str) -> None:
     """Templates and cohort means of every identity against a recomputation from all current faces."""
-    from facesearch.open_set import gallery_topk_mean
-    from facesearch.templates import build_gallery, gallery_scores
+    from facesearch.scoring.normalise import gallery_topk_mean
+    from facesearch.scoring.templates import build_gallery, gallery_scores
 
     labels = np.array([f[0] for f in faces.values()])
     g = build_gallery(np.stack([f[1] for f in faces.values()]), labels)
     names = [str(x) for x in g.identities]
     data = gallery.state.open_set.data
     assert sorted(map(str, data.cohort.identity_ids)) == names, what
-    np.testing.assert_allclose(data.cohort.means(names), gallery_topk_mean(gallery_scores(g, "both"), 4), atol=1e-5,
-                               err_msg=what)
+    np.testing.assert_allclose(
+        data.cohort.means(names), gallery_topk_mean(gallery_scores(g, "both"), 4), atol=1e-5, err_msg=what
+    )
     np.testing.assert_allclose(data.templates.get(names)[0], g.templates, atol=1e-5, err_msg=what)
 
 

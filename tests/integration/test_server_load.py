@@ -15,10 +15,13 @@ from tests.integration.server_fixtures import start_server
 pytestmark = pytest.mark.slow
 
 
-def test_queue_full_is_resource_exhausted(server_bundle: Path, tmp_path: Path,
-                                          people: dict[str, list[Path]]) -> None:
-    srv = start_server(server_bundle, tmp_path / "index", tmp_path / "logs",
-                       env={"FACESEARCH_WORKERS": "1", "FACESEARCH_QUEUE_SIZE": "1", "FACESEARCH_MIN_FACE": "40"})
+def test_queue_full_is_resource_exhausted(server_bundle: Path, tmp_path: Path, people: dict[str, list[Path]]) -> None:
+    srv = start_server(
+        server_bundle,
+        tmp_path / "index",
+        tmp_path / "logs",
+        env={"FACESEARCH_WORKERS": "1", "FACESEARCH_QUEUE_SIZE": "1", "FACESEARCH_MIN_FACE": "40"},
+    )
     photo = next(iter(people.values()))[0].read_bytes()
     clients = [srv.client() for _ in range(12)]
     for c in clients:

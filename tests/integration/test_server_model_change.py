@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from facesearch.bundle import ModelBundle
+from facesearch.bundle.manifest import ModelBundle
 from facesearch.errors import PreconditionError
 from tests.integration.checkpoint_fixtures import *  # noqa: F403
 from tests.integration.server_fixtures import *  # noqa: F403
@@ -17,9 +17,9 @@ from tests.integration.server_fixtures import build_index, start_server, synthet
 pytestmark = pytest.mark.slow
 
 
-def test_new_model_refuses_old_index_until_a_new_one_is_published(server_bundle: Path, ft_bundle: Path,
-                                                                   people: dict[str, list[Path]],
-                                                                   tmp_path: Path) -> None:
+def test_new_model_refuses_old_index_until_a_new_one_is_published(
+    server_bundle: Path, ft_bundle: Path, people: dict[str, list[Path]], tmp_path: Path
+) -> None:
     old, new = ModelBundle.load(server_bundle).contract_id, ModelBundle.load(ft_bundle).contract_id
     assert old != new
     root = tmp_path / "index"
@@ -44,11 +44,12 @@ def test_new_model_refuses_old_index_until_a_new_one_is_published(server_bundle:
         assert srv.stop() == 0
 
 
-def test_live_faces_of_the_old_model_are_kept_apart(server_bundle: Path, ft_bundle: Path,
-                                                     people: dict[str, list[Path]], tmp_path: Path) -> None:
+def test_live_faces_of_the_old_model_are_kept_apart(
+    server_bundle: Path, ft_bundle: Path, people: dict[str, list[Path]], tmp_path: Path
+) -> None:
     """Live enrollments hold old-model embeddings: a new model starts its own journal, never mixes them
     in, and leaves them where they were, so going back to the old bundle serves them again."""
-    from facesearch.live_journal import CONTRACTS_DIR, LiveJournal, journal_place
+    from facesearch.store.live_journal import CONTRACTS_DIR, LiveJournal, journal_place
 
     old, new = ModelBundle.load(server_bundle).contract_id, ModelBundle.load(ft_bundle).contract_id
     root = tmp_path / "index"

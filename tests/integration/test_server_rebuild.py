@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facesearch.bundle import ModelBundle
-from facesearch.identity_store import IdentityStore
-from facesearch.index_artifact import STORE_FILE
+from facesearch.bundle.manifest import ModelBundle
+from facesearch.store.identity_store import IdentityStore
+from facesearch.store.index_artifact import STORE_FILE
 from tests.integration.server_fixtures import *  # noqa: F403
 from tests.integration.server_fixtures import build_index, start_server, synthetic_embeddings, wait_until
 

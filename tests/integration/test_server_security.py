@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from facesearch.client import RpcFailedError
+from facesearch.client.service_client import RpcFailedError
 from facesearch.errors import UnauthenticatedError
 from tests.integration.server_fixtures import *  # noqa: F403
 from tests.integration.server_fixtures import REPO, start_server
@@ -31,14 +31,55 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if shutil.which("openssl") is None:
         pytest.skip("openssl is not installed")
     d = tmp_path_factory.mktemp("certs")
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-             "-subj", "/CN=facesearch test CA", cwd=d)
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=facesearch test CA",
+        cwd=d,
+    )
     (d / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
     for who in ("server", "client"):
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{who}.key", "-out", f"{who}.csr",
-                 "-subj", f"/CN={'localhost' if who == 'server' else 'facesearch-client'}", cwd=d)
-        _openssl("x509", "-req", "-in", f"{who}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-                 "-out", f"{who}.pem", "-days", "2", "-extfile", "san.ext", cwd=d)
+        _openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{who}.key",
+            "-out",
+            f"{who}.csr",
+            "-subj",
+            f"/CN={'localhost' if who == 'server' else 'facesearch-client'}",
+            cwd=d,
+        )
+        _openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{who}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{who}.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+            cwd=d,
+        )
     return d
 
 
@@ -67,8 +108,12 @@ def test_bearer_token_auth(server_bundle: Path, tmp_path: Path, people: dict[str
 
 def test_tls_and_mutual_tls(server_bundle: Path, tmp_path: Path, certs: Path, people: dict[str, list[Path]]) -> None:
     photo = next(iter(people.values()))[0]
-    srv = start_server(server_bundle, tmp_path / "index", tmp_path / "logs",
-                       args=("--tls-cert", str(certs / "server.pem"), "--tls-key", str(certs / "server.key")))
+    srv = start_server(
+        server_bundle,
+        tmp_path / "index",
+        tmp_path / "logs",
+        args=("--tls-cert", str(certs / "server.pem"), "--tls-key", str(certs / "server.key")),
+    )
     try:
         with srv.client(ca_cert=certs / "ca.pem", server_name="localhost") as c:
             assert c.identify(photo).faces
@@ -79,15 +124,31 @@ def test_tls_and_mutual_tls(server_bundle: Path, tmp_path: Path, certs: Path, pe
     finally:
         assert srv.stop() == 0
 
-    srv = start_server(server_bundle, tmp_path / "index", tmp_path / "logs",
-                       args=("--tls-cert", str(certs / "server.pem"), "--tls-key", str(certs / "server.key"),
-                             "--tls-client-ca", str(certs / "ca.pem")))
+    srv = start_server(
+        server_bundle,
+        tmp_path / "index",
+        tmp_path / "logs",
+        args=(
+            "--tls-cert",
+            str(certs / "server.pem"),
+            "--tls-key",
+            str(certs / "server.key"),
+            "--tls-client-ca",
+            str(certs / "ca.pem"),
+        ),
+    )
     try:
-        with srv.client(ca_cert=certs / "ca.pem", server_name="localhost", client_cert=certs / "client.pem",
-                        client_key=certs / "client.key") as c:
+        with srv.client(
+            ca_cert=certs / "ca.pem",
+            server_name="localhost",
+            client_cert=certs / "client.pem",
+            client_key=certs / "client.key",
+        ) as c:
             assert c.identify(photo).faces
-        with srv.client(ca_cert=certs / "ca.pem", server_name="localhost", timeout=5) as no_cert, \
-                pytest.raises(RpcFailedError):
+        with (
+            srv.client(ca_cert=certs / "ca.pem", server_name="localhost", timeout=5) as no_cert,
+            pytest.raises(RpcFailedError),
+        ):
             no_cert.stats()  # no client certificate: the handshake fails
     finally:
         assert srv.stop() == 0
@@ -96,12 +157,17 @@ def test_tls_and_mutual_tls(server_bundle: Path, tmp_path: Path, certs: Path, pe
 def _healthcheck(target: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     import os
 
-    return subprocess.run([sys.executable, str(REPO / "scripts" / "healthcheck.py"), "--target", target],
-                          capture_output=True, text=True, timeout=30, env={**os.environ, **(env or {})}, check=False)
+    return subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "healthcheck.py"), "--target", target],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
 
 
-def test_healthcheck_and_graceful_sigterm(server_bundle: Path, tmp_path: Path,
-                                          people: dict[str, list[Path]]) -> None:
+def test_healthcheck_and_graceful_sigterm(server_bundle: Path, tmp_path: Path, people: dict[str, list[Path]]) -> None:
     srv = start_server(server_bundle, tmp_path / "index", tmp_path / "logs")
     done = _healthcheck(srv.target)
     assert done.returncode == 0 and done.stdout.strip() == "SERVING"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from facesearch.bundle import ModelBundle
+from facesearch.bundle.manifest import ModelBundle
 from facesearch.errors import FaceSearchError, PreconditionError
 from tests.integration.server_fixtures import *  # noqa: F403
 from tests.integration.server_fixtures import build_index, start_server, synthetic_embeddings, wait_until
@@ -19,8 +19,9 @@ pytestmark = pytest.mark.slow
 OTHER_CONTRACT = "some-other-model:0123456789abcdef"
 
 
-def test_hot_swap_under_load_fails_no_request(server_bundle: Path, tmp_path: Path,
-                                              people: dict[str, list[Path]]) -> None:
+def test_hot_swap_under_load_fails_no_request(
+    server_bundle: Path, tmp_path: Path, people: dict[str, list[Path]]
+) -> None:
     contract = ModelBundle.load(server_bundle, verify=False).contract_id
     root = tmp_path / "index"
     emb, ids = synthetic_embeddings(600, seed=1)
@@ -55,8 +56,9 @@ def test_hot_swap_under_load_fails_no_request(server_bundle: Path, tmp_path: Pat
             emb, ids = synthetic_embeddings(600 + 100 * seed, seed=seed)
             published.append(build_index(root, emb, ids, contract, work=tmp_path / "work").name)
             with srv.client() as c:
-                wait_until(lambda: c.stats()["index_version"] == published[-1], timeout=60,
-                           what=f"swap to {published[-1]}")
+                wait_until(
+                    lambda: c.stats()["index_version"] == published[-1], timeout=60, what=f"swap to {published[-1]}"
+                )
         wait_until(lambda: len(answers) > 30, timeout=120, what="requests after the swaps")
         stop.set()
         for t in threads:
@@ -70,8 +72,9 @@ def test_hot_swap_under_load_fails_no_request(server_bundle: Path, tmp_path: Pat
         assert srv.stop() == 0
 
 
-def test_wrong_model_index_refused_at_startup_then_good_one_served(server_bundle: Path, tmp_path: Path,
-                                                                   people: dict[str, list[Path]]) -> None:
+def test_wrong_model_index_refused_at_startup_then_good_one_served(
+    server_bundle: Path, tmp_path: Path, people: dict[str, list[Path]]
+) -> None:
     contract = ModelBundle.load(server_bundle, verify=False).contract_id
     root = tmp_path / "index"
     emb, ids = synthetic_embeddings(300, seed=4)
@@ -105,8 +108,14 @@ def test_wrong_model_version_published_later_is_refused(server_bundle: Path, tmp
     try:
         build_index(root, emb, ids, OTHER_CONTRACT, work=tmp_path / "work")
         metrics = f"http://127.0.0.1:{srv.metrics_port}/metrics"
-        wait_until(lambda: 'facesearch_index_swaps_total{result="refused"} 1.0' in
-                   urllib.request.urlopen(metrics, timeout=5).read().decode(), timeout=30, what="refusal")
+        wait_until(
+            lambda: (
+                'facesearch_index_swaps_total{result="refused"} 1.0'
+                in urllib.request.urlopen(metrics, timeout=5).read().decode()
+            ),
+            timeout=30,
+            what="refusal",
+        )
         with srv.client() as c:
             assert c.health() == "SERVING"
             assert c.stats()["index_version"] == good  # the old version keeps serving

@@ -8,8 +8,8 @@ import shutil
 from pathlib import Path
 
 from export.shipped_calibration import SHIPPED_FILE, find_shipped_calibration, install_shipped_calibration
-from facesearch.bundle import MANIFEST, ModelBundle
-from facesearch.open_set_calibration import load_open_set_calibration
+from facesearch.bundle.manifest import MANIFEST, ModelBundle
+from facesearch.scoring.open_set_calibration import load_open_set_calibration
 
 
 def test_the_exported_bundle_gets_its_shipped_calibration(bundle_dir: Path, tmp_path: Path) -> None:

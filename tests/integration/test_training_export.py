@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facesearch.bundle import ModelBundle
+from facesearch.bundle.manifest import ModelBundle
 
 torch = pytest.importorskip("torch", reason="training needs torch (the export extra)")
 pytest.importorskip("torchvision", reason="training needs torchvision")
@@ -19,9 +19,9 @@ pytestmark = pytest.mark.slow
 
 def test_tiny_run_exports_a_bundle_the_pipeline_runs(lfw_dir: Path, bundle_dir: Path, tmp_path: Path) -> None:
     from export.main import main as export_main
-    from facesearch.decode import load_image
-    from facesearch.pipeline import FacePipeline, PipelineConfig
-    from training.checkpoint import load_checkpoint
+    from facesearch.nets.checkpoint import load_checkpoint
+    from facesearch.vision.decode import load_image
+    from facesearch.vision.pipeline import FacePipeline, PipelineConfig
     from training.main import main as train_main
 
     people = [p for p in sorted((lfw_dir / "images").iterdir()) if p.is_dir() and len(list(p.glob("*.jpg"))) >= 3]
@@ -31,9 +31,32 @@ def test_tiny_run_exports_a_bundle_the_pipeline_runs(lfw_dir: Path, bundle_dir: 
         for photo in sorted(person.glob("*.jpg"))[:4]:
             (tree / person.name / photo.name).symlink_to(photo)
     run = tmp_path / "run"
-    assert train_main(["--data", str(tree), "--bundle", str(bundle_dir), "--out", str(run), "--epochs", "1",
-                       "--batch-size", "8", "--val-fraction", "0.5", "--min-face", "80", "--workers", "1",
-                       "--threads", "2", "--no-progress"]) == 0
+    assert (
+        train_main(
+            [
+                "--data",
+                str(tree),
+                "--bundle",
+                str(bundle_dir),
+                "--out",
+                str(run),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "8",
+                "--val-fraction",
+                "0.5",
+                "--min-face",
+                "80",
+                "--workers",
+                "1",
+                "--threads",
+                "2",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     trained = run / "last.pt"  # epoch 1: trained weights (best.pt may still be the base model)
     assert load_checkpoint(trained)["epoch"] == 1
     out = tmp_path / "bundle"

@@ -12,8 +12,8 @@ import pytest
 torch = pytest.importorskip("torch", reason="training needs torch (the export extra)")
 pytest.importorskip("torchvision", reason="training needs torchvision")
 
-from training.backbones import build_backbone  # noqa: E402
-from training.checkpoint import load_checkpoint  # noqa: E402
+from facesearch.nets.backbones import build_backbone  # noqa: E402
+from facesearch.nets.checkpoint import load_checkpoint  # noqa: E402
 from training.main import main as train_main  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -32,17 +32,39 @@ def tiny_tree(lfw_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _args(tree: Path, bundle: Path, out: Path, cache: Path, *extra: str) -> list[str]:
-    return ["--data", str(tree), "--bundle", str(bundle), "--out", str(out), "--epochs", "1", "--batch-size", "8",
-            "--val-fraction", "0.34", "--min-face", "80", "--chips-cache", str(cache), "--workers", "1",
-            "--threads", "2", "--no-progress", *extra]
+    return [
+        "--data",
+        str(tree),
+        "--bundle",
+        str(bundle),
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--val-fraction",
+        "0.34",
+        "--min-face",
+        "80",
+        "--chips-cache",
+        str(cache),
+        "--workers",
+        "1",
+        "--threads",
+        "2",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def _timeless(history: list[dict[str, object]]) -> list[dict[str, object]]:
     return [{k: v for k, v in row.items() if not k.endswith("seconds")} for row in history]
 
 
-def test_interrupted_and_resumed_run_equals_uninterrupted(tiny_tree: Path, bundle_dir: Path, tmp_path: Path,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_interrupted_and_resumed_run_equals_uninterrupted(
+    tiny_tree: Path, bundle_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cache = tmp_path / "chips"
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     assert train_main(_args(tiny_tree, bundle_dir, whole, cache)) == 0
@@ -59,8 +81,12 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tiny_tree: Path, bundl
     for key in ("model_state", "head_state"):
         assert a[key].keys() == b[key].keys()
         assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
-    assert all(torch.equal(x, y) for x, y in zip(a["optimizer_state"]["state"][0].values(),
-                                                 b["optimizer_state"]["state"][0].values(), strict=True))
+    assert all(
+        torch.equal(x, y)
+        for x, y in zip(
+            a["optimizer_state"]["state"][0].values(), b["optimizer_state"]["state"][0].values(), strict=True
+        )
+    )
     assert _timeless(a["history"]) == _timeless(b["history"])
     assert a["fingerprint"] == b["fingerprint"] and a["data"] == b["data"]
     start = load_checkpoint(whole / "checkpoints" / "epoch_000.pt")["model_state"]  # the base model

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from facesearch.calibration import Calibration, calibrate, fmr_for_fpir
 from facesearch.errors import InvalidInputError
+from facesearch.evaluation.calibrate import calibrate
+from facesearch.scoring.calibration import Calibration, fmr_for_fpir
 
 
 def _faces(identities: int, per: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,4 @@
-"""facesearch.decode: every photo becomes an upright HxWx3 uint8 RGB array, or a reasoned error."""
+"""facesearch.vision.decode: every photo becomes an upright HxWx3 uint8 RGB array, or a reasoned error."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from facesearch.decode import DEFAULT_LIMITS, DecodeLimits, decode_image, load_image
 from facesearch.errors import FaceSearchError, ImageDecodeError, ImageTooLargeError
+from facesearch.vision.decode import DEFAULT_LIMITS, DecodeLimits, decode_image, load_image
 
 KNOWN_REASONS = {
     "IMAGE_EMPTY",

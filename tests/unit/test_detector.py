@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facesearch.detector import Detection, FaceDetector, upsample_for_min_face
 from facesearch.errors import BundleError, InvalidInputError, ModelFormatError
-from facesearch.nms import box_overlaps, greedy_nms
-from facesearch.pyramid import (
+from facesearch.vision.detector import Detection, FaceDetector, upsample_for_min_face
+from facesearch.vision.nms import box_overlaps, greedy_nms
+from facesearch.vision.pyramid import (
     build_pyramid_tensor,
     lround,
     pyramid2_rect_down,
@@ -158,8 +158,7 @@ def test_nms_of_nothing_is_nothing() -> None:
 # --- min face -> upsample ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("min_face", "upsample"),
-                         [(200, 0), (80, 0), (79, 1), (40, 1), (39, 2), (20, 2), (19, 3)])
+@pytest.mark.parametrize(("min_face", "upsample"), [(200, 0), (80, 0), (79, 1), (40, 1), (39, 2), (20, 2), (19, 3)])
 def test_upsample_for_min_face(min_face: int, upsample: int) -> None:
     assert upsample_for_min_face(min_face) == upsample
 
@@ -175,8 +174,8 @@ def test_upsample_for_min_face_rejects_nonsense() -> None:
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     pytest.importorskip("torch", reason="exporting the detector needs the export extra (torch)")
-    from export.dlib_sources import default_models_dir
     from export.mmod import export_detector
+    from facesearch.nets.dlib_sources import default_models_dir
 
     try:
         dat = default_models_dir() / "mmod_human_face_detector.dat"

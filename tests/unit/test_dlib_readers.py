@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export.dlib_dnn import read_dnn, read_dnn_file
-from export.dlib_stream import DlibStream
 from facesearch.errors import ModelFormatError
+from facesearch.nets.dlib_dnn import read_dnn, read_dnn_file
+from facesearch.nets.dlib_stream import DlibStream
 
 
 def _int(value: int) -> bytes:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from facesearch.errors import InvalidInputError
-from facesearch.image_list import read_image_list
-from indexer.inputs import rows_from_tree
+from facesearch.jobs.image_list import read_image_list
+from facesearch.jobs.inputs import rows_from_tree
 
 
 def _tree(tmp_path: Path, *, cycle: bool = True) -> Path:
@@ -36,7 +36,10 @@ def test_symlinked_folders_are_followed_once(tmp_path: Path) -> None:
 def test_identity_folders_may_be_links(tmp_path: Path) -> None:
     rows = rows_from_tree(_tree(tmp_path, cycle=False))
     assert sorted((r.identity_id, Path(r.path).name) for r in rows) == [
-        ("Ada", "a1.jpg"), ("Ada", "a2.png"), ("Bob", "b1.JPG")]
+        ("Ada", "a1.jpg"),
+        ("Ada", "a2.png"),
+        ("Bob", "b1.JPG"),
+    ]
 
 
 def test_empty_folder_is_refused(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from facesearch.errors import ContractMismatchError, IndexFormatError, NotFoundError
-from facesearch.index_artifact import (
+from facesearch.store.index_artifact import (
     IndexManifest,
     IndexSearcher,
     RefineStore,
@@ -131,9 +131,7 @@ def test_reranked_ivf_matches_exact_when_exhaustive(refine: str) -> None:
         codec = faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_8bit)
         codec.train(x)
         rows = codec.sa_encode(x)
-    searcher = IndexSearcher(
-        index, ids, RefineStore(rows, codec), SearchParams(nprobe=16, refine_k_factor=16)
-    )
+    searcher = IndexSearcher(index, ids, RefineStore(rows, codec), SearchParams(nprobe=16, refine_k_factor=16))
     q = _vectors(50, d, seed=1)
     scores, found = searcher.search(q, 5)
     exact = q @ x.T

@@ -56,9 +56,9 @@ def test_parquet_chunks(tmp_path: Path) -> None:
     chunks = list(src.chunks(300))
     assert np.array_equal(np.concatenate([c.embeddings for c in chunks]), x)
     assert chunks[0].identities[1] == "id1" and chunks[0].names is None
-    meta = pa.table(
-        {"embeddings": pa.array(x.tolist()), "identities": pa.array(ids)}
-    ).replace_schema_metadata({"contract_id": "m:2"})
+    meta = pa.table({"embeddings": pa.array(x.tolist()), "identities": pa.array(ids)}).replace_schema_metadata(
+        {"contract_id": "m:2"}
+    )
     pq.write_table(meta, tmp_path / "m.parquet")
     assert EmbeddingFile(tmp_path / "m.parquet").contract_id == "m:2"
 

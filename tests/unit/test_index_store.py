@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from facesearch.errors import ContractMismatchError, NotFoundError, PreconditionError
-from facesearch.identity_store import FaceRows, IdentityStore
+from facesearch.store.identity_store import FaceRows, IdentityStore
 
 
 def _unit(rng: np.random.Generator, n: int, d: int = 8) -> np.ndarray:

@@ -7,16 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facesearch.synthetic import FaceEmbeddingModel, SyntheticGallery, default_model_path
+from facesearch.evaluation.synthetic import FaceEmbeddingModel, SyntheticGallery, default_model_path
 
 
 @pytest.fixture(scope="module")
 def model() -> FaceEmbeddingModel:
     path: Path = default_model_path()
     if not path.is_file():
-        pytest.skip(
-            f"face embedding model not found at {path} (set FACESEARCH_DATA to the shared data folder)"
-        )
+        pytest.skip(f"face embedding model not found at {path} (set FACESEARCH_DATA to the shared data folder)")
     return FaceEmbeddingModel.load(path)
 
 
@@ -59,6 +57,4 @@ def test_mated_queries_are_new_faces_of_enrolled_people(model: FaceEmbeddingMode
     assert (gal.identities[best] == q.identities).mean() > 0.9
     assert not np.isin(q.embeddings[:, 0], gal.embeddings[:, 0]).all()
     strangers = g.impostor_queries(100, seed=1)
-    assert (strangers @ gal.embeddings.T).max(axis=1).mean() < (q.embeddings @ gal.embeddings.T).max(
-        axis=1
-    ).mean()
+    assert (strangers @ gal.embeddings.T).max(axis=1).mean() < (q.embeddings @ gal.embeddings.T).max(axis=1).mean()

@@ -6,7 +6,7 @@ import faiss
 import numpy as np
 import pytest
 
-from facesearch.index_artifact import IndexSearcher, RefineStore, SearchParams
+from facesearch.store.index_artifact import IndexSearcher, RefineStore, SearchParams
 from indexer.add import ExactAccumulator
 from indexer.tune import IdentityLookup, measure, tune
 
@@ -62,9 +62,7 @@ def test_tune_meets_targets_with_the_smallest_setting() -> None:
     )  # type: ignore[arg-type]
     assert report.met and report.recall_at_1 >= 0.985 and report.identity_agreement >= 0.995
     assert 0 < params.nprobe < 64 and params.refine_k_factor in (4, 8, 16, 32)
-    smaller = measure(
-        searcher, gt, lookup, SearchParams(nprobe=max(1, params.nprobe // 2), refine_k_factor=32)
-    )  # type: ignore[arg-type]
+    smaller = measure(searcher, gt, lookup, SearchParams(nprobe=max(1, params.nprobe // 2), refine_k_factor=32))  # type: ignore[arg-type]
     assert not smaller.meets(0.985, 0.995)  # half the probes would not do
     assert len(sweep) >= 3
 

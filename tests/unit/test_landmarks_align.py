@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from export.shape_predictor import export_landmarks, read_shape_predictor
-from facesearch.align import (
+from facesearch.errors import InvalidInputError, ModelFormatError
+from facesearch.vision.align import (
     MEAN_FACE_5,
     chip_transform,
     extract_chip,
@@ -23,8 +24,7 @@ from facesearch.align import (
     face_chip_details,
     pyramid_down2,
 )
-from facesearch.errors import InvalidInputError, ModelFormatError
-from facesearch.landmarks import LandmarkPredictor, sum_in_order
+from facesearch.vision.landmarks import LandmarkPredictor, sum_in_order
 
 # -- a writer for dlib's serialization format, just enough for shape predictors ---------------
 

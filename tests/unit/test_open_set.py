@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from facesearch.errors import InvalidInputError
-from facesearch.open_set import (
+from facesearch.scoring.normalise import (
     Threshold,
     decide,
     gallery_topk_mean,

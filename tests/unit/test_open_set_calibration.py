@@ -9,15 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facesearch.calibration import calibrate
 from facesearch.errors import BundleError, InvalidInputError
-from facesearch.ident_eval import fpir_at
-from facesearch.ident_scoring import score_split
-from facesearch.open_set_calibration import (
+from facesearch.evaluation.calibrate import calibrate, calibrate_open_set, gallery_ladder
+from facesearch.evaluation.ident import fpir_at
+from facesearch.evaluation.ident_scoring import score_split
+from facesearch.scoring.open_set_calibration import (
     OPEN_SET_CALIBRATION_FILE,
     OpenSetCalibration,
-    calibrate_open_set,
-    gallery_ladder,
     load_open_set_calibration,
     resolve_threshold,
 )

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from facesearch.errors import AlreadyExistsError, NotFoundError
-from facesearch.gallery_cohort import GalleryCohort
-from facesearch.open_set import gallery_topk_mean
+from facesearch.scoring.cohort import GalleryCohort
+from facesearch.scoring.normalise import gallery_topk_mean
 
 
 def _unit(rng: np.random.Generator, n: int, d: int = 16) -> np.ndarray:
@@ -38,8 +38,14 @@ def _assert_same(c: GalleryCohort, live: dict[Hashable, np.ndarray], k: int, dep
         np.testing.assert_allclose(got[1][:m], want[1][:m], atol=1e-6)
 
 
-def _search(live: dict[Hashable, np.ndarray], query: np.ndarray, *, skip: Hashable | None = None,
-            above: float = -np.inf, top: int = 0) -> tuple[list[Hashable], np.ndarray]:
+def _search(
+    live: dict[Hashable, np.ndarray],
+    query: np.ndarray,
+    *,
+    skip: Hashable | None = None,
+    above: float = -np.inf,
+    top: int = 0,
+) -> tuple[list[Hashable], np.ndarray]:
     """What an index would return: every identity above ``above`` plus the ``top`` best."""
     names = [n for n in live if n != skip]
     if not names:

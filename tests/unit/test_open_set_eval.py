@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facesearch.det_plot import Curve, draw_det
 from facesearch.errors import InvalidInputError
-from facesearch.ident_eval import (
+from facesearch.evaluation.det_plot import Curve, draw_det
+from facesearch.evaluation.ident import (
     Searches,
     det_curve,
     evaluate,
@@ -22,22 +22,25 @@ from facesearch.ident_eval import (
     threshold_at_fpir,
     wilson_interval,
 )
-from facesearch.ident_split import identity_photos, open_set_split, write_split
-from facesearch.image_list import read_image_list
-from facesearch.templates import build_gallery, gallery_scores, identity_scores, mean_templates, quality_weights
+from facesearch.evaluation.ident_split import identity_photos, open_set_split, write_split
+from facesearch.jobs.image_list import read_image_list
+from facesearch.scoring.templates import build_gallery, gallery_scores, identity_scores, mean_templates, quality_weights
 
 
 def test_searches_ranks_and_rates() -> None:
-    scores = np.array([
-        [0.9, 0.2, 0.1],  # mated (col 0), rank 1
-        [0.5, 0.8, 0.1],  # mated (col 0), rank 2
-        [0.3, 0.2, 0.95],  # mated (col 2), rank 1
-        [0.1, 0.2, 0.85],  # non-mated
-        [0.1, 0.6, 0.3],  # non-mated
-        [0.99, 0.0, 0.0],  # mated (col 0) but no face found: a miss
-    ])
-    s = searches_from_scores(scores, np.array([0, 0, 2, -1, -1, 0]),
-                             found=np.array([True, True, True, True, True, False]))
+    scores = np.array(
+        [
+            [0.9, 0.2, 0.1],  # mated (col 0), rank 1
+            [0.5, 0.8, 0.1],  # mated (col 0), rank 2
+            [0.3, 0.2, 0.95],  # mated (col 2), rank 1
+            [0.1, 0.2, 0.85],  # non-mated
+            [0.1, 0.6, 0.3],  # non-mated
+            [0.99, 0.0, 0.0],  # mated (col 0) but no face found: a miss
+        ]
+    )
+    s = searches_from_scores(
+        scores, np.array([0, 0, 2, -1, -1, 0]), found=np.array([True, True, True, True, True, False])
+    )
     assert s.mate_rank.tolist() == [1, 2, 1, 0, 0, 0]
     assert rank_rate(s, 1) == pytest.approx(2 / 4) and rank_rate(s, 5) == pytest.approx(3 / 4)
     assert fpir_at(s, 0.7) == pytest.approx(0.5) and fpir_at(s, 0.9) == 0.0
@@ -60,9 +63,12 @@ def test_det_curve_is_monotone_and_report_has_groups() -> None:
     rng = np.random.default_rng(1)
     mated = rng.normal(2.0, 1.0, 300)
     nonmated = rng.normal(0.0, 1.0, 300)
-    s = Searches(mated=np.r_[np.ones(300, bool), np.zeros(300, bool)],
-                 mate_rank=np.r_[np.ones(300, int), np.zeros(300, int)], top_score=np.r_[mated, nonmated],
-                 group=np.array(["a", "b"] * 300))
+    s = Searches(
+        mated=np.r_[np.ones(300, bool), np.zeros(300, bool)],
+        mate_rank=np.r_[np.ones(300, int), np.zeros(300, int)],
+        top_score=np.r_[mated, nonmated],
+        group=np.array(["a", "b"] * 300),
+    )
     t, fpir, fnir = det_curve(s)
     assert np.all(np.diff(t) <= 0) and np.all(np.diff(fpir) >= 0) and np.all(np.diff(fnir) <= 0)
     report = evaluate(s, scoring="test", gallery_size=10)
@@ -109,20 +115,24 @@ def test_open_set_split_and_lists(tmp_path: Path) -> None:
     gallery, probes, nonmated = write_split(split, tmp_path / "split")
     assert read_image_list(probes) == [p.resolve() for p in split.probes]
     assert {p.parent.name for p in read_image_list(nonmated)}.isdisjoint(
-        {p.parent.name for p in read_image_list(gallery)})
+        {p.parent.name for p in read_image_list(gallery)}
+    )
 
 
 def test_det_png(tmp_path: Path) -> None:
-    out = draw_det([Curve("a", [1e-3, 1e-2, 0.1, 1.0], [0.5, 0.3, 0.1, 0.0]), Curve("b", [0.0, 0.5], [1.0, 0.2])],
-                   tmp_path / "det.png", title="test")
+    out = draw_det(
+        [Curve("a", [1e-3, 1e-2, 0.1, 1.0], [0.5, 0.3, 0.1, 0.0]), Curve("b", [0.0, 0.5], [1.0, 0.2])],
+        tmp_path / "det.png",
+        title="test",
+    )
     with Image.open(out) as img:
         assert img.format == "PNG" and img.size == (760, 560)
         assert len(np.unique(np.asarray(img.convert("RGB")).reshape(-1, 3), axis=0)) > 3  # something was drawn
 
 
 def test_leave_one_out_equals_a_gallery_without_the_mate() -> None:
-    from facesearch.ident_scoring import score_split
-    from facesearch.open_set import gallery_topk_mean, normalise_matrix
+    from facesearch.evaluation.ident_scoring import score_split
+    from facesearch.scoring.normalise import gallery_topk_mean, normalise_matrix
 
     rng = np.random.default_rng(2)
     gallery = rng.normal(size=(40, 16)).astype(np.float32)

@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facesearch.gallery_open_set import (
+from facesearch.scoring.gallery_stats import (
     OPEN_SET_FILE,
     GalleryOpenSet,
     build_open_set,
-    build_open_set_for_store,
     saved_params,
 )
-from facesearch.identity_store import FaceRows, IdentityStore
+from facesearch.store.identity_store import FaceRows, IdentityStore
+from facesearch.store.open_set_build import build_open_set_for_store
 
 
 def _store(path: Path, n_ids: int, seed: int) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -30,8 +30,9 @@ def _store(path: Path, n_ids: int, seed: int) -> tuple[list[str], np.ndarray, np
     x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
     ids = [f"id-{i:04d}" for i in range(n_ids)]
     store = IdentityStore.create(path, contract_id="m:1", d=d)
-    store.add_faces(FaceRows(vector_ids=store.allocate_vector_ids(len(x)), identity_ids=[ids[i] for i in owner],
-                             embeddings=x))
+    store.add_faces(
+        FaceRows(vector_ids=store.allocate_vector_ids(len(x)), identity_ids=[ids[i] for i in owner], embeddings=x)
+    )
     store.commit()
     store.close()
     return ids, owner, x
@@ -52,15 +53,25 @@ def _same(a: GalleryOpenSet, b: GalleryOpenSet) -> None:
         np.testing.assert_allclose(sa, sb, atol=1e-6)
 
 
-@pytest.mark.parametrize(("resident_bytes", "exact_faces", "rule"),
-                         [(1 << 30, 10_000, "both"), (0, 10_000, "best"), (0, 100, "both"), (1 << 30, 100, "mean")])
-def test_store_build_equals_the_in_memory_build(tmp_path: Path, resident_bytes: int, exact_faces: int,
-                                                rule: str) -> None:
+@pytest.mark.parametrize(
+    ("resident_bytes", "exact_faces", "rule"),
+    [(1 << 30, 10_000, "both"), (0, 10_000, "best"), (0, 100, "both"), (1 << 30, 100, "mean")],
+)
+def test_store_build_equals_the_in_memory_build(
+    tmp_path: Path, resident_bytes: int, exact_faces: int, rule: str
+) -> None:
     ids, owner, x = _store(tmp_path / "s.sqlite", 120, seed=resident_bytes + exact_faces)
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    got = build_open_set_for_store(tmp_path / "s.sqlite", k=3, rule=rule, resident_bytes=resident_bytes,
-                                   scratch_dir=scratch, exact_faces=exact_faces, shortlist=24)
+    got = build_open_set_for_store(
+        tmp_path / "s.sqlite",
+        k=3,
+        rule=rule,
+        resident_bytes=resident_bytes,
+        scratch_dir=scratch,
+        exact_faces=exact_faces,
+        shortlist=24,
+    )
     want = build_open_set(ids, owner, x, k=3, rule=rule, exact_faces=exact_faces, shortlist=24)
     assert (got.k, got.rule, got.depth, len(got)) == (3, rule, want.depth, 120)
     _same(got, want)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from facesearch.errors import InvalidInputError
-from facesearch.pairs_eval import Pair, evaluate_pairs, read_pairs, roc_auc, tar_at_far
+from facesearch.evaluation.pairs import Pair, evaluate_pairs, read_pairs, roc_auc, tar_at_far
 
 
 def test_read_pairs_view2_format(tmp_path: Path) -> None:

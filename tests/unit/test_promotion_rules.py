@@ -7,16 +7,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facesearch.bundle_location import CURRENT_POINTER, current_bundle, default_bundle
+from facesearch.bundle.location import CURRENT_POINTER, current_bundle, default_bundle
 from facesearch.errors import BundleError, InvalidInputError
-from facesearch.model_eval import BundleScores, FaceSet, draw_pairs, score_embeddings
-from facesearch.promotion import Tolerances, format_table, judge
+from facesearch.evaluation.model_eval import BundleScores, FaceSet, draw_pairs, score_embeddings
+from facesearch.evaluation.promotion import Tolerances, format_table, judge
 
 
 def _scores(acc: float, fnir: float | None, rank1: float = 0.9) -> BundleScores:
-    return BundleScores(bundle="b", model_id="m", contract_id="m:1", pairs_accuracy=acc, pairs_accuracy_std=0.0,
-                        rank1=rank1, fnir_at_fpir_1pct=fnir, faces_found=10, photos=10, pairs_report={},
-                        ident_report=None)
+    return BundleScores(
+        bundle="b",
+        model_id="m",
+        contract_id="m:1",
+        pairs_accuracy=acc,
+        pairs_accuracy_std=0.0,
+        rank1=rank1,
+        fnir_at_fpir_1pct=fnir,
+        faces_found=10,
+        photos=10,
+        pairs_report={},
+        ident_report=None,
+    )
 
 
 def test_judge_refuses_beyond_tolerance_only() -> None:
@@ -25,8 +35,9 @@ def test_judge_refuses_beyond_tolerance_only() -> None:
     assert judge(current, _scores(0.946, 0.209), tol).promote  # inside both tolerances
     assert judge(current, _scores(0.99, 0.05), tol).promote
     worse_acc = judge(current, _scores(0.944, 0.20), tol)
-    assert not worse_acc.promote and "pairs accuracy 0.9440" in worse_acc.reasons[0] and "0.9500" in \
-        worse_acc.reasons[0]
+    assert (
+        not worse_acc.promote and "pairs accuracy 0.9440" in worse_acc.reasons[0] and "0.9500" in worse_acc.reasons[0]
+    )
     worse_fnir = judge(current, _scores(0.95, 0.22), tol)
     assert not worse_fnir.promote and "FNIR at FPIR 1% 0.2200" in worse_fnir.reasons[0]
     assert "-0.60" in format_table(worse_acc)
@@ -61,8 +72,13 @@ def test_server_default_bundle_follows_the_pointer(tmp_path: Path) -> None:
 def _face_set(people: int, photos: int) -> FaceSet:
     labels = [f"p{i:02d}" for i in range(people) for _ in range(photos)]
     names = [f"{label}/{j}.jpg" for i, label in enumerate(labels) for j in [i]]
-    return FaceSet(tuple(names), np.asarray(labels), np.zeros((len(labels), 4, 4, 3), np.uint8),
-                   np.ones(len(labels), bool), "synthetic")
+    return FaceSet(
+        tuple(names),
+        np.asarray(labels),
+        np.zeros((len(labels), 4, 4, 3), np.uint8),
+        np.ones(len(labels), bool),
+        "synthetic",
+    )
 
 
 def test_drawn_pairs_are_seeded_balanced_and_fold_disjoint() -> None:

@@ -27,9 +27,15 @@ def test_defaults_come_from_home() -> None:
 
 
 def test_flags_override_environment() -> None:
-    env = {"FACESEARCH_LISTEN": "127.0.0.1:1", "FACESEARCH_INDEX": "/env/index", "FACESEARCH_WORKERS": "3",
-           "FACESEARCH_MAX_MESSAGE_BYTES": "64M", "FACESEARCH_METRICS_LISTEN": "off",
-           "FACESEARCH_MIN_SIMILARITY": "0.9", "FACESEARCH_ACCESS_LOG": "off"}
+    env = {
+        "FACESEARCH_LISTEN": "127.0.0.1:1",
+        "FACESEARCH_INDEX": "/env/index",
+        "FACESEARCH_WORKERS": "3",
+        "FACESEARCH_MAX_MESSAGE_BYTES": "64M",
+        "FACESEARCH_METRICS_LISTEN": "off",
+        "FACESEARCH_MIN_SIMILARITY": "0.9",
+        "FACESEARCH_ACCESS_LOG": "off",
+    }
     config = load_config(parse(["--listen", "127.0.0.1:2", "--workers", "5"]), env=env)
     assert config.listen == "127.0.0.1:2" and config.workers == 5
     assert config.index_root == Path("/env/index")
@@ -38,18 +44,21 @@ def test_flags_override_environment() -> None:
     assert load_config(parse([]), env={"FACESEARCH_MAX_FPIR": "0.001"}).max_fpir == 0.001
 
 
-@pytest.mark.parametrize(("env", "names"), [
-    ({"FACESEARCH_WORKERS": "many"}, "FACESEARCH_WORKERS"),
-    ({"FACESEARCH_QUEUE_SIZE": "0"}, "FACESEARCH_QUEUE_SIZE"),
-    ({"FACESEARCH_LISTEN": "nowhere"}, "FACESEARCH_LISTEN"),
-    ({"FACESEARCH_MIN_SIMILARITY": "2"}, "FACESEARCH_MIN_SIMILARITY"),
-    ({"FACESEARCH_MAX_FPIR": "1"}, "FACESEARCH_MAX_FPIR"),
-    ({"FACESEARCH_MAX_FPIR": "0.01", "FACESEARCH_MIN_SIMILARITY": "0.9"}, "FACESEARCH_MAX_FPIR"),
-    ({"FACESEARCH_TLS_CERT": "/no/such/cert.pem"}, "FACESEARCH_TLS"),
-    ({"FACESEARCH_AUTH_TOKENS_FILE": "/no/such/file"}, "FACESEARCH_AUTH_TOKENS_FILE"),
-    ({"FACESEARCH_LOG_LEVEL": "chatty"}, "FACESEARCH_LOG_LEVEL"),
-    ({"FACESEARCH_ACCESS_LOG": "maybe"}, "FACESEARCH_ACCESS_LOG"),
-])
+@pytest.mark.parametrize(
+    ("env", "names"),
+    [
+        ({"FACESEARCH_WORKERS": "many"}, "FACESEARCH_WORKERS"),
+        ({"FACESEARCH_QUEUE_SIZE": "0"}, "FACESEARCH_QUEUE_SIZE"),
+        ({"FACESEARCH_LISTEN": "nowhere"}, "FACESEARCH_LISTEN"),
+        ({"FACESEARCH_MIN_SIMILARITY": "2"}, "FACESEARCH_MIN_SIMILARITY"),
+        ({"FACESEARCH_MAX_FPIR": "1"}, "FACESEARCH_MAX_FPIR"),
+        ({"FACESEARCH_MAX_FPIR": "0.01", "FACESEARCH_MIN_SIMILARITY": "0.9"}, "FACESEARCH_MAX_FPIR"),
+        ({"FACESEARCH_TLS_CERT": "/no/such/cert.pem"}, "FACESEARCH_TLS"),
+        ({"FACESEARCH_AUTH_TOKENS_FILE": "/no/such/file"}, "FACESEARCH_AUTH_TOKENS_FILE"),
+        ({"FACESEARCH_LOG_LEVEL": "chatty"}, "FACESEARCH_LOG_LEVEL"),
+        ({"FACESEARCH_ACCESS_LOG": "maybe"}, "FACESEARCH_ACCESS_LOG"),
+    ],
+)
 def test_bad_values_name_the_variable(env: dict[str, str], names: str) -> None:
     with pytest.raises(InvalidInputError) as err:
         load_config(parse([]), env=env)

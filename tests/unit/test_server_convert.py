@@ -26,8 +26,9 @@ def test_identify_query_defaults_and_limits() -> None:
     q = convert.identify_query(pb.IdentifyRequest(image=b"x", top_k=3, min_similarity=0.0, faces=pb.LARGEST_FACE))
     assert q.top_k == 3 and q.min_similarity == 0.0 and q.largest_only  # an explicit 0.0 is kept
     assert q.max_fpir is None and q.max_fmr is None
-    q = convert.identify_query(pb.IdentifyRequest(image=b"x", max_false_positive_identification_rate=0.01,
-                                                  max_false_match_rate=1e-5))
+    q = convert.identify_query(
+        pb.IdentifyRequest(image=b"x", max_false_positive_identification_rate=0.01, max_false_match_rate=1e-5)
+    )
     assert q.max_fpir == 0.01 and q.max_fmr == 1e-5 and q.min_similarity is None
     with pytest.raises(InvalidInputError):
         convert.identify_query(pb.IdentifyRequest(image=b"x", top_k=101))
@@ -52,8 +53,9 @@ def test_verify_needs_a_reference() -> None:
 
 
 def test_enroll_metadata_limits() -> None:
-    req = pb.EnrollRequest(identity_id="a", images=[pb.EnrollImage(image=b"x")],
-                           metadata={f"k{i}": "v" for i in range(65)})
+    req = pb.EnrollRequest(
+        identity_id="a", images=[pb.EnrollImage(image=b"x")], metadata={f"k{i}": "v" for i in range(65)}
+    )
     with pytest.raises(InvalidInputError) as err:
         convert.enroll_query(req)
     assert err.value.reason == "BAD_METADATA"

@@ -32,14 +32,19 @@ async def _ok(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
     return b"ok:" + request
 
 
-def _run(tokens: list[bytes] | None, calls: list[tuple[str, bytes, tuple[tuple[str, str], ...]]]
-         ) -> list[tuple[grpc.StatusCode, str, str | None]]:
+def _run(
+    tokens: list[bytes] | None, calls: list[tuple[str, bytes, tuple[tuple[str, str], ...]]]
+) -> list[tuple[grpc.StatusCode, str, str | None]]:
     async def scenario() -> list[tuple[grpc.StatusCode, str, str | None]]:
         metrics = Metrics()
         server = grpc.aio.server(interceptors=[EdgeInterceptor(metrics, tokens, access_log=True)])
         handlers = {"Fail": grpc.unary_unary_rpc_method_handler(_fail), "Ok": grpc.unary_unary_rpc_method_handler(_ok)}
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.Svc", handlers),
-                                         grpc.method_handlers_generic_handler("grpc.health.v1.Health", handlers)))
+        server.add_generic_rpc_handlers(
+            (
+                grpc.method_handlers_generic_handler("test.Svc", handlers),
+                grpc.method_handlers_generic_handler("grpc.health.v1.Health", handlers),
+            )
+        )
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         out = []
@@ -70,8 +75,11 @@ def test_errors_map_to_status_codes_with_error_info(caplog: pytest.LogCaptureFix
     assert codes["internal"][0] == grpc.StatusCode.INTERNAL
     assert "secret" not in codes["internal"][1] and codes["internal"][2] == "facesearch.v1/INTERNAL"
     assert "secret /etc/passwd detail" in caplog.text  # the traceback stays in the server log
-    assert codes["not_found"] == (grpc.StatusCode.NOT_FOUND, "identity 'x' does not exist",
-                                  "facesearch.v1/IDENTITY_NOT_FOUND")
+    assert codes["not_found"] == (
+        grpc.StatusCode.NOT_FOUND,
+        "identity 'x' does not exist",
+        "facesearch.v1/IDENTITY_NOT_FOUND",
+    )
     assert codes["precondition"][0] == grpc.StatusCode.FAILED_PRECONDITION
     assert codes["precondition"][2] == "facesearch.v1/CONTRACT_MISMATCH"
     assert codes["busy"][0] == grpc.StatusCode.RESOURCE_EXHAUSTED and codes["busy"][2].endswith("QUEUE_FULL")

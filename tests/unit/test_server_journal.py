@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from facesearch.errors import ContractMismatchError
-from facesearch.live_journal import LIVE_VECTOR_ID_BASE, LiveIdentity, LiveJournal, NewFace
+from facesearch.store.live_journal import LIVE_VECTOR_ID_BASE, LiveIdentity, LiveJournal, NewFace
 
 D = 8
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facesearch.gallery_cohort import GalleryCohort
-from facesearch.gallery_open_set import GalleryOpenSet, build_open_set
-from facesearch.open_set import normalise_matrix
-from facesearch.templates import build_gallery, gallery_scores, identity_scores
+from facesearch.scoring.cohort import GalleryCohort
+from facesearch.scoring.gallery_stats import GalleryOpenSet, build_open_set
+from facesearch.scoring.normalise import normalise_matrix
+from facesearch.scoring.templates import build_gallery, gallery_scores, identity_scores
 from server.open_set_state import OpenSetState
 from server.open_set_upkeep import OpenSetUpkeep
 from server.search import Candidate
@@ -82,8 +82,9 @@ class BruteGallery:
         self.searches += 1
         out = []
         for q in np.atleast_2d(queries):
-            best = sorted(((float(np.max(np.stack(f) @ q)), i) for i, f in self.gallery.items() if f),
-                          key=lambda x: (-x[0], x[1]))[:k]
+            best = sorted(
+                ((float(np.max(np.stack(f) @ q)), i) for i, f in self.gallery.items() if f), key=lambda x: (-x[0], x[1])
+            )[:k]
             out.append([Candidate(i, "", s, "0") for s, i in best])
         return out
 

@@ -4,25 +4,36 @@ from __future__ import annotations
 
 import pytest
 
-from facesearch.calibration import Calibration, CalibrationPoint
 from facesearch.errors import InvalidInputError, PreconditionError
-from facesearch.open_set_calibration import FpirCurve, FpirPoint, OpenSetCalibration
-from server.thresholds import ThresholdPolicy, ThresholdRequest, fmr_at
+from facesearch.scoring.calibration import Calibration, CalibrationPoint
+from facesearch.scoring.open_set_calibration import FpirCurve, FpirPoint, OpenSetCalibration
+from facesearch.scoring.thresholds import ThresholdPolicy, ThresholdRequest, fmr_at
 
 
 def raw() -> Calibration:
-    points = tuple(CalibrationPoint(fmr=f, threshold=t, tar=0.9) for f, t in
-                   [(1e-1, 0.80), (1e-2, 0.85), (1e-3, 0.88), (1e-4, 0.90), (1e-5, 0.92), (1e-6, 0.94)])
+    points = tuple(
+        CalibrationPoint(fmr=f, threshold=t, tar=0.9)
+        for f, t in [(1e-1, 0.80), (1e-2, 0.85), (1e-3, 0.88), (1e-4, 0.90), (1e-5, 0.92), (1e-6, 0.94)]
+    )
     return Calibration(points, 10**7, 1000, 500, "test", 1e-4, 0.90)
 
 
 def open_set() -> OpenSetCalibration:
     def curve(n: int, shift: float) -> FpirCurve:
-        return FpirCurve(n, 20_000, (FpirPoint(1e-1, 0.01 + shift), FpirPoint(1e-2, 0.03 + shift),
-                                     FpirPoint(1e-3, 0.05 + shift)))
+        return FpirCurve(
+            n, 20_000, (FpirPoint(1e-1, 0.01 + shift), FpirPoint(1e-2, 0.03 + shift), FpirPoint(1e-3, 0.05 + shift))
+        )
 
-    return OpenSetCalibration(score="margin-v1", k=4, template="both", identities=1000, source="test",
-                              default_fpir=0.01, normalise_from=128, curves=(curve(64, 0.02), curve(512, 0.0)))
+    return OpenSetCalibration(
+        score="margin-v1",
+        k=4,
+        template="both",
+        identities=1000,
+        source="test",
+        default_fpir=0.01,
+        normalise_from=128,
+        curves=(curve(64, 0.02), curve(512, 0.0)),
+    )
 
 
 def test_rates_on_a_large_gallery_use_the_normalised_score() -> None:
@@ -61,7 +72,7 @@ def test_min_similarity_is_raw_and_says_what_it_stands_for() -> None:
     t = policy.identify(ThresholdRequest(min_similarity=0.88), 1000)
     assert (t.kind, t.score_kind, t.value) == ("min_similarity", "raw", 0.88)
     assert t.fmr == pytest.approx(1e-3) and t.fpir == pytest.approx(1 - (1 - 1e-3) ** 1000)
-    assert fmr_at(raw(), 0.89) == pytest.approx(10 ** -3.5, rel=1e-6)
+    assert fmr_at(raw(), 0.89) == pytest.approx(10**-3.5, rel=1e-6)
     assert fmr_at(raw(), 0.5) is None  # outside the measured range: unknown, not extrapolated
 
 
@@ -89,10 +100,13 @@ def test_refusals() -> None:
         ThresholdPolicy(None, open_set()).identify(ThresholdRequest(max_fpir=0.01), 20)
     assert err.value.reason == "NO_CALIBRATION"
     policy = ThresholdPolicy(raw(), open_set())
-    cases = [(ThresholdRequest(min_similarity=0.9, max_fpir=0.01), "BAD_THRESHOLD"),
-             (ThresholdRequest(max_fpir=1.5), "BAD_FPIR"), (ThresholdRequest(max_fmr=0.0), "BAD_FMR"),
-             (ThresholdRequest(max_fpir=float("nan")), "BAD_FPIR"),
-             (ThresholdRequest(min_similarity=1.5), "BAD_MIN_SIMILARITY")]
+    cases = [
+        (ThresholdRequest(min_similarity=0.9, max_fpir=0.01), "BAD_THRESHOLD"),
+        (ThresholdRequest(max_fpir=1.5), "BAD_FPIR"),
+        (ThresholdRequest(max_fmr=0.0), "BAD_FMR"),
+        (ThresholdRequest(max_fpir=float("nan")), "BAD_FPIR"),
+        (ThresholdRequest(min_similarity=1.5), "BAD_MIN_SIMILARITY"),
+    ]
     for req, reason in cases:
         with pytest.raises(InvalidInputError) as bad:
             policy.identify(req, 100)

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from export.shipped_calibration import CALIBRATIONS_DIR, SHIPPED_FILE, install_shipped_calibration
-from facesearch.bundle import CALIBRATION_FILE
-from facesearch.calibration import Calibration
-from facesearch.open_set_calibration import OPEN_SET_CALIBRATION_FILE, load_open_set_calibration
+from facesearch.bundle.manifest import CALIBRATION_FILE
+from facesearch.scoring.calibration import Calibration
+from facesearch.scoring.open_set_calibration import OPEN_SET_CALIBRATION_FILE, load_open_set_calibration
 
 SOURCE = {"a.dat": "11" * 32, "b.dat": "22" * 32}
 
@@ -20,8 +20,7 @@ def _manifest(flip: bool, source: dict[str, str] | None = None, preprocessing: s
     embedding: dict[str, object] = {"dim": 128}
     if flip:
         embedding["flip_average"] = True
-    return {"source": {"files": dict(source or SOURCE)}, "preprocessing_version": preprocessing,
-            "embedding": embedding}
+    return {"source": {"files": dict(source or SOURCE)}, "preprocessing_version": preprocessing, "embedding": embedding}
 
 
 @pytest.fixture
@@ -32,9 +31,16 @@ def shipped(tmp_path: Path) -> Path:
         folder.mkdir(parents=True)
         (folder / "calibration.json").write_text(json.dumps({"variant": variant}))
         (folder / "open_set_calibration.json").write_text(json.dumps({"variant": variant}))
-        (folder / SHIPPED_FILE).write_text(json.dumps({
-            "source_files": SOURCE, "preprocessing_version": "1", "flip_average": flip,
-            "files": ["calibration.json", "open_set_calibration.json"]}))
+        (folder / SHIPPED_FILE).write_text(
+            json.dumps(
+                {
+                    "source_files": SOURCE,
+                    "preprocessing_version": "1",
+                    "flip_average": flip,
+                    "files": ["calibration.json", "open_set_calibration.json"],
+                }
+            )
+        )
     return root
 
 
@@ -49,13 +55,15 @@ def test_the_matching_variant_is_installed(shipped: Path, tmp_path: Path, flip: 
     assert sorted(p.name for p in bundle.iterdir()) == names  # no temporary files left
 
 
-@pytest.mark.parametrize("manifest", [
-    _manifest(False, {**SOURCE, "b.dat": "33" * 32}),  # other model weights
-    _manifest(True, preprocessing="2"),  # other preprocessing
-    {"preprocessing_version": "1", "embedding": {}},  # no source files recorded
-])
-def test_nothing_is_installed_for_other_embeddings(shipped: Path, tmp_path: Path,
-                                                    manifest: dict[str, object]) -> None:
+@pytest.mark.parametrize(
+    "manifest",
+    [
+        _manifest(False, {**SOURCE, "b.dat": "33" * 32}),  # other model weights
+        _manifest(True, preprocessing="2"),  # other preprocessing
+        {"preprocessing_version": "1", "embedding": {}},  # no source files recorded
+    ],
+)
+def test_nothing_is_installed_for_other_embeddings(shipped: Path, tmp_path: Path, manifest: dict[str, object]) -> None:
     assert install_shipped_calibration(tmp_path, manifest, shipped) == []
     assert not (tmp_path / CALIBRATION_FILE).exists()
 
@@ -74,7 +82,10 @@ def test_shipped_calibrations_are_readable_and_say_where_they_come_from(tmp_path
         assert Calibration.from_dict(json.loads((folder / CALIBRATION_FILE).read_text())).points
         bundle = tmp_path / folder.name
         bundle.mkdir()
-        manifest = {"source": {"files": meta["source_files"]}, "preprocessing_version": meta["preprocessing_version"],
-                    "embedding": {"flip_average": meta["flip_average"]}}
+        manifest = {
+            "source": {"files": meta["source_files"]},
+            "preprocessing_version": meta["preprocessing_version"],
+            "embedding": {"flip_average": meta["flip_average"]},
+        }
         assert install_shipped_calibration(bundle, manifest) == meta["files"]
     assert len(variants) == len(folders)  # one calibration per embedding variant

@@ -14,8 +14,8 @@ torch = pytest.importorskip("torch", reason="training needs torch (the export ex
 pytest.importorskip("torchvision", reason="training needs torchvision")
 
 from facesearch.errors import InvalidInputError, TrainingError  # noqa: E402
-from training.backbones import build_backbone, freeze_stages, initial_backbone, set_train_mode  # noqa: E402
-from training.checkpoint import (  # noqa: E402
+from facesearch.nets.backbones import build_backbone, freeze_stages, initial_backbone, set_train_mode  # noqa: E402
+from facesearch.nets.checkpoint import (  # noqa: E402
     REQUIRED_KEYS,
     capture_rng_state,
     check_resume,
@@ -31,8 +31,14 @@ from training.config import TrainConfig  # noqa: E402
 def _ckpt(epoch: int, **extra: object) -> dict[str, object]:
     arch, net = initial_backbone("resnet18", embedding_dim=8)
     ckpt: dict[str, object] = {k: {} for k in REQUIRED_KEYS}
-    ckpt.update(arch=arch, model_state=net.state_dict(), epoch=epoch, global_step=10 * epoch,
-                rng_state=capture_rng_state(), fingerprint="f" * 64)
+    ckpt.update(
+        arch=arch,
+        model_state=net.state_dict(),
+        epoch=epoch,
+        global_step=10 * epoch,
+        rng_state=capture_rng_state(),
+        fingerprint="f" * 64,
+    )
     ckpt.update(extra)
     return ckpt
 
@@ -105,12 +111,20 @@ def test_refuses_other_files(tmp_path: Path) -> None:
 def test_fingerprint_covers_config_data_and_base_not_operational_options(tmp_path: Path) -> None:
     config = TrainConfig(data=tmp_path / "d", bundle=tmp_path / "b", out=tmp_path / "o")
     base = fingerprint(config.run_defining(), "chips-sha", "dlib-resnet-v1:abc")
-    same = [replace(config, max_minutes=5.0), replace(config, out=tmp_path / "elsewhere"),
-            replace(config, workers=1, threads=1, progress=False, checkpoint_every=3)]
+    same = [
+        replace(config, max_minutes=5.0),
+        replace(config, out=tmp_path / "elsewhere"),
+        replace(config, workers=1, threads=1, progress=False, checkpoint_every=3),
+    ]
     for other in same:
         assert fingerprint(other.run_defining(), "chips-sha", "dlib-resnet-v1:abc") == base
-    different = [replace(config, lr=1e-3), replace(config, epochs=9), replace(config, seed=1),
-                 replace(config, head="cosface"), replace(config, freeze_stages=2)]
+    different = [
+        replace(config, lr=1e-3),
+        replace(config, epochs=9),
+        replace(config, seed=1),
+        replace(config, head="cosface"),
+        replace(config, freeze_stages=2),
+    ]
     for other in different:
         assert fingerprint(other.run_defining(), "chips-sha", "dlib-resnet-v1:abc") != base
     assert fingerprint(config.run_defining(), "other-chips", "dlib-resnet-v1:abc") != base
@@ -149,8 +163,8 @@ def test_torchvision_backbone_contract_and_freezing() -> None:
 
 
 def test_dlib_backbone_matches_the_exported_network_and_rebuilds_from_arch(dlib_models_dir: Path) -> None:
-    from export.dlib_dnn import read_dnn_file
     from export.resnet import build_embedder
+    from facesearch.nets.dlib_dnn import read_dnn_file
 
     dat = dlib_models_dir / "dlib_face_recognition_resnet_model_v1.dat"
     arch, net = initial_backbone("dlib_resnet", dlib_dat=dat)

@@ -1,0 +1,403 @@
+"""Decode any supported photo safely into a C-contiguous HxWx3 uint8 RGB array.
+
+This is the first stage of every request, so it is both defensive and fast:
+
+* Formats: JPEG (including multi-picture MPO: the primary image), PNG (APNG: the default
+  image), WebP, GIF, BMP and TIFF. Multi-frame images (animated GIF/WebP/PNG, multi-page
+  TIFF) give their **first frame**. Anything else, including formats Pillow could parse
+  (EPS, PSD, ICO...), is refused with ``IMAGE_FORMAT_UNSUPPORTED``: a smaller attack surface.
+* Limits (:class:`DecodeLimits`): the byte length, then the width and height read from the
+  header by Pillow's lazy open, are checked *before* any pixel is decoded. Pillow's own
+  global ``Image.MAX_IMAGE_PIXELS`` check in ``Image.open`` is bypassed (the format's
+  opener is called directly, nothing global is mutated), so ``max_pixels`` is the limit
+  that applies. A few decoders (TIFF, GIF, MPO) repeat Pillow's global check while
+  loading; that can only matter when ``max_pixels`` is set above it (~89 Mpx), and its
+  error is reported as ``IMAGE_TOO_LARGE``.
+* Truncated data fails with ``IMAGE_TRUNCATED`` (``LOAD_TRUNCATED_IMAGES`` is never set).
+* EXIF orientation (all 8 values, from EXIF or TIFF tags, as Pillow reads them) is applied
+  exactly once, so the array is upright as a viewer shows it.
+* Pixel modes become RGB: grayscale and bilevel are replicated; palette, CMYK, YCbCr, LAB
+  and HSV are converted by Pillow; **alpha is composited over white** (transparent pixels
+  often hold undefined colour, and a uniform light background is what a viewer shows and
+  what a detector copes with); 16-bit grayscale is rescaled with rounding
+  (``round(v * 255 / 65535)``), never clipped; 16-bit colour is reduced by Pillow to its
+  high byte (within one level of exact rounding). 32-bit integer (``I``) and float
+  (``F``) images are mapped by range: ``I`` within 0..255 is taken as is, within 0..65535
+  as 16-bit; ``F`` within 0..1 is scaled by 255; anything else is stretched min..max.
+* ICC profiles are not applied (as by OpenCV and by Pillow's plain decode).
+* Speed: a plain JPEG (RGB or grayscale, ending in its EOI marker) is decoded by OpenCV,
+  which is faster than Pillow; Pillow still parses the header and EXIF. Everything else,
+  including a JPEG with trailing bytes (which is where truncation would hide), takes the
+  Pillow path.
+
+Every failure is a :class:`~facesearch.errors.FaceSearchError` with a ``reason``:
+``IMAGE_EMPTY``, ``IMAGE_FORMAT_UNSUPPORTED``, ``IMAGE_TRUNCATED``, ``IMAGE_UNDECODABLE``
+(corrupt data), ``IMAGE_TOO_SMALL``, ``IMAGE_TOO_LARGE`` and, for files, ``IMAGE_UNREADABLE``.
+"""
+
+from __future__ import annotations
+
+import codecs
+import io
+import os
+import re
+import struct
+
+import cv2
+import numpy as np
+from PIL import (
+    BmpImagePlugin,
+    ExifTags,
+    GifImagePlugin,
+    Image,
+    ImageFile,
+    JpegImagePlugin,
+    MpoImagePlugin,
+    PngImagePlugin,
+    TiffImagePlugin,
+    WebPImagePlugin,
+)
+
+from facesearch.errors import FaceSearchError, ImageDecodeError, ImageTooLargeError
+from facesearch.vision.image_limits import (
+    IMAGE_TOO_LARGE,
+    DecodeLimits,
+    check_byte_size,
+    check_dimensions,
+)
+
+__all__ = ["DEFAULT_LIMITS", "SUPPORTED_FORMATS", "DecodeLimits", "decode_image", "load_image"]
+
+IMAGE_EMPTY = "IMAGE_EMPTY"
+IMAGE_FORMAT_UNSUPPORTED = "IMAGE_FORMAT_UNSUPPORTED"
+IMAGE_TRUNCATED = "IMAGE_TRUNCATED"
+IMAGE_UNDECODABLE = "IMAGE_UNDECODABLE"
+IMAGE_UNREADABLE = "IMAGE_UNREADABLE"
+
+DEFAULT_LIMITS = DecodeLimits()
+
+# Pillow format ids, tried in this order. Importing the plugins registers them in
+# Image.OPEN; the tuple keeps them referenced (and says which module serves which).
+SUPPORTED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+_PLUGINS = (
+    JpegImagePlugin,
+    MpoImagePlugin,
+    PngImagePlugin,
+    WebPImagePlugin,
+    GifImagePlugin,
+    BmpImagePlugin,
+    TiffImagePlugin,
+)
+_SUPPORTED_TEXT = "JPEG, PNG, WebP, GIF, BMP, TIFF"
+_PREFIX_LEN = 16  # what Image.open hands to the format's accept()
+_JPEG_EOI = b"\xff\xd9"
+_OPENCV_JPEG_FLAGS = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+# Errors Pillow raises when the data runs out mid-structure.
+_OUT_OF_DATA = (EOFError, struct.error)
+
+
+def decode_image(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarray:
+    """Decode an encoded photo into a C-contiguous, writable ``(H, W, 3)`` uint8 RGB array.
+
+    ``data`` may be any bytes-like object. Raises :class:`ImageDecodeError` or
+    :class:`ImageTooLargeError` (see the module docstring for the reasons); a ``TypeError``
+    if ``data`` is not bytes-like at all.
+    """
+    if not isinstance(data, bytes):
+        if not isinstance(data, (bytearray, memoryview)):
+            raise TypeError(f"decode_image expects bytes, got {type(data).__name__}")
+        data = bytes(data)
+    if not data:
+        raise ImageDecodeError("image is empty (0 bytes)", reason=IMAGE_EMPTY)
+    check_byte_size(len(data), limits)
+    try:
+        return _decode(data, limits)
+    except FaceSearchError:
+        raise
+    except MemoryError:
+        raise
+    except Image.DecompressionBombError as err:
+        raise ImageTooLargeError(f"image is too large to decode: {err}", reason=IMAGE_TOO_LARGE) from err
+    except Exception as err:
+        # Malformed input can make a third-party parser raise almost anything; the caller
+        # gets one error type with a reason, and the cause stays chained for the log.
+        raise ImageDecodeError(f"image data is corrupt: {type(err).__name__}: {err}", reason=IMAGE_UNDECODABLE) from err
+
+
+def load_image(path: str | os.PathLike[str], limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarray:
+    """Read and decode the image file at ``path``; errors name the path.
+
+    A file that cannot be read gives ``IMAGE_UNREADABLE``; one over ``limits.max_bytes``
+    is refused without reading it all.
+    """
+    name = os.fspath(path)
+    try:
+        with open(name, "rb") as fh:
+            data = fh.read(limits.max_bytes + 1)
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise ImageDecodeError(f"cannot read image file {name!r}: {reason}", reason=IMAGE_UNREADABLE) from err
+    try:
+        check_byte_size(len(data), limits, what=f"image file {name!r}")
+        return decode_image(data, limits)
+    except FaceSearchError as err:
+        if name in err.message:
+            raise
+        raise type(err)(f"{name!r}: {err.message}", reason=err.reason) from err
+
+
+def _decode(data: bytes, limits: DecodeLimits) -> np.ndarray:
+    with _open_header(data) as im:
+        check_dimensions(im.width, im.height, limits)
+        if _is_plain_complete_jpeg(im, data):
+            pixels = _decode_jpeg_opencv(data, im.size)
+            if pixels is not None:
+                return _apply_orientation(pixels, _orientation(im))
+        _load_pixels(im, data)
+        check_dimensions(im.width, im.height, limits)  # a GIF frame may enlarge the canvas
+        return _apply_orientation(_to_rgb(im), _orientation(im))
+
+
+def _open_header(data: bytes) -> ImageFile.ImageFile:
+    """Parse only the header, with the first supported format whose signature matches.
+
+    This is ``Image.open`` restricted to :data:`SUPPORTED_FORMATS`, minus its global
+    decompression-bomb check (ours runs next, with our limit).
+    """
+    prefix = data[:_PREFIX_LEN]
+    failures: list[tuple[str, Exception]] = []
+    for fmt in SUPPORTED_FORMATS:
+        opener = Image.OPEN.get(fmt)  # absent only if this Pillow lacks the codec (e.g. WebP)
+        if opener is None:
+            continue
+        factory, accept = opener
+        recognised = True if accept is None else accept(prefix)
+        if isinstance(recognised, str) or not recognised:
+            continue
+        try:
+            return factory(io.BytesIO(data), "")
+        except (Image.DecompressionBombError, MemoryError):
+            raise
+        except Exception as err:
+            failures.append((fmt, err))
+    if not failures:
+        raise ImageDecodeError(
+            f"unsupported image format: the data looks like {describe_unknown(data)}; "
+            f"supported formats are {_SUPPORTED_TEXT}",
+            reason=IMAGE_FORMAT_UNSUPPORTED,
+        )
+    fmt, cause = failures[0]
+    if _is_out_of_data(cause) or _is_cut_short(fmt, data):
+        raise ImageDecodeError(
+            f"{fmt} image is truncated ({len(data)} bytes end inside its header): {cause}",
+            reason=IMAGE_TRUNCATED,
+        ) from cause
+    raise ImageDecodeError(
+        f"{fmt} image header is corrupt: {type(cause).__name__}: {cause}", reason=IMAGE_UNDECODABLE
+    ) from cause
+
+
+def _is_out_of_data(err: Exception) -> bool:
+    return isinstance(err, _OUT_OF_DATA) or (isinstance(err, OSError) and "truncat" in str(err).lower())
+
+
+def _is_cut_short(fmt: str | None, data: bytes) -> bool:
+    """Whether a container that failed to decode also lacks its declared end.
+
+    Only consulted once decoding has failed, to tell truncation (an upload cut off, the
+    common case) from corruption where the decoder's own error does not (libwebp, a JPEG
+    cut inside its first markers, a GIF cut before its first frame).
+    """
+    if fmt in ("JPEG", "MPO"):
+        return not data.endswith(_JPEG_EOI)
+    if fmt == "WEBP" and len(data) >= 8:
+        return len(data) < 8 + int.from_bytes(data[4:8], "little")
+    if fmt == "GIF":
+        return not data.endswith(b"\x3b")
+    if fmt == "PNG":
+        return b"IEND" not in data[-12:]
+    return False
+
+
+def _load_pixels(im: ImageFile.ImageFile, data: bytes) -> None:
+    try:
+        im.load()
+    except (Image.DecompressionBombError, MemoryError):
+        raise
+    except Exception as err:
+        if _is_out_of_data(err) or _is_cut_short(im.format, data):
+            raise ImageDecodeError(f"{im.format} image is truncated: {err}", reason=IMAGE_TRUNCATED) from err
+        raise ImageDecodeError(
+            f"{im.format} image data is corrupt: {type(err).__name__}: {err}", reason=IMAGE_UNDECODABLE
+        ) from err
+
+
+# --- naming what is not an image ----------------------------------------------------------
+
+_SIGNATURES: tuple[tuple[bytes, str], ...] = (
+    (b"%PDF", "a PDF document"),
+    (b"8BPS", "a Photoshop (PSD) file"),
+    (b"\x00\x00\x01\x00", "an ICO icon"),
+    (b"\x00\x00\x00\x0cjP  ", "a JPEG 2000 image"),
+    (b"\xff\x4f\xff\x51", "a JPEG 2000 codestream"),
+    (b"\x00\x00\x00\x0cJXL ", "a JPEG XL image"),
+    (b"\xff\x0a", "a JPEG XL image"),
+    (b"PK\x03\x04", "a ZIP archive"),
+    (b"\x1f\x8b", "a gzip archive"),
+)
+_HEIF_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"})
+_BASE64_TEXT = re.compile(rb"[A-Za-z0-9+/=\s]+")
+
+
+def describe_unknown(data: bytes) -> str:
+    """A short guess at what non-image (or unsupported-image) bytes are, for messages."""
+    for magic, what in _SIGNATURES:
+        if data.startswith(magic):
+            return what
+    if data[4:8] == b"ftyp":
+        brand = data[8:12]
+        if brand in _HEIF_BRANDS:
+            return "a HEIC/HEIF image (convert it to JPEG)"
+        if brand in (b"avif", b"avis"):
+            return "an AVIF image (convert it to JPEG)"
+        return "an ISO media file (video?)"
+    head = data[:512]
+    text = codecs.getincrementaldecoder("utf-8")(errors="strict")
+    try:
+        chars = text.decode(head, final=False)
+    except UnicodeDecodeError:
+        return "unrecognised binary data"
+    if not all(c.isprintable() or c in "\t\r\n\ufeff" for c in chars):
+        return "unrecognised binary data"
+    if head.lstrip().startswith(b"data:image/") or _BASE64_TEXT.fullmatch(head):
+        return "base64 text (send the raw image bytes, not base64)"
+    return "text, not an image"
+
+
+# --- OpenCV fast path -------------------------------------------------------------------
+
+
+def _is_plain_complete_jpeg(im: ImageFile.ImageFile, data: bytes) -> bool:
+    """A JPEG OpenCV decodes exactly as Pillow would, and whose data is all there.
+
+    libjpeg (in OpenCV) pads a truncated scan with grey and only warns, so OpenCV is used
+    only when the data ends with the EOI marker; past the header, ``FF D9`` can appear
+    nowhere else. CMYK/YCCK JPEGs need Pillow's Adobe handling.
+    """
+    return im.format in ("JPEG", "MPO") and im.mode in ("RGB", "L") and data.endswith(_JPEG_EOI)
+
+
+def _decode_jpeg_opencv(data: bytes, size: tuple[int, int]) -> np.ndarray | None:
+    """RGB pixels without EXIF rotation, or None to fall back to Pillow."""
+    try:
+        pixels = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), _OPENCV_JPEG_FLAGS)
+    except cv2.error:
+        return None
+    width, height = size
+    if pixels is None or pixels.shape != (height, width, 3) or pixels.dtype != np.uint8:
+        return None
+    return pixels
+
+
+# --- orientation ------------------------------------------------------------------------
+
+
+def _orientation(im: Image.Image) -> int:
+    """The EXIF orientation (1..8); 1 when absent, invalid or unreadable."""
+    try:
+        value = im.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:
+        # A corrupt EXIF block must not cost a decodable photo; it only loses rotation.
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _apply_orientation(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """Turn stored pixels upright for EXIF ``orientation``; always C-contiguous."""
+    if orientation == 2:
+        out = cv2.flip(pixels, 1)
+    elif orientation == 3:
+        out = cv2.rotate(pixels, cv2.ROTATE_180)
+    elif orientation == 4:
+        out = cv2.flip(pixels, 0)
+    elif orientation == 5:
+        out = cv2.transpose(pixels)
+    elif orientation == 6:
+        out = cv2.rotate(pixels, cv2.ROTATE_90_CLOCKWISE)
+    elif orientation == 7:
+        out = cv2.rotate(cv2.transpose(pixels), cv2.ROTATE_180)
+    elif orientation == 8:
+        out = cv2.rotate(pixels, cv2.ROTATE_90_COUNTERCLOCKWISE)
+    else:
+        out = pixels
+    return np.ascontiguousarray(out)
+
+
+# --- pixel modes ------------------------------------------------------------------------
+
+
+def _to_rgb(im: Image.Image) -> np.ndarray:
+    """The loaded image's pixels as an (H, W, 3) uint8 RGB array (see module docstring)."""
+    mode = im.mode
+    if mode.startswith("I;16"):
+        return _gray_to_rgb(_scale_16bit(np.asarray(im)))
+    if mode == "I":
+        return _gray_to_rgb(_scale_int(np.asarray(im)))
+    if mode == "F":
+        return _gray_to_rgb(_scale_float(np.asarray(im)))
+    try:
+        if mode in _ALPHA_MODES or "transparency" in im.info:
+            if mode == "La":  # premultiplied; Pillow converts it only to LA
+                im = im.convert("LA")
+            return _over_white(np.asarray(im.convert("RGBA")))
+        rgb = im if mode == "RGB" else im.convert("RGB")
+    except ValueError as err:
+        raise ImageDecodeError(
+            f"{im.format} image has pixel mode {mode!r}, which cannot be converted to RGB: {err}",
+            reason=IMAGE_FORMAT_UNSUPPORTED,
+        ) from err
+    return np.array(rgb, dtype=np.uint8, order="C")
+
+
+def _gray_to_rgb(gray: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(cv2.cvtColor(np.ascontiguousarray(gray), cv2.COLOR_GRAY2RGB))
+
+
+def _scale_16bit(values: np.ndarray) -> np.ndarray:
+    """0..65535 to 0..255 with rounding (65535 -> 255, not clipped at 255)."""
+    wide = values.astype(np.uint32)
+    return ((wide * 255 + 32767) // 65535).astype(np.uint8)
+
+
+def _scale_int(values: np.ndarray) -> np.ndarray:
+    lo, hi = int(values.min()), int(values.max())
+    if lo >= 0 and hi <= 255:
+        return values.astype(np.uint8)
+    if lo >= 0 and hi <= 65535:
+        return _scale_16bit(values)
+    return _stretch(values.astype(np.float64))
+
+
+def _scale_float(values: np.ndarray) -> np.ndarray:
+    finite = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    if finite.min() >= 0.0 and finite.max() <= 1.0:
+        return np.rint(finite * 255.0).astype(np.uint8)
+    return _stretch(finite)
+
+
+def _stretch(values: np.ndarray) -> np.ndarray:
+    lo, hi = float(values.min()), float(values.max())
+    if hi <= lo:
+        return np.zeros(values.shape, dtype=np.uint8)
+    return np.rint((values - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+
+
+def _over_white(rgba: np.ndarray) -> np.ndarray:
+    """Composite straight-alpha RGBA over a white background."""
+    alpha = rgba[..., 3:4]
+    if alpha.min() == 255:
+        return np.ascontiguousarray(rgba[..., :3])
+    rgb = rgba[..., :3].astype(np.uint32)
+    a = alpha.astype(np.uint32)
+    return ((rgb * a + 255 * (255 - a) + 127) // 255).astype(np.uint8)

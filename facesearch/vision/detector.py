@@ -1,0 +1,276 @@
+"""Face detection with dlib's MMOD CNN detector, exported to ONNX, run by onnxruntime.
+
+:class:`FaceDetector` reproduces ``dlib.cnn_face_detection_model_v1(path)(img, upsample)``:
+
+1. ``upsample`` times ``pyramid_up`` (dlib's pyramid_down<2> upsampler, ~2x per step);
+2. the tiled ``pyramid_down<6>`` pyramid tensor (:mod:`facesearch.vision.pyramid`, bit-exact);
+3. the network (ONNX) -> one score per 8x8 cell of the tensor;
+4. ``loss_mmod_::to_label``: every score ``> adjust_threshold`` is a detection whose centre is
+   ``stride * (col, row) + offset`` in the tensor (8, 14 for this network), an 80x80 window
+   around it (corners ``centre -/+ 39.5``), mapped back through the pyramid level holding it
+   (``point_up(p) = 1.2 p + 0.3`` per level), rounded; sorted by score; greedy NMS
+   (:mod:`facesearch.vision.nms`); finally mapped down through the upsampling
+   (``point_down(p) = p / 2 - (1.25, 0.75)`` per step) and rounded again.
+
+Boxes: dlib rectangles are inclusive (``right = left + width - 1``); a :class:`Detection` box is
+``(left, top, right + 1, bottom + 1)``, i.e. half-open pixel edges, so ``x2 - x1`` is the width.
+The score is dlib's ``confidence`` (the raw network score, > 0 means a face at threshold 0).
+
+Smallest faces: the detector window is 80x80 pixels of a pyramid level, and the pyramid only
+shrinks, so at ``upsample=0`` faces under ~80 px are missed; each upsample halves that
+(``upsample_for_min_face``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from facesearch.errors import BundleError, ImageTooLargeError, InvalidInputError, ModelFormatError
+from facesearch.vision.nms import greedy_nms
+from facesearch.vision.onnx_session import create_session
+from facesearch.vision.pyramid import (
+    TiledPyramid,
+    build_pyramid_tensor,
+    lround,
+    pyramid2_rect_down,
+    pyramid_up_planes,
+    pyramid_up_size,
+    tiled_pyramid_layout,
+    tiled_pyramid_to_image,
+)
+
+DETECTOR_WINDOW_PX = 80
+MAX_UPSAMPLE = 4
+DEFAULT_MAX_PIXELS = 40_000_000  # of the upsampled image: ~1.6 GB of pyramid tensor
+
+
+def upsample_for_min_face(min_face_px: int, window_px: int = DETECTOR_WINDOW_PX) -> int:
+    """How many ``pyramid_up`` steps make faces ``min_face_px`` across detectable.
+
+    The detector scans an ``window_px`` (80) pixel window over a pyramid that only shrinks the
+    image, so the smallest face it can report is about ``window_px / 2**upsample`` pixels across:
+    80 px at 0, 40 px at 1 (facesearch's default minimum face), 20 px at 2. Returns the smallest
+    ``upsample`` with ``window_px / 2**upsample <= min_face_px``.
+    """
+    if min_face_px < 1:
+        raise InvalidInputError(f"min_face_px must be a positive number of pixels, got {min_face_px}")
+    if min_face_px >= window_px:
+        return 0
+    return math.ceil(math.log2(window_px / min_face_px) - 1e-12)
+
+
+@dataclass(frozen=True, slots=True)
+class Detection:
+    """A face box ``(x1, y1, x2, y2)`` in pixels (half-open: dlib's right/bottom + 1) and its score."""
+
+    box: tuple[float, float, float, float]
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class DetectorConfig:
+    """What the runtime needs from the model's manifest section (see ``export/mmod.py``)."""
+
+    input_name: str
+    output_name: str
+    avg_rgb: tuple[float, float, float]
+    rate_down: int
+    padding: int
+    outer_padding: int
+    window: tuple[int, int]  # width, height
+    out_stride: int
+    out_offset: int
+    min_input_size: int
+    nms_iou: float
+    nms_covered: float
+
+    @classmethod
+    def from_manifest(cls, section: Mapping[str, Any]) -> DetectorConfig:
+        try:
+            norm = section["input"]["normalisation"]
+            if float(norm["divisor"]) != 256.0 or section["input"]["layout"] != "NCHW":
+                raise ModelFormatError(f"detector input must be NCHW /256, manifest says {section['input']}")
+            pyr, out = section["pyramid"], section["output"]
+            if pyr["type"] != f"pyramid_down<{pyr['rate_down']}>" or float(pyr["padding_value"]) != 0.0:
+                raise ModelFormatError(f"unsupported detector pyramid {pyr}")
+            avg = tuple(float(v) for v in norm["avg_rgb"])
+            if len(avg) != 3:
+                raise ModelFormatError(f"avg_rgb must hold 3 values, got {avg}")
+            return cls(
+                input_name=str(section["input"]["name"]),
+                output_name=str(out["name"]),
+                avg_rgb=(avg[0], avg[1], avg[2]),
+                rate_down=int(pyr["rate_down"]),
+                padding=int(pyr["padding"]),
+                outer_padding=int(pyr["outer_padding"]),
+                window=(int(section["detector_window"]["width"]), int(section["detector_window"]["height"])),
+                out_stride=int(out["to_input"]["stride"]),
+                out_offset=int(out["to_input"]["offset"]),
+                min_input_size=int(out["min_input_size"]),
+                nms_iou=float(section["nms"]["iou"]),
+                nms_covered=float(section["nms"]["percent_covered"]),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise ModelFormatError(f"detector manifest section is missing or has a bad field: {err!r}") from err
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedBatch:
+    """Same-size images turned into one pyramid tensor, with what decoding needs."""
+
+    tensor: np.ndarray  # (n, 3, rows, cols) float32
+    layout: TiledPyramid
+    upsample: int
+
+
+def _as_rgb(image: np.ndarray) -> np.ndarray:
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
+        got = getattr(image, "dtype", type(image))
+        raise InvalidInputError(f"image must be a uint8 numpy array, got {got}")
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)  # dlib assigns gray to all three channels
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise InvalidInputError(f"image must be HxWx3 RGB (or HxW gray), got shape {image.shape}")
+    return image
+
+
+class FaceDetector:
+    """dlib's CNN face detector; thread-safe (the onnxruntime session is, and nothing else mutates)."""
+
+    def __init__(
+        self, session: ort.InferenceSession, config: DetectorConfig, max_pixels: int = DEFAULT_MAX_PIXELS
+    ) -> None:
+        self._session = session
+        self.config = config
+        self.max_pixels = max_pixels
+
+    @classmethod
+    def from_onnx(
+        cls,
+        path: str | os.PathLike[str],
+        manifest_section: Mapping[str, Any] | None = None,
+        intra_op_threads: int | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> FaceDetector:
+        """Load the exported detector once. Without a manifest section, the copy in the ONNX metadata is used.
+
+        Raises :class:`BundleError` if the file is missing or its sha256 differs from the manifest's,
+        :class:`ModelFormatError` if the manifest and the model disagree.
+        """
+        path = Path(path)
+        try:
+            data = path.read_bytes()
+        except OSError as err:
+            raise BundleError(f"cannot read detector model {path}: {err}") from err
+        expected = (manifest_section or {}).get("onnx", {}).get("sha256")
+        if expected and hashlib.sha256(data).hexdigest() != expected:
+            raise BundleError(f"{path}: sha256 differs from the manifest's {expected}")
+        if intra_op_threads is not None and intra_op_threads < 1:
+            raise InvalidInputError(f"intra_op_threads must be >= 1 or None, got {intra_op_threads}")
+        session = create_session(path, intra_op_threads=intra_op_threads)  # logs the providers
+        embedded = session.get_modelmeta().custom_metadata_map.get("facesearch.vision.detector")
+        if manifest_section is None:
+            if embedded is None:
+                raise ModelFormatError(f"{path} has no facesearch.vision.detector metadata and no manifest was given")
+            manifest_section = json.loads(embedded)
+        config = DetectorConfig.from_manifest(manifest_section)
+        if embedded is not None and DetectorConfig.from_manifest(json.loads(embedded)) != config:
+            raise ModelFormatError(f"{path}: the manifest's detector settings differ from the model's metadata")
+        inputs = [i.name for i in session.get_inputs()]
+        outputs = [o.name for o in session.get_outputs()]
+        if inputs != [config.input_name] or outputs != [config.output_name]:
+            raise ModelFormatError(
+                f"{path}: graph has inputs {inputs} / outputs {outputs}, manifest expects "
+                f"{config.input_name!r} / {config.output_name!r}"
+            )
+        return cls(session, config, max_pixels)
+
+    # -- stages (public so benchmarks can time them) ---------------------------------------------
+    def prepare(self, images: Sequence[np.ndarray], upsample: int = 0) -> PreparedBatch:
+        """Upsample and tile same-size images into one pyramid tensor."""
+        if not 0 <= upsample <= MAX_UPSAMPLE:
+            raise InvalidInputError(f"upsample must be between 0 and {MAX_UPSAMPLE}, got {upsample}")
+        rgb = [_as_rgb(im) for im in images]
+        if not rgb or any(im.shape != rgb[0].shape for im in rgb):
+            raise InvalidInputError("prepare() needs one or more images of the same size")
+        h, w = rgb[0].shape[:2]
+        up_h, up_w = h, w
+        for _ in range(upsample):
+            up_h, up_w = pyramid_up_size(up_h, up_w)
+        if up_h * up_w > self.max_pixels:
+            raise ImageTooLargeError(
+                f"a {w}x{h} image upsampled {upsample} times is {up_w}x{up_h} pixels, "
+                f"over the detector's limit of {self.max_pixels}"
+            )
+        planes = np.ascontiguousarray(np.stack(rgb).transpose(0, 3, 1, 2))  # (n, 3, H, W)
+        for _ in range(upsample):
+            planes = pyramid_up_planes(planes)
+        c = self.config
+        layout = tiled_pyramid_layout(planes.shape[2], planes.shape[3], c.rate_down, c.padding, c.outer_padding)
+        return PreparedBatch(build_pyramid_tensor(planes, c.avg_rgb, layout), layout, upsample)
+
+    def forward(self, batch: PreparedBatch) -> np.ndarray | None:
+        """The network's score maps ``(n, 1, h, w)``, or None when the tensor is too small to score."""
+        _, _, rows, cols = batch.tensor.shape
+        if min(rows, cols) < self.config.min_input_size:
+            return None
+        feeds = {self.config.input_name: batch.tensor}
+        scores: np.ndarray = self._session.run([self.config.output_name], feeds)[0]
+        return scores
+
+    def decode(self, scores: np.ndarray, batch: PreparedBatch, adjust_threshold: float = 0.0) -> list[Detection]:
+        """``loss_mmod_::to_label`` for one ``(h, w)`` score map, then the upsampling undone."""
+        c = self.config
+        rows, cols = np.nonzero(scores > adjust_threshold)  # row-major: dlib's scan order
+        if rows.size == 0:
+            return []
+        values = scores[rows, cols].astype(np.float64)
+        cx = (c.out_stride * cols + c.out_offset).astype(np.float64)
+        cy = (c.out_stride * rows + c.out_offset).astype(np.float64)
+        hw, hh = (c.window[0] - 1) / 2.0, (c.window[1] - 1) / 2.0  # centered_drect
+        boxes = tiled_pyramid_to_image(batch.layout, np.stack([cx - hw, cy - hh, cx + hw, cy + hh], axis=1))
+        rects = lround(boxes)
+        order = np.argsort(-values, kind="stable")
+        rects, values = rects[order], values[order]
+        keep = greedy_nms(rects, c.nms_iou, c.nms_covered)
+        rects, values = rects[keep], values[keep]
+        if batch.upsample:
+            rects = lround(pyramid2_rect_down(rects.astype(np.float64), batch.upsample))
+        return [
+            Detection((float(r[0]), float(r[1]), float(r[2] + 1), float(r[3] + 1)), float(v))
+            for r, v in zip(rects, values, strict=True)
+        ]
+
+    # -- the API -----------------------------------------------------------------------------------
+    def detect(self, image: np.ndarray, upsample: int = 0, adjust_threshold: float = 0.0) -> list[Detection]:
+        """Faces in an HxWx3 uint8 RGB image, best first, exactly as dlib's CNN detector finds them."""
+        return self.detect_batch([image], upsample, adjust_threshold)[0]
+
+    def detect_batch(
+        self, images: Sequence[np.ndarray], upsample: int = 0, adjust_threshold: float = 0.0
+    ) -> list[list[Detection]]:
+        """:meth:`detect` for many images; images of the same size share one network run."""
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, im in enumerate(images):
+            groups.setdefault(_as_rgb(im).shape, []).append(i)
+        results: list[list[Detection]] = [[] for _ in images]
+        for shape, idx in groups.items():
+            if shape[0] * shape[1] == 0:
+                continue
+            batch = self.prepare([images[i] for i in idx], upsample)
+            scores = self.forward(batch)
+            if scores is None:
+                continue
+            for j, i in enumerate(idx):
+                results[i] = self.decode(scores[j, 0], batch, adjust_threshold)
+        return results
