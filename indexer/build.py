@@ -34,7 +34,7 @@ from indexer.publish import (
 from indexer.read import EmbeddingFile, InputChunk
 from indexer.sizes import cpu_seconds, peak_rss
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"facesearch.{__name__}")
 
 WORK_DIR = ".work"
 

@@ -42,7 +42,7 @@ from indexer.plan import IndexOptions
 from indexer.publish import locked, next_version, staging_dir
 from indexer.update import DRIFT_LIMIT, retrain_reason
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"facesearch.{__name__}")
 
 LIVE_DIR = "live"
 

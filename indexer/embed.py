@@ -35,7 +35,7 @@ from indexer.config import EmbedOptions, fingerprint
 from indexer.ingest import RejectsWriter
 from indexer.read import InputChunk
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"facesearch.{__name__}")
 
 
 @dataclass(frozen=True, slots=True)

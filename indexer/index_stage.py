@@ -36,7 +36,7 @@ from indexer.train import (
 )
 from indexer.tune import IdentityLookup, Measurement, tune
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"facesearch.{__name__}")
 
 QUERY_STREAM = 3
 GT_K = 11  # top-10 plus the query itself

@@ -42,7 +42,7 @@ from indexer.plan import IndexOptions
 from indexer.publish import locked, rollback
 from indexer.sizes import format_size, parse_size
 
-log = logging.getLogger("facesearch.index")
+log = logging.getLogger("facesearch.indexer.main")
 
 
 def default_budget() -> str:

@@ -41,7 +41,7 @@ from facesearch.store.open_set_build import build_open_set_for_store, open_set_b
 from indexer.plan import BASELINE_BYTES
 from indexer.sizes import format_size
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"facesearch.{__name__}")
 
 SCRATCH_DIR = ".open-set-scratch"
 

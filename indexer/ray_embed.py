@@ -27,7 +27,7 @@ from facesearch.errors import IndexBuildError, PreconditionError
 from facesearch.jobs.inputs import ImageRow
 from indexer.config import EmbedOptions
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"facesearch.{__name__}")
 
 
 class _RayShardActor:

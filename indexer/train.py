@@ -13,7 +13,7 @@ from facesearch.errors import IndexBuildError
 from facesearch.store.identity_store import IdentityStore
 from indexer.plan import IndexPlan
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"facesearch.{__name__}")
 
 
 def new_index(plan: IndexPlan) -> Any:

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from facesearch.store.index_artifact import IndexSearcher, RecallReport, SearchParams
 from indexer.add import GroundTruth
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"facesearch.{__name__}")
 
 K_FACTORS = (4, 8, 16, 32)
 TIE = 1e-5

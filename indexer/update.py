@@ -37,7 +37,7 @@ from indexer.open_set_stage import resolve_spec
 from indexer.plan import IndexOptions, choose_nlist, chunk_rows, plan_index
 from indexer.publish import locked, next_version, staging_dir
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"facesearch.{__name__}")
 
 GROWTH_LIMIT = 4
 DRIFT_LIMIT = 1.5

@@ -53,7 +53,7 @@ from server.service import EnrollRules, FaceSearchService
 from server.servicer import FaceSearchServicer
 from server.watcher import IndexWatcher
 
-log = logging.getLogger("facesearch.server")
+log = logging.getLogger("facesearch.server.app")
 
 IO_THREADS = 4
 

@@ -24,7 +24,7 @@ from facesearch.scoring.gallery_stats import GalleryOpenSet
 from facesearch.store.identity_store import IdentityStore
 from facesearch.store.index_artifact import STORE_FILE, LoadedIndex, load_index, resolve_version_dir
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"facesearch.{__name__}")
 
 POOL_SIZE = 4
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from server.admission import Deadline, DeadlineExceeded
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"facesearch.{__name__}")
 
 EmbedFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 

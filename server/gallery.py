@@ -29,7 +29,7 @@ from server.open_set_state import OpenSetState
 from server.open_set_upkeep import OpenSetParams, OpenSetUpkeep, load_base_open_set
 from server.search import Candidate, Scored, best_per_label, drop_ids, merge_top
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"facesearch.{__name__}")
 
 MAX_CANDIDATES = 8192  # published-index candidates fetched per query, at most
 

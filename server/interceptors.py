@@ -28,7 +28,7 @@ from facesearch.errors import InvalidInputError, UnauthenticatedError
 from server.errors import details_trailer, public_message, status_of
 from server.metrics import Metrics
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"facesearch.{__name__}")
 access = logging.getLogger("facesearch.access")
 
 PUBLIC_PREFIXES = ("/grpc.health.v1.Health/",)

@@ -33,7 +33,7 @@ from facesearch.scoring.gallery_stats import GalleryOpenSet, combine
 from facesearch.scoring.normalise import margin, probe_topk_mean
 from server.search import Candidate
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"facesearch.{__name__}")
 
 
 @dataclass(frozen=True, slots=True)

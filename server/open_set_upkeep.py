@@ -60,7 +60,7 @@ from facesearch.store.open_set_build import build_open_set_for_store
 from server.open_set_state import OpenSetState
 from server.search import Candidate
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"facesearch.{__name__}")
 
 MAX_EXACT = 512  # identities outside the shortlist scored exactly before the shortlist is lengthened
 

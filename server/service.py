@@ -30,7 +30,7 @@ from server.engine import AnalyzedPhoto, FaceEngine, PreparedPhoto
 from server.gallery import EnrollOutcome, FaceView, Gallery, GalleryState, GalleryStats, IdentityView
 from server.open_set_state import ScoredCandidate
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"facesearch.{__name__}")
 
 T = TypeVar("T")
 

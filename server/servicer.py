@@ -19,7 +19,7 @@ from server.admission import Deadline, DeadlineExceeded
 from server.errors import status_of
 from server.service import FaceSearchService
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"facesearch.{__name__}")
 
 
 def deadline_of(context: grpc.aio.ServicerContext) -> Deadline:

@@ -20,7 +20,7 @@ from facesearch.errors import ContractMismatchError, FaceSearchError, IndexForma
 from facesearch.store.index_artifact import current_version
 from server.base_index import BaseIndex
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"facesearch.{__name__}")
 
 
 class IndexWatcher:

@@ -133,7 +133,7 @@ def test_compact_carries_open_set_and_the_server_loads_it(tmp_path: Path, caplog
     journal = LiveJournal.open(root / "live", contract_id=CONTRACT, d=D)
     try:
         gallery = Gallery(journal, D, params)
-        with caplog.at_level(logging.INFO, logger="server.open_set_upkeep"):
+        with caplog.at_level(logging.INFO, logger="facesearch.server.open_set_upkeep"):
             gallery.install(BaseIndex.load(root, contract_id=CONTRACT))
         assert "loaded from the version's open_set.npz" in caplog.text
         assert "computed the open-set statistics" not in caplog.text
@@ -153,7 +153,7 @@ def test_compact_carries_open_set_and_the_server_loads_it(tmp_path: Path, caplog
         journal.close()
 
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="server.open_set_upkeep"):
+    with caplog.at_level(logging.INFO, logger="facesearch.server.open_set_upkeep"):
         loaded = load_base_open_set(vdir, params)  # as the indexer wrote it: not recomputed
         assert "loaded from the version's open_set.npz" in caplog.text and len(loaded) == len(data)
         assert not list((tmp_path / "cache").glob("*.npz"))
