@@ -1,1 +1,59 @@
-"""TODO index."""
+"""The model-bundle format (``manifest.json``, contract ids, the models it holds) and where commands
+find the bundle to use.
+
+Layer: models. Layers, top to bottom: apps > torch (nets) > eval (evaluation) > batch (jobs |
+client) > storage (store) > pipeline (vision) > models (bundle) > scores (scoring) > base (errors |
+util | api).
+
+Modules (and the tests that cover them):
+
+- ``location``: Where a command finds its model bundle when none is given on the command line.
+  Tests: ``tests/integration/test_promotion.py``, ``tests/unit/test_promotion_rules.py``.
+- ``manifest``: The model bundle: the directory ``facesearch-export`` writes and everything else
+  loads. Tests: ``tests/integration/test_checkpoint_export.py``,
+  ``tests/integration/test_export_bundle.py``, ``tests/integration/test_flip_average.py``,
+  ``tests/integration/test_indexer_images.py``, ``tests/integration/test_parity_embedder.py``,
+  ``tests/integration/test_pipeline_embed.py``, ``tests/integration/test_promotion.py``,
+  ``tests/integration/test_server_cohort.py``, ``tests/integration/test_server_decisions.py``,
+  ``tests/integration/test_server_durability.py``,
+  ``tests/integration/test_server_model_change.py``, ``tests/integration/test_server_rebuild.py``,
+  ``tests/integration/test_server_rpcs.py``, ``tests/integration/test_server_swap.py``,
+  ``tests/integration/test_shipped_calibration_bundle.py``,
+  ``tests/integration/test_training_export.py``, ``tests/unit/test_shipped_calibration.py``.
+"""
+
+from __future__ import annotations
+
+from facesearch.bundle.location import (
+    CURRENT_POINTER,
+    DEFAULT_DATA_DIR,
+    current_bundle,
+    default_bundle,
+    resolve_bundle,
+)
+from facesearch.bundle.manifest import (
+    BUNDLE_FORMAT,
+    BUNDLE_FORMAT_VERSION,
+    CALIBRATION_FILE,
+    MANIFEST,
+    PREPROCESSING_VERSION,
+    ModelBundle,
+    contract_id,
+    sha256_file,
+)
+
+__all__ = [
+    "BUNDLE_FORMAT",
+    "BUNDLE_FORMAT_VERSION",
+    "CALIBRATION_FILE",
+    "CURRENT_POINTER",
+    "DEFAULT_DATA_DIR",
+    "MANIFEST",
+    "PREPROCESSING_VERSION",
+    "ModelBundle",
+    "contract_id",
+    "current_bundle",
+    "default_bundle",
+    "resolve_bundle",
+    "sha256_file",
+]

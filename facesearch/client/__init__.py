@@ -1,1 +1,24 @@
-"""TODO index."""
+"""The Python client of the gRPC service (used by the ``facesearch`` CLI).
+
+Layer: batch. Layers, top to bottom: apps > torch (nets) > eval (evaluation) > batch (jobs | client)
+> storage (store) > pipeline (vision) > models (bundle) > scores (scoring) > base (errors | util |
+api).
+
+Modules (and the tests that cover them):
+
+- ``service_client``: A Python client for the facesearch gRPC server. Tests:
+  ``tests/integration/test_server_cohort.py``, ``tests/integration/test_server_decisions.py``,
+  ``tests/integration/test_server_rpcs.py``, ``tests/integration/test_server_security.py``.
+"""
+
+from __future__ import annotations
+
+from facesearch.client.service_client import (
+    DEFAULT_TARGET,
+    FaceSearchClient,
+)
+
+__all__ = [
+    "DEFAULT_TARGET",
+    "FaceSearchClient",
+]
