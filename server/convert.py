@@ -12,10 +12,9 @@ import json
 
 from facesearch.api.v1 import facesearch_pb2 as pb
 from facesearch.errors import InvalidInputError
-from facesearch.scoring.thresholds import DecisionThreshold
+from facesearch.scoring.decision import DecisionThreshold, ScoredCandidate, ScoreKind, ThresholdKind, VerifyDecision
 from facesearch.vision.pipeline import Face
 from server.gallery import FaceView, IdentityView
-from server.open_set_state import ScoredCandidate
 from server.service import (
     DEFAULT_TOP_K,
     MAX_TOP_K,
@@ -158,12 +157,11 @@ def detected_face(face: Face) -> pb.DetectedFace:
 
 
 def candidate(s: ScoredCandidate) -> pb.Candidate:
-    c = s.candidate
     out = pb.Candidate(
-        identity_id=c.identity_id,
-        name=c.name,
-        similarity=c.similarity,
-        face_id=c.face_id,
+        identity_id=s.identity_id,
+        name=s.name,
+        similarity=s.similarity,
+        face_id=s.face_id,
         score_details=pb.ScoreDetails(identity_similarity=s.identity_similarity),
     )
     if s.normalised is not None:
@@ -176,12 +174,18 @@ def candidate(s: ScoredCandidate) -> pb.Candidate:
 
 
 _THRESHOLD_KINDS = {
-    "min_similarity": pb.THRESHOLD_KIND_MIN_SIMILARITY,
-    "max_fmr": pb.THRESHOLD_KIND_MAX_FMR,
-    "max_fpir": pb.THRESHOLD_KIND_MAX_FPIR,
-    "default": pb.THRESHOLD_KIND_DEFAULT,
+    ThresholdKind.MIN_SIMILARITY: pb.THRESHOLD_KIND_MIN_SIMILARITY,
+    ThresholdKind.MAX_FMR: pb.THRESHOLD_KIND_MAX_FMR,
+    ThresholdKind.MAX_FPIR: pb.THRESHOLD_KIND_MAX_FPIR,
+    ThresholdKind.DEFAULT: pb.THRESHOLD_KIND_DEFAULT,
 }
-_SCORE_KINDS = {"raw": pb.SCORE_KIND_RAW, "normalised": pb.SCORE_KIND_NORMALISED}
+_SCORE_KINDS = {ScoreKind.RAW: pb.SCORE_KIND_RAW, ScoreKind.NORMALISED: pb.SCORE_KIND_NORMALISED}
+_VERIFY_DECISIONS = {
+    VerifyDecision.SAME: pb.SAME,
+    VerifyDecision.DIFFERENT: pb.DIFFERENT,
+    VerifyDecision.NO_FACE_IN_IMAGE: pb.NO_FACE_IN_IMAGE,
+    VerifyDecision.NO_FACE_IN_REFERENCE: pb.NO_FACE_IN_REFERENCE,
+}
 
 
 def decision_threshold(t: DecisionThreshold) -> pb.DecisionThreshold:
@@ -222,8 +226,8 @@ def detect_response(width: int, height: int, faces: list[Face]) -> pb.DetectResp
 
 def verify_response(result: VerifyResult) -> pb.VerifyResponse:
     out = pb.VerifyResponse(
-        decision=pb.VerifyDecision.Value(result.decision),
-        same=result.decision == "SAME",
+        decision=_VERIFY_DECISIONS[result.decision],
+        same=result.decision is VerifyDecision.SAME,
         similarity=result.similarity,
         min_similarity=result.threshold.value,
         reference_face_id=result.reference_face_id,

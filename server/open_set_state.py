@@ -5,15 +5,15 @@ cohort of exactly the identities it serves. Requests read a few rows under :attr
 (microseconds); the gallery's writer changes them under the same lock after computing the
 change without it (:mod:`server.open_set_upkeep`).
 
-A candidate's scores (:class:`ScoredCandidate`):
+A candidate's scores (:class:`facesearch.scoring.decision.ScoredCandidate`):
 
 - ``similarity``: raw cosine with the identity's most similar face (what the search returns);
 - ``identity_similarity``: the identity's score under the template rule (``both``: the average
   of ``similarity`` and the cosine with the identity's mean embedding);
 - ``normalised``: ``identity_similarity - (probe_mean + identity_mean) / 2``
-  (:func:`facesearch.scoring.normalise.margin`): the probe's mean over its top-k *other* candidates,
-  and the identity's stored cohort mean. A missing side (no other candidate; an identity whose
-  statistics are being refreshed) is left out.
+  (:func:`facesearch.scoring.normalise.normalise_candidates`): the probe's mean over its top-k
+  *other* candidates, and the identity's stored cohort mean. A missing side (no other candidate;
+  an identity whose statistics are being refreshed) is left out.
 
 The probe side is taken over the search's shortlist (ranked by best face, at least
 ``4 (k + 1)`` identities), not the whole gallery: a gallery identity outside that shortlist can
@@ -25,32 +25,15 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
+from facesearch.scoring.decision import ScoredCandidate
 from facesearch.scoring.gallery_stats import GalleryOpenSet, combine
-from facesearch.scoring.normalise import margin, probe_topk_mean
+from facesearch.scoring.normalise import finite_or_none, normalise_candidates
 from server.search import Candidate
 
 log = logging.getLogger(f"facesearch.{__name__}")
-
-
-@dataclass(frozen=True, slots=True)
-class ScoredCandidate:
-    candidate: Candidate  # identity, name, raw best-face similarity, best face id
-    identity_similarity: float  # template-rule score
-    normalised: float | None  # None when the statistics are unavailable
-    probe_mean: float | None
-    identity_mean: float | None
-
-    @property
-    def identity_id(self) -> str:
-        return self.candidate.identity_id
-
-    @property
-    def similarity(self) -> float:
-        return self.candidate.similarity
 
 
 class OpenSetState:
@@ -98,18 +81,25 @@ class OpenSetState:
         if not candidates:
             return []
         if not self.ready:
-            return [ScoredCandidate(c, c.similarity, None, None, None) for c in candidates]
+            return [
+                ScoredCandidate(c.identity_id, c.similarity, c.similarity, None, name=c.name, face_id=c.face_id)
+                for c in candidates
+            ]
         ids = [c.identity_id for c in candidates]
         templates, known, means = self.lookup(ids)
         best = np.array([c.similarity for c in candidates], np.float64)
         ident = np.where(known, combine(best, templates @ np.asarray(probe, np.float32), self.rule), best)
-        probe_means = probe_topk_mean(ident[None, :], self.k)[0]
-        z = margin(ident, probe_means, means)
+        z, probe_means = normalise_candidates(ident, means, self.k)
         return [
-            ScoredCandidate(c, float(ident[i]), float(z[i]), _opt(probe_means[i]), _opt(means[i]))
+            ScoredCandidate(
+                c.identity_id,
+                c.similarity,
+                float(ident[i]),
+                float(z[i]),
+                finite_or_none(probe_means[i]),
+                finite_or_none(means[i]),
+                c.name,
+                c.face_id,
+            )
             for i, c in enumerate(candidates)
         ]
-
-
-def _opt(value: float) -> float | None:
-    return None if not np.isfinite(value) else float(value)

@@ -2,10 +2,11 @@
 
 :class:`FaceSearchService` is what the gRPC servicer calls after converting a request. It
 owns admission (bounded queue + deadlines), runs the CPU stages through the engine and the
-gallery reads/writes on a small I/O pool, and makes the decision: each face's shortlist is
-scored (raw best-face similarity, template score, normalised score: :mod:`server.open_set_state`),
-ranked by the score the request's threshold is on (:mod:`facesearch.scoring.thresholds`), and the best
-candidate is the match when it reaches the threshold.
+gallery reads/writes on a small I/O pool, and asks for the decision: each face's shortlist is
+scored (raw best-face similarity, template score, normalised score: :mod:`server.open_set_state`)
+and decided by the one rule of :mod:`facesearch.scoring.decision` under the threshold the
+request gets (:mod:`facesearch.scoring.thresholds`): ranked by the score the threshold is on, the
+best candidate is the match when its score is at or above the threshold.
 """
 
 from __future__ import annotations
@@ -22,13 +23,13 @@ from typing import TypeVar
 import numpy as np
 
 from facesearch.errors import AlreadyExistsError, InvalidInputError, PreconditionError
-from facesearch.scoring.thresholds import DecisionThreshold, ThresholdPolicy, ThresholdRequest
+from facesearch.scoring.decision import DecisionThreshold, ScoredCandidate, VerifyDecision, decide, verify_decision
+from facesearch.scoring.thresholds import ThresholdPolicy, ThresholdRequest
 from facesearch.store.live_journal import NewFace
 from facesearch.vision.pipeline import Face
 from server.admission import Admission, Deadline
 from server.engine import AnalyzedPhoto, FaceEngine, PreparedPhoto
 from server.gallery import EnrollOutcome, FaceView, Gallery, GalleryState, GalleryStats, IdentityView
-from server.open_set_state import ScoredCandidate
 
 log = logging.getLogger(f"facesearch.{__name__}")
 
@@ -73,7 +74,7 @@ class EnrollQuery:
 @dataclass(frozen=True, slots=True)
 class IdentifiedFace:
     face: Face
-    candidates: list[ScoredCandidate]  # best first by the score the threshold is on
+    candidates: tuple[ScoredCandidate, ...]  # best first by the score the threshold is on
     match: ScoredCandidate | None
 
 
@@ -88,7 +89,7 @@ class IdentifyResult:
 
 @dataclass(frozen=True, slots=True)
 class VerifyResult:
-    decision: str  # SAME | DIFFERENT | NO_FACE_IN_IMAGE | NO_FACE_IN_REFERENCE
+    decision: VerifyDecision
     similarity: float
     threshold: DecisionThreshold
     face: Face | None
@@ -214,10 +215,8 @@ class FaceSearchService:
         ranked = state.search(queries, state.open_set.shortlist(top_k))
         out = []
         for face, query, cands in zip(faces, queries, ranked, strict=True):
-            scored = state.open_set.score(query, cands)
-            top = rank(scored, threshold)[:top_k]
-            match = top[0] if top and decision_score(top[0], threshold) >= threshold.value else None
-            out.append(IdentifiedFace(face, top, match))
+            decision = decide(state.open_set.score(query, cands), threshold, limit=top_k)
+            out.append(IdentifiedFace(face, decision.candidates, decision.match))
         return out
 
     async def detect(self, image: bytes, largest_only: bool, deadline: Deadline) -> AnalyzedPhoto:
@@ -237,21 +236,21 @@ class FaceSearchService:
                 reference = await self.engine.analyze(query.reference_image, deadline, largest_only=True)
         face = probe.faces[0] if probe.faces else None
         if face is None:
-            return VerifyResult("NO_FACE_IN_IMAGE", 0.0, threshold, None, None, "")
+            return VerifyResult(VerifyDecision.NO_FACE_IN_IMAGE, 0.0, threshold, None, None, "")
         if reference is not None:
             ref = reference.faces[0] if reference.faces else None
             if ref is None:
-                return VerifyResult("NO_FACE_IN_REFERENCE", 0.0, threshold, face, None, "")
+                return VerifyResult(VerifyDecision.NO_FACE_IN_REFERENCE, 0.0, threshold, face, None, "")
             sim = float(np.dot(face.embedding, ref.embedding))
-            return VerifyResult(_decide(sim, threshold.value), sim, threshold, face, ref, "")
+            return VerifyResult(verify_decision(sim, threshold), sim, threshold, face, ref, "")
         assert state is not None and query.identity_id is not None
         vids, embeddings = await self._io(state.embeddings_of, query.identity_id)
         if len(vids) == 0:
-            return VerifyResult("NO_FACE_IN_REFERENCE", 0.0, threshold, face, None, "")
+            return VerifyResult(VerifyDecision.NO_FACE_IN_REFERENCE, 0.0, threshold, face, None, "")
         sims = embeddings @ face.embedding
         best = int(np.argmax(sims))
         sim = float(sims[best])
-        return VerifyResult(_decide(sim, threshold.value), sim, threshold, face, None, str(int(vids[best])))
+        return VerifyResult(verify_decision(sim, threshold), sim, threshold, face, None, str(int(vids[best])))
 
     async def enroll(self, query: EnrollQuery, deadline: Deadline) -> EnrollResult:
         if not query.images:
@@ -370,19 +369,3 @@ class FaceSearchService:
             state.open_set.k,
             state.open_set.rule,
         )
-
-
-def decision_score(candidate: ScoredCandidate, threshold: DecisionThreshold) -> float:
-    """The score ``threshold`` applies to."""
-    if threshold.score_kind == "normalised" and candidate.normalised is not None:
-        return candidate.normalised
-    return candidate.similarity
-
-
-def rank(candidates: list[ScoredCandidate], threshold: DecisionThreshold) -> list[ScoredCandidate]:
-    """Best first by the decision score, then raw similarity, then identity id (stable for equal scores)."""
-    return sorted(candidates, key=lambda c: (-decision_score(c, threshold), -c.similarity, c.identity_id))
-
-
-def _decide(similarity: float, threshold: float) -> str:
-    return "SAME" if similarity >= threshold else "DIFFERENT"

@@ -168,6 +168,7 @@ def evaluate_split(
     """The report dict: raw and normalised scorings, calibrated thresholds checked, per-group table."""
     from facesearch.evaluation.ident import evaluate, fnir_at, fpir_at  # noqa: PLC0415
     from facesearch.evaluation.ident_scoring import score_split  # noqa: PLC0415
+    from facesearch.scoring.decision import ScoreKind  # noqa: PLC0415
     from facesearch.scoring.open_set_calibration import resolve_threshold  # noqa: PLC0415
 
     probe_groups = [groups.get(str(label), "(none)") for label in probe_labels] if groups is not None else None
@@ -178,19 +179,19 @@ def evaluate_split(
     group_threshold = None
     for fpir in (0.01, 0.001):
         th = resolve_threshold(calibration, raw_calibration, gallery_size=split.gallery_size, max_fpir=fpir)
-        searches = split.normalised if th.kind == "normalised" else split.raw
+        searches = split.normalised if th.score_kind is ScoreKind.NORMALISED else split.raw
         calibrated.append(
             {
                 "requested_fpir": fpir,
                 "threshold": th.score,
-                "kind": th.kind,
+                "kind": th.kind,  # "normalised" or "cosine" (raw): ThresholdScale's names
                 "reason": th.reason,
                 "capped": th.capped,
                 "achieved_fpir": fpir_at(searches, th.score),
                 "fnir": fnir_at(searches, th.score),
             }
         )
-        if group_threshold is None and th.kind == "normalised":
+        if group_threshold is None and th.score_kind is ScoreKind.NORMALISED:
             group_threshold = th.score
     raw = evaluate(split.raw, scoring="raw cosine (best face, dlib-equivalent)", gallery_size=split.gallery_size)
     norm = evaluate(

@@ -3,15 +3,20 @@
 Vocabulary (ISO/IEC 19795-1, NIST FRVT 1:N):
 
 - a *mated* search is a probe of an enrolled person; it succeeds at threshold ``t`` when
-  the person is the rank-1 candidate and the decision score is above ``t``; FNIR is the
+  the person is the rank-1 candidate and the decision score matches ``t``; FNIR is the
   fraction that fail. A mated probe where no face was found fails at every threshold and
   at every rank.
 - a *non-mated* search is a probe of someone not enrolled; it is a false positive when the
-  rank-1 decision score is above ``t``; FPIR is the fraction that are. A non-mated probe
-  with no face found is never a false positive.
-- FNIR at FPIR x uses the threshold at which exactly a fraction x of the non-mated
-  searches score above it (empirical: the threshold is set on the same non-mated searches;
+  rank-1 decision score matches ``t``; FPIR is the fraction that are. A non-mated probe
+  with no face found (score -inf) is never a false positive: thresholds here are finite.
+- FNIR at FPIR x uses the lowest threshold that at most a fraction x of the non-mated
+  searches match (empirical: the threshold is set on the same non-mated searches;
   calibrated thresholds are checked separately).
+
+"Matches" is the server's rule, :func:`facesearch.scoring.decision.matches`: a score at or
+above the threshold. An empirical threshold is therefore placed just above the highest
+non-mated score that must not match (the next float up), so that the searches it was chosen
+on are decided by the server exactly as they are counted here.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from facesearch.errors import InvalidInputError
+from facesearch.scoring.decision import just_above, matches
 
 FPIR_LEVELS = (0.01, 0.001)
 
@@ -75,24 +81,28 @@ def searches_from_scores(
 
 
 def threshold_at_fpir(nonmated_top: np.ndarray, fpir: float) -> float:
-    """The lowest threshold at which at most a fraction ``fpir`` of non-mated searches score above it."""
+    """The lowest threshold that at most a fraction ``fpir`` of non-mated searches match.
+
+    That is the next float above the highest non-mated score that must not match, so every
+    search scoring at or below it is rejected; always finite (faceless searches never match).
+    """
     scores = np.sort(np.asarray(nonmated_top, np.float64))[::-1]
     if len(scores) == 0:
         raise InvalidInputError("no non-mated searches: FPIR cannot be measured", reason="NO_NONMATED")
     allowed = math.floor(fpir * len(scores))
-    return float(scores[allowed]) if allowed < len(scores) else -np.inf
+    return just_above(float(scores[allowed]) if allowed < len(scores) else -np.inf)
 
 
 def fnir_at(searches: Searches, threshold: float) -> float:
     m = searches.mated
     if not m.any():
         return float("nan")
-    return float(1.0 - np.mean(searches.hit[m] & (searches.top_score[m] > threshold)))
+    return float(1.0 - np.mean(searches.hit[m] & matches(searches.top_score[m], threshold)))
 
 
 def fpir_at(searches: Searches, threshold: float) -> float:
     n = ~searches.mated
-    return float(np.mean(searches.top_score[n] > threshold)) if n.any() else float("nan")
+    return float(np.mean(matches(searches.top_score[n], threshold))) if n.any() else float("nan")
 
 
 def rank_rate(searches: Searches, rank: int) -> float:
@@ -102,13 +112,18 @@ def rank_rate(searches: Searches, rank: int) -> float:
 
 
 def det_curve(searches: Searches, points: int = 400) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(thresholds, FPIR, FNIR): one point per distinct non-mated score, thinned to ``points``."""
+    """(thresholds, FPIR, FNIR): one point per distinct non-mated score, thinned to ``points``.
+
+    Each point's threshold is just above its non-mated score (``decision.just_above``): the
+    operating point where that score and every lower one are rejected.
+    """
     nonmated = np.sort(searches.top_score[~searches.mated & np.isfinite(searches.top_score)])[::-1]
     if len(nonmated) == 0:
         return np.zeros(0), np.zeros(0), np.zeros(0)
     thresholds = np.unique(nonmated)[::-1]
     if len(thresholds) > points:
         thresholds = thresholds[np.unique(np.geomspace(1, len(thresholds), points).astype(int) - 1)]
+    thresholds = np.array([just_above(float(t)) for t in thresholds])
     fpir = np.array([fpir_at(searches, t) for t in thresholds])
     fnir = np.array([fnir_at(searches, t) for t in thresholds])
     return thresholds, fpir, fnir

@@ -5,9 +5,12 @@ a cosine of 0.87. A calibration is the impostor (different-person) score
 distribution measured on labelled faces, stored as a table of false-match rate
 (FMR, per comparison) against threshold. For identification against a gallery of
 N identities, the false-positive identification rate of a stranger is
-FPIR = 1 - (1 - FMR)^N (each identity is one more chance to be wrongly matched), so
-the per-comparison FMR needed for a promised FPIR shrinks as the gallery grows:
-the threshold rises with N and the promise stays true.
+FPIR = 1 - (1 - FMR)^N (each identity is one more chance to be wrongly matched:
+:func:`facesearch.scoring.decision.fmr_for_fpir` and ``fpir_for_fmr``), so the
+per-comparison FMR needed for a promised FPIR shrinks as the gallery grows: the
+threshold rises with N and the promise stays true. A score at or above a threshold is
+a match (:func:`facesearch.scoring.decision.matches`); the table counts impostor
+scores the same way.
 """
 
 from __future__ import annotations
@@ -86,14 +89,6 @@ class Calibration:
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(self.to_json())
         os.replace(tmp, path)
-
-
-def fmr_for_fpir(fpir: float, gallery_size: int) -> float:
-    """Per-comparison FMR that keeps a stranger's false-positive identification rate at ``fpir``."""
-    if not 0 < fpir < 1:
-        raise InvalidInputError(f"FPIR must be in (0, 1), got {fpir}", reason="BAD_FPIR")
-    n = max(1, gallery_size)
-    return float(-math.expm1(math.log1p(-fpir) / n))  # 1 - (1 - fpir)^(1/n), accurate for tiny values
 
 
 #: dlib's customary Euclidean tolerance 0.6 between raw descriptors (norms ~1), as a cosine:

@@ -52,7 +52,7 @@ from tqdm import tqdm
 from facesearch.errors import IndexFormatError, InvalidInputError
 from facesearch.scoring.cohort import GalleryCohort
 from facesearch.scoring.normalise import DEFAULT_K
-from facesearch.scoring.templates import DEFAULT_TEMPLATE, TEMPLATE_MODES, mean_templates
+from facesearch.scoring.templates import DEFAULT_TEMPLATE, TemplateRule, mean_templates, template_rule
 
 OPEN_SET_FILE = "open_set.npz"
 FORMAT_VERSION = 1
@@ -70,13 +70,12 @@ _HNSW_EF_SLACK = 64  # search breadth beyond the shortlist length
 
 def combine(best: np.ndarray, template: np.ndarray, rule: str) -> np.ndarray:
     """Identity scores under a template rule from best-face and template cosines."""
-    if rule == "best":
+    parsed = template_rule(rule)
+    if parsed is TemplateRule.BEST:
         return np.asarray(best)
-    if rule == "mean":
+    if parsed is TemplateRule.MEAN:
         return np.asarray(template)
-    if rule == "both":
-        return 0.5 * (np.asarray(best) + np.asarray(template))
-    raise InvalidInputError(f"template rule must be one of {TEMPLATE_MODES}, got {rule!r}", reason="BAD_CONFIG")
+    return 0.5 * (np.asarray(best) + np.asarray(template))
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -188,8 +187,7 @@ class GalleryOpenSet:
     """
 
     def __init__(self, templates: TemplateTable, cohort: GalleryCohort, rule: str) -> None:
-        if rule not in TEMPLATE_MODES:
-            raise InvalidInputError(f"template rule must be one of {TEMPLATE_MODES}, got {rule!r}", reason="BAD_CONFIG")
+        template_rule(rule)  # refuses an unknown rule
         if len(templates) != len(cohort) or any(i not in templates for i in cohort.identity_ids):
             raise InvalidInputError("templates and cohort hold different identities", reason="BAD_SCORES")
         self.templates = templates
@@ -457,7 +455,7 @@ def shortlist_neighbours(  # noqa: PLR0917
             cand, cand_tt = _top(tt, shortlist)
         else:
             cand, cand_tt = _graph_candidates(graph, templates, lo, hi, shortlist)
-        both = cand_tt if rule == "mean" else combine(_best_pairs(g, np.arange(lo, hi), cand), cand_tt, rule)
+        both = cand_tt if rule == TemplateRule.MEAN else combine(_best_pairs(g, np.arange(lo, hi), cand), cand_tt, rule)
         both = np.where(cand >= 0, both, -np.inf).astype(np.float32)
         top_cols, top_vals = _top(both, keep)
         nbr[lo:hi, :keep] = np.take_along_axis(cand, top_cols, axis=1)

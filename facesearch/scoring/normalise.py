@@ -18,18 +18,23 @@ replaced by one constant scale. Measured on lfw-dev (bench/results/open_set.md):
 standard deviation with the small k that gives the best adaptive means is too noisy to
 divide by, and the full cohort's spread varies too little between faces to add anything.
 
+One request: :func:`normalise_candidates` scores the identities a search returned (the
+server's path, template scores and all), :func:`score_candidates` wraps it into ranked
+:class:`~facesearch.scoring.decision.ScoredCandidate` s; deciding on them is
+:mod:`facesearch.scoring.decision`. Whole galleries (evaluation): :func:`normalise_matrix`.
+
 Everything here is pure numpy over small arrays: per request the cost is O(k) per
 candidate, nothing that grows with the gallery.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import numpy as np
 
 from facesearch.errors import InvalidInputError
+from facesearch.scoring.decision import ScoredCandidate, ScoreKind, rank
 
 #: Cohort size tuned on lfw-dev (bench/results/open_set.md).
 DEFAULT_K = 4
@@ -102,35 +107,22 @@ def normalise_matrix(scores: np.ndarray, gallery_mean: np.ndarray, k: int) -> np
 
 
 # -- one request -----------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class ScoredCandidate:
-    identity_id: Hashable
-    similarity: float  # raw cosine (the identity's template score)
-    score: float  # normalised score: what the decision thresholds
+def normalise_candidates(
+    identity_scores: Sequence[float] | np.ndarray, gallery_mean: Sequence[float] | np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """One probe's candidates: ``(normalised scores, probe-side means)``, parallel to the input.
 
-
-@dataclass(frozen=True, slots=True)
-class Threshold:
-    """The decision threshold applied to a request, and why."""
-
-    score: float  # a match needs a score strictly above it
-    kind: str  # "normalised", or "cosine" (raw similarity, when normalisation cannot apply)
-    fpir: float | None  # false-positive identification rate it stands for at this gallery size
-    fmr: float | None  # the per-comparison false-match rate equivalent, 1 - (1 - fpir)^(1/N)
-    gallery_size: int
-    capped: bool  # the request asked for less than the calibration measured: strictest threshold used
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    candidates: tuple[ScoredCandidate, ...]  # best first, by the score the threshold is on
-    match: ScoredCandidate | None  # the best candidate if it clears the threshold, else None: "unknown"
-    threshold: Threshold
+    ``identity_scores``: the raw (template-rule) scores of the identities a search returned (ask
+    for at least ``k + 1``); ``gallery_mean``: those identities' top-k means (nan where unknown:
+    that side is left out). The probe mean is nan where the probe has no other candidate.
+    """
+    s = np.asarray(identity_scores, np.float64)
+    probe_mean = probe_topk_mean(s[None, :], k)[0]
+    return margin(s, probe_mean, np.asarray(gallery_mean, np.float64)), probe_mean
 
 
 def score_candidates(
-    identity_ids: Sequence[Hashable],
+    identity_ids: Sequence[str],
     similarities: Sequence[float] | np.ndarray,
     gallery_mean: Sequence[float] | np.ndarray,
     k: int,
@@ -139,24 +131,30 @@ def score_candidates(
 
     ``identity_ids``/``similarities``: the identities the search returned (ask for at least
     ``k + 1``) with their raw scores; ``gallery_mean``: those identities' top-k means, e.g.
-    ``GalleryCohort.means(identity_ids)`` (nan where unknown: that side is left out).
+    ``GalleryCohort.means(identity_ids)`` (nan where unknown: that side is left out). Decide
+    with :func:`facesearch.scoring.decision.decide`.
     """
     raw = np.asarray(similarities, np.float64)
     if raw.ndim != 1 or len(raw) != len(identity_ids) or np.shape(gallery_mean) != raw.shape:
         raise InvalidInputError("identity_ids, similarities and gallery_mean must be parallel 1-d", reason="BAD_SCORES")
     if len(raw) == 0:
         return ()
-    z = margin(raw, probe_topk_mean(raw[None, :], k)[0], np.asarray(gallery_mean, np.float64))
-    order = np.lexsort((-raw, -z))
-    return tuple(ScoredCandidate(identity_ids[i], float(raw[i]), float(z[i])) for i in order)
+    z, probe_mean = normalise_candidates(raw, gallery_mean, k)
+    means = np.asarray(gallery_mean, np.float64)
+    scored = [
+        ScoredCandidate(
+            identity_ids[i],
+            float(raw[i]),
+            float(raw[i]),
+            float(z[i]),
+            finite_or_none(probe_mean[i]),
+            finite_or_none(means[i]),
+        )
+        for i in range(len(raw))
+    ]
+    return rank(scored, ScoreKind.NORMALISED)
 
 
-def decide(candidates: tuple[ScoredCandidate, ...], threshold: Threshold) -> Decision:
-    """Apply ``threshold`` to the best candidate by the score kind the threshold is on."""
-    if threshold.kind == "cosine":
-        candidates = tuple(sorted(candidates, key=lambda c: -c.similarity))
-        best = candidates[0].similarity if candidates else None
-    else:
-        best = candidates[0].score if candidates else None
-    match = candidates[0] if best is not None and best > threshold.score else None
-    return Decision(candidates=candidates, match=match, threshold=threshold)
+def finite_or_none(value: float) -> float | None:
+    """``value`` as a float, None where it is nan or infinite (a side that is unknown)."""
+    return float(value) if np.isfinite(value) else None

@@ -12,7 +12,7 @@ gallery sizes:
 - gallery: one face (the first) of each of a random subset of N labelled identities;
 - non-mated searches: every face of every identity outside the subset, normalised with
   the subset as cohort exactly as the server does; FPIR(t, N) is the fraction whose best
-  normalised score is above t;
+  normalised score matches t (is at or above it: :func:`facesearch.scoring.decision.matches`);
 - N doubles from 8 up to half the identities, each size resampled until about 20,000
   searches are pooled (at most 16 galleries per size). An FPIR level is kept only where
   at least 10 false positives were observed.
@@ -27,9 +27,9 @@ A request's FPIR at the current gallery size is read off the table, interpolated
 FPIR and in log N. Above the largest calibrated size the threshold of the largest size is
 kept: FPIR at a fixed threshold only falls as N grows, so the promise still holds
 (conservatively), and the reason says so. A per-comparison ``max_fmr`` is turned into the
-FPIR it implies at N, 1 - (1 - FMR)^N. The table is stored as
-``open_set_calibration.json`` beside the models with the ``k`` and template rule it was
-measured with.
+FPIR it implies at N, 1 - (1 - FMR)^N (:func:`facesearch.scoring.decision.fpir_for_fmr`).
+The table is stored as ``open_set_calibration.json`` beside the models with the ``k`` and
+template rule it was measured with.
 """
 
 from __future__ import annotations
@@ -42,11 +42,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from facesearch.errors import BundleError, InvalidInputError
-from facesearch.scoring.calibration import DLIB_TOLERANCE_COSINE, Calibration, fmr_for_fpir
-from facesearch.scoring.normalise import Threshold
+from facesearch.scoring.calibration import DLIB_TOLERANCE_COSINE, Calibration
+from facesearch.scoring.decision import CalibratedThreshold, ThresholdScale, fmr_for_fpir, fpir_for_fmr
 
 OPEN_SET_CALIBRATION_FILE = "open_set_calibration.json"
 SCORE_KIND = "margin-v1"
@@ -61,7 +59,7 @@ NORMALISE_FROM = 128
 @dataclass(frozen=True, slots=True)
 class FpirPoint:
     fpir: float
-    threshold: float  # normalised score; a match needs a score strictly above it
+    threshold: float  # normalised score; a score at or above it is a match
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +192,7 @@ def resolve_threshold(
     gallery_size: int,
     max_fpir: float | None = None,
     max_fmr: float | None = None,
-) -> Threshold:
+) -> CalibratedThreshold:
     """The threshold for one request, and the reason, from the error rates it asks for.
 
     With both ``max_fpir`` and ``max_fmr`` the stricter wins; with neither, the open-set
@@ -212,7 +210,7 @@ def resolve_threshold(
     if max_fmr is not None:
         if not 0 < max_fmr < 1:
             raise InvalidInputError(f"false-match rate must be in (0, 1), got {max_fmr}", reason="BAD_FMR")
-        implied = float(-np.expm1(n * np.log1p(-max_fmr)))
+        implied = fpir_for_fmr(max_fmr, n)
         wanted.append((implied, f"FMR {max_fmr:.2g} at gallery size {n} -> FPIR {_pct(implied)}"))
     if calibration is not None and n >= calibration.min_gallery:
         fpir, why = (
@@ -228,9 +226,9 @@ def resolve_threshold(
             where += f", capped: the calibration measured FPIR down to about {_pct(lowest)}; rate not guaranteed"
         if note:
             where += f"; {note}"
-        return Threshold(
+        return CalibratedThreshold(
             score=value,
-            kind="normalised",
+            kind=ThresholdScale.NORMALISED,
             fpir=fpir,
             fmr=fmr_for_fpir(fpir, n),
             gallery_size=n,
@@ -239,9 +237,9 @@ def resolve_threshold(
         )
     small = f" (gallery below the normalised calibration's {calibration.min_gallery})" if calibration else ""
     if raw is None:
-        return Threshold(
+        return CalibratedThreshold(
             score=DLIB_TOLERANCE_COSINE,
-            kind="cosine",
+            kind=ThresholdScale.COSINE,
             fpir=None,
             fmr=None,
             gallery_size=n,
@@ -254,12 +252,18 @@ def resolve_threshold(
         why += f" -> FMR {fmr:.2g}"
     else:
         fmr, why = raw.default_fmr, f"default FMR {raw.default_fmr:.2g}"
-        fpir = float(-np.expm1(n * np.log1p(-fmr)))
+        fpir = fpir_for_fmr(fmr, n)
     value = raw.threshold_for_fmr(fmr)
     capped = fmr < raw.min_supported_fmr
     where = f"cosine threshold {value:.4f}{small}"
     if capped:
         where += f", capped at the calibrated FMR {raw.min_supported_fmr:.0e}: rate not guaranteed"
-    return Threshold(
-        score=value, kind="cosine", fpir=fpir, fmr=fmr, gallery_size=n, capped=capped, reason=f"{why} -> {where}"
+    return CalibratedThreshold(
+        score=value,
+        kind=ThresholdScale.COSINE,
+        fpir=fpir,
+        fmr=fmr,
+        gallery_size=n,
+        capped=capped,
+        reason=f"{why} -> {where}",
     )

@@ -1,7 +1,8 @@
 """Identity templates: scoring a person with several enrolled faces as one.
 
-Rules, chosen between by measurement (bench/results/open_set.md; ``both`` won, quality
-weighting of the mean did not help):
+Rules (:class:`TemplateRule`; its values are the names in ``open_set_calibration.json``,
+``open_set.npz`` and GetStats), chosen between by measurement (bench/results/open_set.md;
+``both`` won, quality weighting of the mean did not help):
 
 - ``best``: the identity's score is its most similar face (what the index returns when
   results are collapsed per identity);
@@ -16,14 +17,34 @@ normalised score compares like with like.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 import numpy as np
 
 from facesearch.errors import InvalidInputError
 
-TEMPLATE_MODES = ("best", "mean", "both")
+
+class TemplateRule(StrEnum):
+    """How an identity with several faces is scored."""
+
+    BEST = "best"
+    MEAN = "mean"
+    BOTH = "both"
+
+
+TEMPLATE_MODES = tuple(rule.value for rule in TemplateRule)
 #: Measured best on lfw-dev with two enrolled photos per person (bench/results/open_set.md).
-DEFAULT_TEMPLATE = "both"
+DEFAULT_TEMPLATE = TemplateRule.BOTH
+
+
+def template_rule(value: str) -> TemplateRule:
+    """``value`` as a :class:`TemplateRule`; InvalidInputError (BAD_CONFIG) naming the rules otherwise."""
+    try:
+        return TemplateRule(value)
+    except ValueError:
+        raise InvalidInputError(
+            f"template rule must be one of {TEMPLATE_MODES}, got {value!r}", reason="BAD_CONFIG"
+        ) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,13 +93,12 @@ def best_face_scores(probes: np.ndarray, gallery: Gallery, chunk: int = 1024) ->
 
 def identity_scores(probes: np.ndarray, gallery: Gallery, mode: str = "best") -> np.ndarray:
     """(q, L) raw identity scores of probes under a template rule."""
-    if mode not in TEMPLATE_MODES:
-        raise InvalidInputError(f"template mode must be one of {TEMPLATE_MODES}, got {mode!r}", reason="BAD_CONFIG")
+    rule = template_rule(mode)
     probes = np.asarray(probes, np.float32)
-    if mode == "mean":
+    if rule is TemplateRule.MEAN:
         return probes @ gallery.templates.T
     best = best_face_scores(probes, gallery)
-    return best if mode == "best" else 0.5 * (best + probes @ gallery.templates.T)
+    return best if rule is TemplateRule.BEST else 0.5 * (best + probes @ gallery.templates.T)
 
 
 def gallery_scores(gallery: Gallery, mode: str = "best") -> np.ndarray:
@@ -87,13 +107,14 @@ def gallery_scores(gallery: Gallery, mode: str = "best") -> np.ndarray:
     ``best`` is the best pair of faces; ``mean`` the template cosine; ``both`` their average.
     """
     count = len(gallery.identities)
-    if mode == "mean":
+    rule = template_rule(mode)
+    if rule is TemplateRule.MEAN:
         out = gallery.templates @ gallery.templates.T
     else:
         per_face = best_face_scores(gallery.faces, gallery)  # (n, L)
         best = np.full((count, count), -np.inf, np.float32)
         np.maximum.at(best, gallery.face_identity, per_face)
-        out = best if mode == "best" else 0.5 * (best + gallery.templates @ gallery.templates.T)
+        out = best if rule is TemplateRule.BEST else 0.5 * (best + gallery.templates @ gallery.templates.T)
     out = np.asarray(out, np.float32).copy()
     np.fill_diagonal(out, -np.inf)
     return out

@@ -18,7 +18,9 @@ FAILED_PRECONDITION (NO_CALIBRATION), never a silent fallback. Every threshold s
 stands for (FMR and FPIR at this N, when a calibration knows) and why, in words.
 
 Raw decisions compare the best-face ``similarity``; normalised ones the ``normalised_score``;
-a match needs a score at or above the value.
+a match needs a score at or above the value (the one rule: :mod:`facesearch.scoring.decision`,
+which also holds :class:`~facesearch.scoring.decision.DecisionThreshold` and the FPIR/FMR
+conversion).
 """
 
 from __future__ import annotations
@@ -27,29 +29,17 @@ import itertools
 import math
 from dataclasses import dataclass
 
-import numpy as np
-
 from facesearch.errors import InvalidInputError, PreconditionError
 from facesearch.scoring.calibration import DLIB_TOLERANCE_COSINE, Calibration
-from facesearch.scoring.normalise import Threshold
+from facesearch.scoring.decision import (
+    CalibratedThreshold,
+    DecisionThreshold,
+    ScoreKind,
+    ThresholdKind,
+    ThresholdScale,
+    fpir_for_fmr,
+)
 from facesearch.scoring.open_set_calibration import OpenSetCalibration, resolve_threshold
-
-KINDS = ("min_similarity", "max_fmr", "max_fpir", "default")
-SCORE_KINDS = ("raw", "normalised")
-
-
-@dataclass(frozen=True, slots=True)
-class DecisionThreshold:
-    """The threshold applied to a request."""
-
-    kind: str  # min_similarity | max_fmr | max_fpir | default (the request named none)
-    value: float  # a match needs a decision score >= value
-    score_kind: str  # raw (best-face cosine) | normalised
-    gallery_size: int  # identities searched (1 for Verify)
-    fmr: float | None  # per-comparison false-match rate it stands for (None: unknown, uncalibrated)
-    fpir: float | None  # false-positive identification rate it stands for at gallery_size
-    capped: bool  # the rate asked for is below what the calibration measured: strictest threshold used
-    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,10 +60,6 @@ def fmr_at(calibration: Calibration, threshold: float) -> float | None:
     if len(pts) == 1 and pts[0].threshold == threshold:
         return pts[0].fmr
     return None
-
-
-def fpir_of(fmr: float, n: int) -> float:
-    return float(-np.expm1(max(1, n) * np.log1p(-fmr)))
 
 
 def _rate(value: float | None, name: str, reason: str) -> float | None:
@@ -153,15 +139,17 @@ class ThresholdPolicy:
                     "max_false_positive_identification_rate), not both",
                     reason="BAD_THRESHOLD",
                 )
-            return self._raw("min_similarity", _cosine(req.min_similarity), n, "min_similarity set by the request")
+            return self._raw(
+                ThresholdKind.MIN_SIMILARITY, _cosine(req.min_similarity), n, "min_similarity set by the request"
+            )
         if max_fmr is not None or max_fpir is not None:
-            kind = "max_fpir"
-            if max_fmr is not None and (max_fpir is None or fpir_of(max_fmr, n) <= max_fpir):
-                kind = "max_fmr"
+            kind = ThresholdKind.MAX_FPIR
+            if max_fmr is not None and (max_fpir is None or fpir_for_fmr(max_fmr, n) <= max_fpir):
+                kind = ThresholdKind.MAX_FMR
             return self._rates(kind, n, max_fpir=max_fpir, max_fmr=max_fmr, normalised=normalised, prefix="")
         if self.default_max_fpir is not None:
             return self._rates(
-                "default",
+                ThresholdKind.DEFAULT,
                 n,
                 max_fpir=self.default_max_fpir,
                 max_fmr=None,
@@ -169,12 +157,21 @@ class ThresholdPolicy:
                 prefix="FACESEARCH_MAX_FPIR: ",
             )
         if self.default_min_similarity_override is not None:
-            return self._raw("default", self.default_min_similarity_override, n, "FACESEARCH_MIN_SIMILARITY")
+            return self._raw(
+                ThresholdKind.DEFAULT, self.default_min_similarity_override, n, "FACESEARCH_MIN_SIMILARITY"
+            )
         t = resolve_threshold(self.open_set if normalised else None, self.raw, gallery_size=n)
-        return _from(t, "default", "")
+        return _from(t, ThresholdKind.DEFAULT, "")
 
     def _rates(
-        self, kind: str, n: int, *, max_fpir: float | None, max_fmr: float | None, normalised: bool, prefix: str
+        self,
+        kind: ThresholdKind,
+        n: int,
+        *,
+        max_fpir: float | None,
+        max_fmr: float | None,
+        normalised: bool,
+        prefix: str,
     ) -> DecisionThreshold:
         if self.raw is None and self.open_set is None:
             raise PreconditionError(
@@ -185,7 +182,7 @@ class ThresholdPolicy:
         t = resolve_threshold(
             self.open_set if normalised else None, self.raw, gallery_size=n, max_fpir=max_fpir, max_fmr=max_fmr
         )
-        if t.kind == "cosine" and t.fmr is None:
+        if t.kind is ThresholdScale.COSINE and t.fmr is None:
             raise PreconditionError(
                 f"no false-match calibration (calibration.json) for a gallery of {n}: the "
                 f"bundle's open-set calibration starts at {self._min_gallery()} identities",
@@ -196,16 +193,16 @@ class ThresholdPolicy:
     def _min_gallery(self) -> str:
         return str(self.open_set.min_gallery) if self.open_set is not None else "?"
 
-    def _raw(self, kind: str, value: float, n: int, why: str) -> DecisionThreshold:
+    def _raw(self, kind: ThresholdKind, value: float, n: int, why: str) -> DecisionThreshold:
         fmr = fmr_at(self.raw, value) if self.raw is not None else None
-        fpir = fpir_of(fmr, n) if fmr is not None else None
+        fpir = fpir_for_fmr(fmr, n) if fmr is not None else None
         stands = (
             f" (FMR {fmr:.2g}, FPIR {fpir * 100:.3g}% at gallery size {n})"
             if fmr is not None and fpir is not None
             else ""
         )
         return DecisionThreshold(
-            kind, value, "raw", n, fmr, fpir, False, f"{why}: cosine threshold {value:.4f}{stands}"
+            kind, value, ScoreKind.RAW, n, fmr, fpir, False, f"{why}: cosine threshold {value:.4f}{stands}"
         )
 
     # -- Verify --------------------------------------------------------------------------
@@ -215,7 +212,9 @@ class ThresholdPolicy:
         if min_similarity is not None and max_fmr is not None:
             raise InvalidInputError("set min_similarity or max_false_match_rate, not both", reason="BAD_THRESHOLD")
         if min_similarity is not None:
-            return self._raw("min_similarity", _cosine(min_similarity), 1, "min_similarity set by the request")
+            return self._raw(
+                ThresholdKind.MIN_SIMILARITY, _cosine(min_similarity), 1, "min_similarity set by the request"
+            )
         if max_fmr is not None:
             if self.raw is None:
                 raise PreconditionError(
@@ -227,13 +226,13 @@ class ThresholdPolicy:
             why = f"FMR {max_fmr:.2g} -> cosine threshold {value:.4f}"
             if capped:
                 why += f", capped at the calibrated FMR {self.raw.min_supported_fmr:.0e}: rate not guaranteed"
-            return DecisionThreshold("max_fmr", value, "raw", 1, max_fmr, max_fmr, capped, why)
+            return DecisionThreshold(ThresholdKind.MAX_FMR, value, ScoreKind.RAW, 1, max_fmr, max_fmr, capped, why)
         if self.default_min_similarity_override is None and self.raw is not None:
             fmr = self.raw.default_fmr
             return DecisionThreshold(
-                "default",
+                ThresholdKind.DEFAULT,
                 self.raw.min_similarity,
-                "raw",
+                ScoreKind.RAW,
                 1,
                 fmr,
                 fmr,
@@ -245,7 +244,7 @@ class ThresholdPolicy:
             if self.default_min_similarity_override is not None
             else "no calibration: dlib's customary distance 0.6"
         )
-        return self._raw("default", self.default_min_similarity, 1, why)
+        return self._raw(ThresholdKind.DEFAULT, self.default_min_similarity, 1, why)
 
 
 def _cosine(value: float) -> float:
@@ -254,11 +253,11 @@ def _cosine(value: float) -> float:
     return float(value)
 
 
-def _from(t: Threshold, kind: str, prefix: str) -> DecisionThreshold:
+def _from(t: CalibratedThreshold, kind: ThresholdKind, prefix: str) -> DecisionThreshold:
     return DecisionThreshold(
         kind,
         float(t.score),
-        "normalised" if t.kind == "normalised" else "raw",
+        t.score_kind,
         t.gallery_size,
         t.fmr,
         t.fpir,

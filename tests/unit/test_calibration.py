@@ -7,7 +7,8 @@ import pytest
 
 from facesearch.errors import InvalidInputError
 from facesearch.evaluation.calibrate import calibrate
-from facesearch.scoring.calibration import Calibration, fmr_for_fpir
+from facesearch.scoring.calibration import Calibration
+from facesearch.scoring.decision import fmr_for_fpir
 
 
 def _faces(identities: int, per: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from facesearch.errors import InvalidInputError
+from facesearch.scoring.decision import CalibratedThreshold as Threshold
+from facesearch.scoring.decision import decide
 from facesearch.scoring.normalise import (
-    Threshold,
-    decide,
     gallery_topk_mean,
     margin,
     normalise_matrix,
