@@ -48,7 +48,7 @@ def template_rule(value: str) -> TemplateRule:
 
 
 @dataclass(frozen=True, slots=True)
-class Gallery:
+class TemplateGallery:
     """Enrolled faces grouped into identities (rows of ``templates`` follow ``identities``)."""
 
     identities: np.ndarray  # (L,) identity labels, sorted unique
@@ -68,17 +68,17 @@ def mean_templates(
     return (sums / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
-def build_gallery(faces: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None) -> Gallery:
+def build_gallery(faces: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None) -> TemplateGallery:
     """Group faces by label; ``weights`` (per face, >= 0) make the mean template quality-weighted."""
     faces = np.asarray(faces, np.float32)
     if faces.ndim != 2 or len(faces) != len(labels):
         raise InvalidInputError("faces must be (n, d) with one label per face", reason="BAD_GALLERY")
     identities, face_identity = np.unique(np.asarray(labels), return_inverse=True)
     templates = mean_templates(faces, face_identity, len(identities), weights)
-    return Gallery(identities=identities, faces=faces, face_identity=face_identity, templates=templates)
+    return TemplateGallery(identities=identities, faces=faces, face_identity=face_identity, templates=templates)
 
 
-def best_face_scores(probes: np.ndarray, gallery: Gallery, chunk: int = 1024) -> np.ndarray:
+def best_face_scores(probes: np.ndarray, gallery: TemplateGallery, chunk: int = 1024) -> np.ndarray:
     """(q, L): each probe's best cosine against each identity's faces."""
     out = np.full((len(probes), len(gallery.identities)), -np.inf, np.float32)
     order = np.argsort(gallery.face_identity, kind="stable")
@@ -91,7 +91,7 @@ def best_face_scores(probes: np.ndarray, gallery: Gallery, chunk: int = 1024) ->
     return out
 
 
-def identity_scores(probes: np.ndarray, gallery: Gallery, mode: str = "best") -> np.ndarray:
+def identity_scores(probes: np.ndarray, gallery: TemplateGallery, mode: str = "best") -> np.ndarray:
     """(q, L) raw identity scores of probes under a template rule."""
     rule = template_rule(mode)
     probes = np.asarray(probes, np.float32)
@@ -101,7 +101,7 @@ def identity_scores(probes: np.ndarray, gallery: Gallery, mode: str = "best") ->
     return best if rule is TemplateRule.BEST else 0.5 * (best + probes @ gallery.templates.T)
 
 
-def gallery_scores(gallery: Gallery, mode: str = "best") -> np.ndarray:
+def gallery_scores(gallery: TemplateGallery, mode: str = "best") -> np.ndarray:
     """(L, L) identity-vs-identity scores under the same rule; the diagonal is -inf.
 
     ``best`` is the best pair of faces; ``mean`` the template cosine; ``both`` their average.
