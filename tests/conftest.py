@@ -1,24 +1,69 @@
-"""Shared fixtures: where the shared data lives, and a model bundle exported once per session."""
+"""Shared fixtures and the suite's rules.
+
+Data: tests read photos and statistics from one data root, ``$FACESEARCH_DATA`` or, when that is
+unset, the small fixture set committed in ``tests/data`` (what it holds and how it was chosen:
+``tests/data/README.md``), so a fresh clone runs every test. The session sets
+``FACESEARCH_DATA`` to that default, so library code that reads the variable
+(``facesearch.evaluation.synthetic.default_model_path``) and the processes tests start see the same
+root. Benchmarks read ``../shared/data`` (``bench/common.py``), never ``tests/data``.
+
+CI: when ``CI=true`` (or ``1``) a skip is a failure: a test that skips (missing data, a missing
+extra, a missing tool) fails with the skip's reason, and a module that skips on import is a
+collection error, so CI cannot go green on a suite that did not run.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Generator
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+FIXTURE_DATA = REPO / "tests" / "data"
+os.environ.setdefault("FACESEARCH_DATA", str(FIXTURE_DATA))
 
 
 def data_dir() -> Path:
-    return Path(os.environ.get("FACESEARCH_DATA", REPO.parent / "shared" / "data"))
+    """The tests' data root: ``$FACESEARCH_DATA``, by default ``tests/data``."""
+    return Path(os.environ.get("FACESEARCH_DATA", FIXTURE_DATA))
+
+
+def ci_forbids_skips() -> bool:
+    return os.environ.get("CI", "").lower() in {"true", "1"}
+
+
+def _skip_reason(longrepr: object) -> str:
+    """A skip report's longrepr is ``(path, line, "Skipped: reason")``."""
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2])
+    return str(longrepr)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport]:
+    report = yield
+    if ci_forbids_skips() and report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"CI=true: a skip is a failure here. {_skip_reason(report.longrepr)}"
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Generator[None, pytest.CollectReport]:
+    report = yield
+    if ci_forbids_skips() and report.skipped:
+        report.outcome = "failed"
+        report.longrepr = f"CI=true: a skip is a failure here. {_skip_reason(report.longrepr)}"
+    return report
 
 
 @pytest.fixture(scope="session")
 def lfw_dir() -> Path:
     root = data_dir() / "lfw-dev"
     if not (root / "images").is_dir():
-        pytest.skip(f"LFW dev data not found at {root} (set FACESEARCH_DATA to the shared data folder)")
+        pytest.skip(f"LFW dev data not found at {root} (tests/data/lfw-dev is committed; FACESEARCH_DATA overrides it)")
     return root
 
 
@@ -28,6 +73,13 @@ def lfw_images(lfw_dir: Path) -> list[Path]:
     paths = sorted((lfw_dir / "images").glob("*/*.jpg"))
     step = max(1, len(paths) // 24)
     return paths[::step][:24]
+
+
+@pytest.fixture(scope="session")
+def group_photos(lfw_dir: Path) -> list[Path]:
+    """LFW photos showing several faces (the pipeline finds 2+ at min_face 80): ``tests/data/group_photos.txt``."""
+    names = (FIXTURE_DATA / "group_photos.txt").read_text().split()
+    return [lfw_dir / "images" / name for name in names]
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,12 @@
 """Helpers and fixtures for the server's integration tests: real server processes on port 0,
 indices built by the real indexer from seeded synthetic embeddings, LFW people, a bundle
-calibrated by ``facesearch eval calibrate`` on other LFW people, and reference embeddings
-computed in-process exactly as the server enrolls them.
+calibrated on other LFW people, and reference embeddings computed in-process exactly as the
+server enrolls them.
+
+The open-set fixtures need hundreds of people (a calibration on 330, a gallery of 140), far more
+photos than the committed fixture set holds: they read those people's embeddings, made from the
+lfw-dev photos by ``tests/data/make_fixtures.py`` with the default exported bundle, from
+``tests/data/server_embeddings.npz`` (refused when the exported bundle's contract differs).
 
 Import the fixtures into a test module with ``from tests.integration.server_fixtures import *``
 (the names are listed in ``__all__``).
@@ -35,13 +40,13 @@ __all__ = [
     "lfw_gallery",
     "people",
     "server_bundle",
+    "server_embeddings",
     "start_server",
     "synthetic_embeddings",
     "wait_until",
 ]
 
-CALIBRATION_PEOPLE = 330  # the open-set calibration measures galleries up to half of them: above the 144 served
-CALIBRATION_PER_PERSON = 2  # ~410 photos, about 2 minutes of embedding on 2 shared cores
+SERVER_EMBEDDINGS = REPO / "tests" / "data" / "server_embeddings.npz"
 GALLERY_PEOPLE = 140  # above the open-set calibration's 128: decisions on the normalised score
 
 
@@ -223,26 +228,68 @@ def people(lfw_dir: Path) -> dict[str, list[Path]]:
     return out
 
 
+@dataclass(frozen=True)
+class ServerEmbeddings:
+    """``tests/data/server_embeddings.npz``: lfw-dev people embedded by the default exported bundle
+    (which people and photos: ``tests/data/make_fixtures.py``)."""
+
+    contract_id: str
+    gallery: np.ndarray  # the first photo of each gallery person with a face at min_face 80, by name
+    gallery_names: list[str]
+    calibration: np.ndarray  # up to two photos of each calibration person, every face found
+    calibration_labels: np.ndarray  # the person of each calibration row
+
+    @classmethod
+    def load(cls, path: Path) -> ServerEmbeddings:
+        with np.load(path) as data:
+            return cls(
+                contract_id=str(data["contract_id"]),
+                gallery=data["gallery_embeddings"].astype(np.float32),
+                gallery_names=[str(x) for x in data["gallery_names"]],
+                calibration=data["calibration_embeddings"].astype(np.float32),
+                calibration_labels=data["calibration_labels"],
+            )
+
+
+@pytest.fixture(scope="session")
+def server_embeddings(server_bundle: Path, people: dict[str, list[Path]]) -> ServerEmbeddings:
+    """The gallery and calibration people's embeddings, made with the bundle the servers load, of
+    people disjoint from ``people`` and from each other."""
+    from facesearch.bundle.manifest import ModelBundle
+
+    found = ServerEmbeddings.load(SERVER_EMBEDDINGS)
+    contract = ModelBundle.load(server_bundle, verify=False).contract_id
+    if found.contract_id != contract:
+        pytest.fail(
+            f"{SERVER_EMBEDDINGS} holds embeddings of model contract {found.contract_id}, the exported bundle's "
+            f"is {contract}: rerun tests/data/make_fixtures.py"
+        )
+    gallery, calibration = set(found.gallery_names), {str(x) for x in found.calibration_labels}
+    assert not gallery & calibration, "gallery and calibration people must be disjoint"
+    assert not (gallery | calibration) & set(people), "the test people must be nobody's gallery or calibration"
+    return found
+
+
 @pytest.fixture(scope="session")
 def calibrated_bundle(
-    server_bundle: Path, lfw_dir: Path, people: dict[str, list[Path]], tmp_path_factory: pytest.TempPathFactory
+    server_bundle: Path, server_embeddings: ServerEmbeddings, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
-    """A copy of the exported bundle with calibration.json and open_set_calibration.json, written by
-    ``facesearch eval calibrate`` on lfw-dev people disjoint from ``people`` and from the gallery
-    (330 people from the other end of the alphabet, at most 2 photos each: linked, never copied),
-    so the calibration is out of sample and covers galleries up to ~160 identities."""
-    from facesearch.cli.main import main
+    """A copy of the exported bundle with calibration.json and open_set_calibration.json measured as
+    ``facesearch eval calibrate`` measures them (``facesearch.evaluation.calibrate``), on the faces of 330
+    lfw-dev people disjoint from ``people`` and from the gallery (the other end of the alphabet, at most 2
+    photos each), so the calibration is out of sample and covers galleries up to ~165 identities. The
+    faces come embedded (``server_embeddings``): their photos are not in the repository. The command
+    itself runs on the fixture photos in ``tests/integration/test_ident_eval_cli.py``."""
+    from facesearch.bundle.manifest import CALIBRATION_FILE
+    from facesearch.evaluation.calibrate import calibrate, calibrate_open_set
+    from facesearch.scoring.open_set_calibration import OPEN_SET_CALIBRATION_FILE
 
-    root = tmp_path_factory.mktemp("calibrated")
-    bundle = root / "dlib"
+    bundle = tmp_path_factory.mktemp("calibrated") / "dlib"
     shutil.copytree(server_bundle, bundle)
-    tree = root / "tree"
-    for folder in [f for f in _folders(lfw_dir)[::-1] if f.name not in people][:CALIBRATION_PEOPLE]:
-        (tree / folder.name).mkdir(parents=True)
-        for photo in sorted(folder.glob("*.jpg"))[:CALIBRATION_PER_PERSON]:
-            (tree / folder.name / photo.name).symlink_to(photo)
-    assert main(["eval", "calibrate", "--images", str(tree), "--bundle", str(bundle), "--workers", "2", "--quiet"]) == 0
-    assert (bundle / "calibration.json").is_file() and (bundle / "open_set_calibration.json").is_file()
+    faces, labels = server_embeddings.calibration, server_embeddings.calibration_labels
+    result = calibrate(faces, labels, source=f"{SERVER_EMBEDDINGS.name} ({len(faces)} faces)")
+    result.write(bundle / CALIBRATION_FILE)
+    calibrate_open_set(faces, labels, source=result.source).write(bundle / OPEN_SET_CALIBRATION_FILE)
     return bundle
 
 
@@ -266,23 +313,9 @@ def largest_face_embeddings(bundle: Path, photos: list[Path], min_face: int = 80
     return np.stack(out).astype(np.float32)
 
 
-def _folders(lfw_dir: Path) -> list[Path]:
-    return sorted(p for p in (lfw_dir / "images").iterdir() if p.is_dir())
-
-
 @pytest.fixture(scope="session")
-def lfw_gallery(
-    server_bundle: Path, lfw_dir: Path, people: dict[str, list[Path]], calibrated_bundle: Path
-) -> tuple[np.ndarray, list[str]]:
+def lfw_gallery(server_embeddings: ServerEmbeddings) -> tuple[np.ndarray, list[str]]:
     """Real faces to publish: the first photo of 140 lfw-dev people from the start of the alphabet
-    (not in ``people``, not among the calibration people at the other end): ``(embeddings, names)``."""
-    from facesearch.jobs.embed import embed_paths
-
-    calibration = {p.name for p in (calibrated_bundle.parent / "tree").iterdir()}
-    folders = [f for f in _folders(lfw_dir) if f.name not in people][: GALLERY_PEOPLE + 10]
-    assert not calibration & {f.name for f in folders}, "gallery and calibration people must be disjoint"
-    photos = [sorted(f.glob("*.jpg"))[0] for f in folders]
-    rows = embed_paths(server_bundle, photos, min_face=80, workers=2, progress=False)
-    found = np.flatnonzero(rows["found"])[:GALLERY_PEOPLE]
-    names = [photos[i].parent.name for i in rows["image_index"][found]]
-    return rows["embeddings"][found].astype(np.float32), names
+    (not in ``people``, not among the calibration people at the other end), embedded by
+    ``facesearch.jobs.embed`` at min_face 80: ``(embeddings, names)``."""
+    return server_embeddings.gallery[:GALLERY_PEOPLE], server_embeddings.gallery_names[:GALLERY_PEOPLE]

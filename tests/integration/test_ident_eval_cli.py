@@ -95,3 +95,27 @@ def test_eval_ident_split_lists(lfw_dir: Path, tmp_path: Path, capsys: pytest.Ca
     assert len(lists["probes"]) == sum(len(p) - 1 for p in people if len(p) >= 2)
     assert len(lists["nonmated"]) == sum(len(p) == 1 for p in people)
     assert "gallery" in capsys.readouterr().out
+
+
+def test_eval_calibrate_writes_both_tables(lfw_dir: Path, bundle_dir: Path, tmp_path: Path) -> None:
+    """``facesearch eval calibrate`` end to end on an identity tree of 40 lfw-dev people (up to 3 photos each,
+    linked): the raw-cosine FMR table and the open-set table, written beside each other. The server tests
+    calibrate on 330 people from embeddings (tests/integration/server_fixtures.py)."""
+    from facesearch.cli.main import main
+    from facesearch.scoring.calibration import Calibration
+    from facesearch.scoring.open_set_calibration import load_open_set_calibration
+
+    tree = tmp_path / "tree"
+    for folder in sorted(p for p in (lfw_dir / "images").iterdir() if p.is_dir())[:40]:
+        (tree / folder.name).mkdir(parents=True)
+        for photo in sorted(folder.glob("*.jpg"))[:3]:
+            (tree / folder.name / photo.name).symlink_to(photo)
+    out = tmp_path / "cal" / "calibration.json"
+    out.parent.mkdir()
+    args = ["eval", "calibrate", "--images", str(tree), "--bundle", str(bundle_dir), "--out", str(out)]
+    assert main([*args, "--workers", "2", "--quiet"]) == 0
+    table = Calibration.from_dict(json.loads(out.read_text()))
+    assert table.identities >= 36 and table.genuine_pairs > 0 and str(tree) in table.source
+    open_set = load_open_set_calibration(out.parent)
+    assert open_set is not None and open_set.identities == table.identities
+    assert open_set.max_gallery == table.identities // 2

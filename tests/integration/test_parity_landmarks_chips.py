@@ -1,8 +1,8 @@
 """Parity of our 5-point landmarks and face chips with dlib (dlib-bin), the reference.
 
-Real faces come from the LFW dev images under ``$FACESEARCH_DATA/lfw-dev/images``
-(default ``<repo>/../shared/data``); those tests skip when the data is absent. The
-synthetic-geometry tests need only dlib and the model file. Run with ``-s`` to see the
+Real faces come from the LFW dev images of the tests' data root (``lfw_dir``: the committed
+``tests/data`` unless ``FACESEARCH_DATA`` says otherwise). The synthetic-geometry tests need
+only dlib and the model file. Run with ``-s`` to see the
 measured numbers.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,6 @@ from facesearch.vision.landmarks import LandmarkPredictor
 
 dlib = pytest.importorskip("dlib", reason="dlib-bin (the parity reference) is not installed")
 
-REPO = Path(__file__).resolve().parents[2]
 NUM_LFW_IMAGES = 24
 
 Exported = tuple[dict[str, Any], LandmarkPredictor]
@@ -40,10 +38,6 @@ def model_path() -> Path:
     if spec is None or not spec.submodule_search_locations:
         pytest.skip("face_recognition_models (which ships dlib's 5-point model) is not installed")
     return Path(next(iter(spec.submodule_search_locations))) / "models" / "shape_predictor_5_face_landmarks.dat"
-
-
-def lfw_images_dir() -> Path:
-    return Path(os.environ.get("FACESEARCH_DATA", REPO.parent / "shared" / "data")) / "lfw-dev" / "images"
 
 
 def chip_stats(ours: np.ndarray, ref: np.ndarray) -> tuple[int, float, float]:
@@ -71,12 +65,10 @@ def dlib_predictor() -> Any:
 
 
 @pytest.fixture(scope="module")
-def lfw_faces() -> Faces:
+def lfw_faces(lfw_dir: Path) -> Faces:
     """24 LFW images (every Nth of the sorted paths) with dlib's HOG face box for each
     (the largest; a fixed central box when none is found)."""
-    root = lfw_images_dir()
-    if not root.is_dir():
-        pytest.skip(f"LFW dev images not found at {root}; set FACESEARCH_DATA to the shared data folder")
+    root = lfw_dir / "images"
     paths = sorted(root.glob("*/*.jpg"))
     if len(paths) < NUM_LFW_IMAGES:
         pytest.skip(f"only {len(paths)} LFW images under {root}")

@@ -64,6 +64,16 @@ def test_no_face_and_several_faces(pipeline: FacePipeline, lfw_images: list[Path
     assert len(large_only.analyze(_collage(lfw_images[:4]))) < len(faces)
 
 
+def test_group_photos_show_several_faces(pipeline: FacePipeline, group_photos: list[Path]) -> None:
+    """The fixture set's group photos (real LFW photos, not collages) show two or more faces even at
+    the min_face the server tests run with, so the indexer and a strict enroll reject them as
+    MULTIPLE_FACES."""
+    strict = FacePipeline(pipeline.bundle, PipelineConfig(min_face=80))
+    assert group_photos
+    for photo in group_photos:
+        assert len(strict.detect(load_image(photo, DecodeLimits()))) >= 2, photo
+
+
 def test_pipeline_rejects_bad_arrays(pipeline: FacePipeline) -> None:
     with pytest.raises(InvalidInputError, match="HxWx3 uint8"):
         pipeline.analyze(np.zeros((100, 100), np.uint8))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import os
 import struct
 import warnings
 import zlib
@@ -521,19 +520,10 @@ def test_file_decode_errors_keep_their_reason_and_name_the_path(tmp_path: Path) 
 # --- real photos --------------------------------------------------------------------------
 
 
-def _lfw_jpegs(count: int) -> list[Path]:
-    root = Path(os.environ.get("FACESEARCH_DATA", Path(__file__).resolve().parents[2] / ".." / "shared" / "data"))
-    images = root / "lfw-dev" / "images"
-    if not images.is_dir():
-        pytest.skip(f"LFW data not found at {images} (set FACESEARCH_DATA)")
-    found = sorted(images.glob("*/*.jpg"))[:count]
-    if not found:
-        pytest.skip(f"no LFW JPEGs under {images}")
-    return found
-
-
-def test_lfw_jpegs_decode_like_pillow() -> None:
-    for path in _lfw_jpegs(8):
+def test_lfw_jpegs_decode_like_pillow(lfw_dir: Path) -> None:
+    paths = sorted((lfw_dir / "images").glob("*/*.jpg"))[:8]
+    assert len(paths) == 8, f"too few LFW JPEGs under {lfw_dir}"
+    for path in paths:
         data = path.read_bytes()
         pixels = decode_image(data)
         _assert_rgb(pixels, 250, 250)
