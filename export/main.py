@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from facesearch.errors import FaceSearchError
+from facesearch.errors import ExitCode, FaceSearchError, exit_code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
             print(f"wrote {args.out} (contract {manifest['contract_id']})")
-            return 0
+            return ExitCode.OK
         if args.command == "checkpoint":
             from export.checkpoint_bundle import CheckpointExportConfig, write_checkpoint_bundle  # noqa: PLC0415
 
@@ -96,11 +96,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"next: facesearch eval calibrate --bundle {args.out} --images TREE; then "
                 f"facesearch models promote {args.out} --eval TREE"
             )
-            return 0
+            return ExitCode.OK
     except FaceSearchError as err:
         print(f"facesearch-export: error: {err}", file=sys.stderr)
-        return 2
-    return 2
+        return exit_code(err)
+    return ExitCode.ERROR  # argparse requires a command, so only a command without a runner gets here
 
 
 if __name__ == "__main__":

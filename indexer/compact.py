@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from facesearch.errors import ContractMismatchError, PreconditionError
+from facesearch.errors import ContractMismatchError, PreconditionError, Reason
 from facesearch.store.identity_store import FaceRows, IdentityStore
 from facesearch.store.index_artifact import (
     REJECTS_FILE,
@@ -142,7 +142,7 @@ def _publish(
             raise PreconditionError(
                 "compaction would publish an empty index (every face was deleted); "
                 "the server serves an empty gallery without one",
-                reason="EMPTY_INDEX",
+                reason=Reason.EMPTY_INDEX,
             )
         vids_now, _ = store.vector_identity_keys()
         options = _options_of(base) if base is not None else config.index

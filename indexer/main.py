@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from facesearch.errors import FaceSearchError, InvalidInputError
+from facesearch.errors import ExitCode, FaceSearchError, InvalidInputError
 from facesearch.store.index_artifact import IndexManifest, read_manifest, resolve_version_dir
 from indexer import build, update, verify
 from indexer.config import (
@@ -227,10 +227,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _dispatch(args)
     except InvalidInputError as err:
         print(f"facesearch-index: error ({err.reason}): {err}", file=sys.stderr)
-        return 2
+        return ExitCode.ERROR
     except FaceSearchError as err:
+        # Not exit_code(err): this tool exits 1 for a job that stopped on anything but its input (a
+        # contract mismatch, a corrupt version, a failed worker); kept as it was (README: exit status).
         print(f"facesearch-index: failed ({err.reason}): {err}", file=sys.stderr)
-        return 1
+        return ExitCode.FAILED
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -250,7 +252,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             )
         )
         print(summary("build", result.manifest, result.version_dir))
-        return 0
+        return ExitCode.OK
     if args.command == "add":
         result = update.run_add(
             AddConfig(
@@ -268,7 +270,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             )
         )
         print(summary("add", result.manifest, result.version_dir))
-        return 0
+        return ExitCode.OK
     if args.command == "remove":
         ids = list(args.identity)
         if args.identities_file is not None:
@@ -285,11 +287,11 @@ def _dispatch(args: argparse.Namespace) -> int:
             )
         )
         print(summary("remove", result.manifest, result.version_dir))
-        return 0
+        return ExitCode.OK
     if args.command == "info":
         vdir = resolve_version_dir(args.root / args.version if args.version else args.root)
         print((vdir / "manifest.json").read_text().rstrip())
-        return 0
+        return ExitCode.OK
     if args.command == "verify":
         report = verify.run(
             VerifyConfig(
@@ -303,7 +305,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             )
         )
         print(json.dumps(asdict(report), indent=2))
-        return 0 if report.ok else 1
+        return ExitCode.OK if report.ok else ExitCode.FAILED
     if args.command == "compact":
         from indexer.compact import compact  # noqa: PLC0415 - reads the server's journal format
 
@@ -318,18 +320,18 @@ def _dispatch(args: argparse.Namespace) -> int:
         )
         if outcome.job is None:
             print(f"facesearch-index compact: nothing to compact in {args.root}")
-            return 0
+            return ExitCode.OK
         print(summary("compact", outcome.job.manifest, outcome.job.version_dir))
         print(
             f"live changes folded in up to #{outcome.live_seq}: +{outcome.added_faces} faces, "
             f"-{outcome.removed_faces} faces, -{outcome.deleted_identities} identities"
         )
-        return 0
+        return ExitCode.OK
     if args.command == "rollback":
         with locked(args.root):
             to = rollback(args.root, args.to)
         print(f"facesearch-index rollback: CURRENT -> {to} ({read_manifest(args.root / to).ntotal:,} faces)")
-        return 0
+        return ExitCode.OK
     raise AssertionError(args.command)
 
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from facesearch.errors import ResourceExhaustedError
+from facesearch.errors import Reason, ResourceExhaustedError
 
 
 class DeadlineExceeded(Exception):  # noqa: N818 - named after the gRPC status it becomes
@@ -66,7 +66,7 @@ class Admission:
             raise ResourceExhaustedError(
                 f"server busy: {self.active} requests running and {self.waiting} queued "
                 f"(FACESEARCH_QUEUE_SIZE={self.queue_size}); retry with backoff",
-                reason="QUEUE_FULL",
+                reason=Reason.QUEUE_FULL,
             )
         self.waiting += 1
         try:

@@ -33,7 +33,7 @@ from grpc_reflection.v1alpha import reflection
 from facesearch.api.v1 import facesearch_pb2 as pb
 from facesearch.api.v1 import facesearch_pb2_grpc as pb_grpc
 from facesearch.bundle.manifest import ModelBundle
-from facesearch.errors import FaceSearchError, PreconditionError
+from facesearch.errors import ExitCode, FaceSearchError, PreconditionError, Reason, exit_code
 from facesearch.scoring.open_set_calibration import OpenSetCalibration, load_open_set_calibration
 from facesearch.scoring.thresholds import ThresholdPolicy
 from facesearch.store.live_journal import LiveJournal, journal_place
@@ -66,12 +66,12 @@ def threshold_policy(bundle: ModelBundle, open_set: OpenSetCalibration | None, c
             f"bundle {config.bundle} (model {bundle.model_id}) has no calibration.json and dlib's default "
             "threshold does not apply to it: run `facesearch eval calibrate --bundle DIR --images TREE`, "
             "or set FACESEARCH_MIN_SIMILARITY",
-            reason="NO_CALIBRATION",
+            reason=Reason.NO_CALIBRATION,
         )
     try:
         return ThresholdPolicy(calibration, open_set, min_similarity=config.min_similarity, max_fpir=config.max_fpir)
     except FaceSearchError as err:  # a default the bundle cannot honour: refuse to start, naming the variable
-        raise PreconditionError(f"{err.message} (bundle {config.bundle})", reason="BAD_CONFIG") from err
+        raise PreconditionError(f"{err.message} (bundle {config.bundle})", reason=Reason.BAD_CONFIG) from err
 
 
 def open_set_params(open_set: OpenSetCalibration | None, config: ServerConfig) -> OpenSetParams:
@@ -196,7 +196,7 @@ class FaceSearchServer:
             port = server.add_insecure_port(c.listen)
         if port == 0:
             raise PreconditionError(
-                f"cannot listen on {c.listen} (FACESEARCH_LISTEN): address in use or invalid", reason="BAD_CONFIG"
+                f"cannot listen on {c.listen} (FACESEARCH_LISTEN): address in use or invalid", reason=Reason.BAD_CONFIG
             )
         return port
 
@@ -210,7 +210,7 @@ class FaceSearchServer:
         self.metrics.serving.set(1)
 
     async def _refuse(self, version: str | None, err: FaceSearchError) -> None:
-        self.metrics.swaps.labels("refused" if err.reason == "CONTRACT_MISMATCH" else "failed").inc()
+        self.metrics.swaps.labels("refused" if err.reason == Reason.CONTRACT_MISMATCH else "failed").inc()
         if self.gallery.state is None:  # nothing served yet: stay NOT_SERVING and say why
             self._refused = err
             self.service.not_ready = PreconditionError(f"index version {version} refused: {err}", reason=err.reason)
@@ -293,7 +293,7 @@ async def serve(config: ServerConfig) -> int:
         flush=True,
     )
     await server.wait()
-    return 0
+    return ExitCode.OK
 
 
 def setup_logging(level: str) -> None:
@@ -314,16 +314,16 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args)
     except FaceSearchError as err:
         print(f"facesearch-server: error: {err}", file=sys.stderr)
-        return 2
+        return exit_code(err)
     setup_logging(config.log_level)
     log.info("config: %s", config.describe())
     try:
         return asyncio.run(serve(config))
     except FaceSearchError as err:
         log.error("cannot start: %s", err)
-        return 2
+        return exit_code(err)
     except KeyboardInterrupt:
-        return 130
+        return ExitCode.INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from facesearch.bundle.location import default_bundle
-from facesearch.errors import InvalidInputError
+from facesearch.errors import InvalidInputError, Reason
 
 DEFAULT_LISTEN = "0.0.0.0:50051"
 DEFAULT_METRICS_LISTEN = "0.0.0.0:9464"
@@ -89,16 +89,16 @@ class ServerConfig:
             _check_hostport(self.metrics_listen, "FACESEARCH_METRICS_LISTEN (--metrics-listen)")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise InvalidInputError(
-                "FACESEARCH_TLS_CERT and FACESEARCH_TLS_KEY must be set together", reason="BAD_CONFIG"
+                "FACESEARCH_TLS_CERT and FACESEARCH_TLS_KEY must be set together", reason=Reason.BAD_CONFIG
             )
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise InvalidInputError(
-                "FACESEARCH_TLS_CLIENT_CA needs FACESEARCH_TLS_CERT/FACESEARCH_TLS_KEY", reason="BAD_CONFIG"
+                "FACESEARCH_TLS_CLIENT_CA needs FACESEARCH_TLS_CERT/FACESEARCH_TLS_KEY", reason=Reason.BAD_CONFIG
             )
         for name in ("tls_cert", "tls_key", "tls_client_ca", "auth_tokens_file"):
             path = getattr(self, name)
             if path is not None and not path.is_file():
-                raise InvalidInputError(f"FACESEARCH_{name.upper()}: no such file {path}", reason="BAD_CONFIG")
+                raise InvalidInputError(f"FACESEARCH_{name.upper()}: no such file {path}", reason=Reason.BAD_CONFIG)
         positive = {
             "workers": self.workers,
             "queue_size": self.queue_size,
@@ -109,30 +109,35 @@ class ServerConfig:
         }
         for name, value in positive.items():
             if value < 1:
-                raise InvalidInputError(f"FACESEARCH_{name.upper()} must be >= 1, got {value}", reason="BAD_CONFIG")
+                raise InvalidInputError(
+                    f"FACESEARCH_{name.upper()} must be >= 1, got {value}", reason=Reason.BAD_CONFIG
+                )
         if self.threads < 0:
-            raise InvalidInputError(f"FACESEARCH_THREADS must be >= 0, got {self.threads}", reason="BAD_CONFIG")
+            raise InvalidInputError(f"FACESEARCH_THREADS must be >= 0, got {self.threads}", reason=Reason.BAD_CONFIG)
         if self.min_face < 10:
-            raise InvalidInputError(f"FACESEARCH_MIN_FACE must be >= 10 px, got {self.min_face}", reason="BAD_CONFIG")
+            raise InvalidInputError(
+                f"FACESEARCH_MIN_FACE must be >= 10 px, got {self.min_face}", reason=Reason.BAD_CONFIG
+            )
         if self.min_similarity is not None and not -1.0 <= self.min_similarity <= 1.0:
             raise InvalidInputError(
-                f"FACESEARCH_MIN_SIMILARITY must be a cosine in [-1, 1], got {self.min_similarity}", reason="BAD_CONFIG"
+                f"FACESEARCH_MIN_SIMILARITY must be a cosine in [-1, 1], got {self.min_similarity}",
+                reason=Reason.BAD_CONFIG,
             )
         if self.max_fpir is not None and not 0.0 < self.max_fpir < 1.0:
             raise InvalidInputError(
-                f"FACESEARCH_MAX_FPIR must be in (0, 1), e.g. 0.01, got {self.max_fpir}", reason="BAD_CONFIG"
+                f"FACESEARCH_MAX_FPIR must be in (0, 1), e.g. 0.01, got {self.max_fpir}", reason=Reason.BAD_CONFIG
             )
         if self.max_fpir is not None and self.min_similarity is not None:
             raise InvalidInputError(
-                "set FACESEARCH_MIN_SIMILARITY or FACESEARCH_MAX_FPIR, not both", reason="BAD_CONFIG"
+                "set FACESEARCH_MIN_SIMILARITY or FACESEARCH_MAX_FPIR, not both", reason=Reason.BAD_CONFIG
             )
         if self.index_poll_s <= 0 or self.shutdown_grace_s < 0:
             raise InvalidInputError(
-                "FACESEARCH_INDEX_POLL_S must be > 0 and FACESEARCH_SHUTDOWN_GRACE_S >= 0", reason="BAD_CONFIG"
+                "FACESEARCH_INDEX_POLL_S must be > 0 and FACESEARCH_SHUTDOWN_GRACE_S >= 0", reason=Reason.BAD_CONFIG
             )
         if self.log_level not in LOG_LEVELS:
             raise InvalidInputError(
-                f"FACESEARCH_LOG_LEVEL must be one of {LOG_LEVELS}, got {self.log_level!r}", reason="BAD_CONFIG"
+                f"FACESEARCH_LOG_LEVEL must be one of {LOG_LEVELS}, got {self.log_level!r}", reason=Reason.BAD_CONFIG
             )
 
     @property
@@ -146,7 +151,7 @@ class ServerConfig:
 def _check_hostport(value: str, what: str) -> None:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise InvalidInputError(f"{what}: expected HOST:PORT, got {value!r}", reason="BAD_CONFIG")
+        raise InvalidInputError(f"{what}: expected HOST:PORT, got {value!r}", reason=Reason.BAD_CONFIG)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -220,7 +225,7 @@ class _EnvReader:
         return value.strip() if value and value.strip() else None
 
     def _bad(self, name: str, value: str, want: str) -> InvalidInputError:
-        return InvalidInputError(f"{name}={value!r}: expected {want}", reason="BAD_CONFIG")
+        return InvalidInputError(f"{name}={value!r}: expected {want}", reason=Reason.BAD_CONFIG)
 
     def as_path(self, name: str) -> Path | None:
         raw = self._raw(name)

@@ -3,6 +3,10 @@
 Every failure leaves the server as a status code, a human message and a
 ``grpc-status-details-bin`` trailer holding a ``google.rpc.Status`` with one
 ``google.rpc.ErrorInfo`` (domain ``facesearch.v1``, the stable ``reason``, metadata).
+
+:data:`STATUS` is the only place a transport-neutral :class:`~facesearch.reasons.ErrorCode` (of an
+error class, or of a :class:`~facesearch.reasons.Reason`) becomes a ``grpc.StatusCode``: the
+status of the same name, for every code.
 """
 
 from __future__ import annotations
@@ -11,32 +15,33 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
-from facesearch.errors import ErrorCode, FaceSearchError
+from facesearch.errors import ErrorCode, FaceSearchError, Reason
 from server.admission import Cancelled, DeadlineExceeded
 
 DOMAIN = "facesearch.v1"
 DETAILS_KEY = "grpc-status-details-bin"
 
-STATUS = {
-    ErrorCode.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
-    ErrorCode.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
-    ErrorCode.ALREADY_EXISTS: grpc.StatusCode.ALREADY_EXISTS,
-    ErrorCode.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
-    ErrorCode.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    ErrorCode.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
-    ErrorCode.INTERNAL: grpc.StatusCode.INTERNAL,
-}
+STATUS: dict[ErrorCode, grpc.StatusCode] = {code: grpc.StatusCode[code.name] for code in ErrorCode}
 
 
 def status_of(err: BaseException) -> tuple[grpc.StatusCode, str]:
-    """``(status code, reason)`` of an exception raised while serving a call."""
+    """``(status code, reason)`` of an exception raised while serving a call.
+
+    A facesearch error's class decides the status; the server's own conditions and unknown
+    exceptions are sent with their reason's code.
+    """
     if isinstance(err, FaceSearchError):
-        return STATUS.get(err.code, grpc.StatusCode.INTERNAL), err.reason
+        return STATUS[err.code], err.reason
     if isinstance(err, DeadlineExceeded):
-        return grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED"
+        return reason_status(Reason.DEADLINE_EXCEEDED)
     if isinstance(err, Cancelled):
-        return grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN"
-    return grpc.StatusCode.INTERNAL, "INTERNAL"
+        return reason_status(Reason.SHUTTING_DOWN)
+    return reason_status(Reason.INTERNAL)
+
+
+def reason_status(reason: Reason) -> tuple[grpc.StatusCode, Reason]:
+    """``(status code, reason)`` for a reason sent without an exception class (its own code)."""
+    return STATUS[reason.code], reason
 
 
 def public_message(err: BaseException) -> str:

@@ -24,8 +24,8 @@ from typing import Any
 
 import grpc
 
-from facesearch.errors import InvalidInputError, UnauthenticatedError
-from server.errors import details_trailer, public_message, status_of
+from facesearch.errors import InvalidInputError, Reason, UnauthenticatedError
+from server.errors import details_trailer, public_message, reason_status, status_of
 from server.metrics import Metrics
 
 log = logging.getLogger(f"facesearch.{__name__}")
@@ -39,7 +39,7 @@ def read_tokens(path: Path) -> list[bytes]:
     tokens = [line.strip() for line in path.read_text().splitlines()]
     tokens = [t for t in tokens if t and not t.startswith("#")]
     if not tokens:
-        raise InvalidInputError(f"FACESEARCH_AUTH_TOKENS_FILE {path} holds no tokens", reason="BAD_CONFIG")
+        raise InvalidInputError(f"FACESEARCH_AUTH_TOKENS_FILE {path} holds no tokens", reason=Reason.BAD_CONFIG)
     return [t.encode() for t in tokens]
 
 
@@ -56,13 +56,13 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             return UnauthenticatedError(
-                "missing bearer token: send metadata 'authorization: Bearer <token>'", reason="MISSING_TOKEN"
+                "missing bearer token: send metadata 'authorization: Bearer <token>'", reason=Reason.MISSING_TOKEN
             )
         given = token.strip().encode()
         ok = False
         for expected in self.tokens:  # compare with every token: timing says nothing about which
             ok |= hmac.compare_digest(given, expected)
-        return None if ok else UnauthenticatedError("invalid bearer token", reason="BAD_TOKEN")
+        return None if ok else UnauthenticatedError("invalid bearer token", reason=Reason.BAD_TOKEN)
 
     async def intercept_service(
         self,
@@ -141,7 +141,7 @@ class _Call:
 
     def _classify(self, err: BaseException, context: grpc.aio.ServicerContext) -> tuple[grpc.StatusCode, str]:
         if isinstance(err, asyncio.CancelledError):
-            return grpc.StatusCode.CANCELLED, "CANCELLED"
+            return reason_status(Reason.CANCELLED)
         if isinstance(err, grpc.aio.AbortError):  # already aborted by the handler
             return _code_of(context), ""
         return status_of(err)

@@ -13,7 +13,7 @@ import grpc
 
 from facesearch.api.v1 import facesearch_pb2 as pb
 from facesearch.api.v1 import facesearch_pb2_grpc as pb_grpc
-from facesearch.errors import FaceSearchError
+from facesearch.errors import FaceSearchError, Reason
 from server import convert
 from server.admission import Deadline, DeadlineExceeded
 from server.errors import status_of
@@ -108,7 +108,7 @@ class FaceSearchServicer(pb_grpc.FaceSearchServicer):
             except Exception:
                 log.exception("StreamIdentify item %d failed", seq)
                 error = pb.RequestError(
-                    code=grpc.StatusCode.INTERNAL.value[0], reason="INTERNAL", message="internal error"
+                    code=grpc.StatusCode.INTERNAL.value[0], reason=Reason.INTERNAL, message="internal error"
                 )
             return pb.StreamIdentifyResponse(sequence=seq, tag=item.tag, error=error)
 

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from facesearch.errors import InvalidInputError
+from facesearch.errors import InvalidInputError, Reason
 
 ARCHS = ("dlib_resnet", "resnet18", "resnet50")
 HEADS = ("arcface", "cosface")
@@ -94,7 +94,7 @@ class TrainConfig:
         ]
         for ok, message in checks:
             if not ok:
-                raise InvalidInputError(message, reason="BAD_CONFIG")
+                raise InvalidInputError(message, reason=Reason.BAD_CONFIG)
 
     @property
     def resolved_margin(self) -> float:

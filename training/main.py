@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from facesearch.errors import FaceSearchError
+from facesearch.errors import ExitCode, FaceSearchError, exit_code
 from training.config import ARCHS, FREEZE_DEFAULTS, HEAD_DEFAULTS, HEADS, MULTI_FACE, OPTIMIZERS, TrainConfig
 
 
@@ -156,10 +156,10 @@ def main(argv: list[str] | None = None) -> int:
         summary = run(config)
     except FaceSearchError as err:
         print(f"facesearch-train: error: {err} [{err.reason}]", file=sys.stderr)
-        return 2
+        return exit_code(err)
     if summary.stopped == "stop_after_steps":
         print(f"stopped after --stop-after-steps; rerun with the same --out to resume ({summary.run_dir / 'last.pt'})")
-        return 0
+        return ExitCode.OK
     print(
         f"validation verification accuracy: base model {summary.base_val_accuracy:.4f}, "
         f"best {summary.best_val_accuracy:.4f} at epoch {summary.best_epoch} "
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"best checkpoint: {summary.best_path}")
     print(f"next: facesearch-export checkpoint {summary.best_path} --out DIR")
-    return 0
+    return ExitCode.OK
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from facesearch.errors import TrainingError
+from facesearch.errors import Reason, TrainingError
 from facesearch.evaluation.pairs import Pair
 
 FOLDS = 10
@@ -51,7 +51,7 @@ def split_identities(
             f"{len(kept)} identities have >= {min_images} usable face photos: too few for a validation split of "
             f"{min_val_identities} identities (folds of 2 identities) and a training set of 2 "
             "(add data, raise --val-fraction or lower --min-images)",
-            reason="TRAINING_DATA",
+            reason=Reason.TRAINING_DATA,
         )
     order = np.random.default_rng(seed).permutation(len(kept))
     val_ids = {kept[i] for i in order[:n_val]}

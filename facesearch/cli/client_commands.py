@@ -36,7 +36,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from facesearch.errors import FaceSearchError, InvalidInputError
+from facesearch.errors import ExitCode, FaceSearchError, InvalidInputError, Reason, exit_code
 
 COMMANDS = ("enroll", "identify", "verify", "delete", "list")
 
@@ -119,7 +119,7 @@ def dispatch(args: argparse.Namespace) -> int | None:
         if getattr(args, "json", False):
             print(json.dumps({"error": {"reason": err.reason, "message": err.message}}))
         print(f"facesearch {args.command}: error: {err.message} ({err.reason})", file=sys.stderr)
-        return 2
+        return exit_code(err)
 
 
 def _connect(args: argparse.Namespace) -> Any:
@@ -130,7 +130,7 @@ def _connect(args: argparse.Namespace) -> Any:
         try:
             token = args.token_file.read_text().strip()
         except OSError as err:
-            raise InvalidInputError(f"--token-file {args.token_file}: {err}", reason="BAD_TOKEN_FILE") from err
+            raise InvalidInputError(f"--token-file {args.token_file}: {err}", reason=Reason.BAD_TOKEN_FILE) from err
     target = args.target or os.environ.get("FACESEARCH_TARGET") or DEFAULT_TARGET
     return FaceSearchClient(
         target,
@@ -180,7 +180,7 @@ def _enroll(client: Any, args: argparse.Namespace) -> int:
     ]
     lines += [f"  rejected {i['path']}: {i['reject_reason']} ({i['message']})" for i in images if not i["accepted"]]
     _out(args, data, "\n".join(lines))
-    return 0 if r.face_ids else 1
+    return ExitCode.OK if r.face_ids else ExitCode.FAILED
 
 
 def _paths(args: argparse.Namespace) -> list[Path]:
@@ -190,7 +190,7 @@ def _paths(args: argparse.Namespace) -> list[Path]:
 
         paths.extend(read_image_list(args.list_file))
     if not paths:
-        raise InvalidInputError("identify: name photos, or --list FILE", reason="NO_IMAGES")
+        raise InvalidInputError("identify: name photos, or --list FILE", reason=Reason.NO_IMAGES)
     return paths
 
 
@@ -277,7 +277,9 @@ def _identify(client: Any, args: argparse.Namespace) -> int:
             try:
                 data = p.read_bytes()
             except OSError as err:
-                unreadable[i] = InvalidInputError(f"cannot read {p}: {err.strerror or err}", reason="IMAGE_UNREADABLE")
+                unreadable[i] = InvalidInputError(
+                    f"cannot read {p}: {err.strerror or err}", reason=Reason.IMAGE_UNREADABLE
+                )
                 continue
             yield str(i), data
 
@@ -309,14 +311,14 @@ def _identify(client: Any, args: argparse.Namespace) -> int:
         emit(i, item.result, item.error)
         printed = i + 1
     while printed < len(paths):
-        emit(printed, None, unreadable.get(printed) or InvalidInputError("no reply", reason="NO_REPLY"))
+        emit(printed, None, unreadable.get(printed) or InvalidInputError("no reply", reason=Reason.NO_REPLY))
         printed += 1
-    return 1 if failed else 0
+    return ExitCode.FAILED if failed else ExitCode.OK
 
 
 def _verify(client: Any, args: argparse.Namespace) -> int:
     if (args.reference is None) == (args.identity is None):
-        raise InvalidInputError("verify: give a reference photo or --identity ID (one of them)", reason="BAD_ARGS")
+        raise InvalidInputError("verify: give a reference photo or --identity ID (one of them)", reason=Reason.BAD_ARGS)
     r = client.verify(
         _read(args.image),
         reference_image=_read(args.reference) if args.reference else None,
@@ -334,19 +336,19 @@ def _verify(client: Any, args: argparse.Namespace) -> int:
     if r.threshold is not None:
         data["threshold"] = threshold_json(r.threshold)
     _out(args, data, f"{r.decision} similarity {r.similarity:.3f} (threshold {r.min_similarity:.3f})")
-    return 0
+    return ExitCode.OK
 
 
 def _delete(client: Any, args: argparse.Namespace) -> int:
     if args.faces:
         n = client.delete_faces(args.faces)
         _out(args, {"faces_deleted": n}, f"deleted {n} faces")
-        return 0
+        return ExitCode.OK
     if not args.identity:
-        raise InvalidInputError("delete: name an identity, or --faces FACE_ID...", reason="BAD_ARGS")
+        raise InvalidInputError("delete: name an identity, or --faces FACE_ID...", reason=Reason.BAD_ARGS)
     n = client.delete_identity(args.identity)
     _out(args, {"identity_id": args.identity, "faces_deleted": n}, f"deleted {args.identity} and its {n} faces")
-    return 0
+    return ExitCode.OK
 
 
 def _list(client: Any, args: argparse.Namespace) -> int:
@@ -358,14 +360,14 @@ def _list(client: Any, args: argparse.Namespace) -> int:
             "metadata": ident.metadata,
         }
         _out(args, data, f"{ident.identity_id}\t{ident.name}\t{ident.face_count}")
-    return 0
+    return ExitCode.OK
 
 
 def _read(path: Path) -> bytes:
     try:
         return path.read_bytes()
     except OSError as err:
-        raise InvalidInputError(f"cannot read {path}: {err.strerror or err}", reason="IMAGE_UNREADABLE") from err
+        raise InvalidInputError(f"cannot read {path}: {err.strerror or err}", reason=Reason.IMAGE_UNREADABLE) from err
 
 
 _RUN = {"enroll": _enroll, "identify": _identify, "verify": _verify, "delete": _delete, "list": _list}

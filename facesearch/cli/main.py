@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from facesearch.cli import client_commands, eval_ident, models
-from facesearch.errors import FaceSearchError
+from facesearch.errors import ExitCode, FaceSearchError, exit_code
 
 
 def _add_embed(sub: argparse._SubParsersAction) -> None:
@@ -93,7 +93,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         f"embedded {summary.images} images: {summary.found} with a face, {summary.faces} faces, "
         f"{summary.errors} unreadable -> {summary.out}"
     )
-    return 0
+    return ExitCode.OK
 
 
 def _cmd_eval_pairs(args: argparse.Namespace) -> int:
@@ -117,7 +117,7 @@ def _cmd_eval_pairs(args: argparse.Namespace) -> int:
         print(f"accuracy (10-fold): {report.accuracy_mean * 100:.2f}% +/- {report.accuracy_std * 100:.2f}")
         print(f"ROC AUC: {report.roc_auc:.4f}   TAR at FAR 1e-3: {report.tar_at_far_1e3 * 100:.2f}%")
         print(f"thresholds (cosine) per fold: {', '.join(f'{t:.3f}' for t in report.thresholds)}")
-    return 0
+    return ExitCode.OK
 
 
 def _cmd_eval_calibrate(args: argparse.Namespace) -> int:
@@ -153,7 +153,7 @@ def _cmd_eval_calibrate(args: argparse.Namespace) -> int:
     for point in result.points:
         print(f"  FMR {point.fmr:.0e}: min_similarity {point.threshold:.4f} (TAR {point.tar * 100:.1f}%)")
     print(f"default min_similarity {result.min_similarity:.4f} at FMR {result.default_fmr:.0e}")
-    return 0
+    return ExitCode.OK
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,11 +174,11 @@ def main(argv: list[str] | None = None) -> int:
             return models.run(args)
     except FaceSearchError as err:
         print(f"facesearch: error: {err}", file=sys.stderr)
-        return 2
+        return exit_code(err)
     except KeyboardInterrupt:
         print("facesearch: interrupted (rerun the same command to resume)", file=sys.stderr)
-        return 130
-    return 2
+        return ExitCode.INTERRUPTED
+    return ExitCode.ERROR  # argparse requires a command, so only a subcommand without a runner gets here
 
 
 if __name__ == "__main__":

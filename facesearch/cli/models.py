@@ -14,6 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from facesearch.errors import ExitCode
+
 DEFAULT_REPORT = Path("promotion-report.json")
 
 
@@ -95,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     if result.installed is None:
         for reason in result.verdict.reasons:
             print(f"facesearch: refused: {reason}", file=sys.stderr)
-        return 1
+        return ExitCode.FAILED
     print(f"promoted: installed {result.installed}; {config.models_dir / 'CURRENT'} -> {result.installed.name}")
     print(
         "next: rebuild the index with the new model (a full rebuild: the server refuses the old index with the new "
@@ -106,4 +108,4 @@ def run(args: argparse.Namespace) -> int:
         "  (live enrollments made with the old model stay in its journal under INDEX_ROOT/live and are not "
         "searched by the new one: re-enroll those people)"
     )
-    return 0
+    return ExitCode.OK

@@ -10,8 +10,10 @@
         print(result.threshold.reason)  # which threshold was applied, on which score, and why
 
 Photos may be given as bytes or as paths. Failures raise :class:`~facesearch.errors.FaceSearchError`
-subclasses carrying the server's stable ``reason`` (from its google.rpc ErrorInfo), or
-:class:`RpcFailedError` for transport-level statuses (UNAVAILABLE, DEADLINE_EXCEEDED, ...).
+subclasses carrying the server's stable ``reason`` (from its google.rpc ErrorInfo; compare it with
+:class:`~facesearch.errors.Reason` members), or :class:`RpcFailedError` for transport-level statuses
+(UNAVAILABLE, DEADLINE_EXCEEDED, ...), whose reason is the status's name when the server sent none.
+A reason this client does not know (from a newer server) is kept verbatim.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from facesearch.errors import (
     InvalidInputError,
     NotFoundError,
     PreconditionError,
+    Reason,
     ResourceExhaustedError,
     UnauthenticatedError,
 )
@@ -46,10 +49,10 @@ DEFAULT_MAX_MESSAGE_BYTES = 32 << 20
 class RpcFailedError(FaceSearchError):
     """A call failed with a status that is not one of facesearch's error classes."""
 
-    default_reason = "RPC_FAILED"
+    default_reason = Reason.RPC_FAILED
 
-    def __init__(self, message: str, *, status: grpc.StatusCode, reason: str | None = None) -> None:
-        super().__init__(message, reason=reason or status.name)
+    def __init__(self, message: str, *, status: grpc.StatusCode, reason: Reason | str | None = None) -> None:
+        super().__init__(message, reason=reason or Reason.__members__.get(status.name, Reason.RPC_FAILED))
         self.status = status
 
 
@@ -83,11 +86,23 @@ def error_reason(err: grpc.RpcError) -> str | None:
 def to_error(err: grpc.RpcError) -> FaceSearchError:
     code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
     message = err.details() if hasattr(err, "details") else str(err)
-    reason = error_reason(err)
-    cls = _ERRORS.get(code)
-    if cls is None:
-        return RpcFailedError(f"{code.name}: {message}", status=code, reason=reason)
-    return cls(message or code.name, reason=reason)
+    if code not in _ERRORS:
+        message = f"{code.name}: {message}"
+    return reported_error(code, message or code.name, error_reason(err))
+
+
+def reported_error(status: grpc.StatusCode, message: str, reason: str | None) -> FaceSearchError:
+    """The error a server reported: its class from ``status``, and ``reason`` as sent.
+
+    A reason that is not a :class:`Reason` member (a newer server's) is kept verbatim rather
+    than refused; no reason gives the class's default (the status's name for :class:`RpcFailedError`).
+    """
+    known = reason if reason in Reason.__members__ else None
+    cls = _ERRORS.get(status)
+    error = RpcFailedError(message, status=status, reason=known) if cls is None else cls(message, reason=known)
+    if reason and known is None:
+        error.reason = reason
+    return error
 
 
 # -- results -----------------------------------------------------------------------------------
@@ -375,12 +390,7 @@ class FaceSearchClient:
             for reply in self._stub.StreamIdentify(requests(), timeout=timeout, metadata=self._metadata):
                 if reply.HasField("error"):
                     status = _status_by_number(reply.error.code)
-                    cls = _ERRORS.get(status)
-                    err = (
-                        cls(reply.error.message, reason=reply.error.reason)
-                        if cls is not None
-                        else RpcFailedError(reply.error.message, status=status, reason=reply.error.reason)
-                    )
+                    err = reported_error(status, reply.error.message, reply.error.reason)
                     yield StreamItem(reply.tag, None, err)
                 else:
                     yield StreamItem(reply.tag, _identify_result(reply.result), None)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facesearch.errors import InvalidInputError
+from facesearch.errors import InvalidInputError, Reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,16 +32,18 @@ def read_pairs(path: Path) -> list[Pair]:
     try:
         lines = path.read_text().split("\n")
     except (OSError, UnicodeDecodeError) as err:
-        raise InvalidInputError(f"cannot read pairs file {path}: {err}", reason="BAD_PAIRS") from err
+        raise InvalidInputError(f"cannot read pairs file {path}: {err}", reason=Reason.BAD_PAIRS) from err
     header = lines[0].split()
     if len(header) != 2 or not all(h.isdigit() for h in header):
         raise InvalidInputError(
-            f"{path}: first line must be '<folds> <pairs per fold>', got {lines[0]!r}", reason="BAD_PAIRS"
+            f"{path}: first line must be '<folds> <pairs per fold>', got {lines[0]!r}", reason=Reason.BAD_PAIRS
         )
     folds, per = int(header[0]), int(header[1])
     body = [ln.split() for ln in lines[1:] if ln.strip()]
     if len(body) != folds * per * 2:
-        raise InvalidInputError(f"{path}: expected {folds * per * 2} pair lines, found {len(body)}", reason="BAD_PAIRS")
+        raise InvalidInputError(
+            f"{path}: expected {folds * per * 2} pair lines, found {len(body)}", reason=Reason.BAD_PAIRS
+        )
     pairs = []
     for i, parts in enumerate(body):
         fold = i // (2 * per)
@@ -54,7 +56,7 @@ def read_pairs(path: Path) -> list[Pair]:
                 raise ValueError(f"{len(parts)} fields")
         except ValueError as err:
             raise InvalidInputError(
-                f"{path}: line {i + 2}: bad pair {' '.join(parts)!r}: {err}", reason="BAD_PAIRS"
+                f"{path}: line {i + 2}: bad pair {' '.join(parts)!r}: {err}", reason=Reason.BAD_PAIRS
             ) from err
     return pairs
 
@@ -153,6 +155,6 @@ def embed_pair_images(
     bad = [(n, str(e)) for n, e in zip(names, errors, strict=True) if e]
     if bad:
         raise InvalidInputError(
-            f"{len(bad)} pair images could not be read, e.g. {bad[0][0]}: {bad[0][1]}", reason="BAD_PAIRS"
+            f"{len(bad)} pair images could not be read, e.g. {bad[0][0]}: {bad[0][1]}", reason=Reason.BAD_PAIRS
         )
     return {n: (emb[i] if found[i] else None) for i, n in enumerate(names)}, int((~found).sum())

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from facesearch.errors import InvalidInputError, TrainingError
+from facesearch.errors import InvalidInputError, Reason, TrainingError
 from facesearch.nets.dlib_architectures import match_plan, resnet_plan
 from facesearch.nets.dlib_dnn import DnnLayer, DnnModel, read_dnn_file
 from facesearch.nets.dlib_torch import DlibNet
@@ -151,7 +151,7 @@ def _dlib_op_stages(n_ops: int) -> list[int]:
         stages += [level] * ((_DOWN_BLOCK_OPS if first_down else _BLOCK_OPS) + _BLOCK_OPS * (count - 1))
     stages += [-1, -1]
     if len(stages) != n_ops:
-        raise TrainingError(f"dlib ResNet plan has {n_ops} ops, the stage map {len(stages)}", reason="ARCH")
+        raise TrainingError(f"dlib ResNet plan has {n_ops} ops, the stage map {len(stages)}", reason=Reason.ARCH)
     return stages
 
 
@@ -159,12 +159,12 @@ def _build_dlib(arch: dict[str, Any], init: DnnModel | None) -> Backbone:
     plan = resnet_plan()
     specs = arch["layers"]
     if len(specs) != len(plan):
-        raise TrainingError(f"arch has {len(specs)} dlib layers, the ResNet plan {len(plan)}", reason="ARCH")
+        raise TrainingError(f"arch has {len(specs)} dlib layers, the ResNet plan {len(plan)}", reason=Reason.ARCH)
     if init is not None:
         paired = match_plan(init, plan, "dlib face recognition ResNet")
         for i, ((_, layer), spec) in enumerate(zip(paired, specs, strict=True)):
             if _layer_spec(layer) != spec:
-                raise TrainingError(f"dlib weights disagree with the arch at layer {i}", reason="ARCH")
+                raise TrainingError(f"dlib weights disagree with the arch at layer {i}", reason=Reason.ARCH)
     else:
         layers = [
             DnnLayer(
@@ -240,7 +240,7 @@ def initial_backbone(
     """``(arch, module)`` at the start of a run: dlib weights from ``dlib_dat``, or a fresh torchvision net."""
     if kind == "dlib_resnet":
         if dlib_dat is None:
-            raise TrainingError("dlib_resnet needs the base bundle's dlib .dat weights", reason="BASE_WEIGHTS")
+            raise TrainingError("dlib_resnet needs the base bundle's dlib .dat weights", reason=Reason.BASE_WEIGHTS)
         model = read_dnn_file(str(dlib_dat))
         arch = dlib_resnet_arch(model)
         return arch, _build_dlib(arch, model)

@@ -58,21 +58,10 @@ from PIL import (
     WebPImagePlugin,
 )
 
-from facesearch.errors import FaceSearchError, ImageDecodeError, ImageTooLargeError
-from facesearch.vision.image_limits import (
-    IMAGE_TOO_LARGE,
-    DecodeLimits,
-    check_byte_size,
-    check_dimensions,
-)
+from facesearch.errors import FaceSearchError, ImageDecodeError, ImageTooLargeError, Reason
+from facesearch.vision.image_limits import DecodeLimits, check_byte_size, check_dimensions
 
 __all__ = ["DEFAULT_LIMITS", "SUPPORTED_FORMATS", "DecodeLimits", "decode_image", "load_image"]
-
-IMAGE_EMPTY = "IMAGE_EMPTY"
-IMAGE_FORMAT_UNSUPPORTED = "IMAGE_FORMAT_UNSUPPORTED"
-IMAGE_TRUNCATED = "IMAGE_TRUNCATED"
-IMAGE_UNDECODABLE = "IMAGE_UNDECODABLE"
-IMAGE_UNREADABLE = "IMAGE_UNREADABLE"
 
 DEFAULT_LIMITS = DecodeLimits()
 
@@ -109,7 +98,7 @@ def decode_image(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarr
             raise TypeError(f"decode_image expects bytes, got {type(data).__name__}")
         data = bytes(data)
     if not data:
-        raise ImageDecodeError("image is empty (0 bytes)", reason=IMAGE_EMPTY)
+        raise ImageDecodeError("image is empty (0 bytes)", reason=Reason.IMAGE_EMPTY)
     check_byte_size(len(data), limits)
     try:
         return _decode(data, limits)
@@ -118,11 +107,13 @@ def decode_image(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarr
     except MemoryError:
         raise
     except Image.DecompressionBombError as err:
-        raise ImageTooLargeError(f"image is too large to decode: {err}", reason=IMAGE_TOO_LARGE) from err
+        raise ImageTooLargeError(f"image is too large to decode: {err}", reason=Reason.IMAGE_TOO_LARGE) from err
     except Exception as err:
         # Malformed input can make a third-party parser raise almost anything; the caller
         # gets one error type with a reason, and the cause stays chained for the log.
-        raise ImageDecodeError(f"image data is corrupt: {type(err).__name__}: {err}", reason=IMAGE_UNDECODABLE) from err
+        raise ImageDecodeError(
+            f"image data is corrupt: {type(err).__name__}: {err}", reason=Reason.IMAGE_UNDECODABLE
+        ) from err
 
 
 def load_image(path: str | os.PathLike[str], limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarray:
@@ -137,7 +128,7 @@ def load_image(path: str | os.PathLike[str], limits: DecodeLimits = DEFAULT_LIMI
             data = fh.read(limits.max_bytes + 1)
     except OSError as err:
         reason = err.strerror or type(err).__name__
-        raise ImageDecodeError(f"cannot read image file {name!r}: {reason}", reason=IMAGE_UNREADABLE) from err
+        raise ImageDecodeError(f"cannot read image file {name!r}: {reason}", reason=Reason.IMAGE_UNREADABLE) from err
     try:
         check_byte_size(len(data), limits, what=f"image file {name!r}")
         return decode_image(data, limits)
@@ -185,16 +176,16 @@ def _open_header(data: bytes) -> ImageFile.ImageFile:
         raise ImageDecodeError(
             f"unsupported image format: the data looks like {describe_unknown(data)}; "
             f"supported formats are {_SUPPORTED_TEXT}",
-            reason=IMAGE_FORMAT_UNSUPPORTED,
+            reason=Reason.IMAGE_FORMAT_UNSUPPORTED,
         )
     fmt, cause = failures[0]
     if _is_out_of_data(cause) or _is_cut_short(fmt, data):
         raise ImageDecodeError(
             f"{fmt} image is truncated ({len(data)} bytes end inside its header): {cause}",
-            reason=IMAGE_TRUNCATED,
+            reason=Reason.IMAGE_TRUNCATED,
         ) from cause
     raise ImageDecodeError(
-        f"{fmt} image header is corrupt: {type(cause).__name__}: {cause}", reason=IMAGE_UNDECODABLE
+        f"{fmt} image header is corrupt: {type(cause).__name__}: {cause}", reason=Reason.IMAGE_UNDECODABLE
     ) from cause
 
 
@@ -227,9 +218,9 @@ def _load_pixels(im: ImageFile.ImageFile, data: bytes) -> None:
         raise
     except Exception as err:
         if _is_out_of_data(err) or _is_cut_short(im.format, data):
-            raise ImageDecodeError(f"{im.format} image is truncated: {err}", reason=IMAGE_TRUNCATED) from err
+            raise ImageDecodeError(f"{im.format} image is truncated: {err}", reason=Reason.IMAGE_TRUNCATED) from err
         raise ImageDecodeError(
-            f"{im.format} image data is corrupt: {type(err).__name__}: {err}", reason=IMAGE_UNDECODABLE
+            f"{im.format} image data is corrupt: {type(err).__name__}: {err}", reason=Reason.IMAGE_UNDECODABLE
         ) from err
 
 
@@ -355,7 +346,7 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
     except ValueError as err:
         raise ImageDecodeError(
             f"{im.format} image has pixel mode {mode!r}, which cannot be converted to RGB: {err}",
-            reason=IMAGE_FORMAT_UNSUPPORTED,
+            reason=Reason.IMAGE_FORMAT_UNSUPPORTED,
         ) from err
     return np.array(rgb, dtype=np.uint8, order="C")
 

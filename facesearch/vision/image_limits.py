@@ -9,10 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from facesearch.errors import ImageDecodeError, ImageTooLargeError
-
-IMAGE_TOO_LARGE = "IMAGE_TOO_LARGE"
-IMAGE_TOO_SMALL = "IMAGE_TOO_SMALL"
+from facesearch.errors import ImageDecodeError, ImageTooLargeError, Reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +41,7 @@ def check_byte_size(size: int, limits: DecodeLimits, *, what: str = "image") -> 
     if size > limits.max_bytes:
         raise ImageTooLargeError(
             f"{what} is {size} bytes, over the limit of {limits.max_bytes} bytes",
-            reason=IMAGE_TOO_LARGE,
+            reason=Reason.IMAGE_TOO_LARGE,
         )
 
 
@@ -53,11 +50,11 @@ def check_dimensions(width: int, height: int, limits: DecodeLimits) -> None:
     if width * height > limits.max_pixels:
         raise ImageTooLargeError(
             f"image is {width}x{height} = {width * height} pixels, over the limit of {limits.max_pixels} pixels",
-            reason=IMAGE_TOO_LARGE,
+            reason=Reason.IMAGE_TOO_LARGE,
         )
     if min(width, height) < limits.min_side:
         raise ImageDecodeError(
             f"image is {width}x{height} pixels; each side must be at least {limits.min_side} "
             "pixels to hold a detectable face",
-            reason=IMAGE_TOO_SMALL,
+            reason=Reason.IMAGE_TOO_SMALL,
         )

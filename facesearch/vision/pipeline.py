@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from facesearch.bundle.manifest import ModelBundle
-from facesearch.errors import InvalidInputError
+from facesearch.errors import InvalidInputError, Reason
 from facesearch.vision.align import face_chip
 from facesearch.vision.detector import Detection, FaceDetector, upsample_for_min_face
 from facesearch.vision.embedder import Embedder
@@ -37,9 +37,9 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         if self.min_face < 10:
-            raise InvalidInputError(f"min_face must be >= 10 px, got {self.min_face}", reason="BAD_CONFIG")
+            raise InvalidInputError(f"min_face must be >= 10 px, got {self.min_face}", reason=Reason.BAD_CONFIG)
         if self.max_batch < 1:
-            raise InvalidInputError(f"max_batch must be >= 1, got {self.max_batch}", reason="BAD_CONFIG")
+            raise InvalidInputError(f"max_batch must be >= 1, got {self.max_batch}", reason=Reason.BAD_CONFIG)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -139,7 +139,7 @@ class FacePipeline:
 def _check_image(image: np.ndarray) -> None:
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise InvalidInputError(
-            f"image must be HxWx3 uint8 RGB, got {image.dtype} {image.shape}", reason="IMAGE_LAYOUT"
+            f"image must be HxWx3 uint8 RGB, got {image.dtype} {image.shape}", reason=Reason.IMAGE_LAYOUT
         )
 
 
