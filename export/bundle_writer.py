@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import asdict, dataclass
 from importlib import metadata
@@ -14,16 +13,17 @@ from export.resnet import export_embedder
 from export.shape_predictor import export_landmarks
 from export.shipped_calibration import install_shipped_calibration
 from facesearch.bundle.manifest import (
-    BUNDLE_FORMAT,
-    BUNDLE_FORMAT_VERSION,
     MANIFEST,
     PREPROCESSING_VERSION,
+    BundleManifest,
+    ChipSpec,
+    EmbeddingSpec,
+    ModelFile,
     contract_id,
-    sha256_file,
 )
 from facesearch.errors import ModelFormatError
 from facesearch.nets.dlib_sources import DLIB_FILES, SOURCE_PACKAGE, default_models_dir
-from facesearch.util.fs import replace_dir
+from facesearch.util.fs import replace_dir, sha256_file, write_atomic
 
 MODEL_ID = "dlib-resnet-v1"
 
@@ -65,41 +65,44 @@ def write_dlib_bundle(config: DlibExportConfig) -> dict[str, Any]:
     converters = {"embedder": export_embedder, "detector": export_detector, "landmarks": export_landmarks}
     sections = {}
     for role, filename in outputs.items():
-        sections[role] = {**converters[role](sources[role], tmp / filename), "file": filename}
+        sections[role] = ModelFile(filename, converters[role](sources[role], tmp / filename))
     files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
-    dim = int(sections["embedder"]["embedding_dim"])
-    manifest: dict[str, Any] = {
-        "format": BUNDLE_FORMAT,
-        "format_version": BUNDLE_FORMAT_VERSION,
-        "model_id": MODEL_ID,
-        "contract_id": contract_id(
+    dim = int(sections["embedder"].details["embedding_dim"])
+    manifest = BundleManifest(
+        model_id=MODEL_ID,
+        contract_id=contract_id(
             MODEL_ID, files["embedder.onnx"], dim, PREPROCESSING_VERSION, flip_average=config.flip_average
         ),
-        "preprocessing_version": PREPROCESSING_VERSION,
-        "source": {
+        preprocessing_version=PREPROCESSING_VERSION,
+        source={
             "package": SOURCE_PACKAGE,
             "version": _source_version(),
             "licence": "public domain (dlib models by Davis King); the 68-point model is never used",
             "files": {name: sha256_file(sources[role]) for role, name in DLIB_FILES.items()},
         },
-        "files": files,
-        **sections,
-        "chip": {"size": 150, "padding": 0.25, "landmarks": "5-point", "method": "dlib get_face_chip"},
-        "embedding": {
-            "dim": dim,
-            "normalised": True,
-            "flip_average": config.flip_average,
-            "metric": "inner_product",
-            "score": "cosine similarity, higher is more alike",
-            "note": "dlib's Euclidean distance d between raw descriptors (norms ~1) maps to cosine ~ 1 - d^2/2; "
-            "dlib's usual 0.6 tolerance ~ cosine 0.82",
-        },
-        "export_config": {
+        files=files,
+        embedder=sections["embedder"],
+        detector=sections["detector"],
+        landmarks=sections["landmarks"],
+        chip=ChipSpec(150, 0.25, {"landmarks": "5-point", "method": "dlib get_face_chip"}),
+        embedding=EmbeddingSpec(
+            dim,
+            config.flip_average,
+            {
+                "normalised": True,
+                "metric": "inner_product",
+                "score": "cosine similarity, higher is more alike",
+                "note": "dlib's Euclidean distance d between raw descriptors (norms ~1) maps to cosine ~ 1 - d^2/2; "
+                "dlib's usual 0.6 tolerance ~ cosine 0.82",
+            },
+        ),
+        export_config={
             k: (v if isinstance(v, bool) or v is None else str(v)) for k, v in asdict(config).items() if k != "out"
         },
-    }
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    )
+    write_atomic(tmp / MANIFEST, manifest.to_json())
+    data = manifest.to_dict()
     if config.shipped_calibration:
-        install_shipped_calibration(tmp, manifest)  # beside the models, outside the sha256 list (recalibratable)
+        install_shipped_calibration(tmp, data)  # beside the models, outside the sha256 list (recalibratable)
     replace_dir(tmp, out)
-    return manifest
+    return data

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,16 +36,17 @@ import torch
 from export.onnx_write import OPSET
 from export.resnet import INPUT_NAME, OUTPUT_NAME, write_chip_embedder_onnx
 from facesearch.bundle.manifest import (
-    BUNDLE_FORMAT,
-    BUNDLE_FORMAT_VERSION,
     MANIFEST,
     PREPROCESSING_VERSION,
+    BundleManifest,
     ModelBundle,
+    ModelFile,
+    ParityReport,
+    TrainingRecord,
     contract_id,
-    sha256_file,
 )
 from facesearch.errors import ContractMismatchError, FaceSearchError, ModelFormatError
-from facesearch.util.fs import replace_dir
+from facesearch.util.fs import replace_dir, sha256_file, write_atomic
 
 MODEL_ID_PREFIX = "facesearch-ft-"
 #: Largest torch-vs-onnxruntime difference allowed, relative to the mean L2 norm of the
@@ -203,9 +204,12 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str, sort_keys=True))
 
 
-def _write_manifest(tmp: Path, manifest: dict[str, Any]) -> None:
-    manifest["files"] = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.name != MANIFEST}
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+def _write_manifest(tmp: Path, manifest: BundleManifest) -> BundleManifest:
+    """Hash every file of the staged bundle into ``manifest`` and write it; returns what was written."""
+    files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.name != MANIFEST}
+    sealed = replace(manifest, files=files)
+    write_atomic(tmp / MANIFEST, sealed.to_json())
+    return sealed
 
 
 def write_checkpoint_bundle(config: CheckpointExportConfig) -> dict[str, Any]:
@@ -235,63 +239,60 @@ def write_checkpoint_bundle(config: CheckpointExportConfig) -> dict[str, Any]:
         dim = int(embedder["embedding_dim"])
         embedder_sha = sha256_file(tmp / "embedder.onnx")
         ckpt_sha = sha256_file(ckpt_path)
-        base_manifest = base.manifest
-        manifest: dict[str, Any] = {
-            **{k: v for k, v in base_manifest.items() if k not in ("calibration", "training", "parity")},
-            "format": BUNDLE_FORMAT,
-            "format_version": BUNDLE_FORMAT_VERSION,
-            "model_id": model_id,
-            "contract_id": contract_id(
-                model_id, embedder_sha, dim, PREPROCESSING_VERSION, flip_average=base.flip_average
-            ),
-            "preprocessing_version": PREPROCESSING_VERSION,
-            "source": {
+        spec = base.spec
+        manifest = BundleManifest(
+            model_id=model_id,
+            contract_id=contract_id(model_id, embedder_sha, dim, PREPROCESSING_VERSION, flip_average=base.flip_average),
+            files={},
+            embedder=ModelFile.from_dict(embedder, "embedder"),
+            detector=spec.detector,
+            landmarks=spec.landmarks,
+            chip=spec.chip,
+            embedding=replace(spec.embedding, dim=dim),
+            preprocessing_version=PREPROCESSING_VERSION,
+            source={
                 "checkpoint": ckpt_path.name,
                 "checkpoint_sha256": ckpt_sha,
                 "base_bundle": {
                     "model_id": base.model_id,
                     "contract_id": base.contract_id,
-                    "source": base_manifest.get("source"),
+                    "source": spec.source,
                 },
                 "licence": "base weights: "
-                + str((base_manifest.get("source") or {}).get("licence", "see base"))
+                + str((spec.source or {}).get("licence", "see base"))
                 + "; fine-tuned weights: the owner of the training data decides",
             },
-            "embedder": embedder,
-            "detector": base.section("detector"),
-            "landmarks": base.section("landmarks"),
-            "chip": base_manifest["chip"],
-            "embedding": {**base_manifest["embedding"], "dim": dim},
-            "training": {
-                "checkpoint_sha256": ckpt_sha,
-                "epoch": int(ckpt.get("epoch", 0)),
-                "global_step": int(ckpt.get("global_step", 0)),
-                "fingerprint": str(ckpt.get("fingerprint")),
-                "arch_kind": arch.get("kind"),
-                "config": _plain(ckpt["config"]),
-                "base_contract_id": base.contract_id,
-                "best": _plain(ckpt.get("best")),
-                "metrics": _plain(ckpt.get("metrics")),
-                "data": _plain(ckpt.get("data")),
-            },
-            "parity": parity,
-            "export_config": {
+            export_config={
                 "checkpoint": str(ckpt_path),
                 "base_bundle": str(base.root),
                 "eval_tree": str(config.eval_tree) if config.eval_tree else None,
                 "eval_pairs": str(config.eval_pairs) if config.eval_pairs else None,
                 "min_face": config.min_face,
             },
-        }
-        _write_manifest(tmp, manifest)
-        _model_card(config, ckpt, base, tmp, manifest, faces=faces, pairs=pairs)
-        _write_manifest(tmp, manifest)  # the card files join the sha256 list; the contract is unchanged
+            training=TrainingRecord(
+                checkpoint_sha256=ckpt_sha,
+                epoch=int(ckpt.get("epoch", 0)),
+                global_step=int(ckpt.get("global_step", 0)),
+                fingerprint=str(ckpt.get("fingerprint")),
+                arch_kind=arch.get("kind"),
+                config=_plain(ckpt["config"]),
+                base_contract_id=base.contract_id,
+                best=_plain(ckpt.get("best")),
+                metrics=_plain(ckpt.get("metrics")),
+                data=_plain(ckpt.get("data")),
+            ),
+            parity=ParityReport(**parity),
+            extra={k: v for k, v in spec.extra.items() if k != "calibration"},  # thresholds belong to an embedder
+        )
+        manifest = _write_manifest(tmp, manifest)
+        _model_card(config, ckpt, base, tmp, manifest.to_dict(), faces=faces, pairs=pairs)
+        manifest = _write_manifest(tmp, manifest)  # the card files join the sha256 list; the contract is unchanged
         ModelBundle.load(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     replace_dir(tmp, out)
-    return manifest
+    return manifest.to_dict()
 
 
 def _eval_faces(base: ModelBundle, config: CheckpointExportConfig) -> tuple[Any, list[Any]]:

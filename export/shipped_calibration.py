@@ -20,12 +20,12 @@ with them is in-sample (``shipped.json`` says so under ``data``).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 from facesearch.errors import BundleError
+from facesearch.util.fs import atomic_path
 
 CALIBRATIONS_DIR = Path(__file__).resolve().parent / "calibrations"
 SHIPPED_FILE = "shipped.json"
@@ -69,7 +69,6 @@ def install_shipped_calibration(bundle_dir: Path, manifest: dict[str, Any], root
     shipped = json.loads((folder / SHIPPED_FILE).read_text())
     names = [str(n) for n in shipped["files"]]
     for name in names:
-        tmp = Path(bundle_dir) / f".{name}.tmp"
-        shutil.copyfile(folder / name, tmp)
-        os.replace(tmp, Path(bundle_dir) / name)
+        with atomic_path(Path(bundle_dir) / name) as tmp:
+            shutil.copyfile(folder / name, tmp)
     return names

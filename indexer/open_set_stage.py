@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from facesearch.bundle.manifest import sha256_file
 from facesearch.errors import MemoryBudgetError
 from facesearch.scoring.cohort import GalleryCohort
 from facesearch.scoring.gallery_stats import (
@@ -38,6 +37,7 @@ from facesearch.scoring.templates import DEFAULT_TEMPLATE
 from facesearch.store.identity_store import IdentityStore
 from facesearch.store.index_artifact import STORE_FILE, FileEntry
 from facesearch.store.open_set_build import build_open_set_for_store, open_set_build_bytes
+from facesearch.util.fs import sha256_file
 from indexer.plan import BASELINE_BYTES
 from indexer.sizes import format_size
 

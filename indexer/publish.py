@@ -1,9 +1,10 @@
 """Versions on disk: stage into a hidden directory, publish by rename, switch ``CURRENT``.
 
 Readers never see a half-written version: files are written under ``ROOT/.staging-<v>-<pid>``,
-the directory is renamed to ``ROOT/<v>`` and only then ``CURRENT`` is replaced (temp file ->
-``os.replace``). Older versions are kept for rollback (``keep`` newest, never the current
-one). One job at a time per root (an ``flock`` on ``ROOT/.lock``).
+the directory is renamed to ``ROOT/<v>`` and only then ``CURRENT`` is switched
+(:func:`facesearch.util.fs.switch_pointer`: temp file, fsync, ``os.replace``). Older versions
+are kept for rollback (``keep`` newest, never the current one). One job at a time per root (an
+``flock`` on ``ROOT/.lock``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from typing import Any
 import faiss
 import numpy as np
 
-from facesearch.bundle.manifest import sha256_file
 from facesearch.errors import NotFoundError, PreconditionError
 from facesearch.store.identity_store import IdentityStore
 from facesearch.store.index_artifact import (
@@ -36,8 +36,9 @@ from facesearch.store.index_artifact import (
     IndexManifest,
     current_version,
     list_versions,
-    write_atomic,
+    write_manifest,
 )
+from facesearch.util.fs import fsync_dir, fsync_path, sha256_file, switch_pointer
 
 
 @contextlib.contextmanager
@@ -110,14 +111,14 @@ def seal(vdir: Path, manifest: IndexManifest, hashed: dict[str, FileEntry] | Non
     files = {}
     for path in sorted(vdir.iterdir()):
         if path.is_file() and path.name != MANIFEST:
-            _fsync(path)
+            fsync_path(path)
             known = (hashed or {}).get(path.name)
             if known is not None and known.bytes == path.stat().st_size:
                 files[path.name] = known
             else:
                 files[path.name] = FileEntry(sha256=sha256_file(path), bytes=path.stat().st_size)
     sealed = replace(manifest, files=files)
-    write_atomic(vdir / MANIFEST, sealed.to_json().encode())
+    write_manifest(vdir, sealed)
     return sealed
 
 
@@ -127,7 +128,7 @@ def publish(root: Path, staged: Path, version: str, keep: int) -> Path:
     if final.exists():
         raise PreconditionError(f"version {final} already exists")
     os.replace(staged, final)
-    _fsync_dir(root)
+    fsync_dir(root)
     set_current(root, version)
     prune(root, keep)
     return final
@@ -136,8 +137,7 @@ def publish(root: Path, staged: Path, version: str, keep: int) -> Path:
 def set_current(root: Path, version: str) -> None:
     if not (root / version / MANIFEST).is_file():
         raise NotFoundError(f"no published version {version!r} under {root}")
-    write_atomic(root / CURRENT, (version + "\n").encode())
-    _fsync_dir(root)
+    switch_pointer(root / CURRENT, version)
 
 
 def prune(root: Path, keep: int) -> list[str]:
@@ -163,16 +163,3 @@ def rollback(root: Path, to: str | None = None) -> str:
         to = older[-1]
     set_current(root, to)
     return to
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        _fsync(path)

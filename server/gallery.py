@@ -22,8 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from facesearch.errors import AlreadyExistsError, InvalidInputError, NotFoundError
+from facesearch.store.identity_store import StoredFace, StoredIdentity
 from facesearch.store.live_journal import LiveFace, LiveIdentity, LiveJournal, NewFace
-from server.base_index import BaseIndex, StoredFace, StoredIdentity
+from server.base_index import BaseIndex
 from server.live_state import LiveState
 from server.open_set_state import OpenSetState
 from server.open_set_upkeep import OpenSetParams, OpenSetUpkeep, load_base_open_set
@@ -97,7 +98,7 @@ class GalleryState:
             if live.deleted:
                 return None
             return IdentityView(identity_id, live.name or "", dict(live.metadata), self.face_count(identity_id))
-        stored = self.base.identity(identity_id) if self.base is not None else None
+        stored = self.base.store.find_identity(identity_id) if self.base is not None else None
         if stored is None:
             return None
         return IdentityView(identity_id, stored.name or "", stored.metadata, self.face_count(identity_id))
@@ -114,8 +115,8 @@ class GalleryState:
             return 0
         if base_count is None:
             base_count = 0
-            if self.base is not None and (stored := self.base.identity(identity_id)) is not None:
-                base_count = self.base.face_counts([stored.key]).get(stored.key, 0)
+            if self.base is not None and (stored := self.base.store.find_identity(identity_id)) is not None:
+                base_count = self.base.store.face_counts([stored.key]).get(stored.key, 0)
         return base_count - self.live.base_tombstones.get(identity_id, 0) + len(self.live.faces_of.get(identity_id, []))
 
     def face_vector_ids(self, identity_id: str) -> tuple[np.ndarray, np.ndarray]:
@@ -124,7 +125,7 @@ class GalleryState:
         live = self.live.identities.get(identity_id)
         if live is not None and live.deleted:
             return base_ids, base_ids
-        if self.base is not None and (stored := self.base.identity(identity_id)) is not None:
+        if self.base is not None and (stored := self.base.store.find_identity(identity_id)) is not None:
             base_ids = self.base.face_ids_of(stored.key)
             tomb = self.live.view().tombstones
             if len(tomb):
@@ -139,14 +140,14 @@ class GalleryState:
         view = live.view()
         if self.base is not None and wanted:
             alive = [i for i in wanted if not ((row := live.identities.get(i)) is not None and row.deleted)]
-            keys = self.base.keys_of_identities(alive)
+            keys = self.base.store.identity_keys(alive)
             if keys:
                 vids, owners = self.base.faces_of_keys(list(keys.values()))
                 if len(view.tombstones) and len(vids):
                     keep = ~np.isin(vids, view.tombstones)
                     vids, owners = vids[keep], owners[keep]
                 if len(vids):
-                    vectors = self.base.embeddings(vids.tolist())
+                    vectors = self.base.store.embeddings_by_ids(vids)
                     by_key = {key: identity for identity, key in keys.items()}
                     for key in np.unique(owners).tolist():
                         parts.setdefault(by_key[key], []).append(vectors[owners == key])
@@ -160,7 +161,7 @@ class GalleryState:
         base_ids, live_ids = self.face_vector_ids(identity_id)
         out: list[FaceView] = []
         if self.base is not None and len(base_ids):
-            out.extend(_face_view(f) for f in self.base.faces(base_ids.tolist()))
+            out.extend(_face_view(f) for f in self.base.store.faces(base_ids.tolist()) if f is not None)
         out.extend(_face_view(self.live.faces[int(v)]) for v in live_ids)
         return sorted(out, key=lambda f: (f.created_at, int(f.face_id)))
 
@@ -169,7 +170,7 @@ class GalleryState:
         base_ids, live_ids = self.face_vector_ids(identity_id)
         parts, ids = [], []
         if self.base is not None and len(base_ids):
-            parts.append(self.base.embeddings(base_ids.tolist()))
+            parts.append(self.base.store.embeddings_by_ids(base_ids))
             ids.append(base_ids)
         if len(live_ids):
             view = self.live.view()
@@ -186,7 +187,7 @@ class GalleryState:
         base_rows: list[StoredIdentity] = []
         cursor = after
         while self.base is not None and len(base_rows) <= limit:
-            batch = self.base.identities_after(cursor, limit + 1)
+            batch = self.base.store.identities_after(cursor, limit + 1)
             base_rows.extend(s for s in batch if s.identity_id not in live_rows)  # a live row decides
             if len(batch) <= limit:
                 break
@@ -198,7 +199,7 @@ class GalleryState:
         more = len(merged) > limit
         merged = merged[:limit]
         keys = [s.key for _, s in merged if s is not None]
-        counts = self.base.face_counts(keys) if self.base is not None and keys else {}
+        counts = self.base.store.face_counts(keys) if self.base is not None and keys else {}
         out = []
         for identity_id, stored in merged:
             if stored is None:
@@ -288,7 +289,7 @@ class GalleryState:
                     results[qi] = best
             todo = np.asarray(again, dtype=np.int64)
             kk = min(kk * 4, base.ntotal, MAX_CANDIDATES)
-        stored = base.identities_by_key([int(s.label) for r in results for s in r])  # type: ignore[call-overload]
+        stored = base.store.identities_by_key([int(s.label) for r in results for s in r])  # type: ignore[call-overload]
         names.update((s.identity_id, s.name or "") for s in stored.values())
         return [
             [(stored[int(s.label)].identity_id, s) for s in r if int(s.label) in stored]  # type: ignore[call-overload]
@@ -404,7 +405,7 @@ class Gallery:
                 LiveFace(int(v), seq, identity_id, f.source, f.box, f.det_score, f.face_size, f.blur, now)
                 for v, f in zip(vids.tolist(), faces, strict=True)
             ]
-            in_base = state.base is not None and state.base.identity(identity_id) is not None
+            in_base = state.base is not None and state.base.store.find_identity(identity_id) is not None
             state.live.enroll(row, live_faces, np.stack([f.embedding for f in faces]), in_base)
             state.upkeep.changed([identity_id])
             return EnrollOutcome(existing is None, [face_id(v) for v in vids.tolist()], state.face_count(identity_id))
@@ -419,7 +420,7 @@ class Gallery:
             row = LiveIdentity(identity_id, 0, True, None, {}, now, now)
             seq = self.journal.delete_identity(row, doomed)
             row = LiveIdentity(identity_id, seq, True, None, {}, now, now)
-            in_base = state.base is not None and state.base.identity(identity_id) is not None
+            in_base = state.base is not None and state.base.store.find_identity(identity_id) is not None
             state.live.delete_identity(row, doomed, in_base)
             state.upkeep.changed([identity_id])
             return existing.face_count
@@ -447,7 +448,7 @@ class Gallery:
         out: list[str | None] = []
         base = state.base
         base_keys = base.keys_of(np.asarray(vids, dtype=np.int64)) if base is not None else None
-        stored = base.identities_by_key(base_keys.tolist()) if base is not None and base_keys is not None else {}
+        stored = base.store.identities_by_key(base_keys.tolist()) if base is not None and base_keys is not None else {}
         for i, v in enumerate(vids):
             if v in live.tombstones:
                 out.append(None)
@@ -466,7 +467,7 @@ def _in_base(base: BaseIndex | None) -> Callable[[Iterable[str]], set[str]]:
     def check(ids: Iterable[str]) -> set[str]:
         if base is None:
             return set()
-        return {i for i in ids if base.identity(i) is not None}
+        return {i for i in ids if base.store.find_identity(i) is not None}
 
     return check
 
@@ -483,7 +484,7 @@ def _identity_of(base: BaseIndex | None) -> Callable[[int], str | None]:
         if base is None:
             return None
         key = int(base.keys_of(np.asarray([vid], dtype=np.int64))[0])
-        stored = base.identities_by_key([key]) if key >= 0 else {}
+        stored = base.store.identities_by_key([key]) if key >= 0 else {}
         return stored[key].identity_id if key in stored else None
 
     return owner

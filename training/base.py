@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from facesearch.bundle.manifest import MANIFEST, ModelBundle, sha256_file
+from facesearch.bundle.manifest import MANIFEST, ModelBundle
 from facesearch.errors import FaceSearchError, TrainingError
+from facesearch.nets.checkpoint import BaseBundleRef
+from facesearch.util.fs import sha256_file
 
 
-def base_bundle_info(bundle: ModelBundle) -> dict[str, Any]:
+def base_bundle_info(bundle: ModelBundle) -> BaseBundleRef:
     """The ``base_bundle`` entry of a checkpoint."""
-    return {
-        "path": str(bundle.root),
-        "contract_id": bundle.contract_id,
-        "manifest_sha256": sha256_file(bundle.root / MANIFEST),
-        "flip_average": bundle.flip_average,
-    }
+    return BaseBundleRef(
+        path=str(bundle.root),
+        contract_id=bundle.contract_id,
+        manifest_sha256=sha256_file(bundle.root / MANIFEST),
+        flip_average=bundle.flip_average,
+    )
 
 
 def base_dlib_weights(bundle: ModelBundle, models_dir: Path | None = None) -> Path:

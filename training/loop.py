@@ -19,7 +19,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,9 @@ from facesearch.nets.backbones import Backbone, build_backbone, freeze_stages, i
 from facesearch.nets.checkpoint import (
     BEST,
     LAST,
+    BestEpoch,
+    Checkpoint,
+    TrainingData,
     capture_rng_state,
     check_resume,
     fingerprint,
@@ -43,6 +46,7 @@ from facesearch.nets.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
+from facesearch.util.fs import atomic_path, write_atomic
 from training.augment import augment_batch, chip_augmentation
 from training.base import base_bundle_info, base_dlib_weights
 from training.chips import ChipSet, prepare_chips, read_rows
@@ -147,19 +151,15 @@ def _lr_lambda(total_steps: int, warmup_steps: int) -> Any:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def _write_logs(run_dir: Path, history: list[dict[str, Any]]) -> None:
     _write_json(run_dir / "log.json", history)
-    tmp = run_dir / "log.csv.tmp"
-    with tmp.open("w", newline="") as fh:
+    with atomic_path(run_dir / "log.csv") as tmp, tmp.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=LOG_FIELDS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(history)
-    os.replace(tmp, run_dir / "log.csv")
     draw_curves(history, run_dir / "curves.png", title=f"facesearch-train {run_dir.name}")
 
 
@@ -176,12 +176,10 @@ def _write_data_reports(run_dir: Path, chipset: ChipSet, split: Split, pairs: li
             "val_fraction": config.val_fraction,
         },
     )
-    tmp = run_dir / "rejects.csv.tmp"
-    with tmp.open("w", newline="") as fh:
+    with atomic_path(run_dir / "rejects.csv") as tmp, tmp.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=("path", "identity", "reason", "detail"))
         writer.writeheader()
         writer.writerows(chipset.rejects)
-    os.replace(tmp, run_dir / "rejects.csv")
 
 
 def _optimizer(config: TrainConfig, backbone: Backbone, head: MarginHead) -> torch.optim.Optimizer:
@@ -217,14 +215,14 @@ def run(config: TrainConfig) -> TrainSummary:
     val_chips = split.val_chips
     fp = fingerprint(config.run_defining(), chipset.manifest_sha256, bundle.contract_id)
     base = base_bundle_info(bundle)
-    data_info = {
-        "chips_manifest_sha256": chipset.manifest_sha256,
-        "train_identities": len(split.train),
-        "val_identities": len(split.val),
-        "train_chips": len(train_idx),
-        "val_chips": len(val_chips),
-        "val_pairs": len(pairs),
-    }
+    data_info = TrainingData(
+        chips_manifest_sha256=chipset.manifest_sha256,
+        train_identities=len(split.train),
+        val_identities=len(split.val),
+        train_chips=len(train_idx),
+        val_chips=len(val_chips),
+        val_pairs=len(pairs),
+    )
     num_classes = len(split.train)
     steps_per_epoch = len(train_idx) // config.batch_size
     if steps_per_epoch < 1:
@@ -236,18 +234,20 @@ def run(config: TrainConfig) -> TrainSummary:
 
     last = run_dir / LAST
     resumed = last.is_file()
-    ckpt: dict[str, Any] | None = None
+    ckpt: Checkpoint | None = None
     if resumed:
-        ckpt = load_checkpoint(last)
-        check_resume(ckpt, fp, last)
+        stored = load_checkpoint(last)
+        check_resume(stored, fp, last)
+        ckpt = Checkpoint.from_dict(stored, last)
     _write_data_reports(run_dir, chipset, split, pairs, config)
     _write_json(
-        run_dir / "config.json", {"config": config.as_dict(), "fingerprint": fp, "base_bundle": base, "data": data_info}
+        run_dir / "config.json",
+        {"config": config.as_dict(), "fingerprint": fp, "base_bundle": base.to_dict(), "data": data_info.to_dict()},
     )
     if ckpt is not None:
-        arch = ckpt["arch"]
+        arch = ckpt.arch
         backbone = build_backbone(arch)
-        backbone.load_state_dict(ckpt["model_state"])
+        backbone.load_state_dict(ckpt.model_state)
     else:
         dat = base_dlib_weights(bundle) if config.arch == "dlib_resnet" else None
         torch.manual_seed(config.seed)  # torchvision init and the head's init
@@ -266,45 +266,41 @@ def run(config: TrainConfig) -> TrainSummary:
         step_in_epoch: int,
         *,
         metrics: dict[str, Any],
-        best: dict[str, Any],
+        best: BestEpoch,
         history: list[dict[str, Any]],
         partial: dict[str, float],
         is_best: bool,
     ) -> Path:
-        return save_checkpoint(
-            run_dir,
-            {
-                "arch": arch,
-                "model_state": backbone.state_dict(),
-                "head_state": head.state_dict(),
-                "optimizer_state": optimizer.state_dict(),
-                "scheduler_state": scheduler.state_dict(),
-                "epoch": epoch,
-                "global_step": global_step,
-                "step_in_epoch": step_in_epoch,
-                "rng_state": capture_rng_state(),
-                "config": config.as_dict(),
-                "fingerprint": fp,
-                "base_bundle": base,
-                "metrics": metrics,
-                "best": best,
-                "data": data_info,
-                "history": history,
-                "partial": partial,
-            },
-            is_best=is_best,
+        state = Checkpoint(
+            arch=arch,
+            model_state=backbone.state_dict(),
+            head_state=head.state_dict(),
+            optimizer_state=optimizer.state_dict(),
+            scheduler_state=scheduler.state_dict(),
+            epoch=epoch,
+            global_step=global_step,
+            step_in_epoch=step_in_epoch,
+            rng_state=capture_rng_state(),
+            config=config.as_dict(),
+            fingerprint=fp,
+            base_bundle=base,
+            metrics=metrics,
+            best=best,
+            data=data_info,
+            history=history,
+            partial=partial,
         )
+        return save_checkpoint(run_dir, state.to_dict(), is_best=is_best)
 
     empty = {"loss_sum": 0.0, "correct": 0.0, "seen": 0.0, "seconds": 0.0}
     if ckpt is not None:
-        head.load_state_dict(ckpt["head_state"])
-        optimizer.load_state_dict(ckpt["optimizer_state"])
-        scheduler.load_state_dict(ckpt["scheduler_state"])
-        restore_rng_state(ckpt["rng_state"])
-        epoch_done, global_step = int(ckpt["epoch"]), int(ckpt["global_step"])
-        step_in_epoch = int(ckpt.get("step_in_epoch", 0))
-        best, history = dict(ckpt["best"]), list(ckpt.get("history", []))
-        partial = dict(ckpt.get("partial") or empty)
+        head.load_state_dict(ckpt.head_state)
+        optimizer.load_state_dict(ckpt.optimizer_state)
+        scheduler.load_state_dict(ckpt.scheduler_state)
+        restore_rng_state(ckpt.rng_state)
+        epoch_done, global_step, step_in_epoch = ckpt.epoch, ckpt.global_step, ckpt.step_in_epoch
+        best, history = ckpt.best, list(ckpt.history)
+        partial = dict(ckpt.partial or empty)
     else:
         if config.arch == "dlib_resnet":  # start each class vector at its identity's mean base embedding
             emb = torch.from_numpy(
@@ -314,7 +310,7 @@ def run(config: TrainConfig) -> TrainSummary:
             centres = torch.zeros(num_classes, emb.shape[1]).index_add_(0, labels, emb)
             head.init_from_centres(centres)
         metrics = validate(
-            backbone, chipset.chips, val_chips, pairs, flip_average=base["flip_average"], progress=config.progress
+            backbone, chipset.chips, val_chips, pairs, flip_average=base.flip_average, progress=config.progress
         )
         row = {
             "epoch": 0,
@@ -327,7 +323,7 @@ def run(config: TrainConfig) -> TrainSummary:
             "elapsed_seconds": round(time.monotonic() - started, 1),
         }
         history = [row]
-        best = {"epoch": 0, "metric": "val_accuracy", "value": metrics["val_accuracy"], "stale_epochs": 0}
+        best = BestEpoch(epoch=0, metric="val_accuracy", value=metrics["val_accuracy"])
         epoch_done, global_step, step_in_epoch, partial = 0, 0, 0, dict(empty)
         checkpoint(0, 0, 0, metrics=metrics, best=best, history=history, partial=partial, is_best=True)
         _write_logs(run_dir, history)
@@ -337,7 +333,7 @@ def run(config: TrainConfig) -> TrainSummary:
     idx_all = np.asarray(train_idx, np.int64)
     stopped = "completed"
     for epoch in range(epoch_done + 1, config.epochs + 1):
-        if best["stale_epochs"] >= config.patience:
+        if best.stale_epochs >= config.patience:
             stopped = "early_stopping"
             break
         perm = torch.randperm(
@@ -391,13 +387,13 @@ def run(config: TrainConfig) -> TrainSummary:
                 )
         bar.close()
         metrics = validate(
-            backbone, chipset.chips, val_chips, pairs, flip_average=base["flip_average"], progress=config.progress
+            backbone, chipset.chips, val_chips, pairs, flip_average=base.flip_average, progress=config.progress
         )
-        improved = metrics["val_accuracy"] > best["value"]
+        improved = metrics["val_accuracy"] > best.value
         best = (
-            {"epoch": epoch, "metric": "val_accuracy", "value": metrics["val_accuracy"], "stale_epochs": 0}
+            BestEpoch(epoch=epoch, metric="val_accuracy", value=metrics["val_accuracy"])
             if improved
-            else {**best, "stale_epochs": best["stale_epochs"] + 1}
+            else replace(best, stale_epochs=best.stale_epochs + 1)
         )
         history.append(
             {
@@ -441,13 +437,13 @@ def run(config: TrainConfig) -> TrainSummary:
 
 
 def _summary(
-    run_dir: Path, best: dict[str, Any], history: list[dict[str, Any]], *, epochs_done: int, stopped: str, resumed: bool
+    run_dir: Path, best: BestEpoch, history: list[dict[str, Any]], *, epochs_done: int, stopped: str, resumed: bool
 ) -> TrainSummary:
     return TrainSummary(
         run_dir=run_dir,
         best_path=run_dir / BEST,
-        best_epoch=int(best["epoch"]),
-        best_val_accuracy=float(best["value"]),
+        best_epoch=best.epoch,
+        best_val_accuracy=float(best.value),
         base_val_accuracy=float(history[0]["val_accuracy"]),
         epochs_done=int(epochs_done),
         stopped=stopped,

@@ -3,7 +3,8 @@
 Installed bundles live under ``$FACESEARCH_HOME/models``: ``dlib/`` (what ``facesearch-export
 dlib`` is told to write) and, once ``facesearch models promote`` has run, one folder per
 promoted bundle plus a ``CURRENT`` file naming the one in use (one line, the folder name;
-replaced atomically, like an index root's ``CURRENT``). ``CURRENT`` wins over ``dlib/``.
+switched by :func:`facesearch.util.fs.switch_pointer`, like an index root's ``CURRENT``).
+``CURRENT`` wins over ``dlib/``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 from pathlib import Path
 
 from facesearch.errors import BundleError
+from facesearch.util.fs import read_pointer
 
 DEFAULT_DATA_DIR = Path(os.environ.get("FACESEARCH_HOME", Path.home() / ".local" / "share" / "facesearch"))
 #: The file in a models folder naming the promoted bundle in use.
@@ -22,11 +24,11 @@ def current_bundle(models_dir: Path) -> Path | None:
     """The bundle folder ``models_dir/CURRENT`` names, or None without a pointer."""
     pointer = models_dir / CURRENT_POINTER
     try:
-        name = pointer.read_text().strip()
-    except FileNotFoundError:
-        return None
+        name = read_pointer(pointer)
     except (OSError, UnicodeDecodeError) as err:
         raise BundleError(f"{pointer}: unreadable bundle pointer: {err}") from err
+    if name is None:
+        return None
     if not name or "/" in name or name in (".", ".."):
         raise BundleError(f"{pointer}: bad bundle pointer {name!r} (one folder name expected)")
     return models_dir / name

@@ -8,7 +8,7 @@ measure and both numbers; the JSON report is written either way.
 
 Install: the candidate is copied (temp folder, checked, ``os.replace``) to
 ``MODELS_DIR/<contract id, ':' -> '-'>/`` and ``MODELS_DIR/CURRENT`` is switched to it
-(temp file, ``os.replace``). Commands and the server find it through
+(:func:`facesearch.util.fs.switch_pointer`, as an index root's ``CURRENT`` is). Commands and the server find it through
 :mod:`facesearch.bundle.location` when no bundle is given. An index is tied to its model
 contract: the server refuses the old index with the new bundle (NOT_SERVING, naming both
 contract ids) until an index built with the new bundle is published.
@@ -17,7 +17,6 @@ contract ids) until an index built with the new bundle is published.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ from facesearch.bundle.location import CURRENT_POINTER, current_bundle
 from facesearch.bundle.manifest import ModelBundle
 from facesearch.errors import InvalidInputError, PreconditionError
 from facesearch.evaluation.model_eval import BundleScores, EvalSet, evaluate_bundles
-from facesearch.util.fs import replace_dir
+from facesearch.util.fs import replace_dir, switch_pointer, write_atomic
 
 REPORT_FILE = "promotion.json"
 
@@ -126,10 +125,7 @@ def install(candidate: Path, models_dir: Path) -> Path:
         shutil.copytree(candidate, tmp)
         ModelBundle.load(tmp)  # re-hash the copy before anything points at it
         replace_dir(tmp, target)  # the same contract installed before is replaced (same embedder bytes)
-    pointer = models_dir / CURRENT_POINTER
-    tmp_pointer = models_dir / f".{CURRENT_POINTER}.tmp"
-    tmp_pointer.write_text(name + "\n")
-    os.replace(tmp_pointer, pointer)
+    switch_pointer(models_dir / CURRENT_POINTER, name)
     return target
 
 
@@ -143,9 +139,7 @@ class PromotionResult:
 
 def write_report(report: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(report, indent=2, sort_keys=True) + "\n")
 
 
 def require_calibration(candidate: Path) -> None:

@@ -13,11 +13,19 @@ Tables
 
 Deleting an identity deletes its faces and chips; the indexer writes every published version
 into a new file and ``VACUUM``s it, so deleted rows are physically gone from that version.
+
+Every SQL statement against these tables is in this module: the indexer writes and reads a store
+through :class:`IdentityStore`, and the server reads a published one through the same class opened
+with a pool of read-only connections (``IdentityStore.open(path, readers=4)``), so request threads
+query it at once. Reads that take many ids run in chunks of 900 (SQLite's bound-parameter limit) and
+return typed rows: :class:`StoredIdentity`, :class:`IdentityInfo`, :class:`StoredFace`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import queue
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -88,7 +96,19 @@ class FaceRows:
 
 
 @dataclass(frozen=True, slots=True)
+class StoredIdentity:
+    """An identity row as the server joins it to search hits: its key, and metadata as strings."""
+
+    key: int
+    identity_id: str
+    name: str | None
+    metadata: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
 class IdentityInfo:
+    """One identity described in full: its metadata as stored (any JSON) and its face count."""
+
     identity_id: str
     name: str | None
     metadata: dict[str, Any]
@@ -96,7 +116,9 @@ class IdentityInfo:
 
 
 @dataclass(frozen=True, slots=True)
-class FaceInfo:
+class StoredFace:
+    """A face row of the store, with its identity's id and name."""
+
     vector_id: int
     identity_id: str
     name: str | None
@@ -110,12 +132,20 @@ class FaceInfo:
 
 
 class IdentityStore:
-    """One SQLite file: one connection per thread, or ``open(..., shared=True)`` to read from many."""
+    """One SQLite file. Opened plainly it is one connection for one thread (the indexer's jobs);
+    opened with ``readers=N`` it is ``N`` read-only connections that any number of threads share
+    (the server's published version): each read borrows one for the duration of its query."""
 
-    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
-        self._conn = conn
+    def __init__(self, conns: Sequence[sqlite3.Connection], path: Path) -> None:
+        self._conn = conns[0]
+        self._pool: queue.Queue[sqlite3.Connection] | None = None
+        if len(conns) > 1:
+            self._pool = queue.Queue()
+            for conn in conns:
+                self._pool.put(conn)
         self.path = path
         self._deleted = False
+        self._d: int | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
     @classmethod
@@ -129,31 +159,48 @@ class IdentityStore:
         meta = {"schema_version": SCHEMA_VERSION, "contract_id": contract_id, "d": d, "next_vector_id": 0}
         conn.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()])
         conn.commit()
-        return cls(conn, path)
+        return cls([conn], path)
 
     @classmethod
-    def open(cls, path: str | Path, *, readonly: bool = True, shared: bool = False) -> IdentityStore:
-        """Open a store; ``shared`` lets several threads use one read-only connection (SQLite
-        serialises them), else open one per thread."""
+    def open(cls, path: str | Path, *, readonly: bool = True, readers: int = 1) -> IdentityStore:
+        """Open a store; ``readers`` > 1 (read-only only) opens that many connections for threads to share."""
         path = Path(path)
         if not path.is_file():
             raise NotFoundError(f"identity store {path} does not exist")
-        conn = _connect(path, readonly=readonly, shared=shared and readonly)
-        store = cls(conn, path)
+        if readers > 1 and not readonly:
+            raise PreconditionError("an identity store opened for writing has one connection")
+        conns = [_connect(path, readonly=readonly, shared=readers > 1) for _ in range(max(1, readers))]
+        store = cls(conns, path)
         version = store.meta("schema_version")
         if version != SCHEMA_VERSION:
-            conn.close()
+            store.close()
             raise PreconditionError(f"identity store {path} has schema {version}, expected {SCHEMA_VERSION}")
         return store
 
     def close(self) -> None:
-        self._conn.close()
+        if self._pool is None:
+            self._conn.close()
+            return
+        while not self._pool.empty():
+            self._pool.get_nowait().close()
 
     def __enter__(self) -> IdentityStore:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """A connection to read with: the store's own, or one borrowed from the pool."""
+        if self._pool is None:
+            yield self._conn
+            return
+        conn = self._pool.get()
+        try:
+            yield conn
+        finally:
+            self._pool.put(conn)
 
     def commit(self) -> None:
         self._conn.commit()
@@ -169,11 +216,14 @@ class IdentityStore:
 
     # -- meta --------------------------------------------------------------------------
     def meta(self, key: str) -> Any:
-        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        with self._reading() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else json.loads(row[0])
 
     def set_meta(self, key: str, value: Any) -> None:
         self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+        if key == "d":
+            self._d = None
 
     @property
     def contract_id(self) -> str:
@@ -181,7 +231,10 @@ class IdentityStore:
 
     @property
     def d(self) -> int:
-        return int(self.meta("d"))
+        """The embedding dimension (read once: a store's ``d`` never changes)."""
+        if self._d is None:
+            self._d = int(self.meta("d"))
+        return self._d
 
     def check_contract(self, contract_id: str) -> None:
         if contract_id != self.contract_id:
@@ -210,20 +263,14 @@ class IdentityStore:
 
     def _identity_keys(self, identity_ids: Sequence[str], names: Sequence[str | None] | None) -> list[int]:
         """Keys of ``identity_ids``, creating missing identities (memory bounded by the batch)."""
-        wanted = sorted(set(identity_ids))
-        keys: dict[str, int] = {}
-        for chunk in _chunks(wanted, 900):
-            q = f"SELECT identity_id, key FROM identities WHERE identity_id IN ({_marks(len(chunk))})"
-            keys.update(self._conn.execute(q, chunk).fetchall())
-        new = [i for i in wanted if i not in keys]
+        keys = self.identity_keys(identity_ids)
+        new = [i for i in sorted(set(identity_ids)) if i not in keys]
         if new:
             name_of: dict[str, str | None] = {}
             if names is not None:
                 name_of = {i: n for i, n in zip(identity_ids, names, strict=True) if n}
             self.upsert_identities((i, name_of.get(i), None) for i in new)
-            for chunk in _chunks(new, 900):
-                q = f"SELECT identity_id, key FROM identities WHERE identity_id IN ({_marks(len(chunk))})"
-                keys.update(self._conn.execute(q, chunk).fetchall())
+            keys.update(self.identity_keys(new))
         return [keys[i] for i in identity_ids]
 
     def add_faces(self, rows: FaceRows) -> np.ndarray:
@@ -273,13 +320,10 @@ class IdentityStore:
     def remove_identities(self, identity_ids: Sequence[str]) -> np.ndarray:
         """Delete identities with their faces and chips; returns the removed vector ids."""
         self._deleted = True
-        keys: list[int] = []
-        for chunk in _chunks(list(identity_ids), 900):
-            q = f"SELECT key FROM identities WHERE identity_id IN ({_marks(len(chunk))})"
-            keys.extend(k for (k,) in self._conn.execute(q, chunk))
+        keys = list(self.identity_keys(identity_ids).values())
         removed: list[int] = []
         for chunk in _chunks(keys, 900):
-            marks = ",".join("?" * len(chunk))
+            marks = _marks(len(chunk))
             removed.extend(
                 v for (v,) in self._conn.execute(f"SELECT vector_id FROM faces WHERE identity_key IN ({marks})", chunk)
             )
@@ -301,99 +345,166 @@ class IdentityStore:
             removed += self._conn.execute(f"DELETE FROM faces WHERE vector_id IN ({marks})", chunk).rowcount
         return removed
 
-    # -- reads -------------------------------------------------------------------------
+    # -- reads: counts ------------------------------------------------------------------
+    def _count(self, table: str) -> int:
+        with self._reading() as conn:
+            return int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+
     def count_faces(self) -> int:
-        return int(self._conn.execute("SELECT COUNT(*) FROM faces").fetchone()[0])
+        return self._count("faces")
 
     def count_identities(self) -> int:
-        return int(self._conn.execute("SELECT COUNT(*) FROM identities").fetchone()[0])
+        return self._count("identities")
 
     def count_chips(self) -> int:
-        return int(self._conn.execute("SELECT COUNT(*) FROM chips").fetchone()[0])
+        return self._count("chips")
+
+    def face_counts(self, keys: Sequence[int]) -> dict[int, int]:
+        """Identity key -> number of faces, for the keys that have faces."""
+        out: dict[int, int] = {}
+        with self._reading() as conn:
+            for chunk in _chunks(sorted({int(k) for k in keys}), 900):
+                q = f"SELECT identity_key, COUNT(*) FROM faces WHERE identity_key IN ({_marks(len(chunk))}) GROUP BY 1"
+                out.update(conn.execute(q, chunk).fetchall())
+        return out
+
+    # -- reads: identities ---------------------------------------------------------------
+    def identity_keys(self, identity_ids: Iterable[str]) -> dict[str, int]:
+        """Identity id -> key, for the ids the store holds."""
+        out: dict[str, int] = {}
+        with self._reading() as conn:
+            for chunk in _chunks(sorted(set(identity_ids)), 900):
+                q = f"SELECT identity_id, key FROM identities WHERE identity_id IN ({_marks(len(chunk))})"
+                out.update(conn.execute(q, chunk).fetchall())
+        return out
 
     def existing_identities(self, identity_ids: Sequence[str]) -> set[str]:
-        found: set[str] = set()
-        for chunk in _chunks(list(identity_ids), 900):
-            q = f"SELECT identity_id FROM identities WHERE identity_id IN ({_marks(len(chunk))})"
-            found.update(i for (i,) in self._conn.execute(q, chunk))
-        return found
-
-    def iter_embeddings(self, chunk_size: int = 65_536) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """``(vector_ids int64, embeddings float32 (n, d), identity_keys int64)`` in vector id order."""
-        d = self.d
-        cur = self._conn.execute("SELECT vector_id, identity_key, embedding FROM faces ORDER BY vector_id")
-        while True:
-            rows = cur.fetchmany(chunk_size)
-            if not rows:
-                return
-            vids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-            keys = np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows))
-            emb = np.frombuffer(b"".join(r[2] for r in rows), dtype="<f4").reshape(len(rows), d)
-            yield vids, emb.astype(np.float32, copy=False), keys
-
-    def embeddings_by_ids(self, vector_ids: np.ndarray) -> np.ndarray:
-        """Embeddings (n, d) float32 of ``vector_ids``, in that order (unknown ids are an error)."""
-        d = self.d
-        wanted = np.asarray(vector_ids, dtype=np.int64)
-        found: dict[int, bytes] = {}
-        for chunk in _chunks(np.unique(wanted).tolist(), 900):
-            q = f"SELECT vector_id, embedding FROM faces WHERE vector_id IN ({_marks(len(chunk))})"
-            found.update(self._conn.execute(q, chunk).fetchall())
-        missing = [int(v) for v in wanted if int(v) not in found]
-        if missing:
-            raise NotFoundError(f"vector ids not in {self.path}: {missing[:5]}")
-        blob = b"".join(found[int(v)] for v in wanted)
-        return np.frombuffer(blob, dtype="<f4").reshape(len(wanted), d).astype(np.float32)
-
-    def vector_identity_keys(self) -> tuple[np.ndarray, np.ndarray]:
-        """All ``(vector_ids, identity_keys)``, sorted by vector id (16 bytes a face)."""
-        cur = self._conn.execute("SELECT vector_id, identity_key FROM faces ORDER BY vector_id")
-        flat = np.fromiter((x for row in cur for x in row), dtype=np.int64)
-        pairs = flat.reshape(-1, 2)
-        return pairs[:, 0].copy(), pairs[:, 1].copy()
-
-    def faces(self, vector_ids: Sequence[int]) -> list[FaceInfo | None]:
-        """Face rows for vector ids (``None`` where a vector id is unknown), in input order."""
-        found: dict[int, FaceInfo] = {}
-        for chunk in _chunks([int(v) for v in vector_ids], 900):
-            q = (
-                "SELECT f.vector_id, i.identity_id, i.name, f.source, f.x1, f.y1, f.x2, f.y2, f.det_score, "
-                "f.face_size, f.blur, f.metadata, f.created_at FROM faces f JOIN identities i "
-                f"ON i.key = f.identity_key WHERE f.vector_id IN ({_marks(len(chunk))})"
-            )
-            for r in self._conn.execute(q, chunk):
-                box = None if r[4] is None else (r[4], r[5], r[6], r[7])
-                found[r[0]] = FaceInfo(
-                    r[0], r[1], r[2], r[3], box, r[8], r[9], r[10], json.loads(r[11]) if r[11] else {}, r[12]
-                )
-        return [found.get(int(v)) for v in vector_ids]
+        return set(self.identity_keys(identity_ids))
 
     def identity(self, identity_id: str) -> IdentityInfo:
-        row = self._conn.execute(
-            "SELECT i.identity_id, i.name, i.metadata, "
-            "(SELECT COUNT(*) FROM faces f WHERE f.identity_key = i.key) "
-            "FROM identities i WHERE i.identity_id = ?",
-            (identity_id,),
-        ).fetchone()
+        """One identity with its face count; NotFoundError if the store does not hold it."""
+        with self._reading() as conn:
+            row = conn.execute(
+                "SELECT i.identity_id, i.name, i.metadata, "
+                "(SELECT COUNT(*) FROM faces f WHERE f.identity_key = i.key) "
+                "FROM identities i WHERE i.identity_id = ?",
+                (identity_id,),
+            ).fetchone()
         if row is None:
             raise NotFoundError(f"identity {identity_id!r} is not in {self.path}")
         return IdentityInfo(row[0], row[1], json.loads(row[2]) if row[2] else {}, int(row[3]))
 
+    def find_identity(self, identity_id: str) -> StoredIdentity | None:
+        """The identity row of ``identity_id``, or None (one indexed lookup, no face count)."""
+        with self._reading() as conn:
+            row = conn.execute(f"{_IDENTITY_ROW} WHERE identity_id = ?", (identity_id,)).fetchone()
+        return None if row is None else _stored_identity(row)
+
+    def identities_by_key(self, keys: Sequence[int]) -> dict[int, StoredIdentity]:
+        """Key -> identity row for the keys the store holds (negative keys are skipped)."""
+        out: dict[int, StoredIdentity] = {}
+        with self._reading() as conn:
+            for chunk in _chunks(sorted({int(k) for k in keys if k >= 0}), 900):
+                for row in conn.execute(f"{_IDENTITY_ROW} WHERE key IN ({_marks(len(chunk))})", chunk):
+                    out[row[0]] = _stored_identity(row)
+        return out
+
+    def identities_after(self, after: str, limit: int) -> list[StoredIdentity]:
+        """Up to ``limit`` identities with ``identity_id > after``, in identity id order (a page)."""
+        with self._reading() as conn:
+            rows = conn.execute(
+                f"{_IDENTITY_ROW} WHERE identity_id > ? ORDER BY identity_id LIMIT ?", (after, limit)
+            ).fetchall()
+        return [_stored_identity(row) for row in rows]
+
     def identity_ids_by_key(self, keys: Sequence[int]) -> list[str]:
+        """The identity id of each key, in order (every key must exist)."""
         found: dict[int, str] = {}
-        for chunk in _chunks([int(k) for k in keys], 900):
-            q = f"SELECT key, identity_id FROM identities WHERE key IN ({_marks(len(chunk))})"
-            found.update(self._conn.execute(q, chunk).fetchall())
+        with self._reading() as conn:
+            for chunk in _chunks([int(k) for k in keys], 900):
+                q = f"SELECT key, identity_id FROM identities WHERE key IN ({_marks(len(chunk))})"
+                found.update(conn.execute(q, chunk).fetchall())
         return [found[int(k)] for k in keys]
 
+    # -- reads: faces and embeddings -----------------------------------------------------
+    def iter_embeddings(self, chunk_size: int = 65_536) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """``(vector_ids int64, embeddings float32 (n, d), identity_keys int64)`` in vector id order."""
+        d = self.d
+        with self._reading() as conn:
+            cur = conn.execute("SELECT vector_id, identity_key, embedding FROM faces ORDER BY vector_id")
+            while True:
+                rows = cur.fetchmany(chunk_size)
+                if not rows:
+                    return
+                vids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+                keys = np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows))
+                emb = np.frombuffer(b"".join(r[2] for r in rows), dtype="<f4").reshape(len(rows), d)
+                yield vids, emb.astype(np.float32, copy=False), keys
+
+    def embeddings_by_ids(self, vector_ids: np.ndarray | Sequence[int]) -> np.ndarray:
+        """Embeddings (n, d) float32 of ``vector_ids``, in that order (unknown ids: NotFoundError)."""
+        d = self.d
+        wanted = np.asarray(vector_ids, dtype=np.int64).tolist()
+        found: dict[int, bytes] = {}
+        with self._reading() as conn:
+            for chunk in _chunks(sorted(set(wanted)), 900):
+                q = f"SELECT vector_id, embedding FROM faces WHERE vector_id IN ({_marks(len(chunk))})"
+                found.update(conn.execute(q, chunk).fetchall())
+        missing = [v for v in wanted if v not in found]
+        if missing:
+            raise NotFoundError(f"vector ids not in {self.path}: {missing[:5]}")
+        blob = b"".join(found[v] for v in wanted)
+        return np.frombuffer(blob, dtype="<f4").reshape(len(wanted), d).astype(np.float32)
+
+    def vector_identity_keys(self) -> tuple[np.ndarray, np.ndarray]:
+        """All ``(vector_ids, identity_keys)``, sorted by vector id (16 bytes a face)."""
+        with self._reading() as conn:
+            cur = conn.execute("SELECT vector_id, identity_key FROM faces ORDER BY vector_id")
+            flat = np.fromiter((x for row in cur for x in row), dtype=np.int64)
+        pairs = flat.reshape(-1, 2)
+        return pairs[:, 0].copy(), pairs[:, 1].copy()
+
+    def faces(self, vector_ids: Sequence[int]) -> list[StoredFace | None]:
+        """Face rows for vector ids (``None`` where a vector id is unknown), in input order."""
+        found: dict[int, StoredFace] = {}
+        with self._reading() as conn:
+            for chunk in _chunks([int(v) for v in vector_ids], 900):
+                q = (
+                    "SELECT f.vector_id, i.identity_id, i.name, f.source, f.x1, f.y1, f.x2, f.y2, f.det_score, "
+                    "f.face_size, f.blur, f.metadata, f.created_at FROM faces f JOIN identities i "
+                    f"ON i.key = f.identity_key WHERE f.vector_id IN ({_marks(len(chunk))})"
+                )
+                for r in conn.execute(q, chunk):
+                    box = None if r[4] is None else (r[4], r[5], r[6], r[7])
+                    found[r[0]] = StoredFace(
+                        r[0], r[1], r[2], r[3], box, r[8], r[9], r[10], json.loads(r[11]) if r[11] else {}, r[12]
+                    )
+        return [found.get(int(v)) for v in vector_ids]
+
     def chip(self, vector_id: int) -> np.ndarray | None:
-        row = self._conn.execute("SELECT data FROM chips WHERE vector_id = ?", (vector_id,)).fetchone()
+        with self._reading() as conn:
+            row = conn.execute("SELECT data FROM chips WHERE vector_id = ?", (vector_id,)).fetchone()
         if row is None:
             return None
         bgr = cv2.imdecode(np.frombuffer(row[0], np.uint8), cv2.IMREAD_COLOR)
         if bgr is None:
             raise PreconditionError(f"chip of vector {vector_id} in {self.path} is not a decodable PNG")
         return np.ascontiguousarray(bgr[..., ::-1])
+
+
+_IDENTITY_ROW = "SELECT key, identity_id, name, metadata FROM identities"
+
+
+def _stored_identity(row: tuple[Any, ...]) -> StoredIdentity:
+    return StoredIdentity(row[0], row[1], row[2], _string_metadata(row[3]))
+
+
+def _string_metadata(text: str | None) -> dict[str, str]:
+    """Identity metadata as the API carries it: a JSON object's items as strings (else empty)."""
+    if not text:
+        return {}
+    data = json.loads(text)
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
 
 def _connect(path: Path, *, readonly: bool, shared: bool = False) -> sqlite3.Connection:

@@ -39,8 +39,8 @@ from typing import Any
 import faiss
 import numpy as np
 
-from facesearch.bundle.manifest import sha256_file
 from facesearch.errors import ContractMismatchError, IndexFormatError, InvalidInputError, NotFoundError
+from facesearch.util.fs import read_pointer, sha256_file, write_atomic
 
 FORMAT = "facesearch-index"
 FORMAT_VERSION = 1
@@ -116,8 +116,13 @@ class IndexManifest:
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
 
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest as JSON data (sections as objects); :meth:`from_dict` reads it back."""
+        return asdict(self)
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+        """``manifest.json``'s exact text: sorted keys, two-space indent, one trailing newline."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> IndexManifest:
@@ -146,7 +151,7 @@ def resolve_version_dir(path: str | Path) -> Path:
     pointer = path / CURRENT
     if not pointer.is_file():
         raise NotFoundError(f"{path} is neither an index version (no {MANIFEST}) nor an index root (no {CURRENT})")
-    name = pointer.read_text().strip()
+    name = read_pointer(pointer) or ""
     if not name or "/" in name or name.startswith("."):
         raise IndexFormatError(f"{pointer} holds a bad version name {name!r}")
     target = path / name
@@ -157,7 +162,7 @@ def resolve_version_dir(path: str | Path) -> Path:
 
 def current_version(root: str | Path) -> str | None:
     pointer = Path(root) / CURRENT
-    return pointer.read_text().strip() if pointer.is_file() else None
+    return read_pointer(pointer) if pointer.is_file() else None
 
 
 def list_versions(root: str | Path) -> list[str]:
@@ -193,14 +198,9 @@ def check_files(vdir: str | Path, manifest: IndexManifest | None = None) -> list
     return problems
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and ``os.replace``."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+def write_manifest(vdir: Path, manifest: IndexManifest) -> None:
+    """Write ``vdir/manifest.json`` atomically (the last file of a version to be written)."""
+    write_atomic(vdir / MANIFEST, manifest.to_json())
 
 
 # -- searching -----------------------------------------------------------------------------
