@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from facesearch.util.fs import write_atomic
 
 CARD_JSON = "model_card.json"
 CARD_MD = "model_card.md"
@@ -223,8 +224,6 @@ def write_card(card: dict[str, Any], directory: Path) -> tuple[Path, Path]:
         (CARD_JSON, json.dumps(card, indent=2, sort_keys=True) + "\n"),
         (CARD_MD, render_markdown(card)),
     ):
-        tmp = directory / (name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, directory / name)
+        write_atomic(directory / name, text)
         out.append(directory / name)
     return out[0], out[1]

@@ -8,13 +8,14 @@ temp file so that rerunning the export gives byte-identical files.
 from __future__ import annotations
 
 import io
-import os
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import onnx
 import torch
+
+from facesearch.util.fs import write_atomic
 
 OPSET = 17
 
@@ -55,6 +56,4 @@ def export_onnx(
         entry.key, entry.value = key, str(metadata[key])
     onnx.checker.check_model(model)
     data = model.SerializeToString(deterministic=True)
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, out_path)
+    write_atomic(out_path, data)

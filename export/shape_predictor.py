@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ import numpy as np
 
 from facesearch.errors import ModelFormatError
 from facesearch.nets.dlib_stream import DlibStream
+from facesearch.util.fs import write_atomic
 
 FORMAT_NAME = "facesearch-landmarks"
 FORMAT_VERSION = 1
@@ -215,19 +215,6 @@ def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def export_landmarks(dat_path: Path, out_path: Path) -> dict[str, Any]:
     """Convert ``shape_predictor_5_face_landmarks.dat`` to ``out_path`` (``landmarks5.npz``).
 
@@ -241,7 +228,9 @@ def export_landmarks(dat_path: Path, out_path: Path) -> dict[str, Any]:
             f"{dat_path}: expected the 5-point landmark model, found {sp.initial_shape.shape[0]} landmarks"
         )
     data = npz_bytes(sp.as_dict())
-    _write_atomic(out_path, data)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(out_path, data)
+    os.chmod(out_path, 0o644)  # whatever the umask, like the other bundle files
     num_cascades, num_trees, num_splits = sp.split_idx1.shape
     return {
         "format": FORMAT_NAME,

@@ -7,11 +7,12 @@ lines of Pillow.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
+
+from facesearch.util.fs import atomic_path
 
 COLOURS = ((31, 119, 180), (214, 39, 40), (44, 160, 44))
 
@@ -85,9 +86,8 @@ def draw_curves(rows: Sequence[dict[str, float | int | None]], out: Path, *, tit
     )
     draw.text((width // 2 - 20, height - 18), "epoch", fill="black", font=ImageFont.load_default())
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp.png")
-    img.save(tmp, format="PNG")
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        img.save(tmp, format="PNG")
     return out
 
 

@@ -6,13 +6,14 @@ Pillow is already a dependency; a plotting library is not worth adding for one c
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from facesearch.util.fs import atomic_path
 
 COLOURS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (140, 86, 75))
 
@@ -74,7 +75,6 @@ def draw_det(
         draw.line([(width - right - 230, ly + 6), (width - right - 205, ly + 6)], fill=colour, width=3)
         draw.text((width - right - 200, ly), curve.label, fill="black", font=font)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp.png")
-    img.save(tmp, format="PNG")
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        img.save(tmp, format="PNG")
     return out

@@ -10,12 +10,12 @@ embed`` read; the photos are never copied.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from facesearch.errors import InvalidInputError
 from facesearch.jobs.image_list import IMAGE_SUFFIXES
+from facesearch.util.fs import write_atomic
 
 SPLIT_FILES = ("gallery.txt", "probes.txt", "nonmated.txt")
 
@@ -59,8 +59,6 @@ def write_split(split: OpenSetSplit, out: Path) -> tuple[Path, Path, Path]:
     written = []
     for name, paths in zip(SPLIT_FILES, (split.gallery, split.probes, split.nonmated), strict=True):
         target = out / name
-        tmp = target.with_name(name + ".tmp")
-        tmp.write_text("".join(f"{p.resolve()}\n" for p in paths))
-        os.replace(tmp, target)
+        write_atomic(target, "".join(f"{p.resolve()}\n" for p in paths))
         written.append(target)
     return written[0], written[1], written[2]
