@@ -26,8 +26,9 @@ FACESEARCH_MAX_IMAGE_PIXELS                                     40000000
 FACESEARCH_MIN_FACE                                             40 (px, smallest face detected)
 FACESEARCH_ENROLL_MIN_FACE_SIZE                                 50 (px, smallest face enrolled)
 FACESEARCH_ENROLL_MIN_BLUR                                      25 (Laplacian variance)
-FACESEARCH_MIN_SIMILARITY                                       the bundle's calibrated value
-FACESEARCH_MAX_FPIR                                             off (Identify default by FPIR)
+FACESEARCH_MIN_SIMILARITY                                       off (a fixed default cosine instead)
+FACESEARCH_MAX_FPIR                                             the bundle's default FPIR, held at
+                                                                every gallery size (0.01 shipped)
 FACESEARCH_INDEX_POLL_S                                         2 (seconds between CURRENT checks)
 FACESEARCH_SHUTDOWN_GRACE_S                                     10 (seconds for in-flight calls)
 FACESEARCH_ACCESS_LOG                                           on (one JSON line per call)
@@ -76,8 +77,8 @@ class ServerConfig:
     min_face: int = 40
     enroll_min_face_size: float = 50.0
     enroll_min_blur: float = 25.0
-    min_similarity: float | None = None  # None: the bundle's default
-    max_fpir: float | None = None  # default Identify threshold as a false-positive identification rate
+    min_similarity: float | None = None  # a fixed default cosine (Identify and Verify); None: the bundle's promise
+    max_fpir: float | None = None  # the FPIR the default Identify decision holds; None: the bundle's default FPIR
     index_poll_s: float = 2.0
     shutdown_grace_s: float = 10.0
     access_log: bool = True

@@ -289,7 +289,7 @@ def list_response(views: list[IdentityView], more: bool) -> pb.ListIdentitiesRes
 
 def stats(s: ServiceStats, model_id: str, contract_id: str, dim: int) -> pb.Stats:
     g = s.gallery
-    return pb.Stats(
+    out = pb.Stats(
         model_id=model_id,
         contract_id=contract_id,
         embedding_dim=dim,
@@ -309,3 +309,6 @@ def stats(s: ServiceStats, model_id: str, contract_id: str, dim: int) -> pb.Stat
         cohort_k=s.cohort_k,
         template_rule=s.template_rule,
     )
+    if s.default_fpir is not None:
+        out.default_fpir = s.default_fpir
+    return out

@@ -131,6 +131,7 @@ class ServiceStats:
     default_threshold: DecisionThreshold
     cohort_k: int
     template_rule: str
+    default_fpir: float | None = None  # the FPIR the default Identify decision holds at every gallery size
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,4 +369,5 @@ class FaceSearchService:
             default,
             state.open_set.k,
             state.open_set.rule,
+            p.default_fpir,
         )

@@ -23,6 +23,16 @@ one face, the identity score is the plain cosine.
 Below :data:`NORMALISE_FROM` identities the decision falls back to raw cosine and the
 bundle's FMR calibration (measured: the normalised score only wins from ~150 identities).
 
+**One promise at every gallery size.** The default decision holds the open-set calibration's
+``default_fpir`` whatever the gallery size N: on the normalised score within its range, and on raw
+cosine below it (or wherever normalised scores are unavailable) at the per-comparison
+FMR = 1 - (1 - FPIR)^(1/N) (:func:`facesearch.scoring.decision.fmr_for_fpir`) read off
+``calibration.json``, so a 3-identity gallery is not held to a stricter rate than a 1,000-identity
+one. Where that FMR is below what ``calibration.json`` measured, its strictest threshold is used
+and the reason says the rate is not guaranteed. A bundle with only ``calibration.json`` holds its
+``default_fmr`` per comparison at every size (its FPIR, 1 - (1 - FMR)^N, grows with N: there is
+no FPIR default to hold); one with no calibration uses dlib's customary distance 0.6.
+
 A request's FPIR at the current gallery size is read off the table, interpolated in log
 FPIR and in log N. Above the largest calibrated size the threshold of the largest size is
 kept: FPIR at a fixed threshold only falls as N grows, so the promise still holds
@@ -42,7 +52,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from facesearch.errors import BundleError, InvalidInputError
+from facesearch.errors import BundleError, InvalidInputError, Reason
 from facesearch.scoring.calibration import DLIB_TOLERANCE_COSINE, Calibration
 from facesearch.scoring.decision import CalibratedThreshold, ThresholdScale, fmr_for_fpir, fpir_for_fmr
 
@@ -103,11 +113,11 @@ class OpenSetCalibration:
     def threshold_for(self, fpir: float, gallery_size: int) -> tuple[float, bool, str]:
         """(threshold, capped, note) for ``fpir`` at ``gallery_size`` (>= :attr:`min_gallery`)."""
         if not 0 < fpir < 1:
-            raise InvalidInputError(f"FPIR must be in (0, 1), got {fpir}", reason="BAD_FPIR")
+            raise InvalidInputError(f"FPIR must be in (0, 1), got {fpir}", reason=Reason.BAD_FPIR)
         if gallery_size < self.curves[0].gallery_size:
             raise InvalidInputError(
                 f"gallery size {gallery_size} is below the calibrated {self.curves[0].gallery_size}",
-                reason="GALLERY_TOO_SMALL",
+                reason=Reason.GALLERY_TOO_SMALL,
             )
         if gallery_size >= self.max_gallery:
             value, capped = self.curves[-1].threshold_for(fpir)
@@ -149,9 +159,9 @@ class OpenSetCalibration:
                 curves=curves,
             )
         except (KeyError, TypeError, ValueError) as err:
-            raise InvalidInputError(f"malformed open-set calibration: {err}", reason="BAD_CALIBRATION") from err
+            raise InvalidInputError(f"malformed open-set calibration: {err}", reason=Reason.BAD_CALIBRATION) from err
         if not curves or any(not c.points for c in curves):
-            raise InvalidInputError("open-set calibration has an empty curve", reason="BAD_CALIBRATION")
+            raise InvalidInputError("open-set calibration has an empty curve", reason=Reason.BAD_CALIBRATION)
         return cal
 
     def write(self, path: Path) -> None:
@@ -168,7 +178,7 @@ def load_open_set_calibration(bundle_root: Path) -> OpenSetCalibration | None:
     try:
         data = json.loads(path.read_text())
         if not isinstance(data, dict):
-            raise InvalidInputError("not a JSON object", reason="BAD_CALIBRATION")
+            raise InvalidInputError("not a JSON object", reason=Reason.BAD_CALIBRATION)
         cal = OpenSetCalibration.from_dict(data)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, InvalidInputError) as err:
         raise BundleError(f"{path}: unreadable open-set calibration: {err}") from err
@@ -192,32 +202,32 @@ def resolve_threshold(
     gallery_size: int,
     max_fpir: float | None = None,
     max_fmr: float | None = None,
+    normalised: bool = True,
 ) -> CalibratedThreshold:
     """The threshold for one request, and the reason, from the error rates it asks for.
 
     With both ``max_fpir`` and ``max_fmr`` the stricter wins; with neither, the open-set
-    calibration's default FPIR (or the raw calibration's default FMR). The normalised score
-    is used when an open-set calibration exists and the gallery is at least its smallest
-    calibrated size; otherwise the raw cosine calibration (FMR per comparison, with
+    calibration's default FPIR at every gallery size (or, with no open-set calibration, the raw
+    calibration's default FMR per comparison). The normalised score is used when an open-set
+    calibration exists, ``normalised`` scores are available and the gallery is at least its
+    smallest calibrated size; otherwise the raw cosine calibration (FMR per comparison, with
     FPIR = 1 - (1 - FMR)^N), otherwise dlib's customary 0.6 distance.
     """
     n = max(1, gallery_size)
     wanted: list[tuple[float, str]] = []  # (FPIR at this N, how it was asked for)
     if max_fpir is not None:
         if not 0 < max_fpir < 1:
-            raise InvalidInputError(f"FPIR must be in (0, 1), got {max_fpir}", reason="BAD_FPIR")
+            raise InvalidInputError(f"FPIR must be in (0, 1), got {max_fpir}", reason=Reason.BAD_FPIR)
         wanted.append((max_fpir, f"FPIR {_pct(max_fpir)} at gallery size {n}"))
     if max_fmr is not None:
         if not 0 < max_fmr < 1:
-            raise InvalidInputError(f"false-match rate must be in (0, 1), got {max_fmr}", reason="BAD_FMR")
+            raise InvalidInputError(f"false-match rate must be in (0, 1), got {max_fmr}", reason=Reason.BAD_FMR)
         implied = fpir_for_fmr(max_fmr, n)
         wanted.append((implied, f"FMR {max_fmr:.2g} at gallery size {n} -> FPIR {_pct(implied)}"))
-    if calibration is not None and n >= calibration.min_gallery:
-        fpir, why = (
-            min(wanted)
-            if wanted
-            else (calibration.default_fpir, f"default FPIR {_pct(calibration.default_fpir)} at gallery size {n}")
-        )
+    if not wanted and calibration is not None:  # the default: one FPIR at every gallery size
+        wanted.append((calibration.default_fpir, f"default FPIR {_pct(calibration.default_fpir)} at gallery size {n}"))
+    if calibration is not None and normalised and n >= calibration.min_gallery:
+        fpir, why = min(wanted)
         fpir = min(fpir, 1 - 1e-12)
         value, capped, note = calibration.threshold_for(fpir, n)
         where = f"normalised threshold {value:.4f} (k={calibration.k})"
@@ -235,7 +245,11 @@ def resolve_threshold(
             capped=capped,
             reason=f"{why} -> {where}",
         )
-    small = f" (gallery below the normalised calibration's {calibration.min_gallery})" if calibration else ""
+    small = (
+        f" (gallery below the normalised calibration's {calibration.min_gallery})"
+        if calibration is not None and n < calibration.min_gallery
+        else ""
+    )
     if raw is None:
         return CalibratedThreshold(
             score=DLIB_TOLERANCE_COSINE,
@@ -251,7 +265,7 @@ def resolve_threshold(
         fmr = fmr_for_fpir(min(fpir, 1 - 1e-12), n)
         why += f" -> FMR {fmr:.2g}"
     else:
-        fmr, why = raw.default_fmr, f"default FMR {raw.default_fmr:.2g}"
+        fmr, why = raw.default_fmr, f"default FMR {raw.default_fmr:.2g} per comparison"
         fpir = fpir_for_fmr(fmr, n)
     value = raw.threshold_for_fmr(fmr)
     capped = fmr < raw.min_supported_fmr

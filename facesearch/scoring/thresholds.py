@@ -10,8 +10,14 @@ Sources, in order:
    has at least the open-set calibration's smallest size (and the statistics are healthy),
    else on raw cosine with the FMR calibration (``calibration.json``, FPIR = 1 - (1 - FMR)^N);
 3. the server's default: ``FACESEARCH_MAX_FPIR`` (as 2), else ``FACESEARCH_MIN_SIMILARITY``
-   (as 1), else the bundle's calibrated defaults (default FPIR normalised, default FMR raw),
-   else dlib's customary distance 0.6 as a cosine.
+   (as 1), else the bundle's promise: the open-set calibration's default FPIR, held at every
+   gallery size (normalised score within its range, raw cosine at FMR = 1 - (1 - FPIR)^(1/N)
+   below it); with only ``calibration.json``, its default FMR per comparison; with no
+   calibration, dlib's customary distance 0.6 as a cosine.
+
+:attr:`ThresholdPolicy.default_fpir` is that FPIR where the default holds one at every size
+(GetStats' ``default_fpir``), and :attr:`ThresholdPolicy.note` says the promise in words
+(GetStats' ``threshold_note``, logged at startup). Verify is 1:1: the raw default FMR.
 
 An error-rate promise the bundle cannot keep (no calibration for this gallery size) is
 FAILED_PRECONDITION (NO_CALIBRATION), never a silent fallback. Every threshold says what it
@@ -29,7 +35,7 @@ import itertools
 import math
 from dataclasses import dataclass
 
-from facesearch.errors import InvalidInputError, PreconditionError
+from facesearch.errors import InvalidInputError, PreconditionError, Reason
 from facesearch.scoring.calibration import DLIB_TOLERANCE_COSINE, Calibration
 from facesearch.scoring.decision import (
     CalibratedThreshold,
@@ -62,7 +68,7 @@ def fmr_at(calibration: Calibration, threshold: float) -> float | None:
     return None
 
 
-def _rate(value: float | None, name: str, reason: str) -> float | None:
+def _rate(value: float | None, name: str, reason: Reason) -> float | None:
     if value is not None and (not math.isfinite(value) or not 0.0 < value < 1.0):
         raise InvalidInputError(f"{name} must be in (0, 1), got {value}", reason=reason)
     return value
@@ -79,13 +85,13 @@ class ThresholdPolicy:
     ) -> None:
         if min_similarity is not None and max_fpir is not None:
             raise InvalidInputError(
-                "set FACESEARCH_MIN_SIMILARITY or FACESEARCH_MAX_FPIR, not both", reason="BAD_CONFIG"
+                "set FACESEARCH_MIN_SIMILARITY or FACESEARCH_MAX_FPIR, not both", reason=Reason.BAD_CONFIG
             )
         if max_fpir is not None and raw is None:  # small galleries decide on raw cosine: calibration.json
             raise PreconditionError(
                 "FACESEARCH_MAX_FPIR needs a calibrated model bundle (calibration.json: "
                 "facesearch eval calibrate --bundle ...)",
-                reason="NO_CALIBRATION",
+                reason=Reason.NO_CALIBRATION,
             )
         self.raw = raw
         self.open_set = open_set
@@ -100,27 +106,77 @@ class ThresholdPolicy:
         return self.raw.min_similarity if self.raw is not None else DLIB_TOLERANCE_COSINE
 
     @property
-    def note(self) -> str:
-        if self.default_max_fpir is not None:
-            return f"FACESEARCH_MAX_FPIR={self.default_max_fpir:g}: FPIR held at every gallery size"
+    def default_fpir(self) -> float | None:
+        """The FPIR the default Identify decision holds at every gallery size; None where it holds none.
+
+        ``FACESEARCH_MAX_FPIR``, else the open-set calibration's default FPIR when ``calibration.json``
+        covers the galleries below its range. None under ``FACESEARCH_MIN_SIMILARITY`` (a fixed
+        cosine), with only ``calibration.json`` (a fixed FMR per comparison: FPIR grows with N), with
+        only the open-set calibration (small galleries uncalibrated) and with no calibration.
+        """
         if self.default_min_similarity_override is not None:
-            return "set by FACESEARCH_MIN_SIMILARITY"
-        if self.raw is not None:
-            tar = next((p.tar for p in self.raw.points if p.fmr == self.raw.default_fmr), None)
-            note = (
-                f"calibrated on {self.raw.source}: false-match rate {self.raw.default_fmr:g} per comparison "
-                f"({self.raw.impostor_pairs} impostor pairs, {self.raw.identities} identities"
-                + (f", true-accept rate {tar:.3f})" if tar is not None else ")")
+            return None
+        if self.default_max_fpir is not None:
+            return self.default_max_fpir
+        if self.open_set is not None and self.raw is not None:
+            return self.open_set.default_fpir
+        return None
+
+    @property
+    def note(self) -> str:
+        """What the default decisions promise, in words (GetStats' ``threshold_note``)."""
+        if self.default_min_similarity_override is not None:
+            return (
+                f"FACESEARCH_MIN_SIMILARITY={self.default_min_similarity_override:g}: Identify and Verify at a "
+                "fixed cosine; a stranger's FPIR grows with the gallery (each reply's threshold says it at its size)"
             )
-            if self.open_set is not None:
-                note += (
-                    f"; galleries of {self.open_set.min_gallery}+ identities: normalised score at "
-                    f"FPIR {self.open_set.default_fpir:g}"
-                )
-            return note
+        fpir = self.default_fpir
+        if fpir is not None and self.raw is not None:
+            source = (
+                "FACESEARCH_MAX_FPIR"
+                if self.default_max_fpir is not None or self.open_set is None
+                else f"the bundle's default, open-set calibration on {self.open_set.source}"
+            )
+            return (
+                f"Identify: FPIR {fpir:g} at every gallery size ({source}): {self._fpir_scales(fpir, self.raw)}; "
+                + (f"Verify: {self._raw_note(self.raw)}")
+            )
+        if self.raw is not None:
+            return (
+                f"Identify and Verify: {self._raw_note(self.raw)} at every gallery size; no open-set calibration, "
+                "so a stranger's FPIR grows with the gallery, 1 - (1 - FMR)^N"
+            )
+        uncalibrated = f"dlib's Euclidean tolerance 0.6 as a cosine ({DLIB_TOLERANCE_COSINE})"
+        if self.open_set is not None:
+            return (
+                f"Identify: FPIR {self.open_set.default_fpir:g} on galleries of {self.open_set.min_gallery}+ "
+                f"identities (normalised score, open-set calibration on {self.open_set.source}); smaller "
+                f"galleries and Verify: uncalibrated, {uncalibrated} (no calibration.json)"
+            )
+        return f"uncalibrated default: {uncalibrated}; calibrate the bundle to state an error rate"
+
+    def _fpir_scales(self, fpir: float, raw: Calibration) -> str:
+        """Which score holds ``fpir`` at which gallery sizes, and where the raw table runs out."""
+        # the largest N whose per-comparison FMR, 1 - (1 - fpir)^(1/N), calibration.json measured
+        guaranteed = math.floor(math.log1p(-fpir) / math.log1p(-raw.min_supported_fmr))
+        if self.open_set is None:
+            out = "raw cosine at FMR 1 - (1 - FPIR)^(1/N) (calibration.json)"
+            return out + f"; rate not guaranteed above {guaranteed} identities"
+        out = (
+            f"normalised score (k={self.open_set.k}) from {self.open_set.min_gallery} identities, raw cosine at "
+            f"FMR 1 - (1 - FPIR)^(1/N) below (calibration.json)"
+        )
+        if guaranteed < self.open_set.min_gallery - 1:
+            out += f"; rate not guaranteed on raw cosine above {guaranteed} identities"
+        return out
+
+    @staticmethod
+    def _raw_note(raw: Calibration) -> str:
+        tar = next((p.tar for p in raw.points if p.fmr == raw.default_fmr), None)
         return (
-            f"uncalibrated default {DLIB_TOLERANCE_COSINE}: dlib's Euclidean tolerance 0.6 as a cosine; "
-            "calibrate the bundle to state a false-match rate"
+            f"false-match rate {raw.default_fmr:g} per comparison (calibrated on {raw.source}: "
+            f"{raw.impostor_pairs} impostor pairs, {raw.identities} identities"
+            + (f", true-accept rate {tar:.3f})" if tar is not None else ")")
         )
 
     # -- Identify ------------------------------------------------------------------------
@@ -130,14 +186,14 @@ class ThresholdPolicy:
         ``normalised``: whether normalised scores are available (healthy open-set statistics).
         """
         n = max(1, gallery_size)
-        max_fmr = _rate(req.max_fmr, "max_false_match_rate", "BAD_FMR")
-        max_fpir = _rate(req.max_fpir, "max_false_positive_identification_rate", "BAD_FPIR")
+        max_fmr = _rate(req.max_fmr, "max_false_match_rate", Reason.BAD_FMR)
+        max_fpir = _rate(req.max_fpir, "max_false_positive_identification_rate", Reason.BAD_FPIR)
         if req.min_similarity is not None:
             if max_fmr is not None or max_fpir is not None:
                 raise InvalidInputError(
                     "set min_similarity or an error rate (max_false_match_rate, "
                     "max_false_positive_identification_rate), not both",
-                    reason="BAD_THRESHOLD",
+                    reason=Reason.BAD_THRESHOLD,
                 )
             return self._raw(
                 ThresholdKind.MIN_SIMILARITY, _cosine(req.min_similarity), n, "min_similarity set by the request"
@@ -160,7 +216,7 @@ class ThresholdPolicy:
             return self._raw(
                 ThresholdKind.DEFAULT, self.default_min_similarity_override, n, "FACESEARCH_MIN_SIMILARITY"
             )
-        t = resolve_threshold(self.open_set if normalised else None, self.raw, gallery_size=n)
+        t = resolve_threshold(self.open_set, self.raw, gallery_size=n, normalised=normalised)
         return _from(t, ThresholdKind.DEFAULT, "")
 
     def _rates(
@@ -177,21 +233,22 @@ class ThresholdPolicy:
             raise PreconditionError(
                 "the model bundle has no calibration: an error rate cannot be promised; "
                 "use min_similarity, or calibrate the bundle (facesearch eval calibrate)",
-                reason="NO_CALIBRATION",
+                reason=Reason.NO_CALIBRATION,
             )
         t = resolve_threshold(
-            self.open_set if normalised else None, self.raw, gallery_size=n, max_fpir=max_fpir, max_fmr=max_fmr
+            self.open_set, self.raw, gallery_size=n, max_fpir=max_fpir, max_fmr=max_fmr, normalised=normalised
         )
         if t.kind is ThresholdScale.COSINE and t.fmr is None:
+            why = (
+                f"the bundle's open-set calibration starts at {self.open_set.min_gallery} identities"
+                if self.open_set is not None and n < self.open_set.min_gallery
+                else "normalised scores are unavailable"
+            )
             raise PreconditionError(
-                f"no false-match calibration (calibration.json) for a gallery of {n}: the "
-                f"bundle's open-set calibration starts at {self._min_gallery()} identities",
-                reason="NO_CALIBRATION",
+                f"no false-match calibration (calibration.json) for a gallery of {n}: {why}",
+                reason=Reason.NO_CALIBRATION,
             )
         return _from(t, kind, prefix)
-
-    def _min_gallery(self) -> str:
-        return str(self.open_set.min_gallery) if self.open_set is not None else "?"
 
     def _raw(self, kind: ThresholdKind, value: float, n: int, why: str) -> DecisionThreshold:
         fmr = fmr_at(self.raw, value) if self.raw is not None else None
@@ -208,9 +265,9 @@ class ThresholdPolicy:
     # -- Verify --------------------------------------------------------------------------
     def verify(self, min_similarity: float | None, max_fmr: float | None) -> DecisionThreshold:
         """1:1 decisions are on raw cosine: a given threshold, an FMR, or the raw default."""
-        max_fmr = _rate(max_fmr, "max_false_match_rate", "BAD_FMR")
+        max_fmr = _rate(max_fmr, "max_false_match_rate", Reason.BAD_FMR)
         if min_similarity is not None and max_fmr is not None:
-            raise InvalidInputError("set min_similarity or max_false_match_rate, not both", reason="BAD_THRESHOLD")
+            raise InvalidInputError("set min_similarity or max_false_match_rate, not both", reason=Reason.BAD_THRESHOLD)
         if min_similarity is not None:
             return self._raw(
                 ThresholdKind.MIN_SIMILARITY, _cosine(min_similarity), 1, "min_similarity set by the request"
@@ -219,7 +276,7 @@ class ThresholdPolicy:
             if self.raw is None:
                 raise PreconditionError(
                     "the model bundle has no false-match calibration (calibration.json); use min_similarity",
-                    reason="NO_CALIBRATION",
+                    reason=Reason.NO_CALIBRATION,
                 )
             value = self.raw.threshold_for_fmr(max_fmr)
             capped = max_fmr < self.raw.min_supported_fmr
@@ -249,7 +306,9 @@ class ThresholdPolicy:
 
 def _cosine(value: float) -> float:
     if not math.isfinite(value) or not -1.0 <= value <= 1.0:
-        raise InvalidInputError(f"min_similarity must be a cosine in [-1, 1], got {value}", reason="BAD_MIN_SIMILARITY")
+        raise InvalidInputError(
+            f"min_similarity must be a cosine in [-1, 1], got {value}", reason=Reason.BAD_MIN_SIMILARITY
+        )
     return float(value)
 
 

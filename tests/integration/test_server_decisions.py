@@ -2,7 +2,7 @@
 other lfw-dev people: out of sample, galleries up to 165): a real server, a published index of
 140 lfw-dev people plus four more enrolled live, Identify and StreamIdentify (through the CLI)
 with max_fpir / max_fmr / defaults, and what the replies say about the threshold. A gallery below
-the open-set calibration's size decides on raw cosine."""
+the open-set calibration's size decides on raw cosine, holding the same default FPIR."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from facesearch.bundle.manifest import ModelBundle
 from facesearch.cli import client_commands
 from facesearch.client.service_client import FaceSearchClient
 from facesearch.errors import InvalidInputError
+from facesearch.scoring.decision import fmr_for_fpir
 from facesearch.scoring.open_set_calibration import load_open_set_calibration
 from tests.integration.server_fixtures import *  # noqa: F403
 from tests.integration.server_fixtures import ServerProcess, build_index, start_server
@@ -49,6 +50,13 @@ def server(
 def client(server: ServerProcess) -> FaceSearchClient:
     with server.client() as c:
         yield c
+
+
+def default_fpir(bundle: Path) -> float:
+    """The FPIR the bundle's default decision promises at every gallery size."""
+    calibration = load_open_set_calibration(bundle)
+    assert calibration is not None
+    return calibration.default_fpir
 
 
 def split(people: dict[str, list[Path]]) -> tuple[list[str], list[str]]:
@@ -100,12 +108,17 @@ def test_stranger_is_unknown_and_enrolled_people_are_identified_at_max_fpir(
     assert hits >= 5, hits
 
 
-def test_defaults_and_other_threshold_kinds(client: FaceSearchClient, people: dict[str, list[Path]]) -> None:
+def test_defaults_and_other_threshold_kinds(
+    client: FaceSearchClient, people: dict[str, list[Path]], calibrated_bundle: Path
+) -> None:
     enrolled, strangers = split(people)
     stats = client.stats()
     assert stats["cohort_k"] == 4 and stats["template_rule"] == "both"
+    promise = default_fpir(calibrated_bundle)
+    assert stats["default_fpir"] == pytest.approx(promise) and "at every gallery size" in stats["threshold_note"]
     default = stats["default_threshold"]
     assert default.score_kind == 2 and default.kind == 4 and "default FPIR" in default.reason  # NORMALISED, DEFAULT
+    assert default.fpir == pytest.approx(promise)
     probe = people[enrolled[0]][3]
     r = client.identify(probe, largest_only=True)
     assert (r.threshold.kind, r.threshold.score_kind) == ("default", "normalised")
@@ -188,6 +201,14 @@ def test_small_gallery_decides_on_raw_cosine(
             assert r.faces[0].match.similarity >= t.value
             assert r.faces[0].candidates[0].normalised_score is not None  # reported, though not decided on
             assert c.identify(people[strangers[0]][0], largest_only=True, max_fpir=0.01).faces[0].match is None
-            assert c.stats()["default_threshold"].score_kind == 1  # RAW
+            # the default holds the same FPIR as on a large gallery: raw cosine at FMR 1 - (1 - FPIR)^(1/2)
+            stats = c.stats()
+            promise = default_fpir(calibrated_bundle)
+            default = stats["default_threshold"]
+            assert stats["default_fpir"] == pytest.approx(promise)
+            assert default.score_kind == 1 and default.fpir == pytest.approx(promise)  # RAW
+            assert default.fmr == pytest.approx(fmr_for_fpir(promise, 2)) and "default FPIR" in default.reason
+            d = c.identify(people[enrolled[1]][3], largest_only=True).threshold
+            assert (d.kind, d.score_kind, d.value) == ("default", "raw", pytest.approx(default.value))
     finally:
         assert srv.stop() == 0

@@ -82,6 +82,8 @@ def test_health_and_stats(client: FaceSearchClient, server_bundle: Path) -> None
     assert stats["model_id"] == bundle.model_id and stats["contract_id"] == bundle.contract_id
     assert stats["embedding_dim"] == 128 and stats["index_version"] == ""  # nothing published: live only
     assert stats["default_min_similarity"] == pytest.approx(THRESHOLD)
+    # FACESEARCH_MIN_SIMILARITY: a fixed cosine holds no FPIR across gallery sizes, and says so
+    assert stats["default_fpir"] == 0.0 and "FACESEARCH_MIN_SIMILARITY=0.91" in stats["threshold_note"]
 
 
 def test_grpcurl_list_describe_and_identify_json(

@@ -13,6 +13,7 @@ from facesearch.errors import BundleError, InvalidInputError
 from facesearch.evaluation.calibrate import calibrate, calibrate_open_set, gallery_ladder
 from facesearch.evaluation.ident import fpir_at
 from facesearch.evaluation.ident_scoring import score_split
+from facesearch.scoring.decision import fmr_for_fpir, fpir_for_fmr
 from facesearch.scoring.open_set_calibration import (
     OPEN_SET_CALIBRATION_FILE,
     OpenSetCalibration,
@@ -97,6 +98,23 @@ def test_small_galleries_fall_back_to_cosine(calibration: OpenSetCalibration) ->
     assert bigger.kind == "cosine" and bigger.score > small.score  # FPIR needs a stricter FMR as N grows
     nothing = resolve_threshold(None, None, gallery_size=10, max_fpir=0.01)
     assert nothing.kind == "cosine" and "no calibration" in nothing.reason
+
+
+def test_the_default_fpir_holds_below_the_normalised_range(calibration: OpenSetCalibration) -> None:
+    x, y = _faces(60, 3, seed=2)
+    raw = calibrate(x, y, source="synthetic")
+    for n in (1, 3, 10, 150):
+        th = resolve_threshold(calibration, raw, gallery_size=n)
+        assert th.fpir == calibration.default_fpir and th.reason.startswith(f"default FPIR 1% at gallery size {n}")
+        assert th.kind == ("cosine" if n < calibration.min_gallery else "normalised")
+    small = resolve_threshold(calibration, raw, gallery_size=3)
+    assert small.fmr == pytest.approx(fmr_for_fpir(0.01, 3)) and small.score == raw.threshold_for_fmr(small.fmr)
+    # normalised scores unavailable: the same promise on raw cosine
+    fallback = resolve_threshold(calibration, raw, gallery_size=150, normalised=False)
+    assert fallback.kind == "cosine" and fallback.fpir == 0.01 and "below the normalised" not in fallback.reason
+    # no open-set calibration: the raw calibration's default FMR per comparison
+    raw_only = resolve_threshold(None, raw, gallery_size=3)
+    assert raw_only.fmr == raw.default_fmr and raw_only.fpir == pytest.approx(fpir_for_fmr(raw.default_fmr, 3))
 
 
 def test_file_round_trip(calibration: OpenSetCalibration, tmp_path: Path) -> None:

@@ -393,7 +393,7 @@ class GetStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Stats(_message.Message):
-    __slots__ = ("model_id", "contract_id", "embedding_dim", "index_version", "index_ntotal", "live_faces", "tombstones", "faces", "identities", "default_min_similarity", "threshold_note", "index_factory", "enroll_min_face_size", "enroll_min_blur", "queue_depth", "default_threshold", "cohort_k", "template_rule")
+    __slots__ = ("model_id", "contract_id", "embedding_dim", "index_version", "index_ntotal", "live_faces", "tombstones", "faces", "identities", "default_min_similarity", "threshold_note", "index_factory", "enroll_min_face_size", "enroll_min_blur", "queue_depth", "default_threshold", "cohort_k", "template_rule", "default_fpir")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     CONTRACT_ID_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_DIM_FIELD_NUMBER: _ClassVar[int]
@@ -412,6 +412,7 @@ class Stats(_message.Message):
     DEFAULT_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     COHORT_K_FIELD_NUMBER: _ClassVar[int]
     TEMPLATE_RULE_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_FPIR_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     contract_id: str
     embedding_dim: int
@@ -430,7 +431,8 @@ class Stats(_message.Message):
     default_threshold: DecisionThreshold
     cohort_k: int
     template_rule: str
-    def __init__(self, model_id: _Optional[str] = ..., contract_id: _Optional[str] = ..., embedding_dim: _Optional[int] = ..., index_version: _Optional[str] = ..., index_ntotal: _Optional[int] = ..., live_faces: _Optional[int] = ..., tombstones: _Optional[int] = ..., faces: _Optional[int] = ..., identities: _Optional[int] = ..., default_min_similarity: _Optional[float] = ..., threshold_note: _Optional[str] = ..., index_factory: _Optional[str] = ..., enroll_min_face_size: _Optional[float] = ..., enroll_min_blur: _Optional[float] = ..., queue_depth: _Optional[int] = ..., default_threshold: _Optional[_Union[DecisionThreshold, _Mapping]] = ..., cohort_k: _Optional[int] = ..., template_rule: _Optional[str] = ...) -> None: ...
+    default_fpir: float
+    def __init__(self, model_id: _Optional[str] = ..., contract_id: _Optional[str] = ..., embedding_dim: _Optional[int] = ..., index_version: _Optional[str] = ..., index_ntotal: _Optional[int] = ..., live_faces: _Optional[int] = ..., tombstones: _Optional[int] = ..., faces: _Optional[int] = ..., identities: _Optional[int] = ..., default_min_similarity: _Optional[float] = ..., threshold_note: _Optional[str] = ..., index_factory: _Optional[str] = ..., enroll_min_face_size: _Optional[float] = ..., enroll_min_blur: _Optional[float] = ..., queue_depth: _Optional[int] = ..., default_threshold: _Optional[_Union[DecisionThreshold, _Mapping]] = ..., cohort_k: _Optional[int] = ..., template_rule: _Optional[str] = ..., default_fpir: _Optional[float] = ...) -> None: ...
 
 class StreamIdentifyRequest(_message.Message):
     __slots__ = ("tag", "request")
