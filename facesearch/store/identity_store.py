@@ -397,25 +397,23 @@ class IdentityStore:
     def find_identity(self, identity_id: str) -> StoredIdentity | None:
         """The identity row of ``identity_id``, or None (one indexed lookup, no face count)."""
         with self._reading() as conn:
-            row = conn.execute(f"{_IDENTITY_ROW} WHERE identity_id = ?", (identity_id,)).fetchone()
-        return None if row is None else _stored_identity(row)
+            row = conn.execute(_IDENTITY_BY_ID, (identity_id,)).fetchone()
+        return None if row is None else StoredIdentity(row[0], row[1], row[2], _string_metadata(row[3]))
 
     def identities_by_key(self, keys: Sequence[int]) -> dict[int, StoredIdentity]:
         """Key -> identity row for the keys the store holds (negative keys are skipped)."""
         out: dict[int, StoredIdentity] = {}
         with self._reading() as conn:
             for chunk in _chunks(sorted({int(k) for k in keys if k >= 0}), 900):
-                for row in conn.execute(f"{_IDENTITY_ROW} WHERE key IN ({_marks(len(chunk))})", chunk):
-                    out[row[0]] = _stored_identity(row)
+                for r in conn.execute(f"{_IDENTITY_ROW} WHERE key IN ({_marks(len(chunk))})", chunk):
+                    out[r[0]] = StoredIdentity(r[0], r[1], r[2], _string_metadata(r[3]))
         return out
 
     def identities_after(self, after: str, limit: int) -> list[StoredIdentity]:
         """Up to ``limit`` identities with ``identity_id > after``, in identity id order (a page)."""
         with self._reading() as conn:
-            rows = conn.execute(
-                f"{_IDENTITY_ROW} WHERE identity_id > ? ORDER BY identity_id LIMIT ?", (after, limit)
-            ).fetchall()
-        return [_stored_identity(row) for row in rows]
+            rows = conn.execute(_IDENTITIES_AFTER, (after, limit)).fetchall()
+        return [StoredIdentity(r[0], r[1], r[2], _string_metadata(r[3])) for r in rows]
 
     def identity_ids_by_key(self, keys: Sequence[int]) -> list[str]:
         """The identity id of each key, in order (every key must exist)."""
@@ -493,10 +491,8 @@ class IdentityStore:
 
 
 _IDENTITY_ROW = "SELECT key, identity_id, name, metadata FROM identities"
-
-
-def _stored_identity(row: tuple[Any, ...]) -> StoredIdentity:
-    return StoredIdentity(row[0], row[1], row[2], _string_metadata(row[3]))
+_IDENTITY_BY_ID = f"{_IDENTITY_ROW} WHERE identity_id = ?"
+_IDENTITIES_AFTER = f"{_IDENTITY_ROW} WHERE identity_id > ? ORDER BY identity_id LIMIT ?"
 
 
 def _string_metadata(text: str | None) -> dict[str, str]:
