@@ -1,37 +1,39 @@
 """The embedding stage: photos -> one face embedding per photo, in resumable shards.
 
-Local by default: a process pool (``spawn``; one ONNX pipeline per worker with one intra-op
-thread, which uses cores better than one process with many threads). With ``--ray`` the same
-:class:`ShardEmbedder` runs in a Ray Data actor pool (indexer.ray_embed). Either way the
-output is the shard format of facesearch.jobs.shards, and a killed run resumes where it stopped.
+The stage is a job of :mod:`facesearch.jobs.runner`: a local ``spawn`` process pool by
+default, or, with ``--ray``, a Ray Data actor pool (indexer.ray_embed) running the same
+:class:`ShardEmbedder`. Either way the shards are those of :mod:`facesearch.jobs.shards` under
+``ROOT/.work/embed``, and a killed run resumes where it stopped (``--restart`` discards it).
 
-Per photo, bad rows are data, not errors: MISSING_FILE, UNDECODABLE (the decoder's reason in
-the detail), TOO_LARGE, NO_FACE, MULTIPLE_FACES (a photo of an identity folder must show one
-face; ``multi_face=largest`` keeps the largest instead), LOW_QUALITY (blur under ``min_blur``),
-or ERROR (anything unexpected, with the message).
+Per photo, bad rows are data, not errors (:mod:`facesearch.vision.selection`, batch wording):
+MISSING_FILE, UNDECODABLE (the decoder's reason in the detail), TOO_LARGE, NO_FACE,
+MULTIPLE_FACES (a photo of an identity folder must show one face; ``multi_face=largest`` keeps
+the largest instead), LOW_QUALITY (blur under ``min_blur``), or ERROR (anything unexpected,
+with the message).
+
+Shard arrays (no pickles): ``rows`` (input row of each accepted face), ``embeddings``,
+``boxes``, ``det_scores``, ``face_sizes``, ``blurs``, optional ``chips``; and for skipped rows
+``reject_rows``, ``reject_reasons``, ``reject_details``.
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
-import os
 from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from facesearch.bundle.manifest import ModelBundle
-from facesearch.errors import FaceSearchError, ImageDecodeError, ImageTooLargeError, IndexBuildError
+from facesearch.errors import IndexBuildError
 from facesearch.jobs.inputs import ImageRow
-from facesearch.jobs.shards import is_done, open_workdir, read_shard, shard_ranges, write_shard
-from facesearch.vision.decode import load_image
-from facesearch.vision.pipeline import FacePipeline, PipelineConfig
-from indexer.config import EmbedOptions, fingerprint
+from facesearch.jobs.runner import Executor, ShardJob, WorkerSpec, run_shards
+from facesearch.jobs.shards import fingerprint, open_workdir, read_shard, shard_ranges
+from facesearch.vision.pipeline import Face, FacePipeline, PipelineConfig
+from facesearch.vision.selection import Policy, QualityGate, Rejection, choose_face, process_photo
+from indexer.config import EmbedOptions
 from indexer.ingest import RejectsWriter
 from indexer.read import InputChunk
 
@@ -48,48 +50,36 @@ class EmbedStats:
 
 
 class ShardEmbedder:
-    """Holds one face pipeline; embeds shards of rows and writes them (process or Ray actor)."""
+    """Holds one face pipeline; embeds shards of rows (a shard worker, in a process or a Ray actor)."""
 
-    def __init__(self, bundle: str, options: EmbedOptions, threads: int | None = 1) -> None:
+    def __init__(self, bundle: str, options: EmbedOptions, *, threads: int | None = 1) -> None:
         self.options = options
         self.bundle = ModelBundle.load(bundle, verify=False)
         self.d = self.bundle.embedding_dim
         config = PipelineConfig(min_face=options.min_face, threads=threads, keep_chips=options.keep_chips)
         self.pipeline = FacePipeline(self.bundle, config)
+        self.policy = Policy(options.multi_face)
+        self.gate = QualityGate(min_blur=options.min_blur)
 
-    def embed_rows(self, start: int, rows: list[ImageRow]) -> dict[str, np.ndarray]:
+    def _face(self, path: str) -> Face | Rejection:
+        """The photo's face under the ``multi_face`` policy and the blur gate, or why there is none."""
+        faces = process_photo(path, self.pipeline.analyze)
+        if isinstance(faces, Rejection):
+            return faces
+        pick = choose_face(faces, self.policy)
+        if isinstance(pick, Rejection):
+            return pick
+        return self.gate.check(faces[pick].quality) or faces[pick]
+
+    def __call__(self, start: int, rows: list[ImageRow]) -> dict[str, np.ndarray]:
         acc: dict[str, list[Any]] = {
             k: [] for k in ("rows", "embeddings", "boxes", "det_scores", "face_sizes", "blurs", "chips")
         }
         rejects: list[tuple[int, str, str]] = []
-        for i, row in enumerate(rows):
-            r = start + i
-            try:
-                if not Path(row.path).is_file():
-                    rejects.append((r, "MISSING_FILE", row.path))
-                    continue
-                faces = self.pipeline.analyze(load_image(row.path))
-            except ImageDecodeError as err:
-                rejects.append((r, "UNDECODABLE", f"{err.reason}: {err}"))
-                continue
-            except ImageTooLargeError as err:
-                rejects.append((r, "TOO_LARGE", str(err)))
-                continue
-            except FaceSearchError as err:
-                rejects.append((r, err.reason, str(err)))
-                continue
-            except Exception as err:  # one bad photo must not kill the job
-                rejects.append((r, "ERROR", f"{type(err).__name__}: {err}"))
-                continue
-            if not faces:
-                rejects.append((r, "NO_FACE", ""))
-                continue
-            if len(faces) > 1 and self.options.multi_face == "reject":
-                rejects.append((r, "MULTIPLE_FACES", f"{len(faces)} faces"))
-                continue
-            face = max(faces, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
-            if face.quality.blur < self.options.min_blur:
-                rejects.append((r, "LOW_QUALITY", f"blur {face.quality.blur:.1f} < --min-blur {self.options.min_blur}"))
+        for r, row in enumerate(rows, start):
+            face = self._face(row.path)
+            if isinstance(face, Rejection):
+                rejects.append((r, face.reason, face.detail))
                 continue
             acc["rows"].append(r)
             acc["embeddings"].append(face.embedding)
@@ -115,37 +105,18 @@ class ShardEmbedder:
             out["chips"] = np.asarray(acc["chips"], dtype=np.uint8).reshape(-1, size, size, 3)
         return out
 
-    def run_shard(self, work: str, start: int, end: int, rows: list[ImageRow]) -> tuple[int, int]:
-        try:
-            write_shard(Path(work), start, end, self.embed_rows(start, rows))
-        except Exception as err:
-            raise IndexBuildError(f"embedding shard {start}-{end} failed") from err
-        return start, end
-
-
-# -- local process pool --------------------------------------------------------------------
-_worker: ShardEmbedder | None = None
-
-
-def _init_worker(bundle: str, options: EmbedOptions) -> None:
-    global _worker  # noqa: PLW0603 - one pipeline per worker process
-    _worker = ShardEmbedder(bundle, options, threads=1)
-
-
-def _run_task(work: str, start: int, end: int, rows: list[ImageRow]) -> tuple[int, int]:
-    assert _worker is not None
-    return _worker.run_shard(work, start, end, rows)
-
 
 def stage_fingerprint(rows: list[ImageRow], contract_id: str, options: EmbedOptions) -> str:
-    relevant = (
+    config = [
+        "facesearch-index embed",
+        contract_id,
         options.min_face,
         options.min_blur,
         options.keep_chips,
         options.shard_size,
         options.multi_face,
-    )
-    return fingerprint(contract_id, relevant, [(r.path, r.identity_id, r.name, r.metadata) for r in rows])
+    ]
+    return fingerprint(config, ([r.path, r.identity_id, r.name, r.metadata] for r in rows))
 
 
 def run_stage(
@@ -159,8 +130,6 @@ def run_stage(
     progress: bool,
 ) -> EmbedStats:
     """Embed every row into shards under ``work`` (resuming finished shards)."""
-    ranges = shard_ranges(len(rows), options.shard_size)
-    fp = stage_fingerprint(rows, contract_id, options)
     info = {
         "contract_id": contract_id,
         "images": len(rows),
@@ -171,62 +140,30 @@ def run_stage(
             "keep_chips": options.keep_chips,
         },
     }
-    resumed = open_workdir(work, fp, info, restart=restart)
-    pending = [(s, e) for s, e in ranges if not is_done(work, s, e)]
-    if resumed:
-        log.info("resuming: %d of %d shards already done in %s", len(ranges) - len(pending), len(ranges), work)
-    done_images = len(rows) - sum(e - s for s, e in pending)
-    with tqdm(
-        total=len(rows),
-        initial=done_images,
+    open_workdir(work, stage_fingerprint(rows, contract_id, options), info, restart=restart)
+    job = ShardJob(
+        work=work,
+        items=rows,
+        shard_size=options.shard_size,
+        worker=WorkerSpec(ShardEmbedder, (str(bundle), options)),
+        workers=options.workers,
         desc="embed",
-        unit="img",
-        disable=not progress,
-        dynamic_ncols=True,
-    ) as bar:
-        if options.ray_address:
-            from indexer.ray_embed import run_ray  # noqa: PLC0415 - Ray is optional
+        progress=progress,
+        failure=IndexBuildError,
+    )
+    execute: Executor | None = None
+    if options.ray_address:
+        from indexer.ray_embed import ray_executor  # noqa: PLC0415 - Ray is optional
 
-            for s, e in run_ray(rows, pending, str(bundle), options, work):
-                bar.update(e - s)
-        else:
-            for s, e in _run_local(rows, pending, str(bundle), options, work):
-                bar.update(e - s)
+        execute = ray_executor(rows, str(bundle), options, work)
+    done = run_shards(job, execute)
     faces, rejected = 0, dict[str, int]()
-    for s, e in ranges:
+    for s, e in done.ranges:
         shard = read_shard(work, s, e)
         faces += len(shard["rows"])
         for reason in shard["reject_reasons"].tolist():
             rejected[reason] = rejected.get(reason, 0) + 1
-    return EmbedStats(len(rows), len(ranges), len(ranges) - len(pending), faces, rejected)
-
-
-def _run_local(
-    rows: list[ImageRow], pending: list[tuple[int, int]], bundle: str, options: EmbedOptions, work: Path
-) -> Iterator[tuple[int, int]]:
-    if not pending:
-        return
-    workers = max(1, min(options.workers or (os.cpu_count() or 1), len(pending)))
-    if workers == 1:
-        embedder = ShardEmbedder(bundle, options, threads=None)
-        for s, e in pending:
-            yield embedder.run_shard(str(work), s, e, rows[s:e])
-        return
-    ctx = mp.get_context("spawn")  # onnxruntime sessions must not cross a fork
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(bundle, options)) as pool:
-        todo = iter(pending)
-        running: set[Future[tuple[int, int]]] = set()
-        for s, e in todo:  # keep at most 2 tasks per worker in flight: bounded memory for huge inputs
-            running.add(pool.submit(_run_task, str(work), s, e, rows[s:e]))
-            if len(running) >= 2 * workers:
-                break
-        while running:
-            finished, running = wait(running, return_when=FIRST_COMPLETED)
-            for fut in finished:
-                yield fut.result()
-                nxt = next(todo, None)
-                if nxt is not None:
-                    running.add(pool.submit(_run_task, str(work), nxt[0], nxt[1], rows[nxt[0] : nxt[1]]))
+    return EmbedStats(len(rows), len(done.ranges), done.resumed, faces, rejected)
 
 
 def shard_chunks(

@@ -1,10 +1,12 @@
 """The embedding stage on Ray Data: the same shards, written by an actor pool.
 
-Each dataset row is one pending shard ``(start, end, rows)``; ``map_batches`` runs
-:class:`_RayShardActor` (an actor holding one ONNX face pipeline, built once) over them with
-``batch_size=1``, and every actor writes the shard file and done-marker itself, exactly as
-the local pool does. On a cluster the work directory (under the index root) must be on storage
-every node sees; the driver only collects ``(start, end)`` for progress.
+:func:`ray_executor` is an executor of :func:`facesearch.jobs.runner.run_shards`. Each dataset
+row is one pending shard ``(start, end, rows)``; ``map_batches`` runs :class:`_RayShardActor`
+(an actor holding one :class:`indexer.embed.ShardEmbedder`, built once) over them with
+``batch_size=1``, and every actor writes the shard file and done-marker itself with
+:func:`facesearch.jobs.runner.process_shard`, exactly as the local pool does. On a cluster the
+work directory (under the index root) must be on storage every node sees; the driver only
+collects ``(start, end)`` for progress.
 
 ``--ray local`` starts a private Ray instance on this machine (``--workers`` CPUs, default
 all); any other value is passed to ``ray.init(address=...)`` (e.g. ``auto``,
@@ -25,6 +27,7 @@ import numpy as np
 
 from facesearch.errors import IndexBuildError, PreconditionError
 from facesearch.jobs.inputs import ImageRow
+from facesearch.jobs.runner import Executor, process_shard
 from indexer.config import EmbedOptions
 
 log = logging.getLogger(f"facesearch.{__name__}")
@@ -34,14 +37,14 @@ class _RayShardActor:
     def __init__(self, bundle: str, options: dict[str, Any], work: str) -> None:
         from indexer.embed import ShardEmbedder  # noqa: PLC0415 - built inside the Ray actor
 
-        self.work = work
+        self.work = Path(work)
         self.embedder = ShardEmbedder(bundle, EmbedOptions(**options), threads=1)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         starts, ends = [], []
         for start, end, rows_json in zip(batch["start"], batch["end"], batch["rows"], strict=True):
             rows = [ImageRow(**r) for r in json.loads(str(rows_json))]
-            s, e = self.embedder.run_shard(self.work, int(start), int(end), rows)
+            s, e = process_shard(self.work, self.embedder, int(start), int(end), rows)
             starts.append(s)
             ends.append(e)
         return {"start": np.asarray(starts, dtype=np.int64), "end": np.asarray(ends, dtype=np.int64)}
@@ -69,6 +72,15 @@ def _init_ray(address: str, workers: int) -> bool:
     else:
         ray.init(address=address, log_to_driver=False, configure_logging=False)
     return True
+
+
+def ray_executor(rows: list[ImageRow], bundle: str, options: EmbedOptions, work: Path) -> Executor:
+    """The executor that embeds pending shards of ``rows`` on Ray (``options.ray_address``)."""
+
+    def execute(pending: list[tuple[int, int]]) -> Iterator[tuple[int, int]]:
+        return run_ray(rows, pending, bundle, options, work)
+
+    return execute
 
 
 def run_ray(

@@ -20,6 +20,7 @@ from facesearch.vision.decode import decode_image
 from facesearch.vision.image_limits import DecodeLimits
 from facesearch.vision.pipeline import Face, FacePipeline
 from facesearch.vision.quality import FaceQuality, measure_quality
+from facesearch.vision.selection import largest_first
 from server.admission import Deadline
 from server.batcher import EmbedBatcher
 
@@ -51,10 +52,6 @@ class AnalyzedPhoto:
     faces: list[Face]  # largest first; embeddings are zeros when not embedded
 
 
-def _area(box: tuple[float, float, float, float]) -> float:
-    return max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
-
-
 class FaceEngine:
     def __init__(
         self,
@@ -79,9 +76,9 @@ class FaceEngine:
         t1 = time.perf_counter()
         self.observe("decode", t1 - t0)
         deadline.check("detect")
-        dets = sorted(self.pipeline.detect(rgb), key=lambda d: -_area(d.box))
-        if largest_only:
-            dets = dets[:1]
+        detections = self.pipeline.detect(rgb)
+        order = largest_first([d.box for d in detections])  # LARGEST_FACE takes the first
+        dets = [detections[i] for i in (order[:1] if largest_only else order)]
         t2 = time.perf_counter()
         self.observe("detect", t2 - t1)
         deadline.check("align")

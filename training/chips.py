@@ -5,15 +5,16 @@ Inputs are an identity-folder tree (``TREE/<identity>/<photo>``) or a CSV/JSONL 
 
 Each photo goes through the base bundle's :class:`facesearch.vision.pipeline.FacePipeline`: detect
 (MMOD, ``min_face``), 5-point landmarks, the 150x150 aligned chip (dlib's ``get_face_chip``).
-A photo must show exactly one face. Rejects, with reasons (the indexer's vocabulary):
-``MISSING_FILE``, ``UNDECODABLE`` (the decoder's reason in the detail), ``TOO_LARGE``,
-``NO_FACE``, ``MULTIPLE_FACES`` (the indexer's policy: ``multi_face="reject"`` by default;
-``"largest"`` keeps the largest face instead), ``ERROR``.
+A photo must show exactly one face. Rejects, with reasons (:mod:`facesearch.vision.selection`,
+the batch wording the indexer uses): ``MISSING_FILE``, ``UNDECODABLE`` (the decoder's reason in
+the detail), ``TOO_LARGE``, ``NO_FACE``, ``MULTIPLE_FACES`` (the indexer's policy:
+``multi_face="reject"`` by default; ``"largest"`` keeps the largest face instead), ``ERROR``.
 
-Cache: ``CACHE/<fingerprint[:16]>/`` where the fingerprint covers the bundle contract id,
-``min_face``, ``multi_face`` and every input (path, identity, size, mtime). Work goes in
-shards of ``shard_size`` photos (``shard-<start>-<end>.npz``, temp file + ``os.replace``), so a
-killed preparation resumes; when all are done they are merged into ``chips.npy`` (uint8
+Cache: ``CACHE/<fingerprint[:16]>/`` where the fingerprint
+(:func:`facesearch.jobs.shards.fingerprint`) covers the bundle contract id, ``min_face``,
+``multi_face`` and every input (path, identity, size, mtime). The work is a job of
+:mod:`facesearch.jobs.runner` with shards of ``shard_size`` photos under ``parts/``, so a killed
+preparation resumes; when all are done they are merged into ``chips.npy`` (uint8
 ``(n, 150, 150, 3)``, read back memory-mapped), ``index.json`` (per chip: path, identity;
 rejects) and ``manifest.json`` (config, counts, sha256 of both), whose own sha256 names the
 chip set in checkpoints. A rerun with unchanged inputs and config reuses it.
@@ -21,24 +22,23 @@ chip set in checkpoints. A rerun with unchanged inputs and config reuses it.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import multiprocessing as mp
 import os
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from facesearch.bundle.manifest import ModelBundle, sha256_file
-from facesearch.errors import FaceSearchError, ImageDecodeError, ImageTooLargeError, InvalidInputError
+from facesearch.errors import InvalidInputError
 from facesearch.jobs.inputs import ImageRow, rows_from_manifest, rows_from_tree
-from facesearch.vision.decode import load_image
+from facesearch.jobs.runner import ShardJob, WorkerSpec, run_shards
+from facesearch.jobs.shards import fingerprint, open_workdir, read_shard
+from facesearch.util.fs import atomic_path, write_atomic
 from facesearch.vision.pipeline import FacePipeline, PipelineConfig
+from facesearch.vision.selection import Policy, Rejection, choose_face, process_photo
 
 CHIPS_FORMAT = "facesearch-train-chips"
 CHIPS_FORMAT_VERSION = 1
@@ -65,93 +65,61 @@ class ChipSet:
     manifest_sha256: str
 
 
-def _fingerprint(rows: list[ImageRow], contract: str, min_face: int, multi_face: str) -> str:
-    digest = hashlib.sha256(json.dumps([CHIPS_FORMAT_VERSION, contract, min_face, multi_face]).encode())
-    for row in rows:
-        try:
-            st = os.stat(row.path)
-            stamp = [st.st_size, st.st_mtime_ns]
-        except OSError:
-            stamp = [-1, -1]
-        digest.update(json.dumps([row.path, row.identity_id, *stamp]).encode())
-    return digest.hexdigest()
-
-
-# -- one shard, in a worker process ---------------------------------------------------------------
-_worker: FacePipeline | None = None
-
-
-def _init_worker(bundle_root: str, min_face: int, threads: int) -> None:
-    global _worker  # noqa: PLW0603 - one pipeline per worker process
-    _worker = FacePipeline(
-        ModelBundle.load(bundle_root, verify=False), PipelineConfig(min_face=min_face, threads=threads)
-    )
-
-
-def chip_for(pipe: FacePipeline, path: str, multi_face: str) -> tuple[np.ndarray | None, str, str]:
-    """``(chip, "", "")`` for a usable photo, else ``(None, REASON, detail)``."""
-    if not Path(path).is_file():
-        return None, "MISSING_FILE", path
+def _stamp(path: str) -> list[int]:
     try:
-        image = load_image(path)
-        boxes = [d.box for d in pipe.detect(image)]
-    except ImageDecodeError as err:
-        return None, "UNDECODABLE", f"{err.reason}: {err}"
-    except ImageTooLargeError as err:
-        return None, "TOO_LARGE", str(err)
-    except FaceSearchError as err:
-        return None, err.reason, str(err)
-    except Exception as err:  # one bad photo must not kill the job
-        return None, "ERROR", f"{type(err).__name__}: {err}"
-    if not boxes:
-        return None, "NO_FACE", ""
-    if len(boxes) > 1 and multi_face == "reject":
-        return None, "MULTIPLE_FACES", f"{len(boxes)} faces"
-    box = max(boxes, key=lambda b: (b[2] - b[0]) * (b[3] - b[1]))
-    _, chips = pipe.align(image, [box])
-    return chips[0], "", ""
+        st = os.stat(path)
+    except OSError:
+        return [-1, -1]
+    return [st.st_size, st.st_mtime_ns]
 
 
-def _chip_shard(task: tuple[int, list[str], str, str]) -> int:
-    start, paths, multi_face, shard_path = task
-    assert _worker is not None
-    size = _worker.bundle.chip_size
-    rows, chips, reject_rows, reasons, details = [], [], [], [], []
-    for i, path in enumerate(paths):
-        chip, reason, detail = chip_for(_worker, path, multi_face)
-        if chip is None:
-            reject_rows.append(start + i)
-            reasons.append(reason)
-            details.append(detail)
-        else:
-            rows.append(start + i)
-            chips.append(chip)
-    tmp = shard_path + ".tmp.npz"
-    np.savez(
-        tmp,
-        rows=np.asarray(rows, np.int64),
-        chips=np.asarray(chips, np.uint8).reshape(-1, size, size, 3),
-        reject_rows=np.asarray(reject_rows, np.int64),
-        reasons=np.asarray(reasons, dtype=str),
-        details=np.asarray(details, dtype=str),
-    )
-    os.replace(tmp, shard_path)
-    return len(paths)
+def chips_fingerprint(rows: list[ImageRow], contract: str, min_face: int, multi_face: str) -> str:
+    """Names the cache folder (its first 16 hex digits) and is recorded in the chip manifest."""
+    config = [CHIPS_FORMAT_VERSION, contract, min_face, multi_face]
+    return fingerprint(config, ([row.path, row.identity_id, *_stamp(row.path)] for row in rows))
 
 
-def _run(bundle: Path, min_face: int, workers: int, tasks: list[tuple[int, list[str], str, str]]) -> Iterator[int]:
-    workers = max(1, min(workers or (os.cpu_count() or 1), len(tasks)))
-    if workers == 1:
-        _init_worker(str(bundle), min_face, 1)
-        yield from map(_chip_shard, tasks)
-        return
-    ctx = mp.get_context("spawn")  # onnxruntime sessions must not be shared across fork
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(str(bundle), min_face, 1)) as pool:
-        yield from pool.imap_unordered(_chip_shard, tasks)
+def chip_for(pipe: FacePipeline, path: str, multi_face: str) -> np.ndarray | Rejection:
+    """The aligned chip of the photo's face under the ``multi_face`` policy, or why there is none."""
+
+    def detect_one(image: np.ndarray) -> np.ndarray | Rejection:
+        dets = pipe.detect(image)
+        pick = choose_face(dets, Policy(multi_face))
+        if isinstance(pick, Rejection):
+            return pick
+        _, chips = pipe.align(image, [dets[pick].box])
+        return np.asarray(chips[0])
+
+    return process_photo(path, detect_one)
 
 
-def _shard_path(work: Path, start: int, end: int) -> Path:
-    return work / f"shard-{start:09d}-{end:09d}.npz"
+class ChipWorker:
+    """One face pipeline; cuts the chips of a shard of photo paths (one process of the job)."""
+
+    def __init__(self, bundle_root: str, min_face: int, multi_face: str, *, threads: int | None) -> None:
+        bundle = ModelBundle.load(bundle_root, verify=False)
+        self.pipeline = FacePipeline(bundle, PipelineConfig(min_face=min_face, threads=threads))
+        self.multi_face = multi_face
+
+    def __call__(self, start: int, paths: list[str]) -> dict[str, np.ndarray]:
+        size = self.pipeline.bundle.chip_size
+        rows, chips, reject_rows, reasons, details = [], [], [], [], []
+        for r, path in enumerate(paths, start):
+            chip = chip_for(self.pipeline, path, self.multi_face)
+            if isinstance(chip, Rejection):
+                reject_rows.append(r)
+                reasons.append(chip.reason)
+                details.append(chip.detail)
+            else:
+                rows.append(r)
+                chips.append(chip)
+        return {
+            "rows": np.asarray(rows, np.int64),
+            "chips": np.asarray(chips, np.uint8).reshape(-1, size, size, 3),
+            "reject_rows": np.asarray(reject_rows, np.int64),
+            "reject_reasons": np.asarray(reasons, dtype=str),
+            "reject_details": np.asarray(details, dtype=str),
+        }
 
 
 def prepare_chips(
@@ -166,20 +134,23 @@ def prepare_chips(
     progress: bool = True,
 ) -> ChipSet:
     """Chips for ``rows`` under ``cache`` (reused when inputs and config are unchanged)."""
-    fp = _fingerprint(rows, bundle.contract_id, min_face, multi_face)
+    fp = chips_fingerprint(rows, bundle.contract_id, min_face, multi_face)
     root = cache / fp[:16]
     if (root / MANIFEST).is_file():
         return load_chips(root)
     work = root / "parts"
-    work.mkdir(parents=True, exist_ok=True)
-    n = len(rows)
-    ranges = [(s, min(s + shard_size, n)) for s in range(0, n, shard_size)]
-    pending = [(s, e) for s, e in ranges if not _shard_path(work, s, e).exists()]
-    tasks = [(s, [r.path for r in rows[s:e]], multi_face, str(_shard_path(work, s, e))) for s, e in pending]
-    done = n - sum(e - s for s, e in pending)
-    with tqdm(total=n, initial=done, unit="img", desc="chips", disable=not progress, dynamic_ncols=True) as bar:
-        for count in _run(bundle.root, min_face, workers, tasks) if tasks else iter(()):
-            bar.update(count)
+    info = {"contract_id": bundle.contract_id, "images": len(rows), "min_face": min_face, "multi_face": multi_face}
+    open_workdir(work, fp, info, restart=False, remedy="delete it to start over")
+    job = ShardJob(
+        work=work,
+        items=[r.path for r in rows],
+        shard_size=shard_size,
+        worker=WorkerSpec(ChipWorker, (str(bundle.root), min_face, multi_face)),
+        workers=workers,
+        desc="chips",
+        progress=progress,
+    )
+    ranges = run_shards(job).ranges
     _merge(rows, bundle, root, work, ranges=ranges, fp=fp, min_face=min_face, multi_face=multi_face)
     shutil.rmtree(work)
     return load_chips(root)
@@ -198,27 +169,28 @@ def _merge(
 ) -> None:
     kept = 0
     for s, e in ranges:
-        with np.load(_shard_path(work, s, e)) as shard:
-            kept += len(shard["rows"])
+        kept += len(read_shard(work, s, e, keys=("rows",))["rows"])
     size = bundle.chip_size
-    tmp_chips = root / "chips.tmp.npy"
-    out = np.lib.format.open_memmap(tmp_chips, mode="w+", dtype=np.uint8, shape=(kept, size, size, 3))
     chip_rows: list[int] = []
     rejects: list[dict[str, str]] = []
-    for s, e in ranges:
-        with np.load(_shard_path(work, s, e)) as shard:
+    with atomic_path(root / "chips.npy") as tmp_chips:
+        out = np.lib.format.open_memmap(tmp_chips, mode="w+", dtype=np.uint8, shape=(kept, size, size, 3))
+        for s, e in ranges:
+            shard = read_shard(work, s, e)
             k = len(shard["rows"])
             out[len(chip_rows) : len(chip_rows) + k] = shard["chips"]
             chip_rows += shard["rows"].tolist()
             for r, reason, detail in zip(
-                shard["reject_rows"].tolist(), shard["reasons"].tolist(), shard["details"].tolist(), strict=True
+                shard["reject_rows"].tolist(),
+                shard["reject_reasons"].tolist(),
+                shard["reject_details"].tolist(),
+                strict=True,
             ):
                 rejects.append(
                     {"path": rows[r].path, "identity": rows[r].identity_id, "reason": reason, "detail": detail}
                 )
-    out.flush()
-    del out
-    os.replace(tmp_chips, root / "chips.npy")
+        out.flush()
+        del out
     index = {
         "paths": [rows[r].path for r in chip_rows],
         "identities": [rows[r].identity_id for r in chip_rows],
@@ -250,9 +222,7 @@ def _merge(
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
 
 def load_chips(root: Path) -> ChipSet:

@@ -1,34 +1,38 @@
 """``facesearch embed``: embeddings for many images, resumable, on all cores.
 
-Work is cut into shards of ``shard_size`` images addressed by ``(start, end)``; each
-finished shard is written to ``OUT.parts/shard-<start>-<end>.npz`` (temp file then
-``os.replace``, so a file that exists is complete). A rerun with the same inputs
-skips finished shards; a rerun with different inputs or model is refused (the parts
-directory carries a fingerprint). Worker processes each hold their own ONNX sessions
-with one intra-op thread, which uses the cores better than one process with many
-threads (decode, landmarks and alignment are single-threaded numpy work).
+The job runs on :mod:`facesearch.jobs.runner`: shards of ``shard_size`` images under
+``OUT.parts/`` (the work directory of :mod:`facesearch.jobs.shards`; a rerun with the same
+inputs, model and options skips finished shards, one with others is refused: delete the folder
+to start over), merged into ``OUT`` when all are done, and the parts removed.
+
+Per image: the face nearest the image centre (:data:`Policy.NEAREST_CENTRE
+<facesearch.vision.selection.Policy>`), or every face with ``all_faces``. An image without a
+face gives one row with ``found=False``; so does an image that cannot be read or analysed, with
+``errors`` = ``"<reason>: <message>"`` (``"ERROR: <exception type>: <message>"`` for an
+unexpected failure); one bad image never stops the job.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import multiprocessing as mp
-import os
 import shutil
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from facesearch.bundle.manifest import ModelBundle
-from facesearch.errors import FaceSearchError, PreconditionError
+from facesearch.errors import FaceSearchError
+from facesearch.jobs.runner import ShardJob, WorkerSpec, run_shards
+from facesearch.jobs.shards import fingerprint, open_workdir, read_shard
+from facesearch.util.fs import atomic_path
 from facesearch.vision.decode import DecodeLimits, load_image
-from facesearch.vision.onnx_session import default_threads
-from facesearch.vision.pipeline import Face, FacePipeline, PipelineConfig, nearest_centre
+from facesearch.vision.pipeline import Face, FacePipeline, PipelineConfig
+from facesearch.vision.selection import Policy, Rejection, choose_face, rejection_for_error
+
+#: The shard arrays, one row per face (or per image without one); also the output's row columns.
+COLUMNS = ("image_index", "embeddings", "found", "boxes", "scores", "errors")
+_BATCH = 8  # images whose faces are embedded in one batch
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,8 +47,8 @@ class EmbedConfig:
     progress: bool = True
 
     def fingerprint(self, contract: str) -> str:
-        text = json.dumps([contract, [str(p) for p in self.paths], self.all_faces, self.min_face, self.shard_size])
-        return hashlib.sha256(text.encode()).hexdigest()
+        config = ["facesearch embed", contract, self.all_faces, self.min_face, self.shard_size]
+        return fingerprint(config, ([str(p)] for p in self.paths))
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,56 +60,73 @@ class EmbedSummary:
     out: Path
 
 
-# -- one shard -------------------------------------------------------------------------
-_worker_pipeline: FacePipeline | None = None
+class EmbedWorker:
+    """One face pipeline; embeds a shard of image paths into rows (one process of the job)."""
 
+    def __init__(self, pipeline: FacePipeline, all_faces: bool) -> None:
+        self.pipeline = pipeline
+        self.all_faces = all_faces
 
-def _init_worker(bundle_root: str, min_face: int, threads: int) -> None:
-    global _worker_pipeline  # noqa: PLW0603 - one pipeline per worker process
-    bundle = ModelBundle.load(bundle_root, verify=False)
-    _worker_pipeline = FacePipeline(bundle, PipelineConfig(min_face=min_face, threads=threads))
+    @classmethod
+    def load(cls, bundle_root: str, min_face: int, all_faces: bool, *, threads: int | None) -> EmbedWorker:
+        bundle = ModelBundle.load(bundle_root, verify=False)
+        return cls(FacePipeline(bundle, PipelineConfig(min_face=min_face, threads=threads)), all_faces)
 
+    def __call__(self, start: int, paths: list[str]) -> dict[str, np.ndarray]:
+        dim = self.pipeline.embedder.dim
+        images, indices, errors = [], [], {}
+        for i, path in enumerate(paths):
+            try:
+                images.append(load_image(Path(path), DecodeLimits()))
+                indices.append(i)
+            except FaceSearchError as err:
+                errors[i] = f"{err.reason}: {err}"
+        faces_per_image: dict[int, list[Face]] = {}
+        for offset in range(0, len(images), _BATCH):  # batch embeddings across a few images
+            batch_idx, batch = indices[offset : offset + _BATCH], images[offset : offset + _BATCH]
+            for idx, faces, image in zip(batch_idx, self._analyze(batch, batch_idx, errors), batch, strict=True):
+                faces_per_image[idx] = faces if self.all_faces else self._one(faces, image.shape)
+        rows: dict[str, list[Any]] = {k: [] for k in COLUMNS}
+        for i in range(len(paths)):
+            faces = faces_per_image.get(i, [])
+            if not faces:  # unreadable, or no face: one row with found=False
+                _append(rows, start + i, None, dim, errors.get(i, ""))
+            for face in faces:
+                _append(rows, start + i, face, dim, "")
+        return {
+            "image_index": np.asarray(rows["image_index"], np.int64),
+            "embeddings": np.asarray(rows["embeddings"], np.float32).reshape(-1, dim),
+            "found": np.asarray(rows["found"], bool),
+            "boxes": np.asarray(rows["boxes"], np.float32).reshape(-1, 4),
+            "scores": np.asarray(rows["scores"], np.float32),
+            "errors": np.asarray(rows["errors"], dtype=str),
+        }
 
-def _embed_shard(task: tuple[int, int, list[str], bool, str]) -> tuple[int, int]:
-    start, end, paths, all_faces, shard_path = task
-    assert _worker_pipeline is not None
-    pipe = _worker_pipeline
-    dim = pipe.embedder.dim
-    rows: dict[str, list[Any]] = {k: [] for k in ("image_index", "embeddings", "found", "boxes", "scores", "errors")}
-    images, indices, errors = [], [], {}
-    for i, path in enumerate(paths):
+    def _analyze(self, images: list[np.ndarray], indices: list[int], errors: dict[int, str]) -> list[list[Face]]:
+        """Faces of each image, in one batch; if the batch fails, image by image (failures -> ``errors``)."""
         try:
-            images.append(load_image(Path(path), DecodeLimits()))
-            indices.append(i)
-        except FaceSearchError as err:
-            errors[i] = f"{err.reason}: {err}"
-    faces_per_image: dict[int, list[Face]] = {}
-    for offset in range(0, len(images), 8):  # batch embeddings across a few images
-        batch = pipe.analyze_many(images[offset : offset + 8])
-        for idx, faces, image in zip(indices[offset : offset + 8], batch, images[offset : offset + 8], strict=True):
-            if all_faces:
-                faces_per_image[idx] = list(faces)
-            else:
-                best = nearest_centre(faces, image.shape)
-                faces_per_image[idx] = [best] if best is not None else []
-    for i in range(len(paths)):
-        faces = faces_per_image.get(i, [])
-        if not faces:  # undecodable, or no face: one row with found=False
-            _append(rows, start + i, None, dim, errors.get(i, ""))
-        for face in faces:
-            _append(rows, start + i, face, dim, "")
-    arrays: dict[str, Any] = {
-        "image_index": np.asarray(rows["image_index"], np.int64),
-        "embeddings": np.asarray(rows["embeddings"], np.float32).reshape(-1, dim),
-        "found": np.asarray(rows["found"], bool),
-        "boxes": np.asarray(rows["boxes"], np.float32).reshape(-1, 4),
-        "scores": np.asarray(rows["scores"], np.float32),
-        "errors": np.asarray(rows["errors"], dtype=str),
-    }
-    tmp = shard_path + ".tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, shard_path)
-    return start, end
+            return [list(faces) for faces in self.pipeline.analyze_many(images)]
+        except Exception:  # find the bad image: one must not cost the others
+            out: list[list[Face]] = []
+            for idx, image in zip(indices, images, strict=True):
+                try:
+                    out.append(self.pipeline.analyze(image))
+                except Exception as err:
+                    errors[idx] = _error_text(err)
+                    out.append([])
+            return out
+
+    @staticmethod
+    def _one(faces: list[Face], shape: tuple[int, ...]) -> list[Face]:
+        pick = choose_face(faces, Policy.NEAREST_CENTRE, image_shape=shape)
+        return [] if isinstance(pick, Rejection) else [faces[pick]]
+
+
+def _error_text(err: Exception) -> str:
+    if isinstance(err, FaceSearchError):
+        return f"{err.reason}: {err}"
+    rejection = rejection_for_error(err)
+    return f"{rejection.reason}: {rejection.detail}"
 
 
 def _append(rows: dict[str, list[Any]], index: int, face: Face | None, dim: int, error: str) -> None:
@@ -118,30 +139,9 @@ def _append(rows: dict[str, list[Any]], index: int, face: Face | None, dim: int,
 
 
 # -- the job ---------------------------------------------------------------------------
-def _shard_path(parts: Path, start: int, end: int) -> Path:
-    return parts / f"shard-{start:09d}-{end:09d}.npz"
-
-
-def _prepare_parts(config: EmbedConfig, contract: str) -> Path:
-    parts = config.out.with_name(config.out.name + ".parts")
-    marker = parts / "fingerprint.json"
-    fingerprint = config.fingerprint(contract)
-    if parts.exists():
-        try:
-            old = json.loads(marker.read_text())["fingerprint"]
-        except (OSError, KeyError, json.JSONDecodeError):
-            old = None
-        if old != fingerprint:
-            raise PreconditionError(
-                f"{parts} holds a partial run with other inputs or model; delete it to start over",
-                reason="RESUME_MISMATCH",
-            )
-    else:
-        parts.mkdir(parents=True)
-        marker.write_text(
-            json.dumps({"fingerprint": fingerprint, "config": _config_json(config), "contract_id": contract}, indent=2)
-        )
-    return parts
+def parts_dir(out: Path) -> Path:
+    """The work directory of the job writing ``out``."""
+    return out.with_name(out.name + ".parts")
 
 
 def _config_json(config: EmbedConfig) -> dict[str, Any]:
@@ -150,41 +150,27 @@ def _config_json(config: EmbedConfig) -> dict[str, Any]:
     return {k: str(v) if isinstance(v, Path) else v for k, v in data.items()}
 
 
-def _run_shards(config: EmbedConfig, tasks: list[tuple[int, int, list[str], bool, str]]) -> Iterator[tuple[int, int]]:
-    workers = config.workers or default_threads()
-    workers = max(1, min(workers, len(tasks)))
-    if workers == 1:
-        _init_worker(str(config.bundle), config.min_face, default_threads())
-        yield from map(_embed_shard, tasks)
-        return
-    ctx = mp.get_context("spawn")  # onnxruntime sessions must not be shared across fork
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(str(config.bundle), config.min_face, 1)) as pool:
-        yield from pool.imap_unordered(_embed_shard, tasks)
-
-
 def run(config: EmbedConfig) -> EmbedSummary:
     bundle = ModelBundle.load(config.bundle)
-    parts = _prepare_parts(config, bundle.contract_id)
-    n = len(config.paths)
-    ranges = [(s, min(s + config.shard_size, n)) for s in range(0, n, config.shard_size)]
-    pending = [(s, e) for s, e in ranges if not _shard_path(parts, s, e).exists()]
-    tasks = [
-        (s, e, [str(p) for p in config.paths[s:e]], config.all_faces, str(_shard_path(parts, s, e))) for s, e in pending
-    ]
-    done_images = n - sum(e - s for s, e in pending)
-    with tqdm(
-        total=n, initial=done_images, unit="img", desc="embed", disable=not config.progress, dynamic_ncols=True
-    ) as bar:
-        for start, end in _run_shards(config, tasks) if tasks else iter(()):
-            bar.update(end - start)
-    merged = {
-        k: np.concatenate([np.load(_shard_path(parts, s, e))[k] for s, e in ranges])
-        for k in ("image_index", "embeddings", "found", "boxes", "scores", "errors")
-    }
+    parts = parts_dir(config.out)
+    info = {"config": _config_json(config), "contract_id": bundle.contract_id}
+    open_workdir(parts, config.fingerprint(bundle.contract_id), info, restart=False, remedy="delete it to start over")
+    job = ShardJob(
+        work=parts,
+        items=[str(p) for p in config.paths],
+        shard_size=config.shard_size,
+        worker=WorkerSpec(EmbedWorker.load, (str(config.bundle), config.min_face, config.all_faces)),
+        workers=config.workers,
+        desc="embed",
+        progress=config.progress,
+    )
+    ranges = run_shards(job).ranges
+    shards = [read_shard(parts, s, e) for s, e in ranges]
+    merged = {k: np.concatenate([shard[k] for shard in shards]) for k in COLUMNS}
     write_embeddings(config.out, config.paths, merged, bundle.contract_id)
     shutil.rmtree(parts)
     return EmbedSummary(
-        images=n,
+        images=len(config.paths),
         found=len(np.unique(merged["image_index"][merged["found"]])),
         faces=int(merged["found"].sum()),
         errors=int((merged["errors"] != "").sum()),
@@ -197,30 +183,33 @@ def write_embeddings(out: Path, paths: tuple[Path, ...], rows: dict[str, np.ndar
     errors, contract_id); Parquet with the same columns when ``out`` ends in .parquet."""
     row_paths = np.asarray([str(paths[i]) for i in rows["image_index"]], dtype=str)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    if out.suffix == ".parquet":
-        import pyarrow as pa  # noqa: PLC0415 - only for Parquet output
-        import pyarrow.parquet as pq  # noqa: PLC0415
+    payload: dict[str, Any] = {"paths": row_paths, "contract_id": np.asarray(contract), **rows}
+    with atomic_path(out) as tmp:
+        if out.suffix == ".parquet":
+            _write_parquet(tmp, payload)
+        else:
+            with tmp.open("wb") as fh:
+                np.savez(fh, **payload)
 
-        dim = rows["embeddings"].shape[1]
-        table = pa.table(
-            {
-                "path": row_paths,
-                "image_index": rows["image_index"],
-                "embedding": pa.FixedSizeListArray.from_arrays(rows["embeddings"].reshape(-1), dim),
-                "found": rows["found"],
-                "box": pa.FixedSizeListArray.from_arrays(rows["boxes"].reshape(-1), 4),
-                "score": rows["scores"],
-                "error": rows["errors"],
-            },
-            metadata={b"contract_id": contract.encode()},
-        )
-        pq.write_table(table, tmp)
-    else:
-        with tmp.open("wb") as fh:
-            payload: dict[str, Any] = {"paths": row_paths, "contract_id": np.asarray(contract), **rows}
-            np.savez(fh, **payload)
-    os.replace(tmp, out)
+
+def _write_parquet(path: Path, payload: dict[str, Any]) -> None:
+    import pyarrow as pa  # noqa: PLC0415 - only for Parquet output
+    import pyarrow.parquet as pq  # noqa: PLC0415
+
+    dim = payload["embeddings"].shape[1]
+    table = pa.table(
+        {
+            "path": payload["paths"],
+            "image_index": payload["image_index"],
+            "embedding": pa.FixedSizeListArray.from_arrays(payload["embeddings"].reshape(-1), dim),
+            "found": payload["found"],
+            "box": pa.FixedSizeListArray.from_arrays(payload["boxes"].reshape(-1), 4),
+            "score": payload["scores"],
+            "error": payload["errors"],
+        },
+        metadata={b"contract_id": str(payload["contract_id"]).encode()},
+    )
+    pq.write_table(table, path)
 
 
 def embed_paths(

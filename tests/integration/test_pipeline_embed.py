@@ -13,6 +13,7 @@ from facesearch.bundle.manifest import ModelBundle
 from facesearch.cli.main import main as cli_main
 from facesearch.errors import InvalidInputError, PreconditionError
 from facesearch.jobs.embed import EmbedConfig, run
+from facesearch.jobs.shards import write_shard
 from facesearch.vision.decode import DecodeLimits, load_image
 from facesearch.vision.pipeline import FacePipeline, PipelineConfig
 
@@ -144,7 +145,7 @@ def test_embed_resumes_and_refuses_other_inputs(bundle_dir: Path, lfw_images: li
     x = dict(np.load(tmp_path / "x.npz"))
     shard = {k: x[k] for k in ("image_index", "embeddings", "found", "boxes", "scores", "errors")}
     shard["scores"] = np.full_like(shard["scores"], 123.0)
-    np.savez(parts / "shard-000000000-000000002.npz", **shard)
+    write_shard(parts, 0, 2, shard)  # as the runner writes it: the shard, then its done-marker
     summary = run(config)
     data = np.load(out)
     assert summary.images == 6 and list(data["scores"][:2]) == [123.0, 123.0]
