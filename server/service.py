@@ -27,6 +27,7 @@ from facesearch.scoring.decision import DecisionThreshold, ScoredCandidate, Veri
 from facesearch.scoring.thresholds import ThresholdPolicy, ThresholdRequest
 from facesearch.store.live_journal import NewFace
 from facesearch.vision.pipeline import Face
+from facesearch.vision.selection import Audience, Policy, QualityGate, Rejection, choose_face
 from server.admission import Admission, Deadline
 from server.engine import AnalyzedPhoto, FaceEngine, PreparedPhoto
 from server.gallery import EnrollOutcome, FaceView, Gallery, GalleryState, GalleryStats, IdentityView
@@ -290,50 +291,26 @@ class FaceSearchService:
     def _gate(
         self, photos: list[PreparedPhoto], use_largest: bool
     ) -> tuple[list[EnrollImageResult], list[tuple[int, int]]]:
-        """Quality rules per photo: results (accepted ones without face id yet) and (photo, row) to embed."""
-        t = self.enroll_rules
+        """Enrollment's face choice and quality gate (:mod:`facesearch.vision.selection`, Enroll wording):
+        results (accepted ones without face id yet) and (photo, row) to embed."""
+        policy = Policy.LARGEST if use_largest else Policy.REJECT_MULTIPLE
+        gate = QualityGate(min_face_size=self.enroll_rules.min_face_size, min_blur=self.enroll_rules.min_blur)
         results: list[EnrollImageResult] = []
         accepted: list[tuple[int, int]] = []
         for i, photo in enumerate(photos):
-            found = photo.found
-            if not found:
-                results.append(EnrollImageResult(i, False, reject_reason="NO_FACE", message="no face found"))
+            row = choose_face(photo.found, policy, audience=Audience.ENROLL)
+            if isinstance(row, Rejection):
+                results.append(EnrollImageResult(i, False, reject_reason=row.reason, message=row.detail))
                 continue
-            if len(found) > 1 and not use_largest:
-                results.append(
-                    EnrollImageResult(
-                        i,
-                        False,
-                        reject_reason="MULTIPLE_FACES",
-                        message=f"{len(found)} faces found; send a photo of one person or set use_largest_face",
-                    )
-                )
-                continue
-            f = found[0]
-            face = self.engine.unembedded(PreparedPhoto(photo.width, photo.height, [f], photo.chips[:1])).faces[0]
-            if f.quality.face_size < t.min_face_size:
-                results.append(
-                    EnrollImageResult(
-                        i,
-                        False,
-                        reject_reason="FACE_TOO_SMALL",
-                        face=face,
-                        message=f"face is {f.quality.face_size:.0f} px, the minimum is {t.min_face_size:.0f} px",
-                    )
-                )
-            elif f.quality.blur < t.min_blur:
-                results.append(
-                    EnrollImageResult(
-                        i,
-                        False,
-                        reject_reason="FACE_TOO_BLURRY",
-                        face=face,
-                        message=f"sharpness {f.quality.blur:.1f} is below the minimum {t.min_blur:.1f}",
-                    )
-                )
-            else:
+            f = photo.found[row]
+            low = gate.check(f.quality, Audience.ENROLL)
+            if low is None:
                 results.append(EnrollImageResult(i, True))
-                accepted.append((i, 0))
+                accepted.append((i, row))
+                continue
+            chosen = PreparedPhoto(photo.width, photo.height, [f], photo.chips[row : row + 1])
+            face = self.engine.unembedded(chosen).faces[0]
+            results.append(EnrollImageResult(i, False, reject_reason=low.reason, face=face, message=low.detail))
         return results, accepted
 
     async def delete_identity(self, identity_id: str) -> int:

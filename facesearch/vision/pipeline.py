@@ -19,6 +19,7 @@ from facesearch.vision.detector import Detection, FaceDetector, upsample_for_min
 from facesearch.vision.embedder import Embedder
 from facesearch.vision.landmarks import LandmarkPredictor
 from facesearch.vision.quality import FaceQuality, measure_quality
+from facesearch.vision.selection import nearest_centre_index
 
 Box = tuple[float, float, float, float]
 
@@ -144,8 +145,6 @@ def _check_image(image: np.ndarray) -> None:
 
 
 def nearest_centre(faces: Sequence[Face], image_shape: tuple[int, ...]) -> Face | None:
-    """The face whose box centre is nearest the image centre (the `embed` contract)."""
-    if not faces:
-        return None
-    cy, cx = image_shape[0] / 2.0, image_shape[1] / 2.0
-    return min(faces, key=lambda f: (f.centre[0] - cx) ** 2 + (f.centre[1] - cy) ** 2)
+    """The face whose box centre is nearest the image centre (the `embed` contract), by
+    :func:`facesearch.vision.selection.nearest_centre_index`."""
+    return faces[nearest_centre_index([f.box for f in faces], image_shape)] if faces else None
