@@ -351,6 +351,8 @@ def test_stream_identify_keeps_order(
 
 def test_metrics_endpoint(server: ServerProcess, client: FaceSearchClient, people: dict[str, list[Path]]) -> None:
     client.identify(next(iter(people.values()))[3])
+    with pytest.raises(InvalidInputError):
+        client.identify(b"")  # this test's own INVALID_ARGUMENT call, whatever ran before it
     assert server.metrics_port
     text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
     assert 'facesearch_requests_total{code="OK",method="Identify"}' in text
