@@ -45,7 +45,7 @@ from facesearch.bundle.manifest import (
     TrainingRecord,
     contract_id,
 )
-from facesearch.errors import ContractMismatchError, FaceSearchError, ModelFormatError
+from facesearch.errors import ContractMismatchError, FaceSearchError, ModelFormatError, Reason
 from facesearch.util.fs import replace_dir, sha256_file, write_atomic
 
 MODEL_ID_PREFIX = "facesearch-ft-"
@@ -172,7 +172,7 @@ def check_parity(module: torch.nn.Module, onnx_path: Path, chips: np.ndarray) ->
         raise ModelFormatError(
             f"parity check failed: onnxruntime differs from torch by {diff:.3g} (max |diff|), {relative:.3g} of the "
             f"descriptor norm {scale:.3g}; the bound is {PARITY_BOUND:g}",
-            reason="EXPORT_PARITY",
+            reason=Reason.EXPORT_PARITY,
         )
     return result
 

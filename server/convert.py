@@ -11,7 +11,7 @@ import binascii
 import json
 
 from facesearch.api.v1 import facesearch_pb2 as pb
-from facesearch.errors import InvalidInputError
+from facesearch.errors import InvalidInputError, Reason
 from facesearch.scoring.decision import DecisionThreshold, ScoredCandidate, ScoreKind, ThresholdKind, VerifyDecision
 from facesearch.vision.pipeline import Face
 from server.gallery import FaceView, IdentityView
@@ -39,17 +39,17 @@ MAX_DELETE_FACES = 1000
 # -- validation ------------------------------------------------------------------------------
 def identity_id(value: str, field: str = "identity_id") -> str:
     if not value:
-        raise InvalidInputError(f"{field} is required", reason="BAD_IDENTITY_ID")
+        raise InvalidInputError(f"{field} is required", reason=Reason.BAD_IDENTITY_ID)
     if len(value.encode()) > MAX_IDENTITY_ID_BYTES:
-        raise InvalidInputError(f"{field} is longer than {MAX_IDENTITY_ID_BYTES} bytes", reason="BAD_IDENTITY_ID")
+        raise InvalidInputError(f"{field} is longer than {MAX_IDENTITY_ID_BYTES} bytes", reason=Reason.BAD_IDENTITY_ID)
     if any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise InvalidInputError(f"{field} holds control characters", reason="BAD_IDENTITY_ID")
+        raise InvalidInputError(f"{field} holds control characters", reason=Reason.BAD_IDENTITY_ID)
     return value
 
 
 def image(value: bytes, field: str = "image") -> bytes:
     if not value:
-        raise InvalidInputError(f"{field} is empty: send the photo's encoded bytes", reason="IMAGE_EMPTY")
+        raise InvalidInputError(f"{field} is empty: send the photo's encoded bytes", reason=Reason.IMAGE_EMPTY)
     return value
 
 
@@ -59,9 +59,11 @@ def _threshold(message: object, field: str) -> float | None:
 
 def metadata(values: dict[str, str]) -> dict[str, str]:
     if len(values) > MAX_METADATA_KEYS:
-        raise InvalidInputError(f"metadata has {len(values)} keys, at most {MAX_METADATA_KEYS}", reason="BAD_METADATA")
+        raise InvalidInputError(
+            f"metadata has {len(values)} keys, at most {MAX_METADATA_KEYS}", reason=Reason.BAD_METADATA
+        )
     if sum(len(k.encode()) + len(v.encode()) for k, v in values.items()) > MAX_METADATA_BYTES:
-        raise InvalidInputError(f"metadata is over {MAX_METADATA_BYTES} bytes", reason="BAD_METADATA")
+        raise InvalidInputError(f"metadata is over {MAX_METADATA_BYTES} bytes", reason=Reason.BAD_METADATA)
     return dict(values)
 
 
@@ -69,7 +71,7 @@ def metadata(values: dict[str, str]) -> dict[str, str]:
 def identify_query(req: pb.IdentifyRequest) -> IdentifyQuery:
     top_k = req.top_k or DEFAULT_TOP_K
     if top_k > MAX_TOP_K:
-        raise InvalidInputError(f"top_k must be 1..{MAX_TOP_K}, got {top_k}", reason="BAD_TOP_K")
+        raise InvalidInputError(f"top_k must be 1..{MAX_TOP_K}, got {top_k}", reason=Reason.BAD_TOP_K)
     return IdentifyQuery(
         image(req.image),
         top_k,
@@ -82,14 +84,14 @@ def identify_query(req: pb.IdentifyRequest) -> IdentifyQuery:
 
 def largest_only(selection: int) -> bool:
     if selection not in (pb.FACE_SELECTION_UNSPECIFIED, pb.ALL_FACES, pb.LARGEST_FACE):
-        raise InvalidInputError(f"faces: unknown FaceSelection {selection}", reason="BAD_FACE_SELECTION")
+        raise InvalidInputError(f"faces: unknown FaceSelection {selection}", reason=Reason.BAD_FACE_SELECTION)
     return selection == pb.LARGEST_FACE
 
 
 def verify_query(req: pb.VerifyRequest) -> VerifyQuery:
     which = req.WhichOneof("reference")
     if which is None:
-        raise InvalidInputError("set reference_image or identity_id", reason="NO_REFERENCE")
+        raise InvalidInputError("set reference_image or identity_id", reason=Reason.NO_REFERENCE)
     ref_image = image(req.reference_image, "reference_image") if which == "reference_image" else None
     ident = identity_id(req.identity_id) if which == "identity_id" else None
     return VerifyQuery(
@@ -99,7 +101,7 @@ def verify_query(req: pb.VerifyRequest) -> VerifyQuery:
 
 def enroll_query(req: pb.EnrollRequest) -> EnrollQuery:
     if len(req.display_name.encode()) > MAX_NAME_BYTES:
-        raise InvalidInputError(f"display_name is longer than {MAX_NAME_BYTES} bytes", reason="BAD_NAME")
+        raise InvalidInputError(f"display_name is longer than {MAX_NAME_BYTES} bytes", reason=Reason.BAD_NAME)
     images = [(image(im.image, f"images[{i}].image"), im.source) for i, im in enumerate(req.images)]
     return EnrollQuery(
         identity_id(req.identity_id),
@@ -113,9 +115,9 @@ def enroll_query(req: pb.EnrollRequest) -> EnrollQuery:
 
 def face_ids(req: pb.DeleteFacesRequest) -> list[str]:
     if not req.face_ids:
-        raise InvalidInputError("face_ids is empty", reason="NO_FACE_IDS")
+        raise InvalidInputError("face_ids is empty", reason=Reason.NO_FACE_IDS)
     if len(req.face_ids) > MAX_DELETE_FACES:
-        raise InvalidInputError(f"at most {MAX_DELETE_FACES} face ids per call", reason="TOO_MANY_FACE_IDS")
+        raise InvalidInputError(f"at most {MAX_DELETE_FACES} face ids per call", reason=Reason.TOO_MANY_FACE_IDS)
     return list(req.face_ids)
 
 
@@ -123,7 +125,7 @@ def page(req: pb.ListIdentitiesRequest) -> tuple[str, int]:
     """``(after identity id, page size)`` from a list request."""
     size = req.page_size or DEFAULT_PAGE_SIZE
     if size > MAX_PAGE_SIZE:
-        raise InvalidInputError(f"page_size must be 1..{MAX_PAGE_SIZE}, got {size}", reason="BAD_PAGE_SIZE")
+        raise InvalidInputError(f"page_size must be 1..{MAX_PAGE_SIZE}, got {size}", reason=Reason.BAD_PAGE_SIZE)
     return decode_page_token(req.page_token), size
 
 
@@ -142,7 +144,7 @@ def decode_page_token(token: str) -> str:
             raise ValueError("bad token")
         return str(data["after"])
     except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidInputError("page_token is not a token this server issued", reason="BAD_PAGE_TOKEN") from None
+        raise InvalidInputError("page_token is not a token this server issued", reason=Reason.BAD_PAGE_TOKEN) from None
 
 
 # -- responses -------------------------------------------------------------------------------

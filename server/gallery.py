@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from facesearch.errors import AlreadyExistsError, InvalidInputError, NotFoundError
+from facesearch.errors import AlreadyExistsError, InvalidInputError, NotFoundError, Reason
 from facesearch.store.identity_store import StoredFace, StoredIdentity
 from facesearch.store.live_journal import LiveFace, LiveIdentity, LiveJournal, NewFace
 from server.base_index import BaseIndex
@@ -78,7 +78,7 @@ def face_id(vector_id: int) -> str:
 
 def parse_face_id(text: str) -> int:
     if not text.isdigit() or len(text) > 19:
-        raise NotFoundError(f"face {text!r} does not exist", reason="FACE_NOT_FOUND")
+        raise NotFoundError(f"face {text!r} does not exist", reason=Reason.FACE_NOT_FOUND)
     return int(text)
 
 
@@ -106,7 +106,7 @@ class GalleryState:
     def require(self, identity_id: str) -> IdentityView:
         view = self.identity(identity_id)
         if view is None:
-            raise NotFoundError(f"identity {identity_id!r} does not exist", reason="IDENTITY_NOT_FOUND")
+            raise NotFoundError(f"identity {identity_id!r} does not exist", reason=Reason.IDENTITY_NOT_FOUND)
         return view
 
     def face_count(self, identity_id: str, base_count: int | None = None) -> int:
@@ -384,7 +384,7 @@ class Gallery:
             state = self._require_state()
             existing = state.identity(identity_id)
             if existing is not None and create_only:
-                raise AlreadyExistsError(f"identity {identity_id!r} already exists", reason="IDENTITY_EXISTS")
+                raise AlreadyExistsError(f"identity {identity_id!r} already exists", reason=Reason.IDENTITY_EXISTS)
             if not faces:
                 return EnrollOutcome(False, [], existing.face_count if existing else 0)
             now = time.time()
@@ -427,14 +427,14 @@ class Gallery:
 
     def delete_faces(self, face_ids: Sequence[str]) -> int:
         if not face_ids:
-            raise InvalidInputError("name at least one face id", reason="NO_FACE_IDS")
+            raise InvalidInputError("name at least one face id", reason=Reason.NO_FACE_IDS)
         vids = list(dict.fromkeys(parse_face_id(f) for f in face_ids))
         with self._write:
             state = self._require_state()
             owners = self._owners(state, vids)
             missing = [face_id(v) for v, o in zip(vids, owners, strict=True) if o is None]
             if missing:
-                raise NotFoundError(f"faces do not exist: {', '.join(missing[:10])}", reason="FACE_NOT_FOUND")
+                raise NotFoundError(f"faces do not exist: {', '.join(missing[:10])}", reason=Reason.FACE_NOT_FOUND)
             identity_ids = [o for o in owners if o is not None]
             seq = self.journal.delete_faces(vids, identity_ids)
             state.live.delete_faces(seq, vids, identity_ids)

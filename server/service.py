@@ -22,7 +22,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from facesearch.errors import AlreadyExistsError, InvalidInputError, PreconditionError
+from facesearch.errors import AlreadyExistsError, InvalidInputError, PreconditionError, Reason
 from facesearch.scoring.decision import DecisionThreshold, ScoredCandidate, VerifyDecision, decide, verify_decision
 from facesearch.scoring.thresholds import ThresholdPolicy, ThresholdRequest
 from facesearch.store.live_journal import NewFace
@@ -160,13 +160,13 @@ class FaceSearchService:
         self.policy = policy
         self.enroll_rules = enroll_rules
         self.io = io
-        self.not_ready: PreconditionError | None = PreconditionError("the index is loading", reason="NOT_READY")
+        self.not_ready: PreconditionError | None = PreconditionError("the index is loading", reason=Reason.NOT_READY)
 
     # -- helpers -------------------------------------------------------------------------
     def state(self) -> GalleryState:
         state = self.gallery.state
         if state is None or self.not_ready is not None:
-            raise self.not_ready or PreconditionError("the index is loading", reason="NOT_READY")
+            raise self.not_ready or PreconditionError("the index is loading", reason=Reason.NOT_READY)
         return state
 
     async def _io(self, fn: Callable[..., T], *args: object) -> T:
@@ -188,7 +188,7 @@ class FaceSearchService:
     # -- calls ---------------------------------------------------------------------------
     async def identify(self, query: IdentifyQuery, deadline: Deadline, *, wait: bool = False) -> IdentifyResult:
         if not 1 <= query.top_k <= MAX_TOP_K:
-            raise InvalidInputError(f"top_k must be 1..{MAX_TOP_K}, got {query.top_k}", reason="BAD_TOP_K")
+            raise InvalidInputError(f"top_k must be 1..{MAX_TOP_K}, got {query.top_k}", reason=Reason.BAD_TOP_K)
         state = self.state()
         threshold = self.identify_threshold(state, query)
         async with self.admission.slot(deadline, wait=wait):
@@ -256,14 +256,15 @@ class FaceSearchService:
 
     async def enroll(self, query: EnrollQuery, deadline: Deadline) -> EnrollResult:
         if not query.images:
-            raise InvalidInputError("enroll needs at least one image", reason="NO_IMAGES")
+            raise InvalidInputError("enroll needs at least one image", reason=Reason.NO_IMAGES)
         if len(query.images) > MAX_ENROLL_IMAGES:
             raise InvalidInputError(
-                f"at most {MAX_ENROLL_IMAGES} images per enroll call, got {len(query.images)}", reason="TOO_MANY_IMAGES"
+                f"at most {MAX_ENROLL_IMAGES} images per enroll call, got {len(query.images)}",
+                reason=Reason.TOO_MANY_IMAGES,
             )
         state = self.state()
         if query.create_only and await self._io(state.identity, query.identity_id) is not None:
-            raise AlreadyExistsError(f"identity {query.identity_id!r} already exists", reason="IDENTITY_EXISTS")
+            raise AlreadyExistsError(f"identity {query.identity_id!r} already exists", reason=Reason.IDENTITY_EXISTS)
         async with self.admission.slot(deadline):
             photos = []
             for i, (data, _) in enumerate(query.images):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from facesearch.bundle.manifest import MANIFEST, ModelBundle
-from facesearch.errors import FaceSearchError, TrainingError
+from facesearch.errors import FaceSearchError, Reason, TrainingError
 from facesearch.nets.checkpoint import BaseBundleRef
 from facesearch.util.fs import sha256_file
 
@@ -32,7 +32,7 @@ def base_dlib_weights(bundle: ModelBundle, models_dir: Path | None = None) -> Pa
         raise TrainingError(
             f"bundle {bundle.root} was not exported from dlib's .dat files (embedder source {name!r}): "
             "--arch dlib_resnet fine-tunes a `facesearch-export dlib` bundle",
-            reason="BASE_WEIGHTS",
+            reason=Reason.BASE_WEIGHTS,
         )
     if models_dir is None:
         from facesearch.nets.dlib_sources import default_models_dir  # noqa: PLC0415 (only for dlib_resnet)
@@ -40,15 +40,15 @@ def base_dlib_weights(bundle: ModelBundle, models_dir: Path | None = None) -> Pa
         try:
             models_dir = default_models_dir()
         except FaceSearchError as err:
-            raise TrainingError(f"cannot find the base weights {name}: {err}", reason="BASE_WEIGHTS") from err
+            raise TrainingError(f"cannot find the base weights {name}: {err}", reason=Reason.BASE_WEIGHTS) from err
     path = models_dir / name
     if not path.is_file():
-        raise TrainingError(f"base weights {name} not found in {models_dir}", reason="BASE_WEIGHTS")
+        raise TrainingError(f"base weights {name} not found in {models_dir}", reason=Reason.BASE_WEIGHTS)
     actual = sha256_file(path)
     if actual != expected:
         raise TrainingError(
             f"{path} has sha256 {actual[:12]}..., the bundle {bundle.root} was made from {expected[:12]}... "
             "(a different face_recognition_models version?)",
-            reason="BASE_WEIGHTS",
+            reason=Reason.BASE_WEIGHTS,
         )
     return path

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from facesearch.bundle.manifest import ModelBundle, sha256_file
-from facesearch.errors import InvalidInputError
+from facesearch.errors import InvalidInputError, Reason
 from facesearch.jobs.inputs import ImageRow, rows_from_manifest, rows_from_tree
 from facesearch.jobs.runner import ShardJob, WorkerSpec, run_shards
 from facesearch.jobs.shards import fingerprint, open_workdir, read_shard
@@ -51,7 +51,7 @@ def read_rows(data: Path) -> list[ImageRow]:
         return rows_from_tree(data)
     if data.is_file():
         return rows_from_manifest(data)
-    raise InvalidInputError(f"--data {data}: no such folder or manifest file", reason="BAD_DATA")
+    raise InvalidInputError(f"--data {data}: no such folder or manifest file", reason=Reason.BAD_DATA)
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,7 @@ import torch.nn.functional as F  # noqa: N812
 from tqdm import tqdm
 
 from facesearch.bundle.manifest import ModelBundle
-from facesearch.errors import TrainingError
+from facesearch.errors import Reason, TrainingError
 from facesearch.evaluation.pairs import Pair, evaluate_pairs, pair_scores
 from facesearch.nets.backbones import Backbone, build_backbone, freeze_stages, initial_backbone, set_train_mode
 from facesearch.nets.checkpoint import (
@@ -228,7 +228,7 @@ def run(config: TrainConfig) -> TrainSummary:
     if steps_per_epoch < 1:
         raise TrainingError(
             f"{len(train_idx)} training chips: fewer than one batch of --batch-size {config.batch_size}",
-            reason="TRAINING_DATA",
+            reason=Reason.TRAINING_DATA,
         )
     total_steps = steps_per_epoch * config.epochs
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from facesearch.errors import BundleError
+from facesearch.errors import BundleError, Reason
 from facesearch.util.fs import read_pointer
 
 DEFAULT_DATA_DIR = Path(os.environ.get("FACESEARCH_HOME", Path.home() / ".local" / "share" / "facesearch"))
@@ -52,5 +52,5 @@ def resolve_bundle(explicit: Path | None) -> Path:
     raise BundleError(
         "no model bundle: pass --bundle DIR or set FACESEARCH_BUNDLE "
         "(make one with `facesearch-export dlib --out DIR`)",
-        reason="BUNDLE_MISSING",
+        reason=Reason.BUNDLE_MISSING,
     )

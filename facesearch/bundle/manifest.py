@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from facesearch.errors import BundleError, InvalidInputError
+from facesearch.errors import BundleError, InvalidInputError, Reason
 from facesearch.scoring.calibration import DLIB_TOLERANCE_COSINE, Calibration
 from facesearch.util.fs import sha256_file  # also importable from here (tests, bundle users)
 
@@ -379,7 +379,7 @@ class ModelBundle:
             raise BundleError(
                 f"{root} is not a model bundle: {MANIFEST} is missing "
                 "(create one with `facesearch-export dlib --out DIR`)",
-                reason="BUNDLE_MISSING",
+                reason=Reason.BUNDLE_MISSING,
             )
         try:
             manifest = json.loads(manifest_path.read_text())
@@ -400,5 +400,5 @@ class ModelBundle:
                 raise BundleError(
                     f"bundle {self.root}: {name} has sha256 {actual[:12]}..., manifest says {expected[:12]}... "
                     "(corrupt or modified file; re-export the bundle)",
-                    reason="BUNDLE_CHECKSUM",
+                    reason=Reason.BUNDLE_CHECKSUM,
                 )

@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from facesearch.errors import InvalidInputError
+from facesearch.errors import InvalidInputError, Reason
 
 if TYPE_CHECKING:
     import numpy as np
@@ -56,11 +56,11 @@ def read_groups(path: Path) -> dict[str, str]:
             if not {"identity", "group"} <= fields:
                 raise InvalidInputError(
                     f"{path}: the header must name 'identity' and 'group' columns, got {sorted(fields)}",
-                    reason="BAD_GROUPS",
+                    reason=Reason.BAD_GROUPS,
                 )
             return {row["identity"].strip(): row["group"].strip() for row in reader if row.get("identity")}
     except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise InvalidInputError(f"cannot read groups CSV {path}: {err}", reason="BAD_GROUPS") from err
+        raise InvalidInputError(f"cannot read groups CSV {path}: {err}", reason=Reason.BAD_GROUPS) from err
 
 
 def run(args: argparse.Namespace) -> int:
@@ -106,7 +106,7 @@ def _run_ident(args: argparse.Namespace) -> int:
     errors = [(everything[i], str(e)) for i, e in zip(rows["image_index"], rows["errors"], strict=True) if e]
     if errors:
         raise InvalidInputError(
-            f"{len(errors)} photos could not be read, e.g. {errors[0][0]}: {errors[0][1]}", reason="BAD_IMAGES"
+            f"{len(errors)} photos could not be read, e.g. {errors[0][0]}: {errors[0][1]}", reason=Reason.BAD_IMAGES
         )
     where = {p: i for i, p in enumerate(everything)}
     emb, found = rows["embeddings"], rows["found"]
@@ -118,12 +118,12 @@ def _run_ident(args: argparse.Namespace) -> int:
     enrolled = set(labels[gal].tolist())
     if overlap := sorted(nonmated_labels & enrolled):
         raise InvalidInputError(
-            f"--nonmated people are enrolled in the gallery, e.g. {overlap[0]!r}", reason="BAD_SPLIT"
+            f"--nonmated people are enrolled in the gallery, e.g. {overlap[0]!r}", reason=Reason.BAD_SPLIT
         )
     if len(enrolled) < k + 2:
         raise InvalidInputError(
             f"the gallery has {len(enrolled)} identities with a face; normalisation with k={k} needs at least {k + 2}",
-            reason="BAD_SPLIT",
+            reason=Reason.BAD_SPLIT,
         )
     groups = read_groups(args.groups) if args.groups else None
     report = evaluate_split(

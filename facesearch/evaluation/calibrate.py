@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from facesearch.errors import InvalidInputError
+from facesearch.errors import InvalidInputError, Reason
 from facesearch.evaluation.ident import threshold_at_fpir
 from facesearch.scoring.calibration import DEFAULT_FMR, FMR_LEVELS, Calibration, CalibrationPoint
 from facesearch.scoring.normalise import DEFAULT_K, gallery_topk_mean, normalise_matrix
@@ -39,7 +39,7 @@ def calibrate(
     labels = np.asarray(labels)
     n = len(embeddings)
     if n < 3 or len(np.unique(labels)) < 2:
-        raise InvalidInputError("calibration needs faces of at least two identities", reason="BAD_CALIBRATION")
+        raise InvalidInputError("calibration needs faces of at least two identities", reason=Reason.BAD_CALIBRATION)
     edges = np.linspace(-1.0, 1.0, 200_001)  # 1e-5 cosine resolution
     imp_hist = np.zeros(len(edges) - 1, np.int64)
     gen_hist = np.zeros(len(edges) - 1, np.int64)
@@ -63,7 +63,7 @@ def calibrate(
         tar = float(gen_above[idx] / n_gen) if n_gen else float("nan")
         points.append(CalibrationPoint(fmr=fmr, threshold=threshold, tar=tar))
     if not points:
-        raise InvalidInputError(f"only {n_imp} impostor pairs: too few to calibrate", reason="BAD_CALIBRATION")
+        raise InvalidInputError(f"only {n_imp} impostor pairs: too few to calibrate", reason=Reason.BAD_CALIBRATION)
     provisional = Calibration(tuple(points), n_imp, n_gen, len(np.unique(labels)), source, default_fmr, 0.0)
     return Calibration(
         tuple(points),
@@ -145,7 +145,8 @@ def calibrate_open_set(
     ladder = sizes or gallery_ladder(identities, start=max(8, k + 2))
     if not ladder or min(ladder) < k + 2:
         raise InvalidInputError(
-            f"{identities} identities: calibrating with k={k} needs at least {2 * (k + 2)}", reason="BAD_CALIBRATION"
+            f"{identities} identities: calibrating with k={k} needs at least {2 * (k + 2)}",
+            reason=Reason.BAD_CALIBRATION,
         )
     rng = np.random.default_rng(seed)
     curves = []
@@ -154,7 +155,7 @@ def calibrate_open_set(
         if curve is not None:
             curves.append(curve)
     if not curves:
-        raise InvalidInputError("too few non-mated searches to calibrate", reason="BAD_CALIBRATION")
+        raise InvalidInputError("too few non-mated searches to calibrate", reason=Reason.BAD_CALIBRATION)
     return OpenSetCalibration(
         score=SCORE_KIND,
         k=k,

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from facesearch.errors import InvalidInputError
+from facesearch.errors import InvalidInputError, Reason
 from facesearch.scoring.decision import just_above, matches
 
 FPIR_LEVELS = (0.01, 0.001)
@@ -46,7 +46,7 @@ class Searches:
     def __post_init__(self) -> None:
         n = len(self.mated)
         if len(self.mate_rank) != n or len(self.top_score) != n or (len(self.group) not in (0, n)):
-            raise InvalidInputError("search arrays must be parallel", reason="BAD_SEARCHES")
+            raise InvalidInputError("search arrays must be parallel", reason=Reason.BAD_SEARCHES)
 
     @property
     def hit(self) -> np.ndarray:
@@ -88,7 +88,7 @@ def threshold_at_fpir(nonmated_top: np.ndarray, fpir: float) -> float:
     """
     scores = np.sort(np.asarray(nonmated_top, np.float64))[::-1]
     if len(scores) == 0:
-        raise InvalidInputError("no non-mated searches: FPIR cannot be measured", reason="NO_NONMATED")
+        raise InvalidInputError("no non-mated searches: FPIR cannot be measured", reason=Reason.NO_NONMATED)
     allowed = math.floor(fpir * len(scores))
     return just_above(float(scores[allowed]) if allowed < len(scores) else -np.inf)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from facesearch.errors import InvalidInputError
+from facesearch.errors import InvalidInputError, Reason
 from facesearch.jobs.image_list import IMAGE_SUFFIXES
 from facesearch.util.fs import write_atomic
 
@@ -30,14 +30,14 @@ class OpenSetSplit:
 def identity_photos(tree: Path) -> dict[str, list[Path]]:
     """Photos per identity folder, both sorted by name."""
     if not tree.is_dir():
-        raise InvalidInputError(f"{tree} is not a folder of <Person>/<photo>", reason="BAD_TREE")
+        raise InvalidInputError(f"{tree} is not a folder of <Person>/<photo>", reason=Reason.BAD_TREE)
     people: dict[str, list[Path]] = {}
     for folder in sorted(p for p in tree.iterdir() if p.is_dir()):
         photos = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         if photos:
             people[folder.name] = photos
     if not people:
-        raise InvalidInputError(f"no <Person>/<photo> images under {tree}", reason="EMPTY_INPUT")
+        raise InvalidInputError(f"no <Person>/<photo> images under {tree}", reason=Reason.EMPTY_INPUT)
     return people
 
 

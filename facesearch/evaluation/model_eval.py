@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from facesearch.bundle.manifest import ModelBundle
-from facesearch.errors import FaceSearchError, InvalidInputError
+from facesearch.errors import FaceSearchError, InvalidInputError, Reason
 from facesearch.evaluation.ident import evaluate as evaluate_searches
 from facesearch.evaluation.ident_scoring import score_split
 from facesearch.evaluation.ident_split import identity_photos, open_set_split
@@ -54,9 +54,9 @@ class FaceSet:
     def __post_init__(self) -> None:
         n = len(self.names)
         if len(self.labels) != n or len(self.chips) != n or len(self.found) != n:
-            raise InvalidInputError("face set arrays must be parallel", reason="BAD_FACE_SET")
+            raise InvalidInputError("face set arrays must be parallel", reason=Reason.BAD_FACE_SET)
         if len(set(self.names)) != n:
-            raise InvalidInputError("face set names must be unique", reason="BAD_FACE_SET")
+            raise InvalidInputError("face set names must be unique", reason=Reason.BAD_FACE_SET)
 
     @classmethod
     def from_chips(
@@ -69,7 +69,7 @@ class FaceSet:
         chips = np.asarray(chips)
         if chips.ndim != 4 or chips.shape[3] != 3 or chips.dtype != np.uint8:
             raise InvalidInputError(
-                f"chips must be uint8 (N, size, size, 3), got {chips.dtype} {chips.shape}", reason="BAD_FACE_SET"
+                f"chips must be uint8 (N, size, size, 3), got {chips.dtype} {chips.shape}", reason=Reason.BAD_FACE_SET
             )
         return cls(tuple(str(n) for n in names), labels_arr, chips, np.ones(len(chips), bool), source)
 
@@ -86,7 +86,7 @@ def tree_names(tree: Path, pairs: Sequence[Pair] = ()) -> list[str]:
     missing = sorted({n for p in pairs for n in (p.a, p.b)} - known)
     if missing:
         raise InvalidInputError(
-            f"{len(missing)} pair images are not under {tree}, e.g. {missing[0]}", reason="BAD_PAIRS"
+            f"{len(missing)} pair images are not under {tree}, e.g. {missing[0]}", reason=Reason.BAD_PAIRS
         )
     return names
 
@@ -114,7 +114,9 @@ def cut_chips(
         try:
             image = load_image(tree / name)
         except FaceSearchError as err:
-            raise InvalidInputError(f"{tree / name}: unreadable evaluation photo: {err}", reason="BAD_IMAGES") from err
+            raise InvalidInputError(
+                f"{tree / name}: unreadable evaluation photo: {err}", reason=Reason.BAD_IMAGES
+            ) from err
         dets = pipeline.detect(image)
         if not dets:
             continue
@@ -147,7 +149,8 @@ def embed_faces(bundle: ModelBundle, faces: FaceSet, *, threads: int | None = No
 
     if faces.chips.shape[1] != bundle.chip_size:
         raise InvalidInputError(
-            f"chips are {faces.chips.shape[1]} px, bundle {bundle.root} wants {bundle.chip_size}", reason="BAD_FACE_SET"
+            f"chips are {faces.chips.shape[1]} px, bundle {bundle.root} wants {bundle.chip_size}",
+            reason=Reason.BAD_FACE_SET,
         )
     pipeline = FacePipeline(bundle, PipelineConfig(threads=threads))
     out = np.zeros((len(faces.names), pipeline.embedder.dim), np.float32)
@@ -180,7 +183,7 @@ def draw_pairs(faces: FaceSet, *, folds: int = FOLDS, seed: int = 0) -> list[Pai
             raise InvalidInputError(
                 f"fold {fold} of {folds} has no matched pair or fewer than two people: the set needs at least "
                 f"{2 * folds} people, several with two or more photos ({len(people)} people given)",
-                reason="BAD_FACE_SET",
+                reason=Reason.BAD_FACE_SET,
             )
         mismatched: set[tuple[str, str]] = set()
         for _ in range(50 * len(matched)):

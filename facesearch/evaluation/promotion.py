@@ -24,7 +24,7 @@ from typing import Any
 
 from facesearch.bundle.location import CURRENT_POINTER, current_bundle
 from facesearch.bundle.manifest import ModelBundle
-from facesearch.errors import InvalidInputError, PreconditionError
+from facesearch.errors import InvalidInputError, PreconditionError, Reason
 from facesearch.evaluation.model_eval import BundleScores, EvalSet, evaluate_bundles
 from facesearch.util.fs import replace_dir, switch_pointer, write_atomic
 
@@ -40,7 +40,7 @@ class Tolerances:
         for name in ("accuracy", "fnir"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
-                raise InvalidInputError(f"--tolerance-{name} must be in [0, 1), got {value}", reason="BAD_CONFIG")
+                raise InvalidInputError(f"--tolerance-{name} must be in [0, 1), got {value}", reason=Reason.BAD_CONFIG)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +88,7 @@ def judge(current: BundleScores, candidate: BundleScores, tol: Tolerances) -> Ve
         raise InvalidInputError(
             "the evaluation set is too small for the identification split (it needs more "
             "people with two or more photos): FNIR at FPIR 1% cannot be compared",
-            reason="BAD_FACE_SET",
+            reason=Reason.BAD_FACE_SET,
         )
     if candidate.fnir_at_fpir_1pct > current.fnir_at_fpir_1pct + tol.fnir:
         reasons.append(
@@ -150,7 +150,7 @@ def require_calibration(candidate: Path) -> None:
         raise PreconditionError(
             f"{candidate} has no calibration.json: thresholds do not carry over between models; run "
             f"`facesearch eval calibrate --bundle {candidate} --images TREE` on labelled photos first",
-            reason="NO_CALIBRATION",
+            reason=Reason.NO_CALIBRATION,
         )
 
 

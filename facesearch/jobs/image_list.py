@@ -6,7 +6,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from facesearch.errors import InvalidInputError
+from facesearch.errors import InvalidInputError, Reason
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
@@ -18,13 +18,13 @@ def read_image_list(source: Path) -> list[Path]:
         paths = sorted(p for p in walk_files(source) if p.suffix.lower() in IMAGE_SUFFIXES)
         if not paths:
             raise InvalidInputError(
-                f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {source}", reason="EMPTY_INPUT"
+                f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {source}", reason=Reason.EMPTY_INPUT
             )
         return paths
     try:
         text = source.read_text()
     except (OSError, UnicodeDecodeError) as err:
-        raise InvalidInputError(f"cannot read image list {source}: {err}", reason="BAD_LIST") from err
+        raise InvalidInputError(f"cannot read image list {source}: {err}", reason=Reason.BAD_LIST) from err
     paths = []
     for raw in text.splitlines():
         line = raw.strip()
@@ -33,7 +33,7 @@ def read_image_list(source: Path) -> list[Path]:
         path = Path(line)
         paths.append(path if path.is_absolute() else source.parent / path)
     if not paths:
-        raise InvalidInputError(f"image list {source} names no images", reason="EMPTY_INPUT")
+        raise InvalidInputError(f"image list {source} names no images", reason=Reason.EMPTY_INPUT)
     return paths
 
 

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from facesearch.errors import TrainingError
+from facesearch.errors import Reason, TrainingError
 from facesearch.util.fs import atomic_path
 
 CHECKPOINT_FORMAT = "facesearch-train-checkpoint"
@@ -74,7 +74,7 @@ REQUIRED_KEYS = (
 def _section(data: Mapping[str, Any], name: str) -> Mapping[str, Any]:
     value = data.get(name)
     if not isinstance(value, Mapping):
-        raise TrainingError(f"checkpoint section {name!r} is not a dict", reason="CHECKPOINT_FORMAT")
+        raise TrainingError(f"checkpoint section {name!r} is not a dict", reason=Reason.CHECKPOINT_FORMAT)
     return value
 
 
@@ -198,7 +198,7 @@ class Checkpoint:
                 partial=dict(data.get("partial") or {}),
             )
         except (KeyError, TypeError, ValueError) as err:
-            raise TrainingError(f"{path}: malformed checkpoint: {err!r}", reason="CHECKPOINT_FORMAT") from err
+            raise TrainingError(f"{path}: malformed checkpoint: {err!r}", reason=Reason.CHECKPOINT_FORMAT) from err
 
     def to_dict(self) -> dict[str, Any]:
         """The dict :func:`save_checkpoint` writes (without ``format``/``format_version``, which it adds)."""
@@ -271,7 +271,7 @@ def save_checkpoint(run_dir: Path, ckpt: Mapping[str, Any], *, is_best: bool) ->
     """Write ``ckpt`` (all :data:`REQUIRED_KEYS`) under ``run_dir/checkpoints``, then ``last.pt`` (+ ``best.pt``)."""
     missing = [k for k in REQUIRED_KEYS if k not in ckpt]
     if missing:
-        raise TrainingError(f"checkpoint lacks {', '.join(missing)}", reason="CHECKPOINT_FORMAT")
+        raise TrainingError(f"checkpoint lacks {', '.join(missing)}", reason=Reason.CHECKPOINT_FORMAT)
     full = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_FORMAT_VERSION, "step_in_epoch": 0, **ckpt}
     path = (
         run_dir
@@ -301,22 +301,24 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read and validate a training checkpoint (format, version, keys); raises :class:`TrainingError`."""
     path = Path(path)
     if not path.is_file():
-        raise TrainingError(f"{path}: no such checkpoint", reason="CHECKPOINT_FORMAT")
+        raise TrainingError(f"{path}: no such checkpoint", reason=Reason.CHECKPOINT_FORMAT)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises pickle, zip and runtime errors alike for a bad file
-        raise TrainingError(f"{path}: not a readable training checkpoint: {err}", reason="CHECKPOINT_FORMAT") from err
+        raise TrainingError(
+            f"{path}: not a readable training checkpoint: {err}", reason=Reason.CHECKPOINT_FORMAT
+        ) from err
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise TrainingError(f"{path}: not a {CHECKPOINT_FORMAT} file", reason="CHECKPOINT_FORMAT")
+        raise TrainingError(f"{path}: not a {CHECKPOINT_FORMAT} file", reason=Reason.CHECKPOINT_FORMAT)
     if ckpt.get("format_version") != CHECKPOINT_FORMAT_VERSION:
         raise TrainingError(
             f"{path}: checkpoint format version {ckpt.get('format_version')!r}, this facesearch reads "
             f"{CHECKPOINT_FORMAT_VERSION}",
-            reason="CHECKPOINT_FORMAT",
+            reason=Reason.CHECKPOINT_FORMAT,
         )
     missing = [k for k in REQUIRED_KEYS if k not in ckpt]
     if missing:
-        raise TrainingError(f"{path}: checkpoint lacks {', '.join(missing)}", reason="CHECKPOINT_FORMAT")
+        raise TrainingError(f"{path}: checkpoint lacks {', '.join(missing)}", reason=Reason.CHECKPOINT_FORMAT)
     return ckpt
 
 
@@ -327,5 +329,5 @@ def check_resume(ckpt: Mapping[str, Any], expected_fingerprint: str, path: Path)
             f"{path} was written by a run with a different config, data or base bundle "
             f"(fingerprint {str(ckpt['fingerprint'])[:12]}..., this run {expected_fingerprint[:12]}...); "
             "use a new --out directory or the original options",
-            reason="CHECKPOINT_MISMATCH",
+            reason=Reason.CHECKPOINT_MISMATCH,
         )

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from facesearch.errors import InvalidInputError
+from facesearch.errors import InvalidInputError, Reason
 
 #: FMR levels recorded in the table (those the impostor count supports).
 FMR_LEVELS = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 3e-6, 1e-6, 3e-7, 1e-7)
@@ -54,7 +54,7 @@ class Calibration:
         we return the strictest measured threshold and callers report that it is capped.
         """
         if not 0 < fmr < 1:
-            raise InvalidInputError(f"false-match rate must be in (0, 1), got {fmr}", reason="BAD_FMR")
+            raise InvalidInputError(f"false-match rate must be in (0, 1), got {fmr}", reason=Reason.BAD_FMR)
         pts = self.points
         if fmr >= pts[0].fmr:
             return pts[0].threshold
@@ -80,9 +80,9 @@ class Calibration:
                 for k in ("impostor_pairs", "genuine_pairs", "identities", "source", "default_fmr", "min_similarity")
             }
         except (KeyError, TypeError) as err:
-            raise InvalidInputError(f"malformed calibration: {err}", reason="BAD_CALIBRATION") from err
+            raise InvalidInputError(f"malformed calibration: {err}", reason=Reason.BAD_CALIBRATION) from err
         if not points:
-            raise InvalidInputError("calibration has no points", reason="BAD_CALIBRATION")
+            raise InvalidInputError("calibration has no points", reason=Reason.BAD_CALIBRATION)
         return cls(points=points, **fields)
 
     def write(self, path: Path) -> None:

@@ -34,18 +34,18 @@ from typing import Any
 
 import numpy as np
 
-from facesearch.errors import AlreadyExistsError, InvalidInputError, NotFoundError
+from facesearch.errors import AlreadyExistsError, InvalidInputError, NotFoundError, Reason
 from facesearch.scoring.normalise import topk_mean
 
 
 class GalleryCohort:
     def __init__(self, k: int, depth: int | None = None) -> None:
         if k < 1:
-            raise InvalidInputError(f"cohort size k must be >= 1, got {k}", reason="BAD_CONFIG")
+            raise InvalidInputError(f"cohort size k must be >= 1, got {k}", reason=Reason.BAD_CONFIG)
         self.k = k
         self.depth = depth if depth is not None else k + max(4, k // 2)
         if self.depth < k:
-            raise InvalidInputError(f"depth {self.depth} must be >= k {k}", reason="BAD_CONFIG")
+            raise InvalidInputError(f"depth {self.depth} must be >= k {k}", reason=Reason.BAD_CONFIG)
         self._row: dict[Hashable, int] = {}
         self._ids: list[Hashable | None] = []
         self._free: list[int] = []
@@ -63,14 +63,14 @@ class GalleryCohort:
         s = np.array(scores, np.float32)
         n = len(identity_ids)
         if s.shape != (n, n):
-            raise InvalidInputError(f"scores must be ({n}, {n}), got {s.shape}", reason="BAD_SCORES")
+            raise InvalidInputError(f"scores must be ({n}, {n}), got {s.shape}", reason=Reason.BAD_SCORES)
         np.fill_diagonal(s, -np.inf)
         cohort = cls(k, depth)
         cohort._grow(n)
         keep = min(cohort.depth, n - 1)
         for i, identity in enumerate(identity_ids):
             if identity in cohort._row:
-                raise AlreadyExistsError(f"identity {identity!r} appears twice", reason="DUPLICATE_IDENTITY")
+                raise AlreadyExistsError(f"identity {identity!r} appears twice", reason=Reason.DUPLICATE_IDENTITY)
             cohort._row[identity] = i
             cohort._ids.append(identity)
         if keep > 0:
@@ -101,12 +101,12 @@ class GalleryCohort:
         n = len(identity_ids)
         nbr, sc = np.asarray(neighbours, np.int64), np.asarray(scores, np.float32)
         if nbr.shape != sc.shape or nbr.ndim != 2 or len(nbr) != n:
-            raise InvalidInputError(f"neighbours and scores must both be ({n}, m)", reason="BAD_SCORES")
+            raise InvalidInputError(f"neighbours and scores must both be ({n}, m)", reason=Reason.BAD_SCORES)
         cohort = cls(k, depth)
         cohort._grow(n)
         for i, identity in enumerate(identity_ids):
             if identity in cohort._row:
-                raise AlreadyExistsError(f"identity {identity!r} appears twice", reason="DUPLICATE_IDENTITY")
+                raise AlreadyExistsError(f"identity {identity!r} appears twice", reason=Reason.DUPLICATE_IDENTITY)
             cohort._row[identity] = i
             cohort._ids.append(identity)
         for i in range(n):
@@ -178,7 +178,7 @@ class GalleryCohort:
     def _require(self, identity_id: Hashable) -> int:
         row = self._row.get(identity_id)
         if row is None:
-            raise NotFoundError(f"identity {identity_id!r} is not in the cohort", reason="IDENTITY_NOT_FOUND")
+            raise NotFoundError(f"identity {identity_id!r} is not in the cohort", reason=Reason.IDENTITY_NOT_FOUND)
         return row
 
     # -- updating -------------------------------------------------------------------------
@@ -187,7 +187,7 @@ class GalleryCohort:
     ) -> tuple[np.ndarray, np.ndarray]:
         s = np.asarray(scores, np.float32)
         if s.ndim != 1 or len(s) != len(identity_ids):
-            raise InvalidInputError("neighbour ids and scores must be parallel 1-d", reason="BAD_SCORES")
+            raise InvalidInputError("neighbour ids and scores must be parallel 1-d", reason=Reason.BAD_SCORES)
         rows = np.array([self._require(i) for i in identity_ids], np.int64)
         keep = np.isfinite(s) & (rows != (-1 if exclude is None else exclude))
         rows, s = rows[keep], s[keep]
@@ -224,7 +224,9 @@ class GalleryCohort:
     ) -> None:
         """Add an identity, given its scores against existing identities (see the module notes)."""
         if identity_id in self._row:
-            raise AlreadyExistsError(f"identity {identity_id!r} is already in the cohort", reason="IDENTITY_EXISTS")
+            raise AlreadyExistsError(
+                f"identity {identity_id!r} is already in the cohort", reason=Reason.IDENTITY_EXISTS
+            )
         rows, scores = self._rows_of(neighbour_ids, neighbour_scores)
         others = len(self._row)
         if self._free:
@@ -243,7 +245,7 @@ class GalleryCohort:
         """Remove an identity; returns the identities left stale (call :meth:`refresh` for them)."""
         row = self._row.pop(identity_id, None)
         if row is None:
-            raise NotFoundError(f"identity {identity_id!r} is not in the cohort", reason="IDENTITY_NOT_FOUND")
+            raise NotFoundError(f"identity {identity_id!r} is not in the cohort", reason=Reason.IDENTITY_NOT_FOUND)
         self._ids[row] = None
         self._nbr[row] = -1
         self._score[row] = -np.inf
@@ -300,7 +302,7 @@ class GalleryCohort:
         """The state as arrays aligned with ``identity_ids`` (exactly the cohort's identities, any order):
         ``neighbours`` (positions into ``identity_ids``, -1 for none), ``scores``, ``counts``, ``complete``."""
         if len(identity_ids) != len(self._row) or any(i not in self._row for i in identity_ids):
-            raise InvalidInputError("export needs exactly the cohort's identities", reason="BAD_SCORES")
+            raise InvalidInputError("export needs exactly the cohort's identities", reason=Reason.BAD_SCORES)
         rows = np.array([self._row[i] for i in identity_ids], np.int64)
         position = np.full(len(self._count), -1, np.int64)
         position[rows] = np.arange(len(rows))
@@ -323,13 +325,13 @@ class GalleryCohort:
         shapes = (arrays["neighbours"].shape, arrays["scores"].shape, arrays["counts"].shape, arrays["complete"].shape)
         if shapes != ((n, cohort.depth), (n, cohort.depth), (n,), (n,)):
             raise InvalidInputError(
-                f"cohort arrays do not fit {n} identities at depth {depth}: {shapes}", reason="BAD_SCORES"
+                f"cohort arrays do not fit {n} identities at depth {depth}: {shapes}", reason=Reason.BAD_SCORES
             )
         cohort._grow(n)
         cohort._ids = list(identity_ids)
         cohort._row = {identity: i for i, identity in enumerate(identity_ids)}
         if len(cohort._row) != n:
-            raise AlreadyExistsError("duplicate identity ids in a saved cohort", reason="DUPLICATE_IDENTITY")
+            raise AlreadyExistsError("duplicate identity ids in a saved cohort", reason=Reason.DUPLICATE_IDENTITY)
         cohort._nbr[:n] = arrays["neighbours"]
         cohort._score[:n] = arrays["scores"]
         cohort._count[:n] = arrays["counts"]

@@ -48,7 +48,7 @@ from typing import Protocol, overload
 
 import numpy as np
 
-from facesearch.errors import InvalidInputError
+from facesearch.errors import InvalidInputError, Reason
 
 
 class ScoreKind(StrEnum):
@@ -113,7 +113,7 @@ def just_above(score: float) -> float:
 def fpir_for_fmr(fmr: float, gallery_size: int) -> float:
     """The FPIR a per-comparison ``fmr`` amounts to against ``gallery_size`` identities: 1 - (1 - fmr)^N."""
     if not 0.0 <= fmr <= 1.0:
-        raise InvalidInputError(f"false-match rate must be in [0, 1], got {fmr}", reason="BAD_FMR")
+        raise InvalidInputError(f"false-match rate must be in [0, 1], got {fmr}", reason=Reason.BAD_FMR)
     if fmr == 1.0:
         return 1.0
     # numpy here, math below: each direction bit-identical with the numbers earlier versions reported
@@ -123,7 +123,7 @@ def fpir_for_fmr(fmr: float, gallery_size: int) -> float:
 def fmr_for_fpir(fpir: float, gallery_size: int) -> float:
     """Per-comparison FMR that keeps a stranger's FPIR at ``fpir`` over ``gallery_size`` identities."""
     if not 0 < fpir < 1:
-        raise InvalidInputError(f"FPIR must be in (0, 1), got {fpir}", reason="BAD_FPIR")
+        raise InvalidInputError(f"FPIR must be in (0, 1), got {fpir}", reason=Reason.BAD_FPIR)
     return float(-math.expm1(math.log1p(-fpir) / max(1, gallery_size)))  # 1 - (1 - fpir)^(1/n)
 
 

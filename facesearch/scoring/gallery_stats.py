@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from facesearch.errors import IndexFormatError, InvalidInputError
+from facesearch.errors import IndexFormatError, InvalidInputError, Reason
 from facesearch.scoring.cohort import GalleryCohort
 from facesearch.scoring.normalise import DEFAULT_K
 from facesearch.scoring.templates import DEFAULT_TEMPLATE, TemplateRule, mean_templates, template_rule
@@ -123,7 +123,7 @@ class TemplateTable:
         table._ids = list(identity_ids)
         table._row = {identity: i for i, identity in enumerate(identity_ids)}
         if len(table._row) != n:
-            raise InvalidInputError("duplicate identity ids in a template table", reason="BAD_GALLERY")
+            raise InvalidInputError("duplicate identity ids in a template table", reason=Reason.BAD_GALLERY)
         return table
 
     def set(self, identity_id: str, template: np.ndarray) -> None:
@@ -189,7 +189,7 @@ class GalleryOpenSet:
     def __init__(self, templates: TemplateTable, cohort: GalleryCohort, rule: str) -> None:
         template_rule(rule)  # refuses an unknown rule
         if len(templates) != len(cohort) or any(i not in templates for i in cohort.identity_ids):
-            raise InvalidInputError("templates and cohort hold different identities", reason="BAD_SCORES")
+            raise InvalidInputError("templates and cohort hold different identities", reason=Reason.BAD_SCORES)
         self.templates = templates
         self.cohort = cohort
         self.rule = rule
@@ -251,7 +251,7 @@ class GalleryOpenSet:
         ids = self.cohort.identity_ids
         templates, known = self.templates.get([str(i) for i in ids])
         if not known.all() or len(self.templates) != len(ids):
-            raise InvalidInputError("templates and cohort hold different identities", reason="BAD_SCORES")
+            raise InvalidInputError("templates and cohort hold different identities", reason=Reason.BAD_SCORES)
         encoded = [str(i).encode() for i in ids]
         offsets = np.cumsum([0, *map(len, encoded)]).astype(np.int64)
         tmp = path.with_name(path.name + ".tmp.npz")
@@ -325,11 +325,11 @@ def build_open_set(
     owner = np.asarray(face_identity, np.int64)
     n_ids = len(identity_ids)
     if faces.ndim != 2 or len(owner) != len(faces):
-        raise InvalidInputError("embeddings must be (n, d) with one identity row per face", reason="BAD_GALLERY")
+        raise InvalidInputError("embeddings must be (n, d) with one identity row per face", reason=Reason.BAD_GALLERY)
     counts = np.bincount(owner, minlength=n_ids) if len(owner) else np.zeros(n_ids, np.int64)
     if len(counts) != n_ids or (counts == 0).any():
         raise InvalidInputError(
-            "every identity needs at least one face, and rows must be < len(identity_ids)", reason="BAD_GALLERY"
+            "every identity needs at least one face, and rows must be < len(identity_ids)", reason=Reason.BAD_GALLERY
         )
     if n_ids == 0:
         return GalleryOpenSet.empty(faces.shape[1], k, rule, depth)

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from facesearch.errors import InvalidInputError
+from facesearch.errors import InvalidInputError, Reason
 from facesearch.scoring.decision import ScoredCandidate, ScoreKind, rank
 
 #: Cohort size tuned on lfw-dev (bench/results/open_set.md).
@@ -71,7 +71,7 @@ def probe_topk_mean(scores: np.ndarray, k: int) -> np.ndarray:
     """
     s = np.asarray(scores, np.float64)
     if s.ndim != 2:
-        raise InvalidInputError(f"scores must be (probes, candidates), got shape {s.shape}", reason="BAD_SCORES")
+        raise InvalidInputError(f"scores must be (probes, candidates), got shape {s.shape}", reason=Reason.BAD_SCORES)
     q, m = s.shape
     kk = min(k, m - 1)
     if kk < 1:
@@ -136,7 +136,9 @@ def score_candidates(
     """
     raw = np.asarray(similarities, np.float64)
     if raw.ndim != 1 or len(raw) != len(identity_ids) or np.shape(gallery_mean) != raw.shape:
-        raise InvalidInputError("identity_ids, similarities and gallery_mean must be parallel 1-d", reason="BAD_SCORES")
+        raise InvalidInputError(
+            "identity_ids, similarities and gallery_mean must be parallel 1-d", reason=Reason.BAD_SCORES
+        )
     if len(raw) == 0:
         return ()
     z, probe_mean = normalise_candidates(raw, gallery_mean, k)

@@ -21,7 +21,7 @@ from enum import StrEnum
 
 import numpy as np
 
-from facesearch.errors import InvalidInputError
+from facesearch.errors import InvalidInputError, Reason
 
 
 class TemplateRule(StrEnum):
@@ -43,7 +43,7 @@ def template_rule(value: str) -> TemplateRule:
         return TemplateRule(value)
     except ValueError:
         raise InvalidInputError(
-            f"template rule must be one of {TEMPLATE_MODES}, got {value!r}", reason="BAD_CONFIG"
+            f"template rule must be one of {TEMPLATE_MODES}, got {value!r}", reason=Reason.BAD_CONFIG
         ) from None
 
 
@@ -72,7 +72,7 @@ def build_gallery(faces: np.ndarray, labels: np.ndarray, weights: np.ndarray | N
     """Group faces by label; ``weights`` (per face, >= 0) make the mean template quality-weighted."""
     faces = np.asarray(faces, np.float32)
     if faces.ndim != 2 or len(faces) != len(labels):
-        raise InvalidInputError("faces must be (n, d) with one label per face", reason="BAD_GALLERY")
+        raise InvalidInputError("faces must be (n, d) with one label per face", reason=Reason.BAD_GALLERY)
     identities, face_identity = np.unique(np.asarray(labels), return_inverse=True)
     templates = mean_templates(faces, face_identity, len(identities), weights)
     return TemplateGallery(identities=identities, faces=faces, face_identity=face_identity, templates=templates)

@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from facesearch.errors import ContractMismatchError, IndexFormatError
+from facesearch.errors import ContractMismatchError, IndexFormatError, Reason
 
 SCHEMA_VERSION = 1
 JOURNAL_FILE = "journal.sqlite"
@@ -213,7 +213,7 @@ class LiveJournal:
         directory = Path(directory)
         path = directory / JOURNAL_FILE
         if not path.is_file() and not create:
-            raise IndexFormatError(f"no live journal at {path}", reason="JOURNAL_MISSING")
+            raise IndexFormatError(f"no live journal at {path}", reason=Reason.JOURNAL_MISSING)
         directory.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
         conn.execute("PRAGMA journal_mode = WAL")
@@ -241,7 +241,7 @@ class LiveJournal:
         """Open an existing journal to read snapshots only (e.g. while the server writes it)."""
         path = Path(directory) / JOURNAL_FILE
         if not path.is_file():
-            raise IndexFormatError(f"no live journal at {path}", reason="JOURNAL_MISSING")
+            raise IndexFormatError(f"no live journal at {path}", reason=Reason.JOURNAL_MISSING)
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
         row = conn.execute("SELECT value FROM meta WHERE key = 'd'").fetchone()
         if row is None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from facesearch.errors import InvalidInputError
+from facesearch.errors import InvalidInputError, Reason
 from facesearch.scoring.gallery_stats import (
     BLOCK_ELEMENTS,
     EXACT_FACES,
@@ -81,7 +81,7 @@ def build_open_set_for_store(
                 pos += len(emb)
                 bar.update(len(emb))
         if pos != n:
-            raise InvalidInputError(f"{store_path}: {pos} faces read, {n} counted", reason="BAD_GALLERY")
+            raise InvalidInputError(f"{store_path}: {pos} faces read, {n} counted", reason=Reason.BAD_GALLERY)
         del dest
         templates = np.empty((n_ids, d), np.float32)
         for lo in range(0, n_ids, _TEMPLATE_IDS):  # sums in float64, as mean_templates

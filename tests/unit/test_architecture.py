@@ -48,7 +48,10 @@ def test_the_tree_keeps_every_contract(clean_copy: Path) -> None:
 PLANTS = {
     # contract name as lint-imports prints it -> (file, line planted in it)
     "Apps never import one another": ("server/planted.py", "import indexer.main\n"),
-    "Library layers import downward only": ("facesearch/scoring/planted.py", "import facesearch.store.identity_store\n"),
+    "Library layers import downward only": (
+        "facesearch/scoring/planted.py",
+        "import facesearch.store.identity_store\n",
+    ),
     "The library never imports an app": ("facesearch/store/planted.py", "import server.config\n"),
     "Torch, torchvision and onnx only in facesearch.nets, export and training": (
         "indexer/planted.py",
