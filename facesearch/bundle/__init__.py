@@ -19,7 +19,8 @@ Modules (and the tests that cover them):
   ``tests/integration/test_server_model_change.py``, ``tests/integration/test_server_rebuild.py``,
   ``tests/integration/test_server_rpcs.py``, ``tests/integration/test_server_swap.py``,
   ``tests/integration/test_shipped_calibration_bundle.py``,
-  ``tests/integration/test_training_export.py``, ``tests/unit/test_shipped_calibration.py``.
+  ``tests/integration/test_training_export.py``, ``tests/unit/test_manifests.py``,
+  ``tests/unit/test_shipped_calibration.py``.
 """
 
 from __future__ import annotations
@@ -32,28 +33,34 @@ from facesearch.bundle.location import (
     resolve_bundle,
 )
 from facesearch.bundle.manifest import (
-    BUNDLE_FORMAT,
-    BUNDLE_FORMAT_VERSION,
     CALIBRATION_FILE,
     MANIFEST,
     PREPROCESSING_VERSION,
+    BundleManifest,
+    ChipSpec,
+    EmbeddingSpec,
     ModelBundle,
+    ModelFile,
+    ParityReport,
+    TrainingRecord,
     contract_id,
-    sha256_file,
 )
 
 __all__ = [
-    "BUNDLE_FORMAT",
-    "BUNDLE_FORMAT_VERSION",
     "CALIBRATION_FILE",
     "CURRENT_POINTER",
     "DEFAULT_DATA_DIR",
     "MANIFEST",
     "PREPROCESSING_VERSION",
+    "BundleManifest",
+    "ChipSpec",
+    "EmbeddingSpec",
     "ModelBundle",
+    "ModelFile",
+    "ParityReport",
+    "TrainingRecord",
     "contract_id",
     "current_bundle",
     "default_bundle",
     "resolve_bundle",
-    "sha256_file",
 ]

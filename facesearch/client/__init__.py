@@ -8,7 +8,8 @@ Modules (and the tests that cover them):
 
 - ``service_client``: A Python client for the facesearch gRPC server. Tests:
   ``tests/integration/test_server_cohort.py``, ``tests/integration/test_server_decisions.py``,
-  ``tests/integration/test_server_rpcs.py``, ``tests/integration/test_server_security.py``.
+  ``tests/integration/test_server_rpcs.py``, ``tests/integration/test_server_security.py``,
+  ``tests/unit/test_reasons.py``.
 """
 
 from __future__ import annotations
@@ -16,9 +17,13 @@ from __future__ import annotations
 from facesearch.client.service_client import (
     DEFAULT_TARGET,
     FaceSearchClient,
+    RpcFailedError,
+    reported_error,
 )
 
 __all__ = [
     "DEFAULT_TARGET",
     "FaceSearchClient",
+    "RpcFailedError",
+    "reported_error",
 ]

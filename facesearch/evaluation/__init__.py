@@ -16,7 +16,8 @@ Modules (and the tests that cover them):
 - ``det_plot``: A DET curve (FNIR against FPIR, both log scale) drawn as PNG with Pillow alone.
   Tests: ``tests/unit/test_open_set_eval.py``.
 - ``ident``: The 1:N identification protocol: rank-k, FNIR at FPIR, DET curve, per-group error
-  rates. Tests: ``tests/unit/test_open_set_calibration.py``, ``tests/unit/test_open_set_eval.py``.
+  rates. Tests: ``tests/unit/test_decision.py``, ``tests/unit/test_open_set_calibration.py``,
+  ``tests/unit/test_open_set_eval.py``.
 - ``ident_scoring``: Scoring an identification split both ways: raw cosine and facesearch's
   normalised decision score. Tests: ``tests/unit/test_open_set_calibration.py``,
   ``tests/unit/test_open_set_eval.py``.
@@ -38,6 +39,7 @@ from __future__ import annotations
 from facesearch.evaluation.calibrate import (
     calibrate,
     calibrate_open_set,
+    gallery_ladder,
 )
 from facesearch.evaluation.det_plot import (
     Curve,
@@ -49,6 +51,7 @@ from facesearch.evaluation.ident import (
     evaluate,
     fnir_at,
     fpir_at,
+    group_rates,
     rank_rate,
     searches_from_scores,
     threshold_at_fpir,
@@ -64,10 +67,13 @@ from facesearch.evaluation.ident_split import (
     write_split,
 )
 from facesearch.evaluation.model_eval import (
+    BundleScores,
     EvalSet,
+    FaceSet,
     cut_chips,
     draw_pairs,
     score_bundle,
+    score_embeddings,
     tree_names,
 )
 from facesearch.evaluation.pairs import (
@@ -77,11 +83,14 @@ from facesearch.evaluation.pairs import (
     evaluate_pairs,
     pair_scores,
     read_pairs,
+    roc_auc,
+    tar_at_far,
 )
 from facesearch.evaluation.promotion import (
     PromotionConfig,
     Tolerances,
     format_table,
+    judge,
     run,
 )
 from facesearch.evaluation.synthetic import (
@@ -91,9 +100,11 @@ from facesearch.evaluation.synthetic import (
 )
 
 __all__ = [
+    "BundleScores",
     "Curve",
     "EvalSet",
     "FaceEmbeddingModel",
+    "FaceSet",
     "Pair",
     "PairsReport",
     "PromotionConfig",
@@ -114,15 +125,21 @@ __all__ = [
     "fnir_at",
     "format_table",
     "fpir_at",
+    "gallery_ladder",
+    "group_rates",
     "identity_photos",
+    "judge",
     "open_set_split",
     "pair_scores",
     "rank_rate",
     "read_pairs",
+    "roc_auc",
     "run",
     "score_bundle",
+    "score_embeddings",
     "score_split",
     "searches_from_scores",
+    "tar_at_far",
     "threshold_at_fpir",
     "tree_names",
     "wilson_interval",

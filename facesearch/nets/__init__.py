@@ -13,7 +13,8 @@ Modules (and the tests that cover them):
   ``tests/unit/test_training_checkpoint.py``.
 - ``checkpoint``: Training checkpoints: one ``torch.save`` dict per epoch, written atomically,
   refused on mismatch. Tests: ``tests/integration/test_training_export.py``,
-  ``tests/integration/test_training_tiny_run.py``, ``tests/unit/test_training_checkpoint.py``.
+  ``tests/integration/test_training_tiny_run.py``, ``tests/unit/test_manifests.py``,
+  ``tests/unit/test_training_checkpoint.py``.
 - ``dlib_architectures``: The two dlib network definitions we convert, as flat bottom-up op plans.
   Tests: through its callers.
 - ``dlib_dnn``: Read a serialized dlib DNN (``dlib/dnn/core.h`` + ``layers.h`` + ``input.h`` +
@@ -40,6 +41,11 @@ from facesearch.nets.backbones import (
 from facesearch.nets.checkpoint import (
     BEST,
     LAST,
+    REQUIRED_KEYS,
+    BaseBundleRef,
+    BestEpoch,
+    Checkpoint,
+    TrainingData,
     capture_rng_state,
     check_resume,
     fingerprint,
@@ -57,6 +63,7 @@ from facesearch.nets.dlib_architectures import (
 from facesearch.nets.dlib_dnn import (
     DnnLayer,
     DnnModel,
+    read_dnn,
     read_dnn_file,
 )
 from facesearch.nets.dlib_sources import (
@@ -74,14 +81,19 @@ __all__ = [
     "BEST",
     "DLIB_FILES",
     "LAST",
+    "REQUIRED_KEYS",
     "SOURCE_PACKAGE",
     "Backbone",
+    "BaseBundleRef",
+    "BestEpoch",
+    "Checkpoint",
     "DlibNet",
     "DlibStream",
     "DnnLayer",
     "DnnModel",
     "Op",
     "RgbInput",
+    "TrainingData",
     "build_backbone",
     "capture_rng_state",
     "check_resume",
@@ -93,6 +105,7 @@ __all__ = [
     "match_plan",
     "mmod_plan",
     "prune_checkpoints",
+    "read_dnn",
     "read_dnn_file",
     "resnet_plan",
     "restore_rng_state",

@@ -8,22 +8,28 @@ util | api).
 Modules (and the tests that cover them):
 
 - ``calibration``: Turning error-rate promises into similarity thresholds. Tests:
-  ``tests/unit/test_calibration.py``, ``tests/unit/test_server_thresholds.py``,
-  ``tests/unit/test_shipped_calibration.py``.
+  ``tests/integration/test_ident_eval_cli.py``, ``tests/unit/test_calibration.py``,
+  ``tests/unit/test_server_thresholds.py``, ``tests/unit/test_shipped_calibration.py``.
 - ``cohort``: Gallery-side cohort statistics for the normalised score, kept exact through enroll and
   delete. Tests: ``tests/unit/test_open_set_cohort.py``, ``tests/unit/test_server_open_set.py``.
+- ``decision``: The one decision rule: when a score is a match, which candidate is the answer, and
+  what an error rate means at a gallery size. The server and the evaluation code both decide through
+  it. Tests: ``tests/integration/test_server_decisions.py``, ``tests/unit/test_calibration.py``,
+  ``tests/unit/test_decision.py``, ``tests/unit/test_open_set.py``,
+  ``tests/unit/test_open_set_calibration.py``, ``tests/unit/test_server_thresholds.py``.
 - ``gallery_stats``: A gallery's open-set statistics: identity templates and the cohort, built in
   bulk and saved. Tests: ``tests/integration/test_indexer_open_set.py``,
-  ``tests/unit/test_architecture.py``, ``tests/unit/test_open_set_shortlist.py``,
-  ``tests/unit/test_open_set_store.py``, ``tests/unit/test_server_open_set.py``.
+  ``tests/unit/test_architecture.py``, ``tests/unit/test_decision.py``,
+  ``tests/unit/test_open_set_shortlist.py``, ``tests/unit/test_open_set_store.py``,
+  ``tests/unit/test_server_open_set.py``.
 - ``normalise``: Open-set scores: adaptive symmetric normalisation with the gallery as cohort.
   Tests: ``tests/integration/test_indexer_open_set.py``,
   ``tests/integration/test_server_cohort.py``, ``tests/integration/test_server_gallery.py``,
   ``tests/unit/test_open_set.py``, ``tests/unit/test_open_set_cohort.py``,
   ``tests/unit/test_open_set_eval.py``, ``tests/unit/test_server_open_set.py``.
 - ``open_set_calibration``: Calibration of the normalised score, and turning error-rate promises
-  into thresholds. Tests: ``tests/integration/test_indexer_open_set.py``,
-  ``tests/integration/test_server_decisions.py``,
+  into thresholds. Tests: ``tests/integration/test_ident_eval_cli.py``,
+  ``tests/integration/test_indexer_open_set.py``, ``tests/integration/test_server_decisions.py``,
   ``tests/integration/test_shipped_calibration_bundle.py``,
   ``tests/unit/test_open_set_calibration.py``, ``tests/unit/test_server_thresholds.py``,
   ``tests/unit/test_shipped_calibration.py``.
@@ -45,6 +51,21 @@ from facesearch.scoring.calibration import (
     CalibrationPoint,
 )
 from facesearch.scoring.cohort import GalleryCohort
+from facesearch.scoring.decision import (
+    CalibratedThreshold,
+    DecisionThreshold,
+    ScoredCandidate,
+    ScoreKind,
+    ThresholdKind,
+    ThresholdScale,
+    VerifyDecision,
+    decide,
+    fmr_for_fpir,
+    fpir_for_fmr,
+    just_above,
+    matches,
+    verify_decision,
+)
 from facesearch.scoring.gallery_stats import (
     ANN_IDENTITIES,
     BLOCK_ELEMENTS,
@@ -53,7 +74,9 @@ from facesearch.scoring.gallery_stats import (
     SHORTLIST,
     GalleryOpenSet,
     Grouped,
+    build_open_set,
     combine,
+    exact_neighbours,
     file_fingerprint,
     from_grouped,
     open_set_params,
@@ -63,10 +86,13 @@ from facesearch.scoring.gallery_stats import (
 )
 from facesearch.scoring.normalise import (
     DEFAULT_K,
+    finite_or_none,
     gallery_topk_mean,
     margin,
+    normalise_candidates,
     normalise_matrix,
     probe_topk_mean,
+    score_candidates,
     topk_mean,
 )
 from facesearch.scoring.open_set_calibration import (
@@ -86,12 +112,13 @@ from facesearch.scoring.templates import (
     build_gallery,
     gallery_scores,
     identity_scores,
+    mean_templates,
     quality_weights,
 )
 from facesearch.scoring.thresholds import (
-    DecisionThreshold,
     ThresholdPolicy,
     ThresholdRequest,
+    fmr_at,
 )
 
 __all__ = [
@@ -110,6 +137,7 @@ __all__ = [
     "OPEN_SET_FILE",
     "SCORE_KIND",
     "SHORTLIST",
+    "CalibratedThreshold",
     "Calibration",
     "CalibrationPoint",
     "DecisionThreshold",
@@ -119,24 +147,42 @@ __all__ = [
     "GalleryOpenSet",
     "Grouped",
     "OpenSetCalibration",
+    "ScoreKind",
+    "ScoredCandidate",
+    "ThresholdKind",
     "ThresholdPolicy",
     "ThresholdRequest",
+    "ThresholdScale",
+    "VerifyDecision",
     "build_gallery",
+    "build_open_set",
     "combine",
+    "decide",
+    "exact_neighbours",
     "file_fingerprint",
+    "finite_or_none",
+    "fmr_at",
+    "fmr_for_fpir",
+    "fpir_for_fmr",
     "from_grouped",
     "gallery_scores",
     "gallery_topk_mean",
     "identity_scores",
+    "just_above",
     "load_open_set_calibration",
     "margin",
+    "matches",
+    "mean_templates",
+    "normalise_candidates",
     "normalise_matrix",
     "open_set_params",
     "probe_topk_mean",
     "quality_weights",
     "resolve_threshold",
     "saved_params",
+    "score_candidates",
     "shortlist_neighbours",
     "topk_mean",
     "unit",
+    "verify_decision",
 ]

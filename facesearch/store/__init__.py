@@ -16,7 +16,7 @@ Modules (and the tests that cover them):
   Tests: ``tests/integration/test_indexer_embeddings.py``,
   ``tests/integration/test_indexer_images.py``, ``tests/integration/test_indexer_open_set.py``,
   ``tests/integration/test_server_rebuild.py``, ``tests/unit/test_index_artifact.py``,
-  ``tests/unit/test_index_tune.py``.
+  ``tests/unit/test_index_tune.py``, ``tests/unit/test_manifests.py``.
 - ``live_journal``: The live journal: enrollments and deletions made since the published index
   version was built. Tests: ``tests/integration/test_indexer_open_set.py``,
   ``tests/integration/test_server_gallery.py``, ``tests/integration/test_server_model_change.py``,
@@ -30,6 +30,8 @@ from __future__ import annotations
 from facesearch.store.identity_store import (
     FaceRows,
     IdentityStore,
+    StoredFace,
+    StoredIdentity,
 )
 from facesearch.store.index_artifact import (
     CURRENT,
@@ -55,9 +57,11 @@ from facesearch.store.index_artifact import (
     load_index,
     read_manifest,
     resolve_version_dir,
-    write_atomic,
+    write_manifest,
 )
 from facesearch.store.live_journal import (
+    CONTRACTS_DIR,
+    LIVE_VECTOR_ID_BASE,
     JournalSnapshot,
     LiveFace,
     LiveIdentity,
@@ -71,9 +75,11 @@ from facesearch.store.open_set_build import (
 )
 
 __all__ = [
+    "CONTRACTS_DIR",
     "CURRENT",
     "EXACT_FILE",
     "INDEX_FILE",
+    "LIVE_VECTOR_ID_BASE",
     "MANIFEST",
     "REFINE_CODEC_FILE",
     "REFINE_FILE",
@@ -95,6 +101,8 @@ __all__ = [
     "RecallReport",
     "RefineStore",
     "SearchParams",
+    "StoredFace",
+    "StoredIdentity",
     "build_open_set_for_store",
     "check_files",
     "current_version",
@@ -104,5 +112,5 @@ __all__ = [
     "open_set_build_bytes",
     "read_manifest",
     "resolve_version_dir",
-    "write_atomic",
+    "write_manifest",
 ]

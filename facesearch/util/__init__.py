@@ -7,14 +7,30 @@ api).
 
 Modules (and the tests that cover them):
 
-- ``fs``: Replacing a whole directory (a model bundle) so that readers see the old one or the new
-  one. Tests: through its callers.
+- ``fs``: Files that readers see whole or not at all: the one atomic writer, the one pointer switch,
+  whole directory replacement, and file digests. Tests: ``tests/unit/test_fs.py``.
 """
 
 from __future__ import annotations
 
-from facesearch.util.fs import replace_dir
+from facesearch.util.fs import (
+    atomic_path,
+    fsync_dir,
+    fsync_path,
+    read_pointer,
+    replace_dir,
+    sha256_file,
+    switch_pointer,
+    write_atomic,
+)
 
 __all__ = [
+    "atomic_path",
+    "fsync_dir",
+    "fsync_path",
+    "read_pointer",
     "replace_dir",
+    "sha256_file",
+    "switch_pointer",
+    "write_atomic",
 ]

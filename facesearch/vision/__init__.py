@@ -30,21 +30,46 @@ Modules (and the tests that cover them):
 - ``pipeline``: The face pipeline: photo -> faces (box, score, landmarks, chip, embedding, quality).
   Tests: ``tests/integration/test_checkpoint_export.py``,
   ``tests/integration/test_flip_average.py``, ``tests/integration/test_indexer_images.py``,
-  ``tests/integration/test_pipeline_embed.py``, ``tests/integration/test_training_export.py``.
+  ``tests/integration/test_pipeline_embed.py``, ``tests/integration/test_training_export.py``,
+  ``tests/unit/test_jobs_runner.py``.
 - ``pyramid``: dlib's image pyramids, reproduced bit for bit in numpy. Tests:
   ``tests/unit/test_detector.py``.
 - ``quality``: Simple, explainable face quality signals used to gate enrollment and to report.
-  Tests: through its callers.
+  Tests: ``tests/unit/test_face_selection.py``, ``tests/unit/test_jobs_runner.py``.
+- ``selection``: Which face of a photo a caller uses, and why a photo gives none: one reject
+  vocabulary. Tests: ``tests/unit/test_face_selection.py``.
 """
 
 from __future__ import annotations
 
-from facesearch.vision.align import face_chip
+from facesearch.vision.align import (
+    MEAN_FACE_5,
+    chip_transform,
+    extract_chip,
+    face_chip,
+    face_chip_details,
+    pyramid_down2,
+)
 from facesearch.vision.decode import (
+    DEFAULT_LIMITS,
     decode_image,
     load_image,
 )
+from facesearch.vision.detector import (
+    Detection,
+    FaceDetector,
+    upsample_for_min_face,
+)
+from facesearch.vision.embedder import Embedder
 from facesearch.vision.image_limits import DecodeLimits
+from facesearch.vision.landmarks import (
+    LandmarkPredictor,
+    sum_in_order,
+)
+from facesearch.vision.nms import (
+    box_overlaps,
+    greedy_nms,
+)
 from facesearch.vision.onnx_session import (
     create_session,
     default_threads,
@@ -57,26 +82,72 @@ from facesearch.vision.pipeline import (
 )
 from facesearch.vision.pyramid import (
     build_pyramid_tensor,
+    lround,
+    pyramid2_rect_down,
+    pyramid_up_size,
+    resize_float_planes,
+    resize_rgb_u8,
     tiled_pyramid_layout,
+    tiled_pyramid_to_image,
 )
 from facesearch.vision.quality import (
     FaceQuality,
     measure_quality,
 )
+from facesearch.vision.selection import (
+    Audience,
+    Policy,
+    QualityGate,
+    Reject,
+    Rejection,
+    choose_face,
+    largest_first,
+    process_photo,
+    rejection_for_error,
+)
 
 __all__ = [
+    "DEFAULT_LIMITS",
+    "MEAN_FACE_5",
+    "Audience",
     "DecodeLimits",
+    "Detection",
+    "Embedder",
     "Face",
+    "FaceDetector",
     "FacePipeline",
     "FaceQuality",
+    "LandmarkPredictor",
     "PipelineConfig",
+    "Policy",
+    "QualityGate",
+    "Reject",
+    "Rejection",
+    "box_overlaps",
     "build_pyramid_tensor",
+    "chip_transform",
+    "choose_face",
     "create_session",
     "decode_image",
     "default_threads",
+    "extract_chip",
     "face_chip",
+    "face_chip_details",
+    "greedy_nms",
+    "largest_first",
     "load_image",
+    "lround",
     "measure_quality",
     "nearest_centre",
+    "process_photo",
+    "pyramid2_rect_down",
+    "pyramid_down2",
+    "pyramid_up_size",
+    "rejection_for_error",
+    "resize_float_planes",
+    "resize_rgb_u8",
+    "sum_in_order",
     "tiled_pyramid_layout",
+    "tiled_pyramid_to_image",
+    "upsample_for_min_face",
 ]
