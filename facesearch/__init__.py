@@ -20,6 +20,7 @@ scores      :mod:`facesearch.scoring`            normalised scores, templates, c
 base        :mod:`facesearch.errors` |           the error hierarchy and its reasons;
             :mod:`facesearch.util` |             atomic files and pointer switches;
             :mod:`facesearch.api`                generated gRPC stubs (``scripts/gen-proto.sh``)
+reasons     :mod:`facesearch.reasons`            every error reason, declared once with its status code
 ==========  ===================================  =================================================
 
 Each subpackage's docstring indexes its modules and the tests that cover them, and its
