@@ -128,6 +128,8 @@ class Reason(StrEnum):
     DUPLICATE_IDENTITY = auto(), _EXISTS, "one identity id twice where each must appear once"
     NOT_READY = auto(), _PRECONDITION, "the server has no index to serve yet (loading, or the version was refused)"
     QUEUE_FULL = auto(), _EXHAUSTED, "every worker is busy and the admission queue is full: retry later"
+    WORK_MEMORY_FULL = auto(), _EXHAUSTED, "the photos in flight hold the server's work memory: retry later"
+    MIN_FACE_TOO_SMALL = auto(), _INVALID, "a min_face_px under 10 px, or costlier in this photo than the server allows"
     SHUTTING_DOWN = auto(), _UNAVAILABLE, "the server is stopping and takes no new work"
     MISSING_TOKEN = auto(), _UNAUTHENTICATED, "no 'authorization: Bearer <token>' metadata"
     BAD_TOKEN = auto(), _UNAUTHENTICATED, "a bearer token that is not one of the server's"

@@ -104,6 +104,16 @@ class DetectedFace(_message.Message):
     quality: FaceQuality
     def __init__(self, box: _Optional[_Union[Box, _Mapping]] = ..., detection_score: _Optional[float] = ..., landmarks: _Optional[_Iterable[_Union[Point, _Mapping]]] = ..., quality: _Optional[_Union[FaceQuality, _Mapping]] = ...) -> None: ...
 
+class DetectionScope(_message.Message):
+    __slots__ = ("min_face_px", "scanned_pixels", "limited")
+    MIN_FACE_PX_FIELD_NUMBER: _ClassVar[int]
+    SCANNED_PIXELS_FIELD_NUMBER: _ClassVar[int]
+    LIMITED_FIELD_NUMBER: _ClassVar[int]
+    min_face_px: int
+    scanned_pixels: int
+    limited: bool
+    def __init__(self, min_face_px: _Optional[int] = ..., scanned_pixels: _Optional[int] = ..., limited: _Optional[bool] = ...) -> None: ...
+
 class Candidate(_message.Message):
     __slots__ = ("identity_id", "name", "similarity", "face_id", "normalised_score", "score_details")
     IDENTITY_ID_FIELD_NUMBER: _ClassVar[int]
@@ -151,20 +161,22 @@ class DecisionThreshold(_message.Message):
     def __init__(self, kind: _Optional[_Union[ThresholdKind, str]] = ..., value: _Optional[float] = ..., score_kind: _Optional[_Union[ScoreKind, str]] = ..., gallery_size: _Optional[int] = ..., fmr: _Optional[float] = ..., fpir: _Optional[float] = ..., capped: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class IdentifyRequest(_message.Message):
-    __slots__ = ("image", "top_k", "min_similarity", "faces", "max_false_positive_identification_rate", "max_false_match_rate")
+    __slots__ = ("image", "top_k", "min_similarity", "faces", "max_false_positive_identification_rate", "max_false_match_rate", "min_face_px")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     MIN_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
     FACES_FIELD_NUMBER: _ClassVar[int]
     MAX_FALSE_POSITIVE_IDENTIFICATION_RATE_FIELD_NUMBER: _ClassVar[int]
     MAX_FALSE_MATCH_RATE_FIELD_NUMBER: _ClassVar[int]
+    MIN_FACE_PX_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     top_k: int
     min_similarity: float
     faces: FaceSelection
     max_false_positive_identification_rate: float
     max_false_match_rate: float
-    def __init__(self, image: _Optional[bytes] = ..., top_k: _Optional[int] = ..., min_similarity: _Optional[float] = ..., faces: _Optional[_Union[FaceSelection, str]] = ..., max_false_positive_identification_rate: _Optional[float] = ..., max_false_match_rate: _Optional[float] = ...) -> None: ...
+    min_face_px: int
+    def __init__(self, image: _Optional[bytes] = ..., top_k: _Optional[int] = ..., min_similarity: _Optional[float] = ..., faces: _Optional[_Union[FaceSelection, str]] = ..., max_false_positive_identification_rate: _Optional[float] = ..., max_false_match_rate: _Optional[float] = ..., min_face_px: _Optional[int] = ...) -> None: ...
 
 class IdentifiedFace(_message.Message):
     __slots__ = ("face", "match", "candidates")
@@ -177,18 +189,20 @@ class IdentifiedFace(_message.Message):
     def __init__(self, face: _Optional[_Union[DetectedFace, _Mapping]] = ..., match: _Optional[_Union[Candidate, _Mapping]] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ...) -> None: ...
 
 class IdentifyResponse(_message.Message):
-    __slots__ = ("faces", "index_version", "image_width", "image_height", "threshold")
+    __slots__ = ("faces", "index_version", "image_width", "image_height", "threshold", "detection")
     FACES_FIELD_NUMBER: _ClassVar[int]
     INDEX_VERSION_FIELD_NUMBER: _ClassVar[int]
     IMAGE_WIDTH_FIELD_NUMBER: _ClassVar[int]
     IMAGE_HEIGHT_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    DETECTION_FIELD_NUMBER: _ClassVar[int]
     faces: _containers.RepeatedCompositeFieldContainer[IdentifiedFace]
     index_version: str
     image_width: int
     image_height: int
     threshold: DecisionThreshold
-    def __init__(self, faces: _Optional[_Iterable[_Union[IdentifiedFace, _Mapping]]] = ..., index_version: _Optional[str] = ..., image_width: _Optional[int] = ..., image_height: _Optional[int] = ..., threshold: _Optional[_Union[DecisionThreshold, _Mapping]] = ...) -> None: ...
+    detection: DetectionScope
+    def __init__(self, faces: _Optional[_Iterable[_Union[IdentifiedFace, _Mapping]]] = ..., index_version: _Optional[str] = ..., image_width: _Optional[int] = ..., image_height: _Optional[int] = ..., threshold: _Optional[_Union[DecisionThreshold, _Mapping]] = ..., detection: _Optional[_Union[DetectionScope, _Mapping]] = ...) -> None: ...
 
 class VerifyRequest(_message.Message):
     __slots__ = ("image", "reference_image", "identity_id", "min_similarity", "max_false_match_rate")
@@ -225,22 +239,26 @@ class VerifyResponse(_message.Message):
     def __init__(self, decision: _Optional[_Union[VerifyDecision, str]] = ..., same: _Optional[bool] = ..., similarity: _Optional[float] = ..., min_similarity: _Optional[float] = ..., face: _Optional[_Union[DetectedFace, _Mapping]] = ..., reference_face: _Optional[_Union[DetectedFace, _Mapping]] = ..., reference_face_id: _Optional[str] = ..., threshold: _Optional[_Union[DecisionThreshold, _Mapping]] = ...) -> None: ...
 
 class DetectRequest(_message.Message):
-    __slots__ = ("image", "faces")
+    __slots__ = ("image", "faces", "min_face_px")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     FACES_FIELD_NUMBER: _ClassVar[int]
+    MIN_FACE_PX_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     faces: FaceSelection
-    def __init__(self, image: _Optional[bytes] = ..., faces: _Optional[_Union[FaceSelection, str]] = ...) -> None: ...
+    min_face_px: int
+    def __init__(self, image: _Optional[bytes] = ..., faces: _Optional[_Union[FaceSelection, str]] = ..., min_face_px: _Optional[int] = ...) -> None: ...
 
 class DetectResponse(_message.Message):
-    __slots__ = ("faces", "image_width", "image_height")
+    __slots__ = ("faces", "image_width", "image_height", "detection")
     FACES_FIELD_NUMBER: _ClassVar[int]
     IMAGE_WIDTH_FIELD_NUMBER: _ClassVar[int]
     IMAGE_HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    DETECTION_FIELD_NUMBER: _ClassVar[int]
     faces: _containers.RepeatedCompositeFieldContainer[DetectedFace]
     image_width: int
     image_height: int
-    def __init__(self, faces: _Optional[_Iterable[_Union[DetectedFace, _Mapping]]] = ..., image_width: _Optional[int] = ..., image_height: _Optional[int] = ...) -> None: ...
+    detection: DetectionScope
+    def __init__(self, faces: _Optional[_Iterable[_Union[DetectedFace, _Mapping]]] = ..., image_width: _Optional[int] = ..., image_height: _Optional[int] = ..., detection: _Optional[_Union[DetectionScope, _Mapping]] = ...) -> None: ...
 
 class EnrollImage(_message.Message):
     __slots__ = ("image", "source")
@@ -251,7 +269,7 @@ class EnrollImage(_message.Message):
     def __init__(self, image: _Optional[bytes] = ..., source: _Optional[str] = ...) -> None: ...
 
 class EnrollRequest(_message.Message):
-    __slots__ = ("identity_id", "display_name", "metadata", "images", "create_only", "use_largest_face")
+    __slots__ = ("identity_id", "display_name", "metadata", "images", "create_only", "use_largest_face", "min_face_px")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -265,29 +283,33 @@ class EnrollRequest(_message.Message):
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     CREATE_ONLY_FIELD_NUMBER: _ClassVar[int]
     USE_LARGEST_FACE_FIELD_NUMBER: _ClassVar[int]
+    MIN_FACE_PX_FIELD_NUMBER: _ClassVar[int]
     identity_id: str
     display_name: str
     metadata: _containers.ScalarMap[str, str]
     images: _containers.RepeatedCompositeFieldContainer[EnrollImage]
     create_only: bool
     use_largest_face: bool
-    def __init__(self, identity_id: _Optional[str] = ..., display_name: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., images: _Optional[_Iterable[_Union[EnrollImage, _Mapping]]] = ..., create_only: _Optional[bool] = ..., use_largest_face: _Optional[bool] = ...) -> None: ...
+    min_face_px: int
+    def __init__(self, identity_id: _Optional[str] = ..., display_name: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., images: _Optional[_Iterable[_Union[EnrollImage, _Mapping]]] = ..., create_only: _Optional[bool] = ..., use_largest_face: _Optional[bool] = ..., min_face_px: _Optional[int] = ...) -> None: ...
 
 class EnrollResult(_message.Message):
-    __slots__ = ("image_index", "accepted", "face_id", "reject_reason", "message", "face")
+    __slots__ = ("image_index", "accepted", "face_id", "reject_reason", "message", "face", "detection")
     IMAGE_INDEX_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     FACE_ID_FIELD_NUMBER: _ClassVar[int]
     REJECT_REASON_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     FACE_FIELD_NUMBER: _ClassVar[int]
+    DETECTION_FIELD_NUMBER: _ClassVar[int]
     image_index: int
     accepted: bool
     face_id: str
     reject_reason: RejectReason
     message: str
     face: DetectedFace
-    def __init__(self, image_index: _Optional[int] = ..., accepted: _Optional[bool] = ..., face_id: _Optional[str] = ..., reject_reason: _Optional[_Union[RejectReason, str]] = ..., message: _Optional[str] = ..., face: _Optional[_Union[DetectedFace, _Mapping]] = ...) -> None: ...
+    detection: DetectionScope
+    def __init__(self, image_index: _Optional[int] = ..., accepted: _Optional[bool] = ..., face_id: _Optional[str] = ..., reject_reason: _Optional[_Union[RejectReason, str]] = ..., message: _Optional[str] = ..., face: _Optional[_Union[DetectedFace, _Mapping]] = ..., detection: _Optional[_Union[DetectionScope, _Mapping]] = ...) -> None: ...
 
 class EnrollResponse(_message.Message):
     __slots__ = ("identity_id", "created", "results", "face_ids", "face_count")
