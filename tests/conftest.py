@@ -10,6 +10,10 @@ root. Benchmarks read ``../shared/data`` (``bench/common.py``), never ``tests/da
 CI: when ``CI=true`` (or ``1``) a skip is a failure: a test that skips (missing data, a missing
 extra, a missing tool) fails with the skip's reason, and a module that skips on import is a
 collection error, so CI cannot go green on a suite that did not run.
+
+Order: no test may depend on another's side effects. pytest-randomly (test extra) shuffles the
+order on every run; the seed is printed at the end (also under ``-q``): ``--randomly-seed=N``
+repeats that order, ``-p no:randomly`` runs in file order.
 """
 
 from __future__ import annotations
@@ -57,6 +61,12 @@ def pytest_make_collect_report(collector: pytest.Collector) -> Generator[None, p
         report.outcome = "failed"
         report.longrepr = f"CI=true: a skip is a failure here. {_skip_reason(report.longrepr)}"
     return report
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    if config.pluginmanager.has_plugin("randomly"):
+        seed = config.getoption("randomly_seed")
+        terminalreporter.write_line(f"test order: shuffled with --randomly-seed={seed} (-p no:randomly: file order)")
 
 
 @pytest.fixture(scope="session")
