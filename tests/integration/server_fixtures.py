@@ -163,7 +163,7 @@ def synthetic_embeddings(
 
     path = default_model_path()
     if not path.is_file():
-        pytest.skip(f"face embedding model not found at {path} (set FACESEARCH_DATA)")
+        pytest.skip(f"face embedding model not found at {path} (committed in tests/data; FACESEARCH_DATA overrides)")
     gallery = SyntheticGallery(FaceEmbeddingModel.load(path), n_faces, faces_per_identity=faces_per_identity, seed=seed)
     chunk = gallery.materialize()
     return chunk.embeddings, [f"{prefix}-{int(i)}" for i in chunk.identities]

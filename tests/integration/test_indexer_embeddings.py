@@ -32,7 +32,7 @@ FAST = ["--threads", "1", "--quiet"]
 def model() -> FaceEmbeddingModel:
     path = default_model_path()
     if not path.is_file():
-        pytest.skip(f"face embedding model not found at {path} (set FACESEARCH_DATA to the shared data folder)")
+        pytest.skip(f"face embedding model not found at {path} (committed in tests/data; FACESEARCH_DATA overrides)")
     faiss.omp_set_num_threads(1)
     return FaceEmbeddingModel.load(path)
 

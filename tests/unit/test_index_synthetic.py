@@ -14,7 +14,7 @@ from facesearch.evaluation.synthetic import FaceEmbeddingModel, SyntheticGallery
 def model() -> FaceEmbeddingModel:
     path: Path = default_model_path()
     if not path.is_file():
-        pytest.skip(f"face embedding model not found at {path} (set FACESEARCH_DATA to the shared data folder)")
+        pytest.skip(f"face embedding model not found at {path} (committed in tests/data; FACESEARCH_DATA overrides)")
     return FaceEmbeddingModel.load(path)
 
 
