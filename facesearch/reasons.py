@@ -125,6 +125,8 @@ class Reason(StrEnum):
     IDENTITY_NOT_FOUND = auto(), _NOT_FOUND, "the identity does not exist"
     FACE_NOT_FOUND = auto(), _NOT_FOUND, "a face id that does not exist"
     IDENTITY_EXISTS = auto(), _EXISTS, "the identity exists already (a create-only enroll)"
+    IDENTITY_ERASED = auto(), _PRECONDITION, "the identity was erased; enrolling it again needs an unerase first"
+    NOT_ERASED = auto(), _NOT_FOUND, "an unerase names an identity that the erasure ledger does not hold as erased"
     DUPLICATE_IDENTITY = auto(), _EXISTS, "one identity id twice where each must appear once"
     NOT_READY = auto(), _PRECONDITION, "the server has no index to serve yet (loading, or the version was refused)"
     QUEUE_FULL = auto(), _EXHAUSTED, "every worker is busy and the admission queue is full: retry later"
@@ -159,6 +161,7 @@ class Reason(StrEnum):
     CONTRACT_MISMATCH = auto(), _PRECONDITION, "embeddings or an index made with a different model contract"
     INDEX_INVALID = auto(), _PRECONDITION, "an index version with missing files, a bad sha256 or a bad manifest"
     JOURNAL_MISSING = auto(), _PRECONDITION, "no live journal where one was expected"
+    LEDGER_INVALID = auto(), _PRECONDITION, "an erasure ledger that cannot be opened or has an unknown schema"
     EMPTY_INDEX = auto(), _PRECONDITION, "an operation that would publish an index with no faces"
     EXPORT_PARITY = auto(), _PRECONDITION, "an exported ONNX model that disagrees with the torch model"
 
