@@ -38,28 +38,32 @@ def ci_forbids_skips() -> bool:
     return os.environ.get("CI", "").lower() in {"true", "1"}
 
 
-def _skip_reason(longrepr: object) -> str:
-    """A skip report's longrepr is ``(path, line, "Skipped: reason")``."""
-    if isinstance(longrepr, tuple) and len(longrepr) == 3:
-        return str(longrepr[2])
-    return str(longrepr)
+def _skip_to_failure(report: pytest.TestReport | pytest.CollectReport) -> None:
+    """Turn a skip report into a failure that keeps the skip's reason (its longrepr is
+    ``(path, line, "Skipped: reason")``)."""
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else longrepr
+    report.outcome = "failed"
+    report.longrepr = f"CI=true: a skip is a failure here. {reason}"
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
     if ci_forbids_skips() and report.skipped and not hasattr(report, "wasxfail"):
-        report.outcome = "failed"
-        report.longrepr = f"CI=true: a skip is a failure here. {_skip_reason(report.longrepr)}"
+        _skip_to_failure(report)
     return report
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_make_collect_report(collector: pytest.Collector) -> Generator[None, pytest.CollectReport]:
+def pytest_make_collect_report(
+    collector: pytest.Collector,
+) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
     report = yield
     if ci_forbids_skips() and report.skipped:
-        report.outcome = "failed"
-        report.longrepr = f"CI=true: a skip is a failure here. {_skip_reason(report.longrepr)}"
+        _skip_to_failure(report)
     return report
 
 

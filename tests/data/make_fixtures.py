@@ -38,6 +38,7 @@ import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -131,7 +132,7 @@ def group_photos(tree: Mapping[str, list[Path]], bundle: Path, skip: Iterable[st
     return found
 
 
-def server_embeddings(tree: Mapping[str, list[Path]], bundle: Path, workers: int) -> dict[str, np.ndarray]:
+def server_embeddings(tree: Mapping[str, list[Path]], bundle: Path, workers: int) -> dict[str, Any]:
     from facesearch.bundle.manifest import ModelBundle
     from facesearch.jobs.embed import embed_paths
 
