@@ -59,7 +59,12 @@ def test_hot_swap_under_load_fails_no_request(
                 wait_until(
                     lambda: c.stats()["index_version"] == published[-1], timeout=60, what=f"swap to {published[-1]}"
                 )
-        wait_until(lambda: len(answers) > 30, timeout=120, what="requests after the swaps")
+        after_swaps = len(answers)
+        wait_until(
+            lambda: len(answers) > after_swaps + 30 and published[-1] in versions,
+            timeout=120,
+            what="requests served after the swaps",
+        )
         stop.set()
         for t in threads:
             t.join(60)
