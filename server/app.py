@@ -98,7 +98,14 @@ class FaceSearchServer:
         faiss.omp_set_num_threads(c.search_threads)  # concurrency comes from requests, not from OpenMP
         self.bundle = ModelBundle.load(c.bundle)
         self.pipeline = FacePipeline(
-            self.bundle, PipelineConfig(min_face=c.min_face, threads=c.threads or None, max_batch=c.max_batch)
+            self.bundle,
+            PipelineConfig(
+                min_face=c.min_face,
+                threads=c.threads or None,
+                max_batch=c.max_batch,
+                detect_pixels=c.detect_pixels,
+                max_detect_pixels=c.max_detect_pixels,
+            ),
         )
         place = journal_place(c.live_dir, self.bundle.contract_id)
         for directory, contract, faces in place.others:
@@ -129,7 +136,7 @@ class FaceSearchServer:
         )
         open_set = load_open_set_calibration(c.bundle)
         self.gallery = Gallery(self.journal, self.bundle.embedding_dim, open_set_params(open_set, c))
-        self.admission = Admission(c.workers, c.queue_size)
+        self.admission = Admission(c.workers, c.queue_size, c.work_memory)
         self.service = FaceSearchService(
             engine,
             self.gallery,

@@ -24,6 +24,11 @@ FACESEARCH_MAX_BATCH                                            32 (faces per em
 FACESEARCH_MAX_MESSAGE_BYTES                                    32M (a 20 MB photo fits)
 FACESEARCH_MAX_IMAGE_PIXELS                                     40000000
 FACESEARCH_MIN_FACE                                             40 (px, smallest face detected)
+FACESEARCH_DETECT_PIXELS                                        3400000 (detection budget, pyramid
+                                                                pixels; "off": dlib's exact scan)
+FACESEARCH_MAX_DETECT_PIXELS                                    9000000 (most a request's
+                                                                min_face_px may scan)
+FACESEARCH_WORK_MEMORY                                          1G (photos in CPU stages, together)
 FACESEARCH_ENROLL_MIN_FACE_SIZE                                 50 (px, smallest face enrolled)
 FACESEARCH_ENROLL_MIN_BLUR                                      25 (Laplacian variance)
 FACESEARCH_MIN_SIMILARITY                                       off (a fixed default cosine instead)
@@ -46,9 +51,13 @@ from typing import Any
 
 from facesearch.bundle.location import default_bundle
 from facesearch.errors import InvalidInputError, Reason
+from facesearch.vision.detection_plan import worst_work_bytes
+from facesearch.vision.pipeline import DEFAULT_DETECT_PIXELS, MIN_DETECT_PIXELS
 
 DEFAULT_LISTEN = "0.0.0.0:50051"
 DEFAULT_METRICS_LISTEN = "0.0.0.0:9464"
+DEFAULT_MAX_DETECT_PIXELS = 9_000_000  # a 1080p frame searched down to 40 px faces (2x: 8.3 MP)
+DEFAULT_WORK_MEMORY = 1 << 30
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -75,6 +84,9 @@ class ServerConfig:
     max_message_bytes: int = 32 << 20
     max_image_pixels: int = 40_000_000
     min_face: int = 40
+    detect_pixels: int | None = DEFAULT_DETECT_PIXELS  # None: no budget (dlib's exact scan, any cost)
+    max_detect_pixels: int = DEFAULT_MAX_DETECT_PIXELS
+    work_memory: int = DEFAULT_WORK_MEMORY
     enroll_min_face_size: float = 50.0
     enroll_min_blur: float = 25.0
     min_similarity: float | None = None  # a fixed default cosine (Identify and Verify); None: the bundle's promise
@@ -119,6 +131,7 @@ class ServerConfig:
             raise InvalidInputError(
                 f"FACESEARCH_MIN_FACE must be >= 10 px, got {self.min_face}", reason=Reason.BAD_CONFIG
             )
+        self._check_detection()
         if self.min_similarity is not None and not -1.0 <= self.min_similarity <= 1.0:
             raise InvalidInputError(
                 f"FACESEARCH_MIN_SIMILARITY must be a cosine in [-1, 1], got {self.min_similarity}",
@@ -139,6 +152,29 @@ class ServerConfig:
         if self.log_level not in LOG_LEVELS:
             raise InvalidInputError(
                 f"FACESEARCH_LOG_LEVEL must be one of {LOG_LEVELS}, got {self.log_level!r}", reason=Reason.BAD_CONFIG
+            )
+
+    def _check_detection(self) -> None:
+        for name, value in (("DETECT_PIXELS", self.detect_pixels), ("MAX_DETECT_PIXELS", self.max_detect_pixels)):
+            if value is not None and value < MIN_DETECT_PIXELS:
+                raise InvalidInputError(
+                    f"FACESEARCH_{name} must be >= {MIN_DETECT_PIXELS} pixels, got {value}", reason=Reason.BAD_CONFIG
+                )
+        if self.detect_pixels is not None and self.max_detect_pixels < self.detect_pixels:
+            raise InvalidInputError(
+                f"FACESEARCH_MAX_DETECT_PIXELS ({self.max_detect_pixels}) must be >= FACESEARCH_DETECT_PIXELS "
+                f"({self.detect_pixels})",
+                reason=Reason.BAD_CONFIG,
+            )
+        if self.detect_pixels is None:
+            return  # no budget: a photo's cost is bounded only by FACESEARCH_MAX_IMAGE_PIXELS
+        need = worst_work_bytes(self.max_image_pixels, self.max_detect_pixels)
+        if self.work_memory < need:
+            raise InvalidInputError(
+                f"FACESEARCH_WORK_MEMORY={self.work_memory} cannot hold one photo of FACESEARCH_MAX_IMAGE_PIXELS="
+                f"{self.max_image_pixels} scanned at FACESEARCH_MAX_DETECT_PIXELS={self.max_detect_pixels}: it "
+                f"needs {need} bytes ({need / (1 << 20):.0f}M); raise it or lower those",
+                reason=Reason.BAD_CONFIG,
             )
 
     @property
@@ -206,6 +242,9 @@ def load_config(args: argparse.Namespace | None = None, env: Mapping[str, str] |
         max_message_bytes=reader.as_size("FACESEARCH_MAX_MESSAGE_BYTES", 32 << 20),
         max_image_pixels=reader.as_int("FACESEARCH_MAX_IMAGE_PIXELS", 40_000_000),
         min_face=reader.as_int("FACESEARCH_MIN_FACE", 40),
+        detect_pixels=reader.as_int_or_off("FACESEARCH_DETECT_PIXELS", DEFAULT_DETECT_PIXELS),
+        max_detect_pixels=reader.as_int("FACESEARCH_MAX_DETECT_PIXELS", DEFAULT_MAX_DETECT_PIXELS),
+        work_memory=reader.as_size("FACESEARCH_WORK_MEMORY", DEFAULT_WORK_MEMORY),
         enroll_min_face_size=reader.as_float("FACESEARCH_ENROLL_MIN_FACE_SIZE", 50.0),
         enroll_min_blur=reader.as_float("FACESEARCH_ENROLL_MIN_BLUR", 25.0),
         min_similarity=reader.as_optional_float("FACESEARCH_MIN_SIMILARITY"),
@@ -240,6 +279,12 @@ class _EnvReader:
             return int(raw)
         except ValueError:
             raise self._bad(name, raw, "an integer") from None
+
+    def as_int_or_off(self, name: str, default: int) -> int | None:
+        raw = self._raw(name)
+        if raw is not None and raw.lower() in ("off", "none"):
+            return None
+        return self.as_int(name, default)
 
     def as_float(self, name: str, default: float) -> float:
         value = self.as_optional_float(name)

@@ -13,7 +13,9 @@ import json
 from facesearch.api.v1 import facesearch_pb2 as pb
 from facesearch.errors import InvalidInputError, Reason
 from facesearch.scoring.decision import DecisionThreshold, ScoredCandidate, ScoreKind, ThresholdKind, VerifyDecision
+from facesearch.vision.detection_plan import DetectionPlan
 from facesearch.vision.pipeline import Face
+from server.engine import AnalyzedPhoto
 from server.gallery import FaceView, IdentityView
 from server.service import (
     DEFAULT_TOP_K,
@@ -79,7 +81,13 @@ def identify_query(req: pb.IdentifyRequest) -> IdentifyQuery:
         largest_only(req.faces),
         max_fmr=_threshold(req, "max_false_match_rate"),
         max_fpir=_threshold(req, "max_false_positive_identification_rate"),
+        min_face=min_face(req),
     )
+
+
+def min_face(req: pb.IdentifyRequest | pb.DetectRequest | pb.EnrollRequest) -> int | None:
+    """The request's ``min_face_px`` (None: unset); its lower bound and cost are checked per photo."""
+    return int(req.min_face_px) if req.HasField("min_face_px") else None
 
 
 def largest_only(selection: int) -> bool:
@@ -110,6 +118,7 @@ def enroll_query(req: pb.EnrollRequest) -> EnrollQuery:
         images,
         req.create_only,
         req.use_largest_face,
+        min_face(req),
     )
 
 
@@ -156,6 +165,13 @@ def detected_face(face: Face) -> pb.DetectedFace:
         landmarks=[pb.Point(x=float(x), y=float(y)) for x, y in face.landmarks],
         quality=pb.FaceQuality(face_size=face.quality.face_size, blur=face.quality.blur),
     )
+
+
+def detection_scope(plan: DetectionPlan | None) -> pb.DetectionScope | None:
+    """What the detector searched (None, so the field stays unset, when unknown)."""
+    if plan is None:
+        return None
+    return pb.DetectionScope(min_face_px=plan.min_face_px, scanned_pixels=plan.pyramid_pixels, limited=plan.limited)
 
 
 def candidate(s: ScoredCandidate) -> pb.Candidate:
@@ -219,11 +235,17 @@ def identify_response(result: IdentifyResult) -> pb.IdentifyResponse:
         image_width=result.width,
         image_height=result.height,
         threshold=decision_threshold(result.threshold),
+        detection=detection_scope(result.detection),
     )
 
 
-def detect_response(width: int, height: int, faces: list[Face]) -> pb.DetectResponse:
-    return pb.DetectResponse(faces=[detected_face(f) for f in faces], image_width=width, image_height=height)
+def detect_response(photo: AnalyzedPhoto) -> pb.DetectResponse:
+    return pb.DetectResponse(
+        faces=[detected_face(f) for f in photo.faces],
+        image_width=photo.width,
+        image_height=photo.height,
+        detection=detection_scope(photo.plan),
+    )
 
 
 def verify_response(result: VerifyResult) -> pb.VerifyResponse:
@@ -254,6 +276,9 @@ def enroll_response(result: EnrollResult) -> pb.EnrollResponse:
         )
         if r.face is not None:
             item.face.CopyFrom(detected_face(r.face))
+        scope = detection_scope(r.detection)
+        if scope is not None:
+            item.detection.CopyFrom(scope)
         results.append(item)
     return pb.EnrollResponse(
         identity_id=result.identity_id,

@@ -4,6 +4,12 @@ The CPU stages of one request run on one worker thread (numpy, OpenCV and onnxru
 release the GIL); the request's deadline is checked between stages, so abandoned work stops
 at the next stage boundary. Embedding goes through the :class:`EmbedBatcher`, which batches
 chips across concurrent requests. Each stage's duration is reported to ``observe``.
+
+Before any pixel is decoded, :meth:`FaceEngine.survey` reads the photo's header and plans its
+detection (:mod:`facesearch.vision.detection_plan`): the smallest face searched, and the memory
+the request will hold, which admission control counts. A large JPEG scanned at half its size or
+less is decoded twice: first reduced in the DCT domain for the detector (the full photo is not
+held while the pyramid is), then in full for landmarks and chips, only if a face was found.
 """
 
 from __future__ import annotations
@@ -16,15 +22,31 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from facesearch.vision.decode import decode_image
+from facesearch.vision.decode import ImageHeader, decode_image, read_header
+from facesearch.vision.detection_plan import DetectionPlan, work_bytes
+from facesearch.vision.detector import Detection
 from facesearch.vision.image_limits import DecodeLimits
-from facesearch.vision.pipeline import Face, FacePipeline
+from facesearch.vision.pipeline import Face, FacePipeline, scan_copy
 from facesearch.vision.quality import FaceQuality, measure_quality
 from facesearch.vision.selection import largest_first
 from server.admission import Deadline
 from server.batcher import EmbedBatcher
 
 Observe = Callable[[str, float], None]
+
+
+#: A scan at this scale or less decodes a JPEG reduced first (DCT scaling gives 1/2, 1/4, 1/8).
+REDUCED_DECODE_SCALE = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class PhotoSurvey:
+    """What a photo's header tells before decoding: its size, how it will be scanned, its cost (bytes)."""
+
+    header: ImageHeader
+    plan: DetectionPlan
+    cost: int
+    min_face: int | None = None  # the request's own smallest face, if it named one
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +65,7 @@ class PreparedPhoto:
     height: int
     found: list[FoundFace]  # largest first
     chips: np.ndarray  # (n, s, s, 3) uint8, row i for found[i]
+    plan: DetectionPlan | None = None  # what the detector searched
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +73,7 @@ class AnalyzedPhoto:
     width: int
     height: int
     faces: list[Face]  # largest first; embeddings are zeros when not embedded
+    plan: DetectionPlan | None = None  # what the detector searched
 
 
 class FaceEngine:
@@ -68,33 +92,67 @@ class FaceEngine:
         self.observe = observe
         self.dim = pipeline.embedder.dim
 
-    def prepare(self, data: bytes, deadline: Deadline, largest_only: bool) -> PreparedPhoto:
-        """Decode, detect and align (blocking; run on a worker thread)."""
-        deadline.check("decode")
+    def survey(self, data: bytes, min_face: int | None = None) -> PhotoSurvey:
+        """Header, detection plan and cost of a photo (fast: no pixel is decoded). Raises the decode
+        errors a header shows, and ``MIN_FACE_TOO_SMALL`` for a ``min_face`` the server cannot search."""
+        header = read_header(data, self.limits)
+        plan = self.pipeline.plan(header.width, header.height, min_face)
+        return PhotoSurvey(header, plan, work_bytes(plan), min_face)
+
+    def _decode_and_detect(
+        self, data: bytes, survey: PhotoSurvey, deadline: Deadline
+    ) -> tuple[np.ndarray | None, list[Detection], DetectionPlan]:
+        """The photo's pixels (None when no face was found on the reduced path), its detections and the plan used."""
+        plan = survey.plan
         t0 = time.perf_counter()
+        if not plan.exact and survey.header.reducible and plan.scale <= REDUCED_DECODE_SCALE:
+            scan = scan_copy(decode_image(data, self.limits, reduce_to=(plan.scan_width, plan.scan_height)), plan)
+            t1 = time.perf_counter()
+            deadline.check("detect")
+            detections = self.pipeline.detect_scan(scan, plan)
+            del scan
+            t2 = time.perf_counter()
+            rgb = decode_image(data, self.limits) if detections else None
+            self.observe("decode", t1 - t0 + time.perf_counter() - t2)
+            self.observe("detect", t2 - t1)
+            return rgb, detections, plan
         rgb = decode_image(data, self.limits)
         t1 = time.perf_counter()
         self.observe("decode", t1 - t0)
         deadline.check("detect")
-        detections = self.pipeline.detect(rgb)
+        if rgb.shape[:2] != (plan.height, plan.width):  # a header that under-reports (a GIF canvas)
+            plan = self.pipeline.plan(int(rgb.shape[1]), int(rgb.shape[0]), survey.min_face)
+        detections = self.pipeline.detect(rgb, plan)
+        self.observe("detect", time.perf_counter() - t1)
+        return rgb, detections, plan
+
+    def prepare(
+        self, data: bytes, deadline: Deadline, largest_only: bool, survey: PhotoSurvey | None = None
+    ) -> PreparedPhoto:
+        """Decode, detect and align (blocking; run on a worker thread)."""
+        deadline.check("decode")
+        survey = survey or self.survey(data)
+        rgb, detections, plan = self._decode_and_detect(data, survey, deadline)
         order = largest_first([d.box for d in detections])  # LARGEST_FACE takes the first
         dets = [detections[i] for i in (order[:1] if largest_only else order)]
-        t2 = time.perf_counter()
-        self.observe("detect", t2 - t1)
         deadline.check("align")
-        marks, chips = self.pipeline.align(rgb, [d.box for d in dets])
+        t2 = time.perf_counter()
+        # rgb is None only when nothing was found (the reduced path then skips the full decode)
+        marks, chips = self.pipeline.align(rgb, [d.box for d in dets]) if rgb is not None else self.pipeline.no_faces()
         found = [
             FoundFace(d.box, d.score, m, measure_quality(d.box, c)) for d, m, c in zip(dets, marks, chips, strict=True)
         ]
         self.observe("align", time.perf_counter() - t2)
-        return PreparedPhoto(int(rgb.shape[1]), int(rgb.shape[0]), found, chips)
+        return PreparedPhoto(plan.width, plan.height, found, chips, plan)
 
     async def run(self, fn: Callable[..., object], *args: object) -> object:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
-    async def prepare_async(self, data: bytes, deadline: Deadline, largest_only: bool) -> PreparedPhoto:
+    async def prepare_async(
+        self, data: bytes, deadline: Deadline, largest_only: bool, survey: PhotoSurvey | None = None
+    ) -> PreparedPhoto:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, self.prepare, data, deadline, largest_only)
+        return await loop.run_in_executor(self.executor, self.prepare, data, deadline, largest_only, survey)
 
     async def embed(self, photo: PreparedPhoto, deadline: Deadline) -> list[Face]:
         """Embed every face of ``photo``."""
@@ -124,10 +182,12 @@ class FaceEngine:
             )
         return out
 
-    async def analyze(self, data: bytes, deadline: Deadline, *, largest_only: bool) -> AnalyzedPhoto:
-        photo = await self.prepare_async(data, deadline, largest_only)
+    async def analyze(
+        self, data: bytes, deadline: Deadline, *, largest_only: bool, survey: PhotoSurvey | None = None
+    ) -> AnalyzedPhoto:
+        photo = await self.prepare_async(data, deadline, largest_only, survey)
         faces = await self.embed(photo, deadline)
-        return AnalyzedPhoto(photo.width, photo.height, faces)
+        return AnalyzedPhoto(photo.width, photo.height, faces, photo.plan)
 
     def unembedded(self, photo: PreparedPhoto) -> AnalyzedPhoto:
         zero = np.zeros(self.dim, np.float32)
@@ -135,4 +195,4 @@ class FaceEngine:
             Face(box=f.box, score=f.score, landmarks=f.landmarks, embedding=zero, norm=0.0, quality=f.quality)
             for f in photo.found
         ]
-        return AnalyzedPhoto(photo.width, photo.height, faces)
+        return AnalyzedPhoto(photo.width, photo.height, faces, photo.plan)

@@ -26,6 +26,7 @@ from facesearch.errors import AlreadyExistsError, InvalidInputError, Preconditio
 from facesearch.scoring.decision import DecisionThreshold, ScoredCandidate, VerifyDecision, decide, verify_decision
 from facesearch.scoring.thresholds import ThresholdPolicy, ThresholdRequest
 from facesearch.store.live_journal import NewFace
+from facesearch.vision.detection_plan import DetectionPlan
 from facesearch.vision.pipeline import Face
 from facesearch.vision.selection import Audience, Policy, QualityGate, Rejection, choose_face
 from server.admission import Admission, Deadline
@@ -50,6 +51,7 @@ class IdentifyQuery:
     largest_only: bool = False
     max_fmr: float | None = None  # per-comparison false-match rate to hold
     max_fpir: float | None = None  # false-positive identification rate to hold at the current gallery size
+    min_face: int | None = None  # the smallest face to search for (px); None: the server's default, within budget
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +71,7 @@ class EnrollQuery:
     images: list[tuple[bytes, str]]  # (photo, source)
     create_only: bool = False
     use_largest_face: bool = False
+    min_face: int | None = None  # the smallest face to search for in each photo (px)
 
 
 # -- results ---------------------------------------------------------------------------------
@@ -86,6 +89,7 @@ class IdentifyResult:
     faces: list[IdentifiedFace]
     threshold: DecisionThreshold
     index_version: str
+    detection: DetectionPlan | None = None  # what the detector searched
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +114,7 @@ class EnrollImageResult:
     reject_reason: str = ""  # NO_FACE | MULTIPLE_FACES | FACE_TOO_SMALL | FACE_TOO_BLURRY
     message: str = ""
     face: Face | None = None
+    detection: DetectionPlan | None = None  # what the detector searched in this photo
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,8 +196,9 @@ class FaceSearchService:
             raise InvalidInputError(f"top_k must be 1..{MAX_TOP_K}, got {query.top_k}", reason=Reason.BAD_TOP_K)
         state = self.state()
         threshold = self.identify_threshold(state, query)
-        async with self.admission.slot(deadline, wait=wait):
-            photo = await self.engine.analyze(query.image, deadline, largest_only=query.largest_only)
+        survey = self.engine.survey(query.image, query.min_face)
+        async with self.admission.slot(deadline, wait=wait, cost=survey.cost):
+            photo = await self.engine.analyze(query.image, deadline, largest_only=query.largest_only, survey=survey)
             deadline.check("search")
             queries = np.stack([f.embedding for f in photo.faces]) if photo.faces else np.zeros((0, self.engine.dim))
             t0 = asyncio.get_running_loop().time()
@@ -208,7 +214,7 @@ class FaceSearchService:
             )
             self.engine.observe("search", asyncio.get_running_loop().time() - t0)
         version = state.base.version if state.base is not None else ""
-        return IdentifyResult(photo.width, photo.height, faces, threshold, version)
+        return IdentifyResult(photo.width, photo.height, faces, threshold, version, photo.plan)
 
     @staticmethod
     def _search_and_decide(
@@ -221,9 +227,12 @@ class FaceSearchService:
             out.append(IdentifiedFace(face, decision.candidates, decision.match))
         return out
 
-    async def detect(self, image: bytes, largest_only: bool, deadline: Deadline) -> AnalyzedPhoto:
-        async with self.admission.slot(deadline):
-            photo: PreparedPhoto = await self.engine.prepare_async(image, deadline, largest_only)
+    async def detect(
+        self, image: bytes, largest_only: bool, deadline: Deadline, min_face: int | None = None
+    ) -> AnalyzedPhoto:
+        survey = self.engine.survey(image, min_face)
+        async with self.admission.slot(deadline, cost=survey.cost):
+            photo: PreparedPhoto = await self.engine.prepare_async(image, deadline, largest_only, survey)
         return self.engine.unembedded(photo)
 
     async def verify(self, query: VerifyQuery, deadline: Deadline) -> VerifyResult:
@@ -232,10 +241,15 @@ class FaceSearchService:
         if state is not None and query.identity_id is not None:
             await self._io(state.require, query.identity_id)
         reference: AnalyzedPhoto | None = None
-        async with self.admission.slot(deadline):
-            probe = await self.engine.analyze(query.image, deadline, largest_only=True)
+        surveys = [self.engine.survey(query.image)]
+        if query.reference_image is not None:
+            surveys.append(self.engine.survey(query.reference_image))
+        async with self.admission.slot(deadline, cost=max(s.cost for s in surveys)):  # one photo at a time
+            probe = await self.engine.analyze(query.image, deadline, largest_only=True, survey=surveys[0])
             if query.reference_image is not None:
-                reference = await self.engine.analyze(query.reference_image, deadline, largest_only=True)
+                reference = await self.engine.analyze(
+                    query.reference_image, deadline, largest_only=True, survey=surveys[1]
+                )
         face = probe.faces[0] if probe.faces else None
         if face is None:
             return VerifyResult(VerifyDecision.NO_FACE_IN_IMAGE, 0.0, threshold, None, None, "")
@@ -265,11 +279,17 @@ class FaceSearchService:
         state = self.state()
         if query.create_only and await self._io(state.identity, query.identity_id) is not None:
             raise AlreadyExistsError(f"identity {query.identity_id!r} already exists", reason=Reason.IDENTITY_EXISTS)
-        async with self.admission.slot(deadline):
+        surveys = []
+        for i, (data, _) in enumerate(query.images):
+            try:
+                surveys.append(self.engine.survey(data, query.min_face))
+            except InvalidInputError as err:
+                raise type(err)(f"image {i}: {err.message}", reason=err.reason) from err
+        async with self.admission.slot(deadline, cost=max(s.cost for s in surveys)):  # one photo at a time
             photos = []
             for i, (data, _) in enumerate(query.images):
                 try:
-                    photos.append(await self.engine.prepare_async(data, deadline, False))
+                    photos.append(await self.engine.prepare_async(data, deadline, False, surveys[i]))
                 except InvalidInputError as err:
                     raise type(err)(f"image {i}: {err.message}", reason=err.reason) from err
             results, accepted = self._gate(photos, query.use_largest_face)
@@ -285,7 +305,11 @@ class FaceSearchService:
         ids = iter(outcome.face_ids)
         by_index = {i: f for (i, _), f in zip(accepted, faces, strict=True)}
         final = [
-            EnrollImageResult(r.index, True, next(ids), face=by_index[r.index]) if r.accepted else r for r in results
+            dataclasses.replace(
+                EnrollImageResult(r.index, True, next(ids), face=by_index[r.index]) if r.accepted else r,
+                detection=photos[r.index].plan,
+            )
+            for r in results
         ]
         return EnrollResult(query.identity_id, outcome.created, final, outcome.face_ids, outcome.face_count)
 

@@ -46,9 +46,12 @@ class FaceSearchServicer(pb_grpc.FaceSearchServicer):
 
     async def Detect(self, request: pb.DetectRequest, context: grpc.aio.ServicerContext) -> pb.DetectResponse:  # noqa: N802
         photo = await self.service.detect(
-            convert.image(request.image), convert.largest_only(request.faces), deadline_of(context)
+            convert.image(request.image),
+            convert.largest_only(request.faces),
+            deadline_of(context),
+            convert.min_face(request),
         )
-        return convert.detect_response(photo.width, photo.height, photo.faces)
+        return convert.detect_response(photo)
 
     async def Enroll(self, request: pb.EnrollRequest, context: grpc.aio.ServicerContext) -> pb.EnrollResponse:  # noqa: N802
         result = await self.service.enroll(convert.enroll_query(request), deadline_of(context))

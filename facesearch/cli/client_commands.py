@@ -16,12 +16,17 @@ the server; without them the server's default applies. ``--min-similarity`` is a
       "candidates": [{"identity_id": "alice", "name": "Alice", "similarity": 0.94, "face_id": "17",
                       "normalised_score": 0.081}, ...],
       "threshold": {"kind": "max_fpir", "value": 0.0288, "score_kind": "normalised", "gallery_size": 417,
-                    "fmr": 2.4e-05, "fpir": 0.01, "capped": false, "reason": "FPIR 1% at gallery size 417 -> ..."}}]}
+                    "fmr": 2.4e-05, "fpir": 0.01, "capped": false, "reason": "FPIR 1% at gallery size 417 -> ..."}}],
+     "detection": {"min_face_px": 152, "scanned_pixels": 3395484, "limited": true}}
 
 ``similarity`` is the raw cosine with the identity's best face; ``normalised_score`` the
 open-set decision score (null if the server has none); ``threshold`` the threshold the
 decision used (``kind``: min_similarity | max_fmr | max_fpir | default; ``score_kind``: raw
 | normalised; ``fmr``/``fpir`` null when uncalibrated), the same for every face of a photo.
+``detection`` says what the server's detector searched in the photo: faces down to
+``min_face_px`` (a box side, in the photo's pixels); ``limited`` when its detection budget made
+that larger than its default (a large photo); null from a server that does not say.
+``--min-face PX`` asks for smaller faces (``identify`` and ``enroll``), up to the server's cost limit.
 Keys are only ever added. An image that could not be read or identified has ``"faces": []``
 and an extra ``"error": {"reason": ..., "message": ...}``; the exit status is then 1.
 """
@@ -54,12 +59,24 @@ def _connection_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
+def _min_face_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--min-face",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="smallest face to search for, in the photo's pixels (default: the server's, within its "
+        "detection budget; the reply says what was searched)",
+    )
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("enroll", help="enroll photos of one person into a server")
     p.add_argument("--identity", required=True, help="the person's id")
     p.add_argument("--name", default=None, help="display name")
     p.add_argument("--create-only", action="store_true", help="fail if the identity already exists")
     p.add_argument("--use-largest-face", action="store_true", help="enroll the largest face of group photos")
+    _min_face_option(p)
     p.add_argument("images", nargs="+", type=Path, help="photos of the person")
     _connection_options(p)
 
@@ -87,6 +104,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="false-match rate per comparison to hold (e.g. 1e-5); with --max-fpir the stricter wins",
     )
     p.add_argument("--largest-only", action="store_true", help="only the largest face of each photo")
+    _min_face_option(p)
     _connection_options(p)
 
     p = subparsers.add_parser("verify", help="are these the same person (photo vs photo, or vs an identity)")
@@ -156,6 +174,7 @@ def _enroll(client: Any, args: argparse.Namespace) -> int:
         create_only=args.create_only,
         use_largest_face=args.use_largest_face,
         sources=[str(p) for p in args.images],
+        min_face_px=args.min_face,
     )
     images = [
         {
@@ -164,6 +183,7 @@ def _enroll(client: Any, args: argparse.Namespace) -> int:
             "face_id": i.face_id or None,
             "reject_reason": i.reject_reason or None,
             "message": i.message,
+            "detection": detection_json(i.detection),
         }
         for i in r.images
     ]
@@ -243,7 +263,18 @@ def identify_json(path: str, result: Any) -> dict[str, Any]:
                 "threshold": threshold,
             }
         )
-    return {"path": path, "faces": faces}
+    return {"path": path, "faces": faces, "detection": detection_json(result.detection)}
+
+
+def detection_json(scope: Any) -> dict[str, Any] | None:
+    """The ``detection`` object of ``identify --json`` (None: the server did not say)."""
+    if scope is None:
+        return None
+    return {"min_face_px": scope.min_face_px, "scanned_pixels": scope.scanned_pixels, "limited": scope.limited}
+
+
+def _searched(scope: Any) -> str:
+    return "" if scope is None else f"  [faces >= {scope.min_face_px} px searched]"
 
 
 def _describe(c: Any, score_kind: str) -> str:
@@ -254,7 +285,7 @@ def _describe(c: Any, score_kind: str) -> str:
 
 def _identify_text(path: str, result: Any) -> str:
     if not result.faces:
-        return f"{path}: no face"
+        return f"{path}: no face{_searched(result.detection)}"
     parts = []
     kind = result.threshold.score_kind
     for f in result.faces:
@@ -265,7 +296,8 @@ def _identify_text(path: str, result: Any) -> str:
             best = f.candidates[0] if f.candidates else None
             who = "unknown" + (f" (closest {best.identity_id} {_describe(best, kind)})" if best else "")
         parts.append(f"[{box}] {who}")
-    return f"{path}: " + "; ".join(parts) + f"  [threshold {result.threshold.value:.4f} {kind}]"
+    limited = _searched(result.detection) if result.detection is not None and result.detection.limited else ""
+    return f"{path}: " + "; ".join(parts) + f"  [threshold {result.threshold.value:.4f} {kind}]{limited}"
 
 
 def _identify(client: Any, args: argparse.Namespace) -> int:
@@ -303,6 +335,7 @@ def _identify(client: Any, args: argparse.Namespace) -> int:
         largest_only=args.largest_only,
         max_fpir=args.max_fpir,
         max_fmr=args.max_fmr,
+        min_face_px=args.min_face,
     ):
         i = int(item.tag)
         while printed < i:  # photos skipped before this one could not be read

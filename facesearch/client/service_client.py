@@ -151,12 +151,31 @@ class FaceResult:
 
 
 @dataclass(frozen=True, slots=True)
+class DetectionScope:
+    """What the server's detector searched in a photo: faces down to ``min_face_px`` (a box side, in
+    the photo's pixels); ``limited`` when its detection budget made that larger than its default."""
+
+    min_face_px: int
+    scanned_pixels: int
+    limited: bool
+
+
+@dataclass(frozen=True, slots=True)
 class IdentifyResult:
     faces: list[FaceResult]
     threshold: DecisionThreshold
     index_version: str
     width: int
     height: int
+    detection: DetectionScope | None = None  # None: a server that does not say
+
+
+@dataclass(frozen=True, slots=True)
+class DetectResult:
+    faces: list[FaceResult]
+    width: int
+    height: int
+    detection: DetectionScope | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +204,7 @@ class EnrollImage:
     face_id: str
     reject_reason: str  # "" when accepted
     message: str
+    detection: DetectionScope | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,6 +284,14 @@ def _threshold(t: pb.DecisionThreshold) -> DecisionThreshold:
     )
 
 
+def _scope(message: Any) -> DetectionScope | None:
+    """The ``detection`` field of a reply, None when the server did not set it."""
+    if not message.HasField("detection"):
+        return None
+    d = message.detection
+    return DetectionScope(int(d.min_face_px), int(d.scanned_pixels), bool(d.limited))
+
+
 def _identify_result(r: pb.IdentifyResponse) -> IdentifyResult:
     faces = []
     for f in r.faces:
@@ -279,7 +307,7 @@ def _identify_result(r: pb.IdentifyResponse) -> IdentifyResult:
                 [_candidate(c) for c in f.candidates],
             )
         )
-    return IdentifyResult(faces, _threshold(r.threshold), r.index_version, r.image_width, r.image_height)
+    return IdentifyResult(faces, _threshold(r.threshold), r.index_version, r.image_width, r.image_height, _scope(r))
 
 
 def _identity(r: pb.Identity) -> Identity:
@@ -353,6 +381,7 @@ class FaceSearchClient:
         largest_only: bool = False,
         max_fpir: float | None = None,
         max_fmr: float | None = None,
+        min_face_px: int | None = None,
     ) -> IdentifyResult:
         """Faces of ``image`` with their top-k identities and the decision.
 
@@ -360,8 +389,10 @@ class FaceSearchClient:
         not enrolled that may be matched to someone, and/or ``max_fmr``, the false-match rate
         per comparison; the server turns them into a threshold for the current gallery size
         (needs a calibrated model bundle). ``result.threshold`` says what was applied and why.
+        ``result.detection`` says the smallest face searched; ``min_face_px`` asks for smaller
+        ones (up to the server's maximum cost, else ``MIN_FACE_TOO_SMALL``).
         """
-        req = _identify_request(read_photo(image), top_k, min_similarity, largest_only, max_fpir, max_fmr)
+        req = _identify_request(read_photo(image), top_k, min_similarity, largest_only, max_fpir, max_fmr, min_face_px)
         return _identify_result(self._call(self._stub.Identify, req))
 
     def identify_stream(
@@ -374,6 +405,7 @@ class FaceSearchClient:
         max_fpir: float | None = None,
         max_fmr: float | None = None,
         timeout: float | None = None,
+        min_face_px: int | None = None,
     ) -> Iterator[StreamItem]:
         """Identify many photos over one StreamIdentify call; yields in input order.
 
@@ -383,7 +415,9 @@ class FaceSearchClient:
 
         def requests() -> Iterator[pb.StreamIdentifyRequest]:
             for tag, photo in items:
-                req = _identify_request(read_photo(photo), top_k, min_similarity, largest_only, max_fpir, max_fmr)
+                req = _identify_request(
+                    read_photo(photo), top_k, min_similarity, largest_only, max_fpir, max_fmr, min_face_px
+                )
                 yield pb.StreamIdentifyRequest(tag=tag, request=req)
 
         try:
@@ -427,9 +461,18 @@ class FaceSearchClient:
             _threshold(r.threshold) if r.HasField("threshold") else None,
         )
 
-    def detect(self, image: Photo, *, largest_only: bool = False) -> list[FaceResult]:
+    def detect(self, image: Photo, *, largest_only: bool = False, min_face_px: int | None = None) -> list[FaceResult]:
+        """The faces of ``image`` (:meth:`detect_result` also says the photo's size and what was searched)."""
+        return self.detect_result(image, largest_only=largest_only, min_face_px=min_face_px).faces
+
+    def detect_result(
+        self, image: Photo, *, largest_only: bool = False, min_face_px: int | None = None
+    ) -> DetectResult:
         req = pb.DetectRequest(image=read_photo(image), faces=pb.LARGEST_FACE if largest_only else pb.ALL_FACES)
-        return [_face(f) for f in self._call(self._stub.Detect, req).faces]
+        if min_face_px is not None:
+            req.min_face_px = min_face_px
+        r = self._call(self._stub.Detect, req)
+        return DetectResult([_face(f) for f in r.faces], r.image_width, r.image_height, _scope(r))
 
     def enroll(
         self,
@@ -441,6 +484,7 @@ class FaceSearchClient:
         create_only: bool = False,
         use_largest_face: bool = False,
         sources: Sequence[str] | None = None,
+        min_face_px: int | None = None,
     ) -> EnrollResult:
         srcs = list(sources) if sources is not None else [str(p) if isinstance(p, str | Path) else "" for p in images]
         req = pb.EnrollRequest(
@@ -451,6 +495,8 @@ class FaceSearchClient:
             create_only=create_only,
             use_largest_face=use_largest_face,
         )
+        if min_face_px is not None:
+            req.min_face_px = min_face_px
         r = self._call(self._stub.Enroll, req)
         results = [
             EnrollImage(
@@ -459,6 +505,7 @@ class FaceSearchClient:
                 x.face_id,
                 pb.RejectReason.Name(x.reject_reason) if x.reject_reason else "",
                 x.message,
+                _scope(x),
             )
             for x in r.results
         ]
@@ -515,6 +562,7 @@ def _identify_request(  # noqa: PLR0917
     largest_only: bool,
     max_fpir: float | None = None,
     max_fmr: float | None = None,
+    min_face_px: int | None = None,
 ) -> pb.IdentifyRequest:
     req = pb.IdentifyRequest(image=image, top_k=top_k, faces=pb.LARGEST_FACE if largest_only else pb.ALL_FACES)
     if min_similarity is not None:
@@ -523,6 +571,8 @@ def _identify_request(  # noqa: PLR0917
         req.max_false_positive_identification_rate = max_fpir
     if max_fmr is not None:
         req.max_false_match_rate = max_fmr
+    if min_face_px is not None:
+        req.min_face_px = min_face_px
     return req
 
 

@@ -18,7 +18,23 @@ The score is dlib's ``confidence`` (the raw network score, > 0 means a face at t
 
 Smallest faces: the detector window is 80x80 pixels of a pyramid level, and the pyramid only
 shrinks, so at ``upsample=0`` faces under ~80 px are missed; each upsample halves that
-(``upsample_for_min_face``).
+(``upsample_for_min_face``). How much of a photo is scanned is planned by
+:mod:`facesearch.vision.detection_plan`.
+
+Tiles: the network runs on fixed-size tiles of the pyramid tensor (:meth:`FaceDetector.forward`),
+so its working memory is bounded whatever the photo's size, and the score map is the one the whole
+tensor would give. Each tile computes ``tile_cells`` x ``tile_cells`` output cells from its input
+plus ``context_cells`` cells of context on each side (clipped at the tensor's edges): the
+network's unpadded stride-2 convolutions start every tile on the output grid (input offsets are
+multiples of the stride), and its zero-padded ("same") stride-1 layers reach ``context_cells``
+cells (2 + 2 + 2 + 4 for dlib's face detector), so the kept cells see exactly what they would in
+the whole tensor. Tiles whose input is all padding (zeros) are not run: their cells take the
+network's output on zeros, computed once per tile shape and position.
+
+Memory after a photo: onnxruntime's CPU arena keeps the largest working set it has seen, so the
+last network run of each :meth:`FaceDetector.forward` asks it to shrink back
+(``memory.enable_memory_arena_shrinkage``): the tiles of one photo reuse the arena, and nothing of
+it stays once the photo is done (bench/results/detect_budget.md measures the alternatives).
 """
 
 from __future__ import annotations
@@ -52,6 +68,14 @@ from facesearch.vision.pyramid import (
 DETECTOR_WINDOW_PX = 80
 MAX_UPSAMPLE = 4
 DEFAULT_MAX_PIXELS = 40_000_000  # of the upsampled image: ~1.6 GB of pyramid tensor
+#: Output cells per tile side: a ~1.4k px input tile, ~30 MB of network activations.
+DEFAULT_TILE_CELLS = 160
+#: Output cells the 'same'-padded layers of dlib's face detector reach (three 5x5, one 9x9, stride 8
+#: in input pixels); a manifest's ``output.context_cells`` overrides it for another network.
+DLIB_MMOD_CONTEXT_CELLS = 10
+_ZERO_TILE_CACHE = 64
+_SHRINK_ARENA = ort.RunOptions()
+_SHRINK_ARENA.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
 
 
 def upsample_for_min_face(min_face_px: int, window_px: int = DETECTOR_WINDOW_PX) -> int:
@@ -93,6 +117,19 @@ class DetectorConfig:
     min_input_size: int
     nms_iou: float
     nms_covered: float
+    context_cells: int = DLIB_MMOD_CONTEXT_CELLS
+
+    def output_size(self, n: int) -> int:
+        """Output cells along an input side of ``n`` pixels (unpadded stride: ``(n - 2 offset - 1) // stride + 1``)."""
+        return max(0, (n - 2 * self.out_offset - 1) // self.out_stride + 1)
+
+    def input_span(self, first: int, end: int, total: int) -> tuple[int, int]:
+        """Input pixels ``[start, stop)`` from which output cells ``[first, end)`` are computed exactly,
+        along a side of ``total`` pixels: the receptive context clipped at the tensor's edges."""
+        n_out = self.output_size(total)
+        lo, hi = max(0, first - self.context_cells), min(n_out, end + self.context_cells)
+        stop = total if hi == n_out else self.out_stride * (hi - 1) + 2 * self.out_offset + 1
+        return self.out_stride * lo, stop
 
     @classmethod
     def from_manifest(cls, section: Mapping[str, Any]) -> DetectorConfig:
@@ -119,6 +156,7 @@ class DetectorConfig:
                 min_input_size=int(out["min_input_size"]),
                 nms_iou=float(section["nms"]["iou"]),
                 nms_covered=float(section["nms"]["percent_covered"]),
+                context_cells=int(out.get("context_cells", DLIB_MMOD_CONTEXT_CELLS)),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise ModelFormatError(f"detector manifest section is missing or has a bad field: {err!r}") from err
@@ -133,6 +171,11 @@ class PreparedBatch:
     upsample: int
 
 
+def _holds_a_level(layout: TiledPyramid, y0: int, y1: int, x0: int, x1: int) -> bool:
+    """Whether input rows ``[y0, y1)`` x columns ``[x0, x1)`` overlap any pyramid level (else all padding)."""
+    return any(r.top < y1 and r.bottom >= y0 and r.left < x1 and r.right >= x0 for r in layout.rects)
+
+
 def _as_rgb(image: np.ndarray) -> np.ndarray:
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
         got = getattr(image, "dtype", type(image))
@@ -145,14 +188,26 @@ def _as_rgb(image: np.ndarray) -> np.ndarray:
 
 
 class FaceDetector:
-    """dlib's CNN face detector; thread-safe (the onnxruntime session is, and nothing else mutates)."""
+    """dlib's CNN face detector; thread-safe (the onnxruntime session is, the zero-tile cache is
+    filled idempotently, and nothing else mutates).
+
+    ``tile_cells``: output cells per tile side (None: the whole tensor in one run, as dlib does).
+    """
 
     def __init__(
-        self, session: ort.InferenceSession, config: DetectorConfig, max_pixels: int = DEFAULT_MAX_PIXELS
+        self,
+        session: ort.InferenceSession,
+        config: DetectorConfig,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        tile_cells: int | None = DEFAULT_TILE_CELLS,
     ) -> None:
+        if tile_cells is not None and tile_cells < 1:
+            raise InvalidInputError(f"tile_cells must be >= 1 or None, got {tile_cells}")
         self._session = session
         self.config = config
         self.max_pixels = max_pixels
+        self.tile_cells = tile_cells
+        self._zero_scores: dict[tuple[int, ...], np.ndarray] = {}
 
     @classmethod
     def from_onnx(
@@ -161,6 +216,7 @@ class FaceDetector:
         manifest_section: Mapping[str, Any] | None = None,
         intra_op_threads: int | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        tile_cells: int | None = DEFAULT_TILE_CELLS,
     ) -> FaceDetector:
         """Load the exported detector once. Without a manifest section, the copy in the ONNX metadata is used.
 
@@ -193,7 +249,7 @@ class FaceDetector:
                 f"{path}: graph has inputs {inputs} / outputs {outputs}, manifest expects "
                 f"{config.input_name!r} / {config.output_name!r}"
             )
-        return cls(session, config, max_pixels)
+        return cls(session, config, max_pixels, tile_cells)
 
     # -- stages (public so benchmarks can time them) ---------------------------------------------
     def prepare(self, images: Sequence[np.ndarray], upsample: int = 0) -> PreparedBatch:
@@ -220,13 +276,51 @@ class FaceDetector:
         return PreparedBatch(build_pyramid_tensor(planes, c.avg_rgb, layout), layout, upsample)
 
     def forward(self, batch: PreparedBatch) -> np.ndarray | None:
-        """The network's score maps ``(n, 1, h, w)``, or None when the tensor is too small to score."""
-        _, _, rows, cols = batch.tensor.shape
+        """The network's score maps ``(n, 1, h, w)``, or None when the tensor is too small to score.
+
+        Tensors larger than one tile are scored tile by tile (see the module docstring).
+        """
+        n, _, rows, cols = batch.tensor.shape
         if min(rows, cols) < self.config.min_input_size:
             return None
-        feeds = {self.config.input_name: batch.tensor}
-        scores: np.ndarray = self._session.run([self.config.output_name], feeds)[0]
+        c, t = self.config, self.tile_cells
+        out_rows, out_cols = c.output_size(rows), c.output_size(cols)
+        if t is None or (out_rows <= t and out_cols <= t):
+            return self._run(batch.tensor, last=True)
+        scores = np.empty((n, 1, out_rows, out_cols), dtype=np.float32)
+        tiles = []  # (output cells, input span, whether it holds any pixel)
+        for r0 in range(0, out_rows, t):
+            for c0 in range(0, out_cols, t):
+                r1, c1 = min(out_rows, r0 + t), min(out_cols, c0 + t)
+                (y0, y1), (x0, x1) = c.input_span(r0, r1, rows), c.input_span(c0, c1, cols)
+                tiles.append(((r0, r1, c0, c1), (y0, y1, x0, x1), _holds_a_level(batch.layout, y0, y1, x0, x1)))
+        last = max(i for i, tile in enumerate(tiles) if tile[2])
+        for i, ((r0, r1, c0, c1), (y0, y1, x0, x1), occupied) in enumerate(tiles):
+            if occupied:
+                tile = self._run(np.ascontiguousarray(batch.tensor[:, :, y0:y1, x0:x1]), last=i == last)
+            else:
+                tile = self._zero_tile(n, y1 - y0, x1 - x0)
+            # the tile's first output cell is y0 / stride: keep cells [r0, r1) x [c0, c1)
+            dy, dx = y0 // c.out_stride, x0 // c.out_stride
+            scores[:, :, r0:r1, c0:c1] = tile[:, :, r0 - dy : r1 - dy, c0 - dx : c1 - dx]
         return scores
+
+    def _run(self, tensor: np.ndarray, *, last: bool = False) -> np.ndarray:
+        """One network run; ``last``: the photo's final one, after which the arena gives memory back."""
+        options = _SHRINK_ARENA if last else None
+        feeds = {self.config.input_name: tensor}
+        scores: np.ndarray = self._session.run([self.config.output_name], feeds, options)[0]
+        return scores
+
+    def _zero_tile(self, n: int, rows: int, cols: int) -> np.ndarray:
+        """The network's scores on an all-padding tile of this shape (the same wherever it lies)."""
+        key = (rows, cols)
+        zero = self._zero_scores.get(key)
+        if zero is None:
+            if len(self._zero_scores) >= _ZERO_TILE_CACHE:  # edge tiles vary with photo sizes: stay bounded
+                self._zero_scores.clear()
+            zero = self._zero_scores[key] = self._run(np.zeros((1, 3, rows, cols), dtype=np.float32), last=True)
+        return np.broadcast_to(zero, (n, *zero.shape[1:]))
 
     def decode(self, scores: np.ndarray, batch: PreparedBatch, adjust_threshold: float = 0.0) -> list[Detection]:
         """``loss_mmod_::to_label`` for one ``(h, w)`` score map, then the upsampling undone."""

@@ -3,25 +3,57 @@
 detect (MMOD CNN over an image pyramid) -> 5-point landmarks -> 150x150 chip exactly
 as dlib's ``get_face_chip`` -> batched embedding. Everything runs on onnxruntime and
 numpy; models are loaded once when the pipeline is built, never at import.
+
+Detection works under a budget (:mod:`facesearch.vision.detection_plan`): a photo whose dlib scan
+would exceed ``PipelineConfig.detect_pixels`` is searched in a copy scaled to fit it, while
+landmarks and chips are always taken from the photo's own pixels (boxes are mapped back first).
+``detect_pixels=None`` is dlib's exact behaviour at every size (the parity mode); at the default,
+photos under ~0.8 MP at the default 40 px minimum face are scanned exactly as dlib scans them.
+
+Memory: a scan of more than :data:`TRIM_ABOVE_PIXELS` ends by giving the C heap's free memory back
+to the system (glibc's ``malloc_trim``; elsewhere nothing), so a process's RSS returns to its
+baseline after large photos instead of keeping its high-water mark (bench/results/detect_budget.md).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import ctypes
+import ctypes.util
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
 from facesearch.bundle.manifest import ModelBundle
 from facesearch.errors import InvalidInputError, Reason
 from facesearch.vision.align import face_chip
-from facesearch.vision.detector import Detection, FaceDetector, upsample_for_min_face
+from facesearch.vision.detection_plan import DetectionPlan, plan_detection
+from facesearch.vision.detector import Detection, FaceDetector
 from facesearch.vision.embedder import Embedder
 from facesearch.vision.landmarks import LandmarkPredictor
 from facesearch.vision.quality import FaceQuality, measure_quality
 from facesearch.vision.selection import nearest_centre_index
 
 Box = tuple[float, float, float, float]
+
+#: The default detection budget, in pyramid pixels: faces down to 5% of the short side of a 4:3
+#: photo of any resolution (80 px window / 0.05 = 1600 px short side, x 4/3); how it was chosen:
+#: bench/results/detect_budget.md.
+DEFAULT_DETECT_PIXELS = 3_400_000
+MIN_DETECT_PIXELS = 10_000  # a 100x100 scan: below it no photo could hold a findable face
+#: Scans larger than this (~50 MB of pyramid) trim the heap when done (a few ms).
+TRIM_ABOVE_PIXELS = 1_000_000
+
+
+def _heap_trimmer() -> Callable[[], object] | None:
+    """glibc's ``malloc_trim(0)``, or None where the C library has none (musl, macOS)."""
+    name = ctypes.util.find_library("c")
+    trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    return None if trim is None else lambda: trim(0)
+
+
+_TRIM_HEAP = _heap_trimmer()
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,12 +67,26 @@ class PipelineConfig:
     threads: int | None = None
     max_batch: int = 32
     keep_chips: bool = False
+    #: Detection budget in pyramid pixels (the area of the image the detector scans): a photo whose
+    #: scan at ``min_face`` would be larger is searched in a copy scaled to fit, so its smallest
+    #: face searched grows (:mod:`facesearch.vision.detection_plan`). None: no budget, dlib's exact
+    #: scan at any size (parity mode; cost grows with the photo).
+    detect_pixels: int | None = DEFAULT_DETECT_PIXELS
+    #: The most a call naming its own smallest face (``detect(..., min_face=)``) may scan; None:
+    #: ``detect_pixels``.
+    max_detect_pixels: int | None = None
 
     def __post_init__(self) -> None:
         if self.min_face < 10:
             raise InvalidInputError(f"min_face must be >= 10 px, got {self.min_face}", reason=Reason.BAD_CONFIG)
         if self.max_batch < 1:
             raise InvalidInputError(f"max_batch must be >= 1, got {self.max_batch}", reason=Reason.BAD_CONFIG)
+        for name in ("detect_pixels", "max_detect_pixels"):
+            value = getattr(self, name)
+            if value is not None and value < MIN_DETECT_PIXELS:
+                raise InvalidInputError(
+                    f"{name} must be >= {MIN_DETECT_PIXELS} pixels or None, got {value}", reason=Reason.BAD_CONFIG
+                )
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -81,22 +127,63 @@ class FacePipeline:
             intra_op_threads=threads,
             flip_average=bundle.flip_average,
         )
-        self.upsample = upsample_for_min_face(self.config.min_face)
 
-    def detect(self, image: np.ndarray) -> list[Detection]:
+    def plan(self, width: int, height: int, min_face: int | None = None) -> DetectionPlan:
+        """How a ``width`` x ``height`` photo is scanned: at the configured minimum face within the
+        budget, or at the caller's ``min_face`` (a promise, up to ``max_detect_pixels``; else
+        ``MIN_FACE_TOO_SMALL``)."""
+        c = self.config
+        return plan_detection(
+            width,
+            height,
+            min_face=c.min_face if min_face is None else min_face,
+            window=min(self.detector.config.window),
+            budget=c.detect_pixels,
+            max_pixels=c.max_detect_pixels,
+            requested=min_face is not None,
+        )
+
+    def detect(self, image: np.ndarray, plan: DetectionPlan | None = None) -> list[Detection]:
+        """Faces in a photo, best first, boxes in its pixels; ``plan`` defaults to :meth:`plan`'s."""
         _check_image(image)
-        return self.detector.detect(image, upsample=self.upsample, adjust_threshold=self.config.detection_threshold)
+        height, width = image.shape[:2]
+        plan = plan or self.plan(width, height)
+        if (plan.width, plan.height) != (width, height):
+            raise InvalidInputError(f"a plan for {plan.width}x{plan.height} used on a {width}x{height} photo")
+        if plan.exact:
+            found = self.detector.detect(
+                image, upsample=plan.upsample, adjust_threshold=self.config.detection_threshold
+            )
+            _after_scan(plan)
+            return found
+        return self.detect_scan(scan_copy(image, plan), plan)
+
+    def detect_scan(self, scan: np.ndarray, plan: DetectionPlan) -> list[Detection]:
+        """Faces found in a scaled plan's copy (:func:`scan_copy`, or a reduced decode of that size),
+        boxes mapped back to the photo's pixels."""
+        if plan.exact or scan.shape[:2] != (plan.scan_height, plan.scan_width):
+            raise InvalidInputError(
+                f"detect_scan needs a {plan.scan_width}x{plan.scan_height} copy, got {scan.shape[1]}x{scan.shape[0]}"
+            )
+        found = self.detector.detect(scan, upsample=0, adjust_threshold=self.config.detection_threshold)
+        _after_scan(plan)
+        sx, sy = plan.width / plan.scan_width, plan.height / plan.scan_height
+        return [Detection((d.box[0] * sx, d.box[1] * sy, d.box[2] * sx, d.box[3] * sy), d.score) for d in found]
 
     def align(self, image: np.ndarray, boxes: Sequence[Box]) -> tuple[np.ndarray, np.ndarray]:
         """Landmarks (n, 5, 2) and chips (n, 150, 150, 3) for the given boxes."""
         if not boxes:
-            size = self.bundle.chip_size
-            return np.zeros((0, 5, 2), np.float32), np.zeros((0, size, size, 3), np.uint8)
+            return self.no_faces()
         marks = self.landmarks.predict_many(image, list(boxes))
         chips = np.stack(
             [face_chip(image, m, size=self.bundle.chip_size, padding=self.bundle.chip_padding) for m in marks]
         )
         return marks, chips
+
+    def no_faces(self) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`align`'s result for no boxes: empty landmarks and chips."""
+        size = self.bundle.chip_size
+        return np.zeros((0, 5, 2), np.float32), np.zeros((0, size, size, 3), np.uint8)
 
     def embed_chips(self, chips: np.ndarray) -> np.ndarray:
         return self.embedder.embed(chips)[0]
@@ -142,6 +229,22 @@ def _check_image(image: np.ndarray) -> None:
         raise InvalidInputError(
             f"image must be HxWx3 uint8 RGB, got {image.dtype} {image.shape}", reason=Reason.IMAGE_LAYOUT
         )
+
+
+def _after_scan(plan: DetectionPlan) -> None:
+    if plan.pyramid_pixels > TRIM_ABOVE_PIXELS and _TRIM_HEAP is not None:
+        _TRIM_HEAP()
+
+
+def scan_copy(image: np.ndarray, plan: DetectionPlan) -> np.ndarray:
+    """The copy a scaled plan scans, from the photo or a reduced decode of it: area-averaged when
+    shrinking, bilinear when enlarging (pixel edges map linearly, so a box's edges scale by
+    ``width / scan_width``)."""
+    size = (plan.scan_width, plan.scan_height)
+    if image.shape[:2] == (plan.scan_height, plan.scan_width):
+        return image
+    shrink = image.shape[1] > plan.scan_width
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
 def nearest_centre(faces: Sequence[Face], image_shape: tuple[int, ...]) -> Face | None:

@@ -86,7 +86,7 @@ def test_cli_round_trip(
     rows = [json.loads(x) for x in lines(capsys)]
     assert [r["path"] for r in rows] == [str(people[a][4]), str(missing), str(people[b][4]), str(people[stranger][0])]
     for row in rows:
-        assert set(row) <= {"path", "faces", "error"}
+        assert set(row) <= {"path", "faces", "error", "detection"}
         for face in row["faces"]:  # the issue-4 keys, plus the keys open-set decisions added
             assert set(face) == {"box", "detection_score", "match", "candidates", "threshold"}
             assert len(face["box"]) == 4 and isinstance(face["detection_score"], float)
