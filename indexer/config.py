@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from facesearch.errors import InvalidInputError
+from facesearch.vision.selection import MULTI_FACE_SETTINGS, Policy
 from indexer.plan import IndexOptions
 
 INPUT_KINDS = ("images", "manifest", "embeddings")
@@ -34,11 +35,13 @@ class EmbedOptions:
     shard_size: int = 64  # images per shard file
     ray_address: str | None = None  # run the stage on Ray Data ("local" or ray://host:port or auto)
     keep_chips: bool = False  # store aligned face chips (opt-in: they are photo pixels)
-    multi_face: str = "reject"  # a photo with several faces: reject it, or keep the "largest" face
+    #: A photo with several faces: keep the "dominant" one (the largest, when clearly larger than the
+    #: next; else reject), always the "largest", or "reject" the photo (facesearch.vision.selection).
+    multi_face: str = Policy.DOMINANT.value
 
     def __post_init__(self) -> None:
-        if self.multi_face not in ("reject", "largest"):
-            raise InvalidInputError(f"multi_face={self.multi_face!r}: expected reject or largest")
+        if self.multi_face not in MULTI_FACE_SETTINGS:
+            raise InvalidInputError(f"multi_face={self.multi_face!r}: expected one of {', '.join(MULTI_FACE_SETTINGS)}")
         if self.shard_size < 1:
             raise InvalidInputError(f"shard size must be >= 1, got {self.shard_size}")
         if self.workers < 0:

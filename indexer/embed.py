@@ -7,9 +7,12 @@ default, or, with ``--ray``, a Ray Data actor pool (indexer.ray_embed) running t
 
 Per photo, bad rows are data, not errors (:mod:`facesearch.vision.selection`, batch wording):
 MISSING_FILE, UNDECODABLE (the decoder's reason in the detail), TOO_LARGE, NO_FACE,
-MULTIPLE_FACES (a photo of an identity folder must show one face; ``multi_face=largest`` keeps
-the largest instead), LOW_QUALITY (blur under ``min_blur``), or ERROR (anything unexpected,
-with the message).
+MULTIPLE_FACES (under the default ``multi_face=dominant``: several faces and none clearly the
+largest; ``largest`` always keeps the largest, ``reject`` rejects every photo with several
+faces), LOW_QUALITY (blur under ``min_blur``), or ERROR (anything unexpected, with the message).
+MISSING_FILE, UNDECODABLE, TOO_LARGE and ERROR are *failed* rows
+(:func:`facesearch.vision.selection.is_failure`; ``EmbedStats.failed``): the build goes on and
+publishes, and ``facesearch-index`` exits 1.
 
 Shard arrays (no pickles): ``rows`` (input row of each accepted face), ``embeddings``,
 ``boxes``, ``det_scores``, ``face_sizes``, ``blurs``, optional ``chips``; and for skipped rows
@@ -32,7 +35,15 @@ from facesearch.jobs.inputs import ImageRow
 from facesearch.jobs.runner import Executor, ShardJob, WorkerSpec, run_shards
 from facesearch.jobs.shards import fingerprint, open_workdir, read_shard, shard_ranges
 from facesearch.vision.pipeline import Face, FacePipeline, PipelineConfig
-from facesearch.vision.selection import Policy, QualityGate, Rejection, choose_face, process_photo
+from facesearch.vision.selection import (
+    Policy,
+    QualityGate,
+    Rejection,
+    choose_face,
+    is_failure,
+    policy_key,
+    process_photo,
+)
 from indexer.config import EmbedOptions
 from indexer.ingest import RejectsWriter
 from indexer.read import InputChunk
@@ -47,6 +58,11 @@ class EmbedStats:
     resumed_shards: int
     faces: int
     rejected: dict[str, int]
+
+    @property
+    def failed(self) -> int:
+        """Rows whose photo could not be read or analysed (not a face-choice or quality reject)."""
+        return sum(n for reason, n in self.rejected.items() if is_failure(reason))
 
 
 class ShardEmbedder:
@@ -63,10 +79,11 @@ class ShardEmbedder:
 
     def _face(self, path: str) -> Face | Rejection:
         """The photo's face under the ``multi_face`` policy and the blur gate, or why there is none."""
-        faces = process_photo(path, self.pipeline.analyze)
-        if isinstance(faces, Rejection):
-            return faces
-        pick = choose_face(faces, self.policy)
+        found = process_photo(path, lambda image: (image.shape, self.pipeline.analyze(image)))
+        if isinstance(found, Rejection):
+            return found
+        shape, faces = found
+        pick = choose_face(faces, self.policy, image_shape=shape)
         if isinstance(pick, Rejection):
             return pick
         return self.gate.check(faces[pick].quality) or faces[pick]
@@ -114,7 +131,7 @@ def stage_fingerprint(rows: list[ImageRow], contract_id: str, options: EmbedOpti
         options.min_blur,
         options.keep_chips,
         options.shard_size,
-        options.multi_face,
+        policy_key(Policy(options.multi_face)),
     ]
     return fingerprint(config, ([r.path, r.identity_id, r.name, r.metadata] for r in rows))
 
@@ -138,6 +155,7 @@ def run_stage(
             "min_face": options.min_face,
             "min_blur": options.min_blur,
             "keep_chips": options.keep_chips,
+            "multi_face": policy_key(Policy(options.multi_face)),
         },
     }
     open_workdir(work, stage_fingerprint(rows, contract_id, options), info, restart=restart)

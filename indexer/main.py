@@ -12,7 +12,15 @@
 Every published version carries ``open_set.npz``, the gallery's open-set statistics
 (indexer/open_set_stage.py), listed in its manifest.
 
-Exit status: 0 done, 1 failed (verify found problems, or the job failed), 2 bad usage/input.
+Photos (``--images``/``--manifest``): a photo with several faces gives its dominant face
+(``--embed-options multi_face=dominant``, the default; ``largest`` or ``reject`` instead), and a
+photo that cannot be read (missing, empty, truncated, undecodable, over the decode limits) is a
+failed row in the version's ``rejects.jsonl``: the build goes on and publishes without it.
+
+Exit status: 0 done; 1 published, but some input rows failed (unreadable photos, bad embedding
+rows; listed in ``rejects.jsonl``), or the job failed (verify found problems, a contract
+mismatch, a failed worker); 2 bad usage/input; 130 interrupted (rerun the same command to resume
+the embedding stage).
 """
 
 from __future__ import annotations
@@ -27,7 +35,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from facesearch.errors import ExitCode, FaceSearchError, InvalidInputError
-from facesearch.store.index_artifact import IndexManifest, read_manifest, resolve_version_dir
+from facesearch.store.index_artifact import REJECTS_FILE, IndexManifest, read_manifest, resolve_version_dir
+from facesearch.vision.selection import is_failure
 from indexer import build, update, verify
 from indexer.config import (
     AddConfig,
@@ -77,7 +86,12 @@ def _add_job_flags(p: argparse.ArgumentParser) -> None:
         help="nlist, refine (flat|fp16|sq8), exact_on_disk, flat_max, queries, target_recall_at_1, "
         "target_identity_agreement, margin, train_per_list, seed",
     )
-    p.add_argument("--embed-options", default="", metavar="K=V,...", help="min_face, min_blur, shard_size, multi_face")
+    p.add_argument(
+        "--embed-options",
+        default="",
+        metavar="K=V,...",
+        help="min_face, min_blur, shard_size, multi_face (dominant (default), largest or reject)",
+    )
     p.add_argument("--keep-versions", type=int, default=3, help="published versions kept for rollback")
     p.add_argument("--restart", action="store_true", help="discard an unfinished embedding stage instead of resuming")
     p.add_argument("--threads", type=int, default=0, help="FAISS threads (default: all cores)")
@@ -225,6 +239,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     try:
         return _dispatch(args)
+    except KeyboardInterrupt:
+        print("facesearch-index: interrupted (rerun the same command to resume)", file=sys.stderr)
+        return ExitCode.INTERRUPTED
     except InvalidInputError as err:
         print(f"facesearch-index: error ({err.reason}): {err}", file=sys.stderr)
         return ExitCode.ERROR
@@ -233,6 +250,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         # contract mismatch, a corrupt version, a failed worker); kept as it was (README: exit status).
         print(f"facesearch-index: failed ({err.reason}): {err}", file=sys.stderr)
         return ExitCode.FAILED
+
+
+def rows_status(manifest: IndexManifest, vdir: Path) -> ExitCode:
+    """OK when every input row was read, FAILED (with a note on stderr) when some failed: the photos
+    that could not be read or analysed and bad embedding rows, not face-choice or quality rejects."""
+    rejected: dict[str, int] = manifest.build.get("rejected", {})
+    failed = {reason: n for reason, n in rejected.items() if is_failure(reason)}
+    if not failed:
+        return ExitCode.OK
+    listed = ", ".join(f"{reason} {n}" for reason, n in sorted(failed.items()))
+    print(
+        f"facesearch-index: {sum(failed.values())} input rows failed ({listed}); published without them, "
+        f"see {vdir / REJECTS_FILE}",
+        file=sys.stderr,
+    )
+    return ExitCode.FAILED
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -252,7 +285,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             )
         )
         print(summary("build", result.manifest, result.version_dir))
-        return ExitCode.OK
+        return rows_status(result.manifest, result.version_dir)
     if args.command == "add":
         result = update.run_add(
             AddConfig(
@@ -270,7 +303,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             )
         )
         print(summary("add", result.manifest, result.version_dir))
-        return ExitCode.OK
+        return rows_status(result.manifest, result.version_dir)
     if args.command == "remove":
         ids = list(args.identity)
         if args.identities_file is not None:

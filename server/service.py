@@ -317,13 +317,15 @@ class FaceSearchService:
         self, photos: list[PreparedPhoto], use_largest: bool
     ) -> tuple[list[EnrollImageResult], list[tuple[int, int]]]:
         """Enrollment's face choice and quality gate (:mod:`facesearch.vision.selection`, Enroll wording):
-        results (accepted ones without face id yet) and (photo, row) to embed."""
-        policy = Policy.LARGEST if use_largest else Policy.REJECT_MULTIPLE
+        results (accepted ones without face id yet) and (photo, row) to embed. Of several faces, the
+        dominant one (the largest when clearly larger than the next; else MULTIPLE_FACES), or the
+        largest with ``use_largest_face``."""
+        policy = Policy.LARGEST if use_largest else Policy.DOMINANT
         gate = QualityGate(min_face_size=self.enroll_rules.min_face_size, min_blur=self.enroll_rules.min_blur)
         results: list[EnrollImageResult] = []
         accepted: list[tuple[int, int]] = []
         for i, photo in enumerate(photos):
-            row = choose_face(photo.found, policy, audience=Audience.ENROLL)
+            row = choose_face(photo.found, policy, image_shape=(photo.height, photo.width), audience=Audience.ENROLL)
             if isinstance(row, Rejection):
                 results.append(EnrollImageResult(i, False, reject_reason=row.reason, message=row.detail))
                 continue

@@ -5,14 +5,17 @@ Inputs are an identity-folder tree (``TREE/<identity>/<photo>``) or a CSV/JSONL 
 
 Each photo goes through the base bundle's :class:`facesearch.vision.pipeline.FacePipeline`: detect
 (MMOD, ``min_face``), 5-point landmarks, the 150x150 aligned chip (dlib's ``get_face_chip``).
-A photo must show exactly one face. Rejects, with reasons (:mod:`facesearch.vision.selection`,
-the batch wording the indexer uses): ``MISSING_FILE``, ``UNDECODABLE`` (the decoder's reason in
-the detail), ``TOO_LARGE``, ``NO_FACE``, ``MULTIPLE_FACES`` (the indexer's policy:
-``multi_face="reject"`` by default; ``"largest"`` keeps the largest face instead), ``ERROR``.
+A photo with several faces gives one chip under the indexer's ``multi_face`` policy
+(:mod:`facesearch.vision.selection`): ``"dominant"`` by default (the largest face when clearly
+larger than the next, else the photo is rejected), ``"largest"`` or ``"reject"``. Rejects, with
+reasons (the batch wording the indexer uses): ``NO_FACE``, ``MULTIPLE_FACES``, and the *failed*
+rows, photos that could not be read or analysed: ``MISSING_FILE``, ``UNDECODABLE`` (the
+decoder's reason in the detail), ``TOO_LARGE``, ``ERROR``. A failed row never stops the
+preparation (:attr:`ChipSet.failed` counts them; ``facesearch-train`` then exits 1).
 
 Cache: ``CACHE/<fingerprint[:16]>/`` where the fingerprint
 (:func:`facesearch.jobs.shards.fingerprint`) covers the bundle contract id, ``min_face``,
-``multi_face`` and every input (path, identity, size, mtime). The work is a job of
+``multi_face`` (with the dominance ratio) and every input (path, identity, size, mtime). The work is a job of
 :mod:`facesearch.jobs.runner` with shards of ``shard_size`` photos under ``parts/``, so a killed
 preparation resumes; when all are done they are merged into ``chips.npy`` (uint8
 ``(n, 150, 150, 3)``, read back memory-mapped), ``index.json`` (per chip: path, identity;
@@ -38,7 +41,7 @@ from facesearch.jobs.runner import ShardJob, WorkerSpec, run_shards
 from facesearch.jobs.shards import fingerprint, open_workdir, read_shard
 from facesearch.util.fs import atomic_path, write_atomic
 from facesearch.vision.pipeline import FacePipeline, PipelineConfig
-from facesearch.vision.selection import Policy, Rejection, choose_face, process_photo
+from facesearch.vision.selection import Policy, Rejection, choose_face, is_failure, policy_key, process_photo
 
 CHIPS_FORMAT = "facesearch-train-chips"
 CHIPS_FORMAT_VERSION = 1
@@ -64,6 +67,11 @@ class ChipSet:
     manifest: dict[str, Any]
     manifest_sha256: str
 
+    @property
+    def failed(self) -> tuple[dict[str, str], ...]:
+        """The rejects whose photo could not be read or analysed (not a face-choice reject)."""
+        return tuple(r for r in self.rejects if is_failure(r["reason"]))
+
 
 def _stamp(path: str) -> list[int]:
     try:
@@ -75,7 +83,7 @@ def _stamp(path: str) -> list[int]:
 
 def chips_fingerprint(rows: list[ImageRow], contract: str, min_face: int, multi_face: str) -> str:
     """Names the cache folder (its first 16 hex digits) and is recorded in the chip manifest."""
-    config = [CHIPS_FORMAT_VERSION, contract, min_face, multi_face]
+    config = [CHIPS_FORMAT_VERSION, contract, min_face, policy_key(Policy(multi_face))]
     return fingerprint(config, ([row.path, row.identity_id, *_stamp(row.path)] for row in rows))
 
 
@@ -84,7 +92,7 @@ def chip_for(pipe: FacePipeline, path: str, multi_face: str) -> np.ndarray | Rej
 
     def detect_one(image: np.ndarray) -> np.ndarray | Rejection:
         dets = pipe.detect(image)
-        pick = choose_face(dets, Policy(multi_face))
+        pick = choose_face(dets, Policy(multi_face), image_shape=image.shape)
         if isinstance(pick, Rejection):
             return pick
         _, chips = pipe.align(image, [dets[pick].box])
@@ -128,7 +136,7 @@ def prepare_chips(
     cache: Path,
     *,
     min_face: int = 40,
-    multi_face: str = "reject",
+    multi_face: str = Policy.DOMINANT.value,
     workers: int = 0,
     shard_size: int = 64,
     progress: bool = True,

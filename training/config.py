@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from facesearch.errors import InvalidInputError, Reason
+from facesearch.vision.selection import MULTI_FACE_SETTINGS, Policy
 
 ARCHS = ("dlib_resnet", "resnet18", "resnet50")
 HEADS = ("arcface", "cosface")
 OPTIMIZERS = ("adamw", "sgd")
-MULTI_FACE = ("reject", "largest")
+MULTI_FACE = MULTI_FACE_SETTINGS  # dominant (default), largest, reject: facesearch.vision.selection
 #: Defaults per head: (margin, scale). ArcFace's margin is an angle (radians), CosFace's a cosine.
 HEAD_DEFAULTS = {"arcface": (0.3, 32.0), "cosface": (0.25, 32.0)}
 #: Default --freeze-stages per architecture: fine-tune only dlib's last residual stage + fc
@@ -56,7 +57,7 @@ class TrainConfig:
     min_images: int = 2  # identities with fewer usable chips are dropped (reported)
     pairs_per_fold: int = 300  # validation pairs per fold (half matched, half mismatched)
     min_face: int = 40
-    multi_face: str = "reject"  # a photo with several faces: reject it (the indexer's default) or "largest"
+    multi_face: str = Policy.DOMINANT.value  # a photo with several faces: as the indexer (dominant, largest, reject)
     workers: int = 0  # chip preparation processes (0 = one per core)
     threads: int = 0  # torch intra-op threads (0 = all cores)
     chips_cache: Path | None = None  # default RUN_DIR/chips

@@ -4,20 +4,26 @@
 
 --data is an identity-folder tree (TREE/<identity>/<photo>) or a CSV/JSONL manifest with
 path and identity_id columns. Chips are made with the base bundle's own detection and
-alignment (exactly one face per photo) and cached. An existing RUN_DIR is RESUMED from
-RUN_DIR/last.pt (the same options are required: a different config, data or base bundle is
-refused); use a new --out to start over. Writes RUN_DIR/best.pt (best validation verification
-accuracy; epoch 0 is the base model), last.pt, checkpoints/, log.csv, log.json, curves.png,
-class_balance.json, rejects.csv, split.json, summary.json. Exit codes: 0 ok, 2 bad input.
+alignment and cached: one face per photo, the dominant one in a photo with several
+(--multi-face; a photo where no face dominates is rejected). A photo that cannot be read
+(missing, empty, truncated, undecodable, too large) is listed in rejects.csv and skipped.
+An existing RUN_DIR is RESUMED from RUN_DIR/last.pt (the same options are required: a
+different config, data or base bundle is refused); use a new --out to start over. Writes
+RUN_DIR/best.pt (best validation verification accuracy; epoch 0 is the base model), last.pt,
+checkpoints/, log.csv, log.json, curves.png, class_balance.json, rejects.csv, split.json,
+summary.json. Exit codes: 0 ok; 1 trained, but some photos could not be read (rejects.csv);
+2 bad input; 130 interrupted (rerun the same command to resume).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import sys
 from pathlib import Path
 
 from facesearch.errors import ExitCode, FaceSearchError, exit_code
+from facesearch.vision.selection import is_failure
 from training.config import ARCHS, FREEZE_DEFAULTS, HEAD_DEFAULTS, HEADS, MULTI_FACE, OPTIMIZERS, TrainConfig
 
 
@@ -91,8 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument(
         "--multi-face",
         choices=MULTI_FACE,
-        default="reject",
-        help="a photo with several faces: reject it (default, as the indexer) or keep the largest",
+        default=MULTI_FACE[0],
+        help="a photo with several faces, as the indexer: keep the dominant face (default: the largest when "
+        "clearly larger than the next, else reject the photo), always the largest, or reject the photo",
     )
     data.add_argument("--chips-cache", type=Path, default=None, help="chip cache folder (default RUN_DIR/chips)")
 
@@ -157,9 +164,13 @@ def main(argv: list[str] | None = None) -> int:
     except FaceSearchError as err:
         print(f"facesearch-train: error: {err} [{err.reason}]", file=sys.stderr)
         return exit_code(err)
+    except KeyboardInterrupt:
+        print("facesearch-train: interrupted (rerun the same command to resume)", file=sys.stderr)
+        return ExitCode.INTERRUPTED
+    status = chips_status(summary.run_dir / "rejects.csv")
     if summary.stopped == "stop_after_steps":
         print(f"stopped after --stop-after-steps; rerun with the same --out to resume ({summary.run_dir / 'last.pt'})")
-        return ExitCode.OK
+        return status
     print(
         f"validation verification accuracy: base model {summary.base_val_accuracy:.4f}, "
         f"best {summary.best_val_accuracy:.4f} at epoch {summary.best_epoch} "
@@ -167,7 +178,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"best checkpoint: {summary.best_path}")
     print(f"next: facesearch-export checkpoint {summary.best_path} --out DIR")
-    return ExitCode.OK
+    return status
+
+
+def chips_status(rejects: Path) -> ExitCode:
+    """OK when every photo was read; FAILED (with a note on stderr) when some could not be read or
+    analysed (``rejects.csv`` rows of a failure reason, not face-choice rejects)."""
+    with rejects.open(newline="") as fh:
+        failed = [row for row in csv.DictReader(fh) if is_failure(row["reason"])]
+    if not failed:
+        return ExitCode.OK
+    print(f"facesearch-train: {len(failed)} photos could not be read and were skipped; see {rejects}", file=sys.stderr)
+    return ExitCode.FAILED
 
 
 if __name__ == "__main__":

@@ -10,6 +10,9 @@ from pathlib import Path
 from facesearch.cli import client_commands, eval_ident, models
 from facesearch.errors import ExitCode, FaceSearchError, exit_code
 
+#: ``facesearch embed --face`` values -> facesearch.vision.selection.Policy values.
+EMBED_FACES = {"centre": "nearest_centre", "dominant": "dominant", "largest": "largest"}
+
 
 def _add_embed(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("embed", help="embeddings for many images (npz or Parquet)")
@@ -22,9 +25,20 @@ def _add_embed(sub: argparse._SubParsersAction) -> None:
         help="file with one image path per line, or a folder of images",
     )
     p.add_argument("--out", type=Path, required=True, help="OUT.npz, or OUT.parquet for Parquet")
-    p.add_argument("--all-faces", action="store_true", help="a row for every face, not only the most central")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument(
+        "--face",
+        choices=tuple(EMBED_FACES),
+        default="centre",
+        help="the face of each image: nearest the centre (default), the dominant one (the largest when "
+        "clearly larger than the next, else none: found=False), or the largest",
+    )
+    which.add_argument("--all-faces", action="store_true", help="a row for every face, not only one")
     p.add_argument("--min-face", type=int, default=40, help="smallest face to find, px across (default 40)")
     p.add_argument("--workers", type=int, default=0, help="worker processes (default: one per core)")
+    p.add_argument(
+        "--shard-size", type=int, default=64, help="images per resumable shard under OUT.parts/ (default 64)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -76,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_embed(args: argparse.Namespace) -> int:
     from facesearch.jobs.embed import EmbedConfig, run  # noqa: PLC0415 - keep CLI start fast
     from facesearch.jobs.image_list import read_image_list  # noqa: PLC0415
+    from facesearch.vision.selection import Policy  # noqa: PLC0415
 
     paths = tuple(read_image_list(args.source))
     summary = run(
@@ -86,13 +101,22 @@ def _cmd_embed(args: argparse.Namespace) -> int:
             all_faces=args.all_faces,
             min_face=args.min_face,
             workers=args.workers,
+            shard_size=args.shard_size,
             progress=not args.quiet,
+            face=Policy(EMBED_FACES[args.face]),
         )
     )
     print(
         f"embedded {summary.images} images: {summary.found} with a face, {summary.faces} faces, "
         f"{summary.errors} unreadable -> {summary.out}"
     )
+    if summary.errors:
+        print(
+            f"facesearch embed: {summary.errors} of {summary.images} images failed (their rows have found=False "
+            f"and the reason in 'errors'); the others were written to {summary.out}",
+            file=sys.stderr,
+        )
+        return ExitCode.FAILED
     return ExitCode.OK
 
 

@@ -5,11 +5,18 @@ The job runs on :mod:`facesearch.jobs.runner`: shards of ``shard_size`` images u
 inputs, model and options skips finished shards, one with others is refused: delete the folder
 to start over), merged into ``OUT`` when all are done, and the parts removed.
 
-Per image: the face nearest the image centre (:data:`Policy.NEAREST_CENTRE
-<facesearch.vision.selection.Policy>`), or every face with ``all_faces``. An image without a
-face gives one row with ``found=False``; so does an image that cannot be read or analysed, with
+Per image: one face chosen by ``face`` (:class:`facesearch.vision.selection.Policy`): by default
+the face nearest the image centre (``NEAREST_CENTRE``, the embed contract), or ``DOMINANT`` or
+``LARGEST``; or every face with ``all_faces``. An image without a face gives one row with
+``found=False``, and so does one where ``DOMINANT`` finds no face clearly larger than the others.
+An image that cannot be read or analysed (a missing, empty, truncated, undecodable or oversized
+file, or any failure of the pipeline on it) also gives one row with ``found=False``, with
 ``errors`` = ``"<reason>: <message>"`` (``"ERROR: <exception type>: <message>"`` for an
-unexpected failure); one bad image never stops the job.
+unexpected failure): a *failed row*. One bad image never stops the job; ``EmbedSummary.errors``
+counts the failed rows, and ``facesearch embed`` exits 1 when there are any.
+
+Nearest-centre stays the default: on lfw-dev it identifies as well as the dominant face and never
+drops a photo (``bench/results/face_selection.md``).
 """
 
 from __future__ import annotations
@@ -22,13 +29,13 @@ from typing import Any
 import numpy as np
 
 from facesearch.bundle.manifest import ModelBundle
-from facesearch.errors import FaceSearchError
+from facesearch.errors import FaceSearchError, InvalidInputError, Reason
 from facesearch.jobs.runner import ShardJob, WorkerSpec, run_shards
 from facesearch.jobs.shards import fingerprint, open_workdir, read_shard
 from facesearch.util.fs import atomic_path
 from facesearch.vision.decode import DecodeLimits, load_image
 from facesearch.vision.pipeline import Face, FacePipeline, PipelineConfig
-from facesearch.vision.selection import Policy, Rejection, choose_face, rejection_for_error
+from facesearch.vision.selection import Policy, Rejection, choose_face, policy_key, rejection_for_error
 
 #: The shard arrays, one row per face (or per image without one); also the output's row columns.
 COLUMNS = ("image_index", "embeddings", "found", "boxes", "scores", "errors")
@@ -45,9 +52,18 @@ class EmbedConfig:
     workers: int = 0  # 0 = one per core
     shard_size: int = 64
     progress: bool = True
+    face: Policy = Policy.NEAREST_CENTRE  # the face of each image (without all_faces)
+
+    def __post_init__(self) -> None:
+        if self.shard_size < 1:
+            raise InvalidInputError(f"--shard-size must be >= 1, got {self.shard_size}", reason=Reason.BAD_CONFIG)
+        if self.workers < 0:
+            raise InvalidInputError(f"--workers must be >= 0, got {self.workers}", reason=Reason.BAD_CONFIG)
 
     def fingerprint(self, contract: str) -> str:
-        config = ["facesearch embed", contract, self.all_faces, self.min_face, self.shard_size]
+        config: list[object] = ["facesearch embed", contract, self.all_faces, self.min_face, self.shard_size]
+        if self.face is not Policy.NEAREST_CENTRE:  # the default keeps the fingerprint it always had
+            config.append(policy_key(self.face))
         return fingerprint(config, ([str(p)] for p in self.paths))
 
 
@@ -56,35 +72,36 @@ class EmbedSummary:
     images: int
     found: int
     faces: int
-    errors: int
+    errors: int  # failed rows: images that could not be read or analysed
     out: Path
 
 
 class EmbedWorker:
     """One face pipeline; embeds a shard of image paths into rows (one process of the job)."""
 
-    def __init__(self, pipeline: FacePipeline, all_faces: bool) -> None:
+    def __init__(self, pipeline: FacePipeline, all_faces: bool, face: Policy = Policy.NEAREST_CENTRE) -> None:
         self.pipeline = pipeline
         self.all_faces = all_faces
+        self.face = face
 
     @classmethod
-    def load(cls, bundle_root: str, min_face: int, all_faces: bool, *, threads: int | None) -> EmbedWorker:
+    def load(cls, bundle_root: str, min_face: int, all_faces: bool, face: str, *, threads: int | None) -> EmbedWorker:
         bundle = ModelBundle.load(bundle_root, verify=False)
-        return cls(FacePipeline(bundle, PipelineConfig(min_face=min_face, threads=threads)), all_faces)
+        return cls(FacePipeline(bundle, PipelineConfig(min_face=min_face, threads=threads)), all_faces, Policy(face))
 
     def __call__(self, start: int, paths: list[str]) -> dict[str, np.ndarray]:
         dim = self.pipeline.embedder.dim
-        images, indices, errors = [], [], {}
-        for i, path in enumerate(paths):
-            try:
-                images.append(load_image(Path(path), DecodeLimits()))
-                indices.append(i)
-            except FaceSearchError as err:
-                errors[i] = f"{err.reason}: {err}"
+        errors: dict[int, str] = {}
         faces_per_image: dict[int, list[Face]] = {}
-        for offset in range(0, len(images), _BATCH):  # batch embeddings across a few images
-            batch_idx, batch = indices[offset : offset + _BATCH], images[offset : offset + _BATCH]
-            for idx, faces, image in zip(batch_idx, self._analyze(batch, batch_idx, errors), batch, strict=True):
+        for offset in range(0, len(paths), _BATCH):  # a few images decoded at a time, embedded in one batch
+            images, indices = [], []
+            for i in range(offset, min(offset + _BATCH, len(paths))):
+                try:
+                    images.append(load_image(Path(paths[i]), DecodeLimits()))
+                    indices.append(i)
+                except Exception as err:  # one bad image must not cost the others
+                    errors[i] = _error_text(err)
+            for idx, faces, image in zip(indices, self._analyze(images, indices, errors), images, strict=True):
                 faces_per_image[idx] = faces if self.all_faces else self._one(faces, image.shape)
         rows: dict[str, list[Any]] = {k: [] for k in COLUMNS}
         for i in range(len(paths)):
@@ -116,13 +133,14 @@ class EmbedWorker:
                     out.append([])
             return out
 
-    @staticmethod
-    def _one(faces: list[Face], shape: tuple[int, ...]) -> list[Face]:
-        pick = choose_face(faces, Policy.NEAREST_CENTRE, image_shape=shape)
+    def _one(self, faces: list[Face], shape: tuple[int, ...]) -> list[Face]:
+        pick = choose_face(faces, self.face, image_shape=shape)
         return [] if isinstance(pick, Rejection) else [faces[pick]]
 
 
 def _error_text(err: Exception) -> str:
+    """``"<reason>: <message>"``: a facesearch error's own reason (``IMAGE_TRUNCATED``, ...), else
+    the batch rejection's (``ERROR: <exception type>: <message>``)."""
     if isinstance(err, FaceSearchError):
         return f"{err.reason}: {err}"
     rejection = rejection_for_error(err)
@@ -147,6 +165,7 @@ def parts_dir(out: Path) -> Path:
 def _config_json(config: EmbedConfig) -> dict[str, Any]:
     data = asdict(config)
     data["paths"] = len(config.paths)
+    data["face"] = config.face.value
     return {k: str(v) if isinstance(v, Path) else v for k, v in data.items()}
 
 
@@ -159,7 +178,7 @@ def run(config: EmbedConfig) -> EmbedSummary:
         work=parts,
         items=[str(p) for p in config.paths],
         shard_size=config.shard_size,
-        worker=WorkerSpec(EmbedWorker.load, (str(config.bundle), config.min_face, config.all_faces)),
+        worker=WorkerSpec(EmbedWorker.load, (str(config.bundle), config.min_face, config.all_faces, config.face.value)),
         workers=config.workers,
         desc="embed",
         progress=config.progress,

@@ -213,7 +213,7 @@ def test_parquet_input_rejects_bad_rows(model: FaceEmbeddingModel, tmp_path: Pat
     ).replace_schema_metadata({"contract_id": CONTRACT})
     pq.write_table(table, tmp_path / "e.parquet")
     root = tmp_path / "root"
-    assert main(["build", "--embeddings", str(tmp_path / "e.parquet"), "--out", str(root), *FAST]) == 0
+    assert main(["build", "--embeddings", str(tmp_path / "e.parquet"), "--out", str(root), *FAST]) == 1  # 3 failed
     manifest = read_manifest(root)
     assert manifest.ntotal == 497
     assert manifest.build["rejected"] == {"BAD_EMBEDDING": 2, "NO_IDENTITY": 1}

@@ -288,6 +288,20 @@ def test_enroll_rules(client: FaceSearchClient, people: dict[str, list[Path]], e
     assert r.images[0].reject_reason in ("NO_FACE", "FACE_TOO_SMALL")
 
 
+def test_enroll_takes_the_dominant_face_of_a_group_photo(client: FaceSearchClient, group_photos: list[Path]) -> None:
+    """A face that dominates (visible area >= DOMINANCE_RATIO times the next) is enrolled; a photo
+    of people of a size is MULTIPLE_FACES, unless use_largest_face (tests/data/group_photos.txt)."""
+    by_name = {p.name: p for p in group_photos}
+    r = client.enroll("group-dominant", [by_name["Yoon_Jin-Sik_0001.jpg"]])  # 119 px face, a 58 px one beside
+    assert r.created and len(r.face_ids) == 1 and r.images[0].accepted, r
+    tie = by_name["Zarai_Toledo_0001.jpg"]  # three faces of a size (the largest cut by the frame)
+    r = client.enroll("group-tie", [tie])
+    assert not r.face_ids and r.images[0].reject_reason == "MULTIPLE_FACES", r
+    assert "none is clearly the largest" in r.images[0].message
+    assert client.enroll("group-tie", [tie], use_largest_face=True).face_ids
+    assert client.delete_identity("group-dominant") == 1 and client.delete_identity("group-tie") == 1
+
+
 def test_invalid_arguments(client: FaceSearchClient, people: dict[str, list[Path]]) -> None:
     cases = [
         (lambda: client.identify(b"definitely not a photo"), "IMAGE_"),

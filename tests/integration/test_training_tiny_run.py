@@ -1,4 +1,5 @@
-"""facesearch-train end to end on a few LFW identities: train, interrupt, resume == uninterrupted."""
+"""facesearch-train end to end on a few LFW identities: train, interrupt, resume == uninterrupted;
+photos that cannot be read are listed in rejects.csv, skipped, and make the exit status 1."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ pytest.importorskip("torchvision", reason="training needs torchvision")
 
 from facesearch.nets.backbones import build_backbone  # noqa: E402
 from facesearch.nets.checkpoint import load_checkpoint  # noqa: E402
+from tests.integration.bad_photos import write_bad_photos  # noqa: E402
 from training.main import main as train_main  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -21,13 +23,15 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def tiny_tree(lfw_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """12 identities with >= 4 photos, 4 photos each (copied to a temp folder)."""
+    """12 identities with >= 4 photos, 4 photos each (copied to a temp folder), and a folder of
+    photos that cannot be read (tests/integration/bad_photos.py)."""
     people = sorted(p for p in (lfw_dir / "images").iterdir() if p.is_dir() and len(list(p.glob("*.jpg"))) >= 4)
     tree = tmp_path_factory.mktemp("tiny") / "tree"
     for person in people[:12]:
         (tree / person.name).mkdir(parents=True)
         for photo in sorted(person.glob("*.jpg"))[:4]:
             shutil.copy(photo, tree / person.name / photo.name)
+    write_bad_photos(tree / "Bad_Rows", sorted((tree / people[0].name).glob("*.jpg"))[0])
     return tree
 
 
@@ -67,17 +71,26 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(
 ) -> None:
     cache = tmp_path / "chips"
     whole, parts = tmp_path / "whole", tmp_path / "parts"
-    assert train_main(_args(tiny_tree, bundle_dir, whole, cache)) == 0
-    assert "facesearch-export checkpoint" in capsys.readouterr().out
+    assert train_main(_args(tiny_tree, bundle_dir, whole, cache)) == 1  # trained; 4 photos could not be read
+    out, err = capsys.readouterr()
+    assert "facesearch-export checkpoint" in out and "4 photos could not be read" in err
+    unread = {row["path"].rsplit("/", 1)[-1]: row["reason"] for row in csv.DictReader((whole / "rejects.csv").open())}
+    assert {k: v for k, v in unread.items() if v in ("UNDECODABLE", "TOO_LARGE")} == {
+        "empty.jpg": "UNDECODABLE",
+        "huge.png": "TOO_LARGE",
+        "not_an_image.jpg": "UNDECODABLE",
+        "truncated.jpg": "UNDECODABLE",
+    }
 
-    assert train_main(_args(tiny_tree, bundle_dir, parts, cache, "--stop-after-steps", "2")) == 0
+    assert train_main(_args(tiny_tree, bundle_dir, parts, cache, "--stop-after-steps", "2")) == 1
     interrupted = load_checkpoint(parts / "last.pt")
     assert (interrupted["epoch"], interrupted["global_step"], interrupted["step_in_epoch"]) == (0, 2, 2)
-    assert train_main(_args(tiny_tree, bundle_dir, parts, cache)) == 0
+    assert train_main(_args(tiny_tree, bundle_dir, parts, cache)) == 1
     assert not list((parts / "checkpoints").glob("step_*.pt"))  # superseded by epoch_001.pt
 
     a, b = load_checkpoint(whole / "last.pt"), load_checkpoint(parts / "last.pt")
-    assert a["epoch"] == b["epoch"] == 1 and a["global_step"] == b["global_step"] == 3
+    steps = a["data"]["train_chips"] // 8  # one epoch of --batch-size 8
+    assert a["epoch"] == b["epoch"] == 1 and a["global_step"] == b["global_step"] == steps >= 3
     for key in ("model_state", "head_state"):
         assert a[key].keys() == b[key].keys()
         assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key

@@ -1,7 +1,8 @@
 """facesearch.jobs: the one sharded runner and its checkpoint (shards + done-markers, fingerprint).
 
 Resume after a killed worker and after partial shards, refusal of another job's work directory,
-and one bad input becoming a row (of ``facesearch embed``'s shard) instead of stopping the job.
+one bad input becoming a row (of ``facesearch embed``'s shard) instead of stopping the job, and
+``facesearch embed``'s face policy.
 Workers here are small classes of this module (spawn imports them by name), no models.
 """
 
@@ -18,7 +19,7 @@ import pytest
 from PIL import Image
 
 from facesearch.errors import FaceSearchError, IndexBuildError, PreconditionError
-from facesearch.jobs.embed import EmbedWorker
+from facesearch.jobs.embed import EmbedConfig, EmbedWorker
 from facesearch.jobs.inputs import ImageRow
 from facesearch.jobs.runner import ShardJob, WorkerSpec, run_shards
 from facesearch.jobs.shards import (
@@ -32,6 +33,7 @@ from facesearch.jobs.shards import (
 )
 from facesearch.vision.pipeline import Face
 from facesearch.vision.quality import FaceQuality
+from facesearch.vision.selection import DOMINANCE_RATIO, Policy
 from training.chips import CHIPS_FORMAT_VERSION, chips_fingerprint
 
 
@@ -185,3 +187,40 @@ def test_one_bad_photo_becomes_an_error_row_of_facesearch_embed(tmp_path: Path) 
     assert rows["found"].tolist() == [True, False, True, False]
     assert rows["errors"][1] == "ERROR: RuntimeError: detector crashed"
     assert rows["errors"][3].startswith("IMAGE_") and rows["errors"][0] == rows["errors"][2] == ""
+
+
+class TwoFaces(FakePipeline):
+    """Two faces per image: a 10 px one at the image centre and a larger one in the corner, not
+    large enough to dominate (its area is 0.95 x DOMINANCE_RATIO times the central one's)."""
+
+    corner_side = 10.0 * (0.95 * DOMINANCE_RATIO) ** 0.5
+
+    def analyze(self, image: np.ndarray) -> list[Face]:
+        h, w = image.shape[:2]
+        quality = FaceQuality(face_size=10.0, blur=50.0)
+        marks = np.zeros((5, 2), np.float32)
+        centre = Face(
+            (w / 2 - 5, h / 2 - 5, w / 2 + 5, h / 2 + 5), 1.0, marks, np.full(4, 0.5, np.float32), 1.0, quality
+        )
+        side = self.corner_side
+        corner = Face((0.0, 0.0, side, side), 1.0, marks, np.full(4, -0.5, np.float32), 1.0, quality)
+        return [centre, corner]
+
+
+def test_embed_takes_the_face_its_policy_chooses(tmp_path: Path) -> None:
+    Image.new("RGB", (40, 40), (200, 100, 50)).save(tmp_path / "a.png")
+    fake: Any = TwoFaces()
+    centre = EmbedWorker(fake, all_faces=False)(0, [str(tmp_path / "a.png")])
+    assert centre["found"].tolist() == [True] and centre["boxes"][0].tolist() == [15.0, 15.0, 25.0, 25.0]
+    largest = EmbedWorker(fake, all_faces=False, face=Policy.LARGEST)(0, [str(tmp_path / "a.png")])
+    assert largest["boxes"][0, 2] == pytest.approx(TwoFaces.corner_side)
+    dominant = EmbedWorker(fake, all_faces=False, face=Policy.DOMINANT)(0, [str(tmp_path / "a.png")])
+    assert dominant["found"].tolist() == [False] and dominant["errors"].tolist() == [""]  # none dominates: no row
+
+
+def test_the_default_embed_job_keeps_its_fingerprint() -> None:
+    """An unfinished run of an earlier version (nearest-centre, the only policy then) still resumes."""
+    config = EmbedConfig(bundle=Path("b"), paths=(Path("x.jpg"),), out=Path("o.npz"))
+    assert config.fingerprint("c") == fingerprint(["facesearch embed", "c", False, 40, 64], [["x.jpg"]])
+    dominant = EmbedConfig(bundle=Path("b"), paths=(Path("x.jpg"),), out=Path("o.npz"), face=Policy.DOMINANT)
+    assert dominant.fingerprint("c") != config.fingerprint("c")
