@@ -1,4 +1,9 @@
-"""``facesearch-index build``: inputs -> (embedding stage) -> store -> index -> published version."""
+"""``facesearch-index build``: inputs -> (embedding stage) -> store -> index -> published version.
+
+A fresh build skips the rows of erased subjects (the root's erasure ledger) and keeps what the server
+acknowledged: the live-enrolled faces of the current version and the live journal's tail after it
+(:mod:`indexer.absorb`), so a rebuild brings no erased subject back and loses no live enrollment.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +19,10 @@ from typing import Any
 from facesearch.bundle.manifest import ModelBundle
 from facesearch.errors import ContractMismatchError, InvalidInputError
 from facesearch.jobs.inputs import rows_from_manifest, rows_from_tree
+from facesearch.store.erasure_ledger import read_erasures
 from facesearch.store.identity_store import IdentityStore
 from facesearch.store.index_artifact import REJECTS_FILE, STORE_FILE, IndexManifest
+from indexer.absorb import LIVE_DIR, settle_fresh
 from indexer.config import BuildConfig, EmbedOptions, InputSpec, fingerprint, to_jsonable
 from indexer.embed import EmbedStats, run_stage, shard_chunks
 from indexer.index_stage import IndexOutcome, run_index_stage, set_threads
@@ -179,7 +186,7 @@ def version_manifest(
 
 def ingest_stats_json(stats: IngestStats, embed: EmbedStats | None) -> dict[str, Any]:
     rejected = dict(stats.rejected)
-    out: dict[str, Any] = {"input_rows": stats.rows, "accepted": stats.accepted}
+    out: dict[str, Any] = {"input_rows": stats.rows, "accepted": stats.accepted, "erased_rows": stats.erased}
     if embed is not None:
         for reason, count in embed.rejected.items():
             rejected[reason] = rejected.get(reason, 0) + count
@@ -241,15 +248,24 @@ def run(config: BuildConfig) -> JobResult:
         )
         plan_index(max(opened.total, 1), opened.d, config.memory_budget, config.index)  # fail early on memory
         version = next_version(root)
+        erased = read_erasures(root)
         with staging_dir(root, version) as staged:
             store = IdentityStore.create(staged / STORE_FILE, contract_id=opened.contract_id, d=opened.d)
             store.set_meta("next_vector_id", first_free_vector_id(root))  # ids unique across the root's history
             rejects = RejectsWriter(staged / REJECTS_FILE)
             t1 = time.perf_counter()
             rows = chunk_rows(opened.d, config.memory_budget)
-            stats = ingest(opened.chunks(rejects, rows), store, rejects, total=opened.total, progress=config.progress)
+            stats = ingest(
+                opened.chunks(rejects, rows),
+                store,
+                rejects,
+                total=opened.total,
+                progress=config.progress,
+                erased=erased,
+            )
             if stats.accepted == 0:
                 raise InvalidInputError(f"{opened.describe}: no usable faces (see {staged / REJECTS_FILE})")
+            settled = settle_fresh(store, root=root, live_dir=root / LIVE_DIR, erased=erased)
             ingest_s = round(time.perf_counter() - t1, 2)
             outcome = run_index_stage(
                 store,
@@ -262,6 +278,7 @@ def run(config: BuildConfig) -> JobResult:
                 "embed_s": opened.embed_s,
                 "ingest_s": ingest_s,
                 **ingest_stats_json(stats, opened.embed),
+                **settled.facts(),
             }
             manifest = version_manifest(
                 version=version,

@@ -7,14 +7,16 @@ updated, live faces added with the vector ids the server gave them, so face ids 
 valid), updates the trained index incrementally (or retrains when the gallery outgrew it,
 as ``add`` does), and publishes the result with ``live_seq = N`` (and the journal's id) in
 the store's meta. The server swaps to it and drops exactly the changes with seq <= N;
-changes that arrived during the compaction have seq > N and stay in its live delta.
+changes that arrived during the compaction have seq > N and stay in its live delta (and it
+keeps the older ones as long as a kept version lacks them: ``facesearch.store.journal_retention``).
+Erased subjects (the root's erasure ledger) are purged from the new version as well
+(:mod:`indexer.absorb`).
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
-import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from facesearch.errors import ContractMismatchError, PreconditionError, Reason
-from facesearch.store.identity_store import FaceRows, IdentityStore
+from facesearch.store.erasure_ledger import read_erasures
+from facesearch.store.identity_store import IdentityStore
 from facesearch.store.index_artifact import (
     REJECTS_FILE,
     STORE_FILE,
@@ -32,7 +35,9 @@ from facesearch.store.index_artifact import (
     load_index,
     resolve_version_dir,
 )
+from facesearch.store.journal_retention import Absorbed
 from facesearch.store.live_journal import JournalSnapshot, LiveJournal, journal_place
+from indexer.absorb import LIVE_DIR, Settled, apply_snapshot, settle
 from indexer.build import JobResult, finish_version, version_manifest
 from indexer.config import fingerprint
 from indexer.index_stage import run_index_stage, set_threads
@@ -43,8 +48,6 @@ from indexer.publish import locked, next_version, staging_dir
 from indexer.update import DRIFT_LIMIT, retrain_reason
 
 log = logging.getLogger(f"facesearch.{__name__}")
-
-LIVE_DIR = "live"
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,9 +115,7 @@ def _absorbed_seq(base: LoadedIndex | None, journal_id: str) -> int:
     if base is None:
         return 0
     with IdentityStore.open(base.dir / STORE_FILE, readonly=True) as store:
-        if store.meta("live_journal_id") != journal_id:
-            return 0
-        return int(store.meta("live_seq") or 0)
+        return Absorbed.of(store).position_in(journal_id)
 
 
 def _publish(
@@ -137,6 +138,7 @@ def _publish(
         else:
             store = IdentityStore.create(store_path, contract_id=contract_id, d=d)
         deleted = apply_snapshot(store, snap)
+        settled: Settled = settle(store, read_erasures(root))
         n_total = store.count_faces()
         if n_total == 0:
             raise PreconditionError(
@@ -174,8 +176,7 @@ def _publish(
             log.info("compact: training a new index (%s)", reason)
             outcome = run_index_stage(store, budget=config.memory_budget, options=options, progress=config.progress)
         build: dict[str, Any] = {
-            "live_seq": snap.high_water,
-            "live_journal_id": snap.journal_id,
+            **settled.facts(),
             "added_faces": len(added),
             "removed_faces": len(removed),
             "deleted_identities": deleted,
@@ -217,56 +218,6 @@ def _publish(
         len(removed),
     )
     return CompactResult(job, snap.high_water, len(added), len(removed), deleted)
-
-
-def apply_snapshot(store: IdentityStore, snap: JournalSnapshot) -> int:
-    """Apply the journal's changes to ``store`` (deletions first); returns identities deleted."""
-    gone = [i.identity_id for i in snap.identities if i.deleted]
-    present = sorted(store.existing_identities(gone))
-    if present:
-        store.remove_identities(present)
-    store.commit()
-    _remove_faces(store.path, [t.vector_id for t in snap.tombstones])
-    alive = [i for i in snap.identities if not i.deleted]
-    if alive:
-        store.upsert_identities((i.identity_id, i.name, i.metadata or None) for i in alive)
-    if snap.faces:
-        names = {i.identity_id: i.name for i in alive}
-        boxes = np.asarray([f.box if f.box is not None else (np.nan,) * 4 for f in snap.faces], dtype=np.float64)
-        store.add_faces(
-            FaceRows(
-                vector_ids=np.asarray([f.vector_id for f in snap.faces], dtype=np.int64),
-                identity_ids=[f.identity_id for f in snap.faces],
-                embeddings=np.ascontiguousarray(snap.embeddings, dtype=np.float32),
-                names=[names.get(f.identity_id) for f in snap.faces],
-                sources=[f.source for f in snap.faces],
-                boxes=boxes,
-                det_scores=np.asarray([np.nan if f.det_score is None else f.det_score for f in snap.faces]),
-                face_sizes=np.asarray([np.nan if f.face_size is None else f.face_size for f in snap.faces]),
-                blurs=np.asarray([np.nan if f.blur is None else f.blur for f in snap.faces]),
-            )
-        )
-    store.set_meta("live_seq", snap.high_water)
-    store.set_meta("live_journal_id", snap.journal_id)
-    store.commit()
-    return len(present)
-
-
-def _remove_faces(path: Path, vector_ids: list[int]) -> None:
-    """Delete faces (and chips) by vector id. The store has no such call yet, so this opens
-    the staged file directly (its writer has committed; nothing else has it open)."""
-    if not vector_ids:
-        return
-    conn = sqlite3.connect(path)
-    try:
-        for i in range(0, len(vector_ids), 900):
-            chunk = vector_ids[i : i + 900]
-            marks = ",".join("?" * len(chunk))
-            conn.execute(f"DELETE FROM chips WHERE vector_id IN ({marks})", chunk)
-            conn.execute(f"DELETE FROM faces WHERE vector_id IN ({marks})", chunk)
-        conn.commit()
-    finally:
-        conn.close()
 
 
 def _options_of(base: LoadedIndex) -> IndexOptions:

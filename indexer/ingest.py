@@ -2,6 +2,12 @@
 
 Rows that cannot be used (non-finite or zero embeddings, no identity) are skipped and
 written to the rejects file with a reason; the job never dies on one bad row.
+
+Rows of erased subjects (an identity the root's erasure ledger holds as erased, or a face erased by
+its source's file name: ``facesearch.store.erasure_ledger``) are skipped too, and counted apart
+(``IngestStats.erased``): a deliberate skip, not a failed row. Their rejects line carries only the
+row number and ``ERASED``, never the identity id or the source, so the new version holds nothing
+of the subject.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from facesearch.errors import InvalidInputError
+from facesearch.store.erasure_ledger import ErasureSet
 from facesearch.store.identity_store import FaceRows, IdentityStore
 from indexer.read import InputChunk
 
@@ -28,6 +35,10 @@ class IngestStats:
     rejected: Counter[str] = field(default_factory=Counter)
     first_vector_id: int = -1
     last_vector_id: int = -1
+    erased: int = 0  # rows of erased subjects, skipped
+
+
+ERASED = "ERASED"
 
 
 class RejectsWriter:
@@ -91,13 +102,22 @@ def ingest(
     total: int,
     progress: bool,
     desc: str = "ingest",
+    erased: ErasureSet | None = None,
 ) -> IngestStats:
-    """Write every usable row into ``store`` with fresh vector ids; returns counts."""
+    """Write every usable row into ``store`` with fresh vector ids, skipping rows of ``erased``
+    subjects; returns counts."""
     stats = IngestStats()
     d = store.d
     with tqdm(total=total, desc=desc, unit="face", disable=not progress, dynamic_ncols=True) as bar:
         for chunk in chunks:
             keep, emb, bad = validate(chunk, d)
+            if erased:
+                gone = erased_rows(chunk, erased)
+                for i in np.flatnonzero(gone & keep).tolist():
+                    rejects.write(chunk.row(i), ERASED, detail="the subject is erased (erasure ledger)")
+                stats.erased += int((gone & keep).sum())
+                emb = emb[~gone[keep]]
+                keep = keep & ~gone
             for i, reason, detail in bad:
                 src = chunk.sources[i] if chunk.sources is not None else None
                 rejects.write(chunk.row(i), reason, identity_id=chunk.identities[i] or None, source=src, detail=detail)
@@ -114,6 +134,18 @@ def ingest(
             store.commit()
             bar.update(len(chunk))
     return stats
+
+
+def erased_rows(chunk: InputChunk, erased: ErasureSet) -> np.ndarray:
+    """Which rows of ``chunk`` belong to an erased identity or are an erased face (bool mask)."""
+    ids = chunk.identities
+    gone_ids = {i for i in set(ids) if i and erased.identity_erased(i)}
+    mask = np.fromiter((i in gone_ids for i in ids), dtype=bool, count=len(ids))
+    if erased.faces and chunk.sources is not None:
+        for i, (identity, source) in enumerate(zip(ids, chunk.sources, strict=True)):
+            if not mask[i] and identity and erased.face_erased(identity, source):
+                mask[i] = True
+    return mask
 
 
 def _face_rows(chunk: InputChunk, idx: np.ndarray, vids: np.ndarray, emb: np.ndarray) -> FaceRows:

@@ -8,6 +8,7 @@
     facesearch-index info ROOT            the current manifest as JSON on stdout
     facesearch-index verify ROOT          sha256 of every file, consistency, recall re-measured
     facesearch-index rollback ROOT [--to VERSION]
+    facesearch-index prune ROOT --keep N | erase-status ROOT [ID] | unerase ROOT ID   (indexer.erasure_commands)
 
 Every published version carries ``open_set.npz``, the gallery's open-set statistics
 (indexer/open_set_stage.py), listed in its manifest.
@@ -37,7 +38,7 @@ from pathlib import Path
 from facesearch.errors import ExitCode, FaceSearchError, InvalidInputError
 from facesearch.store.index_artifact import REJECTS_FILE, IndexManifest, read_manifest, resolve_version_dir
 from facesearch.vision.selection import is_failure
-from indexer import build, update, verify
+from indexer import build, erasure_commands, update, verify
 from indexer.config import (
     AddConfig,
     BuildConfig,
@@ -149,6 +150,7 @@ def parser() -> argparse.ArgumentParser:
     rb = sub.add_parser("rollback", help="point CURRENT at an older kept version")
     rb.add_argument("root", type=Path)
     rb.add_argument("--to", metavar="VERSION", help="default: the version before the current one")
+    erasure_commands.add_parsers(sub)
     return ap
 
 
@@ -203,6 +205,12 @@ def summary(command: str, manifest: IndexManifest, vdir: Path) -> str:
             f"  input rows {b.get('images', b['input_rows']):,}  accepted {b['accepted']:,}  "
             f"rejected {b.get('rejected_total', 0):,} ({rejected})"
         )
+    if b.get("erased_rows") or b.get("erased_faces_purged") or b.get("carried_live_faces"):
+        lines.append(
+            f"  erased subjects: {b.get('erased_rows', 0):,} input rows skipped, {b.get('erased_faces_purged', 0):,} "
+            f"faces purged (ledger position {b.get('erasure_seq', 0)}); live faces carried over "
+            f"{b.get('carried_live_faces', 0):,}, journal up to #{b.get('live_seq', 0)}"
+        )
     if "open_set" in b:
         o = b["open_set"]
         lines.append(
@@ -213,8 +221,9 @@ def summary(command: str, manifest: IndexManifest, vdir: Path) -> str:
         lines.append(f"  retrained: {b['retrained']}")
     if "removed_faces" in b:
         lines.append(
-            f"  removed {len(b['removed_identities'])} identities, {b['removed_faces']} faces"
-            + (f"; not found: {', '.join(b['not_found'][:5])}" if b["not_found"] else "")
+            f"  removed {b.get('removed_identity_count', b.get('deleted_identities', 0))} identities, "
+            f"{b['removed_faces']} faces"
+            + (f"; not found: {', '.join(b['not_found'][:5])}" if b.get("not_found") else "")
         )
     stages = "  ".join(
         f"{k.removesuffix('_s')} {b[k]:.1f}s"
@@ -269,6 +278,8 @@ def rows_status(manifest: IndexManifest, vdir: Path) -> ExitCode:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command in erasure_commands.COMMANDS:
+        return erasure_commands.dispatch(args)
     if args.command == "build":
         result = build.run(
             BuildConfig(

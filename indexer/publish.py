@@ -5,6 +5,10 @@ the directory is renamed to ``ROOT/<v>`` and only then ``CURRENT`` is switched
 (:func:`facesearch.util.fs.switch_pointer`: temp file, fsync, ``os.replace``). Older versions
 are kept for rollback (``keep`` newest, never the current one). One job at a time per root (an
 ``flock`` on ``ROOT/.lock``).
+
+Leftovers of killed jobs (``.trash-*`` of a prune that stopped, ``.staging-*`` of a job that stopped
+before publishing, ``.work`` of an unfinished build) are deleted by :func:`remove_leftovers`
+(``facesearch-index prune``): they may hold anything a version holds, erased subjects included.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from facesearch.store.identity_store import IdentityStore
 from facesearch.store.index_artifact import (
     CURRENT,
     INDEX_FILE,
+    LEFTOVER_PATTERNS,
     MANIFEST,
     REFINE_CODEC_FILE,
     REFINE_FILE,
@@ -150,6 +155,21 @@ def prune(root: Path, keep: int) -> list[str]:
         os.replace(root / v, trash)  # readers following CURRENT never see a half-deleted version
         shutil.rmtree(trash, ignore_errors=True)
     return doomed
+
+
+def remove_leftovers(root: Path) -> list[str]:
+    """Delete the leftovers of killed jobs (call with the root locked); returns their names."""
+    gone = []
+    for pattern in LEFTOVER_PATTERNS:
+        for path in sorted(root.glob(pattern)):
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+            gone.append(path.name)
+    if gone:
+        fsync_dir(root)
+    return gone
 
 
 def rollback(root: Path, to: str | None = None) -> str:

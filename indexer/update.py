@@ -8,7 +8,13 @@ farther from the coarse centroids than the training data did (1.5x), or on ``--r
 
 remove: identities are deleted from a copy of the store (faces, chips) and their vectors are
 removed from the index; the published version holds neither (the store is VACUUMed, the
-index and re-ranking store are rewritten without them).
+index and re-ranking store are rewritten without them). A removal is an erasure: it is recorded
+in the root's erasure ledger first, so no later build, add or compaction brings the identity back
+(``facesearch-index unerase`` lifts it).
+
+Both skip or purge what the erasure ledger holds (:mod:`indexer.absorb`): rows of erased subjects
+are not added, and erased identities and faces the current version still holds are removed from the
+new one.
 """
 
 from __future__ import annotations
@@ -17,12 +23,15 @@ import logging
 import shutil
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
 from facesearch.errors import NotFoundError
+from facesearch.store.erasure_ledger import ErasedFace, ErasureKind, ErasureLedger, os_principal, read_erasures
 from facesearch.store.identity_store import IdentityStore
 from facesearch.store.index_artifact import REJECTS_FILE, STORE_FILE, LoadedIndex, load_index, resolve_version_dir
+from indexer.absorb import settle
 from indexer.build import (
     JobResult,
     finish_version,
@@ -75,6 +84,7 @@ def run_add(config: AddConfig) -> JobResult:
             progress=config.progress,
         )
         version = next_version(root)
+        erased = read_erasures(root)
         with staging_dir(root, version) as staged:
             shutil.copyfile(base_dir / STORE_FILE, staged / STORE_FILE)
             store = IdentityStore.open(staged / STORE_FILE, readonly=False)
@@ -88,8 +98,10 @@ def run_add(config: AddConfig) -> JobResult:
                 rejects,
                 total=opened.total,
                 progress=config.progress,
+                erased=erased,
             )
             store.commit()
+            settled = settle(store, erased)
             ingest_s = round(time.perf_counter() - t1, 2)
             n_total = store.count_faces()
             reason = retrain_reason(base, n_total, config.memory_budget, options, config.retrain)
@@ -101,6 +113,7 @@ def run_add(config: AddConfig) -> JobResult:
                     progress=config.progress,
                     base=base,
                     add_from=first_new,
+                    remove_ids=_readded(base, first_new, settled.purged.face_ids),
                     staged=staged,
                 )
                 reason = _drift(base, outcome)
@@ -118,6 +131,7 @@ def run_add(config: AddConfig) -> JobResult:
                 "ingest_s": ingest_s,
                 "retrained": reason,
                 **ingest_stats_json(stats, opened.embed),
+                **settled.facts(),
             }
             manifest = version_manifest(
                 version=version,
@@ -173,8 +187,13 @@ def run_remove(config: RemoveConfig) -> JobResult:
             missing = sorted(set(config.identities) - present)
             if not present:
                 raise NotFoundError(f"none of the identities to remove are in {base_dir}: {missing[:10]}")
-            removed = store.remove_identities(sorted(present))
-            store.commit()
+            if store.count_faces() == len(store.faces_of_identities(sorted(present))):
+                raise NotFoundError("removing these identities would leave an empty index; build a new one instead")
+            _record_removals(root, store, sorted(present))
+            before, _ = store.vector_identity_keys()
+            settled = settle(store, read_erasures(root))
+            after, _ = store.vector_identity_keys()
+            removed = np.setdiff1d(before, after)
             rejects = RejectsWriter(staged / REJECTS_FILE)
             if store.count_faces() == 0:
                 raise NotFoundError("removing these identities would leave an empty index; build a new one instead")
@@ -190,9 +209,10 @@ def run_remove(config: RemoveConfig) -> JobResult:
                 staged=staged,
             )
             build = {
-                "removed_identities": sorted(present),
+                "removed_identity_count": len(present),  # never the ids: they are erased (ledger)
                 "not_found": missing,
                 "removed_faces": len(removed),
+                **settled.facts(),
             }
             manifest = version_manifest(
                 version=version,
@@ -202,7 +222,7 @@ def run_remove(config: RemoveConfig) -> JobResult:
                 store=store,
                 outcome=outcome,
                 input_fp=base.manifest.input_fingerprint,
-                config={**to_jsonable(config), "index": to_jsonable(options)},
+                config={**to_jsonable(config), "identities": len(config.identities), "index": to_jsonable(options)},
                 build=build,
             )
             result = finish_version(
@@ -220,6 +240,26 @@ def run_remove(config: RemoveConfig) -> JobResult:
                 progress=config.progress,
             )
     return result
+
+
+def _readded(base: LoadedIndex, first_new: int, purged: np.ndarray) -> np.ndarray | None:
+    """Vector ids to remove from ``base``'s index before the faces with id >= ``first_new`` are added:
+    the purged ones, and faces of ``base`` already at or above it (live-enrolled faces a compaction or
+    a fresh build absorbed: their ids are far above the indexer's), which are added again once."""
+    again = base.vector_ids[base.vector_ids >= first_new]
+    ids = np.union1d(purged, again)
+    return ids if len(ids) else None
+
+
+def _record_removals(root: Path, store: IdentityStore, identity_ids: list[str]) -> None:
+    """Record each identity to remove, with its faces, in the root's erasure ledger (durable first)."""
+    faces = store.faces_of_identities(identity_ids)
+    with ErasureLedger.open(root) as ledger:
+        for identity_id in identity_ids:
+            mine = [ErasedFace(f.vector_id, f.source) for f in faces if f.identity_id == identity_id]
+            ledger.record(
+                ErasureKind.IDENTITY, identity_id, mine, via="facesearch-index remove", principal=os_principal()
+            )
 
 
 def _options_of(base: LoadedIndex) -> IndexOptions:

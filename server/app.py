@@ -36,6 +36,7 @@ from facesearch.bundle.manifest import ModelBundle
 from facesearch.errors import ExitCode, FaceSearchError, PreconditionError, Reason, exit_code
 from facesearch.scoring.open_set_calibration import OpenSetCalibration, load_open_set_calibration
 from facesearch.scoring.thresholds import ThresholdPolicy
+from facesearch.store.erasure_ledger import ErasureLedger
 from facesearch.store.live_journal import LiveJournal, journal_place
 from facesearch.vision.image_limits import DecodeLimits
 from facesearch.vision.pipeline import FacePipeline, PipelineConfig
@@ -135,7 +136,8 @@ class FaceSearchServer:
             self.metrics.observe_stage,
         )
         open_set = load_open_set_calibration(c.bundle)
-        self.gallery = Gallery(self.journal, self.bundle.embedding_dim, open_set_params(open_set, c))
+        self.ledger = ErasureLedger.open(c.index_root)
+        self.gallery = Gallery(self.journal, self.bundle.embedding_dim, open_set_params(open_set, c), self.ledger)
         self.admission = Admission(c.workers, c.queue_size, c.work_memory)
         self.service = FaceSearchService(
             engine,
@@ -184,6 +186,7 @@ class FaceSearchServer:
             install=self._install,
             refuse=self._refuse,
             prepare=self.gallery.base_open_set,
+            retain=self.gallery.retain_journal,
         )
         await self.watcher.load_current()
         self.watcher.start()
@@ -265,6 +268,8 @@ class FaceSearchServer:
                 getattr(self, name).shutdown(wait=True)
         if hasattr(self, "journal"):
             self.journal.close()
+        if hasattr(self, "ledger"):
+            self.ledger.close()
         self.metrics.stop()
         self._stopped.set()
         log.info("stopped")

@@ -4,6 +4,19 @@ vector id -> identity map that per-identity scoring needs (16 bytes a face, in m
 Everything here is read-only once loaded, so any number of requests share one
 :class:`BaseIndex`; identity and face rows are read through :attr:`BaseIndex.store`, the version's
 identity store opened with a small pool of read-only connections.
+
+Loading checks before anything is served:
+
+* integrity: the sha256 and size of every file against the manifest
+  (``facesearch.store.index_artifact.check_files``; a corrupt or incomplete version is refused with
+  ``INDEX_INVALID`` and the watcher keeps serving the old one). Every byte is hashed at every load,
+  no cache: a cache keyed by (inode, mtime, size) cannot see media corruption, which changes none of
+  them, and hashing reads the files at disk speed while loading them reads them anyway
+  (``bench/results/load_integrity.md``).
+* erasures: identities and faces the root's erasure ledger erased after the version was written
+  (a kept version rolled back to) are hidden from every read and every search
+  (:meth:`facesearch.store.identity_store.IdentityStore.hide`, :attr:`BaseIndex.hidden_identities`),
+  so Identify, Verify, GetIdentity and ListIdentities agree that they do not exist.
 """
 
 from __future__ import annotations
@@ -16,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from facesearch.scoring.gallery_stats import GalleryOpenSet
+from facesearch.store.erasure_ledger import ERASURE_SEQ_META, erased_in_store, read_erasures
 from facesearch.store.identity_store import IdentityStore
 from facesearch.store.index_artifact import STORE_FILE, LoadedIndex, load_index, resolve_version_dir
 
@@ -37,6 +51,7 @@ class BaseIndex:
         live_seq: int,
         live_journal_id: str | None,
         load_s: float,
+        hidden_identities: tuple[str, ...] = (),
     ) -> None:
         self.loaded = loaded
         self.vector_ids = vector_ids  # ascending
@@ -46,6 +61,10 @@ class BaseIndex:
         self.live_journal_id = live_journal_id
         self.load_s = load_s
         self.store = store  # read-only, pooled: identity and face rows of this version
+        # Identities with erased rows or faces hidden (the open-set statistics must drop or re-derive them).
+        self.hidden_identities = hidden_identities
+        hidden = store.hidden[1]
+        self._hidden = np.asarray(sorted(hidden), dtype=np.int64) if hidden else None
         # The version's open-set statistics, attached by the loader before the version is installed;
         # the gallery takes them over (and keeps them current) on install.
         self.open_set: GalleryOpenSet | None = None
@@ -56,10 +75,11 @@ class BaseIndex:
         """Load ``root``'s CURRENT version; refuses another model contract (ContractMismatchError)."""
         t0 = time.perf_counter()
         vdir = resolve_version_dir(root)
-        loaded = load_index(vdir, expected_contract_id=contract_id)
+        loaded = load_index(vdir, expected_contract_id=contract_id, verify=True)
         store = IdentityStore.open(vdir / STORE_FILE, readonly=True, readers=POOL_SIZE)
         try:
             store.check_contract(contract_id)
+            hidden = _hide_erased(store, vdir)
             vids, keys = store.vector_identity_keys()
             n_identities = store.count_identities()
             live_seq = int(store.meta("live_seq") or 0)
@@ -76,6 +96,7 @@ class BaseIndex:
             live_seq=live_seq,
             live_journal_id=journal_id,
             load_s=round(time.perf_counter() - t0, 3),
+            hidden_identities=hidden,
         )
         log.info(
             "loaded index %s: ntotal=%d identities=%d factory=%s live_seq=%d in %.2fs",
@@ -112,7 +133,10 @@ class BaseIndex:
     def search(self, queries: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-``kk`` ``(cosines, vector ids)`` per query (ids -1 past the end)."""
         kk = max(1, min(kk, self.ntotal))
-        return self.loaded.search(queries, kk)
+        scores, vids = self.loaded.search(queries, kk)
+        if self._hidden is not None:  # erased faces of a version written before the erasure
+            scores[np.isin(vids, self._hidden)] = -np.inf
+        return scores, vids
 
     def keys_of(self, vids: np.ndarray) -> np.ndarray:
         """Identity keys of vector ids (-1 where unknown)."""
@@ -135,3 +159,21 @@ class BaseIndex:
     def face_ids_of(self, key: int) -> np.ndarray:
         lo = self.identity_keys == key  # 1 byte a face, fine per call; avoids needing an index
         return self.vector_ids[lo]
+
+
+def _hide_erased(store: IdentityStore, vdir: Path) -> tuple[str, ...]:
+    """Hide what the root's ledger erased after ``vdir`` was written; returns the identities touched."""
+    erased = read_erasures(vdir.parent).since(int(store.meta(ERASURE_SEQ_META) or 0))
+    hits = erased_in_store(store, erased)
+    if not hits:
+        return ()
+    touched = set(hits.identities) | {f.identity_id for f in store.faces(hits.face_ids.tolist()) if f is not None}
+    store.hide(hits.keys, hits.face_ids.tolist())
+    log.warning(
+        "index %s holds %d erased identities and %d erased faces (written before their erasure): hidden; "
+        "`facesearch-index erase-status` lists the files that still hold them",
+        vdir.name,
+        len(hits.identities),
+        len(hits.face_ids),
+    )
+    return tuple(sorted(touched))

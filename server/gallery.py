@@ -22,9 +22,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from facesearch.errors import AlreadyExistsError, InvalidInputError, NotFoundError, Reason
+from facesearch.store.erasure_ledger import ErasureLedger
 from facesearch.store.identity_store import StoredFace, StoredIdentity
+from facesearch.store.journal_retention import forget, retained_from
 from facesearch.store.live_journal import LiveFace, LiveIdentity, LiveJournal, NewFace
 from server.base_index import BaseIndex
+from server.erasures import record_face_erasure, record_identity_erasure, refuse_erased
 from server.live_state import LiveState
 from server.open_set_state import OpenSetState
 from server.open_set_upkeep import OpenSetParams, OpenSetUpkeep, load_base_open_set
@@ -312,12 +315,16 @@ def _face_view(face: StoredFace | LiveFace) -> FaceView:
 class Gallery:
     """The current :class:`GalleryState` plus the serialised, durable write path."""
 
-    def __init__(self, journal: LiveJournal, d: int, open_set: OpenSetParams | None = None) -> None:
+    def __init__(
+        self, journal: LiveJournal, d: int, open_set: OpenSetParams | None = None, ledger: ErasureLedger | None = None
+    ) -> None:
         self.journal = journal
         self.d = d
         self.open_set = open_set or OpenSetParams()
+        self.ledger = ledger  # the root's erasure ledger (server.erasures)
         self._write = threading.Lock()
         self._state: GalleryState | None = None
+        self._retained = 0  # the journal position pruned up to
 
     def base_open_set(self, base: BaseIndex) -> None:
         """Attach ``base``'s open-set statistics (loaded or computed: run it off the event loop, before install)."""
@@ -334,7 +341,7 @@ class Gallery:
             cut = 0
             if base is not None and base.live_seq and base.live_journal_id == self.journal.journal_id:
                 cut = base.live_seq
-                self.journal.prune(cut)
+                self._retain(base)
             elif base is not None and base.live_seq:
                 log.warning(
                     "index %s absorbed live changes of another journal (%s); keeping all of ours",
@@ -350,7 +357,7 @@ class Gallery:
             else:
                 data = None
             state = GalleryState(base, live, OpenSetState(data or self.open_set.empty(self.d)))
-            touched = set(live.identities) | set(live.base_tombstones)
+            touched = set(live.identities) | set(live.base_tombstones) | set(base.hidden_identities if base else ())
             t0 = time.perf_counter()
             state.upkeep.changed(touched)
             log.info(
@@ -371,6 +378,24 @@ class Gallery:
             snap.high_water,
         )
 
+    def retain_journal(self) -> None:
+        """Prune the journal as far as the kept versions allow (after ``facesearch-index prune`` deleted some)."""
+        with self._write:
+            state = self._state
+            if state is not None and state.base is not None:
+                self._retain(state.base)
+
+    def _retain(self, base: BaseIndex) -> None:
+        """Prune what every kept version of ``base``'s root absorbed, never more than ``base`` did: a
+        rollback to any kept version then finds the changes it lacks in the journal."""
+        if base.live_journal_id != self.journal.journal_id:
+            return
+        upto = min(base.live_seq, retained_from(base.dir.parent, self.journal.journal_id))
+        if upto > self._retained:
+            forget(self.journal, upto)
+            self._retained = upto
+            log.info("live journal pruned up to seq %d (every kept version holds those changes)", upto)
+
     def _require_state(self) -> GalleryState:
         state = self._state
         if state is None:
@@ -381,6 +406,7 @@ class Gallery:
         self, identity_id: str, name: str | None, metadata: dict[str, str], faces: Sequence[NewFace], create_only: bool
     ) -> EnrollOutcome:
         with self._write:
+            refuse_erased(self.ledger, identity_id)
             state = self._require_state()
             existing = state.identity(identity_id)
             if existing is not None and create_only:
@@ -416,6 +442,7 @@ class Gallery:
             existing = state.require(identity_id)
             base_ids, live_ids = state.face_vector_ids(identity_id)
             doomed = [*base_ids.tolist(), *live_ids.tolist()]
+            record_identity_erasure(self.ledger, state, identity_id, doomed)  # durable before the journal and the OK
             now = time.time()
             row = LiveIdentity(identity_id, 0, True, None, {}, now, now)
             seq = self.journal.delete_identity(row, doomed)
@@ -436,6 +463,7 @@ class Gallery:
             if missing:
                 raise NotFoundError(f"faces do not exist: {', '.join(missing[:10])}", reason=Reason.FACE_NOT_FOUND)
             identity_ids = [o for o in owners if o is not None]
+            record_face_erasure(self.ledger, state, vids, identity_ids)  # durable before the journal and the OK
             seq = self.journal.delete_faces(vids, identity_ids)
             state.live.delete_faces(seq, vids, identity_ids)
             state.upkeep.changed(identity_ids)

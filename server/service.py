@@ -31,6 +31,7 @@ from facesearch.vision.pipeline import Face
 from facesearch.vision.selection import Audience, Policy, QualityGate, Rejection, choose_face
 from server.admission import Admission, Deadline
 from server.engine import AnalyzedPhoto, FaceEngine, PreparedPhoto
+from server.erasures import refuse_erased
 from server.gallery import EnrollOutcome, FaceView, Gallery, GalleryState, GalleryStats, IdentityView
 
 log = logging.getLogger(f"facesearch.{__name__}")
@@ -277,6 +278,7 @@ class FaceSearchService:
                 reason=Reason.TOO_MANY_IMAGES,
             )
         state = self.state()
+        await self._io(refuse_erased, self.gallery.ledger, query.identity_id)  # before the photos' work
         if query.create_only and await self._io(state.identity, query.identity_id) is not None:
             raise AlreadyExistsError(f"identity {query.identity_id!r} already exists", reason=Reason.IDENTITY_EXISTS)
         surveys = []

@@ -3,8 +3,14 @@
 A new version is loaded in the background (requests keep using the old one), checked
 against the model contract, prepared (its open-set statistics loaded or computed), and
 installed atomically with the live changes it does not contain. A refused or broken version
-is logged and counted, the old one keeps serving, and it is not retried until ``CURRENT``
-changes again.
+(another model contract; a file whose sha256 or size differs from the manifest, checked by
+:meth:`server.base_index.BaseIndex.load` before anything is served) is logged and counted, the old
+one keeps serving, and it is not retried until ``CURRENT`` changes again.
+
+The watcher also notices kept versions disappearing (``facesearch-index prune``, or a publish
+with ``--keep-versions``) while ``CURRENT`` stays: it then calls ``retain``, which lets the gallery
+prune its live journal as far as the remaining versions allow
+(``facesearch.store.journal_retention``): the last step of an erasure.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from facesearch.errors import ContractMismatchError, FaceSearchError, IndexFormatError
-from facesearch.store.index_artifact import current_version
+from facesearch.store.index_artifact import current_version, list_versions
 from server.base_index import BaseIndex
 
 log = logging.getLogger(f"facesearch.{__name__}")
@@ -34,6 +40,7 @@ class IndexWatcher:
         install: Callable[[BaseIndex | None], Awaitable[None]],
         refuse: Callable[[str | None, FaceSearchError], Awaitable[None]],
         prepare: Callable[[BaseIndex], None] | None = None,
+        retain: Callable[[], None] | None = None,
     ) -> None:
         self.root = root
         self.contract_id = contract_id
@@ -42,7 +49,9 @@ class IndexWatcher:
         self._install = install
         self._refuse = refuse
         self._prepare = prepare
+        self._retain = retain
         self.seen: str | None = None  # the CURRENT value last acted upon
+        self._versions: tuple[str, ...] = ()  # the kept versions last seen
         self._task: asyncio.Task[None] | None = None
 
     def current(self) -> str | None:
@@ -104,6 +113,11 @@ class IndexWatcher:
                 if version is not None and version != self.seen:
                     log.info("index version %s published (serving %s); loading it", version, self.seen)
                     await self.load_current()
+                versions = tuple(await loop.run_in_executor(self.executor, list_versions, self.root))
+                if versions != self._versions:
+                    if self._retain is not None and set(self._versions) - set(versions):
+                        await loop.run_in_executor(self.executor, self._retain)
+                    self._versions = versions
             except asyncio.CancelledError:
                 raise
             except Exception:  # a watcher that dies silently would freeze the index: log and go on

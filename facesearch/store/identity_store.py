@@ -14,6 +14,10 @@ Tables
 Deleting an identity deletes its faces and chips; the indexer writes every published version
 into a new file and ``VACUUM``s it, so deleted rows are physically gone from that version.
 
+Hiding (the server's view of a kept version that still holds erased subjects): :meth:`IdentityStore.hide`
+makes every read leave out some identities (with all their faces) and some faces, so the version is
+served as if it had been purged (``facesearch.store.erasure_ledger``); the file is not changed.
+
 Every SQL statement against these tables is in this module: the indexer writes and reads a store
 through :class:`IdentityStore`, and the server reads a published one through the same class opened
 with a pool of read-only connections (``IdentityStore.open(path, readers=4)``), so request threads
@@ -146,6 +150,9 @@ class IdentityStore:
         self.path = path
         self._deleted = False
         self._d: int | None = None
+        self._hidden_keys: frozenset[int] = frozenset()
+        self._hidden_faces: frozenset[int] = frozenset()
+        self._hidden_per_key: dict[int, int] = {}  # visible identity key -> its hidden faces
 
     # -- lifecycle ---------------------------------------------------------------------
     @classmethod
@@ -242,6 +249,26 @@ class IdentityStore:
                 f"identity store {self.path} holds embeddings of model contract {self.contract_id}, "
                 f"not {contract_id}; reindexing with a new model is a full rebuild (build --retrain)"
             )
+
+    def hide(self, identity_keys: Iterable[int], vector_ids: Iterable[int]) -> None:
+        """Leave these identities (and all their faces) and these faces out of every read from now on."""
+        keys = frozenset(int(k) for k in identity_keys)
+        faces = {int(v) for v in vector_ids}
+        if keys:
+            vids, _ = self.faces_of_identity_keys(sorted(keys))
+            faces.update(vids.tolist())
+        per_key: dict[int, int] = {}
+        if faces:
+            _, owners = self._face_owners(sorted(faces))
+            for owner in owners.tolist():
+                if owner not in keys:
+                    per_key[owner] = per_key.get(owner, 0) + 1
+        self._hidden_keys, self._hidden_faces, self._hidden_per_key = keys, frozenset(faces), per_key
+
+    @property
+    def hidden(self) -> tuple[frozenset[int], frozenset[int]]:
+        """``(identity keys, vector ids)`` that reads leave out (see :meth:`hide`)."""
+        return self._hidden_keys, self._hidden_faces
 
     def allocate_vector_ids(self, n: int) -> np.ndarray:
         """``n`` fresh vector ids (never reused within a lineage of versions)."""
@@ -351,10 +378,10 @@ class IdentityStore:
             return int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
 
     def count_faces(self) -> int:
-        return self._count("faces")
+        return self._count("faces") - len(self._hidden_faces)
 
     def count_identities(self) -> int:
-        return self._count("identities")
+        return self._count("identities") - len(self._hidden_keys)
 
     def count_chips(self) -> int:
         return self._count("chips")
@@ -366,11 +393,20 @@ class IdentityStore:
             for chunk in _chunks(sorted({int(k) for k in keys}), 900):
                 q = f"SELECT identity_key, COUNT(*) FROM faces WHERE identity_key IN ({_marks(len(chunk))}) GROUP BY 1"
                 out.update(conn.execute(q, chunk).fetchall())
+        if self._hidden_faces:
+            out = {k: n - self._hidden_per_key.get(k, 0) for k, n in out.items() if k not in self._hidden_keys}
+            out = {k: n for k, n in out.items() if n > 0}
         return out
 
     # -- reads: identities ---------------------------------------------------------------
     def identity_keys(self, identity_ids: Iterable[str]) -> dict[str, int]:
-        """Identity id -> key, for the ids the store holds."""
+        """Identity id -> key, for the ids the store holds (and does not hide)."""
+        out = self._keys_of(identity_ids)
+        if self._hidden_keys:
+            out = {i: k for i, k in out.items() if k not in self._hidden_keys}
+        return out
+
+    def _keys_of(self, identity_ids: Iterable[str]) -> dict[str, int]:
         out: dict[str, int] = {}
         with self._reading() as conn:
             for chunk in _chunks(sorted(set(identity_ids)), 900):
@@ -382,38 +418,63 @@ class IdentityStore:
         return set(self.identity_keys(identity_ids))
 
     def identity(self, identity_id: str) -> IdentityInfo:
-        """One identity with its face count; NotFoundError if the store does not hold it."""
+        """One identity with its face count; NotFoundError if the store does not hold it (or hides it)."""
         with self._reading() as conn:
             row = conn.execute(
                 "SELECT i.identity_id, i.name, i.metadata, "
-                "(SELECT COUNT(*) FROM faces f WHERE f.identity_key = i.key) "
+                "(SELECT COUNT(*) FROM faces f WHERE f.identity_key = i.key), i.key "
                 "FROM identities i WHERE i.identity_id = ?",
                 (identity_id,),
             ).fetchone()
-        if row is None:
+        if row is None or row[4] in self._hidden_keys:
             raise NotFoundError(f"identity {identity_id!r} is not in {self.path}")
-        return IdentityInfo(row[0], row[1], json.loads(row[2]) if row[2] else {}, int(row[3]))
+        faces = int(row[3]) - self._hidden_per_key.get(row[4], 0)
+        return IdentityInfo(row[0], row[1], json.loads(row[2]) if row[2] else {}, faces)
 
     def find_identity(self, identity_id: str) -> StoredIdentity | None:
         """The identity row of ``identity_id``, or None (one indexed lookup, no face count)."""
         with self._reading() as conn:
             row = conn.execute(_IDENTITY_BY_ID, (identity_id,)).fetchone()
-        return None if row is None else StoredIdentity(row[0], row[1], row[2], _string_metadata(row[3]))
+        if row is None or row[0] in self._hidden_keys:
+            return None
+        return StoredIdentity(row[0], row[1], row[2], _string_metadata(row[3]))
 
     def identities_by_key(self, keys: Sequence[int]) -> dict[int, StoredIdentity]:
         """Key -> identity row for the keys the store holds (negative keys are skipped)."""
         out: dict[int, StoredIdentity] = {}
         with self._reading() as conn:
-            for chunk in _chunks(sorted({int(k) for k in keys if k >= 0}), 900):
+            for chunk in _chunks(sorted({int(k) for k in keys if k >= 0 and k not in self._hidden_keys}), 900):
                 for r in conn.execute(f"{_IDENTITY_ROW} WHERE key IN ({_marks(len(chunk))})", chunk):
                     out[r[0]] = StoredIdentity(r[0], r[1], r[2], _string_metadata(r[3]))
         return out
 
     def identities_after(self, after: str, limit: int) -> list[StoredIdentity]:
         """Up to ``limit`` identities with ``identity_id > after``, in identity id order (a page)."""
+        out: list[StoredIdentity] = []
         with self._reading() as conn:
-            rows = conn.execute(_IDENTITIES_AFTER, (after, limit)).fetchall()
-        return [StoredIdentity(r[0], r[1], r[2], _string_metadata(r[3])) for r in rows]
+            while len(out) < limit:
+                want = limit - len(out)
+                rows = conn.execute(_IDENTITIES_AFTER, (after, want)).fetchall()
+                out.extend(StoredIdentity(r[0], r[1], r[2], _string_metadata(r[3])) for r in rows)
+                if self._hidden_keys:
+                    out = [s for s in out if s.key not in self._hidden_keys]
+                if len(rows) < want:
+                    break
+                after = rows[-1][1]
+        return out
+
+    def iter_identity_keys(self, chunk_size: int = 65_536) -> Iterator[tuple[int, str]]:
+        """Every ``(key, identity_id)`` of the file (hidden ones too), in key order."""
+        last = -1
+        while True:
+            with self._reading() as conn:
+                rows = conn.execute(
+                    "SELECT key, identity_id FROM identities WHERE key > ? ORDER BY key LIMIT ?", (last, chunk_size)
+                ).fetchall()
+            yield from rows
+            if len(rows) < chunk_size:
+                return
+            last = rows[-1][0]
 
     def identity_ids_by_key(self, keys: Sequence[int]) -> list[str]:
         """The identity id of each key, in order (every key must exist)."""
@@ -455,15 +516,45 @@ class IdentityStore:
         return np.frombuffer(blob, dtype="<f4").reshape(len(wanted), d).astype(np.float32)
 
     def vector_identity_keys(self) -> tuple[np.ndarray, np.ndarray]:
-        """All ``(vector_ids, identity_keys)``, sorted by vector id (16 bytes a face)."""
+        """All visible ``(vector_ids, identity_keys)``, sorted by vector id (16 bytes a face)."""
         with self._reading() as conn:
             cur = conn.execute("SELECT vector_id, identity_key FROM faces ORDER BY vector_id")
             flat = np.fromiter((x for row in cur for x in row), dtype=np.int64)
         pairs = flat.reshape(-1, 2)
-        return pairs[:, 0].copy(), pairs[:, 1].copy()
+        vids, keys = pairs[:, 0].copy(), pairs[:, 1].copy()
+        if self._hidden_faces:
+            keep = ~np.isin(vids, np.fromiter(self._hidden_faces, np.int64, len(self._hidden_faces)))
+            vids, keys = vids[keep], keys[keep]
+        return vids, keys
+
+    def faces_of_identity_keys(self, keys: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """``(vector ids, identity keys)`` of every face of these identities (hidden ones too), by vector id."""
+        return self._select_pairs("SELECT vector_id, identity_key FROM faces WHERE identity_key IN", keys)
+
+    def _face_owners(self, vector_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        return self._select_pairs("SELECT vector_id, identity_key FROM faces WHERE vector_id IN", vector_ids)
+
+    def _select_pairs(self, query: str, values: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        rows: list[tuple[int, int]] = []
+        with self._reading() as conn:
+            for chunk in _chunks([int(v) for v in values], 900):
+                rows.extend(conn.execute(f"{query} ({_marks(len(chunk))})", chunk).fetchall())
+        rows.sort()
+        return np.asarray([r[0] for r in rows], np.int64), np.asarray([r[1] for r in rows], np.int64)
+
+    def faces_of_identities(self, identity_ids: Sequence[str]) -> list[StoredFace]:
+        """Every face row of these identities (hidden ones too), by vector id."""
+        vids, _ = self.faces_of_identity_keys(list(self._keys_of(identity_ids).values()))
+        return [f for f in self._face_rows(vids.tolist()) if f is not None]
 
     def faces(self, vector_ids: Sequence[int]) -> list[StoredFace | None]:
-        """Face rows for vector ids (``None`` where a vector id is unknown), in input order."""
+        """Face rows for vector ids (``None`` where a vector id is unknown or hidden), in input order."""
+        rows = self._face_rows(vector_ids)
+        if self._hidden_faces:
+            return [None if f is None or f.vector_id in self._hidden_faces else f for f in rows]
+        return rows
+
+    def _face_rows(self, vector_ids: Sequence[int]) -> list[StoredFace | None]:
         found: dict[int, StoredFace] = {}
         with self._reading() as conn:
             for chunk in _chunks([int(v) for v in vector_ids], 900):
