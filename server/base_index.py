@@ -11,8 +11,8 @@ Loading checks before anything is served:
   (``facesearch.store.index_artifact.check_files``; a corrupt or incomplete version is refused with
   ``INDEX_INVALID`` and the watcher keeps serving the old one). Every byte is hashed at every load,
   no cache: a cache keyed by (inode, mtime, size) cannot see media corruption, which changes none of
-  them, and hashing reads the files at disk speed while loading them reads them anyway
-  (``bench/results/load_integrity.md``).
+  them, and the check costs about one more load of the version (1.2x the load time from the page
+  cache, 200k faces: ``bench/results/load_integrity.md``).
 * erasures: identities and faces the root's erasure ledger erased after the version was written
   (a kept version rolled back to) are hidden from every read and every search
   (:meth:`facesearch.store.identity_store.IdentityStore.hide`, :attr:`BaseIndex.hidden_identities`),
