@@ -71,9 +71,7 @@ def main() -> None:
             times["sha256, 1 thread"].append(timed(lambda: check_files(vdir, manifest, workers=1))[0])
             times["sha256, 4 threads"].append(timed(lambda: check_files(vdir, manifest, workers=4))[0])
         ref = statistics.median(times["load"])
-        rows = [
-            [name, f"{statistics.median(t):.2f}", f"{statistics.median(t) / ref:.2f}"] for name, t in times.items()
-        ]
+        rows = [[name, f"{statistics.median(t):.2f}", f"{statistics.median(t) / ref:.2f}"] for name, t in times.items()]
         text = "\n".join(
             [
                 "# Checking a version's sha256 at load, against loading it",
