@@ -38,6 +38,7 @@ __all__ = [
     "ResourceExhaustedError",
     "TrainingError",
     "UnauthenticatedError",
+    "UnavailableError",
     "exit_code",
 ]
 
@@ -130,6 +131,14 @@ class ResourceExhaustedError(FaceSearchError):
 class UnauthenticatedError(FaceSearchError):
     code = ErrorCode.UNAUTHENTICATED
     default_reason = Reason.UNAUTHENTICATED
+
+
+class UnavailableError(FaceSearchError):
+    """The operation cannot be done now but may succeed if retried: the server's storage is full or
+    failing (``STORAGE_FULL``, ``STORAGE_ERROR``); nothing was written."""
+
+    code = ErrorCode.UNAVAILABLE
+    default_reason = Reason.UNAVAILABLE
 
 
 class MemoryBudgetError(ResourceExhaustedError):

@@ -14,7 +14,6 @@ before publishing, ``.work`` of an unfinished build) are deleted by :func:`remov
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import shutil
 import time
@@ -26,7 +25,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from facesearch.errors import NotFoundError, PreconditionError
+from facesearch.errors import NotFoundError, PreconditionError, Reason
 from facesearch.store.identity_store import IdentityStore
 from facesearch.store.index_artifact import (
     CURRENT,
@@ -44,21 +43,23 @@ from facesearch.store.index_artifact import (
     write_manifest,
 )
 from facesearch.util.fs import fsync_dir, fsync_path, sha256_file, switch_pointer
+from facesearch.util.lock import FileLock, LockHeldError
 
 
 @contextlib.contextmanager
 def locked(root: Path) -> Iterator[None]:
     """Exclusive lock on an index root for the duration of a job."""
     root.mkdir(parents=True, exist_ok=True)
-    with (root / ".lock").open("a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise PreconditionError(f"another facesearch-index job holds {root / '.lock'}") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    try:
+        lock = FileLock(root / ".lock").acquire()
+    except LockHeldError as held:
+        raise PreconditionError(
+            f"{held}: another facesearch-index job is running on {root}; wait for it to finish", reason=Reason.LOCK_HELD
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def next_version(root: Path) -> str:

@@ -53,6 +53,7 @@ from server.open_set_upkeep import OpenSetParams
 from server.service import EnrollRules, FaceSearchService
 from server.servicer import FaceSearchServicer
 from server.watcher import IndexWatcher
+from server.write_health import WriteStatus
 
 log = logging.getLogger("facesearch.server.app")
 
@@ -93,6 +94,7 @@ class FaceSearchServer:
         self._stopped = asyncio.Event()
         self._grpc: grpc.aio.Server | None = None
         self._refused: FaceSearchError | None = None
+        self._health_tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         c = self.config
@@ -149,6 +151,9 @@ class FaceSearchServer:
         )
         log.info("decision thresholds: %s", self.service.policy.note)
         self.metrics.queue_depth.set_function(lambda: self.admission.depth)
+        self.metrics.writes_degraded.set_function(lambda: float(self.gallery.writes.status.degraded))
+        self._loop = asyncio.get_running_loop()
+        self.gallery.writes.listen(self._on_write_status)
 
         tokens = read_tokens(c.auth_tokens_file) if c.auth_tokens_file else None
         options = [
@@ -168,6 +173,7 @@ class FaceSearchServer:
         pb_grpc.add_FaceSearchServicer_to_server(servicer, server)
         self.health = Health(server)
         await self.health.set(False)
+        await self.health.set_writes(True)
         reflection.enable_server_reflection(
             (pb.DESCRIPTOR.services_by_name["FaceSearch"].full_name, "grpc.health.v1.Health", reflection.SERVICE_NAME),
             server,
@@ -226,6 +232,17 @@ class FaceSearchServer:
             self.service.not_ready = PreconditionError(f"index version {version} refused: {err}", reason=err.reason)
             await self.health.set(False)
             self.metrics.serving.set(0)
+
+    def _on_write_status(self, status: WriteStatus) -> None:
+        """A journal write failed on storage, or writes resumed (called from the writing thread)."""
+        if status.degraded:
+            self.metrics.write_failures.labels(status.reason or "").inc()
+        self._loop.call_soon_threadsafe(self._set_writes_health, not status.degraded)
+
+    def _set_writes_health(self, ok: bool) -> None:
+        task = self._loop.create_task(self.health.set_writes(ok))
+        self._health_tasks.add(task)
+        task.add_done_callback(self._health_tasks.discard)
 
     def _update_gauges(self) -> None:
         state = self.gallery.state

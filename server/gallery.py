@@ -6,9 +6,16 @@ it. Writes (enroll, delete) are serialised by one lock, made durable in the live
 then applied to the live state and to the open-set statistics (templates and cohort,
 :mod:`server.open_set_upkeep`); they are visible to the next search when the call returns.
 
-Installing a version replays the live changes it does not contain into its statistics: every
-identity the live delta touched is re-derived, so the cost is bounded by the live delta (one
-search per touched identity), which compaction keeps small.
+Installing a version (:meth:`Gallery.install`, at start and at every hot swap) replays the live
+changes it does not contain into its statistics: every identity the live delta touched is re-derived
+in bulk (:meth:`server.open_set_upkeep.OpenSetUpkeep.changed`: blocks of identities share one template
+product, one gallery search and one read of candidates' faces), so the cost is proportional to the
+delta, each touched identity costing one pass over the gallery's templates and a search of its faces.
+The replay runs without the write lock against a journal snapshot; under the lock only the changes
+committed meanwhile are replayed before the switch, so writes wait for those, not for the replay.
+
+A journal write that the storage refuses (full or failing disk) raises UNAVAILABLE and marks writes
+degraded (:mod:`server.write_health`); nothing was written, and the next write tries again.
 """
 
 from __future__ import annotations
@@ -19,23 +26,26 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+import faiss
 import numpy as np
 
-from facesearch.errors import AlreadyExistsError, InvalidInputError, NotFoundError, Reason
+from facesearch.errors import AlreadyExistsError, InvalidInputError, NotFoundError, Reason, UnavailableError
 from facesearch.store.erasure_ledger import ErasureLedger
 from facesearch.store.identity_store import StoredFace, StoredIdentity
 from facesearch.store.journal_retention import forget, retained_from
-from facesearch.store.live_journal import LiveFace, LiveIdentity, LiveJournal, NewFace
+from facesearch.store.live_journal import JournalSnapshot, LiveFace, LiveIdentity, LiveJournal, NewFace
 from server.base_index import BaseIndex
 from server.erasures import record_face_erasure, record_identity_erasure, refuse_erased
-from server.live_state import LiveState
+from server.live_state import LiveState, LiveView
 from server.open_set_state import OpenSetState
 from server.open_set_upkeep import OpenSetParams, OpenSetUpkeep, load_base_open_set
 from server.search import Candidate, Scored, best_per_label, drop_ids, merge_top
+from server.write_health import WriteHealth
 
 log = logging.getLogger(f"facesearch.{__name__}")
 
 MAX_CANDIDATES = 8192  # published-index candidates fetched per query, at most
+LIVE_SCORES = 1 << 23  # query x live-face candidates held at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,10 +265,7 @@ class GalleryState:
             for qi, ranked in enumerate(self._search_base(queries, k, view.tombstones, names)):
                 parts[qi].append(ranked)
         if view.n:
-            scores = queries @ view.vectors[: view.n].T
-            scores[:, ~view.alive[: view.n]] = -np.inf
-            for qi in range(len(queries)):
-                best = best_per_label(scores[qi], view.codes[: view.n], view.vector_ids[: view.n], k)
+            for qi, best in enumerate(_search_live(view, queries, k)):
                 parts[qi].append([(view.code_ids[int(s.label)], s) for s in best])  # type: ignore[call-overload]
         top = [merge_top(p, k) for p in parts]
         for ranked in top:  # live rows hold the current names (and names of live-only identities)
@@ -300,6 +307,40 @@ class GalleryState:
         ]
 
 
+def _search_live(view: LiveView, queries: np.ndarray, k: int) -> list[list[Scored]]:
+    """Top-``k`` live identities per query, exactly: a query's best ``kk`` faces (FAISS's exhaustive
+    inner-product search) are enough once they hold ``k`` live identities, as no identity outside
+    them can score higher; else ``kk`` grows for that query."""
+    n = view.n
+    alive, codes, vids, vectors = view.alive[:n], view.codes[:n], view.vector_ids[:n], view.vectors[:n]
+    kk = min(n, max(4 * k, 64) + n - int(alive.sum()))  # deleted faces may fill some places
+    out: list[list[Scored]] = []
+    step = max(1, LIVE_SCORES // kk)
+    for qi in range(len(queries)):
+        if qi % step == 0:
+            scores, cols = _top_faces(vectors, queries[qi : qi + step], kk)
+        row_s, row_c = scores[qi % step], cols[qi % step]
+        while True:
+            ok = (row_c >= 0) & alive[np.maximum(row_c, 0)]
+            best = best_per_label(np.where(ok, row_s, -np.inf), codes[row_c], vids[row_c], k)
+            if len(best) >= k or len(row_c) >= n:
+                break
+            wider_s, wider_c = _top_faces(vectors, queries[qi : qi + 1], min(n, 4 * len(row_c)))
+            row_s, row_c = wider_s[0], wider_c[0]
+        out.append(best)
+    return out
+
+
+def _top_faces(vectors: np.ndarray, queries: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(scores, rows)`` (len(queries), kk) of each query's ``kk`` best rows of ``vectors`` (any order)."""
+    if kk >= len(vectors):
+        every = np.broadcast_to(np.arange(len(vectors)), (len(queries), len(vectors)))
+        return np.atleast_2d(queries) @ vectors.T, every
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    scores, rows = faiss.knn(q, np.ascontiguousarray(vectors), kk, metric=faiss.METRIC_INNER_PRODUCT)
+    return scores, rows
+
+
 def _face_view(face: StoredFace | LiveFace) -> FaceView:
     return FaceView(
         face_id(face.vector_id),
@@ -323,6 +364,8 @@ class Gallery:
         self.open_set = open_set or OpenSetParams()
         self.ledger = ledger  # the root's erasure ledger (server.erasures)
         self._write = threading.Lock()
+        self._installing = threading.Lock()  # one install at a time (see install)
+        self.writes = WriteHealth()  # whether the journal's storage takes writes
         self._state: GalleryState | None = None
         self._retained = 0  # the journal position pruned up to
 
@@ -336,47 +379,81 @@ class Gallery:
         return self._state
 
     def install(self, base: BaseIndex | None) -> None:
-        """Serve ``base`` (or no published version) with the live changes it does not contain."""
-        with self._write:
+        """Serve ``base`` (or no published version) with the live changes it does not contain.
+
+        The new state is built and its statistics replayed from a journal snapshot *without* the
+        write lock, while writes go on against the state it replaces; then, under the lock, the
+        changes committed since the snapshot are replayed too and the state is switched. Writes wait
+        only for that catch-up (the changes made during the build), not for the whole replay.
+        """
+        with self._installing:
             cut = 0
             if base is not None and base.live_seq and base.live_journal_id == self.journal.journal_id:
                 cut = base.live_seq
-                self._retain(base)
             elif base is not None and base.live_seq:
                 log.warning(
                     "index %s absorbed live changes of another journal (%s); keeping all of ours",
                     base.version,
                     base.live_journal_id,
                 )
-            snap = self.journal.snapshot(after_seq=cut)
-            live = LiveState(self.d, _in_base(base), _contains(base), _identity_of(base))
-            live.load(snap)
-            if base is not None:
-                self.base_open_set(base)
-                data, base.open_set = base.open_set, None  # taken over: the state keeps it current
-            else:
-                data = None
-            state = GalleryState(base, live, OpenSetState(data or self.open_set.empty(self.d)))
-            touched = set(live.identities) | set(live.base_tombstones) | set(base.hidden_identities if base else ())
             t0 = time.perf_counter()
-            state.upkeep.changed(touched)
-            log.info(
-                "open-set statistics: %d identities (k=%d, rule %s); %d touched by live changes replayed in %.2fs",
-                state.open_set.gallery_size,
-                state.open_set.k,
-                state.open_set.rule,
-                len(touched),
-                time.perf_counter() - t0,
-            )
-            self._state = state
+            snap = self.journal.snapshot(after_seq=cut)
+            state = self._build(base, snap)
+            built = time.perf_counter() - t0
+            with self._write:
+                t1 = time.perf_counter()
+                delta = self.journal.snapshot(after_seq=snap.high_water)  # writes made during the build
+                if not delta.empty:
+                    state.live.load(delta)
+                    state.upkeep.changed(_touched(delta))
+                self._state = state
+                if cut:
+                    self._retain_while_serving(base)
+                held = time.perf_counter() - t1
         log.info(
-            "serving index %s + %d live faces, %d tombstones (journal seq %d..%d)",
+            "serving index %s + %d live faces, %d tombstones (journal seq %d..%d): built and replayed in %.2fs, "
+            "then writes waited %.3fs for %d change(s) made meanwhile",
             base.version if base else "(none)",
-            live.alive_count,
-            len(live.tombstones),
+            state.live.alive_count,
+            len(state.live.tombstones),
             cut,
-            snap.high_water,
+            state.live.high_water,
+            built,
+            held,
+            len(delta.identities) + len(delta.tombstones),
         )
+
+    def _build(self, base: BaseIndex | None, snap: JournalSnapshot) -> GalleryState:
+        """A state of ``base`` plus ``snap``, its statistics replayed in bulk (:meth:`OpenSetUpkeep.changed`)."""
+        live = LiveState(self.d, _in_base(base), _contains(base), _identity_of(base))
+        live.load(snap)
+        if base is not None:
+            self.base_open_set(base)
+            data, base.open_set = base.open_set, None  # taken over: the state keeps it current
+        else:
+            data = None
+        state = GalleryState(base, live, OpenSetState(data or self.open_set.empty(self.d)))
+        touched = _touched(snap) | set(live.base_tombstones) | set(base.hidden_identities if base else ())
+        t0 = time.perf_counter()
+        state.upkeep.changed(touched)
+        log.info(
+            "open-set statistics: %d identities (k=%d, rule %s); %d touched by live changes replayed in %.2fs",
+            state.open_set.gallery_size,
+            state.open_set.k,
+            state.open_set.rule,
+            len(touched),
+            time.perf_counter() - t0,
+        )
+        return state
+
+    def _retain_while_serving(self, base: BaseIndex | None) -> None:
+        """Prune the journal after a switch; a full disk only postpones it (to the next install)."""
+        if base is None:
+            return
+        try:
+            self._retain(base)
+        except UnavailableError as err:
+            log.warning("live journal not pruned (retried at the next index version or restart): %s", err)
 
     def retain_journal(self) -> None:
         """Prune the journal as far as the kept versions allow (after ``facesearch-index prune`` deleted some)."""
@@ -425,7 +502,7 @@ class Gallery:
                 created_at,
                 now,
             )
-            seq, vids = self.journal.enroll(row, faces)
+            seq, vids = self.writes.run(self.journal.enroll, row, faces)
             row = LiveIdentity(row.identity_id, seq, False, row.name, row.metadata, row.created_at, row.updated_at)
             live_faces = [
                 LiveFace(int(v), seq, identity_id, f.source, f.box, f.det_score, f.face_size, f.blur, now)
@@ -445,7 +522,7 @@ class Gallery:
             record_identity_erasure(self.ledger, state, identity_id, doomed)  # durable before the journal and the OK
             now = time.time()
             row = LiveIdentity(identity_id, 0, True, None, {}, now, now)
-            seq = self.journal.delete_identity(row, doomed)
+            seq = self.writes.run(self.journal.delete_identity, row, doomed)
             row = LiveIdentity(identity_id, seq, True, None, {}, now, now)
             in_base = state.base is not None and state.base.store.find_identity(identity_id) is not None
             state.live.delete_identity(row, doomed, in_base)
@@ -464,7 +541,7 @@ class Gallery:
                 raise NotFoundError(f"faces do not exist: {', '.join(missing[:10])}", reason=Reason.FACE_NOT_FOUND)
             identity_ids = [o for o in owners if o is not None]
             record_face_erasure(self.ledger, state, vids, identity_ids)  # durable before the journal and the OK
-            seq = self.journal.delete_faces(vids, identity_ids)
+            seq = self.writes.run(self.journal.delete_faces, vids, identity_ids)
             state.live.delete_faces(seq, vids, identity_ids)
             state.upkeep.changed(identity_ids)
             return len(vids)
@@ -489,6 +566,11 @@ class Gallery:
             else:
                 out.append(None)
         return out
+
+
+def _touched(snap: JournalSnapshot) -> set[str]:
+    """Identities whose faces a journal snapshot changes: enrolled or deleted, or a face deleted."""
+    return {i.identity_id for i in snap.identities} | {t.identity_id for t in snap.tombstones if t.identity_id}
 
 
 def _in_base(base: BaseIndex | None) -> Callable[[Iterable[str]], set[str]]:

@@ -52,6 +52,18 @@ class Metrics:
             "facesearch_index_swaps", "index version loads, by result (ok, refused, failed)", ["result"], registry=r
         )
         self.serving = Gauge("facesearch_serving", "1 when the health status is SERVING", registry=r)
+        self.writes_degraded = Gauge(
+            "facesearch_writes_degraded",
+            "1 while the live journal's storage refuses writes (disk full or failing): enroll and delete "
+            "return UNAVAILABLE, searches go on",
+            registry=r,
+        )
+        self.write_failures = Counter(
+            "facesearch_write_failures",
+            "journal writes the storage refused, by reason (STORAGE_FULL, STORAGE_ERROR)",
+            ["reason"],
+            registry=r,
+        )
         self._server: Any = None
 
     def start(self, listen: str) -> int:

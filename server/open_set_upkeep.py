@@ -19,6 +19,12 @@ every face:
    A, or ``ub`` above the identity's own buffer floor (:meth:`GalleryCohort.floors`). If that
    set is large the shortlist is too short: M grows fourfold and it starts again.
 
+Identities change in bulk (:meth:`OpenSetUpkeep.changed`: one at a time for a write, thousands
+when a journal is replayed): they all leave the cohort, then re-enter it together, each scored
+against the gallery as it is afterwards (:meth:`GalleryOpenSet.add_many`), in blocks sharing one
+template product, one batched gallery search and one read of the candidates' embeddings; the result
+equals one-at-a-time updates and a recomputation.
+
 So updates are exact whenever the index's scores are (flat indices, the live delta); with an
 approximate published index they are as good as its recall. Cost per changed identity: one
 template scan, one index search of its faces, and the embeddings of a few dozen identities
@@ -111,19 +117,18 @@ class OpenSetUpkeep:
             self.state.fail(f"update failed: {err!r}")
 
     def _changed(self, ids: list[str]) -> None:
+        """All of ``ids`` leave the cohort, then those with faces re-enter it together, each scored
+        against the gallery as it is afterwards (:meth:`GalleryOpenSet.add_many`)."""
         data = self.data
         with self.state.lock:
-            for identity in ids:
-                data.remove(identity)
+            data.remove_many(ids)
         faces = self.gallery.embeddings_of_many(ids)
-        for identity in ids:
-            own = faces.get(identity)
-            if own is None or len(own) == 0:
-                continue
-            template = unit(own.astype(np.float64).sum(axis=0))
-            nb_ids, nb_scores = self.neighbours(identity, own, template, reverse=True)
+        entering = [i for i in ids if len(faces.get(i, ()))]
+        if entering:
+            templates = unit(np.stack([faces[i].astype(np.float64).sum(axis=0) for i in entering]))
+            found = self._find(entering, faces, templates, entering=True)
             with self.state.lock:
-                data.add(identity, template, nb_ids, nb_scores)
+                data.add_many([(i, t, n, sc) for i, t, (n, sc) in zip(entering, templates, found, strict=True)])
         self._refresh_stale()
 
     def _refresh_stale(self) -> None:
@@ -132,61 +137,193 @@ class OpenSetUpkeep:
         if not stale:
             return
         faces = self.gallery.embeddings_of_many(stale)
-        for identity in stale:
-            template, _ = data.templates.get([identity])
-            own = faces.get(identity)
-            if own is None or len(own) == 0:  # cannot happen: members have faces; leave it stale
-                continue
-            nb_ids, nb_scores = self.neighbours(identity, own, template[0], reverse=False)
-            with self.state.lock:
+        stale = [i for i in stale if len(faces.get(i, ()))]  # members have faces; else leave it stale
+        templates, _ = data.templates.get(stale)
+        found = self._find(stale, faces, templates, entering=False)
+        with self.state.lock:
+            for identity, (nb_ids, nb_scores) in zip(stale, found, strict=True):
                 data.refresh(identity, nb_ids, nb_scores)
 
-    # -- neighbours of one identity --------------------------------------------------------
+    # -- neighbours ------------------------------------------------------------------------
     def neighbours(
         self, identity: str, faces: np.ndarray, template: np.ndarray, *, reverse: bool
     ) -> tuple[list[str], np.ndarray]:
-        """Rule scores of ``identity`` against every cohort member it may matter to (module notes)."""
-        data, cohort = self.data, self.data.cohort
-        rows, tt32 = data.templates.scan(template, exclude=identity)
-        tt = tt32.astype(np.float64)
-        if len(rows) == 0:
-            return [], np.zeros(0)
-        depth = cohort.depth
+        """Rule scores of one identity against every cohort member it may matter to (module notes);
+        ``reverse``: it is entering (not a member yet), so members whose buffer it enters count too."""
+        return self._find([identity], {identity: np.atleast_2d(faces)}, np.atleast_2d(template), entering=reverse)[0]
+
+    def _find(
+        self, who: list[str], faces: dict[str, np.ndarray], templates: np.ndarray, *, entering: bool
+    ) -> list[tuple[list[str], np.ndarray]]:
+        """:meth:`neighbours` of several identities at once, in blocks: one template product, one
+        gallery search and one read of candidates' embeddings per block.
+
+        ``entering``: ``who`` are not members; each is scored against the members *and* the others
+        of ``who`` (the gallery as it will be once they are all in), and members whose buffer it
+        would enter are included. Otherwise ``who`` are members being refreshed.
+        """
+        space = _Space(self.data, who if entering else [], templates if entering else None)
+        out: list[tuple[list[str], np.ndarray]] = []
+        block = max(1, min(_MAX_BLOCK, _BLOCK_ELEMENTS // max(space.width, 1)))
+        embeddings = _Embeddings(self.gallery, faces)
+        for lo in range(0, len(who), block):
+            hi = min(len(who), lo + block)
+            out.extend(
+                self._find_block(space, embeddings, who[lo:hi], templates[lo:hi], entering, m=max(2 * space.depth, 16))
+            )
+        return out
+
+    def _find_block(  # noqa: PLR0917
+        self,
+        space: _Space,
+        embeddings: _Embeddings,
+        who: list[str],
+        templates: np.ndarray,
+        entering: bool,
+        m: int,
+    ) -> list[tuple[list[str], np.ndarray]]:
+        data = self.data
+        tt = space.cosines(templates).astype(np.float64)  # (B, width)
+        valid = np.broadcast_to(space.alive, tt.shape).copy()
+        valid[np.arange(len(who)), space.columns_of(who)] = False  # never one's own neighbour
+        takers = space.takes if entering else None
         if data.rule == "mean":  # the template cosine is the score: exact for everyone, no search
-            wanted = _top_mask(tt, depth) | (self._takers(rows, tt) if reverse else False)
-            return data.templates.ids_at(rows[wanted]), tt[wanted]
-        m = max(2 * depth, 16)
-        while True:
-            lists = self.gallery.search(faces[None, :] if faces.ndim == 1 else faces, m + 1)
-            full = [lst for lst in lists if len(lst) >= m + 1]
-            bound = max((lst[-1].similarity for lst in full), default=-np.inf)
-            in_a = np.isin(rows, data.templates.rows_of({c.identity_id for lst in lists for c in lst}))
-            a_ids = data.templates.ids_at(rows[in_a])
-            a_scores = combine(self._best(faces, a_ids), tt[in_a], data.rule)
-            tau = np.sort(a_scores)[-depth] if len(a_scores) >= depth else -np.inf
-            ub = combine(np.full(len(rows), bound), tt, data.rule)
-            need = ~in_a & (ub >= tau)
-            if reverse:
-                need |= ~in_a & self._takers(rows, ub)
-            if int(need.sum()) <= MAX_EXACT or not full or m >= len(rows):
-                break
-            m *= 4
-        e_ids = data.templates.ids_at(rows[need])
-        e_scores = combine(self._best(faces, e_ids), tt[need], data.rule) if e_ids else np.zeros(0)
-        return a_ids + e_ids, np.concatenate([np.asarray(a_scores, np.float64), np.asarray(e_scores, np.float64)])
+            by_template: list[tuple[list[str], np.ndarray]] = []
+            for b in range(len(who)):
+                wanted = valid[b] & _top_mask(np.where(valid[b], tt[b], -np.inf), space.depth)
+                if takers is not None:
+                    wanted |= valid[b] & takers & (tt[b] > space.floor)
+                cols = np.flatnonzero(wanted)
+                by_template.append((space.ids_at(cols), tt[b, cols]))
+            return by_template
+        own = [np.atleast_2d(embeddings.own(i)) for i in who]
+        lists = self.gallery.search(np.concatenate(own), m + 1)
+        starts = np.cumsum([0] + [len(f) for f in own])
+        in_a = np.zeros(tt.shape, bool)
+        bounds = np.full(len(who), -np.inf)
+        full_any = np.zeros(len(who), bool)
+        for b in range(len(who)):
+            mine = lists[starts[b] : starts[b + 1]]
+            full = [lst for lst in mine if len(lst) >= m + 1]
+            full_any[b] = bool(full)
+            bounds[b] = max((lst[-1].similarity for lst in full), default=-np.inf)
+            in_a[b, space.columns_of([c.identity_id for lst in mine for c in lst], known=True)] = True
+        in_a &= valid
+        embeddings.fetch({i for b in range(len(who)) for i in space.ids_at(np.flatnonzero(in_a[b]))})
+        shortlisted: list[tuple[list[str], np.ndarray, np.ndarray]] = []  # (A ids, A scores, exact columns)
+        retry: list[int] = []
+        for b in range(len(who)):
+            a_cols = np.flatnonzero(in_a[b])
+            a_ids = space.ids_at(a_cols)
+            a_scores = combine(embeddings.best(own[b], a_ids), tt[b, a_cols], data.rule)
+            tau = np.sort(a_scores)[-space.depth] if len(a_scores) >= space.depth else -np.inf
+            ub = combine(np.full(tt.shape[1], bounds[b]), tt[b], data.rule)
+            need = valid[b] & ~in_a[b] & (ub >= tau)
+            if takers is not None:
+                need |= valid[b] & ~in_a[b] & takers & (ub > space.floor)
+            if int(need.sum()) > MAX_EXACT and full_any[b] and m < int(valid[b].sum()):
+                retry.append(b)  # the shortlist is too short: lengthen it (below)
+            shortlisted.append((a_ids, np.asarray(a_scores, np.float64), np.flatnonzero(need)))
+        exact_ids = [space.ids_at(cols) for _, _, cols in shortlisted]
+        retried = set(retry)
+        embeddings.fetch({i for b, ids in enumerate(exact_ids) if b not in retried for i in ids})
+        out: list[tuple[list[str], np.ndarray]] = []
+        for b, ((a_ids, a_scores, e_cols), e_ids) in enumerate(zip(shortlisted, exact_ids, strict=True)):
+            if b in retried:
+                out.append(([], np.zeros(0)))
+                continue
+            e_scores = combine(embeddings.best(own[b], e_ids), tt[b, e_cols], data.rule) if e_ids else np.zeros(0)
+            out.append((a_ids + e_ids, np.concatenate([a_scores, np.asarray(e_scores, np.float64)])))
+        if retry:
+            again = self._find_block(space, embeddings, [who[b] for b in retry], templates[retry], entering, m * 4)
+            for b, result in zip(retry, again, strict=True):
+                out[b] = result
+        return out
 
-    def _takers(self, rows: np.ndarray, upper: np.ndarray) -> np.ndarray:
-        """Which identities (template rows) could take a newcomer scoring up to ``upper`` into their buffer."""
-        takes, floor = self.data.floors_at(rows)
-        return takes & (upper > floor)
 
-    def _best(self, faces: np.ndarray, identity_ids: list[str]) -> np.ndarray:
-        """Exact best-face cosine of ``faces`` against each identity's current faces."""
+_BLOCK_ELEMENTS = 1 << 22  # template cosines held at once (identities x candidates)
+_MAX_BLOCK = 256
+
+
+class _Space:
+    """The candidates of one :meth:`OpenSetUpkeep._find`: the template table's rows, then the
+    identities entering with it (columns ``capacity + i``), with their template cosines and floors."""
+
+    def __init__(self, data: GalleryOpenSet, entering: list[str], templates: np.ndarray | None) -> None:
+        self.data = data
+        self.table = data.templates
+        self.capacity = data.templates.capacity
+        self.entering = entering
+        self.entering_templates = templates if templates is not None else np.zeros((0, data.templates.d), np.float32)
+        self.col_of_entering = {identity: self.capacity + i for i, identity in enumerate(entering)}
+        alive, _ = self.table.cosines(np.zeros((0, self.table.d), np.float32))
+        self.alive = np.concatenate([alive, np.ones(len(entering), bool)])
+        takes, floor = data.floors_at(np.arange(self.capacity))
+        self.takes = np.concatenate([takes, np.zeros(len(entering), bool)])  # newcomers take nobody yet
+        self.floor = np.concatenate([floor, np.full(len(entering), np.inf)])
+        self.depth = data.cohort.depth
+
+    @property
+    def width(self) -> int:
+        return self.capacity + len(self.entering)
+
+    def cosines(self, queries: np.ndarray) -> np.ndarray:
+        _, table = self.table.cosines(queries)
+        if not self.entering:
+            return table
+        return np.concatenate([table, np.atleast_2d(queries).astype(np.float32) @ self.entering_templates.T], axis=1)
+
+    def columns_of(self, identity_ids: Sequence[str], *, known: bool = False) -> np.ndarray:
+        """Columns of identities (``known``: leave out those that are not candidates; else -1)."""
+        cols = []
+        for identity in identity_ids:
+            col = self.col_of_entering.get(identity)
+            if col is None:
+                row = self.table.row(identity)
+                col = -1 if row is None else row
+            if col >= 0 or not known:
+                cols.append(col)
+        return np.asarray(cols, np.int64)
+
+    def ids_at(self, cols: np.ndarray) -> list[str]:
+        cols = np.asarray(cols, np.int64)
+        if not len(cols) or cols.max() < self.capacity:
+            return self.table.ids_at(cols)
+        table = iter(self.table.ids_at(cols[cols < self.capacity]))
+        return [self.entering[c - self.capacity] if c >= self.capacity else next(table) for c in cols.tolist()]
+
+
+class _Embeddings:
+    """Faces of candidate identities, read from the gallery once per :meth:`OpenSetUpkeep._find`."""
+
+    def __init__(self, gallery: GalleryReader, known: dict[str, np.ndarray]) -> None:
+        self.gallery = gallery
+        self.faces = dict(known)
+
+    def own(self, identity: str) -> np.ndarray:
+        return self.faces[identity]
+
+    def fetch(self, identity_ids: Iterable[str]) -> None:
+        missing = [i for i in identity_ids if i not in self.faces]
+        if missing:
+            got = self.gallery.embeddings_of_many(missing)
+            for identity in missing:
+                self.faces[identity] = got.get(identity, np.zeros((0, 0), np.float32))
+
+    def best(self, own: np.ndarray, identity_ids: list[str]) -> np.ndarray:
+        """Exact best-face cosine of ``own`` faces against each identity's current faces."""
         if not identity_ids:
             return np.zeros(0)
-        theirs = self.gallery.embeddings_of_many(identity_ids)
-        own = np.atleast_2d(faces)
-        return np.array([float((own @ theirs[i].T).max()) if len(theirs.get(i, ())) else -np.inf for i in identity_ids])
+        theirs = [self.faces[i] for i in identity_ids]
+        sizes = np.array([len(t) for t in theirs])
+        out = np.full(len(identity_ids), -np.inf)
+        has = sizes > 0
+        if has.any():
+            stacked = np.concatenate([t for t, h in zip(theirs, has, strict=True) if h])
+            per_face = (np.atleast_2d(own) @ stacked.T).max(axis=0)
+            starts = np.concatenate([[0], np.cumsum(sizes[has])[:-1]])
+            out[has] = np.maximum.reduceat(per_face, starts)
+        return out
 
 
 def _top_mask(scores: np.ndarray, count: int) -> np.ndarray:

@@ -17,6 +17,9 @@ identity's ranked neighbours in the current gallery, so:
   ``depth - k`` makes that rare.
 - a changed template (a face added to or removed from an identity) is a delete followed
   by an enroll of the same id.
+- in bulk (a server replaying its live journal): :meth:`GalleryCohort.delete_many` then
+  :meth:`GalleryCohort.enroll_many`, each newcomer scored against the gallery as it is once all
+  are in; the buffers are those of one-at-a-time changes (up to the order of equal scores).
 
 :meth:`GalleryCohort.from_scores` recomputes everything from scratch; the tests check
 that incremental updates and a recomputation agree.
@@ -28,7 +31,7 @@ returns a fresh array.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -204,42 +207,70 @@ class GalleryCohort:
         self._count[row] = count
         self._complete[row] = count == others
 
-    def _insert(self, row: int, new_row: int, score: float) -> None:
-        count = int(self._count[row])
-        buf_s, buf_n = self._score[row, :count], self._nbr[row, :count]
-        if not self._complete[row] and (count == 0 or score <= buf_s[-1]):
-            return  # beyond the exact prefix: not needed
-        pos = int(np.searchsorted(-buf_s, -score, side="right"))
-        merged_s = np.insert(buf_s, pos, score)[: self.depth]
-        merged_n = np.insert(buf_n, pos, new_row)[: self.depth]
-        truncated = count + 1 > self.depth
-        self._score[row, : len(merged_s)] = merged_s
-        self._nbr[row, : len(merged_n)] = merged_n
-        self._count[row] = len(merged_s)
-        if truncated:
-            self._complete[row] = False
-
     def enroll(
         self, identity_id: Hashable, neighbour_ids: Sequence[Hashable], neighbour_scores: Sequence[float] | np.ndarray
     ) -> None:
         """Add an identity, given its scores against existing identities (see the module notes)."""
-        if identity_id in self._row:
-            raise AlreadyExistsError(
-                f"identity {identity_id!r} is already in the cohort", reason=Reason.IDENTITY_EXISTS
-            )
-        rows, scores = self._rows_of(neighbour_ids, neighbour_scores)
-        others = len(self._row)
-        if self._free:
-            row = self._free.pop()
-        else:
-            row = len(self._ids)
-            self._grow(row + 1)
-            self._ids.append(None)
-        self._ids[row] = identity_id
-        self._row[identity_id] = row
-        self._set_row(row, rows, scores, others)
-        for j, s in zip(rows.tolist(), scores.tolist(), strict=True):
-            self._insert(j, row, s)
+        self.enroll_many([(identity_id, neighbour_ids, neighbour_scores)])
+
+    def enroll_many(self, entries: Sequence[tuple[Hashable, Sequence[Hashable], Sequence[float] | np.ndarray]]) -> None:
+        """Add several identities at once: ``(identity id, neighbour ids, scores)`` each.
+
+        Each entry's scores cover (a) its ``depth`` best among the identities present *afterwards*
+        (those already here and the other entries) and (b) every identity already here whose buffer
+        it enters (see the module notes). The buffers are those :meth:`enroll` of each entry in turn
+        would leave (up to the order of exactly equal scores): an entry's own buffer is its exact
+        top ``depth``; an existing buffer takes every newcomer above its last score (any, if it holds
+        the whole gallery), then keeps its ``depth`` best.
+        """
+        new_rows: list[int] = []
+        for identity_id, _, _ in entries:
+            if identity_id in self._row:
+                raise AlreadyExistsError(
+                    f"identity {identity_id!r} is already in the cohort", reason=Reason.IDENTITY_EXISTS
+                )
+            row = self._free.pop() if self._free else len(self._ids)
+            if row == len(self._ids):
+                self._grow(row + 1)
+                self._ids.append(None)
+            self._ids[row] = identity_id
+            self._row[identity_id] = row
+            new_rows.append(row)
+        others = len(self._row) - 1
+        is_new = np.zeros(len(self._count), bool)
+        is_new[new_rows] = True
+        holders, joiners, joined = [], [], []
+        for row, (_, neighbour_ids, neighbour_scores) in zip(new_rows, entries, strict=True):
+            rows, scores = self._rows_of(neighbour_ids, neighbour_scores, exclude=row)
+            self._set_row(row, rows, scores, others)
+            old = ~is_new[rows]
+            holders.append(rows[old])
+            joiners.append(np.full(int(old.sum()), row, np.int64))
+            joined.append(scores[old])
+        if holders:
+            self._take(np.concatenate(holders), np.concatenate(joiners), np.concatenate(joined))
+
+    def _take(self, holders: np.ndarray, joiners: np.ndarray, scores: np.ndarray) -> None:
+        """Existing buffers take newcomers: ``holders[i]`` scores ``scores[i]`` against ``joiners[i]``."""
+        count = self._count[holders]
+        last = self._score[holders, np.maximum(count - 1, 0)]
+        takes = self._complete[holders] | ((count > 0) & (scores > last))  # beyond the exact prefix: not needed
+        holders, joiners, scores = holders[takes], joiners[takes], scores[takes]
+        order = np.argsort(holders, kind="stable")  # entry order kept within a holder
+        holders, joiners, scores = holders[order], joiners[order], scores[order]
+        for group in np.split(np.arange(len(holders)), np.flatnonzero(np.diff(holders)) + 1):
+            if not len(group):
+                continue
+            j = int(holders[group[0]])
+            n = int(self._count[j])
+            merged_s = np.concatenate([self._score[j, :n], scores[group]])
+            merged_n = np.concatenate([self._nbr[j, :n], joiners[group]])
+            keep = np.lexsort((np.arange(len(merged_s)), -merged_s))[: self.depth]  # ties: the earlier first
+            self._score[j, : len(keep)] = merged_s[keep]
+            self._nbr[j, : len(keep)] = merged_n[keep]
+            self._count[j] = len(keep)
+            if len(merged_s) > self.depth:
+                self._complete[j] = False
 
     def delete(self, identity_id: Hashable) -> list[Hashable]:
         """Remove an identity; returns the identities left stale (call :meth:`refresh` for them)."""
@@ -263,6 +294,35 @@ class GalleryCohort:
         rows = self._live_rows()
         self._complete[rows] |= self._count[rows] == len(self._row) - 1
         return [self._ids[r] for r in holders if self._stale_mask(np.array([r]))[0]]
+
+    def delete_many(self, identity_ids: Iterable[Hashable]) -> None:
+        """Remove the identities that are present, as :meth:`delete` of each would, in one pass over
+        the buffers; :meth:`stale` then lists the identities to :meth:`refresh`."""
+        rows = [self._row.pop(i) for i in dict.fromkeys(identity_ids) if i in self._row]
+        if not rows:
+            return
+        gone = np.asarray(rows, np.int64)
+        for row in rows:
+            self._ids[row] = None
+        self._nbr[gone] = -1
+        self._score[gone] = -np.inf
+        self._count[gone] = 0
+        self._complete[gone] = False
+        self._free.extend(rows)
+        dead = np.zeros(len(self._count), bool)
+        dead[gone] = True
+        hit = (self._nbr >= 0) & dead[np.maximum(self._nbr, 0)]
+        holders = np.flatnonzero(hit.any(axis=1))
+        if len(holders):
+            order = np.argsort(hit[holders], axis=1, kind="stable")  # kept entries first, in buffer order
+            nbr = np.take_along_axis(self._nbr[holders], order, axis=1)
+            score = np.take_along_axis(self._score[holders], order, axis=1)
+            count = self._count[holders] - hit[holders].sum(axis=1).astype(np.int32)
+            tail = np.arange(self.depth)[None, :] >= count[:, None]
+            nbr[tail], score[tail] = -1, -np.inf
+            self._nbr[holders], self._score[holders], self._count[holders] = nbr, score, count
+        live = self._live_rows()
+        self._complete[live] |= self._count[live] == len(self._row) - 1
 
     def refresh(
         self, identity_id: Hashable, neighbour_ids: Sequence[Hashable], neighbour_scores: Sequence[float] | np.ndarray

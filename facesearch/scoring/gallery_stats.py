@@ -170,6 +170,12 @@ class TemplateTable:
             return rows, np.zeros(0, np.float32)
         return rows, (self._vec @ np.asarray(query, np.float32))[rows]  # one pass over the table, no gather
 
+    def cosines(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Template cosine of each query row against every table row: ``(alive (capacity,), scores
+        (len(queries), capacity))``; scores of rows that are not alive mean nothing."""
+        scores = np.atleast_2d(np.asarray(queries, np.float32)) @ self._vec.T
+        return self._alive.copy(), scores
+
     def ids_at(self, rows: np.ndarray) -> list[str]:
         """Identity ids of table rows (from :meth:`scan`)."""
         return [str(self._ids[int(r)]) for r in rows]
@@ -203,15 +209,21 @@ class GalleryOpenSet:
         self, identity_id: str, template: np.ndarray, neighbour_ids: Sequence[str], neighbour_scores: np.ndarray
     ) -> None:
         """Enroll an identity (see :meth:`GalleryCohort.enroll` for what the neighbours must cover)."""
-        self.cohort.enroll(identity_id, neighbour_ids, neighbour_scores)
-        self.templates.set(identity_id, template)
-        row = self.templates.row(identity_id)
-        assert row is not None
-        if row >= len(self._cohort_row):
-            grown = np.full(self.templates.capacity, -1, np.int64)
-            grown[: len(self._cohort_row)] = self._cohort_row
-            self._cohort_row = grown
-        self._cohort_row[row] = self.cohort.row_of(identity_id)
+        self.add_many([(identity_id, template, neighbour_ids, neighbour_scores)])
+
+    def add_many(self, entries: Sequence[tuple[str, np.ndarray, Sequence[str], np.ndarray]]) -> None:
+        """Enroll several identities: ``(id, template, neighbour ids, scores)`` each, the scores covering
+        what :meth:`GalleryCohort.enroll_many` needs."""
+        self.cohort.enroll_many([(identity_id, ids, scores) for identity_id, _, ids, scores in entries])
+        for identity_id, template, _, _ in entries:
+            self.templates.set(identity_id, template)
+            row = self.templates.row(identity_id)
+            assert row is not None
+            if row >= len(self._cohort_row):
+                grown = np.full(self.templates.capacity, -1, np.int64)
+                grown[: len(self._cohort_row)] = self._cohort_row
+                self._cohort_row = grown
+            self._cohort_row[row] = self.cohort.row_of(identity_id)
 
     def remove(self, identity_id: str) -> list[str]:
         """Remove an identity if present; returns the identities its removal left stale."""
@@ -221,6 +233,17 @@ class GalleryOpenSet:
         self._cohort_row[row] = -1
         self.templates.remove(identity_id)
         return [str(i) for i in self.cohort.delete(identity_id)]
+
+    def remove_many(self, identity_ids: Iterable[str]) -> None:
+        """Remove the identities that are present (:meth:`GalleryCohort.delete_many`)."""
+        present = []
+        for identity_id in dict.fromkeys(identity_ids):
+            row = self.templates.row(identity_id)
+            if row is not None:
+                self._cohort_row[row] = -1
+                self.templates.remove(identity_id)
+                present.append(identity_id)
+        self.cohort.delete_many(present)
 
     def refresh(self, identity_id: str, neighbour_ids: Sequence[str], neighbour_scores: np.ndarray) -> None:
         self.cohort.refresh(identity_id, neighbour_ids, neighbour_scores)

@@ -1,13 +1,15 @@
 """The live journal: enrollments and deletions made since the published index version was built.
 
-The server writes it (one writer); ``facesearch-index compact`` reads a consistent snapshot of
-it and publishes a version that contains it; the server then drops exactly the part that the
-new version contains. Layout of ``LIVE_DIR`` (by default ``INDEX_ROOT/live``)::
+The server writes it (one writer, held by ``journal.lock``); ``facesearch-index compact`` reads a
+consistent snapshot of it and publishes a version that contains it; the server then drops exactly
+the part that the new version contains. Layout of a journal directory (by default
+``INDEX_ROOT/live``)::
 
     journal.sqlite        WAL mode, synchronous=FULL: every change is one transaction
-    vectors-000001.f32    the live faces' embeddings, append-only records of
-                          ``int64 vector_id`` + ``d`` float32 (little-endian), fsync'd
-                          *before* the transaction that references them commits
+    journal.lock          the writer's lock (fcntl.flock), holding its pid
+    vectors-000002.vec    the live faces' embeddings: append-only checksummed records
+                          (:mod:`facesearch.store.journal_vectors`), fsync'd *before* the
+                          transaction that references them commits
 
 Tables of ``journal.sqlite``:
 
@@ -19,6 +21,8 @@ Tables of ``journal.sqlite``:
                 offset of the embedding in the vectors file, box, scores, source.
 ``tombstones``  deleted faces (``vector_id``, ``seq``): of the published version, and of
                 live faces (a face may already be in a version being compacted).
+``quarantine``  faces whose record was damaged, deleted by ``facesearch-index journal repair``
+                (also tombstoned): what was lost, for the operator to re-enroll.
 
 A change with ``seq <= N`` is in a version whose identity store has meta ``live_seq = N``
 (and ``live_journal_id`` equal to this journal's id). Live vector ids start at
@@ -26,71 +30,100 @@ A change with ``seq <= N`` is in a version whose identity store has meta ``live_
 reused, so face ids stay valid when a compaction moves faces into a version.
 
 Durability: a change is acknowledged only after its vectors were fsync'd and its SQLite
-transaction committed (WAL + ``synchronous=FULL`` fsyncs the log on commit). A crash can
-leave vector records that no committed row references; they are ignored.
+transaction committed (WAL + ``synchronous=FULL`` fsyncs the log on commit).
+
+Failures while writing (:mod:`facesearch.store.storage_errors`): a full disk (ENOSPC, EDQUOT,
+SQLite "database or disk is full") raises :class:`~facesearch.errors.UnavailableError` with
+``Reason.STORAGE_FULL``, an I/O error ``STORAGE_ERROR``; nothing was written: the transaction is
+rolled back and the vectors file cut back to its last good record before the error is raised. The
+one ambiguous case is a failing ``COMMIT`` itself (the disk may still hold it): its records are
+kept, so whichever way SQLite recovers, no committed row points past the file. The next write
+simply tries again: writes resume when space returns, without a restart.
+
+Opening for writing (:meth:`LiveJournal.open`) takes the lock (a second writer is refused, naming
+the holder's pid), then checks every record a row references:
+
+- bytes after the last referenced record are writes that were never acknowledged (a crash between
+  fsync and commit, a torn record): they are cut off, and the cut is logged;
+- a referenced record that is missing, belongs to another face or fails its checksum is damage:
+  the open is refused (``Reason.JOURNAL_DAMAGED``) with the records named and the repair command,
+  ``facesearch-index journal repair DIR`` (:meth:`LiveJournal.repair`: the damaged faces are
+  tombstoned and listed in ``quarantine``; a damaged embedding is never served);
+- a journal written before checksums (schema 1, ``vectors-*.f32``) is rewritten as checksummed
+  records in one transaction (the new file is complete and fsync'd before the transaction that
+  switches to it commits) and its schema becomes 2, which the code before this change refuses.
+
+Readers (:meth:`LiveJournal.open_reader`, compaction) take no lock, read both record formats and
+check every record they return (:meth:`snapshot` raises on damage).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
+import logging
 import sqlite3
 import time
-import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from facesearch.errors import ContractMismatchError, IndexFormatError, Reason
+from facesearch.errors import ContractMismatchError, IndexFormatError, PreconditionError, Reason
+from facesearch.store.journal_db import (
+    JOURNAL_FILE,
+    LIVE_VECTOR_ID_BASE,
+    READABLE_SCHEMAS,
+    SCHEMA,
+    SCHEMA_VERSION,
+    connect,
+    init_meta,
+    read_meta,
+)
+from facesearch.store.journal_db import high_water as high_water_of
+from facesearch.store.journal_vectors import (
+    FORMAT_CHECKSUMMED,
+    Damage,
+    RecordLayout,
+    VectorsAppender,
+    file_name,
+    file_number,
+    header_problem,
+    read_records,
+    write_file,
+)
+from facesearch.store.storage_errors import storage_errors
+from facesearch.util import failpoints
+from facesearch.util.lock import FileLock, LockHeldError
 
-SCHEMA_VERSION = 1
-JOURNAL_FILE = "journal.sqlite"
+__all__ = [
+    "CONTRACTS_DIR",
+    "JOURNAL_FILE",
+    "LIVE_VECTOR_ID_BASE",
+    "LOCK_FILE",
+    "Inspection",
+    "JournalPlace",
+    "JournalSnapshot",
+    "LiveFace",
+    "LiveIdentity",
+    "LiveJournal",
+    "NewFace",
+    "QuarantinedFace",
+    "Tombstone",
+    "damaged_message",
+    "journal_dirs",
+    "journal_place",
+]
+
+log = logging.getLogger(__name__)
+
+LOCK_FILE = "journal.lock"
 #: Journals of model contracts other than the first one a live directory served.
 CONTRACTS_DIR = "contracts"
-LIVE_VECTOR_ID_BASE = 1 << 48
-_ID_BYTES = 8
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS ops (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind TEXT NOT NULL,
-    identity_id TEXT,
-    created_at REAL NOT NULL,
-    detail TEXT
-);
-CREATE TABLE IF NOT EXISTS identities (
-    identity_id TEXT PRIMARY KEY,
-    seq INTEGER NOT NULL,
-    deleted INTEGER NOT NULL,
-    name TEXT,
-    metadata TEXT,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS faces (
-    vector_id INTEGER PRIMARY KEY,
-    seq INTEGER NOT NULL,
-    identity_id TEXT NOT NULL,
-    offset INTEGER NOT NULL,
-    source TEXT,
-    x1 REAL, y1 REAL, x2 REAL, y2 REAL,
-    det_score REAL,
-    face_size REAL,
-    blur REAL,
-    created_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS faces_identity ON faces(identity_id);
-CREATE TABLE IF NOT EXISTS tombstones (
-    vector_id INTEGER PRIMARY KEY,
-    seq INTEGER NOT NULL,
-    identity_id TEXT
-);
-"""
+#: Damaged records named in an error message (the report lists them all).
+_NAMED = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,17 +145,24 @@ def journal_place(live_dir: str | Path, contract_id: str) -> JournalPlace:
     where they were, and ``others`` lets the caller say how many are not being served.
     """
     live_dir = Path(live_dir)
-    candidates = [live_dir]
+    held = {d: _journal_summary(d) for d in journal_dirs(live_dir)}
     extra = live_dir / CONTRACTS_DIR
-    if extra.is_dir():
-        candidates += sorted(p for p in extra.iterdir() if p.is_dir())
-    held = {d: _journal_summary(d) for d in candidates if (d / JOURNAL_FILE).is_file()}
     if live_dir not in held:
         chosen = live_dir
     else:
         chosen = next((d for d, (c, _) in held.items() if c == contract_id), extra / contract_id.replace(":", "-"))
     others = tuple((d, c, n) for d, (c, n) in held.items() if d != chosen)
     return JournalPlace(chosen, others)
+
+
+def journal_dirs(live_dir: str | Path) -> list[Path]:
+    """Every journal directory under a live directory: its own, then ``contracts/*`` in name order."""
+    live_dir = Path(live_dir)
+    candidates = [live_dir]
+    extra = live_dir / CONTRACTS_DIR
+    if extra.is_dir():
+        candidates += sorted(p for p in extra.iterdir() if p.is_dir())
+    return [d for d in candidates if (d / JOURNAL_FILE).is_file()]
 
 
 def _journal_summary(directory: Path) -> tuple[str, int]:
@@ -196,62 +236,117 @@ class JournalSnapshot:
     embeddings: np.ndarray  # (len(faces), d) float32, row i for faces[i]
     tombstones: list[Tombstone]
 
+    @property
+    def empty(self) -> bool:
+        return not (self.identities or self.faces or self.tombstones)
+
+
+@dataclass(frozen=True, slots=True)
+class Inspection:
+    """The state of a journal's vectors file (:meth:`LiveJournal.inspect`)."""
+
+    vectors_file: str
+    live_faces: int  # records that rows reference
+    header: str | None  # what is wrong with a format-2 header (None: sound)
+    damaged: tuple[Damage, ...]  # referenced records that cannot be served
+    end: int  # where the last referenced record ends
+    size: int  # the file's size (bytes after ``end`` are unacknowledged writes)
+
+    @property
+    def ok(self) -> bool:
+        return self.header is None and not self.damaged
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantinedFace:
+    vector_id: int
+    identity_id: str | None
+    problem: str
+    seq: int
+    created_at: float
+
+
+def damaged_message(directory: Path, vectors_file: str, header: str | None, damage: Sequence[Damage]) -> str:
+    """The error a damaged journal is refused with: what, where, and the command that repairs it."""
+    parts = ([header] if header else []) + [d.describe() for d in damage[:_NAMED]]
+    more = f" and {len(damage) - _NAMED} more" if len(damage) > _NAMED else ""
+    return (
+        f"live journal {directory}: {len(damage)} damaged record(s) in {vectors_file}"
+        + (" (and a damaged header)" if header else "")
+        + f": {'; '.join(parts)}{more}. Their embeddings cannot be served. Stop the server and run "
+        f"`facesearch-index journal repair {directory}` to quarantine those faces (they are deleted and "
+        f"listed by `facesearch-index journal check {directory}`; re-enroll them), or restore the "
+        "directory from a backup"
+    )
+
 
 class LiveJournal:
-    """One journal directory. Writes are not thread-safe: the caller serialises them."""
+    """One journal directory, opened to write (:meth:`open`, holding its lock) or to read.
 
-    def __init__(self, directory: Path, conn: sqlite3.Connection, d: int) -> None:
+    Writes are not thread-safe: the caller serialises them. :meth:`snapshot` may run in another
+    thread meanwhile (a writer's snapshots read through a connection of their own).
+    """
+
+    def __init__(self, directory: Path, conn: sqlite3.Connection, meta: dict[str, Any], lock: FileLock | None) -> None:
         self.dir = directory
         self._conn = conn
-        self.d = d
-        self._record = _ID_BYTES + 4 * d
+        self._lock = lock
+        self.d = int(meta["d"])
+        self.journal_id = str(meta["journal_id"])
+        self.contract_id = str(meta["contract_id"])
+        self.schema = int(meta["schema_version"])
+        self._appender: VectorsAppender | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
     @classmethod
     def open(cls, directory: str | Path, *, contract_id: str, d: int, create: bool = True) -> LiveJournal:
-        """Open (or create) the journal; refuses one written for another model contract."""
+        """Open (or create) the journal to write: takes its lock, checks its records, cuts a torn
+        tail, migrates a journal written before checksums; refuses one of another model contract."""
         directory = Path(directory)
         path = directory / JOURNAL_FILE
         if not path.is_file() and not create:
             raise IndexFormatError(f"no live journal at {path}", reason=Reason.JOURNAL_MISSING)
         directory.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = FULL")
-        conn.executescript(_SCHEMA)
-        journal = cls(directory, conn, d)
-        if journal._meta("schema_version") is None:
-            journal._init_meta(contract_id, d)
-        if journal._meta("schema_version") != SCHEMA_VERSION:
-            raise IndexFormatError(
-                f"live journal {path} has schema {journal._meta('schema_version')}, this code reads {SCHEMA_VERSION}"
-            )
-        held, held_d = journal._meta("contract_id"), int(journal._meta("d"))
-        if held != contract_id or held_d != d:
-            conn.close()
-            raise ContractMismatchError(
-                f"live journal {path} holds {held_d}-d embeddings of model contract {held}, the loaded model is "
-                f"{contract_id}; compact it into an index of that model, or move it away to start an empty one"
-            )
-        journal._check_vectors_file()
+        lock = _take_lock(directory)
+        conn: sqlite3.Connection | None = None
+        try:
+            with storage_errors(f"live journal {directory}: open"):
+                conn = connect(path)
+                conn.executescript(SCHEMA)
+                meta = read_meta(conn)
+                if not meta:
+                    meta = init_meta(conn, directory, contract_id, d)
+            journal = cls(directory, conn, meta, lock)
+            if journal.schema not in READABLE_SCHEMAS:
+                raise IndexFormatError(
+                    f"live journal {path} has schema {journal.schema}, this code reads {READABLE_SCHEMAS}"
+                )
+            if journal.contract_id != contract_id or journal.d != d:
+                raise ContractMismatchError(
+                    f"live journal {path} holds {journal.d}-d embeddings of model contract {journal.contract_id}, "
+                    f"the loaded model is {contract_id}; compact it into an index of that model, or move it away "
+                    "to start an empty one"
+                )
+            journal._recover()
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            lock.release()
+            raise
         return journal
 
     @classmethod
     def open_reader(cls, directory: str | Path) -> LiveJournal:
-        """Open an existing journal to read snapshots only (e.g. while the server writes it)."""
+        """Open an existing journal to read snapshots only (e.g. while the server writes it); no lock."""
         path = Path(directory) / JOURNAL_FILE
         if not path.is_file():
             raise IndexFormatError(f"no live journal at {path}", reason=Reason.JOURNAL_MISSING)
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
-        row = conn.execute("SELECT value FROM meta WHERE key = 'd'").fetchone()
-        if row is None:
+        conn = connect(path)
+        meta = read_meta(conn)
+        if not meta:
             conn.close()
             raise IndexFormatError(f"live journal {path} has no meta (not initialised)")
-        return cls(Path(directory), conn, int(json.loads(row[0])))
-
-    @property
-    def contract_id(self) -> str:
-        return str(self._meta("contract_id"))
+        return cls(Path(directory), conn, meta, None)
 
     @classmethod
     def exists(cls, directory: str | Path) -> bool:
@@ -259,22 +354,12 @@ class LiveJournal:
 
     def close(self) -> None:
         self._conn.close()
+        if self._lock is not None:
+            self._lock.release()
 
-    def _init_meta(self, contract_id: str, d: int) -> None:
-        name = "vectors-000001.f32"
-        _create_empty(self.dir / name)
-        meta = {
-            "schema_version": SCHEMA_VERSION,
-            "contract_id": contract_id,
-            "d": d,
-            "journal_id": uuid.uuid4().hex,
-            "vectors_file": name,
-            "next_vector_id": LIVE_VECTOR_ID_BASE,
-        }
-        with self._txn():
-            self._conn.executemany(
-                "INSERT OR IGNORE INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()]
-            )
+    @property
+    def writer(self) -> bool:
+        return self._lock is not None
 
     def _meta(self, key: str) -> Any:
         row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -284,76 +369,176 @@ class LiveJournal:
         self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
 
     @property
-    def journal_id(self) -> str:
-        return str(self._meta("journal_id"))
-
-    @property
     def vectors_path(self) -> Path:
         return self.dir / str(self._meta("vectors_file"))
 
-    def _check_vectors_file(self) -> None:
-        """Cut a torn trailing record left by a crash (no committed row can reference it)."""
-        path = self.vectors_path
-        if not path.exists():
-            committed = self._conn.execute("SELECT COUNT(*) FROM faces").fetchone()[0]
-            if committed:
-                raise IndexFormatError(
-                    f"live journal {self.dir}: {path.name} is missing but {committed} faces reference it"
-                )
-            _create_empty(path)
-            return
-        size = path.stat().st_size
-        whole = size - size % self._record
-        if whole != size:
-            with path.open("r+b") as fh:
-                fh.truncate(whole)
-                os.fsync(fh.fileno())
+    def _layout(self, path: Path) -> RecordLayout:
+        return RecordLayout.of(path, self.d)
 
-    @contextlib.contextmanager
-    def _txn(self) -> Iterator[None]:
-        """One write transaction (``BEGIN IMMEDIATE``): committed whole or rolled back."""
-        self._conn.execute("BEGIN IMMEDIATE")
+    def _what(self, action: str) -> str:
+        return f"live journal {self.dir}: {action}"
+
+    # -- checking and repairing ------------------------------------------------------------
+    def _recover(self) -> None:
+        """The writer's open: refuse damage, cut the unreferenced tail, migrate format 1."""
+        path = self.vectors_path
+        refs = self._conn.execute("SELECT vector_id, offset FROM faces").fetchall()
+        header, damage, end = _inspect(path, self._layout(path), refs)
+        if header or damage:
+            raise IndexFormatError(damaged_message(self.dir, path.name, header, damage), reason=Reason.JOURNAL_DAMAGED)
+        layout = self._layout(path)
+        if not path.exists():  # nothing references it (else: damage): start a fresh file
+            self._rewrite("recreate a missing vectors file")
+            return
+        appender = VectorsAppender(path, layout, end)
+        size = path.stat().st_size
+        if size > end:
+            with storage_errors(self._what("cut the unreferenced tail")):
+                appender.cut(end)
+            whole = (size - end) // layout.size
+            log.warning(
+                "live journal %s: cut %d bytes after the last acknowledged record of %s (%d unacknowledged "
+                "record(s)%s: writes a crash or a full disk interrupted before they were acknowledged)",
+                self.dir,
+                size - end,
+                path.name,
+                whole,
+                f" and a torn record of {(size - end) % layout.size} bytes" if (size - end) % layout.size else "",
+            )
+        self._appender = appender
+        if layout.version != FORMAT_CHECKSUMMED or self.schema != SCHEMA_VERSION:
+            old = path.name
+            self._rewrite("migrate to checksummed records")
+            log.info(
+                "live journal %s: migrated to checksummed records (schema %d -> %d, %s -> %s, %d faces)",
+                self.dir,
+                self.schema,
+                SCHEMA_VERSION,
+                old,
+                self.vectors_path.name,
+                len(refs),
+            )
+            self.schema = SCHEMA_VERSION
+
+    @classmethod
+    def open_to_repair(cls, directory: str | Path) -> LiveJournal:
+        """Open a journal to write without checking it (for :func:`facesearch.store.journal_check.repair`):
+        takes the writer's lock, so the server must be stopped."""
+        directory = Path(directory)
+        if not (directory / JOURNAL_FILE).is_file():
+            raise IndexFormatError(f"no live journal at {directory / JOURNAL_FILE}", reason=Reason.JOURNAL_MISSING)
+        lock = _take_lock(directory)
         try:
-            yield
+            conn = connect(directory / JOURNAL_FILE)
+            with storage_errors(f"live journal {directory}: open"):
+                conn.executescript(SCHEMA)
+            return cls(directory, conn, read_meta(conn), lock)
         except BaseException:
-            self._conn.execute("ROLLBACK")
+            lock.release()
             raise
-        self._conn.execute("COMMIT")
+
+    def inspect(self) -> Inspection:
+        """Every referenced record checked, read-only (in one read transaction)."""
+        self._conn.execute("BEGIN")
+        try:
+            path = self.dir / str(self._meta("vectors_file"))
+            refs = self._conn.execute("SELECT vector_id, offset FROM faces").fetchall()
+        finally:
+            self._conn.execute("COMMIT")
+        header, damage, end = _inspect(path, self._layout(path), refs)
+        size = path.stat().st_size if path.exists() else 0
+        return Inspection(path.name, len(refs), header, tuple(damage), end, size)
+
+    def quarantine(self, damage: Sequence[Damage]) -> Path:
+        """Delete and tombstone the faces of damaged records (listed in ``quarantine``), in one
+        transaction that also rewrites the vectors file with the good records; returns the new file."""
+        path = self.vectors_path
+        owner = dict(self._conn.execute("SELECT vector_id, identity_id FROM faces").fetchall())
+        created: list[Path] = []
+        with storage_errors(self._what("quarantine")), self._txn(undo=lambda: _unlink_all(created)):
+            if damage:
+                seq = self._op("quarantine", None, {"vector_ids": [d.vector_id for d in damage]})
+                now = time.time()
+                for dmg in damage:
+                    who = owner.get(dmg.vector_id)
+                    self._conn.execute("DELETE FROM faces WHERE vector_id = ?", (dmg.vector_id,))
+                    self._conn.execute("INSERT OR REPLACE INTO tombstones VALUES (?, ?, ?)", (dmg.vector_id, seq, who))
+                    self._conn.execute(
+                        "INSERT OR REPLACE INTO quarantine VALUES (?, ?, ?, ?, ?)",
+                        (dmg.vector_id, seq, who, dmg.problem, now),
+                    )
+            new, end = self._rotate(created)
+            self._set_meta("schema_version", SCHEMA_VERSION)
+        self._finish_rotation(path, new, end)
+        self.schema = SCHEMA_VERSION
+        return new
+
+    def quarantined(self) -> tuple[QuarantinedFace, ...]:
+        """Faces ``quarantine`` ever took out (until their identity is deleted)."""
+        try:
+            rows = self._conn.execute(
+                "SELECT vector_id, identity_id, problem, seq, created_at FROM quarantine ORDER BY vector_id"
+            ).fetchall()
+        except sqlite3.OperationalError:  # schema 1: no quarantine table yet
+            return ()
+        return tuple(QuarantinedFace(r[0], r[1], r[2], r[3], r[4]) for r in rows)
 
     # -- reads -------------------------------------------------------------------------
     def high_water(self) -> int:
-        row = self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'ops'").fetchone()
-        return int(row[0]) if row else 0
+        return high_water_of(self._conn)
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """A connection for a read transaction: the writer's snapshots use one of their own."""
+        if not self.writer:
+            yield self._conn
+            return
+        conn = connect(self.dir / JOURNAL_FILE)
+        try:
+            yield conn
+        finally:
+            conn.close()
 
     def snapshot(self, after_seq: int = 0) -> JournalSnapshot:
-        """Everything with ``seq > after_seq``, read in one transaction (a consistent cut)."""
-        conn = self._conn
-        conn.execute("BEGIN")
-        try:
-            high = self.high_water()
-            vectors_file = self.dir / str(self._meta("vectors_file"))
-            identities = [
-                LiveIdentity(r[0], r[1], bool(r[2]), r[3], json.loads(r[4]) if r[4] else {}, r[5], r[6])
-                for r in conn.execute(
-                    "SELECT identity_id, seq, deleted, name, metadata, created_at, updated_at "
-                    "FROM identities WHERE seq > ? ORDER BY identity_id",
+        """Everything with ``seq > after_seq``, read in one transaction (a consistent cut); every
+        embedding checked (damage raises ``JOURNAL_DAMAGED``: none is ever returned)."""
+        with self._reading() as conn:
+            conn.execute("BEGIN")
+            try:
+                high = high_water_of(conn)
+                row = conn.execute("SELECT value FROM meta WHERE key = 'vectors_file'").fetchone()
+                vectors_file = self.dir / str(json.loads(row[0]))
+                identities = [
+                    LiveIdentity(r[0], r[1], bool(r[2]), r[3], json.loads(r[4]) if r[4] else {}, r[5], r[6])
+                    for r in conn.execute(
+                        "SELECT identity_id, seq, deleted, name, metadata, created_at, updated_at "
+                        "FROM identities WHERE seq > ? ORDER BY identity_id",
+                        (after_seq,),
+                    )
+                ]
+                rows = conn.execute(
+                    "SELECT vector_id, seq, identity_id, offset, source, x1, y1, x2, y2, det_score, face_size, blur, "
+                    "created_at FROM faces WHERE seq > ? ORDER BY vector_id",
                     (after_seq,),
-                )
-            ]
-            rows = conn.execute(
-                "SELECT vector_id, seq, identity_id, offset, source, x1, y1, x2, y2, det_score, face_size, blur, "
-                "created_at FROM faces WHERE seq > ? ORDER BY vector_id",
-                (after_seq,),
-            ).fetchall()
-            tombstones = [
-                Tombstone(r[0], r[1], r[2])
-                for r in conn.execute(
-                    "SELECT vector_id, seq, identity_id FROM tombstones WHERE seq > ? ORDER BY vector_id", (after_seq,)
-                )
-            ]
-            embeddings = self._read_vectors(vectors_file, [(r[0], r[3]) for r in rows])
-        finally:
-            conn.execute("COMMIT")
+                ).fetchall()
+                tombstones = [
+                    Tombstone(r[0], r[1], r[2])
+                    for r in conn.execute(
+                        "SELECT vector_id, seq, identity_id FROM tombstones WHERE seq > ? ORDER BY vector_id",
+                        (after_seq,),
+                    )
+                ]
+                refs = [(r[0], r[3]) for r in rows]
+                if refs and not vectors_file.exists():
+                    embeddings, damage = np.zeros((0, self.d), np.float32), [Damage(v, o, "missing") for v, o in refs]
+                else:
+                    embeddings, damage = read_records(vectors_file, self._layout(vectors_file), refs)
+            finally:
+                conn.execute("COMMIT")
+        if damage:
+            raise IndexFormatError(
+                damaged_message(self.dir, vectors_file.name, None, damage), reason=Reason.JOURNAL_DAMAGED
+            )
         faces = [
             LiveFace(
                 r[0], r[1], r[2], r[4], None if r[5] is None else (r[5], r[6], r[7], r[8]), r[9], r[10], r[11], r[12]
@@ -362,33 +547,57 @@ class LiveJournal:
         ]
         return JournalSnapshot(self.journal_id, high, identities, faces, embeddings, tombstones)
 
-    def _read_vectors(self, path: Path, refs: Sequence[tuple[int, int]]) -> np.ndarray:
-        out = np.empty((len(refs), self.d), dtype=np.float32)
-        if not refs:
-            return out
-        with path.open("rb") as fh:
-            data = np.frombuffer(fh.read(), dtype=np.uint8)
-        for i, (vid, offset) in enumerate(refs):
-            rec = data[offset : offset + self._record]
-            if len(rec) != self._record or int(rec[:_ID_BYTES].view("<i8")[0]) != vid:
-                raise IndexFormatError(
-                    f"live journal {self.dir}: vector of face {vid} at offset {offset} of "
-                    f"{path.name} is missing or belongs to another face"
-                )
-            out[i] = rec[_ID_BYTES:].view("<f4")
-        return out
-
     # -- writes ------------------------------------------------------------------------
+    def _writer_appender(self) -> VectorsAppender:
+        if self._appender is None:
+            raise PreconditionError(f"live journal {self.dir} was opened to read, not to write")
+        return self._appender
+
+    @contextlib.contextmanager
+    def _txn(self, undo: Callable[[], None] | None = None) -> Iterator[None]:
+        """One write transaction (``BEGIN IMMEDIATE``): committed whole or rolled back.
+
+        ``undo`` runs when the body (or the ``journal.commit`` failpoint before ``COMMIT``) fails:
+        nothing was committed, so what the body wrote outside SQLite can go. Not when ``COMMIT``
+        itself fails: the disk may hold the transaction after all.
+        """
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            failpoints.hit("journal.commit")
+        except BaseException:
+            self._rollback()
+            if undo is not None:
+                undo()
+            raise
+        try:
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+
+    def _rollback(self) -> None:
+        if self._conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("ROLLBACK")
+
     def enroll(self, identity: LiveIdentity, faces: Sequence[NewFace]) -> tuple[int, np.ndarray]:
         """Add ``faces`` to ``identity`` (whose row is written as given, with the new seq).
 
-        Returns ``(seq, vector_ids)``; durable when this returns.
+        Returns ``(seq, vector_ids)``; durable when this returns. A full or failing disk raises
+        :class:`~facesearch.errors.UnavailableError` with nothing written.
         """
+        embeddings = np.stack([f.embedding for f in faces]) if faces else np.zeros((0, self.d), np.float32)
+        if embeddings.shape != (len(faces), self.d):
+            raise IndexFormatError(f"embeddings of shape {embeddings.shape}, expected ({len(faces)}, {self.d})")
+        appender = self._writer_appender()
+        start = appender.end
         now = time.time()
-        with self._txn():
+        what = self._what(f"enroll {identity.identity_id!r}")
+        with storage_errors(what), self._txn(undo=lambda: appender.cut(start)):
             first = int(self._meta("next_vector_id"))
             vids = np.arange(first, first + len(faces), dtype=np.int64)
-            offsets = self._append_vectors(vids, np.stack([f.embedding for f in faces]) if faces else None)
+            offsets = appender.append(vids, embeddings)
             seq = self._op("enroll", identity.identity_id, {"faces": len(faces)})
             self._put_identity(identity, seq)
             self._conn.executemany(
@@ -414,16 +623,19 @@ class LiveJournal:
 
     def delete_identity(self, identity: LiveIdentity, vector_ids: Sequence[int]) -> int:
         """Mark ``identity`` deleted and tombstone ``vector_ids`` (all its faces); returns the seq."""
-        with self._txn():
+        self._writer_appender()
+        with storage_errors(self._what(f"delete {identity.identity_id!r}")), self._txn():
             seq = self._op("delete_identity", identity.identity_id, {"faces": len(vector_ids)})
             self._put_identity(identity, seq)
             self._conn.execute("DELETE FROM faces WHERE identity_id = ?", (identity.identity_id,))
+            self._conn.execute("DELETE FROM quarantine WHERE identity_id = ?", (identity.identity_id,))
             self._tombstone(vector_ids, seq, identity.identity_id)
         return seq
 
     def delete_faces(self, vector_ids: Sequence[int], identity_ids: Sequence[str]) -> int:
         """Tombstone faces (of the version or live); returns the seq."""
-        with self._txn():
+        self._writer_appender()
+        with storage_errors(self._what("delete faces")), self._txn():
             seq = self._op("delete_faces", None, {"vector_ids": [int(v) for v in vector_ids]})
             for chunk in _chunks([int(v) for v in vector_ids], 900):
                 self._conn.execute(f"DELETE FROM faces WHERE vector_id IN ({','.join('?' * len(chunk))})", chunk)
@@ -435,28 +647,53 @@ class LiveJournal:
 
     def prune(self, upto_seq: int) -> None:
         """Forget every change with ``seq <= upto_seq`` (a published version contains them)."""
-        with self._txn():
+        self._writer_appender()
+        old = self.vectors_path
+        created: list[Path] = []
+        with storage_errors(self._what("prune")), self._txn(undo=lambda: _unlink_all(created)):
             for table in ("ops", "identities", "faces", "tombstones"):
                 self._conn.execute(f"DELETE FROM {table} WHERE seq <= ?", (upto_seq,))
-            self._rotate_vectors()
+            new, end = self._rotate(created)
+        self._finish_rotation(old, new, end)
 
-    def _rotate_vectors(self) -> None:
-        """Copy the still-referenced vectors into a new file (inside the caller's transaction)."""
+    def _rewrite(self, why: str) -> None:
+        """Rotate the vectors file now, in a transaction of its own (and mark the schema current)."""
+        old = self.vectors_path
+        created: list[Path] = []
+        with storage_errors(self._what(why)), self._txn(undo=lambda: _unlink_all(created)):
+            new, end = self._rotate(created)
+            self._set_meta("schema_version", SCHEMA_VERSION)
+        self._finish_rotation(old, new, end)
+
+    def _rotate(self, created: list[Path]) -> tuple[Path, int]:
+        """Copy the still-referenced vectors into a new checksummed file (inside the caller's
+        transaction); returns the new file and the end of its last record."""
         old = self.vectors_path
         rows = self._conn.execute("SELECT vector_id, offset FROM faces ORDER BY vector_id").fetchall()
-        keep = self._read_vectors(old, rows)
-        number = int(old.stem.split("-")[-1]) + 1
-        new = self.dir / f"vectors-{number:06d}.f32"
-        _create_empty(new)
-        offsets = self._write_records(new, np.asarray([r[0] for r in rows], dtype=np.int64), keep)
+        keep = np.zeros((0, self.d), np.float32)
+        if rows:
+            keep, damage = read_records(old, self._layout(old), rows)
+            if damage:  # never copy a damaged record (repair quarantines them first)
+                raise IndexFormatError(damaged_message(self.dir, old.name, None, damage), reason=Reason.JOURNAL_DAMAGED)
+        new = self.dir / file_name(file_number(old) + 1)
+        layout = RecordLayout(FORMAT_CHECKSUMMED, self.d)
+        created.append(new)
+        offsets = write_file(new, layout, np.asarray([r[0] for r in rows], dtype=np.int64), keep)
         self._conn.executemany(
             "UPDATE faces SET offset = ? WHERE vector_id = ?",
             [(off, r[0]) for off, r in zip(offsets, rows, strict=True)],
         )
         self._set_meta("vectors_file", new.name)
-        for stale in self.dir.glob("vectors-*.f32"):  # keep the previous file for readers mid-snapshot
+        return new, layout.header + len(rows) * layout.size
+
+    def _finish_rotation(self, old: Path, new: Path, end: int) -> None:
+        """After the switch committed: append to the new file; drop files older than the previous
+        one (kept for readers in the middle of a snapshot)."""
+        self._appender = VectorsAppender(new, RecordLayout(FORMAT_CHECKSUMMED, self.d), end)
+        for stale in self.dir.glob("vectors-*"):
             if stale.name not in (new.name, old.name):
-                stale.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    stale.unlink()
 
     # -- internals ---------------------------------------------------------------------
     def _op(self, kind: str, identity_id: str | None, detail: dict[str, Any]) -> int:
@@ -485,46 +722,33 @@ class LiveJournal:
             "INSERT OR REPLACE INTO tombstones VALUES (?, ?, ?)", [(int(v), seq, identity_id) for v in vector_ids]
         )
 
-    def _append_vectors(self, vids: np.ndarray, embeddings: np.ndarray | None) -> list[int]:
-        if embeddings is None or len(vids) == 0:
-            return []
-        if embeddings.shape != (len(vids), self.d):
-            raise IndexFormatError(f"embeddings of shape {embeddings.shape}, expected ({len(vids)}, {self.d})")
-        return self._write_records(self.vectors_path, vids, embeddings)
 
-    def _write_records(self, path: Path, vids: np.ndarray, embeddings: np.ndarray) -> list[int]:
-        """Append records and fsync; returns their offsets."""
-        if len(vids) == 0:
-            return []
-        records = np.empty((len(vids), self._record), dtype=np.uint8)
-        records[:, :_ID_BYTES] = np.ascontiguousarray(vids, dtype="<i8").view(np.uint8).reshape(-1, _ID_BYTES)
-        records[:, _ID_BYTES:] = np.ascontiguousarray(embeddings, dtype="<f4").view(np.uint8).reshape(len(vids), -1)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-        try:
-            start = os.fstat(fd).st_size
-            view = memoryview(records.tobytes())
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        return [start + i * self._record for i in range(len(vids))]
-
-
-def _create_empty(path: Path) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+def _take_lock(directory: Path) -> FileLock:
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
+        return FileLock(directory / LOCK_FILE).acquire()
+    except LockHeldError as held:
+        raise PreconditionError(
+            f"live journal {directory} is being written by pid {held.holder_pid or '(unknown)'} ({held.path}): "
+            "another facesearch-server on the same index root or live directory, or a `facesearch-index journal "
+            "repair`; only one process may write a live journal: stop it first, or give this server its own "
+            "FACESEARCH_LIVE_DIR",
+            reason=Reason.LOCK_HELD,
+        ) from None
+
+
+def _inspect(path: Path, layout: RecordLayout, refs: Sequence[tuple[int, int]]) -> tuple[str | None, list[Damage], int]:
+    """``(header problem, damaged referenced records, end of the last referenced record)``."""
+    end = max((off + layout.size for _, off in refs), default=layout.header)
+    if not path.exists():
+        return None, [Damage(int(v), int(o), "missing") for v, o in refs], end
+    _, damage = read_records(path, layout, refs)
+    return header_problem(path, layout), damage, end
+
+
+def _unlink_all(paths: list[Path]) -> None:
+    for path in paths:
+        with contextlib.suppress(OSError):
+            path.unlink()
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:

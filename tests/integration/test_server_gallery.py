@@ -3,13 +3,14 @@ checked against exact brute force, deletions, merged listing, and installing a c
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from facesearch.errors import AlreadyExistsError, NotFoundError
-from facesearch.store.live_journal import LiveJournal, NewFace
+from facesearch.store.live_journal import JournalSnapshot, LiveJournal, NewFace
 from indexer.compact import compact
 from server.base_index import BaseIndex
 from server.gallery import Gallery, GalleryState
@@ -196,3 +197,51 @@ def test_open_set_statistics_stay_exact_through_changes_and_replay(setup) -> Non
     _assert_statistics_exact(gallery, faces, "after enrolls and deletes")
     gallery.install(BaseIndex.load(root, contract_id=CONTRACT))  # what a restart or a swap does: replay
     _assert_statistics_exact(gallery, faces, "after replaying the live changes")
+
+
+def test_writes_go_on_while_a_version_is_installed(setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The install replays the journal without the write lock: enrollments and deletions made meanwhile
+    return at once, and the switch replays them into the new state too (statistics still exact)."""
+    gallery, vecs, root = setup
+    faces = dict(vecs)
+    emb, ids = synthetic_embeddings(3000, seed=11)
+    for step in range(8):  # live changes for the install to replay
+        x = near(emb[30 * step], step)
+        out = gallery.enroll(f"before-{step}", None, {}, new_faces(x[None]), create_only=True)
+        faces[int(out.face_ids[0])] = (f"before-{step}", x)
+    building, release = threading.Event(), threading.Event()
+    original = Gallery._build
+
+    def slow_build(self: Gallery, base: BaseIndex | None, snap: JournalSnapshot) -> GalleryState:
+        state = original(self, base, snap)
+        building.set()
+        assert release.wait(120)
+        return state
+
+    monkeypatch.setattr(Gallery, "_build", slow_build)
+    installer = threading.Thread(target=gallery.install, args=(BaseIndex.load(root, contract_id=CONTRACT),))
+    installer.start()
+    assert building.wait(120)
+    doomed = sorted(set(ids))[3]
+    one_face = sorted(v for v in faces if v in vecs and faces[v][0] != doomed)[7]
+
+    def write() -> None:
+        x = near(emb[11], 99)
+        out = gallery.enroll("during", None, {}, new_faces(x[None]), create_only=True)
+        faces[int(out.face_ids[0])] = ("during", x)
+        gallery.delete_identity(doomed)
+        gallery.delete_faces([str(one_face)])
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    writer.join(60)
+    assert not writer.is_alive(), "writes waited for the whole install"
+    assert installer.is_alive()  # still replaying: the writes went to the state being replaced
+    release.set()
+    installer.join(120)
+    for v in [v for v, f in faces.items() if f[0] == doomed] + [one_face]:
+        del faces[v]
+    state = gallery.state
+    assert state.identity("during") is not None and state.identity(doomed) is None
+    assert one_face in state.live.tombstones
+    _assert_statistics_exact(gallery, faces, "after writes made during an install")

@@ -154,3 +154,39 @@ def test_built_from_index_neighbours_equals_brute_force() -> None:
     want = GalleryCohort.from_scores(names, sims, 4, 6)
     np.testing.assert_allclose(got.means(names), want.means(names), atol=1e-6)
     assert got.enroll_radius == pytest.approx(want.enroll_radius)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_bulk_changes_equal_one_at_a_time_and_a_recomputation(seed: int) -> None:
+    """delete_many + enroll_many (a replay of many identities at once) leave the buffers that delete +
+    enroll of each in turn leave, and the means of a recomputation."""
+    rng = np.random.default_rng(seed)
+    pool = _unit(rng, 90)
+    k, depth = 4, 7
+    live: dict[Hashable, np.ndarray] = {f"p{i}": pool[i] for i in range(60)}
+    one, bulk = _scratch(live, k, depth), _scratch(live, k, depth)
+    gone = [f"p{i}" for i in rng.choice(60, 12, replace=False)]
+    for name in gone:
+        one.delete(name)
+        del live[name]
+    bulk.delete_many([*gone, "nobody"])
+    for cohort in (one, bulk):
+        for name in cohort.stale():
+            cohort.refresh(name, *_search(live, live[name], skip=name))
+    np.testing.assert_allclose(bulk.means(list(live)), one.means(list(live)), atol=1e-6)
+    newcomers = {f"p{i}": pool[i] for i in range(60, 90)} | {name: _unit(rng, 1)[0] for name in gone[:5]}
+    for name, x in newcomers.items():  # one at a time: each against those present then
+        one.enroll(name, *_search(live, x, above=one.enroll_radius, top=depth))
+        live[name] = x
+    entries = []
+    for name, x in newcomers.items():  # all at once: each against the gallery as it is afterwards
+        ids, scores = _search(live, x, skip=name, above=bulk.enroll_radius, top=depth)
+        entries.append((name, ids, scores))
+    bulk.enroll_many(entries)
+    _assert_same(bulk, live, k, depth)
+    for name in live:
+        got, want = bulk.neighbours(name), one.neighbours(name)
+        m = min(len(got[0]), len(want[0]))
+        assert got[0][:m] == want[0][:m], name
+    with pytest.raises(AlreadyExistsError):
+        bulk.enroll_many([("p61", [], [])])

@@ -1,13 +1,21 @@
-"""The live journal: durable changes, consistent snapshots, pruning, crash leftovers."""
+"""The live journal: durable changes, consistent snapshots, pruning, crash leftovers, the writer's lock,
+and journals written before checksums (read by both, migrated by the writer)."""
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from facesearch.errors import ContractMismatchError
+from facesearch.errors import ContractMismatchError, PreconditionError, Reason
+from facesearch.store.journal_vectors import FORMAT_CHECKSUMMED, HEADER_BYTES, RecordLayout, read_records
 from facesearch.store.live_journal import LIVE_VECTOR_ID_BASE, LiveIdentity, LiveJournal, NewFace
 
 D = 8
@@ -72,7 +80,7 @@ def test_torn_vector_tail_is_cut_and_ignored(tmp_path: Path) -> None:
     with path.open("ab") as fh:  # a crash mid-append: half a record, never committed
         fh.write(b"\x01" * 13)
     j = LiveJournal.open(tmp_path, contract_id="m:1", d=D)
-    assert path.stat().st_size % (8 + 4 * D) == 0
+    assert path.stat().st_size == HEADER_BYTES + RecordLayout(FORMAT_CHECKSUMMED, D).size  # the torn part is cut
     j.enroll(ident("bob"), [face(2)])
     snap = j.snapshot()
     assert [f.identity_id for f in snap.faces] == ["alice", "bob"]
@@ -94,3 +102,87 @@ def test_reader_sees_writer_changes(tmp_path: Path) -> None:
     assert len(r.snapshot().faces) == 1
     r.close()
     w.close()
+
+
+def _as_legacy(directory: Path) -> None:
+    """Rewrite a closed journal as the code before checksums wrote it: schema 1, no quarantine table,
+    ``vectors-NNNNNN.f32`` holding bare ``int64 id + d float32`` records at the offsets its rows name."""
+    conn = sqlite3.connect(directory / "journal.sqlite", isolation_level=None)
+    meta = {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}
+    vec = directory / meta["vectors_file"]
+    layout = RecordLayout(FORMAT_CHECKSUMMED, D)
+    rows = conn.execute("SELECT vector_id, offset FROM faces ORDER BY vector_id").fetchall()
+    emb, damage = read_records(vec, layout, rows)
+    assert not damage
+    legacy = directory / "vectors-000001.f32"
+    records = b"".join(
+        np.int64(v).astype("<i8").tobytes() + e.astype("<f4").tobytes() for (v, _), e in zip(rows, emb, strict=True)
+    )
+    legacy.write_bytes(records)
+    conn.execute("BEGIN")
+    for i, (v, _) in enumerate(rows):
+        conn.execute("UPDATE faces SET offset = ? WHERE vector_id = ?", (i * (8 + 4 * D), v))
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'vectors_file'", (json.dumps(legacy.name),))
+    conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    conn.execute("DROP TABLE quarantine")
+    conn.execute("COMMIT")
+    conn.close()
+    for other in directory.glob("vectors-*.vec"):
+        other.unlink()
+
+
+def test_a_journal_written_before_checksums_is_read_and_migrated(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    j = LiveJournal.open(tmp_path, contract_id="m:1", d=D)
+    _, v1 = j.enroll(ident("alice"), [face(1), face(2)])
+    _, v2 = j.enroll(ident("bob"), [face(3)])
+    j.delete_faces([int(v1[0])], ["alice"])
+    j.close()
+    _as_legacy(tmp_path)
+    reader = LiveJournal.open_reader(tmp_path)  # a compaction reads the old format as it is
+    assert reader.schema == 1 and [f.vector_id for f in reader.snapshot().faces] == [int(v1[1]), int(v2[0])]
+    reader.close()
+    with caplog.at_level(logging.INFO, logger="facesearch.store.live_journal"):
+        j = LiveJournal.open(tmp_path, contract_id="m:1", d=D)
+    assert "migrated to checksummed records (schema 1 -> 2" in caplog.text
+    assert j.schema == 2 and j.vectors_path.suffix == ".vec"
+    snap = j.snapshot()
+    np.testing.assert_array_equal(snap.embeddings, np.stack([face(2).embedding, face(3).embedding]))
+    _, v3 = j.enroll(ident("carol"), [face(4)])  # appended as a checksummed record
+    j.close()
+    j = LiveJournal.open(tmp_path, contract_id="m:1", d=D)
+    assert [f.vector_id for f in j.snapshot().faces] == [int(v1[1]), int(v2[0]), int(v3[0])]
+    j.close()
+    conn = sqlite3.connect(tmp_path / "journal.sqlite")  # the code before checksums refuses schema 2 (no misreads)
+    assert json.loads(conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]) == 2
+    conn.close()
+
+
+def test_a_second_writer_is_refused_naming_the_holder_and_readers_still_read(tmp_path: Path) -> None:
+    j = LiveJournal.open(tmp_path, contract_id="m:1", d=D)
+    j.enroll(ident("alice"), [face(1)])
+    with pytest.raises(PreconditionError, match=f"pid {os.getpid()}") as err:
+        LiveJournal.open(tmp_path, contract_id="m:1", d=D)
+    assert err.value.reason == Reason.LOCK_HELD
+    holder = subprocess.run(  # another process: refused too, and told this process's pid
+        [sys.executable, "-c", _SECOND_WRITER, str(tmp_path)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert holder.returncode == 3 and f"pid {os.getpid()}" in holder.stdout, holder.stdout + holder.stderr
+    reader = LiveJournal.open_reader(tmp_path)  # compaction's way in: no lock
+    assert len(reader.snapshot().faces) == 1
+    reader.close()
+    j.close()
+    LiveJournal.open(tmp_path, contract_id="m:1", d=D).close()  # released on close
+
+
+_SECOND_WRITER = """
+import sys
+from facesearch.errors import PreconditionError
+from facesearch.store.live_journal import LiveJournal
+try:
+    LiveJournal.open(sys.argv[1], contract_id="m:1", d=8)
+except PreconditionError as err:
+    print(err)
+    sys.exit(3)
+"""
