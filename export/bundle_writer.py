@@ -8,7 +8,16 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from export.mmod import export_detector
+from export.mmod import export_detector, verification_inputs
+from export.quantize import (
+    DEFAULT_PHOTOS,
+    DEFAULT_SEED,
+    INT8_FILE,
+    choose_photos,
+    measure_ranges,
+    quantize_detector,
+    shipped_ranges,
+)
 from export.resnet import export_embedder
 from export.shape_predictor import export_landmarks
 from export.shipped_calibration import install_shipped_calibration
@@ -17,6 +26,7 @@ from facesearch.bundle.manifest import (
     PREPROCESSING_VERSION,
     BundleManifest,
     ChipSpec,
+    DetectorVariant,
     EmbeddingSpec,
     ModelFile,
     contract_id,
@@ -39,6 +49,14 @@ class DlibExportConfig:
     #: Install the decision calibration shipped for these exact model files and settings
     #: (export/calibrations/, measured on lfw-dev), so thresholds by FMR/FPIR work out of the box.
     shipped_calibration: bool = True
+    #: The detector the bundle runs. FLOAT is dlib's network, exact parity with dlib's CNN detector.
+    #: INT8 (export/quantize.py) adds ``detector.int8.onnx`` and runs it, keeping the float model
+    #: beside it for parity; measured in bench/results/detector_speed.md. The detector finds the
+    #: faces and does not change what an embedding means, so it is not part of the contract id.
+    detector: DetectorVariant = DetectorVariant.FLOAT
+    #: Photos to measure the int8 detector's activation ranges on (DEFAULT_PHOTOS of them drawn with
+    #: DEFAULT_SEED); None: the ranges shipped in export/calibrations/mmod-int8 (lfw-dev).
+    detector_calibration: Path | None = None
 
 
 def _source_version() -> str:
@@ -46,6 +64,19 @@ def _source_version() -> str:
         return metadata.version(SOURCE_PACKAGE)
     except metadata.PackageNotFoundError:
         return "unknown"
+
+
+def _int8_detector(float_path: Path, float_section: ModelFile, config: DlibExportConfig) -> dict[str, Any]:
+    """Quantise the exported float detector into ``detector.int8.onnx``; its manifest section."""
+    section = float_section.details
+    if config.detector_calibration is None:
+        ranges = shipped_ranges()
+    else:
+        root = config.detector_calibration
+        photos = choose_photos(root, DEFAULT_PHOTOS, DEFAULT_SEED)
+        rule = f"{DEFAULT_PHOTOS} photos under --detector-calibration drawn with numpy default_rng(seed)"
+        ranges = measure_ranges(float_path, section, root, photos, seed=DEFAULT_SEED, rule=rule)
+    return quantize_detector(float_path, section, ranges, float_path.with_name(INT8_FILE), verification_inputs(section))
 
 
 def write_dlib_bundle(config: DlibExportConfig) -> dict[str, Any]:
@@ -66,6 +97,10 @@ def write_dlib_bundle(config: DlibExportConfig) -> dict[str, Any]:
     sections = {}
     for role, filename in outputs.items():
         sections[role] = ModelFile(filename, converters[role](sources[role], tmp / filename))
+    if config.detector is DetectorVariant.INT8:
+        sections["detector"] = ModelFile(
+            INT8_FILE, _int8_detector(tmp / outputs["detector"], sections["detector"], config)
+        )
     files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
     dim = int(sections["embedder"].details["embedding_dim"])
     manifest = BundleManifest(

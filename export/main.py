@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from facesearch.bundle.manifest import DetectorVariant
 from facesearch.errors import ExitCode, FaceSearchError, exit_code
 
 
@@ -35,6 +36,22 @@ def build_parser() -> argparse.ArgumentParser:
         "(measured on lfw-dev; default: on). Recalibrate on your own data with "
         "`facesearch eval calibrate`",
     )
+    dlib.add_argument(
+        "--detector",
+        choices=[v.value for v in DetectorVariant],
+        default=DetectorVariant.FLOAT.value,
+        help="the face detector the bundle runs: float (default), dlib's network with exact dlib parity; "
+        "int8, the same network quantised, faster on CPUs (the bundle keeps the float one for parity; "
+        "bench/results/detector_speed.md)",
+    )
+    dlib.add_argument(
+        "--detector-calibration",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="with --detector int8: measure its activation ranges on photos in DIR "
+        "(default: the ranges shipped with facesearch, measured on lfw-dev)",
+    )
     ckpt = sub.add_parser("checkpoint", help="turn a facesearch-train checkpoint (RUN_DIR/best.pt) into a bundle")
     ckpt.add_argument("checkpoint", type=Path, metavar="CKPT", help="training checkpoint, e.g. RUN_DIR/best.pt")
     ckpt.add_argument("--out", type=Path, required=True, help="bundle directory to write")
@@ -58,7 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "dlib" and args.detector_calibration is not None and args.detector != DetectorVariant.INT8:
+        parser.error("--detector-calibration needs --detector int8")
     try:
         if args.command == "dlib":
             from export.bundle_writer import DlibExportConfig, write_dlib_bundle  # noqa: PLC0415
@@ -69,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
                     models_dir=args.models_dir,
                     flip_average=args.flip_average,
                     shipped_calibration=args.shipped_calibration,
+                    detector=DetectorVariant(args.detector),
+                    detector_calibration=args.detector_calibration,
                 )
             )
             print(f"wrote {args.out} (contract {manifest['contract_id']})")

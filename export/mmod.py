@@ -26,6 +26,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from export.onnx_write import OPSET, export_onnx
+from facesearch.bundle.manifest import DetectorVariant
 from facesearch.errors import ModelFormatError
 from facesearch.nets.dlib_architectures import Op, match_plan, mmod_plan
 from facesearch.nets.dlib_dnn import DnnLayer, DnnModel, read_dnn_file
@@ -232,7 +233,7 @@ def verify_onnx(net: torch.nn.Module, onnx_bytes: bytes, tensors: list[np.ndarra
     return worst
 
 
-def _verification_inputs(manifest: dict[str, Any]) -> list[np.ndarray]:
+def verification_inputs(manifest: dict[str, Any]) -> list[np.ndarray]:
     """Seeded random photos-sized inputs, tiled as the detector will tile them."""
     rng = np.random.default_rng(20240611)
     pyr = manifest["pyramid"]
@@ -286,7 +287,7 @@ def export_detector(dat_path: Path, out_path: Path) -> dict[str, Any]:
         metadata=metadata,
     )
     data = out_path.read_bytes()
-    diff = verify_onnx(reference, data, _verification_inputs(manifest))
+    diff = verify_onnx(reference, data, verification_inputs(manifest))
     if not diff <= _MAX_EXPORT_DIFF:
         out_path.unlink()
         raise ModelFormatError(f"onnxruntime and torch disagree on the MMOD scores by {diff:.3g}")
@@ -296,4 +297,5 @@ def export_detector(dat_path: Path, out_path: Path) -> dict[str, Any]:
         "opset": OPSET,
         "max_abs_diff_vs_torch": diff,
     }
+    manifest["variant"] = DetectorVariant.FLOAT.value  # in the manifest only: the file is unchanged
     return manifest

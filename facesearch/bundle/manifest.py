@@ -13,6 +13,10 @@ every index and the server refuses an index made under another one.
 and keeps the descriptive rest verbatim, so ``BundleManifest.from_dict(d).to_dict() == d`` for
 every manifest and :meth:`BundleManifest.to_json` rewrites a file byte for byte (sorted keys,
 two-space indent, one trailing newline).
+
+The detector section names the form of the detector network the bundle runs
+(:class:`DetectorVariant`: ``float``, dlib parity, or ``int8``); an int8 bundle keeps the float
+model beside it, and :meth:`ModelBundle.detector_model` gives either.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +41,21 @@ CALIBRATION_FILE = "calibration.json"
 #: Top-level sections every manifest has.
 REQUIRED_SECTIONS = ("model_id", "contract_id", "files", "embedder", "detector", "landmarks", "chip", "embedding")
 MODEL_SECTIONS = ("embedder", "detector", "landmarks")
+
+
+class DetectorVariant(StrEnum):
+    """Which form of the face detector's network a bundle runs (``detector.variant``).
+
+    The detector finds the faces; it does not change what an embedding means, so the variant is
+    not part of the contract id. A manifest without ``variant`` predates the option: float.
+    """
+
+    #: dlib's network in float32: boxes and scores exactly as dlib's CNN detector (the parity mode).
+    FLOAT = "float"
+    #: The same network quantised to 8 bits (``facesearch-export dlib --detector int8``): faster on
+    #: CPUs, boxes that agree with the float detector's within a tolerance. The bundle also holds
+    #: the float model (``detector.float_model``), so parity stays selectable.
+    INT8 = "int8"
 
 
 def contract_id(
@@ -369,6 +389,38 @@ class ModelBundle:
     def path(self, section: str) -> Path:
         """The file of a model section (``embedder``, ``detector``, ``landmarks``)."""
         return self.root / str(self.section(section)["file"])
+
+    @property
+    def detector_variant(self) -> DetectorVariant:
+        """The detector the bundle runs by default (``detector.variant``; float when absent)."""
+        value = self.section("detector").get("variant", DetectorVariant.FLOAT)
+        try:
+            return DetectorVariant(value)
+        except ValueError:
+            raise BundleError(f"bundle {self.root}: unknown detector variant {value!r}") from None
+
+    def detector_model(self, variant: DetectorVariant | None = None) -> tuple[Path, dict[str, Any]]:
+        """The detector's ONNX file and its manifest section, for ``variant`` (None: the bundle's own).
+
+        An int8 bundle also holds the float network it was quantised from (``detector.float_model``),
+        so ``DetectorVariant.FLOAT`` gives dlib parity from any bundle; the section returned then
+        describes that file (its ``onnx`` sha256) and carries no ``quantization``. Raises
+        :class:`BundleError` when the bundle does not hold the variant asked for.
+        """
+        section = self.section("detector")
+        own = self.detector_variant
+        if variant is None or variant == own:
+            return self.root / str(section["file"]), section
+        float_model = section.get("float_model")
+        if variant is DetectorVariant.FLOAT and isinstance(float_model, dict) and "file" in float_model:
+            rest = {k: v for k, v in section.items() if k not in ("float_model", "quantization")}
+            chosen = {**rest, "variant": DetectorVariant.FLOAT.value, "file": float_model["file"]}
+            chosen["onnx"] = float_model.get("onnx", {})
+            return self.root / str(float_model["file"]), chosen
+        raise BundleError(
+            f"bundle {self.root} holds a {own} detector and no {variant} one "
+            f"(export one with `facesearch-export dlib --detector {variant}`)"
+        )
 
     @classmethod
     def load(cls, root: str | Path, *, verify: bool = True) -> ModelBundle:
