@@ -126,6 +126,11 @@ class BaseIndex:
         return self.loaded.ntotal
 
     @property
+    def hidden_faces(self) -> int:
+        """Faces of the FAISS index hidden as erased (counted with the deleted ones in statistics)."""
+        return 0 if self._hidden is None else len(self._hidden)
+
+    @property
     def factory(self) -> str:
         return self.loaded.manifest.factory
 

@@ -241,7 +241,8 @@ class GalleryState:
 
     def stats(self) -> GalleryStats:
         ntotal = self.base.ntotal if self.base is not None else 0
-        tombs = self.live.base_tombstone_total
+        hidden = self.base.hidden_faces if self.base is not None else 0  # erased faces the version holds
+        tombs = self.live.base_tombstone_total + hidden
         live = self.live.alive_count
         return GalleryStats(
             self.base.version if self.base else "",
