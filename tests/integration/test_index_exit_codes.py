@@ -98,6 +98,16 @@ def test_every_subcommand_exits_0_1_or_2_as_documented(tmp_path: Path) -> None:
     expect(0, "compact", root, *FAST)  # nothing left to compact
     expect(2, "compact")
 
+    expect(0, "journal", "check", root)
+    vectors = next((root / "live").glob("vectors-*"))
+    raw = bytearray(vectors.read_bytes())
+    raw[-5] ^= 0xFF  # inside the one record's embedding
+    vectors.write_bytes(bytes(raw))
+    expect(1, "journal", "check", root)
+    expect(0, "journal", "repair", root)
+    expect(0, "journal", "check", root)
+    expect(2, "journal")
+
     expect(0, "prune", root, "--keep", "1")
     expect(2, "prune", root, "--keep", "0")
     with locked(root):
