@@ -24,7 +24,7 @@ FACESEARCH_MAX_BATCH                                            32 (faces per em
 FACESEARCH_MAX_MESSAGE_BYTES                                    32M (a 20 MB photo fits)
 FACESEARCH_MAX_IMAGE_PIXELS                                     40000000
 FACESEARCH_MIN_FACE                                             40 (px, smallest face detected)
-FACESEARCH_DETECT_PIXELS                                        3400000 (detection budget, pyramid
+FACESEARCH_DETECT_PIXELS                                        2600000 (detection budget, pyramid
                                                                 pixels; "off": dlib's exact scan)
 FACESEARCH_MAX_DETECT_PIXELS                                    9000000 (most a request's
                                                                 min_face_px may scan)

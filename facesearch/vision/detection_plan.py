@@ -16,10 +16,12 @@ faces, so a 12 MP photo at a 40 px minimum face would be 48 MP: minutes of work 
   boxes found are mapped back to the photo (edges times ``W / copy width``). The smallest face
   searched is ``window / s``, more than ``min_face`` when the budget binds (``limited``).
 
-With the default 40 px minimum face, a photo up to ~0.8 MP is scanned exactly as dlib scans it
-(its 2x upsampling fits a 3.4 MP budget), so LFW-size photos keep bit-exact parity. The budget buys
-a minimum face that is a fixed fraction of the photo's short side whatever its resolution:
-``window * sqrt(aspect / budget)``, 5% at 3.4 MP for 4:3 photos.
+With the default 40 px minimum face, a photo up to ~0.65 MP is scanned exactly as dlib scans it
+(its 2x upsampling fits the default 2.6 MP budget), so LFW-size and VGA photos keep bit-exact
+parity. The budget buys a minimum face that is a fixed fraction of the photo's short side whatever
+its resolution: ``window * sqrt(aspect / budget)``, 5.7% at 2.6 MP for 4:3 photos (174 px at 12 MP;
+faces a little smaller are found too: every planted face of 5% and more in the measurement behind
+the default, bench/results/detect_budget.md).
 
 A caller that *names* its smallest face (a request's ``min_face_px``) asks for a promise: its photo
 is scanned at ``window / min_face`` even past the default budget, up to ``max_pixels``; beyond

@@ -34,7 +34,8 @@ network's output on zeros, computed once per tile shape and position.
 Memory after a photo: onnxruntime's CPU arena keeps the largest working set it has seen, so the
 last network run of each :meth:`FaceDetector.forward` asks it to shrink back
 (``memory.enable_memory_arena_shrinkage``): the tiles of one photo reuse the arena, and nothing of
-it stays once the photo is done (bench/results/detect_budget.md measures the alternatives).
+it stays once the photo is done (bench/results/detect_budget.md measures the alternatives). A
+session made without the arena needs no shrinking (onnxruntime refuses the option there).
 """
 
 from __future__ import annotations
@@ -207,6 +208,7 @@ class FaceDetector:
         self.config = config
         self.max_pixels = max_pixels
         self.tile_cells = tile_cells
+        self._shrink = _SHRINK_ARENA if session.get_session_options().enable_cpu_mem_arena else None
         self._zero_scores: dict[tuple[int, ...], np.ndarray] = {}
 
     @classmethod
@@ -252,8 +254,9 @@ class FaceDetector:
         return cls(session, config, max_pixels, tile_cells)
 
     # -- stages (public so benchmarks can time them) ---------------------------------------------
-    def prepare(self, images: Sequence[np.ndarray], upsample: int = 0) -> PreparedBatch:
-        """Upsample and tile same-size images into one pyramid tensor."""
+    def prepare(self, images: Sequence[np.ndarray], upsample: int = 0, *, exact: bool = True) -> PreparedBatch:
+        """Upsample and tile same-size images into one pyramid tensor (``exact=False``: its levels
+        resized the fast way, :func:`facesearch.vision.pyramid.build_pyramid_tensor`)."""
         if not 0 <= upsample <= MAX_UPSAMPLE:
             raise InvalidInputError(f"upsample must be between 0 and {MAX_UPSAMPLE}, got {upsample}")
         rgb = [_as_rgb(im) for im in images]
@@ -273,19 +276,19 @@ class FaceDetector:
             planes = pyramid_up_planes(planes)
         c = self.config
         layout = tiled_pyramid_layout(planes.shape[2], planes.shape[3], c.rate_down, c.padding, c.outer_padding)
-        return PreparedBatch(build_pyramid_tensor(planes, c.avg_rgb, layout), layout, upsample)
+        return PreparedBatch(build_pyramid_tensor(planes, c.avg_rgb, layout, exact=exact), layout, upsample)
 
     def forward(self, batch: PreparedBatch) -> np.ndarray | None:
         """The network's score maps ``(n, 1, h, w)``, or None when the tensor is too small to score.
 
-        Tensors larger than one tile are scored tile by tile (see the module docstring).
+        Tensors of more output cells than one tile are scored tile by tile (see the module docstring).
         """
         n, _, rows, cols = batch.tensor.shape
         if min(rows, cols) < self.config.min_input_size:
             return None
         c, t = self.config, self.tile_cells
         out_rows, out_cols = c.output_size(rows), c.output_size(cols)
-        if t is None or (out_rows <= t and out_cols <= t):
+        if t is None or out_rows * out_cols <= t * t:  # no more work than one tile: one run
             return self._run(batch.tensor, last=True)
         scores = np.empty((n, 1, out_rows, out_cols), dtype=np.float32)
         tiles = []  # (output cells, input span, whether it holds any pixel)
@@ -307,7 +310,7 @@ class FaceDetector:
 
     def _run(self, tensor: np.ndarray, *, last: bool = False) -> np.ndarray:
         """One network run; ``last``: the photo's final one, after which the arena gives memory back."""
-        options = _SHRINK_ARENA if last else None
+        options = self._shrink if last else None
         feeds = {self.config.input_name: tensor}
         scores: np.ndarray = self._session.run([self.config.output_name], feeds, options)[0]
         return scores
@@ -346,12 +349,15 @@ class FaceDetector:
         ]
 
     # -- the API -----------------------------------------------------------------------------------
-    def detect(self, image: np.ndarray, upsample: int = 0, adjust_threshold: float = 0.0) -> list[Detection]:
-        """Faces in an HxWx3 uint8 RGB image, best first, exactly as dlib's CNN detector finds them."""
-        return self.detect_batch([image], upsample, adjust_threshold)[0]
+    def detect(
+        self, image: np.ndarray, upsample: int = 0, adjust_threshold: float = 0.0, *, exact: bool = True
+    ) -> list[Detection]:
+        """Faces in an HxWx3 uint8 RGB image, best first, exactly as dlib's CNN detector finds them
+        (``exact=False``: with the fast pyramid, for images that are no dlib scan anyway)."""
+        return self.detect_batch([image], upsample, adjust_threshold, exact=exact)[0]
 
     def detect_batch(
-        self, images: Sequence[np.ndarray], upsample: int = 0, adjust_threshold: float = 0.0
+        self, images: Sequence[np.ndarray], upsample: int = 0, adjust_threshold: float = 0.0, *, exact: bool = True
     ) -> list[list[Detection]]:
         """:meth:`detect` for many images; images of the same size share one network run."""
         groups: dict[tuple[int, ...], list[int]] = {}
@@ -361,7 +367,7 @@ class FaceDetector:
         for shape, idx in groups.items():
             if shape[0] * shape[1] == 0:
                 continue
-            batch = self.prepare([images[i] for i in idx], upsample)
+            batch = self.prepare([images[i] for i in idx], upsample, exact=exact)
             scores = self.forward(batch)
             if scores is None:
                 continue

@@ -8,7 +8,7 @@ Detection works under a budget (:mod:`facesearch.vision.detection_plan`): a phot
 would exceed ``PipelineConfig.detect_pixels`` is searched in a copy scaled to fit it, while
 landmarks and chips are always taken from the photo's own pixels (boxes are mapped back first).
 ``detect_pixels=None`` is dlib's exact behaviour at every size (the parity mode); at the default,
-photos under ~0.8 MP at the default 40 px minimum face are scanned exactly as dlib scans them.
+photos under ~0.65 MP at the default 40 px minimum face are scanned exactly as dlib scans them.
 
 Memory: a scan of more than :data:`TRIM_ABOVE_PIXELS` ends by giving the C heap's free memory back
 to the system (glibc's ``malloc_trim``; elsewhere nothing), so a process's RSS returns to its
@@ -37,10 +37,10 @@ from facesearch.vision.selection import nearest_centre_index
 
 Box = tuple[float, float, float, float]
 
-#: The default detection budget, in pyramid pixels: faces down to 5% of the short side of a 4:3
-#: photo of any resolution (80 px window / 0.05 = 1600 px short side, x 4/3); how it was chosen:
-#: bench/results/detect_budget.md.
-DEFAULT_DETECT_PIXELS = 3_400_000
+#: The default detection budget, in pyramid pixels: the smallest budget that found every planted
+#: face of 5% or more of the short side in 12 MP photos (bench/results/detect_budget.md); what it
+#: states is the nominal 80 px window over the scale, 5.7% of a 4:3 photo's short side.
+DEFAULT_DETECT_PIXELS = 2_600_000
 MIN_DETECT_PIXELS = 10_000  # a 100x100 scan: below it no photo could hold a findable face
 #: Scans larger than this (~50 MB of pyramid) trim the heap when done (a few ms).
 TRIM_ABOVE_PIXELS = 1_000_000
@@ -165,7 +165,9 @@ class FacePipeline:
             raise InvalidInputError(
                 f"detect_scan needs a {plan.scan_width}x{plan.scan_height} copy, got {scan.shape[1]}x{scan.shape[0]}"
             )
-        found = self.detector.detect(scan, upsample=0, adjust_threshold=self.config.detection_threshold)
+        found = self.detector.detect(
+            scan, upsample=0, adjust_threshold=self.config.detection_threshold, exact=False
+        )  # a scaled copy is no dlib scan: its pyramid is built the fast way
         _after_scan(plan)
         sx, sy = plan.width / plan.scan_width, plan.height / plan.scan_height
         return [Detection((d.box[0] * sx, d.box[1] * sy, d.box[2] * sx, d.box[3] * sy), d.score) for d in found]

@@ -36,9 +36,9 @@ def test_a_large_photo_is_scanned_within_the_budget_and_says_what_it_can_find() 
     assert not p.exact and p.upsample == 0 and p.limited
     assert p.pyramid_pixels <= DEFAULT_DETECT_PIXELS
     assert p.scan_width / p.scan_height == pytest.approx(4032 / 3024, rel=1e-3)
-    # the smallest face is the window over the scale, in the photo's pixels: 5% of the short side
+    # the smallest face is the window over the scale, in the photo's pixels: a fraction of the short side
     assert p.min_face == pytest.approx(WINDOW * 4032 / p.scan_width, rel=1e-3)
-    assert 150 <= p.min_face_px <= 0.055 * 3024
+    assert p.min_face == pytest.approx(WINDOW * math.sqrt(4 / 3 / DEFAULT_DETECT_PIXELS) * 3024, rel=0.01)
 
 
 def test_the_budget_buys_the_same_fraction_of_the_short_side_at_any_resolution() -> None:
