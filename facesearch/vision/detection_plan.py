@@ -29,7 +29,7 @@ that, or under :data:`MIN_FACE_FLOOR`, the call fails with ``MIN_FACE_TOO_SMALL`
 smallest face this photo allows, before any work is done.
 
 :func:`work_bytes` estimates the memory one photo's detection holds at its peak (the decoded photo,
-the scanned copy, the pyramid tensor, one network tile), which admission control counts.
+the scanned copy, the pyramid tensor, the network's working set), which admission control counts.
 """
 
 from __future__ import annotations
@@ -38,14 +38,15 @@ import math
 from dataclasses import dataclass
 
 from facesearch.errors import InvalidInputError, Reason
-from facesearch.vision.detector import upsample_for_min_face
+from facesearch.vision.detector import DEFAULT_TILE_CELLS, DLIB_MMOD_CONTEXT_CELLS, upsample_for_min_face
 from facesearch.vision.pyramid import pyramid_up_size, tiled_pyramid_layout
 
 MIN_FACE_FLOOR = 10  # px: the smallest face anyone may ask for (window 80 / upsample 3)
 MAX_UPSCALE = 8.0  # the scanned copy is never more than 8x the photo per side (window 80 / 10 px)
-# Bytes per pyramid pixel while the tensor is built: the first float32 level and the tiled tensor
-# (~3.7x the first level's area, float32 RGB) are what dominates.
-_FLOAT_RGB = 12
+_FLOAT_RGB = 12  # bytes of a float32 RGB pixel
+_NETWORK_BYTES = 16  # the network's activations per input pixel (16 channels at half resolution)
+# Input pixels of one tile: its output cells and context, at the network's stride and offset.
+_TILE_INPUT_PIXELS = (8 * (DEFAULT_TILE_CELLS + 2 * DLIB_MMOD_CONTEXT_CELLS) + 29) ** 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,13 +140,17 @@ def plan_detection(
 
 
 def work_bytes(plan: DetectionPlan, *, rate_down: int = 6, padding: int = 10, outer_padding: int = 11) -> int:
-    """Peak memory of one photo's detection, estimated: the decoded photo (uint8 RGB), the scanned
-    copy, its first float level and the tiled pyramid tensor (float32 RGB). The network runs on
-    fixed-size tiles, whose working memory is a constant outside this estimate."""
+    """Peak memory of one photo's detection, estimated: the decoded photo (uint8 RGB); the scanned
+    copy, its first float level and the resize temporaries; the tiled pyramid tensor (float32 RGB);
+    and the network's working set, ~16 bytes per input pixel of the tensor or of one tile, whichever
+    is smaller. Against the peak RSS bench/results/detect_budget.md measured for a whole analyze
+    (decode and embedding too): 33 MB for an LFW photo (measured 33), 215-244 MB for 1080p, 8 MP
+    and 12 MP photos (measured 249-271)."""
     layout = tiled_pyramid_layout(plan.scan_height, plan.scan_width, rate_down, padding, outer_padding)
+    tensor = layout.rows * layout.cols
     photo = 3 * plan.width * plan.height
-    scan = plan.pyramid_pixels * (3 + _FLOAT_RGB)
-    return photo + scan + layout.rows * layout.cols * _FLOAT_RGB
+    scan = plan.pyramid_pixels * (3 + 2 * _FLOAT_RGB)
+    return photo + scan + tensor * _FLOAT_RGB + min(tensor, _TILE_INPUT_PIXELS) * _NETWORK_BYTES
 
 
 def worst_work_bytes(max_image_pixels: int, max_detect_pixels: int) -> int:
