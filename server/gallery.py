@@ -11,8 +11,9 @@ changes it does not contain into its statistics: every identity the live delta t
 in bulk (:meth:`server.open_set_upkeep.OpenSetUpkeep.changed`: blocks of identities share one template
 product, one gallery search and one read of candidates' faces), so the cost is proportional to the
 delta, each touched identity costing one pass over the gallery's templates and a search of its faces.
-The replay runs without the write lock against a journal snapshot; under the lock only the changes
-committed meanwhile are replayed before the switch, so writes wait for those, not for the replay.
+The replay runs without the write lock against a journal snapshot, then catches up with the writes
+made meanwhile; under the lock only the last of those are replayed before the switch, so writes wait
+for those, not for the replay.
 
 A journal write that the storage refuses (full or failing disk) raises UNAVAILABLE and marks writes
 degraded (:mod:`server.write_health`); nothing was written, and the next write tries again.
@@ -21,6 +22,7 @@ degraded (:mod:`server.write_health`); nothing was written, and the next write t
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -29,7 +31,7 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
-from facesearch.errors import AlreadyExistsError, InvalidInputError, NotFoundError, Reason, UnavailableError
+from facesearch.errors import AlreadyExistsError, FaceSearchError, InvalidInputError, NotFoundError, Reason
 from facesearch.store.erasure_ledger import ErasureLedger
 from facesearch.store.identity_store import StoredFace, StoredIdentity
 from facesearch.store.journal_retention import forget, retained_from
@@ -46,6 +48,7 @@ log = logging.getLogger(f"facesearch.{__name__}")
 
 MAX_CANDIDATES = 8192  # published-index candidates fetched per query, at most
 LIVE_SCORES = 1 << 23  # query x live-face candidates held at once
+CATCH_UP_ROUNDS = 3  # replays of the writes made meanwhile before an install takes the write lock
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,9 +386,10 @@ class Gallery:
         """Serve ``base`` (or no published version) with the live changes it does not contain.
 
         The new state is built and its statistics replayed from a journal snapshot *without* the
-        write lock, while writes go on against the state it replaces; then, under the lock, the
-        changes committed since the snapshot are replayed too and the state is switched. Writes wait
-        only for that catch-up (the changes made during the build), not for the whole replay.
+        write lock, while writes go on against the state it replaces; the writes made meanwhile are
+        replayed too, still without the lock (up to :data:`CATCH_UP_ROUNDS` times, each round
+        catching those of the one before); then, under the lock, the last few are and the state is
+        switched. Writes wait only for that last catch-up, not for the replay.
         """
         with self._installing:
             cut = 0
@@ -400,13 +404,19 @@ class Gallery:
             t0 = time.perf_counter()
             snap = self.journal.snapshot(after_seq=cut)
             state = self._build(base, snap)
+            high = snap.high_water
+            for _ in range(CATCH_UP_ROUNDS):  # writes made during the build, still without the lock
+                delta = self.journal.snapshot(after_seq=high)
+                if delta.empty:
+                    break
+                _catch_up(state, delta)
+                high = delta.high_water
             built = time.perf_counter() - t0
             with self._write:
                 t1 = time.perf_counter()
-                delta = self.journal.snapshot(after_seq=snap.high_water)  # writes made during the build
+                delta = self.journal.snapshot(after_seq=high)  # the last ones: writes wait for these only
                 if not delta.empty:
-                    state.live.load(delta)
-                    state.upkeep.changed(_touched(delta))
+                    _catch_up(state, delta)
                 self._state = state
                 if cut:
                     self._retain_while_serving(base)
@@ -448,12 +458,13 @@ class Gallery:
         return state
 
     def _retain_while_serving(self, base: BaseIndex | None) -> None:
-        """Prune the journal after a switch; a full disk only postpones it (to the next install)."""
+        """Prune the journal after a switch; a full or failing disk only postpones it (the state is
+        switched already: the next install or restart prunes)."""
         if base is None:
             return
         try:
             self._retain(base)
-        except UnavailableError as err:
+        except (FaceSearchError, OSError, sqlite3.Error) as err:
             log.warning("live journal not pruned (retried at the next index version or restart): %s", err)
 
     def retain_journal(self) -> None:
@@ -567,6 +578,12 @@ class Gallery:
             else:
                 out.append(None)
         return out
+
+
+def _catch_up(state: GalleryState, delta: JournalSnapshot) -> None:
+    """Apply journal changes made after a state's snapshot to it (live state and statistics)."""
+    state.live.load(delta)
+    state.upkeep.changed(_touched(delta))
 
 
 def _touched(snap: JournalSnapshot) -> set[str]:

@@ -3,7 +3,9 @@
 Live faces are searched exactly (one matrix product). Appends grow the arrays by doubling
 and publish them before the row count, deletions clear an ``alive`` flag, and readers take
 a consistent :class:`LiveView` under a short lock, so a search never sees half a change.
-Only the gallery's writer (holding the gallery write lock) mutates this object.
+One thread mutates this object at a time: the install building it (before it is served: it loads the
+journal snapshot and then the changes made meanwhile, :meth:`LiveState.load` each), then the gallery's
+writer, holding the gallery write lock.
 """
 
 from __future__ import annotations
