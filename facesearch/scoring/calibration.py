@@ -18,12 +18,12 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from facesearch.errors import InvalidInputError, Reason
+from facesearch.util.fs import write_atomic
 
 #: FMR levels recorded in the table (those the impostor count supports).
 FMR_LEVELS = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 3e-6, 1e-6, 3e-7, 1e-7)
@@ -86,9 +86,7 @@ class Calibration:
         return cls(points=points, **fields)
 
     def write(self, path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(self.to_json())
-        os.replace(tmp, path)
+        write_atomic(path, self.to_json())
 
 
 #: dlib's customary Euclidean tolerance 0.6 between raw descriptors (norms ~1), as a cosine:

@@ -47,7 +47,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +54,7 @@ from typing import Any
 from facesearch.errors import BundleError, InvalidInputError, Reason
 from facesearch.scoring.calibration import DLIB_TOLERANCE_COSINE, Calibration
 from facesearch.scoring.decision import CalibratedThreshold, ThresholdScale, fmr_for_fpir, fpir_for_fmr
+from facesearch.util.fs import write_atomic
 
 OPEN_SET_CALIBRATION_FILE = "open_set_calibration.json"
 SCORE_KIND = "margin-v1"
@@ -165,9 +165,7 @@ class OpenSetCalibration:
         return cal
 
     def write(self, path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(self.to_json())
-        os.replace(tmp, path)
+        write_atomic(path, self.to_json())
 
 
 def load_open_set_calibration(bundle_root: Path) -> OpenSetCalibration | None:
