@@ -1,0 +1,295 @@
+"""Restart and hot-swap time with a live journal on top of a published index: before vs after, same run.
+
+A server's start (``server/app.py``) opens its live journal, loads the published version with its
+open-set statistics, and installs it, replaying the live changes the version does not hold into the
+statistics (``Gallery.install``); health is NOT_SERVING until then. This times exactly those calls,
+in a fresh process per measurement, for the code under test (this tree, "after") and an older tree
+("before", a ``git worktree`` of the reference commit: never ``git stash``), on the same files:
+
+- a published synthetic index (``facesearch.evaluation.synthetic``, 4 faces per identity on
+  average), built once by the *before* code;
+- a live journal of ``N`` new identities (2 faces each), ``N/20`` more faces for published
+  identities, ``N/50`` published identities deleted, written by the *before* code (its format, which
+  the after code reads and migrates to checksummed records once, at its first open: included);
+- each measurement starts from a fresh copy of that journal.
+
+"hot swap": installing a version again while a writer enrolls one identity every 20 ms (what a
+compaction's swap does): the install time and the longest an enrollment waited.
+
+    git worktree add --detach /tmp/old <REF>
+    nice -n 10 .venv/bin/python bench/restart.py --old /tmp/old --base-faces 100000 --live 1000 4000 20000
+
+Results: ``bench/results/restart.md``. The "before" runs are stopped at ``--before-cap`` seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent  # children import the code under test only (PYTHONPATH)
+
+CONTRACT = "bench-restart:0000000000000000"
+D = 128
+
+
+# -- children: run with PYTHONPATH at the code under test -----------------------------------------
+def child_build(root: Path, faces: int) -> dict[str, object]:
+    import numpy as np
+
+    from facesearch.evaluation.synthetic import FaceEmbeddingModel, SyntheticGallery, default_model_path
+    from indexer.build import run
+    from indexer.config import BuildConfig, InputSpec
+    from indexer.plan import IndexOptions
+
+    g = SyntheticGallery(FaceEmbeddingModel.load(default_model_path()), faces, 4.0, seed=1).materialize()
+    root.parent.mkdir(parents=True, exist_ok=True)
+    npz = root.parent / "base.npz"
+    ids = np.asarray([f"base-{int(i)}" for i in g.identities])
+    np.savez(npz, embeddings=g.embeddings.astype(np.float32), identities=ids, contract_id=np.asarray(CONTRACT))
+    t0 = time.perf_counter()
+    result = run(
+        BuildConfig(
+            out=root,
+            input=InputSpec("embeddings", npz),
+            bundle=None,
+            memory_budget=4 << 30,
+            index=IndexOptions(queries=200),
+            progress=False,
+        )
+    )
+    m = result.manifest
+    return {"seconds": time.perf_counter() - t0, "factory": m.factory, "ntotal": m.ntotal, "identities": m.n_identities}
+
+
+def child_journal(root: Path, live: Path, n: int) -> dict[str, object]:
+    import numpy as np
+
+    from facesearch.evaluation.synthetic import FaceEmbeddingModel, SyntheticGallery, default_model_path
+    from facesearch.store.live_journal import LiveIdentity, LiveJournal, NewFace
+    from server.base_index import BaseIndex
+
+    base = BaseIndex.load(root, contract_id=CONTRACT)
+    model = FaceEmbeddingModel.load(default_model_path())
+    g = SyntheticGallery(model, 2 * n + 64, 2.0, seed=2).materialize()
+    groups: dict[int, list[np.ndarray]] = {}
+    for e, i in zip(g.embeddings, g.identities, strict=True):
+        groups.setdefault(int(i), []).append(e)
+    extra = SyntheticGallery(model, n // 20 + 1, 1.0, seed=3).materialize().embeddings
+    published = sorted({s.identity_id for s in base.store.identities_after("", n // 10 + 10)})
+    journal = LiveJournal.open(live, contract_id=CONTRACT, d=D)
+
+    def faces(vectors: list[np.ndarray]) -> list[NewFace]:
+        return [NewFace(v.astype(np.float32), None, None, None, None, None) for v in vectors]
+
+    for label in sorted(groups)[:n]:
+        journal.enroll(LiveIdentity(f"live-{label}", 0, False, None, {}, 1.0, 1.0), faces(groups[label][:2]))
+    for k in range(n // 20):
+        who = published[k % len(published)]
+        journal.enroll(LiveIdentity(who, 0, False, None, {}, 1.0, 1.0), faces([extra[k]]))
+    for who in published[len(published) - n // 50 :]:
+        stored = base.store.find_identity(who)
+        doomed = base.face_ids_of(stored.key).tolist() if stored is not None else []
+        journal.delete_identity(LiveIdentity(who, 0, True, None, {}, 1.0, 1.0), doomed)
+    high = journal.high_water()
+    journal.close()
+    return {"changes": high}
+
+
+def child_restart(root: Path, live: Path, swap: bool) -> dict[str, object]:
+    import faiss
+
+    from facesearch.store.live_journal import LiveJournal
+    from server.base_index import BaseIndex
+    from server.gallery import Gallery
+
+    faiss.omp_set_num_threads(1)  # the server's default FACESEARCH_SEARCH_THREADS
+    out: dict[str, object] = {}
+    t0 = time.perf_counter()
+    journal = LiveJournal.open(live, contract_id=CONTRACT, d=D)
+    t1 = time.perf_counter()
+    base = BaseIndex.load(root, contract_id=CONTRACT)
+    gallery = Gallery(journal, D)
+    gallery.base_open_set(base)
+    t2 = time.perf_counter()
+    gallery.install(base)
+    t3 = time.perf_counter()
+    out |= {"journal_open_s": t1 - t0, "load_s": t2 - t1, "install_s": t3 - t2, "serving_s": t3 - t0}
+    if swap:
+        out |= _swap_under_writes(gallery, root)
+    journal.close()
+    return out
+
+
+def _swap_under_writes(gallery: object, root: Path) -> dict[str, object]:
+    import numpy as np
+
+    from facesearch.store.live_journal import NewFace
+    from server.base_index import BaseIndex
+
+    waits: list[float] = []
+    stop = threading.Event()
+    rng = np.random.default_rng(9)
+
+    def writer() -> None:
+        i = 0
+        while not stop.is_set():
+            v = rng.standard_normal(D).astype(np.float32)
+            t = time.perf_counter()
+            face = NewFace(v / np.linalg.norm(v), None, None, None, None, None)
+            gallery.enroll(f"swap-writer-{i}", None, {}, [face], True)  # type: ignore[attr-defined]
+            waits.append(time.perf_counter() - t)
+            i += 1
+            time.sleep(0.02)
+
+    base = BaseIndex.load(root, contract_id=CONTRACT)
+    gallery.base_open_set(base)  # type: ignore[attr-defined]  # the watcher prepares it off the lock
+    thread = threading.Thread(target=writer)
+    thread.start()
+    time.sleep(0.5)
+    t0 = time.perf_counter()
+    gallery.install(base)  # type: ignore[attr-defined]
+    swap_s = time.perf_counter() - t0
+    time.sleep(0.5)
+    stop.set()
+    thread.join()
+    return {"swap_s": swap_s, "writes_during_swap": len(waits), "max_write_wait_s": max(waits, default=0.0)}
+
+
+# -- the parent ---------------------------------------------------------------------------------
+def run_child(code: Path, mode: str, args: list[str], timeout: float) -> dict[str, object] | None:
+    from bench.common import data_dir  # the parent's (REPO on its path)
+
+    env = {**os.environ, "PYTHONPATH": str(code), "OMP_WAIT_POLICY": "PASSIVE", "FACESEARCH_DATA": str(data_dir())}
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", mode, *args]
+    try:
+        done = subprocess.run(
+            cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=tempfile.gettempdir(), check=False
+        )
+    except subprocess.TimeoutExpired:
+        return None
+    if done.returncode != 0:
+        raise SystemExit(f"{mode} ({code}) failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def fmt(value: object, cap: float) -> str:
+    return f"> {cap:.0f} (stopped)" if value is None else f"{float(value):.2f}"  # type: ignore[arg-type]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--old", type=Path, help="a worktree of the reference commit (before); required")
+    ap.add_argument("--base-faces", type=int, default=100_000)
+    ap.add_argument("--live", type=int, nargs="+", default=[1000, 4000, 20000])
+    ap.add_argument("--swap-up-to", type=int, default=4000, help="hot-swap runs for live sizes up to this")
+    ap.add_argument("--before-cap", type=float, default=300.0, help="seconds after which a 'before' run is stopped")
+    ap.add_argument("--work", type=Path, default=None)
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "restart.md")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--root", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--n", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--swap", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child == "build":
+        print(json.dumps(child_build(args.root, args.n)))
+        return 0
+    if args.child == "journal":
+        print(json.dumps(child_journal(args.root, args.dir, args.n)))
+        return 0
+    if args.child == "restart":
+        print(json.dumps(child_restart(args.root, args.dir, args.swap)))
+        return 0
+
+    if args.old is None:
+        ap.error("--old is required (a worktree of the reference commit)")
+    sys.path.insert(0, str(REPO))  # the parent imports bench.common
+    work = args.work or Path(tempfile.mkdtemp(prefix="restart-bench-"))
+    root = work / "index"
+    old, new = args.old.resolve(), REPO
+    ref = subprocess.run(
+        ["git", "-C", str(old), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+    )
+    built = run_child(old, "build", ["--root", str(root), "--n", str(args.base_faces)], timeout=3600)
+    assert built is not None
+    print(f"base index: {built}", flush=True)
+    rows = []
+    for n in args.live:
+        journal = work / f"journal-{n}"
+        made = run_child(old, "journal", ["--root", str(root), "--dir", str(journal), "--n", str(n)], timeout=3600)
+        swap = ["--swap"] if n <= args.swap_up_to else []
+        results = {}
+        for label, code, cap in (("before", old, args.before_cap), ("after", new, 3600.0)):
+            copy = work / f"run-{n}-{label}"
+            shutil.rmtree(copy, ignore_errors=True)
+            shutil.copytree(journal, copy)
+            results[label] = run_child(code, "restart", ["--root", str(root), "--dir", str(copy), *swap], timeout=cap)
+            print(f"live {n} ({made}): {label} {results[label]}", flush=True)
+        rows.append((n, made, results))
+    write_report(args, built, rows, ref.stdout.strip())
+    return 0
+
+
+def write_report(args: argparse.Namespace, built: dict[str, object], rows: list, ref: str) -> None:  # type: ignore[type-arg]
+    from bench.common import machine, table  # the parent's
+
+    cap = args.before_cap
+    lines = [
+        "# Restart with a live journal (bench/restart.py)",
+        "",
+        f"    nice -n 10 .venv/bin/python bench/restart.py --old /tmp/old --base-faces {args.base_faces} "
+        f"--live {' '.join(map(str, args.live))}",
+        "",
+        f"Before: the tree at {ref} (`git worktree add --detach /tmp/old {ref}`); after: this tree. Same machine "
+        f"({machine()}, shared with other jobs), same files, one process per run, FAISS at 1 thread (the server's "
+        "default). Published index: "
+        f"{built['ntotal']:,} synthetic faces, {built['identities']:,} identities, {built['factory']}, with its "
+        "open_set.npz. Live journal: N new identities of 2 faces, N/20 faces added to published identities, N/50 "
+        "published identities deleted (written in the before format: the after code's first open migrates it).",
+        "",
+        "Time to SERVING = journal open + version load (with its open-set statistics) + install (the replay); "
+        "seconds. Hot swap: installing again while an enrollment is made every 20 ms.",
+        "",
+    ]
+    body = []
+    for n, _, res in rows:
+        b, a = res["before"], res["after"]
+        ratio = f"{b['serving_s'] / a['serving_s']:.1f}x" if b is not None else f"> {cap / a['serving_s']:.1f}x"
+        body.append(
+            [
+                f"{n:,}",
+                fmt(b and b["serving_s"], cap),
+                f"{a['serving_s']:.2f}",
+                ratio,
+                f"{a['journal_open_s']:.2f}",
+                f"{a['install_s']:.2f}",
+                fmt(b and b.get("max_write_wait_s"), cap) if b is None or "swap_s" in b else "",
+                f"{a['max_write_wait_s']:.3f}" if "swap_s" in a else "",
+            ]
+        )
+    header = [
+        "live identities",
+        "before: to SERVING",
+        "after: to SERVING",
+        "speed-up",
+        "after: journal open (incl. migration)",
+        "after: install",
+        "before: longest write wait in a swap",
+        "after: longest write wait in a swap",
+    ]
+    lines += [table(body, header), ""]
+    args.out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
