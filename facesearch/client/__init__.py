@@ -2,12 +2,13 @@
 
 Layer: batch. Layers, top to bottom: apps > torch (nets) > eval (evaluation) > batch (jobs | client)
 > storage (store) > pipeline (vision) > models (bundle) > scores (scoring) > base (errors | util |
-api).
+api) > reasons.
 
 Modules (and the tests that cover them):
 
 - ``service_client``: A Python client for the facesearch gRPC server. Tests:
   ``tests/integration/test_server_cohort.py``, ``tests/integration/test_server_decisions.py``,
+  ``tests/integration/test_server_erasure.py``, ``tests/integration/test_server_large_photos.py``,
   ``tests/integration/test_server_rpcs.py``, ``tests/integration/test_server_security.py``,
   ``tests/unit/test_reasons.py``.
 """

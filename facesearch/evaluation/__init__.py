@@ -3,7 +3,7 @@ model evaluation and promotion, DET plots, synthetic galleries.
 
 Layer: eval. Layers, top to bottom: apps > torch (nets) > eval (evaluation) > batch (jobs | client)
 > storage (store) > pipeline (vision) > models (bundle) > scores (scoring) > base (errors | util |
-api).
+api) > reasons.
 
 Modules (and the tests that cover them):
 

@@ -3,20 +3,24 @@ and ``facesearch embed``.
 
 Layer: batch. Layers, top to bottom: apps > torch (nets) > eval (evaluation) > batch (jobs | client)
 > storage (store) > pipeline (vision) > models (bundle) > scores (scoring) > base (errors | util |
-api).
+api) > reasons.
 
 Modules (and the tests that cover them):
 
 - ``embed``: ``facesearch embed``: embeddings for many images, resumable, on all cores. Tests:
-  ``tests/integration/test_pipeline_embed.py``, ``tests/unit/test_jobs_runner.py``.
+  ``tests/integration/test_batch_bad_photos.py``, ``tests/integration/test_pipeline_embed.py``,
+  ``tests/unit/test_jobs_runner.py``.
 - ``image_list``: Reading the list of images a job works on: a file of paths, or a folder. Tests:
   ``tests/unit/test_image_list.py``, ``tests/unit/test_open_set_eval.py``.
 - ``inputs``: Photo inputs: a folder tree (one folder per identity, LFW style) or a CSV/JSONL
-  manifest. Tests: ``tests/unit/test_image_list.py``, ``tests/unit/test_jobs_runner.py``.
+  manifest. Tests: ``tests/integration/test_batch_bad_photos.py``,
+  ``tests/unit/test_image_list.py``, ``tests/unit/test_jobs_runner.py``.
 - ``runner``: The one resumable sharded runner: pending shards -> worker processes -> shard files,
-  with progress. Tests: ``tests/unit/test_jobs_runner.py``.
+  with progress. Tests: ``tests/integration/test_batch_bad_photos.py``,
+  ``tests/unit/test_jobs_runner.py``.
 - ``shards``: The checkpoint of a resumable batch job: a work directory of ``(start, end)`` shard
-  files. Tests: ``tests/integration/test_pipeline_embed.py``, ``tests/unit/test_jobs_runner.py``.
+  files. Tests: ``tests/integration/test_batch_bad_photos.py``,
+  ``tests/integration/test_pipeline_embed.py``, ``tests/unit/test_jobs_runner.py``.
 """
 
 from __future__ import annotations

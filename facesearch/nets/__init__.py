@@ -4,7 +4,7 @@ indexing never import torch.
 
 Layer: torch. Layers, top to bottom: apps > torch (nets) > eval (evaluation) > batch (jobs | client)
 > storage (store) > pipeline (vision) > models (bundle) > scores (scoring) > base (errors | util |
-api).
+api) > reasons.
 
 Modules (and the tests that cover them):
 

@@ -3,7 +3,7 @@ cohort and its saved statistics, calibration tables, thresholds, and the one dec
 
 Layer: scores. Layers, top to bottom: apps > torch (nets) > eval (evaluation) > batch (jobs |
 client) > storage (store) > pipeline (vision) > models (bundle) > scores (scoring) > base (errors |
-util | api).
+util | api) > reasons.
 
 Modules (and the tests that cover them):
 

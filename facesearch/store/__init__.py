@@ -3,30 +3,67 @@ the identity store (the only SQL), the live journal, and the open-set build from
 
 Layer: storage. Layers, top to bottom: apps > torch (nets) > eval (evaluation) > batch (jobs |
 client) > storage (store) > pipeline (vision) > models (bundle) > scores (scoring) > base (errors |
-util | api).
+util | api) > reasons.
 
 Modules (and the tests that cover them):
 
+- ``erasure_audit``: Where an erased subject's data still is under an index root: ``facesearch-index
+  erase-status``. Tests: ``tests/integration/test_server_erasure.py``.
+- ``erasure_ledger``: The erasure ledger of an index root: every erased identity and face, durably,
+  so that no path (a fresh build, ``add``, compaction, a rollback, a restart) brings an erased
+  subject back. Tests: ``tests/unit/test_erasure_ledger.py``.
 - ``identity_store``: The identity store of an index version: SQLite, one file, no photo pixels by
   default. Tests: ``tests/integration/test_indexer_embeddings.py``,
   ``tests/integration/test_indexer_images.py``, ``tests/integration/test_indexer_open_set.py``,
-  ``tests/integration/test_server_rebuild.py``, ``tests/unit/test_architecture.py``,
+  ``tests/integration/test_server_erasure.py``, ``tests/integration/test_server_rebuild.py``,
+  ``tests/unit/test_architecture.py``, ``tests/unit/test_erasure_ledger.py``,
   ``tests/unit/test_index_store.py``, ``tests/unit/test_open_set_store.py``.
 - ``index_artifact``: The index artifact: what ``facesearch-index`` publishes and the server loads.
-  Tests: ``tests/integration/test_indexer_embeddings.py``,
+  Tests: ``tests/integration/test_batch_bad_photos.py``,
+  ``tests/integration/test_index_exit_codes.py``, ``tests/integration/test_indexer_embeddings.py``,
   ``tests/integration/test_indexer_images.py``, ``tests/integration/test_indexer_open_set.py``,
-  ``tests/integration/test_server_rebuild.py``, ``tests/unit/test_index_artifact.py``,
+  ``tests/integration/test_server_erasure.py``, ``tests/integration/test_server_rebuild.py``,
+  ``tests/unit/test_erasure_ledger.py``, ``tests/unit/test_index_artifact.py``,
   ``tests/unit/test_index_tune.py``, ``tests/unit/test_manifests.py``.
-- ``live_journal``: The live journal: enrollments and deletions made since the published index
-  version was built. Tests: ``tests/integration/test_indexer_open_set.py``,
-  ``tests/integration/test_server_gallery.py``, ``tests/integration/test_server_model_change.py``,
+- ``journal_check``: Checking and repairing a live journal (``facesearch-index journal
+  check|repair``). Tests: ``tests/unit/test_journal_faults.py``.
+- ``journal_db``: The live journal's SQLite file: its schema, its meta, and how it is opened. Tests:
+  through its callers.
+- ``journal_retention``: Which live-journal changes a published version holds, and how much of the
+  journal may be forgotten. Tests: ``tests/unit/test_erasure_ledger.py``.
+- ``journal_vectors``: The live journal's vectors file: append-only fixed-size records of (vector
+  id, embedding, checksum). Tests: ``tests/integration/test_server_storage.py``,
   ``tests/unit/test_server_journal.py``.
+- ``live_journal``: The live journal: enrollments and deletions made since the published index
+  version was built. Tests: ``tests/integration/test_index_exit_codes.py``,
+  ``tests/integration/test_indexer_open_set.py``, ``tests/integration/test_server_erasure.py``,
+  ``tests/integration/test_server_gallery.py``, ``tests/integration/test_server_model_change.py``,
+  ``tests/unit/test_journal_faults.py``, ``tests/unit/test_server_journal.py``.
 - ``open_set_build``: The open-set statistics of a published version, built from its identity store.
   Tests: ``tests/unit/test_open_set_store.py``.
+- ``storage_errors``: Storage failures as errors a caller can act on: a full or failing disk is
+  UNAVAILABLE, not INTERNAL. Tests: ``tests/unit/test_journal_faults.py``.
 """
 
 from __future__ import annotations
 
+from facesearch.store.erasure_audit import (
+    EraseStatus,
+    erase_status,
+)
+from facesearch.store.erasure_ledger import (
+    ERASURE_SEQ_META,
+    LEDGER_FILE,
+    ErasedFace,
+    ErasureKind,
+    ErasureLedger,
+    ErasureSet,
+    StoreHits,
+    erased_in_store,
+    os_principal,
+    purge_store,
+    read_erasures,
+)
 from facesearch.store.identity_store import (
     FaceRows,
     IdentityStore,
@@ -37,6 +74,7 @@ from facesearch.store.index_artifact import (
     CURRENT,
     EXACT_FILE,
     INDEX_FILE,
+    LEFTOVER_PATTERNS,
     MANIFEST,
     REFINE_CODEC_FILE,
     REFINE_FILE,
@@ -59,9 +97,26 @@ from facesearch.store.index_artifact import (
     resolve_version_dir,
     write_manifest,
 )
+from facesearch.store.journal_check import (
+    check,
+    journal_dirs_of,
+    repair,
+)
+from facesearch.store.journal_retention import (
+    LIVE_DIR,
+    NOTHING,
+    Absorbed,
+    forget,
+    retained_from,
+)
+from facesearch.store.journal_vectors import (
+    FORMAT_CHECKSUMMED,
+    HEADER_BYTES,
+    RecordLayout,
+    read_records,
+)
 from facesearch.store.live_journal import (
     CONTRACTS_DIR,
-    LIVE_VECTOR_ID_BASE,
     JournalSnapshot,
     LiveFace,
     LiveIdentity,
@@ -73,20 +128,33 @@ from facesearch.store.open_set_build import (
     build_open_set_for_store,
     open_set_build_bytes,
 )
+from facesearch.store.storage_errors import storage_failure
 
 __all__ = [
     "CONTRACTS_DIR",
     "CURRENT",
+    "ERASURE_SEQ_META",
     "EXACT_FILE",
+    "FORMAT_CHECKSUMMED",
+    "HEADER_BYTES",
     "INDEX_FILE",
-    "LIVE_VECTOR_ID_BASE",
+    "LEDGER_FILE",
+    "LEFTOVER_PATTERNS",
+    "LIVE_DIR",
     "MANIFEST",
+    "NOTHING",
     "REFINE_CODEC_FILE",
     "REFINE_FILE",
     "REJECTS_FILE",
     "STORE_FILE",
     "VECTOR_IDS_FILE",
+    "Absorbed",
     "DiskRows",
+    "EraseStatus",
+    "ErasedFace",
+    "ErasureKind",
+    "ErasureLedger",
+    "ErasureSet",
     "FaceRows",
     "FileEntry",
     "IdentityStore",
@@ -99,18 +167,32 @@ __all__ = [
     "LoadedIndex",
     "NewFace",
     "RecallReport",
+    "RecordLayout",
     "RefineStore",
     "SearchParams",
+    "StoreHits",
     "StoredFace",
     "StoredIdentity",
     "build_open_set_for_store",
+    "check",
     "check_files",
     "current_version",
+    "erase_status",
+    "erased_in_store",
+    "forget",
+    "journal_dirs_of",
     "journal_place",
     "list_versions",
     "load_index",
     "open_set_build_bytes",
+    "os_principal",
+    "purge_store",
+    "read_erasures",
     "read_manifest",
+    "read_records",
+    "repair",
     "resolve_version_dir",
+    "retained_from",
+    "storage_failure",
     "write_manifest",
 ]

@@ -3,12 +3,17 @@ and pointer switch, and file digests.
 
 Layer: base. Layers, top to bottom: apps > torch (nets) > eval (evaluation) > batch (jobs | client)
 > storage (store) > pipeline (vision) > models (bundle) > scores (scoring) > base (errors | util |
-api).
+api) > reasons.
 
 Modules (and the tests that cover them):
 
+- ``failpoints``: Failpoints: make a named write site fail on purpose, to test what a full or
+  failing disk does. Tests: ``tests/unit/test_lock_failpoints.py``.
 - ``fs``: Files that readers see whole or not at all: the one atomic writer, the one pointer switch,
-  whole directory replacement, and file digests. Tests: ``tests/unit/test_fs.py``.
+  whole directory replacement, and file digests. Tests:
+  ``tests/integration/test_server_erasure.py``, ``tests/unit/test_fs.py``.
+- ``lock``: Single-writer locks: an exclusive ``flock`` on a lock file that names its holder. Tests:
+  ``tests/unit/test_lock_failpoints.py``.
 """
 
 from __future__ import annotations
@@ -23,11 +28,21 @@ from facesearch.util.fs import (
     switch_pointer,
     write_atomic,
 )
+from facesearch.util.lock import (
+    FileLock,
+    LockHeldError,
+    hold,
+    holder_pid,
+)
 
 __all__ = [
+    "FileLock",
+    "LockHeldError",
     "atomic_path",
     "fsync_dir",
     "fsync_path",
+    "hold",
+    "holder_pid",
     "read_pointer",
     "replace_dir",
     "sha256_file",

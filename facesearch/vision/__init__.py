@@ -3,7 +3,7 @@ landmarks, chip alignment, the embedder, quality signals, and which face of a ph
 
 Layer: pipeline. Layers, top to bottom: apps > torch (nets) > eval (evaluation) > batch (jobs |
 client) > storage (store) > pipeline (vision) > models (bundle) > scores (scoring) > base (errors |
-util | api).
+util | api) > reasons.
 
 Modules (and the tests that cover them):
 
@@ -11,11 +11,17 @@ Modules (and the tests that cover them):
   cuts it. Tests: ``tests/integration/test_parity_landmarks_chips.py``,
   ``tests/unit/test_landmarks_align.py``.
 - ``decode``: Decode any supported photo safely into a C-contiguous HxWx3 uint8 RGB array. Tests:
-  ``tests/integration/test_checkpoint_export.py``, ``tests/integration/test_flip_average.py``,
-  ``tests/integration/test_indexer_images.py``, ``tests/integration/test_pipeline_embed.py``,
-  ``tests/integration/test_training_export.py``, ``tests/unit/test_decode.py``.
+  ``tests/integration/test_checkpoint_export.py``, ``tests/integration/test_detect_budget.py``,
+  ``tests/integration/test_flip_average.py``, ``tests/integration/test_indexer_images.py``,
+  ``tests/integration/test_pipeline_embed.py``, ``tests/integration/test_server_large_photos.py``,
+  ``tests/integration/test_training_export.py``, ``tests/unit/test_decode.py``,
+  ``tests/unit/test_decode_reduced.py``.
+- ``detection_plan``: How much of a photo the face detector scans: a budget in pyramid pixels, and
+  what it buys. Tests: ``tests/integration/test_server_large_photos.py``,
+  ``tests/unit/test_detection_plan.py``.
 - ``detector``: Face detection with dlib's MMOD CNN detector, exported to ONNX, run by onnxruntime.
-  Tests: ``tests/integration/test_parity_detector.py``, ``tests/unit/test_detector.py``.
+  Tests: ``tests/integration/test_detect_budget.py``, ``tests/integration/test_detector_int8.py``,
+  ``tests/integration/test_parity_detector.py``, ``tests/unit/test_detector.py``.
 - ``embedder``: The face embedder: aligned 150x150 RGB chips -> 128-d descriptors, via onnxruntime.
   Tests: ``tests/integration/test_flip_average.py``, ``tests/integration/test_parity_embedder.py``.
 - ``image_limits``: Size limits a photo must meet before its pixels are decoded. Tests: through its
@@ -29,15 +35,17 @@ Modules (and the tests that cover them):
   callers.
 - ``pipeline``: The face pipeline: photo -> faces (box, score, landmarks, chip, embedding, quality).
   Tests: ``tests/integration/test_checkpoint_export.py``,
-  ``tests/integration/test_flip_average.py``, ``tests/integration/test_indexer_images.py``,
-  ``tests/integration/test_pipeline_embed.py``, ``tests/integration/test_training_export.py``,
+  ``tests/integration/test_detect_budget.py``, ``tests/integration/test_flip_average.py``,
+  ``tests/integration/test_indexer_images.py``, ``tests/integration/test_pipeline_embed.py``,
+  ``tests/integration/test_training_export.py``, ``tests/unit/test_detection_plan.py``,
   ``tests/unit/test_jobs_runner.py``.
 - ``pyramid``: dlib's image pyramids, reproduced bit for bit in numpy. Tests:
-  ``tests/unit/test_detector.py``.
+  ``tests/unit/test_detector.py``, ``tests/unit/test_pyramid_fast.py``.
 - ``quality``: Simple, explainable face quality signals used to gate enrollment and to report.
   Tests: ``tests/unit/test_face_selection.py``, ``tests/unit/test_jobs_runner.py``.
 - ``selection``: Which face of a photo a caller uses, and why a photo gives none: one reject
-  vocabulary. Tests: ``tests/unit/test_face_selection.py``.
+  vocabulary. Tests: ``tests/integration/test_batch_bad_photos.py``,
+  ``tests/unit/test_face_selection.py``, ``tests/unit/test_jobs_runner.py``.
 """
 
 from __future__ import annotations
@@ -52,11 +60,21 @@ from facesearch.vision.align import (
 )
 from facesearch.vision.decode import (
     DEFAULT_LIMITS,
+    ImageHeader,
     decode_image,
     load_image,
+    read_header,
+)
+from facesearch.vision.detection_plan import (
+    MIN_FACE_FLOOR,
+    DetectionPlan,
+    plan_detection,
+    work_bytes,
+    worst_work_bytes,
 )
 from facesearch.vision.detector import (
     Detection,
+    DetectorConfig,
     FaceDetector,
     upsample_for_min_face,
 )
@@ -75,10 +93,13 @@ from facesearch.vision.onnx_session import (
     default_threads,
 )
 from facesearch.vision.pipeline import (
+    DEFAULT_DETECT_PIXELS,
+    MIN_DETECT_PIXELS,
     Face,
     FacePipeline,
     PipelineConfig,
     nearest_centre,
+    scan_copy,
 )
 from facesearch.vision.pyramid import (
     build_pyramid_tensor,
@@ -95,28 +116,42 @@ from facesearch.vision.quality import (
     measure_quality,
 )
 from facesearch.vision.selection import (
+    DOMINANCE_RATIO,
+    MULTI_FACE_SETTINGS,
     Audience,
     Policy,
     QualityGate,
     Reject,
     Rejection,
     choose_face,
+    dominance,
+    is_failure,
     largest_first,
+    policy_key,
     process_photo,
     rejection_for_error,
+    visible_area,
 )
 
 __all__ = [
+    "DEFAULT_DETECT_PIXELS",
     "DEFAULT_LIMITS",
+    "DOMINANCE_RATIO",
     "MEAN_FACE_5",
+    "MIN_DETECT_PIXELS",
+    "MIN_FACE_FLOOR",
+    "MULTI_FACE_SETTINGS",
     "Audience",
     "DecodeLimits",
     "Detection",
+    "DetectionPlan",
+    "DetectorConfig",
     "Embedder",
     "Face",
     "FaceDetector",
     "FacePipeline",
     "FaceQuality",
+    "ImageHeader",
     "LandmarkPredictor",
     "PipelineConfig",
     "Policy",
@@ -130,24 +165,33 @@ __all__ = [
     "create_session",
     "decode_image",
     "default_threads",
+    "dominance",
     "extract_chip",
     "face_chip",
     "face_chip_details",
     "greedy_nms",
+    "is_failure",
     "largest_first",
     "load_image",
     "lround",
     "measure_quality",
     "nearest_centre",
+    "plan_detection",
+    "policy_key",
     "process_photo",
     "pyramid2_rect_down",
     "pyramid_down2",
     "pyramid_up_size",
+    "read_header",
     "rejection_for_error",
     "resize_float_planes",
     "resize_rgb_u8",
+    "scan_copy",
     "sum_in_order",
     "tiled_pyramid_layout",
     "tiled_pyramid_to_image",
     "upsample_for_min_face",
+    "visible_area",
+    "work_bytes",
+    "worst_work_bytes",
 ]
