@@ -95,6 +95,9 @@ class IndexWatcher:
         return base
 
     def start(self) -> None:
+        # the kept versions as of start-up: a version deleted before the first poll is then noticed
+        with contextlib.suppress(OSError):
+            self._versions = tuple(list_versions(self.root))
         self._task = asyncio.get_running_loop().create_task(self._run(), name="index-watcher")
 
     async def stop(self) -> None:
