@@ -34,7 +34,19 @@ def format_size(n: float) -> str:
 
 
 def peak_rss() -> int:
-    """Peak resident set size of this process so far, in bytes."""
+    """Peak resident set size of this process so far, in bytes.
+
+    On Linux this is ``VmHWM`` of ``/proc/self/status``: the high-water mark of this program's own
+    memory. ``getrusage``'s ``ru_maxrss`` is kept across ``execve``, so for a job started by a large
+    process (a test runner, a notebook) it reports the parent's peak at the fork instead.
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(ru if sys.platform == "darwin" else ru * 1024)
 
