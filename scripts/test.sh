@@ -6,6 +6,7 @@ scripts/setup-venv.sh dev
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/lint-imports
+.venv/bin/python scripts/gen_package_index.py --check
 .venv/bin/mypy
 scripts/gen-proto.sh --check
 set +e
