@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from facesearch.errors import InvalidInputError, Reason
+from facesearch.scoring.decision import just_above, matches
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +81,7 @@ class PairsReport:
 def _best_threshold(scores: np.ndarray, same: np.ndarray) -> float:
     finite = np.unique(scores[np.isfinite(scores)])
     candidates = np.concatenate([[-np.inf], (finite[:-1] + finite[1:]) / 2 if len(finite) > 1 else finite, [np.inf]])
-    acc = [np.mean((scores > t) == same) for t in candidates]
+    acc = [np.mean(matches(scores, t) == same) for t in candidates]
     return float(candidates[int(np.argmax(acc))])
 
 
@@ -103,8 +104,9 @@ def roc_auc(scores: np.ndarray, same: np.ndarray) -> float:
 def tar_at_far(scores: np.ndarray, same: np.ndarray, far: float) -> float:
     neg = np.sort(scores[~same])[::-1]
     allowed = int(np.floor(far * len(neg)))
-    threshold = neg[allowed] if allowed < len(neg) else -np.inf  # accept strictly above it
-    return float(np.mean(scores[same] > threshold))
+    # the lowest threshold that rejects the `allowed + 1` highest non-matches
+    threshold = just_above(float(neg[allowed])) if allowed < len(neg) else -np.inf
+    return float(np.mean(matches(scores[same], threshold)))
 
 
 def evaluate_pairs(pairs: list[Pair], scores: np.ndarray, images_without_face: int, images: int) -> PairsReport:
@@ -115,7 +117,7 @@ def evaluate_pairs(pairs: list[Pair], scores: np.ndarray, images_without_face: i
         train, test = folds != fold, folds == fold
         t = _best_threshold(scores[train], same[train])
         thresholds.append(t)
-        accs.append(float(np.mean((scores[test] > t) == same[test])))
+        accs.append(float(np.mean(matches(scores[test], t) == same[test])))
     finite = np.where(np.isfinite(scores), scores, -2.0)
     return PairsReport(
         accuracy_mean=float(np.mean(accs)),
