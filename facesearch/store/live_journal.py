@@ -581,11 +581,19 @@ class LiveJournal:
             with contextlib.suppress(sqlite3.Error):
                 self._conn.execute("ROLLBACK")
 
-    def enroll(self, identity: LiveIdentity, faces: Sequence[NewFace]) -> tuple[int, np.ndarray]:
+    def enroll(
+        self,
+        identity: LiveIdentity,
+        faces: Sequence[NewFace],
+        *,
+        within: Callable[[sqlite3.Connection, int, np.ndarray], None] | None = None,
+    ) -> tuple[int, np.ndarray]:
         """Add ``faces`` to ``identity`` (whose row is written as given, with the new seq).
 
         Returns ``(seq, vector_ids)``; durable when this returns. A full or failing disk raises
-        :class:`~facesearch.errors.UnavailableError` with nothing written.
+        :class:`~facesearch.errors.UnavailableError` with nothing written. ``within(conn, seq,
+        vector_ids)`` runs last inside the transaction, right before the commit (the server records
+        the request id there and checks the caller's deadline): if it raises, nothing is written.
         """
         embeddings = np.stack([f.embedding for f in faces]) if faces else np.zeros((0, self.d), np.float32)
         if embeddings.shape != (len(faces), self.d):
@@ -619,6 +627,8 @@ class LiveJournal:
                 ],
             )
             self._set_meta("next_vector_id", first + len(faces))
+            if within is not None:
+                within(self._conn, seq, vids)
         return seq, vids
 
     def delete_identity(self, identity: LiveIdentity, vector_ids: Sequence[int]) -> int:
