@@ -171,6 +171,16 @@ class Reason(StrEnum):
     EMPTY_INDEX = auto(), _PRECONDITION, "an operation that would publish an index with no faces"
     EXPORT_PARITY = auto(), _PRECONDITION, "an exported ONNX model that disagrees with the torch model"
 
+    # -- the PostgreSQL store (facesearch.store.postgres) ------------------------------------------
+    STORE_UNAVAILABLE = auto(), _UNAVAILABLE, "the PostgreSQL store cannot be reached (down, restarting): not written"
+    STORE_OUTCOME_UNKNOWN = (
+        auto(),
+        _UNAVAILABLE,
+        "the store connection broke during a commit: the write may have been made; retry with the same request id",
+    )
+    STORE_SCHEMA = auto(), _PRECONDITION, "a PostgreSQL store not migrated, or newer than this code (db migrate)"
+    STORE_DRIVER_MISSING = auto(), _PRECONDITION, "a postgresql:// store without the postgres extra (psycopg) installed"
+
     # -- batch jobs and evaluation ----------------------------------------------------------------
     MEMORY_BUDGET = auto(), _EXHAUSTED, "a job that would exceed its memory budget; the message names the knob"
     RESUME_MISMATCH = auto(), _PRECONDITION, "a partial run of other inputs, model or options where a job resumes"
