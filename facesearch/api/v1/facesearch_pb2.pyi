@@ -269,7 +269,7 @@ class EnrollImage(_message.Message):
     def __init__(self, image: _Optional[bytes] = ..., source: _Optional[str] = ...) -> None: ...
 
 class EnrollRequest(_message.Message):
-    __slots__ = ("identity_id", "display_name", "metadata", "images", "create_only", "use_largest_face", "min_face_px")
+    __slots__ = ("identity_id", "display_name", "metadata", "images", "create_only", "use_largest_face", "min_face_px", "request_id", "append")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -284,6 +284,8 @@ class EnrollRequest(_message.Message):
     CREATE_ONLY_FIELD_NUMBER: _ClassVar[int]
     USE_LARGEST_FACE_FIELD_NUMBER: _ClassVar[int]
     MIN_FACE_PX_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    APPEND_FIELD_NUMBER: _ClassVar[int]
     identity_id: str
     display_name: str
     metadata: _containers.ScalarMap[str, str]
@@ -291,7 +293,9 @@ class EnrollRequest(_message.Message):
     create_only: bool
     use_largest_face: bool
     min_face_px: int
-    def __init__(self, identity_id: _Optional[str] = ..., display_name: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., images: _Optional[_Iterable[_Union[EnrollImage, _Mapping]]] = ..., create_only: _Optional[bool] = ..., use_largest_face: _Optional[bool] = ..., min_face_px: _Optional[int] = ...) -> None: ...
+    request_id: str
+    append: bool
+    def __init__(self, identity_id: _Optional[str] = ..., display_name: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., images: _Optional[_Iterable[_Union[EnrollImage, _Mapping]]] = ..., create_only: _Optional[bool] = ..., use_largest_face: _Optional[bool] = ..., min_face_px: _Optional[int] = ..., request_id: _Optional[str] = ..., append: _Optional[bool] = ...) -> None: ...
 
 class EnrollResult(_message.Message):
     __slots__ = ("image_index", "accepted", "face_id", "reject_reason", "message", "face", "detection")
@@ -415,7 +419,7 @@ class GetStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Stats(_message.Message):
-    __slots__ = ("model_id", "contract_id", "embedding_dim", "index_version", "index_ntotal", "live_faces", "tombstones", "faces", "identities", "default_min_similarity", "threshold_note", "index_factory", "enroll_min_face_size", "enroll_min_blur", "queue_depth", "default_threshold", "cohort_k", "template_rule", "default_fpir")
+    __slots__ = ("model_id", "contract_id", "embedding_dim", "index_version", "index_ntotal", "live_faces", "tombstones", "faces", "identities", "default_min_similarity", "threshold_note", "index_factory", "enroll_min_face_size", "enroll_min_blur", "queue_depth", "default_threshold", "cohort_k", "template_rule", "default_fpir", "writes_degraded", "writes_reason", "write_failures", "enroll_request_ids")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     CONTRACT_ID_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_DIM_FIELD_NUMBER: _ClassVar[int]
@@ -435,6 +439,10 @@ class Stats(_message.Message):
     COHORT_K_FIELD_NUMBER: _ClassVar[int]
     TEMPLATE_RULE_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_FPIR_FIELD_NUMBER: _ClassVar[int]
+    WRITES_DEGRADED_FIELD_NUMBER: _ClassVar[int]
+    WRITES_REASON_FIELD_NUMBER: _ClassVar[int]
+    WRITE_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    ENROLL_REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     contract_id: str
     embedding_dim: int
@@ -454,7 +462,11 @@ class Stats(_message.Message):
     cohort_k: int
     template_rule: str
     default_fpir: float
-    def __init__(self, model_id: _Optional[str] = ..., contract_id: _Optional[str] = ..., embedding_dim: _Optional[int] = ..., index_version: _Optional[str] = ..., index_ntotal: _Optional[int] = ..., live_faces: _Optional[int] = ..., tombstones: _Optional[int] = ..., faces: _Optional[int] = ..., identities: _Optional[int] = ..., default_min_similarity: _Optional[float] = ..., threshold_note: _Optional[str] = ..., index_factory: _Optional[str] = ..., enroll_min_face_size: _Optional[float] = ..., enroll_min_blur: _Optional[float] = ..., queue_depth: _Optional[int] = ..., default_threshold: _Optional[_Union[DecisionThreshold, _Mapping]] = ..., cohort_k: _Optional[int] = ..., template_rule: _Optional[str] = ..., default_fpir: _Optional[float] = ...) -> None: ...
+    writes_degraded: bool
+    writes_reason: str
+    write_failures: int
+    enroll_request_ids: int
+    def __init__(self, model_id: _Optional[str] = ..., contract_id: _Optional[str] = ..., embedding_dim: _Optional[int] = ..., index_version: _Optional[str] = ..., index_ntotal: _Optional[int] = ..., live_faces: _Optional[int] = ..., tombstones: _Optional[int] = ..., faces: _Optional[int] = ..., identities: _Optional[int] = ..., default_min_similarity: _Optional[float] = ..., threshold_note: _Optional[str] = ..., index_factory: _Optional[str] = ..., enroll_min_face_size: _Optional[float] = ..., enroll_min_blur: _Optional[float] = ..., queue_depth: _Optional[int] = ..., default_threshold: _Optional[_Union[DecisionThreshold, _Mapping]] = ..., cohort_k: _Optional[int] = ..., template_rule: _Optional[str] = ..., default_fpir: _Optional[float] = ..., writes_degraded: _Optional[bool] = ..., writes_reason: _Optional[str] = ..., write_failures: _Optional[int] = ..., enroll_request_ids: _Optional[int] = ...) -> None: ...
 
 class StreamIdentifyRequest(_message.Message):
     __slots__ = ("tag", "request")
