@@ -58,6 +58,7 @@ _EXISTS = ErrorCode.ALREADY_EXISTS
 _PRECONDITION = ErrorCode.FAILED_PRECONDITION
 _EXHAUSTED = ErrorCode.RESOURCE_EXHAUSTED
 _UNAUTHENTICATED = ErrorCode.UNAUTHENTICATED
+_DENIED = ErrorCode.PERMISSION_DENIED
 _INTERNAL = ErrorCode.INTERNAL
 _UNAVAILABLE = ErrorCode.UNAVAILABLE
 
@@ -110,7 +111,7 @@ class Reason(StrEnum):
     IMAGE_LAYOUT = auto(), _INVALID, "a decoded image array that is not HxWx3 uint8 RGB"
 
     # -- requests ---------------------------------------------------------------------------------
-    BAD_IDENTITY_ID = auto(), _INVALID, "an identity id that is empty, too long or holds control characters"
+    BAD_IDENTITY_ID = auto(), _INVALID, "an identity id: empty, too long, or with control, bidi or invisible characters"
     BAD_NAME = auto(), _INVALID, "a display name over the byte limit"
     BAD_METADATA = auto(), _INVALID, "identity metadata with too many keys or bytes"
     BAD_TOP_K = auto(), _INVALID, "top_k outside 1..the server's maximum"
@@ -137,6 +138,15 @@ class Reason(StrEnum):
     SHUTTING_DOWN = auto(), _UNAVAILABLE, "the server is stopping and takes no new work"
     MISSING_TOKEN = auto(), _UNAUTHENTICATED, "no 'authorization: Bearer <token>' metadata"
     BAD_TOKEN = auto(), _UNAUTHENTICATED, "a bearer token that is not one of the server's"
+    # authorization (server/auth_scopes.py): an authenticated caller without the scope a method needs
+    SCOPE_REQUIRED = auto(), _DENIED, "the caller's token or certificate lacks the scope the method needs (named)"
+    CLIENT_NOT_MAPPED = auto(), _DENIED, "a client certificate subject with no scopes in FACESEARCH_TLS_CLIENT_SCOPES"
+    METHOD_NOT_MAPPED = auto(), _DENIED, "a method with no entry in the server's method -> scope table"
+
+    # service bounds (issue 13, helper B): fields, thresholds, streams
+    FIELD_TOO_LONG = auto(), _INVALID, "a string, bytes or repeated field over its documented bound (named, with it)"
+    THRESHOLD_BELOW_FLOOR = auto(), _INVALID, "a threshold looser than the server's default decision threshold"
+    STREAM_IDLE = auto(), ErrorCode.DEADLINE_EXCEEDED, "a stream sent no item for FACESEARCH_STREAM_IDLE_S: closed"
 
     # -- thresholds and calibration ---------------------------------------------------------------
     BAD_MIN_SIMILARITY = auto(), _INVALID, "a min_similarity outside [-1, 1]"
@@ -179,6 +189,11 @@ class Reason(StrEnum):
         "the store connection broke during a commit: the write may have been made; retry with the same request id",
     )
     STORE_SCHEMA = auto(), _PRECONDITION, "a PostgreSQL store not migrated, or newer than this code (db migrate)"
+    STORE_LOG_PRUNED = (
+        auto(),
+        _PRECONDITION,
+        "changes asked of the PostgreSQL store's log were pruned: use a newer version",
+    )
     STORE_DRIVER_MISSING = auto(), _PRECONDITION, "a postgresql:// store without the postgres extra (psycopg) installed"
 
     # -- batch jobs and evaluation ----------------------------------------------------------------

@@ -189,20 +189,22 @@ class IdentifiedFace(_message.Message):
     def __init__(self, face: _Optional[_Union[DetectedFace, _Mapping]] = ..., match: _Optional[_Union[Candidate, _Mapping]] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ...) -> None: ...
 
 class IdentifyResponse(_message.Message):
-    __slots__ = ("faces", "index_version", "image_width", "image_height", "threshold", "detection")
+    __slots__ = ("faces", "index_version", "image_width", "image_height", "threshold", "detection", "faces_found")
     FACES_FIELD_NUMBER: _ClassVar[int]
     INDEX_VERSION_FIELD_NUMBER: _ClassVar[int]
     IMAGE_WIDTH_FIELD_NUMBER: _ClassVar[int]
     IMAGE_HEIGHT_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     DETECTION_FIELD_NUMBER: _ClassVar[int]
+    FACES_FOUND_FIELD_NUMBER: _ClassVar[int]
     faces: _containers.RepeatedCompositeFieldContainer[IdentifiedFace]
     index_version: str
     image_width: int
     image_height: int
     threshold: DecisionThreshold
     detection: DetectionScope
-    def __init__(self, faces: _Optional[_Iterable[_Union[IdentifiedFace, _Mapping]]] = ..., index_version: _Optional[str] = ..., image_width: _Optional[int] = ..., image_height: _Optional[int] = ..., threshold: _Optional[_Union[DecisionThreshold, _Mapping]] = ..., detection: _Optional[_Union[DetectionScope, _Mapping]] = ...) -> None: ...
+    faces_found: int
+    def __init__(self, faces: _Optional[_Iterable[_Union[IdentifiedFace, _Mapping]]] = ..., index_version: _Optional[str] = ..., image_width: _Optional[int] = ..., image_height: _Optional[int] = ..., threshold: _Optional[_Union[DecisionThreshold, _Mapping]] = ..., detection: _Optional[_Union[DetectionScope, _Mapping]] = ..., faces_found: _Optional[int] = ...) -> None: ...
 
 class VerifyRequest(_message.Message):
     __slots__ = ("image", "reference_image", "identity_id", "min_similarity", "max_false_match_rate")
@@ -249,16 +251,18 @@ class DetectRequest(_message.Message):
     def __init__(self, image: _Optional[bytes] = ..., faces: _Optional[_Union[FaceSelection, str]] = ..., min_face_px: _Optional[int] = ...) -> None: ...
 
 class DetectResponse(_message.Message):
-    __slots__ = ("faces", "image_width", "image_height", "detection")
+    __slots__ = ("faces", "image_width", "image_height", "detection", "faces_found")
     FACES_FIELD_NUMBER: _ClassVar[int]
     IMAGE_WIDTH_FIELD_NUMBER: _ClassVar[int]
     IMAGE_HEIGHT_FIELD_NUMBER: _ClassVar[int]
     DETECTION_FIELD_NUMBER: _ClassVar[int]
+    FACES_FOUND_FIELD_NUMBER: _ClassVar[int]
     faces: _containers.RepeatedCompositeFieldContainer[DetectedFace]
     image_width: int
     image_height: int
     detection: DetectionScope
-    def __init__(self, faces: _Optional[_Iterable[_Union[DetectedFace, _Mapping]]] = ..., image_width: _Optional[int] = ..., image_height: _Optional[int] = ..., detection: _Optional[_Union[DetectionScope, _Mapping]] = ...) -> None: ...
+    faces_found: int
+    def __init__(self, faces: _Optional[_Iterable[_Union[DetectedFace, _Mapping]]] = ..., image_width: _Optional[int] = ..., image_height: _Optional[int] = ..., detection: _Optional[_Union[DetectionScope, _Mapping]] = ..., faces_found: _Optional[int] = ...) -> None: ...
 
 class EnrollImage(_message.Message):
     __slots__ = ("image", "source")
@@ -419,7 +423,7 @@ class GetStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Stats(_message.Message):
-    __slots__ = ("model_id", "contract_id", "embedding_dim", "index_version", "index_ntotal", "live_faces", "tombstones", "faces", "identities", "default_min_similarity", "threshold_note", "index_factory", "enroll_min_face_size", "enroll_min_blur", "queue_depth", "default_threshold", "cohort_k", "template_rule", "default_fpir", "writes_degraded", "writes_reason", "write_failures", "enroll_request_ids")
+    __slots__ = ("model_id", "contract_id", "embedding_dim", "index_version", "index_ntotal", "live_faces", "tombstones", "faces", "identities", "default_min_similarity", "threshold_note", "index_factory", "enroll_min_face_size", "enroll_min_blur", "queue_depth", "default_threshold", "cohort_k", "template_rule", "default_fpir", "writes_degraded", "writes_reason", "write_failures", "enroll_request_ids", "max_faces", "lanes")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     CONTRACT_ID_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_DIM_FIELD_NUMBER: _ClassVar[int]
@@ -443,6 +447,8 @@ class Stats(_message.Message):
     WRITES_REASON_FIELD_NUMBER: _ClassVar[int]
     WRITE_FAILURES_FIELD_NUMBER: _ClassVar[int]
     ENROLL_REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_FACES_FIELD_NUMBER: _ClassVar[int]
+    LANES_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     contract_id: str
     embedding_dim: int
@@ -466,7 +472,23 @@ class Stats(_message.Message):
     writes_reason: str
     write_failures: int
     enroll_request_ids: int
-    def __init__(self, model_id: _Optional[str] = ..., contract_id: _Optional[str] = ..., embedding_dim: _Optional[int] = ..., index_version: _Optional[str] = ..., index_ntotal: _Optional[int] = ..., live_faces: _Optional[int] = ..., tombstones: _Optional[int] = ..., faces: _Optional[int] = ..., identities: _Optional[int] = ..., default_min_similarity: _Optional[float] = ..., threshold_note: _Optional[str] = ..., index_factory: _Optional[str] = ..., enroll_min_face_size: _Optional[float] = ..., enroll_min_blur: _Optional[float] = ..., queue_depth: _Optional[int] = ..., default_threshold: _Optional[_Union[DecisionThreshold, _Mapping]] = ..., cohort_k: _Optional[int] = ..., template_rule: _Optional[str] = ..., default_fpir: _Optional[float] = ..., writes_degraded: _Optional[bool] = ..., writes_reason: _Optional[str] = ..., write_failures: _Optional[int] = ..., enroll_request_ids: _Optional[int] = ...) -> None: ...
+    max_faces: int
+    lanes: _containers.RepeatedCompositeFieldContainer[AdmissionLane]
+    def __init__(self, model_id: _Optional[str] = ..., contract_id: _Optional[str] = ..., embedding_dim: _Optional[int] = ..., index_version: _Optional[str] = ..., index_ntotal: _Optional[int] = ..., live_faces: _Optional[int] = ..., tombstones: _Optional[int] = ..., faces: _Optional[int] = ..., identities: _Optional[int] = ..., default_min_similarity: _Optional[float] = ..., threshold_note: _Optional[str] = ..., index_factory: _Optional[str] = ..., enroll_min_face_size: _Optional[float] = ..., enroll_min_blur: _Optional[float] = ..., queue_depth: _Optional[int] = ..., default_threshold: _Optional[_Union[DecisionThreshold, _Mapping]] = ..., cohort_k: _Optional[int] = ..., template_rule: _Optional[str] = ..., default_fpir: _Optional[float] = ..., writes_degraded: _Optional[bool] = ..., writes_reason: _Optional[str] = ..., write_failures: _Optional[int] = ..., enroll_request_ids: _Optional[int] = ..., max_faces: _Optional[int] = ..., lanes: _Optional[_Iterable[_Union[AdmissionLane, _Mapping]]] = ...) -> None: ...
+
+class AdmissionLane(_message.Message):
+    __slots__ = ("name", "depth", "peak_depth", "bound", "refused")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DEPTH_FIELD_NUMBER: _ClassVar[int]
+    PEAK_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    BOUND_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    depth: int
+    peak_depth: int
+    bound: int
+    refused: int
+    def __init__(self, name: _Optional[str] = ..., depth: _Optional[int] = ..., peak_depth: _Optional[int] = ..., bound: _Optional[int] = ..., refused: _Optional[int] = ...) -> None: ...
 
 class StreamIdentifyRequest(_message.Message):
     __slots__ = ("tag", "request")
