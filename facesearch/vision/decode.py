@@ -12,8 +12,11 @@ This is the first stage of every request, so it is both defensive and fast:
   opener is called directly, nothing global is mutated), so ``max_pixels`` is the limit
   that applies. A few decoders (TIFF, GIF, MPO) repeat Pillow's global check while
   loading; that can only matter when ``max_pixels`` is set above it (~89 Mpx), and its
-  error is reported as ``IMAGE_TOO_LARGE``.
-* Truncated data fails with ``IMAGE_TRUNCATED`` (``LOAD_TRUNCATED_IMAGES`` is never set).
+  error is reported as ``IMAGE_TOO_LARGE``. A JPEG's scans are then counted from its markers
+  (:func:`jpeg_scan_count`, linear and bounded): over ``max_jpeg_scans`` is ``IMAGE_TOO_LARGE``,
+  since each scan is a pass over every pixel (a work bomb otherwise: see ``image_limits``).
+* Truncated data fails with ``IMAGE_TRUNCATED`` (``LOAD_TRUNCATED_IMAGES`` is never set),
+  including a TIFF whose directory, or a strip, tile or value it points at, lies past the end.
 * EXIF orientation (all 8 values, from EXIF or TIFF tags, as Pillow reads them) is applied
   exactly once, so the array is upright as a viewer shows it.
 * Pixel modes become RGB: grayscale and bilevel are replicated; palette, CMYK, YCbCr, LAB
@@ -68,7 +71,7 @@ from PIL import (
 )
 
 from facesearch.errors import FaceSearchError, ImageDecodeError, ImageTooLargeError, Reason
-from facesearch.vision.image_limits import DecodeLimits, check_byte_size, check_dimensions
+from facesearch.vision.image_limits import DecodeLimits, check_byte_size, check_dimensions, check_jpeg_scans
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -76,6 +79,7 @@ __all__ = [
     "DecodeLimits",
     "ImageHeader",
     "decode_image",
+    "jpeg_scan_count",
     "load_image",
     "read_header",
 ]
@@ -202,6 +206,8 @@ def _header(data: bytes, limits: DecodeLimits) -> ImageHeader:
 def _decode(data: bytes, limits: DecodeLimits, reduce_to: tuple[int, int] | None = None) -> np.ndarray:
     with _open_header(data) as im:
         check_dimensions(im.width, im.height, limits)
+        if im.format in _REDUCIBLE:
+            check_jpeg_scans(jpeg_scan_count(data, limits.max_jpeg_scans + 1), limits)
         if reduce_to is not None and im.format in _REDUCIBLE:
             width, height = reduce_to
             stored = (height, width) if _orientation(im) in _TRANSPOSING else (width, height)
@@ -276,6 +282,58 @@ def _is_cut_short(fmt: str | None, data: bytes) -> bool:
         return not data.endswith(b"\x3b")
     if fmt == "PNG":
         return b"IEND" not in data[-12:]
+    if fmt == "TIFF":
+        return _tiff_cut_short(data)
+    if fmt == "BMP":  # the 14-byte file header, then an info header that starts with its own size
+        return len(data) < 18 or len(data) < 14 + int.from_bytes(data[14:18], "little")
+    return False
+
+
+_TIFF_EXTENT_TAGS = {273: 279, 324: 325}  # StripOffsets -> StripByteCounts, TileOffsets -> TileByteCounts
+_TIFF_INT_TYPES = {3: "H", 4: "I", 16: "Q"}  # SHORT, LONG, LONG8
+_TIFF_EXTENT_TAG_SET = frozenset({*_TIFF_EXTENT_TAGS, *_TIFF_EXTENT_TAGS.values()})
+# Bytes per value of each TIFF field type (BYTE, ASCII, SHORT, LONG, RATIONAL, ..., IFD8).
+_TIFF_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4}
+_TIFF_TYPE_SIZES |= {16: 8, 17: 8, 18: 8}
+
+
+def _tiff_cut_short(data: bytes) -> bool:
+    """Whether a TIFF's first directory, a value it points at, or its strips/tiles end past the data.
+
+    Pillow writes a compressed TIFF's directory after the pixels, so a cut-off upload loses the
+    directory ("missing dimensions") rather than pixels; both are truncation.
+    """
+    order = "<" if data[:2] == b"II" else ">"
+    try:
+        big = struct.unpack_from(order + "H", data, 2)[0] == 43
+        offset_fmt, count_fmt, entry = ("Q", "Q", 20) if big else ("I", "H", 12)
+        inline_bytes = struct.calcsize(offset_fmt)
+        ifd = struct.unpack_from(order + offset_fmt, data, 8 if big else 4)[0]
+        if ifd < (16 if big else 8):
+            return False  # a directory inside the file header: corrupt, not cut off
+        n = struct.unpack_from(order + count_fmt, data, ifd)[0]
+        first = ifd + struct.calcsize(count_fmt)
+        if first + n * entry > len(data):
+            return True
+        values: dict[int, tuple[int, ...]] = {}
+        for i in range(min(n, 4096)):
+            at = first + i * entry
+            tag, kind = struct.unpack_from(order + "HH", data, at)
+            count = struct.unpack_from(order + offset_fmt, data, at + 4)[0]
+            size = _TIFF_TYPE_SIZES.get(kind, 1) * count
+            where = at + 4 + inline_bytes
+            if size > inline_bytes:
+                where = struct.unpack_from(order + offset_fmt, data, where)[0]
+            if where + size > len(data):
+                return True
+            if kind in _TIFF_INT_TYPES and count <= 1 << 20 and tag in _TIFF_EXTENT_TAG_SET:
+                values[tag] = struct.unpack_from(f"{order}{count}{_TIFF_INT_TYPES[kind]}", data, where)
+    except struct.error:
+        return True
+    for offsets_tag, counts_tag in _TIFF_EXTENT_TAGS.items():
+        ends = [o + c for o, c in zip(values.get(offsets_tag, ()), values.get(counts_tag, ()), strict=False)]
+        if ends and max(ends) > len(data):
+            return True
     return False
 
 
@@ -290,6 +348,57 @@ def _load_pixels(im: ImageFile.ImageFile, data: bytes) -> None:
         raise ImageDecodeError(
             f"{im.format} image data is corrupt: {type(err).__name__}: {err}", reason=Reason.IMAGE_UNDECODABLE
         ) from err
+
+
+# --- JPEG scans (work bombs) ---------------------------------------------------------------
+
+# In entropy-coded data an FF byte is followed by 00 (a stuffed FF), a restart marker D0..D7,
+# or fill FFs before a marker; so a marker is the first FF followed by anything else (no "\xff+"
+# in a search: it would retry every start inside a long run of FFs, quadratic).
+_JPEG_NEXT_MARKER = re.compile(rb"\xff[\x01-\xcf\xd8-\xfe]")
+_JPEG_MARKER_AT = re.compile(rb"\xff++([\x00-\xfe])")
+_JPEG_SOS, _JPEG_EOI_BYTE = 0xDA, 0xD9
+_JPEG_STANDALONE = frozenset({0x00, 0x01, *range(0xD0, 0xD8)})  # TEM and RSTn: no length field
+_JPEG_MAX_MARKERS = 4096  # a real JPEG has a few dozen marker segments outside its scans
+
+
+def jpeg_scan_count(data: bytes, stop_at: int | None = None) -> int:
+    """How many scans (SOS markers) the first image of a JPEG has, from its marker structure.
+
+    Walks the marker segments by their lengths (so bytes inside an EXIF thumbnail or an ICC
+    profile are not taken for markers) and skips each scan's entropy-coded data with one regex
+    search, up to the first EOI: linear in the data, at C speed. Malformed structure just ends
+    the walk (the decoder reports it); more than 4096 other markers than scans are refused
+    (``IMAGE_UNDECODABLE``: nothing real has them, and the walk stays bounded). ``stop_at``: stop
+    counting there.
+    """
+    pos, scans, markers, size = 2, 0, 0, len(data)
+    while stop_at is None or scans < stop_at:
+        found = _JPEG_MARKER_AT.match(data, pos) or _JPEG_NEXT_MARKER.search(data, pos)
+        if found is None:
+            break
+        marker, pos = data[found.end() - 1], found.end()
+        markers += marker != _JPEG_SOS  # scans are bounded by stop_at
+        if markers > _JPEG_MAX_MARKERS:
+            raise ImageDecodeError(
+                f"JPEG image has more than {_JPEG_MAX_MARKERS} marker segments (a real one has a few dozen)",
+                reason=Reason.IMAGE_UNDECODABLE,
+            )
+        if marker == _JPEG_EOI_BYTE:
+            break
+        if marker in _JPEG_STANDALONE:
+            continue
+        length = int.from_bytes(data[pos : pos + 2], "big")
+        if pos + 2 > size or length < 2:
+            break
+        pos += length
+        if marker == _JPEG_SOS:
+            scans += 1
+            found = _JPEG_NEXT_MARKER.search(data, pos)
+            if found is None:
+                break
+            pos = found.start()
+    return scans
 
 
 # --- naming what is not an image ----------------------------------------------------------

@@ -3,6 +3,12 @@
 The checks here run on the byte length and on the dimensions read from the image
 header, so an oversized upload or a decompression bomb (a few KiB claiming
 100000x100000 pixels) is refused before any pixel buffer is allocated.
+
+Work bombs too: a progressive JPEG's decode costs one pass over the whole image per scan, and
+a scan that refines nothing takes a few bytes, so 10,000 repeated scans (164 KB) made a 4 Mpx
+JPEG take 24 s to decode (0.03 s without them). ``max_jpeg_scans`` bounds the scans counted from the
+markers before decoding; a real progressive JPEG has about 10 (libjpeg's default script) and
+rarely more than 20 (mozjpeg's optimised scripts).
 """
 
 from __future__ import annotations
@@ -18,15 +24,17 @@ class DecodeLimits:
 
     ``max_pixels`` is the decompression-bomb guard (width * height, checked from the
     header before decoding); ``max_bytes`` bounds the encoded size; ``min_side`` is the
-    smallest width or height accepted, since a smaller image holds no detectable face.
+    smallest width or height accepted, since a smaller image holds no detectable face;
+    ``max_jpeg_scans`` bounds the scans of a JPEG (each is a pass over every pixel).
     """
 
     max_pixels: int = 40_000_000
     max_bytes: int = 32 * 1024 * 1024
     min_side: int = 16
+    max_jpeg_scans: int = 64
 
     def __post_init__(self) -> None:
-        for name in ("max_pixels", "max_bytes", "min_side"):
+        for name in ("max_pixels", "max_bytes", "min_side", "max_jpeg_scans"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"DecodeLimits.{name} must be a positive integer, got {value!r}")
@@ -57,4 +65,14 @@ def check_dimensions(width: int, height: int, limits: DecodeLimits) -> None:
             f"image is {width}x{height} pixels; each side must be at least {limits.min_side} "
             "pixels to hold a detectable face",
             reason=Reason.IMAGE_TOO_SMALL,
+        )
+
+
+def check_jpeg_scans(scans: int, limits: DecodeLimits) -> None:
+    """Refuse a JPEG with more than ``limits.max_jpeg_scans`` scans (a work bomb, see the module docstring)."""
+    if scans > limits.max_jpeg_scans:
+        raise ImageTooLargeError(
+            f"JPEG image has {scans} or more scans, over the limit of {limits.max_jpeg_scans} (each scan is a pass "
+            "over the whole image; a progressive JPEG has about 10)",
+            reason=Reason.IMAGE_TOO_LARGE,
         )
