@@ -15,7 +15,7 @@ Modules (and the tests that cover them):
   ``tests/integration/test_flip_average.py``, ``tests/integration/test_indexer_images.py``,
   ``tests/integration/test_pipeline_embed.py``, ``tests/integration/test_server_large_photos.py``,
   ``tests/integration/test_training_export.py``, ``tests/unit/test_decode.py``,
-  ``tests/unit/test_decode_reduced.py``.
+  ``tests/unit/test_decode_fuzz.py``, ``tests/unit/test_decode_reduced.py``.
 - ``detection_plan``: How much of a photo the face detector scans: a budget in pyramid pixels, and
   what it buys. Tests: ``tests/integration/test_server_large_photos.py``,
   ``tests/unit/test_detection_plan.py``.
@@ -62,6 +62,7 @@ from facesearch.vision.decode import (
     DEFAULT_LIMITS,
     ImageHeader,
     decode_image,
+    jpeg_scan_count,
     load_image,
     read_header,
 )
@@ -171,6 +172,7 @@ __all__ = [
     "face_chip_details",
     "greedy_nms",
     "is_failure",
+    "jpeg_scan_count",
     "largest_first",
     "load_image",
     "lround",
