@@ -33,6 +33,7 @@ __all__ = [
     "MemoryBudgetError",
     "ModelFormatError",
     "NotFoundError",
+    "PermissionDeniedError",
     "PreconditionError",
     "Reason",
     "ResourceExhaustedError",
@@ -131,6 +132,13 @@ class ResourceExhaustedError(FaceSearchError):
 class UnauthenticatedError(FaceSearchError):
     code = ErrorCode.UNAUTHENTICATED
     default_reason = Reason.UNAUTHENTICATED
+
+
+class PermissionDeniedError(FaceSearchError):
+    """An authenticated caller whose credentials lack what the operation needs (a scope, named)."""
+
+    code = ErrorCode.PERMISSION_DENIED
+    default_reason = Reason.PERMISSION_DENIED
 
 
 class UnavailableError(FaceSearchError):

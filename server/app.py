@@ -14,6 +14,17 @@ With no published version the gallery is just the live enrollments.
 
 Shutdown (SIGTERM/SIGINT): health NOT_SERVING, no new calls, in-flight calls get
 FACESEARCH_SHUTDOWN_GRACE_S to finish, then workers, journal and metrics are closed.
+
+Security (:mod:`server.auth`, :mod:`server.auth_scopes`, :mod:`server.interceptors`): by default
+both ports bind loopback only. A server reachable from the network without TLS or without auth
+logs a WARNING per problem at start and reports them in GetStats (``security_warnings``); bearer
+tokens over plaintext on a non-loopback address are refused at start unless
+FACESEARCH_ALLOW_PLAINTEXT_TOKENS=1. Every registered method must have a scope in
+``server/auth_scopes.py`` or the server refuses to start. SIGHUP re-reads the token and
+client-scopes files (they are also re-read when they change). A port in use ends start-up with
+one line naming its setting.
+
+``facesearch-server token new|hash`` (:mod:`server.auth_cli`) mints tokens for the token file.
 """
 
 from __future__ import annotations
@@ -24,11 +35,13 @@ import logging
 import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 import faiss
 import grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection_pb2
 
 from facesearch.api.v1 import facesearch_pb2 as pb
 from facesearch.api.v1 import facesearch_pb2_grpc as pb_grpc
@@ -41,15 +54,20 @@ from facesearch.store.live_journal import LiveJournal, journal_place
 from facesearch.vision.image_limits import DecodeLimits
 from facesearch.vision.pipeline import FacePipeline, PipelineConfig
 from server.admission import Admission
+from server.auth import Authenticator
+from server.auth_cli import main as token_main
+from server.auth_scopes import check_table
 from server.base_index import BaseIndex
 from server.batcher import EmbedBatcher
 from server.config import ServerConfig, add_arguments, load_config
 from server.engine import FaceEngine
 from server.gallery import Gallery
 from server.health import SERVICE, Health
-from server.interceptors import EdgeInterceptor, read_tokens
+from server.interceptors import EdgeInterceptor
 from server.metrics import Metrics
 from server.open_set_upkeep import OpenSetParams
+from server.reflection import enable as enable_reflection
+from server.reflection import v1_service_descriptor
 from server.service import EnrollRules, FaceSearchService
 from server.servicer import FaceSearchServicer
 from server.watcher import IndexWatcher
@@ -58,6 +76,30 @@ from server.write_health import WriteStatus
 log = logging.getLogger("facesearch.server.app")
 
 IO_THREADS = 4
+# Keepalive enforcement (see server/config.py): clients may ping every 10 s while calls are open;
+# the server pings a quiet connection after 60 s and drops it when 20 s pass unanswered.
+KEEPALIVE_MIN_RECV_PING_MS = 10_000
+KEEPALIVE_MAX_PING_STRIKES = 2
+KEEPALIVE_TIME_MS = 60_000
+KEEPALIVE_TIMEOUT_MS = 20_000
+
+
+def grpc_options(c: ServerConfig) -> list[tuple[str, int]]:
+    """The transport limits: message size, streams per connection, connection idle/age, keepalive."""
+    return [
+        ("grpc.max_receive_message_length", c.max_message_bytes),
+        ("grpc.max_send_message_length", c.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_concurrent_streams", c.max_concurrent_streams),
+        ("grpc.max_connection_idle_ms", int(c.connection_idle_s * 1000)),
+        ("grpc.max_connection_age_ms", int(c.connection_age_s * 1000)),
+        ("grpc.max_connection_age_grace_ms", int(c.connection_age_grace_s * 1000)),
+        ("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_MIN_RECV_PING_MS),
+        ("grpc.http2.max_ping_strikes", KEEPALIVE_MAX_PING_STRIKES),
+        ("grpc.keepalive_permit_without_calls", 0),
+        ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    ]
 
 
 def threshold_policy(bundle: ModelBundle, open_set: OpenSetCalibration | None, config: ServerConfig) -> ThresholdPolicy:
@@ -95,6 +137,8 @@ class FaceSearchServer:
         self._grpc: grpc.aio.Server | None = None
         self._refused: FaceSearchError | None = None
         self._health_tasks: set[asyncio.Task[None]] = set()
+        self._reloader: asyncio.Task[None] | None = None
+        self.auth: Authenticator | None = None
 
     async def start(self) -> None:
         c = self.config
@@ -155,13 +199,15 @@ class FaceSearchServer:
         self._loop = asyncio.get_running_loop()
         self.gallery.writes.listen(self._on_write_status)
 
-        tokens = read_tokens(c.auth_tokens_file) if c.auth_tokens_file else None
-        options = [
-            ("grpc.max_receive_message_length", c.max_message_bytes),
-            ("grpc.max_send_message_length", c.max_message_bytes),
-            ("grpc.so_reuseport", 0),
-        ]
-        server = grpc.aio.server(interceptors=[EdgeInterceptor(self.metrics, tokens, c.access_log)], options=options)
+        self.auth = Authenticator.from_files(c.auth_tokens_file, c.tls_client_scopes)
+        warnings = c.security_warnings()
+        for warning in warnings:
+            log.warning("SECURITY: %s", warning)
+        server = grpc.aio.server(
+            interceptors=[EdgeInterceptor(self.metrics, self.auth, c.access_log)],
+            options=grpc_options(c),
+            maximum_concurrent_rpcs=c.max_concurrent_rpcs,
+        )
         self._grpc = server
         servicer = FaceSearchServicer(
             self.service,
@@ -169,20 +215,33 @@ class FaceSearchServer:
             self.bundle.contract_id,
             self.bundle.embedding_dim,
             stream_window=max(2, c.workers),
+            security_warnings=warnings,
         )
+        facesearch_service = pb.DESCRIPTOR.services_by_name["FaceSearch"]
+        health_service = health_pb2.DESCRIPTOR.services_by_name["Health"]
         pb_grpc.add_FaceSearchServicer_to_server(servicer, server)
         self.health = Health(server)
         await self.health.set(False)
         await self.health.set_writes(True)
-        reflection.enable_server_reflection(
-            (pb.DESCRIPTOR.services_by_name["FaceSearch"].full_name, "grpc.health.v1.Health", reflection.SERVICE_NAME),
-            server,
-        )
+        enable_reflection((facesearch_service.full_name, health_service.full_name), server)
+        reflection_services = [
+            reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
+            v1_service_descriptor(),
+        ]
+        check_table([facesearch_service, health_service, *reflection_services])  # a method without a scope: no start
         self.port = self._bind(server)
         await server.start()
         if c.metrics_listen is not None:
-            self.metrics_port = self.metrics.start(c.metrics_listen)
-        log.info("listening on %s (port %d), tls=%s auth=%s", c.listen, self.port, c.tls, bool(tokens))
+            try:
+                self.metrics_port = self.metrics.start(c.metrics_listen)
+            except OSError as err:
+                raise PreconditionError(
+                    f"cannot listen on {c.metrics_listen} (FACESEARCH_METRICS_LISTEN): {err.strerror or err}",
+                    reason=Reason.BAD_CONFIG,
+                ) from None
+        if self.auth.enabled:
+            self._reloader = asyncio.get_running_loop().create_task(self._reload_credentials())
+        log.info("listening on %s (port %d), tls=%s auth=%s", c.listen, self.port, c.tls, self.auth.enabled)
 
         self.watcher = IndexWatcher(
             c.index_root,
@@ -207,14 +266,32 @@ class FaceSearchServer:
                 root_certificates=ca,
                 require_client_auth=ca is not None,
             )
-            port = server.add_secure_port(c.listen, creds)
+            bind = partial(server.add_secure_port, c.listen, creds)
         else:
-            port = server.add_insecure_port(c.listen)
+            bind = partial(server.add_insecure_port, c.listen)
+        try:
+            port = bind()
+        except RuntimeError:  # grpcio raises "Failed to bind to address" where older versions returned 0
+            port = 0
         if port == 0:
             raise PreconditionError(
                 f"cannot listen on {c.listen} (FACESEARCH_LISTEN): address in use or invalid", reason=Reason.BAD_CONFIG
             )
         return port
+
+    async def _reload_credentials(self) -> None:
+        """Re-read the token and client-scopes files when they change (a broken file keeps the old ones)."""
+        assert self.auth is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.config.auth_reload_s)
+            await loop.run_in_executor(self.io, self.auth.reload)
+
+    def reload_credentials(self) -> None:
+        """SIGHUP: re-read the credentials files now."""
+        if self.auth is not None and self.auth.enabled:
+            log.info("SIGHUP: reloading credentials")
+            self.auth.reload(force=True)
 
     async def _install(self, base: BaseIndex | None) -> None:
         await asyncio.get_running_loop().run_in_executor(self.io, self.gallery.install, base)
@@ -275,6 +352,9 @@ class FaceSearchServer:
         self.metrics.serving.set(0)
         if hasattr(self, "watcher"):
             await self.watcher.stop()
+        if self._reloader is not None:
+            self._reloader.cancel()
+            self._reloader = None
         if self._grpc is not None:
             await self._grpc.stop(grace)
             self._grpc = None
@@ -311,6 +391,7 @@ async def serve(config: ServerConfig) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
+    loop.add_signal_handler(signal.SIGHUP, server.reload_credentials)
     try:
         await server.start()
     except BaseException:
@@ -338,6 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["token"]:
+        return token_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         config = load_config(args)

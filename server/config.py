@@ -9,11 +9,37 @@ variable                            flag                        default
 FACESEARCH_BUNDLE                   --bundle DIR                $FACESEARCH_HOME/models/dlib
                                                                 (models/CURRENT when promoted)
 FACESEARCH_INDEX                    --index ROOT                $FACESEARCH_HOME/index
-FACESEARCH_LISTEN                   --listen HOST:PORT          0.0.0.0:50051
-FACESEARCH_METRICS_LISTEN           --metrics-listen HOST:PORT  0.0.0.0:9464 ("off" disables)
+FACESEARCH_LISTEN                   --listen HOST:PORT          127.0.0.1:50051 (loopback only;
+                                                                0.0.0.0:50051 for the network,
+                                                                with TLS and auth)
+FACESEARCH_METRICS_LISTEN           --metrics-listen HOST:PORT  127.0.0.1:9464 ("off" disables;
+                                                                no auth on it, ever)
 FACESEARCH_TLS_CERT / _TLS_KEY      --tls-cert / --tls-key      off (plaintext)
 FACESEARCH_TLS_CLIENT_CA            --tls-client-ca FILE        off (no client certificates)
-FACESEARCH_AUTH_TOKENS_FILE         --auth-tokens FILE          off (no bearer-token auth)
+FACESEARCH_TLS_CLIENT_SCOPES                                    off (certificate CN -> scopes file,
+                                                                server/auth.py; needs _CLIENT_CA)
+FACESEARCH_AUTH_TOKENS_FILE         --auth-tokens FILE          off (no auth: anyone who can connect
+                                                                may do all but see candidates);
+                                                                hashed scoped tokens, server/auth.py
+FACESEARCH_AUTH_RELOAD_S                                        2 (seconds between checks of the
+                                                                token and client-scopes files;
+                                                                SIGHUP reloads at once)
+FACESEARCH_ALLOW_PLAINTEXT_TOKENS                               off (tokens without TLS on a
+                                                                non-loopback address: refused)
+FACESEARCH_MAX_CONCURRENT_STREAMS                               100 (calls at once per connection,
+                                                                HTTP/2 SETTINGS)
+FACESEARCH_MAX_CONCURRENT_RPCS                                  256 (calls at once, server-wide;
+                                                                more: RESOURCE_EXHAUSTED at once)
+FACESEARCH_CONNECTION_IDLE_S                                    300 (a connection with no call for
+                                                                this long is closed, GOAWAY)
+FACESEARCH_CONNECTION_AGE_S                                     3600 (connections are closed after
+                                                                this long, +60 s grace for calls
+                                                                in flight: clients rebalance)
+(keepalive enforcement, fixed)                                  client pings at most every 10 s,
+                                                                only with calls open; 2 strikes
+                                                                then GOAWAY. The server pings an
+                                                                open connection after 60 s quiet
+                                                                and drops it 20 s unanswered.
 FACESEARCH_WORKERS                  --workers N                 cores (requests in CPU stages)
 FACESEARCH_LOG_LEVEL                --log-level LEVEL           INFO
 FACESEARCH_LIVE_DIR                                             ROOT/live (the live journal)
@@ -43,6 +69,7 @@ FACESEARCH_ACCESS_LOG                                           on (one JSON lin
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -54,8 +81,8 @@ from facesearch.errors import InvalidInputError, Reason
 from facesearch.vision.detection_plan import worst_work_bytes
 from facesearch.vision.pipeline import DEFAULT_DETECT_PIXELS, MIN_DETECT_PIXELS
 
-DEFAULT_LISTEN = "0.0.0.0:50051"
-DEFAULT_METRICS_LISTEN = "0.0.0.0:9464"
+DEFAULT_LISTEN = "127.0.0.1:50051"
+DEFAULT_METRICS_LISTEN = "127.0.0.1:9464"
 DEFAULT_MAX_DETECT_PIXELS = 9_000_000  # a 1080p frame searched down to 40 px faces (2x: 8.3 MP)
 DEFAULT_WORK_MEMORY = 1 << 30
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -76,6 +103,16 @@ class ServerConfig:
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
     auth_tokens_file: Path | None = None
+    # -- transport and credentials (helper A, issue 13) --
+    tls_client_scopes: Path | None = None  # client certificate CN -> scopes (server/auth.py)
+    auth_reload_s: float = 2.0
+    allow_plaintext_tokens: bool = False
+    max_concurrent_streams: int = 100  # per connection (HTTP/2)
+    max_concurrent_rpcs: int = 256  # server-wide
+    connection_idle_s: float = 300.0
+    connection_age_s: float = 3600.0
+    connection_age_grace_s: float = 60.0
+    # --
     workers: int = 2
     queue_size: int = 64
     threads: int = 1  # per inference: requests run in parallel (workers), not inside one model call
@@ -108,10 +145,11 @@ class ServerConfig:
             raise InvalidInputError(
                 "FACESEARCH_TLS_CLIENT_CA needs FACESEARCH_TLS_CERT/FACESEARCH_TLS_KEY", reason=Reason.BAD_CONFIG
             )
-        for name in ("tls_cert", "tls_key", "tls_client_ca", "auth_tokens_file"):
+        for name in ("tls_cert", "tls_key", "tls_client_ca", "auth_tokens_file", "tls_client_scopes"):
             path = getattr(self, name)
             if path is not None and not path.is_file():
                 raise InvalidInputError(f"FACESEARCH_{name.upper()}: no such file {path}", reason=Reason.BAD_CONFIG)
+        self._check_transport()
         positive = {
             "workers": self.workers,
             "queue_size": self.queue_size,
@@ -154,6 +192,64 @@ class ServerConfig:
                 f"FACESEARCH_LOG_LEVEL must be one of {LOG_LEVELS}, got {self.log_level!r}", reason=Reason.BAD_CONFIG
             )
 
+    def _check_transport(self) -> None:
+        if self.tls_client_scopes is not None and self.tls_client_ca is None:
+            raise InvalidInputError(
+                "FACESEARCH_TLS_CLIENT_SCOPES needs FACESEARCH_TLS_CLIENT_CA (only verified certificates have scopes)",
+                reason=Reason.BAD_CONFIG,
+            )
+        plaintext = self.auth_tokens_file is not None and not self.tls and not is_loopback(self.listen)
+        if plaintext and not self.allow_plaintext_tokens:
+            raise InvalidInputError(
+                f"bearer tokens over plaintext on {self.listen} (FACESEARCH_LISTEN) would cross the network "
+                "readable: set FACESEARCH_TLS_CERT and FACESEARCH_TLS_KEY, listen on 127.0.0.1, or set "
+                "FACESEARCH_ALLOW_PLAINTEXT_TOKENS=1 (e.g. TLS ends at a proxy on this host)",
+                reason=Reason.BAD_CONFIG,
+            )
+        limits = {
+            "MAX_CONCURRENT_STREAMS": self.max_concurrent_streams,
+            "MAX_CONCURRENT_RPCS": self.max_concurrent_rpcs,
+        }
+        for name, value in limits.items():
+            if value < 1:
+                raise InvalidInputError(f"FACESEARCH_{name} must be >= 1, got {value}", reason=Reason.BAD_CONFIG)
+        seconds = {
+            "AUTH_RELOAD_S": self.auth_reload_s,
+            "CONNECTION_IDLE_S": self.connection_idle_s,
+            "CONNECTION_AGE_S": self.connection_age_s,
+        }
+        for name, secs in seconds.items():
+            if not secs > 0:
+                raise InvalidInputError(f"FACESEARCH_{name} must be > 0 seconds, got {secs}", reason=Reason.BAD_CONFIG)
+
+    def security_warnings(self) -> tuple[str, ...]:
+        """What makes this server unsafe on the network, in words (logged at start, in GetStats)."""
+        out = []
+        auth = self.auth_tokens_file is not None or self.tls_client_scopes is not None
+        if not is_loopback(self.listen):
+            if not self.tls:
+                out.append(
+                    f"gRPC on {self.listen} is reachable from the network without TLS (FACESEARCH_TLS_CERT/_KEY): "
+                    "photos, names and results cross it readable"
+                )
+            if not auth:
+                out.append(
+                    f"gRPC on {self.listen} is reachable from the network without authentication "
+                    "(FACESEARCH_AUTH_TOKENS_FILE or FACESEARCH_TLS_CLIENT_SCOPES): anyone who can connect may "
+                    "identify, enroll, list and delete"
+                )
+            elif self.auth_tokens_file is not None and not self.tls:
+                out.append(
+                    f"bearer tokens cross the network in plaintext on {self.listen} "
+                    "(FACESEARCH_ALLOW_PLAINTEXT_TOKENS=1)"
+                )
+        if self.metrics_listen is not None and not is_loopback(self.metrics_listen):
+            out.append(
+                f"metrics on {self.metrics_listen} (FACESEARCH_METRICS_LISTEN) are reachable from the network "
+                "without authentication"
+            )
+        return tuple(out)
+
     def _check_detection(self) -> None:
         for name, value in (("DETECT_PIXELS", self.detect_pixels), ("MAX_DETECT_PIXELS", self.max_detect_pixels)):
             if value is not None and value < MIN_DETECT_PIXELS:
@@ -185,6 +281,17 @@ class ServerConfig:
         return {f.name: str(v) if isinstance(v := getattr(self, f.name), Path) else v for f in fields(self)}
 
 
+def is_loopback(hostport: str) -> bool:
+    """Whether ``HOST:PORT`` binds only the loopback interface (a host name other than localhost: no)."""
+    host = hostport.rpartition(":")[0].strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _check_hostport(value: str, what: str) -> None:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -205,7 +312,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="CA bundle; clients must present a certificate it signed [FACESEARCH_TLS_CLIENT_CA]",
     )
     parser.add_argument(
-        "--auth-tokens", type=Path, help="file of accepted bearer tokens, one a line [FACESEARCH_AUTH_TOKENS_FILE]"
+        "--auth-tokens",
+        type=Path,
+        help="token file: 'NAME SCOPES sha256:HEX' lines (`facesearch-server token new`) [FACESEARCH_AUTH_TOKENS_FILE]",
     )
     parser.add_argument("--workers", type=int, help="requests processed at once [FACESEARCH_WORKERS, cores]")
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR [FACESEARCH_LOG_LEVEL]")
@@ -234,6 +343,13 @@ def load_config(args: argparse.Namespace | None = None, env: Mapping[str, str] |
         tls_key=flag("tls_key") or reader.as_path("FACESEARCH_TLS_KEY"),
         tls_client_ca=flag("tls_client_ca") or reader.as_path("FACESEARCH_TLS_CLIENT_CA"),
         auth_tokens_file=flag("auth_tokens") or reader.as_path("FACESEARCH_AUTH_TOKENS_FILE"),
+        tls_client_scopes=reader.as_path("FACESEARCH_TLS_CLIENT_SCOPES"),
+        auth_reload_s=reader.as_float("FACESEARCH_AUTH_RELOAD_S", 2.0),
+        allow_plaintext_tokens=reader.as_bool("FACESEARCH_ALLOW_PLAINTEXT_TOKENS", False),
+        max_concurrent_streams=reader.as_int("FACESEARCH_MAX_CONCURRENT_STREAMS", 100),
+        max_concurrent_rpcs=reader.as_int("FACESEARCH_MAX_CONCURRENT_RPCS", 256),
+        connection_idle_s=reader.as_float("FACESEARCH_CONNECTION_IDLE_S", 300.0),
+        connection_age_s=reader.as_float("FACESEARCH_CONNECTION_AGE_S", 3600.0),
         workers=flag("workers") or reader.as_int("FACESEARCH_WORKERS", _cores()),
         queue_size=reader.as_int("FACESEARCH_QUEUE_SIZE", 64),
         threads=reader.as_int("FACESEARCH_THREADS", 1),

@@ -1,68 +1,71 @@
-"""The server edge, applied to every call: bearer-token auth, error mapping, metrics, access log.
+"""The server edge, applied to every call: authentication before the body, scopes, errors, metrics, access log.
 
-* Auth: with a token file configured, every call except the health service must carry
-  ``authorization: Bearer <token>`` matching one of the file's tokens (constant-time
-  comparison), else UNAUTHENTICATED (reason ``MISSING_TOKEN`` / ``BAD_TOKEN``).
+* Authentication reads only the call's metadata and TLS peer (:class:`server.auth.Authenticator`):
+  every method is served through a request-streaming handler whose behaviour authenticates and
+  authorizes first and reads (deserialises) the request message only once the call is allowed. A
+  refused call never reads its body: what an unauthenticated caller can make the server hold is
+  bounded by HTTP/2 flow control, not by FACESEARCH_MAX_MESSAGE_BYTES. (Unary and streaming
+  requests are framed the same on the wire, so clients see no difference.)
+* Authorization: the method's scope from :mod:`server.auth_scopes` (public for health), else
+  PERMISSION_DENIED (reason ``SCOPE_REQUIRED``, naming the scope); a missing or unknown token is
+  UNAUTHENTICATED (``MISSING_TOKEN`` / ``BAD_TOKEN``). The call's principal is bound with
+  :func:`server.principal.bind_principal` before the handler runs.
 * Errors: whatever a handler raises becomes a status code through :mod:`server.errors`
   (the one mapping), with a google.rpc ErrorInfo; unknown exceptions become INTERNAL with a
   generic message and the traceback goes to the server log only.
+* Streaming replies: a handler may yield them (async generator) or write them with
+  ``context.write`` and return (as the health service's Watch does); both are served.
 * Metrics: calls and latency by method and status code.
-* Access log: one JSON line per call on the ``facesearch.access`` logger.
+* Access log: one JSON line per call on the ``facesearch.access`` logger, with the principal.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
+import inspect
 import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import grpc
 
-from facesearch.errors import InvalidInputError, Reason, UnauthenticatedError
+from facesearch.errors import InvalidInputError, Reason
+from server.auth import PUBLIC, Authenticator
+from server.auth_scopes import METHOD_SCOPES, authorize, required_scope
 from server.errors import details_trailer, public_message, reason_status, status_of
 from server.metrics import Metrics
+from server.principal import Principal, Scope, bind_principal, reset_principal
 
 log = logging.getLogger(f"facesearch.{__name__}")
 access = logging.getLogger("facesearch.access")
 
-PUBLIC_PREFIXES = ("/grpc.health.v1.Health/",)
-
-
-def read_tokens(path: Path) -> list[bytes]:
-    """Bearer tokens, one a line; blank lines and ``#`` comments are skipped."""
-    tokens = [line.strip() for line in path.read_text().splitlines()]
-    tokens = [t for t in tokens if t and not t.startswith("#")]
-    if not tokens:
-        raise InvalidInputError(f"FACESEARCH_AUTH_TOKENS_FILE {path} holds no tokens", reason=Reason.BAD_CONFIG)
-    return [t.encode() for t in tokens]
+Behavior = Callable[[Any, grpc.aio.ServicerContext], Any]
 
 
 class EdgeInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, metrics: Metrics, tokens: list[bytes] | None, access_log: bool) -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        auth: Authenticator | None,
+        access_log: bool,
+        scopes: Mapping[str, Scope | None] = METHOD_SCOPES,
+    ) -> None:
         self.metrics = metrics
-        self.tokens = tokens
+        self.auth = auth or Authenticator(None, None)
         self.access_log = access_log
+        self.scopes = scopes
 
-    def _auth_error(self, metadata: dict[str, str]) -> UnauthenticatedError | None:
-        if not self.tokens:
-            return None
-        header = metadata.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            return UnauthenticatedError(
-                "missing bearer token: send metadata 'authorization: Bearer <token>'", reason=Reason.MISSING_TOKEN
-            )
-        given = token.strip().encode()
-        ok = False
-        for expected in self.tokens:  # compare with every token: timing says nothing about which
-            ok |= hmac.compare_digest(given, expected)
-        return None if ok else UnauthenticatedError("invalid bearer token", reason=Reason.BAD_TOKEN)
+    def admit(self, method: str, metadata: Mapping[str, str], context: grpc.aio.ServicerContext) -> Principal:
+        """The call's principal, if it may call ``method``; raises UNAUTHENTICATED or PERMISSION_DENIED."""
+        required = required_scope(method, self.scopes)
+        if required is None:
+            return PUBLIC
+        principal = self.auth.principal(metadata, context.auth_context())
+        authorize(principal, method, required)
+        return principal
 
     async def intercept_service(
         self,
@@ -74,44 +77,49 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
             return None
         method = handler_call_details.method
         metadata = {k: v for k, v in (handler_call_details.invocation_metadata or ()) if isinstance(v, str)}
-        denied = None if method.startswith(PUBLIC_PREFIXES) else self._auth_error(metadata)
-        call = _Call(self, method, metadata.get("x-request-id") or uuid.uuid4().hex[:16], denied)
+        call = _Call(self, method, metadata)
+        de, ser = handler.request_deserializer, handler.response_serializer
+        # Every method is served request-streaming: the request is read only after admission.
         if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                call.unary(handler.unary_unary), handler.request_deserializer, handler.response_serializer
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                call.streaming(handler.unary_stream), handler.request_deserializer, handler.response_serializer
-            )
+            return grpc.stream_unary_rpc_method_handler(call.unary(handler.unary_unary, False), de, ser)
         if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(
-                call.unary(handler.stream_unary), handler.request_deserializer, handler.response_serializer
-            )
-        return grpc.stream_stream_rpc_method_handler(
-            call.streaming(handler.stream_stream), handler.request_deserializer, handler.response_serializer
-        )
+            return grpc.stream_unary_rpc_method_handler(call.unary(handler.stream_unary, True), de, ser)
+        if handler.unary_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(call.streaming(handler.unary_stream, False), de, ser)
+        return grpc.stream_stream_rpc_method_handler(call.streaming(handler.stream_stream, True), de, ser)
+
+
+async def _single(requests: AsyncIterator[Any]) -> Any:
+    """The one request message of a unary-request method."""
+    async for request in requests:
+        return request
+    raise InvalidInputError("the call carries no request message", reason=Reason.INVALID_ARGUMENT)
 
 
 class _Call:
-    """One call's bookkeeping: wraps its behaviour with auth, error mapping and recording."""
+    """One call's bookkeeping: wraps its behaviour with admission, error mapping and recording."""
 
-    def __init__(self, edge: EdgeInterceptor, method: str, request_id: str, denied: Exception | None) -> None:
+    def __init__(self, edge: EdgeInterceptor, method: str, metadata: Mapping[str, str]) -> None:
         self.edge = edge
         self.method = method
+        self.metadata = metadata
         self.short = method.rsplit("/", 1)[-1]
-        self.request_id = request_id
-        self.denied = denied
+        self.request_id = metadata.get("x-request-id") or uuid.uuid4().hex[:16]
+        self.principal: Principal | None = None
         self.start = time.perf_counter()
 
-    def unary(self, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-        async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    def unary(self, behavior: Behavior, streaming_request: bool) -> Callable[..., Awaitable[Any]]:
+        async def run(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
             code = grpc.StatusCode.OK
             reason = ""
             try:
-                if self.denied is not None:
-                    raise self.denied
-                return await behavior(request, context)
+                self.principal = self.edge.admit(self.method, self.metadata, context)
+                token = bind_principal(self.principal)
+                try:
+                    request = requests if streaming_request else await _single(requests)
+                    return await behavior(request, context)
+                finally:
+                    reset_principal(token)
             except BaseException as err:
                 code, reason = self._classify(err, context)
                 await self._abort(err, code, reason, context)
@@ -121,15 +129,26 @@ class _Call:
 
         return run
 
-    def streaming(self, behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
-        async def run(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    def streaming(self, behavior: Behavior, streaming_request: bool) -> Callable[..., Awaitable[None]]:
+        async def run(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> None:
             code = grpc.StatusCode.OK
             reason = ""
             try:
-                if self.denied is not None:
-                    raise self.denied
-                async for item in behavior(request, context):
-                    yield item
+                self.principal = self.edge.admit(self.method, self.metadata, context)
+                token = bind_principal(self.principal)
+                try:
+                    request = requests if streaming_request else await _single(requests)
+                    replies = behavior(request, context)
+                    if inspect.isawaitable(replies):  # writes with context.write itself (health Watch)
+                        await replies
+                    elif hasattr(replies, "__aiter__"):
+                        async for reply in replies:
+                            await context.write(reply)
+                    else:  # a plain generator
+                        for reply in replies:
+                            await context.write(reply)
+                finally:
+                    reset_principal(token)
             except BaseException as err:
                 code, reason = self._classify(err, context)
                 await self._abort(err, code, reason, context)
@@ -168,6 +187,7 @@ class _Call:
                 "code": code.name,
                 "ms": round(seconds * 1e3, 2),
                 "peer": context.peer(),
+                "principal": self.principal.name if self.principal is not None else "-",
                 "request_id": self.request_id,
             }
             if reason:

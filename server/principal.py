@@ -75,3 +75,8 @@ def bind_principal(principal: Principal) -> contextvars.Token[Principal]:
 
 def current_principal() -> Principal:
     return _current.get()
+
+
+def reset_principal(token: contextvars.Token[Principal]) -> None:
+    """Undo :func:`bind_principal` (the interceptor does, when the handler is done)."""
+    _current.reset(token)

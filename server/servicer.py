@@ -28,8 +28,15 @@ def deadline_of(context: grpc.aio.ServicerContext) -> Deadline:
 
 class FaceSearchServicer(pb_grpc.FaceSearchServicer):
     def __init__(
-        self, service: FaceSearchService, model_id: str, contract_id: str, dim: int, stream_window: int
+        self,
+        service: FaceSearchService,
+        model_id: str,
+        contract_id: str,
+        dim: int,
+        stream_window: int,
+        security_warnings: tuple[str, ...] = (),  # helper A: Stats.security_warnings (server/config.py)
     ) -> None:
+        self.security_warnings = security_warnings
         self.service = service
         self.model_id = model_id
         self.contract_id = contract_id
@@ -87,7 +94,9 @@ class FaceSearchServicer(pb_grpc.FaceSearchServicer):
         return convert.list_response(views, more)
 
     async def GetStats(self, request: pb.GetStatsRequest, context: grpc.aio.ServicerContext) -> pb.Stats:  # noqa: N802
-        return convert.stats(await self.service.stats(), self.model_id, self.contract_id, self.dim)
+        stats = convert.stats(await self.service.stats(), self.model_id, self.contract_id, self.dim)
+        stats.security_warnings.extend(self.security_warnings)  # helper A: what makes this server unsafe
+        return stats
 
     async def StreamIdentify(  # noqa: N802
         self,

@@ -21,7 +21,10 @@ def test_defaults_come_from_home() -> None:
     config = load_config(parse([]), env={"FACESEARCH_HOME": "/data"})
     assert config.bundle == Path("/data/models/dlib")
     assert config.index_root == Path("/data/index") and config.live_dir == Path("/data/index/live")
-    assert config.listen == "0.0.0.0:50051" and config.metrics_listen == "0.0.0.0:9464"
+    assert config.listen == "127.0.0.1:50051" and config.metrics_listen == "127.0.0.1:9464"  # loopback only
+    assert config.security_warnings() == ()
+    assert (config.max_concurrent_streams, config.max_concurrent_rpcs) == (100, 256)
+    assert (config.connection_idle_s, config.connection_age_s) == (300.0, 3600.0)
     assert config.max_message_bytes == 32 << 20 and config.min_similarity is None
     assert config.workers >= 1 and not config.tls
 
@@ -57,6 +60,11 @@ def test_flags_override_environment() -> None:
         ({"FACESEARCH_AUTH_TOKENS_FILE": "/no/such/file"}, "FACESEARCH_AUTH_TOKENS_FILE"),
         ({"FACESEARCH_LOG_LEVEL": "chatty"}, "FACESEARCH_LOG_LEVEL"),
         ({"FACESEARCH_ACCESS_LOG": "maybe"}, "FACESEARCH_ACCESS_LOG"),
+        ({"FACESEARCH_MAX_CONCURRENT_STREAMS": "0"}, "FACESEARCH_MAX_CONCURRENT_STREAMS"),
+        ({"FACESEARCH_MAX_CONCURRENT_RPCS": "-1"}, "FACESEARCH_MAX_CONCURRENT_RPCS"),
+        ({"FACESEARCH_CONNECTION_IDLE_S": "0"}, "FACESEARCH_CONNECTION_IDLE_S"),
+        ({"FACESEARCH_CONNECTION_AGE_S": "soon"}, "FACESEARCH_CONNECTION_AGE_S"),
+        ({"FACESEARCH_ALLOW_PLAINTEXT_TOKENS": "perhaps"}, "FACESEARCH_ALLOW_PLAINTEXT_TOKENS"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], names: str) -> None:

@@ -1,10 +1,13 @@
-"""The one error mapping and the auth check, through the real interceptor on an in-process server."""
+"""The one error mapping and the auth check, through the real interceptor on an in-process server.
+
+(The full method x credential matrix against a real server: tests/integration/test_auth_matrix.py.)"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 import pytest
@@ -12,8 +15,10 @@ from google.rpc import error_details_pb2, status_pb2
 
 from facesearch.errors import ContractMismatchError, NotFoundError, ResourceExhaustedError
 from server.admission import DeadlineExceeded
+from server.auth import Authenticator, WatchedFile, parse_token_file
 from server.interceptors import EdgeInterceptor
 from server.metrics import Metrics
+from server.principal import Scope
 
 FAILURES: dict[str, Callable[[], BaseException]] = {
     "internal": lambda: RuntimeError("secret /etc/passwd detail"),
@@ -32,12 +37,19 @@ async def _ok(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
     return b"ok:" + request
 
 
+SCOPES: dict[str, Scope | None] = {
+    "/test.Svc/Fail": Scope.IDENTIFY,
+    "/test.Svc/Ok": Scope.IDENTIFY,
+    "/grpc.health.v1.Health/Ok": None,
+}
+
+
 def _run(
-    tokens: list[bytes] | None, calls: list[tuple[str, bytes, tuple[tuple[str, str], ...]]]
+    auth: Authenticator | None, calls: list[tuple[str, bytes, tuple[tuple[str, str], ...]]]
 ) -> list[tuple[grpc.StatusCode, str, str | None]]:
     async def scenario() -> list[tuple[grpc.StatusCode, str, str | None]]:
         metrics = Metrics()
-        server = grpc.aio.server(interceptors=[EdgeInterceptor(metrics, tokens, access_log=True)])
+        server = grpc.aio.server(interceptors=[EdgeInterceptor(metrics, auth, access_log=True, scopes=SCOPES)])
         handlers = {"Fail": grpc.unary_unary_rpc_method_handler(_fail), "Ok": grpc.unary_unary_rpc_method_handler(_ok)}
         server.add_generic_rpc_handlers(
             (
@@ -88,7 +100,7 @@ def test_errors_map_to_status_codes_with_error_info(caplog: pytest.LogCaptureFix
     assert len(access) == len(names) and '"code":"INTERNAL"' in access[0]
 
 
-def test_bearer_tokens() -> None:
+def test_bearer_tokens(tmp_path: Path) -> None:
     calls = [
         ("/test.Svc/Ok", b"a", ()),
         ("/test.Svc/Ok", b"b", (("authorization", "Bearer nope"),)),
@@ -96,7 +108,10 @@ def test_bearer_tokens() -> None:
         ("/test.Svc/Ok", b"d", (("authorization", "Basic tok-2"),)),
         ("/grpc.health.v1.Health/Ok", b"e", ()),  # health needs no token
     ]
-    got = _run([b"tok-1", b"tok-2"], calls)
+    path = tmp_path / "tokens"
+    path.write_text("tok-1\ntok-2\n")  # the old format: plain tokens, admin
+    auth = Authenticator(WatchedFile(path, lambda text: parse_token_file(text, where="t"), "token file"), None)
+    got = _run(auth, calls)
     assert got[0][0] == grpc.StatusCode.UNAUTHENTICATED and got[0][2].endswith("MISSING_TOKEN")
     assert got[1][0] == grpc.StatusCode.UNAUTHENTICATED and got[1][2].endswith("BAD_TOKEN")
     assert got[2] == (grpc.StatusCode.OK, "ok:c", None)

@@ -423,7 +423,7 @@ class GetStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Stats(_message.Message):
-    __slots__ = ("model_id", "contract_id", "embedding_dim", "index_version", "index_ntotal", "live_faces", "tombstones", "faces", "identities", "default_min_similarity", "threshold_note", "index_factory", "enroll_min_face_size", "enroll_min_blur", "queue_depth", "default_threshold", "cohort_k", "template_rule", "default_fpir", "writes_degraded", "writes_reason", "write_failures", "enroll_request_ids", "max_faces", "lanes")
+    __slots__ = ("model_id", "contract_id", "embedding_dim", "index_version", "index_ntotal", "live_faces", "tombstones", "faces", "identities", "default_min_similarity", "threshold_note", "index_factory", "enroll_min_face_size", "enroll_min_blur", "queue_depth", "default_threshold", "cohort_k", "template_rule", "default_fpir", "security_warnings", "writes_degraded", "writes_reason", "write_failures", "enroll_request_ids", "max_faces", "lanes")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     CONTRACT_ID_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_DIM_FIELD_NUMBER: _ClassVar[int]
@@ -443,6 +443,7 @@ class Stats(_message.Message):
     COHORT_K_FIELD_NUMBER: _ClassVar[int]
     TEMPLATE_RULE_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_FPIR_FIELD_NUMBER: _ClassVar[int]
+    SECURITY_WARNINGS_FIELD_NUMBER: _ClassVar[int]
     WRITES_DEGRADED_FIELD_NUMBER: _ClassVar[int]
     WRITES_REASON_FIELD_NUMBER: _ClassVar[int]
     WRITE_FAILURES_FIELD_NUMBER: _ClassVar[int]
@@ -468,13 +469,14 @@ class Stats(_message.Message):
     cohort_k: int
     template_rule: str
     default_fpir: float
+    security_warnings: _containers.RepeatedScalarFieldContainer[str]
     writes_degraded: bool
     writes_reason: str
     write_failures: int
     enroll_request_ids: int
     max_faces: int
     lanes: _containers.RepeatedCompositeFieldContainer[AdmissionLane]
-    def __init__(self, model_id: _Optional[str] = ..., contract_id: _Optional[str] = ..., embedding_dim: _Optional[int] = ..., index_version: _Optional[str] = ..., index_ntotal: _Optional[int] = ..., live_faces: _Optional[int] = ..., tombstones: _Optional[int] = ..., faces: _Optional[int] = ..., identities: _Optional[int] = ..., default_min_similarity: _Optional[float] = ..., threshold_note: _Optional[str] = ..., index_factory: _Optional[str] = ..., enroll_min_face_size: _Optional[float] = ..., enroll_min_blur: _Optional[float] = ..., queue_depth: _Optional[int] = ..., default_threshold: _Optional[_Union[DecisionThreshold, _Mapping]] = ..., cohort_k: _Optional[int] = ..., template_rule: _Optional[str] = ..., default_fpir: _Optional[float] = ..., writes_degraded: _Optional[bool] = ..., writes_reason: _Optional[str] = ..., write_failures: _Optional[int] = ..., enroll_request_ids: _Optional[int] = ..., max_faces: _Optional[int] = ..., lanes: _Optional[_Iterable[_Union[AdmissionLane, _Mapping]]] = ...) -> None: ...
+    def __init__(self, model_id: _Optional[str] = ..., contract_id: _Optional[str] = ..., embedding_dim: _Optional[int] = ..., index_version: _Optional[str] = ..., index_ntotal: _Optional[int] = ..., live_faces: _Optional[int] = ..., tombstones: _Optional[int] = ..., faces: _Optional[int] = ..., identities: _Optional[int] = ..., default_min_similarity: _Optional[float] = ..., threshold_note: _Optional[str] = ..., index_factory: _Optional[str] = ..., enroll_min_face_size: _Optional[float] = ..., enroll_min_blur: _Optional[float] = ..., queue_depth: _Optional[int] = ..., default_threshold: _Optional[_Union[DecisionThreshold, _Mapping]] = ..., cohort_k: _Optional[int] = ..., template_rule: _Optional[str] = ..., default_fpir: _Optional[float] = ..., security_warnings: _Optional[_Iterable[str]] = ..., writes_degraded: _Optional[bool] = ..., writes_reason: _Optional[str] = ..., write_failures: _Optional[int] = ..., enroll_request_ids: _Optional[int] = ..., max_faces: _Optional[int] = ..., lanes: _Optional[_Iterable[_Union[AdmissionLane, _Mapping]]] = ...) -> None: ...
 
 class AdmissionLane(_message.Message):
     __slots__ = ("name", "depth", "peak_depth", "bound", "refused")
