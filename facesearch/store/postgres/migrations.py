@@ -29,7 +29,8 @@ Tables of version 1 (times are ``timestamptz``; nothing holds photo pixels):
                     identity; pruned with the log.
 ``erasures``        the erasure ledger (as ``facesearch.store.erasure_ledger``): HMAC digests only.
 ``audit_log``       who enrolled, deleted, erased or unerased whom, when; never pruned with the log.
-``idempotency_keys`` an enroll's ``request_id`` -> its result, so a retry returns the first result.
+``idempotency_keys`` SHA-256 of an enroll's ``request_id`` -> the digest of what it asked and its result
+                    (seq, face ids), so a retry returns the first result; no identity id or name.
 """
 
 from __future__ import annotations
@@ -119,8 +120,7 @@ CREATE TABLE audit_log (
 );
 CREATE INDEX audit_log_identity ON audit_log (identity_id);
 CREATE TABLE idempotency_keys (
-    request_id text PRIMARY KEY,
-    principal text,
+    request_key text PRIMARY KEY,
     fingerprint text NOT NULL,
     change_seq bigint,
     result jsonb NOT NULL,

@@ -27,6 +27,7 @@ cut with its high-water seq, as :class:`~facesearch.store.live_journal.JournalSn
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import threading
 import uuid
@@ -269,7 +270,7 @@ class PgStore:
         print_ = enroll_fingerprint(identity_id, name, meta, faces, create_only=create_only, principal=principal)
         with self._write(f"enroll {identity_id!r}") as conn:
             if request_id is not None:
-                first = _replay(conn, request_id, print_)
+                first = _replay(conn, request_id, print_, identity_id)
                 if first is not None:
                     return first
             if self._erased_now(conn, identity_id):
@@ -336,13 +337,13 @@ class PgStore:
                 identity_id,
                 change_seq=seq,
                 principal=principal,
-                detail={"faces": len(vids), "request_id": request_id},
+                detail={"faces": len(vids)},
             )
             if request_id is not None:
                 conn.execute(
-                    "INSERT INTO idempotency_keys (request_id, principal, fingerprint, change_seq, result) "
-                    "VALUES (%s, %s, %s, %s, %s)",
-                    (request_id, principal, print_, seq, Jsonb(result)),
+                    "INSERT INTO idempotency_keys (request_key, fingerprint, change_seq, result) "
+                    "VALUES (%s, %s, %s, %s)",
+                    (request_key(request_id), print_, seq, Jsonb(result)),
                 )
             row = LiveIdentity(identity_id, seq, False, kept_name, kept_meta, created_at, now)
         return Enrolled(seq, np.asarray(vids, dtype=np.int64), not alive, count, row)
@@ -618,21 +619,22 @@ def _audit(
     )
 
 
-def _replay(conn: psycopg.Connection[Any], request_id: str, fingerprint: str) -> Enrolled | None:
+def _replay(conn: psycopg.Connection[Any], request_id: str, fingerprint: str, identity_id: str) -> Enrolled | None:
     """The first result of ``request_id`` (None: new); a different request under it is refused."""
     row = conn.execute(
-        "SELECT fingerprint, result FROM idempotency_keys WHERE request_id = %s", (request_id,)
+        "SELECT fingerprint, result FROM idempotency_keys WHERE request_key = %s", (request_key(request_id),)
     ).fetchone()
     if row is None:
         return None
     if row[0] != fingerprint:
         raise InvalidInputError(
             f"request_id {request_id!r} was used for a different enroll (other identity, photos, options or "
-            "principal); use a new request_id for a new request"
+            "principal); use a new request_id for a new request",
+            reason=Reason.REQUEST_ID_REUSED,
         )
     first = row[1]
-    ident = conn.execute(_IDENTITY_SELECT + " WHERE identity_id = %s", (first["identity_id"],)).fetchone()
-    identity = _identity(ident) if ident is not None else LiveIdentity(first["identity_id"], 0, True, None, {}, 0, 0)
+    ident = conn.execute(_IDENTITY_SELECT + " WHERE identity_id = %s", (identity_id,)).fetchone()
+    identity = _identity(ident) if ident is not None else LiveIdentity(identity_id, 0, True, None, {}, 0, 0)
     return Enrolled(
         int(first["seq"]),
         np.asarray(first["vector_ids"], dtype=np.int64),
@@ -641,6 +643,11 @@ def _replay(conn: psycopg.Connection[Any], request_id: str, fingerprint: str) ->
         identity,
         replayed=True,
     )
+
+
+def request_key(request_id: str) -> str:
+    """The stored key of a client's request id: its SHA-256 (the id itself is never stored, as in the journal)."""
+    return hashlib.sha256(request_id.encode()).hexdigest()
 
 
 def _bind_meta(conn: psycopg.Connection[Any], contract_id: str, d: int) -> dict[str, Any]:
