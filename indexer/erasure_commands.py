@@ -21,6 +21,7 @@ import logging
 from pathlib import Path
 
 from facesearch.errors import ExitCode, InvalidInputError
+from facesearch.store.audit_log import AuditLog, AuditOp
 from facesearch.store.erasure_audit import EraseStatus, erase_status
 from facesearch.store.erasure_ledger import ErasureLedger, os_principal
 from facesearch.store.journal_retention import LIVE_DIR
@@ -68,8 +69,16 @@ def dispatch(args: argparse.Namespace) -> int:
         print(json.dumps(report.to_dict(), indent=2) if args.json else describe(report))
         return ExitCode.OK if report.complete else ExitCode.FAILED
     if args.command == "unerase":
-        with ErasureLedger.open(args.root) as ledger:
+        with ErasureLedger.open(args.root) as ledger, AuditLog.open(args.root, ledger.digester) as audit:
             record = ledger.unerase(args.identity, via="facesearch-index unerase", principal=os_principal())
+            # the audit row names the identity by digest, like its erased history
+            audit.record(
+                AuditOp.UNERASE,
+                args.identity,
+                principal=str(record.principal),
+                via="facesearch-index unerase",
+                erased=True,
+            )
         log.warning(
             "identity %r may be enrolled again (ledger record #%d, %s)", args.identity, record.seq, record.principal
         )

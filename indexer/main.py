@@ -11,6 +11,7 @@
     facesearch-index prune ROOT --keep N | erase-status ROOT [ID] | unerase ROOT ID   (indexer.erasure_commands)
     facesearch-index journal check|repair ROOT   the server's live journal (indexer.journal_commands)
     facesearch-index db migrate|status [--store URL]   a PostgreSQL store's schema (indexer.db_commands)
+    facesearch-index audit list|prune ROOT       the audit log: who enrolled/deleted whom (indexer.audit_commands)
 
 Every published version carries ``open_set.npz``, the gallery's open-set statistics
 (indexer/open_set_stage.py), listed in its manifest.
@@ -40,7 +41,7 @@ from pathlib import Path
 from facesearch.errors import ExitCode, FaceSearchError, InvalidInputError
 from facesearch.store.index_artifact import REJECTS_FILE, IndexManifest, read_manifest, resolve_version_dir
 from facesearch.vision.selection import is_failure
-from indexer import build, db_commands, erasure_commands, journal_commands, update, verify
+from indexer import audit_commands, build, db_commands, erasure_commands, journal_commands, update, verify
 from indexer.config import (
     AddConfig,
     BuildConfig,
@@ -154,6 +155,7 @@ def parser() -> argparse.ArgumentParser:
     rb.add_argument("--to", metavar="VERSION", help="default: the version before the current one")
     erasure_commands.add_parsers(sub)
     journal_commands.add_parsers(sub)
+    audit_commands.add_parsers(sub)
     db_commands.add_parsers(sub)
     return ap
 
@@ -286,6 +288,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return erasure_commands.dispatch(args)
     if args.command in journal_commands.COMMANDS:
         return journal_commands.dispatch(args)
+    if args.command in audit_commands.COMMANDS:
+        return audit_commands.dispatch(args)
     if args.command in db_commands.COMMANDS:
         return db_commands.dispatch(args)
     if args.command == "build":

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from facesearch.errors import NotFoundError
+from facesearch.store.audit_log import AuditLog, AuditOp
 from facesearch.store.erasure_ledger import ErasedFace, ErasureKind, ErasureLedger, os_principal, read_erasures
 from facesearch.store.identity_store import IdentityStore
 from facesearch.store.index_artifact import REJECTS_FILE, STORE_FILE, LoadedIndex, load_index, resolve_version_dir
@@ -254,11 +255,19 @@ def _readded(base: LoadedIndex, first_new: int, purged: np.ndarray) -> np.ndarra
 def _record_removals(root: Path, store: IdentityStore, identity_ids: list[str]) -> None:
     """Record each identity to remove, with its faces, in the root's erasure ledger (durable first)."""
     faces = store.faces_of_identities(identity_ids)
-    with ErasureLedger.open(root) as ledger:
+    with ErasureLedger.open(root) as ledger, AuditLog.open(root, ledger.digester) as audit:
         for identity_id in identity_ids:
             mine = [ErasedFace(f.vector_id, f.source) for f in faces if f.identity_id == identity_id]
             ledger.record(
                 ErasureKind.IDENTITY, identity_id, mine, via="facesearch-index remove", principal=os_principal()
+            )
+            audit.record(  # the audit log keeps the erasure, and only the id's digest from now on
+                AuditOp.ERASE,
+                identity_id,
+                principal=os_principal(),
+                faces=len(mine),
+                via="facesearch-index remove",
+                erased=True,
             )
 
 

@@ -49,6 +49,7 @@ from facesearch.bundle.manifest import ModelBundle
 from facesearch.errors import ExitCode, FaceSearchError, PreconditionError, Reason, exit_code
 from facesearch.scoring.open_set_calibration import OpenSetCalibration, load_open_set_calibration
 from facesearch.scoring.thresholds import ThresholdPolicy
+from facesearch.store.audit_log import AuditLog
 from facesearch.store.erasure_ledger import ErasureLedger
 from facesearch.store.live_journal import LiveJournal, journal_place
 from facesearch.vision.image_limits import DecodeLimits
@@ -61,7 +62,7 @@ from server.base_index import BaseIndex
 from server.batcher import EmbedBatcher
 from server.config import ServerConfig, add_arguments, load_config
 from server.engine import FaceEngine
-from server.gallery import Gallery
+from server.gallery import Gallery, write_settings
 from server.health import SERVICE, Health
 from server.interceptors import EdgeInterceptor
 from server.metrics import Metrics
@@ -183,7 +184,14 @@ class FaceSearchServer:
         )
         open_set = load_open_set_calibration(c.bundle)
         self.ledger = ErasureLedger.open(c.index_root)
-        self.gallery = Gallery(self.journal, self.bundle.embedding_dim, open_set_params(open_set, c), self.ledger)
+        self.gallery = Gallery(
+            self.journal,
+            self.bundle.embedding_dim,
+            open_set_params(open_set, c),
+            self.ledger,
+            audit=AuditLog.open(c.index_root, self.ledger.digester),  # D1: who enrolled/deleted whom
+            settings=write_settings(c),
+        )
         self.admission = Admission(c.workers, c.queue_size, c.work_memory)
         self.service = FaceSearchService(
             engine,
@@ -367,6 +375,8 @@ class FaceSearchServer:
             self.journal.close()
         if hasattr(self, "ledger"):
             self.ledger.close()
+        if hasattr(self, "gallery"):
+            self.gallery.close()
         self.metrics.stop()
         self._stopped.set()
         log.info("stopped")

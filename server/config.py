@@ -63,6 +63,13 @@ FACESEARCH_MAX_FPIR                                             the bundle's def
 FACESEARCH_INDEX_POLL_S                                         2 (seconds between CURRENT checks)
 FACESEARCH_SHUTDOWN_GRACE_S                                     10 (seconds for in-flight calls)
 FACESEARCH_ACCESS_LOG                                           on (one JSON line per call)
+FACESEARCH_ENROLL_IMPLICIT_APPEND                               off (migration for old clients: on,
+                                                                Enroll adds faces to an existing
+                                                                identity without ``append``)
+FACESEARCH_ENROLL_REQUEST_TTL_S                                 86400 (Enroll request ids kept for
+                                                                idempotent retries, seconds)
+FACESEARCH_ENROLL_REQUEST_MAX                                   100000 (request ids kept, at most)
+FACESEARCH_AUDIT_RETENTION_DAYS                                 365 (ROOT/audit.sqlite rows kept)
 ==================================  ==========================  ==============================
 """
 
@@ -132,6 +139,11 @@ class ServerConfig:
     shutdown_grace_s: float = 10.0
     access_log: bool = True
     log_level: str = "INFO"
+    # -- writes (helper D1, issue 12): idempotent Enroll, explicit append, audit log
+    enroll_implicit_append: bool = False  # migration switch: Enroll adds to an existing identity without append
+    enroll_request_ttl_s: float = 86400.0  # Enroll request ids remembered this long (idempotent retries)
+    enroll_request_max: int = 100_000  # and at most this many
+    audit_retention_days: float = 365.0  # audit log rows older than this are deleted
 
     def __post_init__(self) -> None:
         _check_hostport(self.listen, "FACESEARCH_LISTEN (--listen)")
@@ -157,7 +169,16 @@ class ServerConfig:
             "search_threads": self.search_threads,
             "max_message_bytes": self.max_message_bytes,
             "max_image_pixels": self.max_image_pixels,
+            "enroll_request_max": self.enroll_request_max,
         }
+        for name, number in (
+            ("enroll_request_ttl_s", self.enroll_request_ttl_s),
+            ("audit_retention_days", self.audit_retention_days),
+        ):
+            if not number > 0:
+                raise InvalidInputError(
+                    f"FACESEARCH_{name.upper()} must be > 0, got {number}", reason=Reason.BAD_CONFIG
+                )
         for name, value in positive.items():
             if value < 1:
                 raise InvalidInputError(
@@ -369,6 +390,10 @@ def load_config(args: argparse.Namespace | None = None, env: Mapping[str, str] |
         shutdown_grace_s=reader.as_float("FACESEARCH_SHUTDOWN_GRACE_S", 10.0),
         access_log=reader.as_bool("FACESEARCH_ACCESS_LOG", True),
         log_level=(flag("log_level") or env.get("FACESEARCH_LOG_LEVEL") or "INFO").upper(),
+        enroll_implicit_append=reader.as_bool("FACESEARCH_ENROLL_IMPLICIT_APPEND", False),
+        enroll_request_ttl_s=reader.as_float("FACESEARCH_ENROLL_REQUEST_TTL_S", 86400.0),
+        enroll_request_max=reader.as_int("FACESEARCH_ENROLL_REQUEST_MAX", 100_000),
+        audit_retention_days=reader.as_float("FACESEARCH_AUDIT_RETENTION_DAYS", 365.0),
     )
 
 

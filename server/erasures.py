@@ -27,7 +27,12 @@ if TYPE_CHECKING:
 
 
 def record_face_erasure(
-    ledger: ErasureLedger | None, state: GalleryState, vector_ids: Sequence[int], owners: Sequence[str]
+    ledger: ErasureLedger | None,
+    state: GalleryState,
+    vector_ids: Sequence[int],
+    owners: Sequence[str],
+    *,
+    principal: str | None = None,
 ) -> None:
     """Record the erasure of the faces ``vector_ids`` (of the identities ``owners``, aligned); durable on return."""
     if ledger is None:
@@ -37,18 +42,23 @@ def record_face_erasure(
     for vid, owner in zip(vector_ids, owners, strict=True):
         by_identity.setdefault(owner, []).append(ErasedFace(int(vid), sources.get(int(vid))))
     for identity_id, faces in by_identity.items():
-        ledger.record(ErasureKind.FACES, identity_id, faces, via="DeleteFaces")
+        ledger.record(ErasureKind.FACES, identity_id, faces, via="DeleteFaces", principal=principal)
 
 
 def record_identity_erasure(
-    ledger: ErasureLedger | None, state: GalleryState, identity_id: str, vector_ids: Sequence[int]
+    ledger: ErasureLedger | None,
+    state: GalleryState,
+    identity_id: str,
+    vector_ids: Sequence[int],
+    *,
+    principal: str | None = None,
 ) -> None:
     """Record the erasure of ``identity_id`` and its faces ``vector_ids`` (even none); durable on return."""
     if ledger is None:
         return
     sources = _sources(state, vector_ids)
     faces = [ErasedFace(int(v), sources.get(int(v))) for v in vector_ids]
-    ledger.record(ErasureKind.IDENTITY, identity_id, faces, via="DeleteIdentity")
+    ledger.record(ErasureKind.IDENTITY, identity_id, faces, via="DeleteIdentity", principal=principal)
 
 
 def refuse_erased(ledger: ErasureLedger | None, identity_id: str) -> None:

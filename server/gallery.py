@@ -17,38 +17,157 @@ for those, not for the replay.
 
 A journal write that the storage refuses (full or failing disk) raises UNAVAILABLE and marks writes
 degraded (:mod:`server.write_health`); nothing was written, and the next write tries again.
+
+Enroll is idempotent under a client's request id (:class:`EnrollRequest`): the request's content
+digest and its result are recorded in the enrollment's own journal transaction
+(:func:`facesearch.store.journal_db.put_request`), so a retry with the same id and content gets the
+first result and writes nothing, and the same id with other content is refused
+(``REQUEST_ID_REUSED``); ids are kept ``WriteSettings.request_ttl_s`` (and at most
+``request_max`` of them). The caller's deadline is checked inside that transaction, right before
+its commit: a request whose caller has gone writes nothing (DEADLINE_EXCEEDED). Adding faces to an
+identity that exists needs ``append`` (``IDENTITY_EXISTS`` otherwise), unless the migration switch
+``WriteSettings.implicit_append`` (FACESEARCH_ENROLL_IMPLICIT_APPEND) restores the old behaviour.
+
+Every write is recorded in the root's audit log (:mod:`facesearch.store.audit_log`) with the
+caller's principal, before its journal commit and before the reply.
 """
 
 from __future__ import annotations
 
+import bisect
+import functools
+import hashlib
+import json
 import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
 import faiss
 import numpy as np
 
 from facesearch.errors import AlreadyExistsError, FaceSearchError, InvalidInputError, NotFoundError, Reason
+from facesearch.store.audit_log import AuditLog, AuditOp
 from facesearch.store.erasure_ledger import ErasureLedger
 from facesearch.store.identity_store import StoredFace, StoredIdentity
+from facesearch.store.journal_db import (
+    JOURNAL_FILE,
+    connect,
+    count_requests,
+    expire_requests,
+    find_request,
+    put_request,
+    request_key,
+)
 from facesearch.store.journal_retention import forget, retained_from
 from facesearch.store.live_journal import JournalSnapshot, LiveFace, LiveIdentity, LiveJournal, NewFace
 from server.base_index import BaseIndex
+from server.config import ServerConfig
 from server.erasures import record_face_erasure, record_identity_erasure, refuse_erased
 from server.live_state import LiveState, LiveView
 from server.open_set_state import OpenSetState
 from server.open_set_upkeep import OpenSetParams, OpenSetUpkeep, load_base_open_set
+from server.principal import current_principal
 from server.search import Candidate, Scored, best_per_label, drop_ids, merge_top
-from server.write_health import WriteHealth
+from server.write_health import WriteHealth, WriteStatus
 
 log = logging.getLogger(f"facesearch.{__name__}")
 
 MAX_CANDIDATES = 8192  # published-index candidates fetched per query, at most
 LIVE_SCORES = 1 << 23  # query x live-face candidates held at once
 CATCH_UP_ROUNDS = 3  # replays of the writes made meanwhile before an install takes the write lock
+MAX_REQUEST_ID_BYTES = 128
+AUDIT_PRUNE_EVERY_S = 3600.0  # the server prunes its audit log at most this often (as it writes)
+REQUEST_EXPIRY_EVERY = 64  # enrollments between two expiries of old request ids
+
+
+class Checkpoint(Protocol):
+    """A caller's deadline (and cancellation): ``check`` raises once the caller has gone."""
+
+    def check(self, stage: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class WriteSettings:
+    """How the gallery's writes behave (server/config.py: FACESEARCH_ENROLL_*, FACESEARCH_AUDIT_*)."""
+
+    implicit_append: bool = False  # migration: Enroll into an existing identity without append
+    request_ttl_s: float = 86400.0  # how long an Enroll request id is remembered
+    request_max: int = 100_000  # how many request ids are remembered, at most
+    audit_retention_days: float = 365.0
+
+
+@dataclass(frozen=True, slots=True)
+class WriteSummary:
+    """What GetStats says of the gallery's writes."""
+
+    degraded: bool  # the last journal write failed on storage and none succeeded since
+    reason: str  # "STORAGE_FULL: what failed" while degraded, else ""
+    failures: int  # writes failed on storage since start
+    request_ids: int  # Enroll request ids remembered
+
+
+@dataclass(frozen=True, slots=True)
+class ImageOutcome:
+    """What an Enroll answered for one of its photos (kept with a request id, for a retry)."""
+
+    index: int
+    accepted: bool
+    face_id: str = ""
+    reject_reason: str = ""
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class EnrollRequest:
+    """An Enroll's idempotency key, its content digest (:func:`enroll_digest`) and its photos'
+    outcomes (accepted ones get their face ids when written)."""
+
+    request_id: str
+    digest: str
+    images: tuple[ImageOutcome, ...] = ()
+
+
+def write_settings(config: ServerConfig) -> WriteSettings:
+    return WriteSettings(
+        implicit_append=config.enroll_implicit_append,
+        request_ttl_s=config.enroll_request_ttl_s,
+        request_max=config.enroll_request_max,
+        audit_retention_days=config.audit_retention_days,
+    )
+
+
+def check_request_id(value: str) -> str | None:
+    """A request's ``request_id`` ("" -> None): at most 128 bytes of printable ASCII without spaces."""
+    if not value:
+        return None
+    if len(value.encode()) > MAX_REQUEST_ID_BYTES or any(not 0x21 <= ord(c) <= 0x7E for c in value):
+        raise InvalidInputError(
+            f"request_id must be 1..{MAX_REQUEST_ID_BYTES} printable ASCII characters without spaces (e.g. a UUID)",
+            reason=Reason.BAD_REQUEST_ID,
+        )
+    return value
+
+
+def enroll_digest(
+    identity_id: str,
+    name: str | None,
+    metadata: dict[str, str],
+    images: Sequence[tuple[bytes, str]],
+    options: Mapping[str, object],
+) -> str:
+    """SHA-256 of an Enroll request's content: what a retry must repeat exactly to be the same request."""
+    h = hashlib.sha256()
+    head = {"identity_id": identity_id, "name": name or "", "metadata": metadata, "options": options}
+    h.update(json.dumps(head, sort_keys=True, separators=(",", ":")).encode())
+    for data, source in images:
+        h.update(hashlib.sha256(data).digest())
+        h.update(hashlib.sha256(source.encode()).digest())
+    return h.hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +194,26 @@ class EnrollOutcome:
     created: bool
     face_ids: list[str]
     face_count: int
+    images: tuple[ImageOutcome, ...] = ()  # a replayed request's photo outcomes (else as given)
+    replayed: bool = False  # the first result of this request id: nothing was written now
+
+
+def _outcome_json(outcome: EnrollOutcome) -> str:
+    return json.dumps(
+        {
+            "created": outcome.created,
+            "face_ids": outcome.face_ids,
+            "face_count": outcome.face_count,
+            "images": [[i.index, i.accepted, i.face_id, i.reject_reason, i.message] for i in outcome.images],
+        },
+        separators=(",", ":"),
+    )
+
+
+def _outcome_of(text: str) -> EnrollOutcome:
+    data = json.loads(text)
+    images = tuple(ImageOutcome(int(i), bool(a), str(f), str(r), str(m)) for i, a, f, r, m in data["images"])
+    return EnrollOutcome(bool(data["created"]), list(data["face_ids"]), int(data["face_count"]), images, True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,14 +336,33 @@ class GalleryState:
         return np.concatenate(ids), np.concatenate(parts)
 
     def list_page(self, after: str, limit: int) -> tuple[list[IdentityView], bool]:
-        """Up to ``limit`` identities with id > ``after`` in id order, and whether more follow."""
-        live_rows = dict(self.live.identities)  # a copy: the writer may add rows meanwhile
-        live_alive = sorted(i for i, row in live_rows.items() if not row.deleted and i > after)[: limit + 1]
+        """Up to ``limit`` identities with id > ``after`` in id order, and whether more follow.
+
+        Costs a page, not the gallery: the live ids are kept in order (:attr:`LiveState.ordered_ids`,
+        found by bisection and sliced), the published ones come from the store's index (``id > ?
+        ORDER BY id LIMIT n``), and the two are merged. Consistent under concurrent writes: every
+        identity that exists throughout a listing is on exactly one page (ids only grow past the token).
+        """
+        live = self.live
+        ordered = live.ordered_ids
+        live_alive: list[str] = []
+        pos = bisect.bisect_right(ordered, after)
+        while len(live_alive) <= limit:
+            chunk = ordered[pos : pos + 2 * (limit + 1)]  # a slice is one atomic copy (the writer inserts)
+            if not chunk:
+                break
+            pos += len(chunk)
+            for i in chunk:
+                row = live.identities.get(i)
+                if i > after and row is not None and not row.deleted:
+                    live_alive.append(i)
+            live_alive = sorted(set(live_alive))  # an insertion meanwhile may repeat one
+        live_alive = live_alive[: limit + 1]
         base_rows: list[StoredIdentity] = []
         cursor = after
         while self.base is not None and len(base_rows) <= limit:
             batch = self.base.store.identities_after(cursor, limit + 1)
-            base_rows.extend(s for s in batch if s.identity_id not in live_rows)  # a live row decides
+            base_rows.extend(s for s in batch if s.identity_id not in live.identities)  # a live row decides
             if len(batch) <= limit:
                 break
             cursor = batch[-1].identity_id
@@ -219,7 +377,7 @@ class GalleryState:
         out = []
         for identity_id, stored in merged:
             if stored is None:
-                row = live_rows[identity_id]
+                row = live.identities[identity_id]
                 out.append(IdentityView(identity_id, row.name or "", dict(row.metadata), self.face_count(identity_id)))
             else:
                 out.append(
@@ -361,17 +519,111 @@ class Gallery:
     """The current :class:`GalleryState` plus the serialised, durable write path."""
 
     def __init__(
-        self, journal: LiveJournal, d: int, open_set: OpenSetParams | None = None, ledger: ErasureLedger | None = None
+        self,
+        journal: LiveJournal,
+        d: int,
+        open_set: OpenSetParams | None = None,
+        ledger: ErasureLedger | None = None,
+        *,
+        audit: AuditLog | None = None,
+        settings: WriteSettings | None = None,
     ) -> None:
         self.journal = journal
         self.d = d
         self.open_set = open_set or OpenSetParams()
         self.ledger = ledger  # the root's erasure ledger (server.erasures)
+        self.audit = audit  # the root's audit log (None: not recorded)
+        self.settings = settings or WriteSettings()
         self._write = threading.Lock()
         self._installing = threading.Lock()  # one install at a time (see install)
         self.writes = WriteHealth()  # whether the journal's storage takes writes
         self._state: GalleryState | None = None
         self._retained = 0  # the journal position pruned up to
+        self._requests = connect(journal.dir / JOURNAL_FILE)  # request-id lookups (committed rows only)
+        self._requests_lock = threading.Lock()
+        self._enrolled = 0  # enrollments written since the last expiry of request ids
+        self._audit_pruned = 0.0
+        self._prune_audit()
+
+    def close(self) -> None:
+        self._requests.close()
+        if self.audit is not None:
+            self.audit.close()
+
+    # -- write health, idempotency, audit --------------------------------------------------
+    def write_status(self) -> WriteStatus:
+        return self.writes.status
+
+    def request_count(self) -> int:
+        with self._requests_lock:
+            return count_requests(self._requests)
+
+    def write_summary(self) -> WriteSummary:
+        """Write health for GetStats (reads the journal's request-id count)."""
+        status = self.writes.status
+        reason = f"{status.reason}: {status.message}" if status.degraded else ""
+        return WriteSummary(status.degraded, reason, status.failures, self.request_count())
+
+    def replay(self, request: EnrollRequest) -> EnrollOutcome | None:
+        """The first result of ``request``'s id (None: not seen, or forgotten); REQUEST_ID_REUSED
+        when that id came with other content."""
+        with self._requests_lock:
+            found = find_request(
+                self._requests, request_key(request.request_id), newer_than=time.time() - self.settings.request_ttl_s
+            )
+        if found is None:
+            return None
+        if found.digest != request.digest:
+            raise InvalidInputError(
+                f"request_id {request.request_id!r} was used by an earlier Enroll with other content (identity, "
+                "photos, name, metadata or flags); a retry must repeat its request exactly, a new request needs a "
+                "new request_id",
+                reason=Reason.REQUEST_ID_REUSED,
+            )
+        return _outcome_of(found.result)
+
+    def refuse_existing(
+        self, state: GalleryState, identity_id: str, create_only: bool, append: bool
+    ) -> IdentityView | None:
+        """The identity (None: new); ALREADY_EXISTS when it exists and the call may not add to it."""
+        existing = state.identity(identity_id)
+        if existing is not None and create_only:
+            raise AlreadyExistsError(f"identity {identity_id!r} already exists", reason=Reason.IDENTITY_EXISTS)
+        if existing is not None and not (append or self.settings.implicit_append):
+            raise AlreadyExistsError(
+                f"identity {identity_id!r} exists; set append to add faces to it", reason=Reason.IDENTITY_EXISTS
+            )
+        return existing
+
+    def _record(
+        self, op: AuditOp, identity_id: str, faces: int, principal: str, via: str, *, health: bool = True, **extra: Any
+    ) -> int | None:
+        """Append an audit row (durable on return); a storage failure raises UNAVAILABLE (and, with
+        ``health``, degrades writes: without, the caller's own write does)."""
+        if self.audit is None:
+            return None
+        record = functools.partial(
+            self.audit.record, op, identity_id, principal=principal, faces=faces, via=via, **extra
+        )
+        return self.writes.run(record) if health else record()
+
+    def _failed(self, seq: int | None) -> None:
+        if seq is not None and self.audit is not None:
+            self.audit.failed(seq)
+
+    def _prune_audit(self) -> None:
+        """Delete audit rows past the retention, at most every AUDIT_PRUNE_EVERY_S (best effort)."""
+        now = time.monotonic()
+        if self.audit is None or (self._audit_pruned and now - self._audit_pruned < AUDIT_PRUNE_EVERY_S):
+            return
+        self._audit_pruned = now
+        try:
+            n = self.audit.prune(older_than_days=self.settings.audit_retention_days)
+        except (FaceSearchError, sqlite3.Error) as err:
+            log.warning("audit log not pruned (retried within the hour): %s", err)
+            return
+        if n:
+            log.info("audit log: %d rows older than %g days deleted", n, self.settings.audit_retention_days)
 
     def base_open_set(self, base: BaseIndex) -> None:
         """Attach ``base``'s open-set statistics (loaded or computed: run it off the event loop, before install)."""
@@ -492,16 +744,34 @@ class Gallery:
         return state
 
     def enroll(
-        self, identity_id: str, name: str | None, metadata: dict[str, str], faces: Sequence[NewFace], create_only: bool
+        self,
+        identity_id: str,
+        name: str | None,
+        metadata: dict[str, str],
+        faces: Sequence[NewFace],
+        create_only: bool = False,
+        *,
+        append: bool = False,
+        request: EnrollRequest | None = None,
+        deadline: Checkpoint | None = None,
+        principal: str | None = None,
     ) -> EnrollOutcome:
+        """Add ``faces`` to ``identity_id`` (created when new; an existing one needs ``append``).
+
+        ``request``: the call's idempotency key (a retry gets the first result); ``deadline``: the
+        caller's, checked right before the journal commit (once it has passed nothing is written);
+        ``principal``: who asks (audit log; default: the call's principal).
+        """
+        who = principal or current_principal().name
         with self._write:
+            if request is not None and (replayed := self.replay(request)) is not None:
+                return replayed
             refuse_erased(self.ledger, identity_id)
             state = self._require_state()
-            existing = state.identity(identity_id)
-            if existing is not None and create_only:
-                raise AlreadyExistsError(f"identity {identity_id!r} already exists", reason=Reason.IDENTITY_EXISTS)
+            existing = self.refuse_existing(state, identity_id, create_only, append)
+            images = request.images if request is not None else ()
             if not faces:
-                return EnrollOutcome(False, [], existing.face_count if existing else 0)
+                return EnrollOutcome(False, [], existing.face_count if existing else 0, images)
             now = time.time()
             prior = state.live.identities.get(identity_id)
             created_at = prior.created_at if prior is not None and not prior.deleted else now
@@ -514,7 +784,37 @@ class Gallery:
                 created_at,
                 now,
             )
-            seq, vids = self.writes.run(self.journal.enroll, row, faces)
+            count = (existing.face_count if existing else 0) + len(faces)
+            audit_seq: list[int | None] = [None]
+
+            def within(conn: sqlite3.Connection, seq: int, vids: np.ndarray) -> None:
+                """Inside the journal transaction, right before its commit."""
+                if deadline is not None:
+                    deadline.check("the enrollment's commit (nothing was written)")
+                if request is not None:
+                    ids = iter(face_id(v) for v in vids.tolist())
+                    done = tuple(replace(i, face_id=next(ids)) if i.accepted else i for i in images)
+                    outcome = EnrollOutcome(existing is None, [face_id(v) for v in vids.tolist()], count, done)
+                    put_request(conn, request_key(request.request_id), request.digest, _outcome_json(outcome), now)
+                    self._enrolled += 1
+                    if self._enrolled >= REQUEST_EXPIRY_EVERY:
+                        self._enrolled = 0
+                        expire_requests(conn, before=now - self.settings.request_ttl_s, keep=self.settings.request_max)
+                audit_seq[0] = self._record(
+                    AuditOp.ENROLL,
+                    identity_id,
+                    len(faces),
+                    who,
+                    "Enroll",
+                    health=False,
+                    request_id=request.request_id if request else None,
+                )
+
+            try:
+                seq, vids = self.writes.run(functools.partial(self.journal.enroll, row, faces, within=within))
+            except BaseException:
+                self._failed(audit_seq[0])
+                raise
             row = LiveIdentity(row.identity_id, seq, False, row.name, row.metadata, row.created_at, row.updated_at)
             live_faces = [
                 LiveFace(int(v), seq, identity_id, f.source, f.box, f.det_score, f.face_size, f.blur, now)
@@ -523,27 +823,42 @@ class Gallery:
             in_base = state.base is not None and state.base.store.find_identity(identity_id) is not None
             state.live.enroll(row, live_faces, np.stack([f.embedding for f in faces]), in_base)
             state.upkeep.changed([identity_id])
-            return EnrollOutcome(existing is None, [face_id(v) for v in vids.tolist()], state.face_count(identity_id))
+            self._prune_audit()
+            ids = iter(face_id(v) for v in vids.tolist())
+            done = tuple(replace(i, face_id=next(ids)) if i.accepted else i for i in images)
+            return EnrollOutcome(
+                existing is None, [face_id(v) for v in vids.tolist()], state.face_count(identity_id), done
+            )
 
-    def delete_identity(self, identity_id: str) -> int:
+    def delete_identity(self, identity_id: str, *, principal: str | None = None) -> int:
+        who = principal or current_principal().name
         with self._write:
             state = self._require_state()
             existing = state.require(identity_id)
             base_ids, live_ids = state.face_vector_ids(identity_id)
             doomed = [*base_ids.tolist(), *live_ids.tolist()]
-            record_identity_erasure(self.ledger, state, identity_id, doomed)  # durable before the journal and the OK
+            record_identity_erasure(self.ledger, state, identity_id, doomed, principal=who)  # before the journal
+            audit_seq = self._record(
+                AuditOp.DELETE_IDENTITY, identity_id, len(doomed), who, "DeleteIdentity", erased=True
+            )
             now = time.time()
             row = LiveIdentity(identity_id, 0, True, None, {}, now, now)
-            seq = self.writes.run(self.journal.delete_identity, row, doomed)
+            try:
+                seq = self.writes.run(self.journal.delete_identity, row, doomed)
+            except BaseException:
+                self._failed(audit_seq)
+                raise
             row = LiveIdentity(identity_id, seq, True, None, {}, now, now)
             in_base = state.base is not None and state.base.store.find_identity(identity_id) is not None
             state.live.delete_identity(row, doomed, in_base)
             state.upkeep.changed([identity_id])
+            self._prune_audit()
             return existing.face_count
 
-    def delete_faces(self, face_ids: Sequence[str]) -> int:
+    def delete_faces(self, face_ids: Sequence[str], *, principal: str | None = None) -> int:
         if not face_ids:
             raise InvalidInputError("name at least one face id", reason=Reason.NO_FACE_IDS)
+        who = principal or current_principal().name
         vids = list(dict.fromkeys(parse_face_id(f) for f in face_ids))
         with self._write:
             state = self._require_state()
@@ -552,10 +867,20 @@ class Gallery:
             if missing:
                 raise NotFoundError(f"faces do not exist: {', '.join(missing[:10])}", reason=Reason.FACE_NOT_FOUND)
             identity_ids = [o for o in owners if o is not None]
-            record_face_erasure(self.ledger, state, vids, identity_ids)  # durable before the journal and the OK
-            seq = self.writes.run(self.journal.delete_faces, vids, identity_ids)
+            record_face_erasure(self.ledger, state, vids, identity_ids, principal=who)  # before the journal and the OK
+            audit_seqs = [
+                self._record(AuditOp.DELETE_FACES, owner, n, who, "DeleteFaces")
+                for owner, n in Counter(identity_ids).items()
+            ]
+            try:
+                seq = self.writes.run(self.journal.delete_faces, vids, identity_ids)
+            except BaseException:
+                for audit_seq in audit_seqs:
+                    self._failed(audit_seq)
+                raise
             state.live.delete_faces(seq, vids, identity_ids)
             state.upkeep.changed(identity_ids)
+            self._prune_audit()
             return len(vids)
 
     @staticmethod

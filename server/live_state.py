@@ -3,6 +3,10 @@
 Live faces are searched exactly (one matrix product). Appends grow the arrays by doubling
 and publish them before the row count, deletions clear an ``alive`` flag, and readers take
 a consistent :class:`LiveView` under a short lock, so a search never sees half a change.
+Identity ids touched since the version are also kept in id order (:attr:`LiveState.ordered_ids`,
+kept sorted as rows are added, never re-sorted), so a ListIdentities page finds its place by
+bisection instead of sorting every live identity.
+
 One thread mutates this object at a time: the install building it (before it is served: it loads the
 journal snapshot and then the changes made meanwhile, :meth:`LiveState.load` each), then the gallery's
 writer, holding the gallery write lock.
@@ -10,6 +14,7 @@ writer, holding the gallery write lock.
 
 from __future__ import annotations
 
+import bisect
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -55,6 +60,7 @@ class LiveState:
         self.faces: dict[int, LiveFace] = {}  # alive live faces by vector id
         self.faces_of: dict[str, list[int]] = {}  # identity id -> alive live vector ids
         self.identities: dict[str, LiveIdentity] = {}
+        self.ordered_ids: list[str] = []  # every key of ``identities``, in id order (readers slice it)
         self.identity_in_base: dict[str, bool] = {}
         self.tombstones: dict[int, str | None] = {}
         self._tomb_array = np.zeros(0, np.int64)
@@ -67,6 +73,7 @@ class LiveState:
         self.high_water = snap.high_water
         in_base = self._in_base([i.identity_id for i in snap.identities])
         for ident in snap.identities:
+            self._add_id(ident.identity_id)
             self.identities[ident.identity_id] = ident
             self.identity_in_base[ident.identity_id] = ident.identity_id in in_base
         self._append(snap.faces, snap.embeddings)
@@ -88,12 +95,14 @@ class LiveState:
 
     # -- changes (writer only) -----------------------------------------------------------
     def enroll(self, identity: LiveIdentity, faces: list[LiveFace], embeddings: np.ndarray, in_base: bool) -> None:
+        self._add_id(identity.identity_id)
         self.identities[identity.identity_id] = identity
         self.identity_in_base.setdefault(identity.identity_id, in_base)
         self.high_water = max(self.high_water, identity.seq)
         self._append(faces, embeddings)
 
     def delete_identity(self, identity: LiveIdentity, vector_ids: list[int], in_base: bool) -> None:
+        self._add_id(identity.identity_id)
         self.identities[identity.identity_id] = identity
         self.identity_in_base.setdefault(identity.identity_id, in_base)
         self.high_water = max(self.high_water, identity.seq)
@@ -104,6 +113,12 @@ class LiveState:
         self._add_tombstones(list(zip(vector_ids, identity_ids, strict=True)))
 
     # -- internals -----------------------------------------------------------------------
+    def _add_id(self, identity_id: str) -> None:
+        """Keep ``ordered_ids`` sorted: a new id goes in its place (one insertion, no re-sort). Added
+        before the row, so a reader that finds an id in ``ordered_ids`` but no row yet skips it."""
+        if identity_id not in self.identities:
+            bisect.insort(self.ordered_ids, identity_id)
+
     def _code(self, identity_id: str) -> int:
         code = self._code_of.get(identity_id)
         if code is None:

@@ -81,7 +81,11 @@ def test_live_changes_and_tombstones(setup) -> None:
     n_before = state.identity(target).face_count
     # enrolling into a published identity merges with its faces
     live_vec = near(q, 1)
-    out = gallery.enroll(target, "Target", {"k": "v"}, new_faces(live_vec[None]), create_only=False)
+    with pytest.raises(AlreadyExistsError) as no_append:  # adding to an existing identity needs append
+        gallery.enroll(target, "Target", {"k": "v"}, new_faces(live_vec[None]))
+    assert no_append.value.reason == "IDENTITY_EXISTS" and "append" in no_append.value.message
+    assert state.identity(target).face_count == n_before
+    out = gallery.enroll(target, "Target", {"k": "v"}, new_faces(live_vec[None]), append=True)
     assert not out.created and out.face_count == n_before + 1
     top = state.search(live_vec[None], 3)[0]
     assert [c.identity_id for c in top].count(target) == 1 and top[0].name == "Target"
@@ -114,7 +118,7 @@ def test_listing_merges_published_and_live(setup) -> None:
     published = sorted(set(ids))
     gallery.delete_identity(published[1])
     gallery.enroll("aaa-live", None, {}, new_faces(emb[:1]), create_only=True)
-    gallery.enroll(published[2], "renamed", {}, new_faces(emb[1:2]), create_only=False)
+    gallery.enroll(published[2], "renamed", {}, new_faces(emb[1:2]), append=True)
     expected = sorted((set(published) - {published[1]}) | {"aaa-live"})
     seen, after = [], ""
     while True:
@@ -184,7 +188,7 @@ def test_open_set_statistics_stay_exact_through_changes_and_replay(setup) -> Non
             if gallery.state.identity(who) is None:
                 continue
             x = near(emb[ids.index(who)], 100 + step)
-            out = gallery.enroll(who, None, {}, new_faces(x[None]), create_only=False)
+            out = gallery.enroll(who, None, {}, new_faces(x[None]), append=True)
             faces[int(out.face_ids[0])] = (who, x)
         elif kind == 2:  # a person deleted
             who = sorted({f[0] for f in faces.values()})[int(rng.integers(len(faces) // 4))]

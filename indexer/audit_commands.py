@@ -1,0 +1,104 @@
+"""``facesearch-index audit list|prune ROOT``: the root's audit log (:mod:`facesearch.store.audit_log`).
+
+    facesearch-index audit list ROOT [--identity ID] [--since T] [--limit N] [--json]
+                                             who enrolled, deleted, erased or unerased whom, and when
+    facesearch-index audit prune ROOT [--older-than-days D]
+                                             delete rows past the retention (default 365 days, as
+                                             FACESEARCH_AUDIT_RETENTION_DAYS)
+
+``--since`` takes unix seconds or an ISO 8601 time (``2026-12-07``, ``2026-12-07T10:00:00+00:00``;
+without a zone: UTC). ``--identity`` also finds the rows of an erased identity (they keep only its
+digest). Reading works while the server runs (the log is SQLite in WAL mode). Exit status 0; 2 for a
+bad argument; 1 when the root has no audit log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from datetime import UTC, datetime
+from pathlib import Path
+
+from facesearch.errors import ExitCode, InvalidInputError, NotFoundError, Reason
+from facesearch.store.audit_log import AUDIT_FILE, DEFAULT_RETENTION_DAYS, AuditEntry, AuditLog
+from facesearch.store.erasure_ledger import LEDGER_FILE, ErasureLedger
+
+COMMANDS = ("audit",)
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    a = sub.add_parser("audit", help="the audit log: who enrolled, deleted, erased whom, and when")
+    actions = a.add_subparsers(dest="audit_command", required=True)
+    lst = actions.add_parser("list", help="list audit rows, oldest first")
+    lst.add_argument("root", type=Path)
+    lst.add_argument("--identity", metavar="ID", help="only this identity's rows (an erased one's too)")
+    lst.add_argument("--since", metavar="T", help="only rows at or after T (unix seconds or ISO 8601, UTC)")
+    lst.add_argument("--limit", type=int, metavar="N", help="at most N rows")
+    lst.add_argument("--json", action="store_true", help="one JSON object per line")
+    prune = actions.add_parser("prune", help="delete rows older than the retention")
+    prune.add_argument("root", type=Path)
+    prune.add_argument(
+        "--older-than-days", type=float, default=DEFAULT_RETENTION_DAYS, metavar="D", help="retention (default 365)"
+    )
+
+
+def parse_time(text: str) -> float:
+    """Unix seconds, or an ISO 8601 date/time (UTC unless it names a zone)."""
+    try:
+        value = float(text)
+    except ValueError:
+        try:
+            when = datetime.fromisoformat(text)
+        except ValueError:
+            raise InvalidInputError(
+                f"--since {text!r}: give unix seconds or an ISO 8601 time (e.g. 2026-12-07T10:00:00)",
+                reason=Reason.INVALID_ARGUMENT,
+            ) from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return when.timestamp()
+    if not math.isfinite(value):
+        raise InvalidInputError(f"--since {text!r} is not a time", reason=Reason.INVALID_ARGUMENT)
+    return value
+
+
+def _open(root: Path) -> tuple[ErasureLedger, AuditLog]:
+    if not (root / AUDIT_FILE).is_file() or not (root / LEDGER_FILE).is_file():
+        raise NotFoundError(f"no audit log at {root / AUDIT_FILE}", reason=Reason.NOT_FOUND)
+    ledger = ErasureLedger.open(root)
+    return ledger, AuditLog.open(root, ledger.digester)
+
+
+def describe(entry: AuditEntry) -> str:
+    when = datetime.fromtimestamp(entry.at, UTC).isoformat(timespec="seconds")
+    who = entry.identity_id if entry.identity_id is not None else f"erased:{(entry.subject or '')[:16]}"
+    extra = f" request {entry.request_id}" if entry.request_id else ""
+    failed = " FAILED" if entry.outcome != "ok" else ""
+    head = f"#{entry.seq} {when} {entry.principal} {entry.operation} {who}"
+    return f"{head} faces={entry.faces} via {entry.via}{extra}{failed}"
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    if args.audit_command == "list":
+        since = parse_time(args.since) if args.since is not None else None
+        if args.limit is not None and args.limit < 1:
+            raise InvalidInputError(f"--limit must be >= 1, got {args.limit}", reason=Reason.INVALID_ARGUMENT)
+        ledger, audit = _open(args.root)
+        with ledger, audit:
+            rows = audit.entries(identity_id=args.identity, since=since, limit=args.limit)
+        for row in rows:
+            print(json.dumps(row.to_dict()) if args.json else describe(row))
+        return ExitCode.OK
+    if args.audit_command == "prune":
+        if not args.older_than_days > 0:
+            raise InvalidInputError(
+                f"--older-than-days must be > 0, got {args.older_than_days}", reason=Reason.INVALID_ARGUMENT
+            )
+        ledger, audit = _open(args.root)
+        with ledger, audit:
+            n = audit.prune(older_than_days=args.older_than_days)
+            left = audit.count()
+        print(f"facesearch-index audit prune: deleted {n} rows older than {args.older_than_days:g} days; {left} kept")
+        return ExitCode.OK
+    raise AssertionError(args.audit_command)
