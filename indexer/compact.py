@@ -37,6 +37,7 @@ from facesearch.store.index_artifact import (
 )
 from facesearch.store.journal_retention import Absorbed
 from facesearch.store.live_journal import JournalSnapshot, LiveJournal, journal_place
+from facesearch.util import failpoints
 from indexer.absorb import LIVE_DIR, Settled, apply_snapshot, settle
 from indexer.build import JobResult, finish_version, version_manifest
 from indexer.config import fingerprint
@@ -103,6 +104,7 @@ def run(config: CompactConfig) -> CompactResult:
                 )
             done = _absorbed_seq(base, journal.journal_id)
             snap = journal.snapshot(after_seq=done)
+            failpoints.hit("compact.snapshot")
             if snap.high_water <= done:
                 log.info("nothing to compact: the current version holds the journal up to seq %d", done)
                 return CompactResult(None, done, 0, 0, 0)

@@ -42,6 +42,7 @@ from facesearch.store.index_artifact import (
     list_versions,
     write_manifest,
 )
+from facesearch.util import failpoints
 from facesearch.util.fs import fsync_dir, fsync_path, sha256_file, switch_pointer
 from facesearch.util.lock import FileLock, LockHeldError
 
@@ -124,6 +125,7 @@ def seal(vdir: Path, manifest: IndexManifest, hashed: dict[str, FileEntry] | Non
             else:
                 files[path.name] = FileEntry(sha256=sha256_file(path), bytes=path.stat().st_size)
     sealed = replace(manifest, files=files)
+    failpoints.hit("publish.seal")
     write_manifest(vdir, sealed)
     return sealed
 
@@ -133,8 +135,10 @@ def publish(root: Path, staged: Path, version: str, keep: int) -> Path:
     final = root / version
     if final.exists():
         raise PreconditionError(f"version {final} already exists")
+    failpoints.hit("publish.rename")
     os.replace(staged, final)
     fsync_dir(root)
+    failpoints.hit("publish.renamed")
     set_current(root, version)
     prune(root, keep)
     return final
@@ -153,7 +157,9 @@ def prune(root: Path, keep: int) -> list[str]:
     doomed = [v for v in versions[: max(0, len(versions) - keep)] if v != current]
     for v in doomed:
         trash = root / f".trash-{v}-{time.time_ns()}"
+        failpoints.hit("publish.prune")
         os.replace(root / v, trash)  # readers following CURRENT never see a half-deleted version
+        failpoints.hit("publish.trash")
         shutil.rmtree(trash, ignore_errors=True)
     return doomed
 

@@ -55,6 +55,7 @@ import numpy as np
 
 from facesearch.errors import IndexFormatError, NotFoundError, Reason
 from facesearch.store.identity_store import IdentityStore
+from facesearch.util import failpoints
 
 LEDGER_FILE = "erasures.sqlite"
 SCHEMA_VERSION = 1
@@ -304,11 +305,13 @@ class ErasureLedger:
         subject = self.digester.subject(identity_id)
         at = time.time()
         with self._lock:
+            failpoints.hit("ledger.commit")
             cur = self._conn.execute(
                 "INSERT INTO records (kind, subject, vector_ids, faces, at, principal, via) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (str(kind), subject, json.dumps(vids), json.dumps(faces), at, principal, via),
             )  # autocommit: one fsync'd WAL commit (synchronous=FULL)
+            failpoints.hit("ledger.committed")
         seq = int(cur.lastrowid or 0)
         return Erasure(seq, kind, subject, tuple(vids), tuple(faces), at, principal, via)
 

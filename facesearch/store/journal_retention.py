@@ -30,6 +30,7 @@ from facesearch.errors import FaceSearchError
 from facesearch.store.identity_store import IdentityStore
 from facesearch.store.index_artifact import STORE_FILE, list_versions
 from facesearch.store.live_journal import JOURNAL_FILE, LiveJournal
+from facesearch.util import failpoints
 
 #: The server's live journal under an index root, unless configured elsewhere (FACESEARCH_LIVE_DIR).
 LIVE_DIR = "live"
@@ -96,7 +97,9 @@ def vacuum(path: Path) -> None:
     """Rewrite an SQLite file without free pages or deleted cells, and empty its write-ahead log."""
     conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)
     try:
+        failpoints.hit("journal.vacuum")
         conn.execute("VACUUM")
+        failpoints.hit("journal.checkpoint")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
         conn.close()

@@ -20,7 +20,8 @@ If the write or the fsync fails it cuts the file back to where it started before
 disk leaves no torn record behind; if even the cut fails, the next append cuts first.
 :func:`write_file` writes a whole new file (rotation, migration, repair). Failpoints (see
 :mod:`facesearch.util.failpoints`): ``journal.append`` (``torn`` writes half the records, then
-fails with ENOSPC), ``journal.fsync``, ``journal.rotate``.
+fails with ENOSPC), ``journal.fsync``, ``journal.appended`` (after the fsync), ``journal.rotate`` and
+``journal.rotated`` (a new file written and fsync'd).
 """
 
 from __future__ import annotations
@@ -224,6 +225,7 @@ class VectorsAppender:
                 _pwrite_all(fd, data, start)
                 failpoints.hit("journal.fsync")
                 os.fsync(fd)
+                failpoints.hit("journal.appended")
             except BaseException:
                 _cut(fd, start)
                 raise
@@ -273,6 +275,7 @@ def write_file(path: Path, layout: RecordLayout, vector_ids: np.ndarray, embeddi
         finally:
             os.close(fd)
         fsync_dir(path.parent)
+        failpoints.hit("journal.rotated")
     except BaseException:
         with contextlib.suppress(OSError):
             path.unlink()

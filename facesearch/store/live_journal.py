@@ -575,6 +575,7 @@ class LiveJournal:
         except BaseException:
             self._rollback()
             raise
+        failpoints.hit("journal.committed")
 
     def _rollback(self) -> None:
         if self._conn.in_transaction:
@@ -700,6 +701,7 @@ class LiveJournal:
         """After the switch committed: append to the new file; drop files older than the previous
         one (kept for readers in the middle of a snapshot)."""
         self._appender = VectorsAppender(new, RecordLayout(FORMAT_CHECKSUMMED, self.d), end)
+        failpoints.hit("journal.unlink")
         for stale in self.dir.glob("vectors-*"):
             if stale.name not in (new.name, old.name):
                 with contextlib.suppress(OSError):

@@ -1,8 +1,13 @@
-"""Failpoints: make a named write site fail on purpose, to test what a full or failing disk does.
+"""Failpoints: make a named write site fail (or the process die) on purpose, to test what a full or
+failing disk, or a crash at exactly that point, does.
 
-A write site calls :func:`hit` with its name just before the operation it guards (for the live
-journal: ``journal.append``, ``journal.fsync``, ``journal.commit``, ``journal.rotate``). Nothing
-happens unless a failpoint is set for that name, by the environment (for server processes)::
+A write site calls :func:`hit` with its name just before (or just after) the write, fsync, commit or
+rename it guards. Every site is declared once, in :data:`SITES`, with the operations that reach it
+(:class:`Operation`: what a test runs to get there); ``tests/unit/test_lock_failpoints.py`` checks
+that the sites called in the code and the declared ones are the same, and the crash-point test
+(``tests/integration/test_crash_points.py``) crashes a real process at every declared site, so a new
+site is covered as soon as it is declared. Nothing happens unless a failpoint is set for that name,
+by the environment (for server and ``facesearch-index`` processes)::
 
     FACESEARCH_FAILPOINTS="journal.append:eio*2,journal.commit:enospc+3"
 
@@ -16,10 +21,12 @@ act on the next ``TIMES`` hits (default: every one). Actions:
 ``torn``
     :func:`hit` returns ``"torn"``: the site writes part of its data and then fails with
     ``ENOSPC``, as a write cut short by a full disk does (sites that cannot tear ignore it).
-``kill``
-    the process kills itself with ``SIGKILL`` (a crash at exactly that point).
+``kill`` (or ``crash``)
+    the process kills itself with ``SIGKILL`` (a crash at exactly that point: no cleanup, no
+    ``finally``, no flush of anything not yet written).
 
-Cost when unset: one dictionary lookup in ``os.environ`` per hit. Hit counts are per process.
+A spec naming an undeclared site is refused (a typo would otherwise never fire). Cost when unset:
+one dictionary lookup in ``os.environ`` per hit. Hit counts are per process.
 """
 
 from __future__ import annotations
@@ -31,12 +38,92 @@ import signal
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from enum import StrEnum
 
-__all__ = ["ENV", "Failpoint", "FailpointSpecError", "active", "hit", "parse"]
+__all__ = [
+    "CURRENT_SWITCH",
+    "ENV",
+    "SITES",
+    "AtomicSites",
+    "Failpoint",
+    "FailpointSpecError",
+    "Operation",
+    "Site",
+    "active",
+    "hit",
+    "parse",
+]
 
 ENV = "FACESEARCH_FAILPOINTS"
 _ERRNOS = {"eio": errno.EIO, "enospc": errno.ENOSPC, "edquot": errno.EDQUOT}
-_ACTIONS = (*_ERRNOS, "torn", "kill")
+_KILLS = ("kill", "crash")
+_ACTIONS = (*_ERRNOS, "torn", *_KILLS)
+
+
+class Operation(StrEnum):
+    """What reaches a site: a server RPC, the server's swap to a new version, or a ``facesearch-index`` job."""
+
+    ENROLL = "enroll"  # Enroll RPC (the live journal's append and commit)
+    DELETE_IDENTITY = "delete_identity"  # DeleteIdentity RPC (erasure ledger, then journal)
+    DELETE_FACES = "delete_faces"  # DeleteFaces RPC (erasure ledger, then journal)
+    SWAP = "swap"  # the server installs a compacted version and prunes its journal (rotation, vacuum)
+    COMPACT = "compact"  # facesearch-index compact: snapshot, seal, publish, CURRENT switch, prune old versions
+    ROLLBACK = "rollback"  # facesearch-index rollback: the CURRENT switch
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    name: str
+    operations: tuple[Operation, ...]
+    where: str
+
+
+@dataclass(frozen=True, slots=True)
+class AtomicSites:
+    """The sites of one caller of :func:`facesearch.util.fs.atomic_path` (before the temporary file's
+    fsync, before its rename over the target, after the rename and before the directory's fsync)."""
+
+    fsync: str
+    rename: str
+    renamed: str
+
+
+_O = Operation
+_WRITES = (_O.ENROLL, _O.DELETE_IDENTITY, _O.DELETE_FACES, _O.SWAP)
+_DELETES = (_O.DELETE_IDENTITY, _O.DELETE_FACES)
+_PUBLISH = (_O.COMPACT,)
+_POINTER = (_O.COMPACT, _O.ROLLBACK)
+
+#: Every failpoint site, in the order an operation meets them.
+SITES: dict[str, Site] = {
+    s.name: s
+    for s in (
+        Site("ledger.commit", _DELETES, "erasure ledger: before the erasure's row is inserted and committed"),
+        Site("ledger.committed", _DELETES, "erasure ledger: after the erasure committed, before the journal"),
+        Site("journal.append", (_O.ENROLL,), "live journal: before the new faces' records are written"),
+        Site("journal.fsync", (_O.ENROLL,), "live journal: records written, before their fsync"),
+        Site("journal.appended", (_O.ENROLL,), "live journal: records fsync'd, before their rows"),
+        Site("journal.rotate", (_O.SWAP,), "live journal: before a new vectors file is written (rotation)"),
+        Site("journal.rotated", (_O.SWAP,), "live journal: new vectors file fsync'd, before the switch commits"),
+        Site("journal.commit", _WRITES, "live journal: before COMMIT"),
+        Site("journal.committed", _WRITES, "live journal: after COMMIT, before the caller is answered"),
+        Site("journal.unlink", (_O.SWAP,), "live journal: rotation committed, before older vectors files go"),
+        Site("journal.vacuum", (_O.SWAP,), "journal pruned: before journal.sqlite is VACUUMed"),
+        Site("journal.checkpoint", (_O.SWAP,), "journal VACUUMed: before its write-ahead log is truncated"),
+        Site("compact.snapshot", _PUBLISH, "compaction: journal snapshot read, before anything is written"),
+        Site("publish.seal", _PUBLISH, "staged version written, before its manifest"),
+        Site("publish.rename", _PUBLISH, "before the staging folder is renamed to the version"),
+        Site("publish.renamed", _PUBLISH, "version folder in place, before CURRENT is switched"),
+        Site("current.fsync", _POINTER, "CURRENT switch: new pointer written, before its fsync"),
+        Site("current.rename", _POINTER, "CURRENT switch: before the new pointer replaces CURRENT"),
+        Site("current.renamed", _POINTER, "CURRENT switch: after the rename, before the root's fsync"),
+        Site("publish.prune", _PUBLISH, "before an old version is moved to .trash-*"),
+        Site("publish.trash", _PUBLISH, "old version in .trash-*, before it is deleted"),
+    )
+}
+
+#: The ``CURRENT`` pointer switch (:func:`facesearch.util.fs.switch_pointer`).
+CURRENT_SWITCH = AtomicSites("current.fsync", "current.rename", "current.renamed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +154,8 @@ def parse(spec: str) -> dict[str, Failpoint]:
             raise FailpointSpecError(
                 f"{ENV}: bad failpoint {item!r}: want SITE:ACTION[*TIMES][+SKIP], ACTION one of {', '.join(_ACTIONS)}"
             )
+        if site not in SITES:
+            raise FailpointSpecError(f"{ENV}: unknown site {site!r} in {item!r}; sites: {', '.join(SITES)}")
         out[site] = Failpoint(site, rest, times, skip or 0)
     return out
 
@@ -109,7 +198,7 @@ def hit(site: str) -> str | None:
     if point.action in _ERRNOS:
         code = _ERRNOS[point.action]
         raise OSError(code, f"{os.strerror(code)} (failpoint {site})")
-    if point.action == "kill":
+    if point.action in _KILLS:
         os.kill(os.getpid(), signal.SIGKILL)
     return point.action
 

@@ -29,6 +29,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from facesearch.util import failpoints
+
 _BLOCK = 1 << 20
 
 
@@ -48,35 +50,41 @@ def fsync_dir(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
+def atomic_path(path: Path, sites: failpoints.AtomicSites | None = None) -> Iterator[Path]:
     """A temporary path to write ``path``'s new content to; on a clean exit it replaces ``path``.
 
     The body writes (and closes) the temporary file; it is then ``fsync``'d and renamed over
     ``path``, and the directory is ``fsync``'d. On an exception the temporary file is removed and
-    ``path`` is untouched.
+    ``path`` is untouched. ``sites``: the caller's failpoints (:mod:`facesearch.util.failpoints`).
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
     try:
         yield tmp
+        if sites is not None:
+            failpoints.hit(sites.fsync)
         fsync_path(tmp)
+        if sites is not None:
+            failpoints.hit(sites.rename)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    if sites is not None:
+        failpoints.hit(sites.renamed)
     fsync_dir(path.parent)
 
 
-def write_atomic(path: Path, data: bytes | str) -> None:
+def write_atomic(path: Path, data: bytes | str, sites: failpoints.AtomicSites | None = None) -> None:
     """Replace ``path``'s content with ``data`` (text is written as UTF-8) through :func:`atomic_path`."""
     payload = data.encode() if isinstance(data, str) else data
-    with atomic_path(path) as tmp, tmp.open("wb") as fh:
+    with atomic_path(path, sites) as tmp, tmp.open("wb") as fh:
         fh.write(payload)
 
 
 def switch_pointer(pointer: Path, name: str) -> None:
     """Point ``pointer`` (a ``CURRENT`` file) at the sibling folder ``name``, atomically."""
-    write_atomic(pointer, name + "\n")
+    write_atomic(pointer, name + "\n", failpoints.CURRENT_SWITCH)
 
 
 def read_pointer(pointer: Path) -> str | None:

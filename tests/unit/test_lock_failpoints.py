@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +16,8 @@ from facesearch.errors import PreconditionError, Reason
 from facesearch.util import failpoints
 from facesearch.util.lock import FileLock, LockHeldError, hold, holder_pid
 from indexer.publish import locked
+
+REPO = Path(__file__).resolve().parents[2]
 
 _HOLDER = """
 import sys, time
@@ -53,32 +56,56 @@ def test_the_indexer_lock_is_the_same_lock(tmp_path: Path) -> None:
 
 
 def test_failpoints_parse_skip_and_count(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert failpoints.parse("a.b:eio*2+1, c:torn") == {
-        "a.b": failpoints.Failpoint("a.b", "eio", 2, 1),
-        "c": failpoints.Failpoint("c", "torn", None, 0),
+    assert failpoints.parse("journal.fsync:eio*2+1, journal.append:torn") == {
+        "journal.fsync": failpoints.Failpoint("journal.fsync", "eio", 2, 1),
+        "journal.append": failpoints.Failpoint("journal.append", "torn", None, 0),
     }
-    for bad in ("a.b", "a.b:boom", "a.b:eio*x", ":eio"):
+    for bad in ("journal.fsync", "journal.fsync:boom", "journal.fsync:eio*x", ":eio", "journal.fsnyc:eio"):
         with pytest.raises(failpoints.FailpointSpecError):
             failpoints.parse(bad)
-    assert failpoints.hit("site.x") is None  # nothing set: nothing happens
-    monkeypatch.setenv(failpoints.ENV, "site.x:enospc*2+1")
+    assert failpoints.hit("journal.fsync") is None  # nothing set: nothing happens
+    monkeypatch.setenv(failpoints.ENV, "journal.fsync:enospc*2+1")
     outcomes = []
     for _ in range(5):
         try:
-            outcomes.append(failpoints.hit("site.x"))
+            outcomes.append(failpoints.hit("journal.fsync"))
         except OSError as err:
             outcomes.append(errno.errorcode[err.errno or 0])
     assert outcomes == [None, "ENOSPC", "ENOSPC", None, None]
     monkeypatch.delenv(failpoints.ENV)
-    with failpoints.active("site.y:torn*1"):
-        assert [failpoints.hit("site.y"), failpoints.hit("site.y")] == ["torn", None]
-    assert failpoints.hit("site.y") is None
+    with failpoints.active("journal.append:torn*1"):
+        assert [failpoints.hit("journal.append"), failpoints.hit("journal.append")] == ["torn", None]
+    assert failpoints.hit("journal.append") is None
 
 
-def test_the_kill_failpoint_is_a_crash() -> None:
-    code = "from facesearch.util import failpoints; failpoints.hit('x'); print('survived')"
-    env = {**os.environ, failpoints.ENV: "x:kill"}
+@pytest.mark.parametrize("action", ["kill", "crash"])
+def test_the_kill_failpoint_is_a_crash(action: str) -> None:
+    code = "from facesearch.util import failpoints; failpoints.hit('journal.commit'); print('survived')"
+    env = {**os.environ, failpoints.ENV: f"journal.commit:{action}"}
     done = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, check=False
     )
     assert done.returncode == -signal.SIGKILL and "survived" not in done.stdout
+
+
+_HIT = re.compile(r"failpoints\.hit\(\s*([^)]*)\)")
+
+
+def test_every_site_called_in_the_code_is_declared_and_every_declared_site_is_called() -> None:
+    """The crash-point test enumerates ``failpoints.SITES``: a site called but not declared would go
+    untested, a site declared but never called would make that test fail to crash."""
+    called: set[str] = set()
+    for package in ("facesearch", "server", "indexer"):
+        for path in sorted((REPO / package).rglob("*.py")):
+            if path.name == "failpoints.py":
+                continue
+            for arg in _HIT.findall(path.read_text()):
+                literal = re.fullmatch(r'"([a-z_.]+)"', arg.strip())
+                if literal is None:  # only facesearch.util.fs passes a name it was given (AtomicSites)
+                    assert path.name == "fs.py", f"{path}: failpoints.hit({arg}) must name its site literally"
+                    continue
+                called.add(literal.group(1))
+    atomic = {n for g in (failpoints.CURRENT_SWITCH,) for n in (g.fsync, g.rename, g.renamed)}
+    assert called | atomic == set(failpoints.SITES)
+    for site in failpoints.SITES.values():
+        assert site.operations, site.name
