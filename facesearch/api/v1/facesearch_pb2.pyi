@@ -479,18 +479,20 @@ class Stats(_message.Message):
     def __init__(self, model_id: _Optional[str] = ..., contract_id: _Optional[str] = ..., embedding_dim: _Optional[int] = ..., index_version: _Optional[str] = ..., index_ntotal: _Optional[int] = ..., live_faces: _Optional[int] = ..., tombstones: _Optional[int] = ..., faces: _Optional[int] = ..., identities: _Optional[int] = ..., default_min_similarity: _Optional[float] = ..., threshold_note: _Optional[str] = ..., index_factory: _Optional[str] = ..., enroll_min_face_size: _Optional[float] = ..., enroll_min_blur: _Optional[float] = ..., queue_depth: _Optional[int] = ..., default_threshold: _Optional[_Union[DecisionThreshold, _Mapping]] = ..., cohort_k: _Optional[int] = ..., template_rule: _Optional[str] = ..., default_fpir: _Optional[float] = ..., security_warnings: _Optional[_Iterable[str]] = ..., writes_degraded: _Optional[bool] = ..., writes_reason: _Optional[str] = ..., write_failures: _Optional[int] = ..., enroll_request_ids: _Optional[int] = ..., max_faces: _Optional[int] = ..., lanes: _Optional[_Iterable[_Union[AdmissionLane, _Mapping]]] = ...) -> None: ...
 
 class AdmissionLane(_message.Message):
-    __slots__ = ("name", "depth", "peak_depth", "bound", "refused")
+    __slots__ = ("name", "depth", "peak_depth", "bound", "refused", "busy_threads")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DEPTH_FIELD_NUMBER: _ClassVar[int]
     PEAK_DEPTH_FIELD_NUMBER: _ClassVar[int]
     BOUND_FIELD_NUMBER: _ClassVar[int]
     REFUSED_FIELD_NUMBER: _ClassVar[int]
+    BUSY_THREADS_FIELD_NUMBER: _ClassVar[int]
     name: str
     depth: int
     peak_depth: int
     bound: int
     refused: int
-    def __init__(self, name: _Optional[str] = ..., depth: _Optional[int] = ..., peak_depth: _Optional[int] = ..., bound: _Optional[int] = ..., refused: _Optional[int] = ...) -> None: ...
+    busy_threads: int
+    def __init__(self, name: _Optional[str] = ..., depth: _Optional[int] = ..., peak_depth: _Optional[int] = ..., bound: _Optional[int] = ..., refused: _Optional[int] = ..., busy_threads: _Optional[int] = ...) -> None: ...
 
 class StreamIdentifyRequest(_message.Message):
     __slots__ = ("tag", "request")
