@@ -5,6 +5,12 @@ One task drains the queue: it takes every request waiting (up to ``max_batch`` c
 only when a single request brings more), runs the embedder once on a dedicated thread, and
 hands each request its rows. While a batch runs, the next one accumulates, so batches grow
 with load and a lone request never waits for a timer.
+
+Cancellation: a request whose deadline passed or that was cancelled before its batch starts is
+dropped from it; a batch running stops between two embedding runs of ``max_batch`` chips once every
+request in it is cancelled (:class:`facesearch.util.cancel.AllCancelled`). A caller cancelled while
+its chips are in the running batch returns only when that batch has ended, so its admission slot
+is not given back while the embedder still works for it.
 """
 
 from __future__ import annotations
@@ -17,11 +23,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from server.admission import Deadline, DeadlineExceeded
+from facesearch.util.cancel import AllCancelled, Checkpoint
+from server.admission import Busy, Deadline, DeadlineExceeded
 
 log = logging.getLogger(f"facesearch.{__name__}")
 
-EmbedFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+#: ``embed(chips, cancel)``: the embedder, which checks ``cancel`` between its runs.
+EmbedFn = Callable[[np.ndarray, Checkpoint], tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass(slots=True)
@@ -29,6 +37,7 @@ class _Job:
     chips: np.ndarray
     deadline: Deadline
     future: asyncio.Future[tuple[np.ndarray, np.ndarray]] = field(repr=False)
+    batch: asyncio.Future[tuple[np.ndarray, np.ndarray]] | None = field(default=None, repr=False)  # running batch
 
 
 class EmbedBatcher:
@@ -42,6 +51,7 @@ class EmbedBatcher:
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
         self._task: asyncio.Task[None] | None = None
+        self.busy = Busy()  # 1 while a batch is being embedded
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="embed-batcher")
@@ -60,8 +70,20 @@ class EmbedBatcher:
         if self._task is None:
             raise RuntimeError("EmbedBatcher.embed before start()")
         future: asyncio.Future[tuple[np.ndarray, np.ndarray]] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Job(chips, deadline, future))
-        return await future
+        job = _Job(chips, deadline, future)
+        await self._queue.put(job)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            deadline.cancel("the call was cancelled")
+            while job.batch is not None and not job.batch.done():  # its chips are being embedded: wait
+                try:
+                    await asyncio.shield(job.batch)
+                except asyncio.CancelledError:
+                    continue
+                except BaseException:
+                    break
+            raise
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -95,8 +117,12 @@ class EmbedBatcher:
     async def _run_batch(self, loop: asyncio.AbstractEventLoop, jobs: list[_Job]) -> None:
         chips = np.concatenate([j.chips for j in jobs]) if len(jobs) > 1 else jobs[0].chips
         start = loop.time()
+        cancel = AllCancelled([j.deadline for j in jobs])
+        batch = loop.run_in_executor(self._executor, self.busy.wrap(lambda: self._embed(chips, cancel)))
+        for job in jobs:
+            job.batch = batch
         try:
-            embeddings, norms = await loop.run_in_executor(self._executor, self._embed, chips)
+            embeddings, norms = await batch
         except Exception as err:  # every waiter gets the failure; the loop goes on
             for job in jobs:
                 if not job.future.done():

@@ -2,6 +2,17 @@
 
 Requests are validated here (fields, sizes, identity ids, page tokens) and become the
 service's frozen query types; results become response messages.
+
+Every string, bytes and repeated field of a request is bounded (the constants below; the proto
+documents each): over its bound is INVALID_ARGUMENT naming the field and the limit. Identity ids
+given to Enroll must be printable: no code point of the Unicode categories in
+:data:`FORBIDDEN_ID_CATEGORIES` (controls, format characters such as bidi overrides and zero-width
+joiners, line/paragraph separators, private use, unassigned, surrogates). Ids used to look an
+identity up are only length-checked, so an identity enrolled before the rule can still be deleted.
+
+Scores leave the server rounded to :data:`SCORE_DECIMALS` decimals (similarities, normalised
+scores and their parts, thresholds): exact similarities would let a caller steer a search for a
+matching image. Rounding is monotone, so a matched score never shows below its threshold.
 """
 
 from __future__ import annotations
@@ -9,6 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import unicodedata
 
 from facesearch.api.v1 import facesearch_pb2 as pb
 from facesearch.errors import InvalidInputError, Reason
@@ -16,7 +28,7 @@ from facesearch.scoring.decision import DecisionThreshold, ScoredCandidate, Scor
 from facesearch.vision.detection_plan import DetectionPlan
 from facesearch.vision.pipeline import Face
 from server.engine import AnalyzedPhoto
-from server.gallery import FaceView, IdentityView
+from server.gallery import FaceView, IdentityView, check_request_id
 from server.service import (
     DEFAULT_TOP_K,
     MAX_TOP_K,
@@ -24,6 +36,7 @@ from server.service import (
     EnrollResult,
     IdentifyQuery,
     IdentifyResult,
+    LaneStats,
     ServiceStats,
     VerifyQuery,
     VerifyResult,
@@ -32,20 +45,56 @@ from server.service import (
 MAX_IDENTITY_ID_BYTES = 256
 MAX_NAME_BYTES = 1024
 MAX_METADATA_KEYS = 64
+MAX_METADATA_KEY_BYTES = 128
+MAX_METADATA_VALUE_BYTES = 4096
 MAX_METADATA_BYTES = 16 << 10
+MAX_SOURCE_BYTES = 1024
+MAX_TAG_BYTES = 1024
+MAX_PAGE_TOKEN_BYTES = 1024
+MAX_FACE_ID_BYTES = 64
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
 MAX_DELETE_FACES = 1000
+SCORE_DECIMALS = 3
+#: Unicode categories an enrolled identity id may not hold: control, format (bidi controls, zero-width),
+#: line and paragraph separators, private use, unassigned, surrogate.
+FORBIDDEN_ID_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Co", "Cn", "Cs"})
 
 
 # -- validation ------------------------------------------------------------------------------
-def identity_id(value: str, field: str = "identity_id") -> str:
+def _utf8_len(value: str, field: str, reason: Reason) -> int:
+    try:
+        return len(value.encode())
+    except UnicodeEncodeError:  # a lone surrogate (protobuf's Python runtime rejects most, not all)
+        raise InvalidInputError(f"{field} is not valid UTF-8 (it holds a surrogate)", reason=reason) from None
+
+
+def bounded(value: str, field: str, limit: int, reason: Reason = Reason.FIELD_TOO_LONG) -> str:
+    """``value`` if it is at most ``limit`` bytes of UTF-8, else INVALID_ARGUMENT naming both."""
+    n = _utf8_len(value, field, reason)
+    if n > limit:
+        raise InvalidInputError(f"{field} is {n} bytes, more than the limit of {limit} bytes", reason=reason)
+    return value
+
+
+def identity_id(value: str, field: str = "identity_id", *, new: bool = False) -> str:
+    """An identity id: 1..256 bytes; with ``new`` (an id Enroll may create) printable characters only."""
     if not value:
         raise InvalidInputError(f"{field} is required", reason=Reason.BAD_IDENTITY_ID)
-    if len(value.encode()) > MAX_IDENTITY_ID_BYTES:
-        raise InvalidInputError(f"{field} is longer than {MAX_IDENTITY_ID_BYTES} bytes", reason=Reason.BAD_IDENTITY_ID)
+    bounded(value, field, MAX_IDENTITY_ID_BYTES, Reason.BAD_IDENTITY_ID)
     if any(ord(c) < 32 or ord(c) == 127 for c in value):
         raise InvalidInputError(f"{field} holds control characters", reason=Reason.BAD_IDENTITY_ID)
+    if new:
+        for i, c in enumerate(value):
+            category = unicodedata.category(c)
+            if category in FORBIDDEN_ID_CATEGORIES:
+                name = unicodedata.name(c, "unnamed")
+                raise InvalidInputError(
+                    f"{field} holds U+{ord(c):04X} ({name}, category {category}) at character {i}: identity ids "
+                    "may hold only printable characters (no control, bidi, zero-width, separator, private-use or "
+                    "unassigned code points)",
+                    reason=Reason.BAD_IDENTITY_ID,
+                )
     return value
 
 
@@ -64,9 +113,22 @@ def metadata(values: dict[str, str]) -> dict[str, str]:
         raise InvalidInputError(
             f"metadata has {len(values)} keys, at most {MAX_METADATA_KEYS}", reason=Reason.BAD_METADATA
         )
-    if sum(len(k.encode()) + len(v.encode()) for k, v in values.items()) > MAX_METADATA_BYTES:
-        raise InvalidInputError(f"metadata is over {MAX_METADATA_BYTES} bytes", reason=Reason.BAD_METADATA)
+    total = 0
+    for k, v in values.items():
+        if not k:
+            raise InvalidInputError("metadata has an empty key", reason=Reason.BAD_METADATA)
+        total += len(bounded(k, "a metadata key", MAX_METADATA_KEY_BYTES, Reason.BAD_METADATA).encode())
+        total += len(bounded(v, f"metadata[{k[:40]!r}]", MAX_METADATA_VALUE_BYTES, Reason.BAD_METADATA).encode())
+    if total > MAX_METADATA_BYTES:
+        raise InvalidInputError(
+            f"metadata is {total} bytes, more than the limit of {MAX_METADATA_BYTES} bytes", reason=Reason.BAD_METADATA
+        )
     return dict(values)
+
+
+def stream_tag(value: str) -> str:
+    """A StreamIdentify item's tag (at most :data:`MAX_TAG_BYTES`)."""
+    return bounded(value, "tag", MAX_TAG_BYTES)
 
 
 # -- requests --------------------------------------------------------------------------------
@@ -108,17 +170,23 @@ def verify_query(req: pb.VerifyRequest) -> VerifyQuery:
 
 
 def enroll_query(req: pb.EnrollRequest) -> EnrollQuery:
-    if len(req.display_name.encode()) > MAX_NAME_BYTES:
-        raise InvalidInputError(f"display_name is longer than {MAX_NAME_BYTES} bytes", reason=Reason.BAD_NAME)
-    images = [(image(im.image, f"images[{i}].image"), im.source) for i, im in enumerate(req.images)]
+    bounded(req.display_name, "display_name", MAX_NAME_BYTES, Reason.BAD_NAME)
+    if any(unicodedata.category(c) in ("Cc", "Cs") for c in req.display_name):
+        raise InvalidInputError("display_name holds control characters", reason=Reason.BAD_NAME)
+    images = [
+        (image(im.image, f"images[{i}].image"), bounded(im.source, f"images[{i}].source", MAX_SOURCE_BYTES))
+        for i, im in enumerate(req.images)
+    ]
     return EnrollQuery(
-        identity_id(req.identity_id),
+        identity_id(req.identity_id, new=True),
         req.display_name or None,
         metadata(dict(req.metadata)),
         images,
         req.create_only,
         req.use_largest_face,
         min_face(req),
+        request_id=check_request_id(req.request_id),  # D1: idempotency key and explicit append
+        append=req.append,
     )
 
 
@@ -127,7 +195,7 @@ def face_ids(req: pb.DeleteFacesRequest) -> list[str]:
         raise InvalidInputError("face_ids is empty", reason=Reason.NO_FACE_IDS)
     if len(req.face_ids) > MAX_DELETE_FACES:
         raise InvalidInputError(f"at most {MAX_DELETE_FACES} face ids per call", reason=Reason.TOO_MANY_FACE_IDS)
-    return list(req.face_ids)
+    return [bounded(f, f"face_ids[{i}]", MAX_FACE_ID_BYTES) for i, f in enumerate(req.face_ids)]
 
 
 def page(req: pb.ListIdentitiesRequest) -> tuple[str, int]:
@@ -146,6 +214,7 @@ def encode_page_token(after: str) -> str:
 def decode_page_token(token: str) -> str:
     if not token:
         return ""
+    bounded(token, "page_token", MAX_PAGE_TOKEN_BYTES, Reason.BAD_PAGE_TOKEN)
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         data = json.loads(raw)
@@ -174,20 +243,25 @@ def detection_scope(plan: DetectionPlan | None) -> pb.DetectionScope | None:
     return pb.DetectionScope(min_face_px=plan.min_face_px, scanned_pixels=plan.pyramid_pixels, limited=plan.limited)
 
 
+def score(value: float) -> float:
+    """A score as replies show it: rounded to :data:`SCORE_DECIMALS` decimals."""
+    return round(float(value), SCORE_DECIMALS)
+
+
 def candidate(s: ScoredCandidate) -> pb.Candidate:
     out = pb.Candidate(
         identity_id=s.identity_id,
         name=s.name,
-        similarity=s.similarity,
+        similarity=score(s.similarity),
         face_id=s.face_id,
-        score_details=pb.ScoreDetails(identity_similarity=s.identity_similarity),
+        score_details=pb.ScoreDetails(identity_similarity=score(s.identity_similarity)),
     )
     if s.normalised is not None:
-        out.normalised_score = s.normalised
+        out.normalised_score = score(s.normalised)
     if s.probe_mean is not None:
-        out.score_details.probe_cohort_mean = s.probe_mean
+        out.score_details.probe_cohort_mean = score(s.probe_mean)
     if s.identity_mean is not None:
-        out.score_details.identity_cohort_mean = s.identity_mean
+        out.score_details.identity_cohort_mean = score(s.identity_mean)
     return out
 
 
@@ -209,7 +283,7 @@ _VERIFY_DECISIONS = {
 def decision_threshold(t: DecisionThreshold) -> pb.DecisionThreshold:
     out = pb.DecisionThreshold(
         kind=_THRESHOLD_KINDS[t.kind],
-        value=t.value,
+        value=score(t.value),
         score_kind=_SCORE_KINDS[t.score_kind],
         gallery_size=t.gallery_size,
         capped=t.capped,
@@ -236,6 +310,7 @@ def identify_response(result: IdentifyResult) -> pb.IdentifyResponse:
         image_height=result.height,
         threshold=decision_threshold(result.threshold),
         detection=detection_scope(result.detection),
+        faces_found=len(result.faces) if result.faces_found < 0 else result.faces_found,
     )
 
 
@@ -245,6 +320,7 @@ def detect_response(photo: AnalyzedPhoto) -> pb.DetectResponse:
         image_width=photo.width,
         image_height=photo.height,
         detection=detection_scope(photo.plan),
+        faces_found=photo.total_faces,
     )
 
 
@@ -252,8 +328,8 @@ def verify_response(result: VerifyResult) -> pb.VerifyResponse:
     out = pb.VerifyResponse(
         decision=_VERIFY_DECISIONS[result.decision],
         same=result.decision is VerifyDecision.SAME,
-        similarity=result.similarity,
-        min_similarity=result.threshold.value,
+        similarity=score(result.similarity),
+        min_similarity=score(result.threshold.value),
         reference_face_id=result.reference_face_id,
         threshold=decision_threshold(result.threshold),
     )
@@ -338,4 +414,22 @@ def stats(s: ServiceStats, model_id: str, contract_id: str, dim: int) -> pb.Stat
     )
     if s.default_fpir is not None:
         out.default_fpir = s.default_fpir
+    out.max_faces = s.max_faces
+    out.lanes.extend(admission_lane(name, lane) for name, lane in s.lanes.items())
+    if s.writes is not None:  # D1: write health
+        out.writes_degraded = s.writes.degraded
+        out.writes_reason = s.writes.reason
+        out.write_failures = s.writes.failures
+        out.enroll_request_ids = s.writes.request_ids
     return out
+
+
+def admission_lane(name: str, lane: LaneStats) -> pb.AdmissionLane:
+    return pb.AdmissionLane(
+        name=name,
+        depth=lane.depth,
+        peak_depth=lane.peak_depth,
+        bound=lane.bound,
+        refused=lane.refused,
+        busy_threads=lane.busy_threads,
+    )

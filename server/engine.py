@@ -1,9 +1,16 @@
 """Photo -> faces for the server: decode, detect, align on a worker thread; embed in batches.
 
 The CPU stages of one request run on one worker thread (numpy, OpenCV and onnxruntime
-release the GIL); the request's deadline is checked between stages, so abandoned work stops
-at the next stage boundary. Embedding goes through the :class:`EmbedBatcher`, which batches
-chips across concurrent requests. Each stage's duration is reported to ``observe``.
+release the GIL); the request's :class:`~server.admission.Deadline` (deadline + cancel flag) is
+checked between stages and at checkpoints inside them (pyramid levels, detector tiles, face chips,
+embedding batches), so abandoned work stops within one checkpoint, and the awaiting coroutine
+returns only once the thread has stopped (:func:`server.admission.run_stoppable`).
+
+Faces per photo are capped (``max_faces``, FACESEARCH_MAX_FACES): of more faces found, the largest
+``max_faces`` are aligned and embedded, and the result says how many were found in all
+(``faces_found``), so a crowd photo costs a bounded amount of work and the reply says it was
+limited. Embedding goes through the :class:`EmbedBatcher`, which batches chips across concurrent
+requests. Each stage's duration is reported to ``observe``.
 
 Before any pixel is decoded, :meth:`FaceEngine.survey` reads the photo's header and plans its
 detection (:mod:`facesearch.vision.detection_plan`): the smallest face searched, and the memory
@@ -15,6 +22,7 @@ held while the pyramid is), then in full for landmarks and chips, only if a face
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +37,7 @@ from facesearch.vision.image_limits import DecodeLimits
 from facesearch.vision.pipeline import Face, FacePipeline, scan_copy
 from facesearch.vision.quality import FaceQuality, measure_quality
 from facesearch.vision.selection import largest_first
-from server.admission import Deadline
+from server.admission import Busy, Deadline, run_stoppable
 from server.batcher import EmbedBatcher
 
 Observe = Callable[[str, float], None]
@@ -66,6 +74,11 @@ class PreparedPhoto:
     found: list[FoundFace]  # largest first
     chips: np.ndarray  # (n, s, s, 3) uint8, row i for found[i]
     plan: DetectionPlan | None = None  # what the detector searched
+    faces_found: int = -1  # faces the detector found (more than found[] when capped); -1: len(found)
+
+    @property
+    def total_faces(self) -> int:
+        return len(self.found) if self.faces_found < 0 else self.faces_found
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +87,11 @@ class AnalyzedPhoto:
     height: int
     faces: list[Face]  # largest first; embeddings are zeros when not embedded
     plan: DetectionPlan | None = None  # what the detector searched
+    faces_found: int = -1  # faces the detector found (more than faces[] when capped); -1: len(faces)
+
+    @property
+    def total_faces(self) -> int:
+        return len(self.faces) if self.faces_found < 0 else self.faces_found
 
 
 class FaceEngine:
@@ -84,7 +102,11 @@ class FaceEngine:
         executor: ThreadPoolExecutor,
         limits: DecodeLimits,
         observe: Observe,
+        *,
+        max_faces: int | None = None,
     ) -> None:
+        self.max_faces = max_faces  # None: no cap (the service sets it from FACESEARCH_MAX_FACES)
+        self.busy = Busy()  # worker threads executing a request's stages now
         self.pipeline = pipeline
         self.batcher = batcher
         self.executor = executor
@@ -109,7 +131,7 @@ class FaceEngine:
             scan = scan_copy(decode_image(data, self.limits, reduce_to=(plan.scan_width, plan.scan_height)), plan)
             t1 = time.perf_counter()
             deadline.check("detect")
-            detections = self.pipeline.detect_scan(scan, plan)
+            detections = self.pipeline.detect_scan(scan, plan, deadline)
             del scan
             t2 = time.perf_counter()
             rgb = decode_image(data, self.limits) if detections else None
@@ -122,28 +144,34 @@ class FaceEngine:
         deadline.check("detect")
         if rgb.shape[:2] != (plan.height, plan.width):  # a header that under-reports (a GIF canvas)
             plan = self.pipeline.plan(int(rgb.shape[1]), int(rgb.shape[0]), survey.min_face)
-        detections = self.pipeline.detect(rgb, plan)
+        detections = self.pipeline.detect(rgb, plan, deadline)
         self.observe("detect", time.perf_counter() - t1)
         return rgb, detections, plan
 
     def prepare(
         self, data: bytes, deadline: Deadline, largest_only: bool, survey: PhotoSurvey | None = None
     ) -> PreparedPhoto:
-        """Decode, detect and align (blocking; run on a worker thread)."""
+        """Decode, detect and align (blocking; run on a worker thread). Of more than ``max_faces``
+        faces, the largest ``max_faces`` are aligned; ``faces_found`` counts them all."""
         deadline.check("decode")
         survey = survey or self.survey(data)
         rgb, detections, plan = self._decode_and_detect(data, survey, deadline)
         order = largest_first([d.box for d in detections])  # LARGEST_FACE takes the first
-        dets = [detections[i] for i in (order[:1] if largest_only else order)]
+        keep = 1 if largest_only else (len(order) if self.max_faces is None else self.max_faces)
+        dets = [detections[i] for i in order[:keep]]
         deadline.check("align")
         t2 = time.perf_counter()
         # rgb is None only when nothing was found (the reduced path then skips the full decode)
-        marks, chips = self.pipeline.align(rgb, [d.box for d in dets]) if rgb is not None else self.pipeline.no_faces()
-        found = [
-            FoundFace(d.box, d.score, m, measure_quality(d.box, c)) for d, m, c in zip(dets, marks, chips, strict=True)
-        ]
+        marks, chips = (
+            self.pipeline.align(rgb, [d.box for d in dets], deadline) if rgb is not None else self.pipeline.no_faces()
+        )
+        found = []
+        for i, (d, m, c) in enumerate(zip(dets, marks, chips, strict=True)):
+            if i % 16 == 15:
+                deadline.check("face quality")
+            found.append(FoundFace(d.box, d.score, m, measure_quality(d.box, c)))
         self.observe("align", time.perf_counter() - t2)
-        return PreparedPhoto(plan.width, plan.height, found, chips, plan)
+        return PreparedPhoto(plan.width, plan.height, found, chips, plan, len(detections))
 
     async def run(self, fn: Callable[..., object], *args: object) -> object:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -151,8 +179,9 @@ class FaceEngine:
     async def prepare_async(
         self, data: bytes, deadline: Deadline, largest_only: bool, survey: PhotoSurvey | None = None
     ) -> PreparedPhoto:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, self.prepare, data, deadline, largest_only, survey)
+        """:meth:`prepare` on a worker; when the caller is cancelled, returns only once the worker stopped."""
+        work = functools.partial(self.prepare, data, deadline, largest_only, survey)
+        return await run_stoppable(self.executor, deadline, work, self.busy)
 
     async def embed(self, photo: PreparedPhoto, deadline: Deadline) -> list[Face]:
         """Embed every face of ``photo``."""
@@ -187,7 +216,7 @@ class FaceEngine:
     ) -> AnalyzedPhoto:
         photo = await self.prepare_async(data, deadline, largest_only, survey)
         faces = await self.embed(photo, deadline)
-        return AnalyzedPhoto(photo.width, photo.height, faces, photo.plan)
+        return AnalyzedPhoto(photo.width, photo.height, faces, photo.plan, photo.total_faces)
 
     def unembedded(self, photo: PreparedPhoto) -> AnalyzedPhoto:
         zero = np.zeros(self.dim, np.float32)
@@ -195,4 +224,4 @@ class FaceEngine:
             Face(box=f.box, score=f.score, landmarks=f.landmarks, embedding=zero, norm=0.0, quality=f.quality)
             for f in photo.found
         ]
-        return AnalyzedPhoto(photo.width, photo.height, faces, photo.plan)
+        return AnalyzedPhoto(photo.width, photo.height, faces, photo.plan, photo.total_faces)

@@ -32,8 +32,8 @@ def status_of(err: BaseException) -> tuple[grpc.StatusCode, str]:
     """
     if isinstance(err, FaceSearchError):
         return STATUS[err.code], err.reason
-    if isinstance(err, DeadlineExceeded):
-        return reason_status(Reason.DEADLINE_EXCEEDED)
+    if isinstance(err, DeadlineExceeded):  # a subclass may name its own reason (StreamIdle: STREAM_IDLE)
+        return reason_status(getattr(err, "reason", Reason.DEADLINE_EXCEEDED))
     if isinstance(err, Cancelled):
         return reason_status(Reason.SHUTTING_DOWN)
     return reason_status(Reason.INTERNAL)

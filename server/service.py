@@ -7,6 +7,19 @@ scored (raw best-face similarity, template score, normalised score: :mod:`server
 and decided by the one rule of :mod:`facesearch.scoring.decision` under the threshold the
 request gets (:mod:`facesearch.scoring.thresholds`): ranked by the score the threshold is on, the
 best candidate is the match when its score is at or above the threshold.
+
+No leaks (issue 13): a reply lists only the candidates whose score reaches the decision threshold
+(a stranger's face gets no candidates, just "unknown"), unless the caller's principal holds the
+opt-in ``candidates`` scope (operators). A threshold the request sets may only be *stricter* than
+the server's default decision threshold (the floor): a looser one is refused with INVALID_ARGUMENT,
+reason ``THRESHOLD_BELOW_FLOOR``, naming the floor, so nobody can lower it to enumerate the gallery.
+Scores leave the server rounded (:mod:`server.convert`).
+
+Bounds: every call passes through admission (:mod:`server.admission`): photos in the CPU lane, and
+reads (GetIdentity, ListIdentities, GetStats) and writes (Enroll's store, DeleteIdentity,
+DeleteFaces) in two light lanes with their own threads and bounded queues
+(:class:`ServiceLimits`). Faces per photo are capped (``max_faces``: the largest are searched and
+the reply says how many were found).
 """
 
 from __future__ import annotations
@@ -22,17 +35,37 @@ from typing import TypeVar
 
 import numpy as np
 
-from facesearch.errors import AlreadyExistsError, InvalidInputError, PreconditionError, Reason
-from facesearch.scoring.decision import DecisionThreshold, ScoredCandidate, VerifyDecision, decide, verify_decision
+from facesearch.errors import InvalidInputError, PreconditionError, Reason
+from facesearch.scoring.decision import (
+    DecisionThreshold,
+    ScoredCandidate,
+    ScoreKind,
+    VerifyDecision,
+    decide,
+    matches,
+    verify_decision,
+)
 from facesearch.scoring.thresholds import ThresholdPolicy, ThresholdRequest
 from facesearch.store.live_journal import NewFace
 from facesearch.vision.detection_plan import DetectionPlan
 from facesearch.vision.pipeline import Face
 from facesearch.vision.selection import Audience, Policy, QualityGate, Rejection, choose_face
-from server.admission import Admission, Deadline
+from server.admission import Admission, Busy, Deadline, run_stoppable
 from server.engine import AnalyzedPhoto, FaceEngine, PreparedPhoto
 from server.erasures import refuse_erased
-from server.gallery import EnrollOutcome, FaceView, Gallery, GalleryState, GalleryStats, IdentityView
+from server.gallery import (
+    EnrollOutcome,
+    EnrollRequest,
+    FaceView,
+    Gallery,
+    GalleryState,
+    GalleryStats,
+    IdentityView,
+    ImageOutcome,
+    WriteSummary,
+    enroll_digest,
+)
+from server.principal import Scope, current_principal
 
 log = logging.getLogger(f"facesearch.{__name__}")
 
@@ -41,6 +74,37 @@ T = TypeVar("T")
 MAX_TOP_K = 100
 DEFAULT_TOP_K = 5
 MAX_ENROLL_IMAGES = 64
+#: Faces searched per photo by default (FACESEARCH_MAX_FACES): a class or team photo holds 20-60
+#: people; 64 faces take ~1-2 s of embedding on one core. Of more, the largest are searched.
+DEFAULT_MAX_FACES = 64
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceLimits:
+    """Per-photo face cap and the light lanes' sizes (threads, queued requests)."""
+
+    max_faces: int = DEFAULT_MAX_FACES
+    read_workers: int = 2
+    read_queue: int = 64
+    write_workers: int = 2
+    write_queue: int = 64
+
+
+class Lane:
+    """A light admission lane: bounded concurrency and queue, its own threads."""
+
+    def __init__(self, name: str, workers: int, queue_size: int) -> None:
+        self.admission = Admission(workers, queue_size, name=f"{name} lane queue")
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
+        self.busy = Busy()
+
+    async def run(self, deadline: Deadline, fn: Callable[[], T]) -> T:
+        async with self.admission.slot(deadline):
+            deadline.check("the call")
+            return await run_stoppable(self.executor, deadline, fn, self.busy)
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True)
 
 
 # -- queries ---------------------------------------------------------------------------------
@@ -73,6 +137,8 @@ class EnrollQuery:
     create_only: bool = False
     use_largest_face: bool = False
     min_face: int | None = None  # the smallest face to search for in each photo (px)
+    request_id: str | None = None  # idempotency key (server.gallery: a retry gets the first result)
+    append: bool = False  # add faces to an identity that exists (else IDENTITY_EXISTS)
 
 
 # -- results ---------------------------------------------------------------------------------
@@ -91,6 +157,7 @@ class IdentifyResult:
     threshold: DecisionThreshold
     index_version: str
     detection: DetectionPlan | None = None  # what the detector searched
+    faces_found: int = -1  # faces the detector found (more than faces[] when capped by max_faces); -1: len(faces)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +206,22 @@ class ServiceStats:
     cohort_k: int
     template_rule: str
     default_fpir: float | None = None  # the FPIR the default Identify decision holds at every gallery size
+    lanes: dict[str, LaneStats] = field(default_factory=dict)  # cpu, read, write
+    max_faces: int = DEFAULT_MAX_FACES  # faces searched per photo (FACESEARCH_MAX_FACES)
+    writes: WriteSummary | None = None  # D1: write health (degraded storage), request ids
+
+
+@dataclass(frozen=True, slots=True)
+class LaneStats:
+    depth: int  # waiting + running now
+    peak_depth: int  # the most ever waiting + running
+    bound: int  # workers + queue size: depth never exceeds it
+    refused: int  # requests refused (QUEUE_FULL / WORK_MEMORY_FULL) since start
+    busy_threads: int = 0  # threads executing the lane's work now (abandoned work included until it stops)
+
+    @classmethod
+    def of(cls, a: Admission, busy: int = 0) -> LaneStats:
+        return cls(a.depth, a.peak_depth, a.workers + a.queue_size, a.refused, busy)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +242,7 @@ class FaceSearchService:
         policy: ThresholdPolicy,
         enroll_rules: EnrollRules,
         io: ThreadPoolExecutor,
+        limits: ServiceLimits | None = None,
     ) -> None:
         self.engine = engine
         self.gallery = gallery
@@ -166,6 +250,10 @@ class FaceSearchService:
         self.policy = policy
         self.enroll_rules = enroll_rules
         self.io = io
+        self.limits = limits or ServiceLimits()
+        engine.max_faces = self.limits.max_faces
+        self.read_lane = Lane("read", self.limits.read_workers, self.limits.read_queue)
+        self.write_lane = Lane("write", self.limits.write_workers, self.limits.write_queue)
         self.not_ready: PreconditionError | None = PreconditionError("the index is loading", reason=Reason.NOT_READY)
 
     # -- helpers -------------------------------------------------------------------------
@@ -178,54 +266,71 @@ class FaceSearchService:
     async def _io(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.io, fn, *args)
 
-    async def _cpu(self, fn: Callable[..., T], *args: object) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.engine.executor, fn, *args)
+    def close(self) -> None:
+        """Stop the light lanes' threads (after the gRPC server stopped)."""
+        self.read_lane.close()
+        self.write_lane.close()
 
     def identify_threshold(self, state: GalleryState, query: IdentifyQuery) -> DecisionThreshold:
+        """The request's threshold; one it sets must be at least as strict as the default (the floor)."""
         open_set = state.open_set
         n = open_set.gallery_size if open_set.ready else state.identity_count()
-        t = self.policy.identify(
-            ThresholdRequest(query.min_similarity, query.max_fmr, query.max_fpir), n, normalised=open_set.ready
-        )
+        asked = ThresholdRequest(query.min_similarity, query.max_fmr, query.max_fpir)
+        t = self.policy.identify(asked, n, normalised=open_set.ready)
+        if asked != ThresholdRequest(None, None, None):
+            floor = self.policy.identify(ThresholdRequest(None, None, None), n, normalised=open_set.ready)
+            require_stricter(t, floor, "Identify")
         if not open_set.ready and self.policy.open_set is not None:
             t = dataclasses.replace(t, reason=f"{t.reason}; normalised scores unavailable ({open_set.failure})")
         return t
 
     # -- calls ---------------------------------------------------------------------------
-    async def identify(self, query: IdentifyQuery, deadline: Deadline, *, wait: bool = False) -> IdentifyResult:
+    async def identify(self, query: IdentifyQuery, deadline: Deadline) -> IdentifyResult:
+        """Identify the faces of a photo. Unless the caller holds the ``candidates`` scope, each face's
+        candidates are only those at or above the threshold."""
         if not 1 <= query.top_k <= MAX_TOP_K:
             raise InvalidInputError(f"top_k must be 1..{MAX_TOP_K}, got {query.top_k}", reason=Reason.BAD_TOP_K)
         state = self.state()
         threshold = self.identify_threshold(state, query)
+        below = current_principal().has(Scope.CANDIDATES)
         survey = self.engine.survey(query.image, query.min_face)
-        async with self.admission.slot(deadline, wait=wait, cost=survey.cost):
+        async with self.admission.slot(deadline, cost=survey.cost):
             photo = await self.engine.analyze(query.image, deadline, largest_only=query.largest_only, survey=survey)
             deadline.check("search")
             queries = np.stack([f.embedding for f in photo.faces]) if photo.faces else np.zeros((0, self.engine.dim))
             t0 = asyncio.get_running_loop().time()
-            faces = await self._cpu(
-                functools.partial(
-                    self._search_and_decide,
-                    state,
-                    photo.faces,
-                    queries.astype(np.float32),
-                    top_k=query.top_k,
-                    threshold=threshold,
-                )
+            search = functools.partial(
+                self._search_and_decide,
+                state,
+                photo.faces,
+                queries.astype(np.float32),
+                top_k=query.top_k,
+                threshold=threshold,
+                below_threshold=below,
             )
+            faces = await run_stoppable(self.engine.executor, deadline, search, self.engine.busy)
             self.engine.observe("search", asyncio.get_running_loop().time() - t0)
         version = state.base.version if state.base is not None else ""
-        return IdentifyResult(photo.width, photo.height, faces, threshold, version, photo.plan)
+        return IdentifyResult(
+            photo.width, photo.height, faces, threshold, version, photo.plan, faces_found=photo.total_faces
+        )
 
     @staticmethod
     def _search_and_decide(
-        state: GalleryState, faces: list[Face], queries: np.ndarray, *, top_k: int, threshold: DecisionThreshold
+        state: GalleryState,
+        faces: list[Face],
+        queries: np.ndarray,
+        *,
+        top_k: int,
+        threshold: DecisionThreshold,
+        below_threshold: bool = False,
     ) -> list[IdentifiedFace]:
         ranked = state.search(queries, state.open_set.shortlist(top_k))
         out = []
         for face, query, cands in zip(faces, queries, ranked, strict=True):
             decision = decide(state.open_set.score(query, cands), threshold, limit=top_k)
-            out.append(IdentifiedFace(face, decision.candidates, decision.match))
+            shown = decision.candidates if below_threshold else passing(decision.candidates, threshold)
+            out.append(IdentifiedFace(face, shown, decision.match))
         return out
 
     async def detect(
@@ -238,6 +343,8 @@ class FaceSearchService:
 
     async def verify(self, query: VerifyQuery, deadline: Deadline) -> VerifyResult:
         threshold = self.policy.verify(query.min_similarity, query.max_fmr)
+        if query.min_similarity is not None or query.max_fmr is not None:
+            require_stricter(threshold, self.policy.verify(None, None), "Verify")
         state = self.state() if query.identity_id is not None else None
         if state is not None and query.identity_id is not None:
             await self._io(state.require, query.identity_id)
@@ -279,8 +386,11 @@ class FaceSearchService:
             )
         state = self.state()
         await self._io(refuse_erased, self.gallery.ledger, query.identity_id)  # before the photos' work
-        if query.create_only and await self._io(state.identity, query.identity_id) is not None:
-            raise AlreadyExistsError(f"identity {query.identity_id!r} already exists", reason=Reason.IDENTITY_EXISTS)
+        who = current_principal().name  # D1: the audit log's principal (the write thread has no call context)
+        request = enroll_request(query)
+        if request is not None and (first := await self._io(self.gallery.replay, request)) is not None:
+            return replayed_result(query.identity_id, first)  # a retry: the first result, nothing written
+        await self._io(self.gallery.refuse_existing, state, query.identity_id, query.create_only, query.append)
         surveys = []
         for i, (data, _) in enumerate(query.images):
             try:
@@ -290,6 +400,7 @@ class FaceSearchService:
         async with self.admission.slot(deadline, cost=max(s.cost for s in surveys)):  # one photo at a time
             photos = []
             for i, (data, _) in enumerate(query.images):
+                deadline.check(f"enroll photo {i}")
                 try:
                     photos.append(await self.engine.prepare_async(data, deadline, False, surveys[i]))
                 except InvalidInputError as err:
@@ -301,9 +412,22 @@ class FaceSearchService:
             for (i, _), f in zip(accepted, faces, strict=True)
         ]
         deadline.check("store")
-        outcome: EnrollOutcome = await self._io(
-            self.gallery.enroll, query.identity_id, query.name, query.metadata, new, query.create_only
-        )
+
+        def store() -> EnrollOutcome:
+            deadline.check("the durable write")  # on the write thread, right before the gallery's commit
+            return self.gallery.enroll(
+                query.identity_id,
+                query.name,
+                query.metadata,
+                new,
+                query.create_only,
+                append=query.append,
+                request=request and dataclasses.replace(request, images=tuple(image_outcome(r) for r in results)),
+                deadline=deadline,
+                principal=who,
+            )
+
+        outcome = await self.write_lane.run(deadline, store)
         ids = iter(outcome.face_ids)
         by_index = {i: f for (i, _), f in zip(accepted, faces, strict=True)}
         final = [
@@ -342,27 +466,36 @@ class FaceSearchService:
             results.append(EnrollImageResult(i, False, reject_reason=low.reason, face=face, message=low.detail))
         return results, accepted
 
-    async def delete_identity(self, identity_id: str) -> int:
+    async def delete_identity(self, identity_id: str, deadline: Deadline | None = None) -> int:
         self.state()
-        return await self._io(self.gallery.delete_identity, identity_id)
+        work = functools.partial(self.gallery.delete_identity, identity_id, principal=current_principal().name)
+        return await self.write_lane.run(deadline or Deadline(), work)
 
-    async def delete_faces(self, face_ids: list[str]) -> int:
+    async def delete_faces(self, face_ids: list[str], deadline: Deadline | None = None) -> int:
         self.state()
-        return await self._io(self.gallery.delete_faces, face_ids)
+        work = functools.partial(self.gallery.delete_faces, face_ids, principal=current_principal().name)
+        return await self.write_lane.run(deadline or Deadline(), work)
 
-    async def get_identity(self, identity_id: str, include_faces: bool) -> tuple[IdentityView, list[FaceView]]:
+    async def get_identity(
+        self, identity_id: str, include_faces: bool, deadline: Deadline | None = None
+    ) -> tuple[IdentityView, list[FaceView]]:
         state = self.state()
-        view = await self._io(state.require, identity_id)
-        faces = await self._io(state.faces, identity_id) if include_faces else []
-        return view, faces
 
-    async def list_identities(self, after: str, limit: int) -> tuple[list[IdentityView], bool]:
-        state = self.state()
-        return await self._io(state.list_page, after, limit)
+        def read() -> tuple[IdentityView, list[FaceView]]:
+            view = state.require(identity_id)
+            return view, state.faces(identity_id) if include_faces else []
 
-    async def stats(self) -> ServiceStats:
+        return await self.read_lane.run(deadline or Deadline(), read)
+
+    async def list_identities(
+        self, after: str, limit: int, deadline: Deadline | None = None
+    ) -> tuple[list[IdentityView], bool]:
         state = self.state()
-        gallery = await self._io(state.stats)
+        return await self.read_lane.run(deadline or Deadline(), functools.partial(state.list_page, after, limit))
+
+    async def stats(self, deadline: Deadline | None = None) -> ServiceStats:
+        state = self.state()
+        gallery = await self.read_lane.run(deadline or Deadline(), state.stats)
         p, r = self.policy, self.enroll_rules
         default = self.identify_threshold(state, IdentifyQuery(b""))
         return ServiceStats(
@@ -376,4 +509,66 @@ class FaceSearchService:
             state.open_set.k,
             state.open_set.rule,
             p.default_fpir,
+            lanes={
+                "cpu": LaneStats.of(self.admission, self.engine.busy.count + self.engine.batcher.busy.count),
+                "read": LaneStats.of(self.read_lane.admission, self.read_lane.busy.count),
+                "write": LaneStats.of(self.write_lane.admission, self.write_lane.busy.count),
+            },
+            max_faces=self.limits.max_faces,
+            writes=await self.read_lane.run(deadline or Deadline(), self.gallery.write_summary),
         )
+
+
+def passing(candidates: tuple[ScoredCandidate, ...], threshold: DecisionThreshold) -> tuple[ScoredCandidate, ...]:
+    """The candidates whose score (on the threshold's score) reaches it: what a reply may show."""
+    return tuple(c for c in candidates if matches(c.decision_score(threshold.score_kind), threshold.value))
+
+
+def require_stricter(asked: DecisionThreshold, floor: DecisionThreshold, call: str) -> None:
+    """Refuse a threshold a request set that is looser than the server's default (``floor``).
+
+    Stricter means: on the same score, a value at or above the floor's; on different scores, a
+    false-positive identification rate at or below the floor's (both calibrated). Anything that
+    cannot be shown stricter is refused: the floor protects the gallery from enumeration.
+    """
+    eps = 1e-9
+    if asked.score_kind is floor.score_kind:
+        ok = asked.value >= floor.value - eps
+    else:
+        ok = asked.fpir is not None and floor.fpir is not None and asked.fpir <= floor.fpir + eps
+    if ok:
+        return
+    score = "cosine" if floor.score_kind is ScoreKind.RAW else "normalised score"
+    rate = f", FPIR {floor.fpir:.3g} at gallery size {floor.gallery_size}" if floor.fpir is not None else ""
+    asked_rate = f" (FPIR {asked.fpir:.3g})" if asked.fpir is not None else ""
+    raise InvalidInputError(
+        f"{call}: the threshold asked for ({asked.score_kind} {asked.value:.4f}{asked_rate}) is looser than the "
+        f"server's floor, its default decision threshold ({score} {floor.value:.4f}{rate}); a request may only ask "
+        "for a stricter threshold",
+        reason=Reason.THRESHOLD_BELOW_FLOOR,
+    )
+
+
+# -- idempotent Enroll (D1, issue 12: server.gallery keeps the request ids) --------------------------
+def enroll_request(query: EnrollQuery) -> EnrollRequest | None:
+    """The query's idempotency key and content digest (None: no request id)."""
+    if query.request_id is None:
+        return None
+    options = {
+        "create_only": query.create_only,
+        "append": query.append,
+        "use_largest_face": query.use_largest_face,
+        "min_face": query.min_face,
+    }
+    digest = enroll_digest(query.identity_id, query.name, query.metadata, query.images, options)
+    return EnrollRequest(query.request_id, digest)
+
+
+def image_outcome(r: EnrollImageResult) -> ImageOutcome:
+    return ImageOutcome(r.index, r.accepted, r.face_id, r.reject_reason, r.message)
+
+
+def replayed_result(identity_id: str, first: EnrollOutcome) -> EnrollResult:
+    """A retried request's first result (the photos' outcomes as recorded: no face boxes)."""
+    images = [EnrollImageResult(i.index, i.accepted, i.face_id, i.reject_reason, i.message) for i in first.images]
+    return EnrollResult(identity_id, first.created, images, first.face_ids, first.face_count)

@@ -1,6 +1,13 @@
 """The FaceSearch gRPC servicer: request -> convert -> service -> convert -> response.
 
 Handlers raise; the error interceptor turns exceptions into status codes (one place).
+
+Every handler passes the call's :class:`~server.admission.Deadline` (its deadline, and a cancel flag
+the worker threads check) to the service, which admits every call through a bounded lane.
+StreamIdentify items are admitted one by one like unary calls: an item the CPU lane cannot queue
+gets a per-item ``RequestError`` (RESOURCE_EXHAUSTED, reason QUEUE_FULL) and the stream goes on. A
+stream that sends no item for ``stream_idle_s`` (FACESEARCH_STREAM_IDLE_S) while it has no reply
+pending is closed with DEADLINE_EXCEEDED, reason STREAM_IDLE.
 """
 
 from __future__ import annotations
@@ -15,11 +22,20 @@ from facesearch.api.v1 import facesearch_pb2 as pb
 from facesearch.api.v1 import facesearch_pb2_grpc as pb_grpc
 from facesearch.errors import FaceSearchError, Reason
 from server import convert
-from server.admission import Deadline, DeadlineExceeded
+from server.admission import Deadline, DeadlineExceeded, WorkStopped
 from server.errors import status_of
 from server.service import FaceSearchService
 
 log = logging.getLogger(f"facesearch.{__name__}")
+
+#: FACESEARCH_STREAM_IDLE_S's default: a stream with no item (and no reply pending) for this long is closed.
+DEFAULT_STREAM_IDLE_S = 60.0
+
+
+class StreamIdle(DeadlineExceeded):
+    """A stream sent nothing for the idle limit (sent as DEADLINE_EXCEEDED, reason STREAM_IDLE)."""
+
+    reason = Reason.STREAM_IDLE
 
 
 def deadline_of(context: grpc.aio.ServicerContext) -> Deadline:
@@ -34,6 +50,8 @@ class FaceSearchServicer(pb_grpc.FaceSearchServicer):
         contract_id: str,
         dim: int,
         stream_window: int,
+        *,
+        stream_idle_s: float = DEFAULT_STREAM_IDLE_S,
         security_warnings: tuple[str, ...] = (),  # helper A: Stats.security_warnings (server/config.py)
     ) -> None:
         self.security_warnings = security_warnings
@@ -42,6 +60,7 @@ class FaceSearchServicer(pb_grpc.FaceSearchServicer):
         self.contract_id = contract_id
         self.dim = dim
         self.stream_window = stream_window
+        self.stream_idle_s = stream_idle_s
 
     async def Identify(self, request: pb.IdentifyRequest, context: grpc.aio.ServicerContext) -> pb.IdentifyResponse:  # noqa: N802
         result = await self.service.identify(convert.identify_query(request), deadline_of(context))
@@ -69,7 +88,7 @@ class FaceSearchServicer(pb_grpc.FaceSearchServicer):
         request: pb.DeleteIdentityRequest,
         context: grpc.aio.ServicerContext,
     ) -> pb.DeleteIdentityResponse:
-        n = await self.service.delete_identity(convert.identity_id(request.identity_id))
+        n = await self.service.delete_identity(convert.identity_id(request.identity_id), deadline_of(context))
         return pb.DeleteIdentityResponse(faces_deleted=n)
 
     async def DeleteFaces(  # noqa: N802
@@ -77,11 +96,12 @@ class FaceSearchServicer(pb_grpc.FaceSearchServicer):
         request: pb.DeleteFacesRequest,
         context: grpc.aio.ServicerContext,
     ) -> pb.DeleteFacesResponse:
-        n = await self.service.delete_faces(convert.face_ids(request))
+        n = await self.service.delete_faces(convert.face_ids(request), deadline_of(context))
         return pb.DeleteFacesResponse(faces_deleted=n)
 
     async def GetIdentity(self, request: pb.GetIdentityRequest, context: grpc.aio.ServicerContext) -> pb.Identity:  # noqa: N802
-        view, faces = await self.service.get_identity(convert.identity_id(request.identity_id), request.include_faces)
+        ident = convert.identity_id(request.identity_id)
+        view, faces = await self.service.get_identity(ident, request.include_faces, deadline_of(context))
         return convert.identity(view, faces)
 
     async def ListIdentities(  # noqa: N802
@@ -90,11 +110,11 @@ class FaceSearchServicer(pb_grpc.FaceSearchServicer):
         context: grpc.aio.ServicerContext,
     ) -> pb.ListIdentitiesResponse:
         after, size = convert.page(request)
-        views, more = await self.service.list_identities(after, size)
+        views, more = await self.service.list_identities(after, size, deadline_of(context))
         return convert.list_response(views, more)
 
     async def GetStats(self, request: pb.GetStatsRequest, context: grpc.aio.ServicerContext) -> pb.Stats:  # noqa: N802
-        stats = convert.stats(await self.service.stats(), self.model_id, self.contract_id, self.dim)
+        stats = convert.stats(await self.service.stats(deadline_of(context)), self.model_id, self.contract_id, self.dim)
         stats.security_warnings.extend(self.security_warnings)  # helper A: what makes this server unsafe
         return stats
 
@@ -103,16 +123,22 @@ class FaceSearchServicer(pb_grpc.FaceSearchServicer):
         request_iterator: AsyncIterator[pb.StreamIdentifyRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.StreamIdentifyResponse]:
-        """Up to ``stream_window`` requests of the stream are processed at once; replies keep order."""
-        deadline = deadline_of(context)
-        pending: asyncio.Queue[asyncio.Task[pb.StreamIdentifyResponse] | None] = asyncio.Queue(self.stream_window)
+        """Up to ``stream_window`` requests of the stream are processed at once; replies keep order. Each
+        item is admitted like a unary Identify (QUEUE_FULL per item when the queue is full)."""
+        stream_deadline = deadline_of(context)
+        pending: asyncio.Queue[asyncio.Task[pb.StreamIdentifyResponse] | StreamIdle | None] = asyncio.Queue(
+            self.stream_window
+        )
+        outstanding = 0  # items read whose reply is not sent yet
 
         async def one(seq: int, item: pb.StreamIdentifyRequest) -> pb.StreamIdentifyResponse:
             try:
+                convert.stream_tag(item.tag)
                 query = convert.identify_query(item.request)
-                result = await self.service.identify(query, deadline, wait=True)
+                deadline = Deadline(stream_deadline.at)  # the stream's deadline, this item's own cancel flag
+                result = await self.service.identify(query, deadline)
                 return pb.StreamIdentifyResponse(sequence=seq, tag=item.tag, result=convert.identify_response(result))
-            except DeadlineExceeded:
+            except WorkStopped:
                 raise
             except FaceSearchError as err:
                 code, reason = status_of(err)
@@ -125,9 +151,30 @@ class FaceSearchServicer(pb_grpc.FaceSearchServicer):
             return pb.StreamIdentifyResponse(sequence=seq, tag=item.tag, error=error)
 
         async def reader() -> None:
+            nonlocal outstanding
             seq = 0
+            items = aiter(request_iterator)
             try:
-                async for item in request_iterator:
+                while True:
+                    nxt = asyncio.ensure_future(anext(items))
+                    while True:  # idle only while nothing is pending: a client waiting for replies is not idle
+                        done, _ = await asyncio.wait({nxt}, timeout=self.stream_idle_s)
+                        if done or outstanding == 0:
+                            break
+                    if not done:
+                        nxt.cancel()
+                        await pending.put(
+                            StreamIdle(
+                                f"no StreamIdentify item for {self.stream_idle_s:g} s (FACESEARCH_STREAM_IDLE_S): "
+                                "stream closed"
+                            )
+                        )
+                        return
+                    try:
+                        item = nxt.result()
+                    except StopAsyncIteration:
+                        return
+                    outstanding += 1
                     await pending.put(asyncio.create_task(one(seq, item)))
                     seq += 1
             finally:
@@ -139,11 +186,15 @@ class FaceSearchServicer(pb_grpc.FaceSearchServicer):
                 task = await pending.get()
                 if task is None:
                     break
-                yield await task
+                if isinstance(task, StreamIdle):
+                    raise task
+                reply = await task
+                outstanding -= 1
+                yield reply
             await feeder
         finally:
             feeder.cancel()
             while not pending.empty():
                 leftover = pending.get_nowait()
-                if leftover is not None:
+                if isinstance(leftover, asyncio.Task):
                     leftover.cancel()

@@ -54,6 +54,7 @@ import numpy as np
 import onnxruntime as ort
 
 from facesearch.errors import BundleError, ImageTooLargeError, InvalidInputError, ModelFormatError
+from facesearch.util.cancel import Checkpoint, checkpoint
 from facesearch.vision.nms import greedy_nms
 from facesearch.vision.onnx_session import create_session
 from facesearch.vision.pyramid import (
@@ -247,7 +248,14 @@ class FaceDetector:
         return cls(session, config, max_pixels, tile_cells)
 
     # -- stages (public so benchmarks can time them) ---------------------------------------------
-    def prepare(self, images: Sequence[np.ndarray], upsample: int = 0, *, exact: bool = True) -> PreparedBatch:
+    def prepare(
+        self,
+        images: Sequence[np.ndarray],
+        upsample: int = 0,
+        *,
+        exact: bool = True,
+        cancel: Checkpoint | None = None,
+    ) -> PreparedBatch:
         """Upsample and tile same-size images into one pyramid tensor (``exact=False``: its levels
         resized the fast way, :func:`facesearch.vision.pyramid.build_pyramid_tensor`)."""
         if not 0 <= upsample <= MAX_UPSAMPLE:
@@ -266,15 +274,18 @@ class FaceDetector:
             )
         planes = np.ascontiguousarray(np.stack(rgb).transpose(0, 3, 1, 2))  # (n, 3, H, W)
         for _ in range(upsample):
+            checkpoint(cancel, "an upsampling")
             planes = pyramid_up_planes(planes)
         c = self.config
         layout = tiled_pyramid_layout(planes.shape[2], planes.shape[3], c.rate_down, c.padding, c.outer_padding)
-        return PreparedBatch(build_pyramid_tensor(planes, c.avg_rgb, layout, exact=exact), layout, upsample)
+        tensor = build_pyramid_tensor(planes, c.avg_rgb, layout, exact=exact, cancel=cancel)
+        return PreparedBatch(tensor, layout, upsample)
 
-    def forward(self, batch: PreparedBatch) -> np.ndarray | None:
+    def forward(self, batch: PreparedBatch, cancel: Checkpoint | None = None) -> np.ndarray | None:
         """The network's score maps ``(n, 1, h, w)``, or None when the tensor is too small to score.
 
-        Tensors of more output cells than one tile are scored tile by tile (see the module docstring).
+        Tensors of more output cells than one tile are scored tile by tile (see the module docstring);
+        ``cancel`` is checked before each tile.
         """
         n, _, rows, cols = batch.tensor.shape
         if min(rows, cols) < self.config.min_input_size:
@@ -286,6 +297,7 @@ class FaceDetector:
         scores = np.empty((n, 1, out_rows, out_cols), dtype=np.float32)
         tiles = [(r0, c0) for r0 in range(0, out_rows, t) for c0 in range(0, out_cols, t)]
         for r0, c0 in tiles:
+            checkpoint(cancel, "a detector tile")
             r1, c1 = min(out_rows, r0 + t), min(out_cols, c0 + t)
             (y0, y1), (x0, x1) = c.input_span(r0, r1, rows), c.input_span(c0, c1, cols)
             tile = self._run(np.ascontiguousarray(batch.tensor[:, :, y0:y1, x0:x1]), last=(r0, c0) == tiles[-1])
@@ -326,14 +338,27 @@ class FaceDetector:
 
     # -- the API -----------------------------------------------------------------------------------
     def detect(
-        self, image: np.ndarray, upsample: int = 0, adjust_threshold: float = 0.0, *, exact: bool = True
+        self,
+        image: np.ndarray,
+        upsample: int = 0,
+        adjust_threshold: float = 0.0,
+        *,
+        exact: bool = True,
+        cancel: Checkpoint | None = None,
     ) -> list[Detection]:
         """Faces in an HxWx3 uint8 RGB image, best first, exactly as dlib's CNN detector finds them
-        (``exact=False``: with the fast pyramid, for images that are no dlib scan anyway)."""
-        return self.detect_batch([image], upsample, adjust_threshold, exact=exact)[0]
+        (``exact=False``: with the fast pyramid, for images that are no dlib scan anyway). ``cancel``
+        is checked between pyramid levels and network tiles."""
+        return self.detect_batch([image], upsample, adjust_threshold, exact=exact, cancel=cancel)[0]
 
     def detect_batch(
-        self, images: Sequence[np.ndarray], upsample: int = 0, adjust_threshold: float = 0.0, *, exact: bool = True
+        self,
+        images: Sequence[np.ndarray],
+        upsample: int = 0,
+        adjust_threshold: float = 0.0,
+        *,
+        exact: bool = True,
+        cancel: Checkpoint | None = None,
     ) -> list[list[Detection]]:
         """:meth:`detect` for many images; images of the same size share one network run."""
         groups: dict[tuple[int, ...], list[int]] = {}
@@ -343,8 +368,8 @@ class FaceDetector:
         for shape, idx in groups.items():
             if shape[0] * shape[1] == 0:
                 continue
-            batch = self.prepare([images[i] for i in idx], upsample, exact=exact)
-            scores = self.forward(batch)
+            batch = self.prepare([images[i] for i in idx], upsample, exact=exact, cancel=cancel)
+            scores = self.forward(batch, cancel)
             if scores is None:
                 continue
             for j, i in enumerate(idx):

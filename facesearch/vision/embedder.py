@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from facesearch.errors import InvalidInputError
+from facesearch.util.cancel import Checkpoint, checkpoint
 from facesearch.vision.onnx_session import create_session
 
 
@@ -34,8 +35,9 @@ class Embedder:
         self.max_batch = max_batch
         self.dim = int(self._session.get_outputs()[0].shape[1])
 
-    def embed_raw(self, chips: np.ndarray) -> np.ndarray:
-        """``chips``: (N, size, size, 3) uint8 RGB. Returns (N, dim) float32, unnormalised."""
+    def embed_raw(self, chips: np.ndarray, cancel: Checkpoint | None = None) -> np.ndarray:
+        """``chips``: (N, size, size, 3) uint8 RGB. Returns (N, dim) float32, unnormalised. ``cancel`` is
+        checked before each batch of ``max_batch`` chips."""
         if chips.ndim != 4 or chips.shape[1:] != (self.chip_size, self.chip_size, 3) or chips.dtype != np.uint8:
             raise InvalidInputError(
                 f"chips must be uint8 of shape (N, {self.chip_size}, {self.chip_size}, 3), "
@@ -43,21 +45,25 @@ class Embedder:
             )
         if len(chips) == 0:
             return np.zeros((0, self.dim), np.float32)
-        parts = [
-            self._session.run(None, {self._input: np.ascontiguousarray(chips[i : i + self.max_batch])})[0]
-            for i in range(0, len(chips), self.max_batch)
-        ]
+        parts = []
+        for i in range(0, len(chips), self.max_batch):
+            checkpoint(cancel, "an embedding batch")
+            parts.append(self._session.run(None, {self._input: np.ascontiguousarray(chips[i : i + self.max_batch])})[0])
         return np.concatenate(parts).astype(np.float32, copy=False)
 
-    def embed(self, chips: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def embed(self, chips: np.ndarray, cancel: Checkpoint | None = None) -> tuple[np.ndarray, np.ndarray]:
         """L2-normalised embeddings and the norms of the chips' raw descriptors.
 
         Without flip averaging ``emb * norm`` is dlib's descriptor; with it the embedding is
         ``normalise(u + u_mirror)`` of the two unit descriptors, and the norm stays the plain chip's.
         """
         if not self.flip_average:
-            return _unit(self.embed_raw(chips))
-        both = self.embed_raw(np.concatenate([chips, chips[:, :, ::-1]])) if len(chips) else self.embed_raw(chips)
+            return _unit(self.embed_raw(chips, cancel))
+        both = (
+            self.embed_raw(np.concatenate([chips, chips[:, :, ::-1]]), cancel)
+            if len(chips)
+            else self.embed_raw(chips, cancel)
+        )
         plain, norms = _unit(both[: len(chips)])
         mirror, _ = _unit(both[len(chips) :])
         averaged, _ = _unit(plain + mirror)

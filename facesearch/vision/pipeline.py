@@ -27,6 +27,7 @@ import numpy as np
 
 from facesearch.bundle.manifest import ModelBundle
 from facesearch.errors import InvalidInputError, Reason
+from facesearch.util.cancel import Checkpoint, checkpoint
 from facesearch.vision.align import face_chip
 from facesearch.vision.detection_plan import DetectionPlan, plan_detection
 from facesearch.vision.detector import Detection, FaceDetector
@@ -44,6 +45,8 @@ DEFAULT_DETECT_PIXELS = 2_600_000
 MIN_DETECT_PIXELS = 10_000  # a 100x100 scan: below it no photo could hold a findable face
 #: Scans larger than this (~50 MB of pyramid) trim the heap when done (a few ms).
 TRIM_ABOVE_PIXELS = 1_000_000
+#: Face chips cut between two cancellation checks in :meth:`FacePipeline.align` (~1 ms each).
+ALIGN_CHECK_EVERY = 8
 
 
 def _heap_trimmer() -> Callable[[], object] | None:
@@ -143,8 +146,11 @@ class FacePipeline:
             requested=min_face is not None,
         )
 
-    def detect(self, image: np.ndarray, plan: DetectionPlan | None = None) -> list[Detection]:
-        """Faces in a photo, best first, boxes in its pixels; ``plan`` defaults to :meth:`plan`'s."""
+    def detect(
+        self, image: np.ndarray, plan: DetectionPlan | None = None, cancel: Checkpoint | None = None
+    ) -> list[Detection]:
+        """Faces in a photo, best first, boxes in its pixels; ``plan`` defaults to :meth:`plan`'s.
+        ``cancel`` is checked between pyramid levels and detector tiles."""
         _check_image(image)
         height, width = image.shape[:2]
         plan = plan or self.plan(width, height)
@@ -152,13 +158,13 @@ class FacePipeline:
             raise InvalidInputError(f"a plan for {plan.width}x{plan.height} used on a {width}x{height} photo")
         if plan.exact:
             found = self.detector.detect(
-                image, upsample=plan.upsample, adjust_threshold=self.config.detection_threshold
+                image, upsample=plan.upsample, adjust_threshold=self.config.detection_threshold, cancel=cancel
             )
             _after_scan(plan)
             return found
-        return self.detect_scan(scan_copy(image, plan), plan)
+        return self.detect_scan(scan_copy(image, plan), plan, cancel)
 
-    def detect_scan(self, scan: np.ndarray, plan: DetectionPlan) -> list[Detection]:
+    def detect_scan(self, scan: np.ndarray, plan: DetectionPlan, cancel: Checkpoint | None = None) -> list[Detection]:
         """Faces found in a scaled plan's copy (:func:`scan_copy`, or a reduced decode of that size),
         boxes mapped back to the photo's pixels."""
         if plan.exact or scan.shape[:2] != (plan.scan_height, plan.scan_width):
@@ -166,21 +172,27 @@ class FacePipeline:
                 f"detect_scan needs a {plan.scan_width}x{plan.scan_height} copy, got {scan.shape[1]}x{scan.shape[0]}"
             )
         found = self.detector.detect(
-            scan, upsample=0, adjust_threshold=self.config.detection_threshold, exact=False
+            scan, upsample=0, adjust_threshold=self.config.detection_threshold, exact=False, cancel=cancel
         )  # a scaled copy is no dlib scan: its pyramid is built the fast way
         _after_scan(plan)
         sx, sy = plan.width / plan.scan_width, plan.height / plan.scan_height
         return [Detection((d.box[0] * sx, d.box[1] * sy, d.box[2] * sx, d.box[3] * sy), d.score) for d in found]
 
-    def align(self, image: np.ndarray, boxes: Sequence[Box]) -> tuple[np.ndarray, np.ndarray]:
-        """Landmarks (n, 5, 2) and chips (n, 150, 150, 3) for the given boxes."""
+    def align(
+        self, image: np.ndarray, boxes: Sequence[Box], cancel: Checkpoint | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Landmarks (n, 5, 2) and chips (n, 150, 150, 3) for the given boxes (``cancel`` is checked
+        every :data:`ALIGN_CHECK_EVERY` faces)."""
         if not boxes:
             return self.no_faces()
+        checkpoint(cancel, "landmarks")
         marks = self.landmarks.predict_many(image, list(boxes))
-        chips = np.stack(
-            [face_chip(image, m, size=self.bundle.chip_size, padding=self.bundle.chip_padding) for m in marks]
-        )
-        return marks, chips
+        chips = []
+        for i, m in enumerate(marks):
+            if i % ALIGN_CHECK_EVERY == 0:
+                checkpoint(cancel, "face chips")
+            chips.append(face_chip(image, m, size=self.bundle.chip_size, padding=self.bundle.chip_padding))
+        return marks, np.stack(chips)
 
     def no_faces(self) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`align`'s result for no boxes: empty landmarks and chips."""

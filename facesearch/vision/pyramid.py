@@ -35,6 +35,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from facesearch.util.cancel import Checkpoint, checkpoint
+
 _F32 = np.float32
 
 
@@ -298,13 +300,18 @@ def tiled_pyramid_layout(nr: int, nc: int, rate_down: int, padding: int, outer_p
 
 
 def build_pyramid_tensor(
-    planes: np.ndarray, avg_rgb: tuple[float, float, float], layout: TiledPyramid, *, exact: bool = True
+    planes: np.ndarray,
+    avg_rgb: tuple[float, float, float],
+    layout: TiledPyramid,
+    *,
+    exact: bool = True,
+    cancel: Checkpoint | None = None,
 ) -> np.ndarray:
     """``input_rgb_image_pyramid::to_tensor``: uint8 RGB planes ``(n, 3, H, W)`` -> ``(n, 3, R, C)`` float32.
 
     Level 0 is ``float32(pixel - avg) / 256``; each further level is dlib's bilinear resize of the
     previous level's float planes (``exact=False``: the fast resize of the module docstring).
-    Everything outside the level rectangles is 0.
+    Everything outside the level rectangles is 0. ``cancel`` is checked before each level.
     """
     out = np.zeros((planes.shape[0], 3, layout.rows, layout.cols), dtype=_F32)
     if not layout.rects:
@@ -314,20 +321,22 @@ def build_pyramid_tensor(
     level *= _F32(1.0 / 256.0)  # exact: a power of two
     if not exact:
         for n in range(planes.shape[0]):
-            _fast_levels(level[n], layout, out[n])
+            _fast_levels(level[n], layout, out[n], cancel)
         return out
     for i, r in enumerate(layout.rects):
         if i:
+            checkpoint(cancel, "a pyramid level")
             level = resize_float_planes(level, r.height, r.width)
         out[:, :, r.top : r.bottom + 1, r.left : r.right + 1] = level
     return out
 
 
-def _fast_levels(first: np.ndarray, layout: TiledPyramid, out: np.ndarray) -> None:
+def _fast_levels(first: np.ndarray, layout: TiledPyramid, out: np.ndarray, cancel: Checkpoint | None = None) -> None:
     """Fill one image's ``(3, R, C)`` tensor from its ``(3, H, W)`` first level, resizing with OpenCV."""
     level = np.ascontiguousarray(first.transpose(1, 2, 0))  # (H, W, 3), as OpenCV wants it
     for i, r in enumerate(layout.rects):
         if i:
+            checkpoint(cancel, "a pyramid level")
             level = _warp_level(level, r)
         out[:, r.top : r.bottom + 1, r.left : r.right + 1] = level.transpose(2, 0, 1)
 
