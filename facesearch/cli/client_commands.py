@@ -29,6 +29,13 @@ that larger than its default (a large photo); null from a server that does not s
 ``--min-face PX`` asks for smaller faces (``identify`` and ``enroll``), up to the server's cost limit.
 Keys are only ever added. An image that could not be read or identified has ``"faces": []``
 and an extra ``"error": {"reason": ..., "message": ...}``; the exit status is then 1.
+
+``enroll`` adds faces to an identity that exists only with ``--append`` (IDENTITY_EXISTS
+otherwise). Each enroll carries a request id (``--request-id``, default a fresh UUID) and is
+retried with it on UNAVAILABLE and DEADLINE_EXCEEDED, so it never enrolls twice; rerunning a
+failed command with the same ``--request-id`` returns the first result if it did go through.
+A server that cannot be reached (or cannot write now) ends the command with one line saying so
+(exit status 2).
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from facesearch.errors import ExitCode, FaceSearchError, InvalidInputError, Reason, exit_code
+from facesearch.errors import ExitCode, FaceSearchError, InvalidInputError, Reason, UnavailableError, exit_code
 
 COMMANDS = ("enroll", "identify", "verify", "delete", "list")
 
@@ -75,6 +82,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--identity", required=True, help="the person's id")
     p.add_argument("--name", default=None, help="display name")
     p.add_argument("--create-only", action="store_true", help="fail if the identity already exists")
+    p.add_argument(
+        "--append", action="store_true", help="add the faces to an identity that exists (else IDENTITY_EXISTS)"
+    )
+    p.add_argument(
+        "--request-id",
+        default=None,
+        metavar="ID",
+        help="idempotency key (default: a fresh UUID); rerunning with the same id and photos after a failure "
+        "returns the first result instead of enrolling twice",
+    )
     p.add_argument("--use-largest-face", action="store_true", help="enroll the largest face of group photos")
     _min_face_option(p)
     p.add_argument("images", nargs="+", type=Path, help="photos of the person")
@@ -136,6 +153,15 @@ def dispatch(args: argparse.Namespace) -> int | None:
     except FaceSearchError as err:
         if getattr(args, "json", False):
             print(json.dumps({"error": {"reason": err.reason, "message": err.message}}))
+        if isinstance(err, UnavailableError):
+            target = args.target or os.environ.get("FACESEARCH_TARGET") or "localhost:50051"
+            print(
+                f"facesearch {args.command}: error: the server at {target} is unavailable ({err.reason}): "
+                f"{err.message}. Is it running and reachable (--target, $FACESEARCH_TARGET)? Retry later"
+                + (" with the same --request-id" if args.command == "enroll" else ""),
+                file=sys.stderr,
+            )
+            return exit_code(err)
         print(f"facesearch {args.command}: error: {err.message} ({err.reason})", file=sys.stderr)
         return exit_code(err)
 
@@ -175,6 +201,8 @@ def _enroll(client: Any, args: argparse.Namespace) -> int:
         use_largest_face=args.use_largest_face,
         sources=[str(p) for p in args.images],
         min_face_px=args.min_face,
+        append=args.append,
+        request_id=args.request_id,
     )
     images = [
         {

@@ -12,12 +12,23 @@
 Photos may be given as bytes or as paths. Failures raise :class:`~facesearch.errors.FaceSearchError`
 subclasses carrying the server's stable ``reason`` (from its google.rpc ErrorInfo; compare it with
 :class:`~facesearch.errors.Reason` members), or :class:`RpcFailedError` for transport-level statuses
-(UNAVAILABLE, DEADLINE_EXCEEDED, ...), whose reason is the status's name when the server sent none.
-A reason this client does not know (from a newer server) is kept verbatim.
+(DEADLINE_EXCEEDED, ...), whose reason is the status's name when the server sent none. UNAVAILABLE
+(no server at the address, a server stopping, its disk full: ``STORAGE_FULL``) raises
+:class:`ServerUnavailableError`, an :class:`~facesearch.errors.UnavailableError` (and an
+``RpcFailedError``): worth retrying later. A reason this client does not know (from a newer
+server) is kept verbatim.
+
+Enroll is safe to retry: each call carries a request id (a fresh UUID unless given), and on
+UNAVAILABLE or DEADLINE_EXCEEDED the client retries it with the same id (``enroll_retries`` times,
+with exponential backoff), so a retry of an enrollment that did happen returns its first result
+instead of adding the faces twice. Adding faces to an identity that exists needs ``append=True``.
 """
 
 from __future__ import annotations
 
+import random
+import time
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,10 +43,12 @@ from facesearch.errors import (
     FaceSearchError,
     InvalidInputError,
     NotFoundError,
+    PermissionDeniedError,
     PreconditionError,
     Reason,
     ResourceExhaustedError,
     UnauthenticatedError,
+    UnavailableError,
 )
 
 T = TypeVar("T")
@@ -56,6 +69,19 @@ class RpcFailedError(FaceSearchError):
         self.status = status
 
 
+class ServerUnavailableError(UnavailableError, RpcFailedError):
+    """UNAVAILABLE: no server answers at the address, it is stopping, or its storage cannot take the
+    write now (reason ``STORAGE_FULL`` / ``STORAGE_ERROR``: nothing was written). Retry later."""
+
+    def __init__(
+        self, message: str, *, status: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE, reason: Reason | str | None = None
+    ) -> None:
+        RpcFailedError.__init__(self, message, status=status, reason=reason or Reason.UNAVAILABLE)
+
+
+#: Statuses an Enroll is retried on (with its request id, so a retry never adds faces twice).
+RETRY_STATUSES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
 _ERRORS: dict[grpc.StatusCode, type[FaceSearchError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidInputError,
     grpc.StatusCode.NOT_FOUND: NotFoundError,
@@ -63,6 +89,7 @@ _ERRORS: dict[grpc.StatusCode, type[FaceSearchError]] = {
     grpc.StatusCode.FAILED_PRECONDITION: PreconditionError,
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
     grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
 }
 
 
@@ -99,7 +126,12 @@ def reported_error(status: grpc.StatusCode, message: str, reason: str | None) ->
     """
     known = reason if reason in Reason.__members__ else None
     cls = _ERRORS.get(status)
-    error = RpcFailedError(message, status=status, reason=known) if cls is None else cls(message, reason=known)
+    if status == grpc.StatusCode.UNAVAILABLE:
+        error: FaceSearchError = ServerUnavailableError(message, reason=known)
+    elif cls is None:
+        error = RpcFailedError(message, status=status, reason=known)
+    else:
+        error = cls(message, reason=known)
     if reason and known is None:
         error.reason = reason
     return error
@@ -335,6 +367,8 @@ class FaceSearchClient:
         server_name: str | None = None,
         timeout: float | None = 60.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        enroll_retries: int = 3,
+        retry_backoff_s: float = 0.5,
     ) -> None:
         options: list[tuple[str, Any]] = [
             ("grpc.max_send_message_length", max_message_bytes),
@@ -355,6 +389,8 @@ class FaceSearchClient:
         self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
         self.timeout = timeout
         self.target = target
+        self.enroll_retries = max(0, enroll_retries)  # retries of an Enroll on UNAVAILABLE / DEADLINE_EXCEEDED
+        self.retry_backoff_s = retry_backoff_s  # first wait; doubled per retry (with jitter), at most 8 s
 
     def close(self) -> None:
         self._channel.close()
@@ -370,6 +406,20 @@ class FaceSearchClient:
             return method(request, timeout=timeout or self.timeout, metadata=self._metadata)
         except grpc.RpcError as err:
             raise to_error(err) from None
+
+    def _retrying(self, method: Any, request: Any) -> Any:
+        """An idempotent call, retried on UNAVAILABLE / DEADLINE_EXCEEDED (``enroll_retries`` times,
+        exponential backoff with jitter); the last failure is raised."""
+        for attempt in range(self.enroll_retries + 1):
+            try:
+                return method(request, timeout=self.timeout, metadata=self._metadata)
+            except grpc.RpcError as err:
+                code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
+                if code not in RETRY_STATUSES or attempt == self.enroll_retries:
+                    raise to_error(err) from None
+            wait = min(8.0, self.retry_backoff_s * 2**attempt)
+            time.sleep(wait * random.uniform(0.5, 1.0))
+        raise AssertionError("unreachable")
 
     # -- calls -------------------------------------------------------------------------------
     def identify(
@@ -485,7 +535,16 @@ class FaceSearchClient:
         use_largest_face: bool = False,
         sources: Sequence[str] | None = None,
         min_face_px: int | None = None,
+        append: bool = False,
+        request_id: str | None = None,
     ) -> EnrollResult:
+        """Enroll the faces of ``images`` into ``identity_id`` (created when new; an existing one
+        needs ``append``, else :class:`AlreadyExistsError` ``IDENTITY_EXISTS``).
+
+        ``request_id`` (default: a fresh UUID) makes the call idempotent: it is retried on
+        UNAVAILABLE and DEADLINE_EXCEEDED with the same id, and a retry of an enrollment the server
+        already made returns that first result. Pass your own id to retry across processes.
+        """
         srcs = list(sources) if sources is not None else [str(p) if isinstance(p, str | Path) else "" for p in images]
         req = pb.EnrollRequest(
             identity_id=identity_id,
@@ -494,10 +553,12 @@ class FaceSearchClient:
             images=[pb.EnrollImage(image=read_photo(p), source=s) for p, s in zip(images, srcs, strict=True)],
             create_only=create_only,
             use_largest_face=use_largest_face,
+            append=append,
+            request_id=request_id or str(uuid.uuid4()),
         )
         if min_face_px is not None:
             req.min_face_px = min_face_px
-        r = self._call(self._stub.Enroll, req)
+        r = self._retrying(self._stub.Enroll, req)
         results = [
             EnrollImage(
                 x.image_index,
