@@ -8,6 +8,7 @@ Modules (and the tests that cover them):
 
 - ``service_client``: A Python client for the facesearch gRPC server. Tests:
   ``tests/integration/test_server_cohort.py``, ``tests/integration/test_server_decisions.py``,
+  ``tests/integration/test_server_enroll_idempotency.py``,
   ``tests/integration/test_server_erasure.py``, ``tests/integration/test_server_large_photos.py``,
   ``tests/integration/test_server_rpcs.py``, ``tests/integration/test_server_security.py``,
   ``tests/unit/test_reasons.py``.
@@ -19,6 +20,7 @@ from facesearch.client.service_client import (
     DEFAULT_TARGET,
     FaceSearchClient,
     RpcFailedError,
+    ServerUnavailableError,
     reported_error,
 )
 
@@ -26,5 +28,6 @@ __all__ = [
     "DEFAULT_TARGET",
     "FaceSearchClient",
     "RpcFailedError",
+    "ServerUnavailableError",
     "reported_error",
 ]

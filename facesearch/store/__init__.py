@@ -7,11 +7,15 @@ util | api) > reasons.
 
 Modules (and the tests that cover them):
 
+- ``audit_log``: The audit log of an index root: who enrolled, deleted, erased or unerased whom, and
+  when. Tests: ``tests/integration/test_server_enroll_idempotency.py``,
+  ``tests/integration/test_server_gallery_writes.py``.
 - ``erasure_audit``: Where an erased subject's data still is under an index root: ``facesearch-index
   erase-status``. Tests: ``tests/integration/test_server_erasure.py``.
 - ``erasure_ledger``: The erasure ledger of an index root: every erased identity and face, durably,
   so that no path (a fresh build, ``add``, compaction, a rollback, a restart) brings an erased
-  subject back. Tests: ``tests/unit/test_erasure_ledger.py``.
+  subject back. Tests: ``tests/integration/test_pg_store.py``,
+  ``tests/integration/test_server_gallery_writes.py``, ``tests/unit/test_erasure_ledger.py``.
 - ``identity_store``: The identity store of an index version: SQLite, one file, no photo pixels by
   default. Tests: ``tests/integration/test_indexer_embeddings.py``,
   ``tests/integration/test_indexer_images.py``, ``tests/integration/test_indexer_open_set.py``,
@@ -28,7 +32,7 @@ Modules (and the tests that cover them):
 - ``journal_check``: Checking and repairing a live journal (``facesearch-index journal
   check|repair``). Tests: ``tests/unit/test_journal_faults.py``.
 - ``journal_db``: The live journal's SQLite file: its schema, its meta, and how it is opened. Tests:
-  through its callers.
+  ``tests/integration/test_server_gallery_writes.py``.
 - ``journal_retention``: Which live-journal changes a published version holds, and how much of the
   journal may be forgotten. Tests: ``tests/unit/test_erasure_ledger.py``.
 - ``journal_vectors``: The live journal's vectors file: append-only fixed-size records of (vector
@@ -36,17 +40,28 @@ Modules (and the tests that cover them):
   ``tests/unit/test_server_journal.py``.
 - ``live_journal``: The live journal: enrollments and deletions made since the published index
   version was built. Tests: ``tests/integration/test_index_exit_codes.py``,
-  ``tests/integration/test_indexer_open_set.py``, ``tests/integration/test_server_erasure.py``,
-  ``tests/integration/test_server_gallery.py``, ``tests/integration/test_server_model_change.py``,
-  ``tests/unit/test_journal_faults.py``, ``tests/unit/test_server_journal.py``.
+  ``tests/integration/test_indexer_open_set.py``, ``tests/integration/test_pg_faults.py``,
+  ``tests/integration/test_pg_store.py``, ``tests/integration/test_server_erasure.py``,
+  ``tests/integration/test_server_gallery.py``, ``tests/integration/test_server_gallery_writes.py``,
+  ``tests/integration/test_server_model_change.py``, ``tests/unit/test_journal_faults.py``,
+  ``tests/unit/test_server_journal.py``.
 - ``open_set_build``: The open-set statistics of a published version, built from its identity store.
   Tests: ``tests/unit/test_open_set_store.py``.
 - ``storage_errors``: Storage failures as errors a caller can act on: a full or failing disk is
   UNAVAILABLE, not INTERNAL. Tests: ``tests/unit/test_journal_faults.py``.
+- ``store_location``: Where the identity store and change log live: ``FACESEARCH_STORE``, read in
+  this one place. Tests: through its callers.
 """
 
 from __future__ import annotations
 
+from facesearch.store.audit_log import (
+    AUDIT_FILE,
+    DEFAULT_RETENTION_DAYS,
+    AuditEntry,
+    AuditLog,
+    AuditOp,
+)
 from facesearch.store.erasure_audit import (
     EraseStatus,
     erase_status,
@@ -102,6 +117,15 @@ from facesearch.store.journal_check import (
     journal_dirs_of,
     repair,
 )
+from facesearch.store.journal_db import (
+    JOURNAL_FILE,
+    connect,
+    count_requests,
+    expire_requests,
+    find_request,
+    put_request,
+    request_key,
+)
 from facesearch.store.journal_retention import (
     LIVE_DIR,
     NOTHING,
@@ -122,6 +146,7 @@ from facesearch.store.live_journal import (
     LiveIdentity,
     LiveJournal,
     NewFace,
+    journal_dirs,
     journal_place,
 )
 from facesearch.store.open_set_build import (
@@ -129,15 +154,25 @@ from facesearch.store.open_set_build import (
     open_set_build_bytes,
 )
 from facesearch.store.storage_errors import storage_failure
+from facesearch.store.store_location import (
+    STORE_ENV,
+    StoreKind,
+    parse_store,
+    require_postgres_driver,
+    store_location,
+)
 
 __all__ = [
+    "AUDIT_FILE",
     "CONTRACTS_DIR",
     "CURRENT",
+    "DEFAULT_RETENTION_DAYS",
     "ERASURE_SEQ_META",
     "EXACT_FILE",
     "FORMAT_CHECKSUMMED",
     "HEADER_BYTES",
     "INDEX_FILE",
+    "JOURNAL_FILE",
     "LEDGER_FILE",
     "LEFTOVER_PATTERNS",
     "LIVE_DIR",
@@ -146,9 +181,13 @@ __all__ = [
     "REFINE_CODEC_FILE",
     "REFINE_FILE",
     "REJECTS_FILE",
+    "STORE_ENV",
     "STORE_FILE",
     "VECTOR_IDS_FILE",
     "Absorbed",
+    "AuditEntry",
+    "AuditLog",
+    "AuditOp",
     "DiskRows",
     "EraseStatus",
     "ErasedFace",
@@ -171,28 +210,39 @@ __all__ = [
     "RefineStore",
     "SearchParams",
     "StoreHits",
+    "StoreKind",
     "StoredFace",
     "StoredIdentity",
     "build_open_set_for_store",
     "check",
     "check_files",
+    "connect",
+    "count_requests",
     "current_version",
     "erase_status",
     "erased_in_store",
+    "expire_requests",
+    "find_request",
     "forget",
+    "journal_dirs",
     "journal_dirs_of",
     "journal_place",
     "list_versions",
     "load_index",
     "open_set_build_bytes",
     "os_principal",
+    "parse_store",
     "purge_store",
+    "put_request",
     "read_erasures",
     "read_manifest",
     "read_records",
     "repair",
+    "request_key",
+    "require_postgres_driver",
     "resolve_version_dir",
     "retained_from",
     "storage_failure",
+    "store_location",
     "write_manifest",
 ]
