@@ -93,7 +93,7 @@ def test_statistics_match_a_recomputation_through_changes_restart_and_swap(
                 assert len(accepted) >= 2 and len(r.face_ids) == len(accepted)
                 expected.enroll(n, r.face_ids, vectors[n][accepted])
             expected.check(client, probe_photo, probe, "three people enrolled")
-            r = client.enroll(ids[0], photos[d], use_largest_face=True)  # new faces for a published identity
+            r = client.enroll(ids[0], photos[d], use_largest_face=True, append=True)  # a published identity
             expected.enroll(ids[0], r.face_ids, vectors[d][[i.index for i in r.images if i.accepted]])
             expected.check(client, probe_photo, probe, "published identity's template changed")
             client.delete_identity(b)

@@ -160,7 +160,7 @@ def test_deletion_matrix_rollback_and_erasure_audit(
             _swap(c, v4)
             m.check(c, expected, "remove")
 
-            h_faces += len(c.enroll(m.h, people[m.h][3:4], use_largest_face=True).face_ids)
+            h_faces += len(c.enroll(m.h, people[m.h][3:4], use_largest_face=True, append=True).face_ids)
             _index("compact", root, "--quiet", "--keep-versions", "20")
             v5 = str(current_version(root))
             _swap(c, v5)

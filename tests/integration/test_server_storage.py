@@ -100,7 +100,7 @@ def test_a_full_disk_makes_enroll_unavailable_and_writes_resume_when_space_retur
         srv = start_server(server_bundle, tmp_path / "index", tmp_path / "logs", env=env)
         acknowledged: dict[str, list[str]] = {}
         try:
-            with srv.client(timeout=60) as c:
+            with srv.client(timeout=60, enroll_retries=0) as c:  # each refusal seen, not retried
                 acknowledged[names[0]] = c.enroll(names[0], people[names[0]][:1], use_largest_face=True).face_ids
                 assert writes_health(srv) == "SERVING" and metric(srv, "facesearch_writes_degraded") == 0
                 filler = fill(live)
@@ -134,7 +134,7 @@ def test_injected_io_errors_fail_exactly_those_calls(
     env = {"FACESEARCH_FAILPOINTS": "journal.fsync:eio*1,journal.commit:eio*1+1"}
     srv = start_server(server_bundle, tmp_path / "index", tmp_path / "logs", env=env)
     try:
-        with srv.client(timeout=60) as c:
+        with srv.client(timeout=60, enroll_retries=0) as c:  # each refusal seen, not retried
             err = refused(lambda: c.enroll(a, people[a][:2], use_largest_face=True))  # fsync #1: EIO
             assert err.reason == "STORAGE_ERROR" and getattr(err, "status", None) == grpc.StatusCode.UNAVAILABLE
             assert writes_health(srv) == "NOT_SERVING"
