@@ -5,6 +5,7 @@ subcommand the parser has."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -118,6 +119,14 @@ def test_every_subcommand_exits_0_1_or_2_as_documented(tmp_path: Path) -> None:
     expect(0, "unerase", root, "b-subject-0")
     expect(1, "unerase", root, "b-subject-0")  # no longer erased
     expect(2, "unerase", root)
+
+    out = expect(0, "audit", "list", root, "--identity", "b-subject-0", "--json")  # its removal and unerase
+    assert [json.loads(line)["operation"] for line in out.splitlines() if line.startswith("{")] == ["erase", "unerase"]
+    assert "b-subject-0" not in out  # an erased identity's rows keep only its digest
+    expect(0, "audit", "prune", root)
+    expect(1, "audit", "list", tmp_path / "nowhere")  # no audit log
+    expect(2, "audit", "list", root, "--since", "yesterday")
+    expect(2, "audit")
 
     vdir = root / str(current_version(root))
     raw = bytearray((vdir / INDEX_FILE).read_bytes())
