@@ -282,7 +282,7 @@ def test_concurrent_writes_with_kill_9_keep_every_acknowledged_change(
                 f for i, m in model.items() if m.deleted == ACKED for f in m.faces
             }
             for photo in photos:  # deleted faces are never candidates
-                faces = c.identify(photo, largest_only=True, top_k=20, min_similarity=0.3).faces
+                faces = c.identify(photo, largest_only=True, top_k=20).faces
                 for cand in faces[0].candidates if faces else []:
                     assert cand.face_id not in gone, f"deleted face {cand.face_id} ({cand.identity_id}) matched"
         assert final.stop() == 0
