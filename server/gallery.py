@@ -544,11 +544,26 @@ class Gallery:
         self._enrolled = 0  # enrollments written since the last expiry of request ids
         self._audit_pruned = 0.0
         self._prune_audit()
+        self._closing = threading.Event()
+        if audit is not None:  # pruned hourly even when no write comes
+            threading.Thread(target=self._audit_upkeep, name="audit-prune", daemon=True).start()
+        if self.settings.implicit_append:
+            log.warning(
+                "FACESEARCH_ENROLL_IMPLICIT_APPEND is on: Enroll adds faces to an existing identity without "
+                "append (the behaviour before the flag, for old clients); turn it off once clients set append"
+            )
 
     def close(self) -> None:
+        self._closing.set()
         self._requests.close()
         if self.audit is not None:
             self.audit.close()
+
+    def _audit_upkeep(self) -> None:
+        while not self._closing.wait(AUDIT_PRUNE_EVERY_S):
+            with self._write:
+                if not self._closing.is_set():
+                    self._prune_audit()
 
     # -- write health, idempotency, audit --------------------------------------------------
     def write_status(self) -> WriteStatus:
