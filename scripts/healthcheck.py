@@ -18,7 +18,7 @@ from pathlib import Path
 
 
 def default_target() -> str:
-    listen = os.environ.get("FACESEARCH_LISTEN", "0.0.0.0:50051")
+    listen = os.environ.get("FACESEARCH_LISTEN", "127.0.0.1:50051")
     port = listen.rpartition(":")[2] or "50051"
     return f"127.0.0.1:{port}"
 

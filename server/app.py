@@ -92,6 +92,10 @@ def grpc_options(c: ServerConfig) -> list[tuple[str, int]]:
         ("grpc.max_send_message_length", c.max_message_bytes),
         ("grpc.so_reuseport", 0),
         ("grpc.max_concurrent_streams", c.max_concurrent_streams),
+        # A fixed receive window per call: BDP probing would grow it (to MBs per call) for bodies that
+        # the edge has not read yet, i.e. before authentication (server/interceptors.py).
+        ("grpc.http2.bdp_probe", 0),
+        ("grpc.http2.lookahead_bytes", c.http2_stream_window),
         ("grpc.max_connection_idle_ms", int(c.connection_idle_s * 1000)),
         ("grpc.max_connection_age_ms", int(c.connection_age_s * 1000)),
         ("grpc.max_connection_age_grace_ms", int(c.connection_age_grace_s * 1000)),

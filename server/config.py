@@ -30,6 +30,13 @@ FACESEARCH_MAX_CONCURRENT_STREAMS                               100 (calls at on
                                                                 HTTP/2 SETTINGS)
 FACESEARCH_MAX_CONCURRENT_RPCS                                  256 (calls at once, server-wide;
                                                                 more: RESOURCE_EXHAUSTED at once)
+FACESEARCH_HTTP2_STREAM_WINDOW                                  256K (HTTP/2 receive window per
+                                                                call; fixed, no BDP growth: what
+                                                                a caller can make the server hold
+                                                                before its call is authenticated
+                                                                is about FACESEARCH_MAX_CONCURRENT_
+                                                                RPCS x this; raise it for fast
+                                                                uploads over long round trips)
 FACESEARCH_CONNECTION_IDLE_S                                    300 (a connection with no call for
                                                                 this long is closed, GOAWAY)
 FACESEARCH_CONNECTION_AGE_S                                     3600 (connections are closed after
@@ -116,6 +123,7 @@ class ServerConfig:
     allow_plaintext_tokens: bool = False
     max_concurrent_streams: int = 100  # per connection (HTTP/2)
     max_concurrent_rpcs: int = 256  # server-wide
+    http2_stream_window: int = 256 << 10  # per call, fixed (no BDP probing)
     connection_idle_s: float = 300.0
     connection_age_s: float = 3600.0
     connection_age_grace_s: float = 60.0
@@ -231,6 +239,11 @@ class ServerConfig:
             "MAX_CONCURRENT_STREAMS": self.max_concurrent_streams,
             "MAX_CONCURRENT_RPCS": self.max_concurrent_rpcs,
         }
+        if self.http2_stream_window < 16 << 10:
+            raise InvalidInputError(
+                f"FACESEARCH_HTTP2_STREAM_WINDOW must be >= 16K, got {self.http2_stream_window}",
+                reason=Reason.BAD_CONFIG,
+            )
         for name, value in limits.items():
             if value < 1:
                 raise InvalidInputError(f"FACESEARCH_{name} must be >= 1, got {value}", reason=Reason.BAD_CONFIG)
@@ -369,6 +382,7 @@ def load_config(args: argparse.Namespace | None = None, env: Mapping[str, str] |
         allow_plaintext_tokens=reader.as_bool("FACESEARCH_ALLOW_PLAINTEXT_TOKENS", False),
         max_concurrent_streams=reader.as_int("FACESEARCH_MAX_CONCURRENT_STREAMS", 100),
         max_concurrent_rpcs=reader.as_int("FACESEARCH_MAX_CONCURRENT_RPCS", 256),
+        http2_stream_window=reader.as_size("FACESEARCH_HTTP2_STREAM_WINDOW", 256 << 10),
         connection_idle_s=reader.as_float("FACESEARCH_CONNECTION_IDLE_S", 300.0),
         connection_age_s=reader.as_float("FACESEARCH_CONNECTION_AGE_S", 3600.0),
         workers=flag("workers") or reader.as_int("FACESEARCH_WORKERS", _cores()),

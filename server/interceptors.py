@@ -117,7 +117,8 @@ class _Call:
                 token = bind_principal(self.principal)
                 try:
                     request = requests if streaming_request else await _single(requests)
-                    return await behavior(request, context)
+                    reply = behavior(request, context)
+                    return await reply if inspect.isawaitable(reply) else reply
                 finally:
                     reset_principal(token)
             except BaseException as err:

@@ -1,5 +1,7 @@
-"""Bearer-token auth, TLS and mutual TLS on a real server, the Docker healthcheck script, and
-graceful shutdown on SIGTERM (in-flight calls finish, the process exits 0)."""
+"""Bearer-token auth (the old plain-token file: admin, deprecated), TLS and mutual TLS (client
+certificate subjects mapped to scopes) on a real server, the Docker healthcheck script, and graceful
+shutdown on SIGTERM (in-flight calls finish, the process exits 0). The full method x credential
+matrix: test_auth_matrix.py."""
 
 from __future__ import annotations
 
@@ -11,12 +13,15 @@ import threading
 import time
 from pathlib import Path
 
+import grpc
 import pytest
 
+from facesearch.api.v1 import facesearch_pb2 as pb
+from facesearch.api.v1 import facesearch_pb2_grpc as pb_grpc
 from facesearch.client.service_client import RpcFailedError
 from facesearch.errors import UnauthenticatedError
 from tests.integration.server_fixtures import *  # noqa: F403
-from tests.integration.server_fixtures import REPO, start_server
+from tests.integration.server_fixtures import REPO, start_server, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -83,7 +88,9 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
-def test_bearer_token_auth(server_bundle: Path, tmp_path: Path, people: dict[str, list[Path]]) -> None:
+def test_old_plain_token_file_still_works(server_bundle: Path, tmp_path: Path, people: dict[str, list[Path]]) -> None:
+    """The compatibility contract: a file of plain tokens, one a line, keeps working (each token has
+    the admin scope) and loading it logs a deprecation warning."""
     tokens = tmp_path / "tokens"
     tokens.write_text("# accepted tokens\ns3cret-one\n\ns3cret-two\n")
     srv = start_server(server_bundle, tmp_path / "index", tmp_path / "logs", args=("--auth-tokens", str(tokens)))
@@ -101,7 +108,16 @@ def test_bearer_token_auth(server_bundle: Path, tmp_path: Path, people: dict[str
             with srv.client(token=token) as ok:
                 assert ok.identify(photo).faces
                 assert ok.stats()["model_id"]
+        with grpc.insecure_channel(srv.target) as channel:  # admin: delete too (no such identity)
+            with pytest.raises(grpc.RpcError) as rpc:
+                pb_grpc.FaceSearchStub(channel).DeleteIdentity(
+                    pb.DeleteIdentityRequest(identity_id="nobody"),
+                    metadata=(("authorization", "Bearer s3cret-two"),),
+                    timeout=30,
+                )
+            assert rpc.value.code() == grpc.StatusCode.NOT_FOUND
         assert "s3cret" not in srv.log()  # tokens never reach the log
+        assert "DEPRECATED" in srv.log() and "holds 2 plain token(s)" in srv.log()
     finally:
         assert srv.stop() == 0
 
@@ -192,3 +208,50 @@ def test_healthcheck_and_graceful_sigterm(server_bundle: Path, tmp_path: Path, p
     assert len(results) == len(photos)  # every in-flight request was answered before exit
     assert _healthcheck(srv.target).returncode == 1  # nothing listens any more
     assert "received SIGTERM" in srv.log() and "stopped" in srv.log()
+
+
+def test_client_certificate_subjects_have_scopes(server_bundle: Path, tmp_path: Path, certs: Path) -> None:
+    """mTLS: the certificate's CN maps to scopes (FACESEARCH_TLS_CLIENT_SCOPES); a CN not in the file is
+    refused with CLIENT_NOT_MAPPED; the file is reloaded like the token file."""
+    scopes = tmp_path / "client-scopes"
+    scopes.write_text("# CN scopes\nfacesearch-client identify\n")
+    srv = start_server(
+        server_bundle,
+        tmp_path / "index",
+        tmp_path / "logs",
+        env={"FACESEARCH_TLS_CLIENT_SCOPES": str(scopes), "FACESEARCH_AUTH_RELOAD_S": "0.2"},
+        args=(
+            "--listen",
+            "0.0.0.0:0",  # TLS and auth: no security warning
+            "--tls-cert",
+            str(certs / "server.pem"),
+            "--tls-key",
+            str(certs / "server.key"),
+            "--tls-client-ca",
+            str(certs / "ca.pem"),
+        ),
+    )
+    creds = grpc.ssl_channel_credentials(
+        (certs / "ca.pem").read_bytes(), (certs / "client.key").read_bytes(), (certs / "client.pem").read_bytes()
+    )
+
+    def call(rpc: str, request: object) -> tuple[grpc.StatusCode, str]:
+        options = [("grpc.ssl_target_name_override", "localhost")]
+        with grpc.secure_channel(srv.target, creds, options=options) as channel:
+            try:
+                getattr(pb_grpc.FaceSearchStub(channel), rpc)(request, timeout=30)
+            except grpc.RpcError as err:
+                return err.code(), err.details() or ""
+        return grpc.StatusCode.OK, ""
+
+    try:
+        assert call("Detect", pb.DetectRequest())[0] == grpc.StatusCode.INVALID_ARGUMENT  # identify: allowed
+        code, message = call("GetStats", pb.GetStatsRequest())
+        assert code == grpc.StatusCode.PERMISSION_DENIED and "needs scope 'read'" in message
+        assert call("Enroll", pb.EnrollRequest())[0] == grpc.StatusCode.PERMISSION_DENIED
+        assert '"principal":"cert:facesearch-client"' in srv.log() and "SECURITY:" not in srv.log()
+        scopes.write_text("someone-else admin\n")
+        wait_until(lambda: call("Detect", pb.DetectRequest())[0] == grpc.StatusCode.PERMISSION_DENIED, timeout=20)
+        assert "facesearch-client" in call("Detect", pb.DetectRequest())[1]  # CLIENT_NOT_MAPPED names the CN
+    finally:
+        assert srv.stop() == 0
