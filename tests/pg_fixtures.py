@@ -10,6 +10,7 @@
 * PostgreSQL refuses to run as root: when the tests run as root the data directory is owned by the
   ``postgres`` user and every server command runs through ``runuser -u postgres``;
 * fsync stays on (durability is part of what the store tests claim), the rest is the default;
+* ``initdb`` runs once per test process (a template cluster); each server is a copy of it;
 * :meth:`PgServer.stop` stops it (``pg_ctl stop -m fast``) and deletes the directory;
   :meth:`PgServer.restart` / :meth:`PgServer.stop_only` + :meth:`PgServer.start_again` let a test take
   it down and bring it back on the same port with the same data.
@@ -27,6 +28,7 @@ does the same by hand for development (``scripts/pg-dev.sh run -- CMD``).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import pwd
@@ -149,6 +151,15 @@ class PgServer:
         )
         return self
 
+    def copy_of(self, template: PgServer) -> PgServer:
+        """This server's cluster as a copy of ``template``'s (initdb'd, stopped): same password and settings."""
+        if os.geteuid() == 0:
+            owner = pwd.getpwnam(_RUN_AS)
+            os.chown(self.root, owner.pw_uid, owner.pw_gid)
+        self.root.chmod(0o700)
+        subprocess.run(["cp", "-a", str(template.data), str(self.data)], check=True)  # -a keeps owner and modes
+        return self
+
     def start(self) -> PgServer:
         """Start on a free port (a few tries: another process may take the port first)."""
         last: Exception | None = None
@@ -210,8 +221,15 @@ class PgServer:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+_TEMPLATES: dict[Path, PgServer] = {}  # bin dir -> an initdb'd cluster, never started: copied for each server
+
+
 def start_pg() -> PgServer:
-    """A started server, or a skip naming what is missing (a failure under CI=true)."""
+    """A started server, or a skip naming what is missing (a failure under CI=true).
+
+    The first call runs ``initdb`` once into a template (a few seconds on a busy machine); every
+    server is a copy of it (same password), so a test's private server starts in well under a second.
+    """
     bin_dir = find_pg_bin()
     if bin_dir is None:
         pytest.skip(
@@ -226,9 +244,14 @@ def start_pg() -> PgServer:
             pwd.getpwnam(_RUN_AS)
         except KeyError:
             pytest.skip(f"running as root, and there is no {_RUN_AS!r} user to run PostgreSQL as")
-    server = PgServer(bin_dir)
+    template = _TEMPLATES.get(bin_dir)
+    if template is None or not template.data.is_dir():
+        template = _TEMPLATES[bin_dir] = PgServer(bin_dir).init()
+        atexit.register(shutil.rmtree, template.root, True)
+    server = PgServer(bin_dir, password=template.password)
     try:
-        return server.init().start()
+        server.copy_of(template)
+        return server.start()
     except BaseException:
         server.stop()
         raise

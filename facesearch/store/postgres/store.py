@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -78,8 +79,11 @@ _EPOCH = "extract(epoch FROM {})::float8"
 class PgStore:
     """One PostgreSQL store (see the module docstring); open with :meth:`open`."""
 
-    def __init__(self, pool: psycopg_pool.ConnectionPool, dsn: str, meta: Mapping[str, Any]) -> None:
+    def __init__(
+        self, pool: psycopg_pool.ConnectionPool, dsn: str, meta: Mapping[str, Any], timeout_s: float = 5.0
+    ) -> None:
         self._pool = pool
+        self._timeout = timeout_s
         self.dsn = dsn
         self.where = redact(dsn)
         self.store_id = str(meta["store_id"])
@@ -109,7 +113,6 @@ class PgStore:
             timeout=settings.timeout_s,
             reconnect_timeout=settings.reconnect_timeout_s,
             kwargs={"connect_timeout": settings.connect_timeout_s, "application_name": "facesearch"},
-            check=psycopg_pool.ConnectionPool.check_connection,
             name="facesearch-store",
             open=False,
         )
@@ -130,7 +133,7 @@ class PgStore:
                 f"PostgreSQL store {where} holds {meta['d']}-d embeddings of model contract {meta['contract_id']}; "
                 f"the loaded model is {contract_id} ({d}-d): use a store of that model"
             )
-        return cls(conn_pool, dsn, meta)
+        return cls(conn_pool, dsn, meta, settings.timeout_s)
 
     def close(self) -> None:
         self._pool.close()
@@ -143,8 +146,30 @@ class PgStore:
 
     @contextmanager
     def _conn(self, what: str) -> Iterator[psycopg.Connection[Any]]:
-        with store_errors(f"PostgreSQL store {self.where}: {what}"), self._pool.connection() as conn:
-            yield conn
+        """A pooled connection for one unit of work (committed on success, rolled back on error)."""
+        with store_errors(f"PostgreSQL store {self.where}: {what}"):
+            conn = self._lend()
+            try:
+                with conn:
+                    yield conn
+            finally:
+                self._pool.putconn(conn)
+
+    def _lend(self) -> psycopg.Connection[Any]:
+        """A pooled connection that answers. One that does not (PostgreSQL restarted since it was made)
+        goes back to the pool, which closes and replaces it, and the next is tried at once: the pool's
+        own check would back off 1, 2, 4... s per dead connection, delaying recovery after a restart."""
+        deadline = time.monotonic() + self._timeout
+        while True:
+            conn = self._pool.getconn(timeout=max(0.001, deadline - time.monotonic()))
+            try:
+                psycopg_pool.ConnectionPool.check_connection(conn)
+            except psycopg.Error:
+                self._pool.putconn(conn)
+                if time.monotonic() >= deadline:
+                    raise
+                continue
+            return conn
 
     @contextmanager
     def _write(self, what: str) -> Iterator[psycopg.Connection[Any]]:
