@@ -271,6 +271,14 @@ class FaceSearchService:
         self.read_lane.close()
         self.write_lane.close()
 
+    def _raw_equivalent(self, floor: DecisionThreshold) -> float | None:
+        """The raw cosine threshold standing for the same per-comparison FMR as a normalised ``floor``
+        (calibration.json's; None without it): a raw threshold at or above it is no looser."""
+        raw = self.policy.raw
+        if floor.score_kind is ScoreKind.RAW or raw is None or floor.fmr is None:
+            return None
+        return float(raw.threshold_for_fmr(floor.fmr))
+
     def identify_threshold(self, state: GalleryState, query: IdentifyQuery) -> DecisionThreshold:
         """The request's threshold; one it sets must be at least as strict as the default (the floor)."""
         open_set = state.open_set
@@ -279,7 +287,7 @@ class FaceSearchService:
         t = self.policy.identify(asked, n, normalised=open_set.ready)
         if asked != ThresholdRequest(None, None, None):
             floor = self.policy.identify(ThresholdRequest(None, None, None), n, normalised=open_set.ready)
-            require_stricter(t, floor, "Identify")
+            require_stricter(t, floor, "Identify", raw_floor=self._raw_equivalent(floor))
         if not open_set.ready and self.policy.open_set is not None:
             t = dataclasses.replace(t, reason=f"{t.reason}; normalised scores unavailable ({open_set.failure})")
         return t
@@ -524,16 +532,21 @@ def passing(candidates: tuple[ScoredCandidate, ...], threshold: DecisionThreshol
     return tuple(c for c in candidates if matches(c.decision_score(threshold.score_kind), threshold.value))
 
 
-def require_stricter(asked: DecisionThreshold, floor: DecisionThreshold, call: str) -> None:
+def require_stricter(
+    asked: DecisionThreshold, floor: DecisionThreshold, call: str, *, raw_floor: float | None = None
+) -> None:
     """Refuse a threshold a request set that is looser than the server's default (``floor``).
 
-    Stricter means: on the same score, a value at or above the floor's; on different scores, a
+    Stricter means: on the same score, a value at or above the floor's; a raw cosine against a
+    normalised floor, at or above ``raw_floor`` (the cosine of the floor's FMR), or else a
     false-positive identification rate at or below the floor's (both calibrated). Anything that
     cannot be shown stricter is refused: the floor protects the gallery from enumeration.
     """
     eps = 1e-9
     if asked.score_kind is floor.score_kind:
         ok = asked.value >= floor.value - eps
+    elif asked.score_kind is ScoreKind.RAW and raw_floor is not None and asked.value >= raw_floor - eps:
+        ok = True
     else:
         ok = asked.fpir is not None and floor.fpir is not None and asked.fpir <= floor.fpir + eps
     if ok:
