@@ -50,7 +50,7 @@ Modules (and the tests that cover them):
 - ``storage_errors``: Storage failures as errors a caller can act on: a full or failing disk is
   UNAVAILABLE, not INTERNAL. Tests: ``tests/unit/test_journal_faults.py``.
 - ``store_location``: Where the identity store and change log live: ``FACESEARCH_STORE``, read in
-  this one place. Tests: through its callers.
+  this one place. Tests: ``tests/unit/test_store_location.py``.
 """
 
 from __future__ import annotations
@@ -158,6 +158,7 @@ from facesearch.store.store_location import (
     STORE_ENV,
     StoreKind,
     parse_store,
+    redact,
     require_postgres_driver,
     store_location,
 )
@@ -237,6 +238,7 @@ __all__ = [
     "read_erasures",
     "read_manifest",
     "read_records",
+    "redact",
     "repair",
     "request_key",
     "require_postgres_driver",
