@@ -142,6 +142,7 @@ class Reason(StrEnum):
     SCOPE_REQUIRED = auto(), _DENIED, "the caller's token or certificate lacks the scope the method needs (named)"
     CLIENT_NOT_MAPPED = auto(), _DENIED, "a client certificate subject with no scopes in FACESEARCH_TLS_CLIENT_SCOPES"
     METHOD_NOT_MAPPED = auto(), _DENIED, "a method with no entry in the server's method -> scope table"
+    MALFORMED_REQUEST = auto(), _INVALID, "request bytes that do not parse as the method's protobuf message"
 
     # service bounds (issue 13, helper B): fields, thresholds, streams
     FIELD_TOO_LONG = auto(), _INVALID, "a string, bytes or repeated field over its documented bound (named, with it)"

@@ -77,31 +77,57 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
             return None
         method = handler_call_details.method
         metadata = {k: v for k, v in (handler_call_details.invocation_metadata or ()) if isinstance(v, str)}
-        call = _Call(self, method, metadata)
-        de, ser = handler.request_deserializer, handler.response_serializer
-        # Every method is served request-streaming: the request is read only after admission.
+        call = _Call(self, method, metadata, handler.request_deserializer)
+        ser = handler.response_serializer
+        # Every method is served request-streaming, its requests as bytes: a request is read only after
+        # admission, and deserialised here (bytes that do not parse: INVALID_ARGUMENT, MALFORMED_REQUEST).
         if handler.unary_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(call.unary(handler.unary_unary, False), de, ser)
+            return grpc.stream_unary_rpc_method_handler(call.unary(handler.unary_unary, False), None, ser)
         if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(call.unary(handler.stream_unary, True), de, ser)
+            return grpc.stream_unary_rpc_method_handler(call.unary(handler.stream_unary, True), None, ser)
         if handler.unary_stream is not None:
-            return grpc.stream_stream_rpc_method_handler(call.streaming(handler.unary_stream, False), de, ser)
-        return grpc.stream_stream_rpc_method_handler(call.streaming(handler.stream_stream, True), de, ser)
+            return grpc.stream_stream_rpc_method_handler(call.streaming(handler.unary_stream, False), None, ser)
+        return grpc.stream_stream_rpc_method_handler(call.streaming(handler.stream_stream, True), None, ser)
 
 
-async def _single(requests: AsyncIterator[Any]) -> Any:
+def _decode(data: bytes, deserialize: Callable[[bytes], Any] | None, method: str) -> Any:
+    if deserialize is None:
+        return data
+    try:
+        return deserialize(data)
+    except Exception as err:  # protobuf's DecodeError, or whatever a generic handler's deserializer raises
+        raise InvalidInputError(
+            f"the request of {method} does not parse as its message type ({err})", reason=Reason.MALFORMED_REQUEST
+        ) from None
+
+
+async def _decoded(
+    raw: AsyncIterator[bytes], deserialize: Callable[[bytes], Any] | None, method: str
+) -> AsyncIterator[Any]:
+    async for data in raw:
+        yield _decode(data, deserialize, method)
+
+
+async def _single(raw: AsyncIterator[bytes], deserialize: Callable[[bytes], Any] | None, method: str) -> Any:
     """The one request message of a unary-request method."""
-    async for request in requests:
-        return request
-    raise InvalidInputError("the call carries no request message", reason=Reason.INVALID_ARGUMENT)
+    async for data in raw:
+        return _decode(data, deserialize, method)
+    raise InvalidInputError(f"the call of {method} carries no request message", reason=Reason.INVALID_ARGUMENT)
 
 
 class _Call:
     """One call's bookkeeping: wraps its behaviour with admission, error mapping and recording."""
 
-    def __init__(self, edge: EdgeInterceptor, method: str, metadata: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        edge: EdgeInterceptor,
+        method: str,
+        metadata: Mapping[str, str],
+        deserialize: Callable[[bytes], Any] | None,
+    ) -> None:
         self.edge = edge
         self.method = method
+        self.deserialize = deserialize
         self.metadata = metadata
         self.short = method.rsplit("/", 1)[-1]
         self.request_id = metadata.get("x-request-id") or uuid.uuid4().hex[:16]
@@ -116,7 +142,11 @@ class _Call:
                 self.principal = self.edge.admit(self.method, self.metadata, context)
                 token = bind_principal(self.principal)
                 try:
-                    request = requests if streaming_request else await _single(requests)
+                    request = (
+                        _decoded(requests, self.deserialize, self.short)
+                        if streaming_request
+                        else await _single(requests, self.deserialize, self.short)
+                    )
                     reply = behavior(request, context)
                     return await reply if inspect.isawaitable(reply) else reply
                 finally:
@@ -138,7 +168,11 @@ class _Call:
                 self.principal = self.edge.admit(self.method, self.metadata, context)
                 token = bind_principal(self.principal)
                 try:
-                    request = requests if streaming_request else await _single(requests)
+                    request = (
+                        _decoded(requests, self.deserialize, self.short)
+                        if streaming_request
+                        else await _single(requests, self.deserialize, self.short)
+                    )
                     replies = behavior(request, context)
                     if inspect.isawaitable(replies):  # writes with context.write itself (health Watch)
                         await replies

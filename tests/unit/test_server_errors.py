@@ -37,8 +37,15 @@ async def _ok(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
     return b"ok:" + request
 
 
+def _strict(data: bytes) -> bytes:
+    if not data.isalpha():
+        raise ValueError("not letters")
+    return data.upper()
+
+
 SCOPES: dict[str, Scope | None] = {
     "/test.Svc/Fail": Scope.IDENTIFY,
+    "/test.Svc/Parse": Scope.IDENTIFY,
     "/test.Svc/Ok": Scope.IDENTIFY,
     "/grpc.health.v1.Health/Ok": None,
 }
@@ -50,7 +57,11 @@ def _run(
     async def scenario() -> list[tuple[grpc.StatusCode, str, str | None]]:
         metrics = Metrics()
         server = grpc.aio.server(interceptors=[EdgeInterceptor(metrics, auth, access_log=True, scopes=SCOPES)])
-        handlers = {"Fail": grpc.unary_unary_rpc_method_handler(_fail), "Ok": grpc.unary_unary_rpc_method_handler(_ok)}
+        handlers = {
+            "Fail": grpc.unary_unary_rpc_method_handler(_fail),
+            "Ok": grpc.unary_unary_rpc_method_handler(_ok),
+            "Parse": grpc.unary_unary_rpc_method_handler(_ok, request_deserializer=_strict),
+        }
         server.add_generic_rpc_handlers(
             (
                 grpc.method_handlers_generic_handler("test.Svc", handlers),
@@ -117,3 +128,10 @@ def test_bearer_tokens(tmp_path: Path) -> None:
     assert got[2] == (grpc.StatusCode.OK, "ok:c", None)
     assert got[3][0] == grpc.StatusCode.UNAUTHENTICATED
     assert got[4] == (grpc.StatusCode.OK, "ok:e", None)
+
+
+def test_a_request_that_does_not_parse_is_invalid_argument() -> None:
+    got = _run(None, [("/test.Svc/Parse", b"abc", ()), ("/test.Svc/Parse", b"\xff\x00", ())])
+    assert got[0] == (grpc.StatusCode.OK, "ok:ABC", None)  # the edge deserialises with the handler's deserializer
+    assert got[1][0] == grpc.StatusCode.INVALID_ARGUMENT and got[1][2] == "facesearch.v1/MALFORMED_REQUEST"
+    assert "Parse does not parse" in got[1][1]
