@@ -19,6 +19,7 @@ from facesearch.store.index_artifact import INDEX_FILE, current_version
 from facesearch.store.live_journal import LiveIdentity, LiveJournal, NewFace
 from indexer.main import parser
 from indexer.publish import locked
+from tests.pg_fixtures import *  # noqa: F403 - pg_dsn: the db subcommand against a real PostgreSQL
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +50,7 @@ def _npz(path: Path, n: int, seed: int, prefix: str, contract: str = CONTRACT) -
     return path
 
 
-def test_every_subcommand_exits_0_1_or_2_as_documented(tmp_path: Path) -> None:
+def test_every_subcommand_exits_0_1_or_2_as_documented(tmp_path: Path, pg_dsn: str) -> None:
     root = tmp_path / "root"
     a = _npz(tmp_path / "a.npz", 60, 1, "a")
     b = _npz(tmp_path / "b.npz", 30, 2, "b")
@@ -127,6 +128,12 @@ def test_every_subcommand_exits_0_1_or_2_as_documented(tmp_path: Path) -> None:
     expect(1, "audit", "list", tmp_path / "nowhere")  # no audit log
     expect(2, "audit", "list", root, "--since", "yesterday")
     expect(2, "audit")
+
+    expect(1, "db", "status", "--store", pg_dsn)  # not migrated yet (helper E, issue 14)
+    expect(0, "db", "migrate", "--store", pg_dsn)
+    expect(0, "db", "status", "--store", pg_dsn)
+    expect(2, "db", "status", "--store", "mysql://somewhere/db")  # not a PostgreSQL URL
+    expect(2, "db")
 
     vdir = root / str(current_version(root))
     raw = bytearray((vdir / INDEX_FILE).read_bytes())
