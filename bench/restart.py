@@ -20,6 +20,18 @@ compaction's swap does): the install time and the longest an enrollment waited.
     nice -n 10 .venv/bin/python bench/restart.py --old /tmp/old --base-faces 100000 --live 1000 4000 20000
 
 Results: ``bench/results/restart.md``. The "before" runs are stopped at ``--before-cap`` seconds.
+
+``--checkpoints`` (no ``--old``) measures this tree only, with open-set checkpoints
+(:mod:`server.open_set_checkpoint`), for each live size N on one published index:
+
+1. a restart with no checkpoint (the whole live delta replayed), which then writes one (timed);
+2. ``--after`` more changes appended to the journal (new identities of 2 faces: what a kill -9
+   finds after a checkpoint, at most about ``LiveCheckpoints.EVERY``), then a restart on the
+   checkpoint (replaying only those), which writes a new checkpoint;
+3. a restart on that checkpoint with nothing after it (a clean shutdown writes one).
+
+    nice -n 10 .venv/bin/python bench/restart.py --checkpoints --base-faces 1000000 --live 10000 100000 \
+        --work /dev/shm/restart-bench --out bench/results/restart_checkpoints.md
 """
 
 from __future__ import annotations
@@ -102,6 +114,67 @@ def child_journal(root: Path, live: Path, n: int) -> dict[str, object]:
     high = journal.high_water()
     journal.close()
     return {"changes": high}
+
+
+def child_more(live: Path, n: int, seed: int) -> dict[str, object]:
+    """Append ``n`` new identities of 2 faces to the journal (changes after a checkpoint)."""
+    import numpy as np
+
+    from facesearch.evaluation.synthetic import FaceEmbeddingModel, SyntheticGallery, default_model_path
+    from facesearch.store.live_journal import LiveIdentity, LiveJournal, NewFace
+
+    g = SyntheticGallery(FaceEmbeddingModel.load(default_model_path()), 2 * n + 64, 2.0, seed=seed).materialize()
+    groups: dict[int, list[np.ndarray]] = {}
+    for e, i in zip(g.embeddings, g.identities, strict=True):
+        groups.setdefault(int(i), []).append(e)
+    journal = LiveJournal.open(live, contract_id=CONTRACT, d=D)
+    for label in sorted(groups)[:n]:
+        faces = [NewFace(v.astype(np.float32), None, None, None, None, None) for v in groups[label][:2]]
+        journal.enroll(LiveIdentity(f"more-{seed}-{label}", 0, False, None, {}, 1.0, 1.0), faces)
+    high = journal.high_water()
+    journal.close()
+    return {"changes": high}
+
+
+def child_checkpointed_restart(root: Path, live: Path) -> dict[str, object]:
+    """Time to SERVING (using a checkpoint when there is one), then the time to write a new one."""
+    import logging
+
+    import faiss
+
+    from facesearch.store.live_journal import LiveJournal
+    from server.base_index import BaseIndex
+    from server.gallery import Gallery
+
+    logging.basicConfig(level=logging.WARNING)
+    faiss.omp_set_num_threads(1)
+    t0 = time.perf_counter()
+    journal = LiveJournal.open(live, contract_id=CONTRACT, d=D)
+    t1 = time.perf_counter()
+    base = BaseIndex.load(root, contract_id=CONTRACT)
+    gallery = Gallery(journal, D)
+    gallery.checkpoints.delay_s = 3600.0  # written below, timed, not by the thread
+    t2 = time.perf_counter()
+    gallery.install(base)  # loads the version's own open-set statistics only when no checkpoint is used
+    t3 = time.perf_counter()
+    state = gallery.state
+    assert state is not None
+    out: dict[str, object] = {
+        "journal_open_s": t1 - t0,
+        "load_s": t2 - t1,
+        "install_s": t3 - t2,
+        "serving_s": t3 - t0,
+        "identities": state.open_set.gallery_size,
+        "live_faces": state.live.alive_count,
+        "high_water": state.live.high_water,
+    }
+    t4 = time.perf_counter()
+    assert gallery.checkpoints.write_now()
+    out["checkpoint_write_s"] = time.perf_counter() - t4
+    out["checkpoint_mb"] = (live / "open_set_checkpoint.npz").stat().st_size / 1e6
+    gallery.checkpoints.close()
+    journal.close()
+    return out
 
 
 def child_restart(root: Path, live: Path, swap: bool) -> dict[str, object]:
@@ -199,6 +272,10 @@ def main() -> int:
     ap.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--swap", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--checkpoints", action="store_true", help="this tree only, with open-set checkpoints")
+    ap.add_argument("--after", type=int, default=1000, help="changes after the checkpoint (--checkpoints)")
+    ap.add_argument("--full-cap", type=float, default=1800.0, help="seconds before a full replay is stopped")
+    ap.add_argument("--seed", type=int, default=7, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child == "build":
         print(json.dumps(child_build(args.root, args.n)))
@@ -209,6 +286,14 @@ def main() -> int:
     if args.child == "restart":
         print(json.dumps(child_restart(args.root, args.dir, args.swap)))
         return 0
+    if args.child == "more":
+        print(json.dumps(child_more(args.dir, args.n, args.seed)))
+        return 0
+    if args.child == "checkpointed":
+        print(json.dumps(child_checkpointed_restart(args.root, args.dir)))
+        return 0
+    if args.checkpoints:
+        return checkpoint_runs(args)
 
     if args.old is None:
         ap.error("--old is required (a worktree of the reference commit)")
@@ -237,6 +322,96 @@ def main() -> int:
         rows.append((n, made, results))
     write_report(args, built, rows, ref.stdout.strip())
     return 0
+
+
+def checkpoint_runs(args: argparse.Namespace) -> int:
+    sys.path.insert(0, str(REPO))
+    work = args.work or Path(tempfile.mkdtemp(prefix="restart-bench-"))
+    root = work / "index"
+    if (root / "CURRENT").is_file():
+        built = json.loads((work / "built.json").read_text())
+    else:
+        built = run_child(REPO, "build", ["--root", str(root), "--n", str(args.base_faces)], timeout=7200)
+        assert built is not None
+        (work / "built.json").write_text(json.dumps(built))
+    print(f"base index: {built}", flush=True)
+    rows = []
+    for n in args.live:
+        journal = work / f"journal-{n}"
+        if not journal.is_dir():
+            t0 = time.perf_counter()
+            run_child(REPO, "journal", ["--root", str(root), "--dir", str(journal), "--n", str(n)], timeout=7200)
+            print(f"journal {n}: written in {time.perf_counter() - t0:.0f}s", flush=True)
+        copy = work / f"ckpt-run-{n}"
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(journal, copy)
+        common = ["--root", str(root), "--dir", str(copy)]
+        full = run_child(REPO, "checkpointed", common, timeout=args.full_cap)
+        print(f"live {n}: full replay {full}", flush=True)
+        after = on_ckpt = None
+        if full is not None:
+            more = ["--dir", str(copy), "--n", str(args.after), "--seed", str(100 + n % 97)]
+            run_child(REPO, "more", more, timeout=3600)
+            after = run_child(REPO, "checkpointed", common, timeout=args.full_cap)
+            print(f"live {n}: checkpoint + {args.after} changes {after}", flush=True)
+            on_ckpt = run_child(REPO, "checkpointed", common, timeout=args.full_cap)
+            print(f"live {n}: checkpoint, nothing after it {on_ckpt}", flush=True)
+        rows.append((n, full, after, on_ckpt))
+    write_checkpoint_report(args, built, rows)
+    return 0
+
+
+def write_checkpoint_report(args: argparse.Namespace, built: dict[str, object], rows: list) -> None:
+    from bench.common import machine, table
+
+    def cell(result: dict[str, object] | None, key: str, cap: float | None = None) -> str:
+        if result is None:
+            return f"> {cap:.0f} (stopped)" if cap else "(not run)"
+        return f"{float(result[key]):.2f}"  # type: ignore[arg-type]
+
+    lines = [
+        "# Restart with a live journal and open-set checkpoints (bench/restart.py --checkpoints)",
+        "",
+        f"    nice -n 10 .venv/bin/python bench/restart.py --checkpoints --base-faces {args.base_faces} "
+        f"--live {' '.join(map(str, args.live))} --after {args.after} --work {args.work} --out {args.out}",
+        "",
+        f"This tree only ({machine()}, shared with other jobs), one process per run, FAISS at 1 thread (the "
+        f"server's default). Published index: {built['ntotal']:,} synthetic faces, {built['identities']:,} "
+        f"identities, {built['factory']}, with its open_set.npz. Live journal: N new identities of 2 faces, N/20 "
+        "faces added to published identities, N/50 published identities deleted. Files under the --work folder.",
+        "",
+        "Time to SERVING = journal open + version load + install (the replay), seconds: (1) no checkpoint, the "
+        f"whole delta replayed; (2) on the checkpoint that run wrote, plus {args.after:,} new identities "
+        "appended after it (what a kill -9 finds: the server writes one every ~1,000 changes, after every "
+        "install and at shutdown); (3) on the checkpoint run (2) wrote, nothing after it (a clean restart).",
+        "",
+    ]
+    body = [
+        [
+            f"{n:,}",
+            cell(full, "serving_s", args.full_cap),
+            cell(full, "install_s", args.full_cap),
+            cell(full, "checkpoint_write_s"),
+            f"{float(full['checkpoint_mb']):.0f}" if full else "",
+            cell(after, "serving_s"),
+            cell(after, "install_s"),
+            cell(on_ckpt, "serving_s"),
+        ]
+        for n, full, after, on_ckpt in rows
+    ]
+    header = [
+        "live identities",
+        "(1) no checkpoint: to SERVING",
+        "(1) install",
+        "checkpoint write",
+        "checkpoint MB",
+        f"(2) checkpoint + {args.after:,}: to SERVING",
+        "(2) install",
+        "(3) checkpoint only: to SERVING",
+    ]
+    lines += [table(body, header), ""]
+    args.out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 def write_report(args: argparse.Namespace, built: dict[str, object], rows: list, ref: str) -> None:  # type: ignore[type-arg]

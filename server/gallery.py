@@ -51,6 +51,7 @@ import faiss
 import numpy as np
 
 from facesearch.errors import AlreadyExistsError, FaceSearchError, InvalidInputError, NotFoundError, Reason
+from facesearch.scoring.gallery_stats import GalleryOpenSet
 from facesearch.store.audit_log import AuditLog, AuditOp
 from facesearch.store.erasure_ledger import ErasureLedger
 from facesearch.store.identity_store import StoredFace, StoredIdentity
@@ -69,6 +70,7 @@ from server.base_index import BaseIndex
 from server.config import ServerConfig
 from server.erasures import record_face_erasure, record_identity_erasure, refuse_erased
 from server.live_state import LiveState, LiveView
+from server.open_set_checkpoint import LiveCheckpoints, Taken, copy_of, key_for
 from server.open_set_state import OpenSetState
 from server.open_set_upkeep import OpenSetParams, OpenSetUpkeep, load_base_open_set
 from server.principal import current_principal
@@ -552,8 +554,22 @@ class Gallery:
                 "FACESEARCH_ENROLL_IMPLICIT_APPEND is on: Enroll adds faces to an existing identity without "
                 "append (the behaviour before the flag, for old clients); turn it off once clients set append"
             )
+        # D2: checkpoints of the open-set statistics, so a restart replays only the changes after one
+        self.checkpoints = LiveCheckpoints(journal.dir, self._checkpoint_copy)
+
+    def _checkpoint_copy(self) -> Taken | None:
+        """D2: a copy of the served statistics for a checkpoint (server.open_set_checkpoint)."""
+        with self._write:
+            state = self._state
+            if state is None or not state.open_set.ready:
+                return None
+            key = key_for(state.base, self.journal.journal_id, self.open_set)
+            with state.open_set.lock:
+                data = copy_of(state.open_set.data)
+            return Taken(key, state.live.high_water, data, self.checkpoints.erasures)
 
     def close(self) -> None:
+        self.checkpoints.close(final=True)
         self._closing.set()
         self._requests.close()
         if self.audit is not None:
@@ -688,6 +704,10 @@ class Gallery:
                 if cut:
                     self._retain_while_serving(base)
                 held = time.perf_counter() - t1
+            if state.live.high_water > cut:  # D2: live changes on top of the version: checkpoint them
+                self.checkpoints.request()
+            else:  # nothing to replay on this version: a checkpoint of another would only hold stale data
+                self.checkpoints.drop()
         log.info(
             "serving index %s + %d live faces, %d tombstones (journal seq %d..%d): built and replayed in %.2fs, "
             "then writes waited %.3fs for %d change(s) made meanwhile",
@@ -705,22 +725,31 @@ class Gallery:
         """A state of ``base`` plus ``snap``, its statistics replayed in bulk (:meth:`OpenSetUpkeep.changed`)."""
         live = LiveState(self.d, _in_base(base), _contains(base), _identity_of(base))
         live.load(snap)
-        if base is not None:
+        key = key_for(base, self.journal.journal_id, self.open_set)  # D2: a checkpoint replaces most of the replay
+        restored = self.checkpoints.restore(key, at_least=0, at_most=snap.high_water)
+        if restored is not None:
+            data: GalleryOpenSet | None = restored[0]
+            if base is not None:
+                base.open_set = None
+            touched = _touched_after(snap, restored[1]) | set(base.hidden_identities if base else ())
+        elif base is not None:
             self.base_open_set(base)
             data, base.open_set = base.open_set, None  # taken over: the state keeps it current
         else:
             data = None
         state = GalleryState(base, live, OpenSetState(data or self.open_set.empty(self.d)))
-        touched = _touched(snap) | set(live.base_tombstones) | set(base.hidden_identities if base else ())
+        if restored is None:
+            touched = _touched(snap) | set(live.base_tombstones) | set(base.hidden_identities if base else ())
         t0 = time.perf_counter()
         state.upkeep.changed(touched)
         log.info(
-            "open-set statistics: %d identities (k=%d, rule %s); %d touched by live changes replayed in %.2fs",
+            "open-set statistics: %d identities (k=%d, rule %s); %d touched by live changes replayed in %.2fs%s",
             state.open_set.gallery_size,
             state.open_set.k,
             state.open_set.rule,
             len(touched),
             time.perf_counter() - t0,
+            f" (on the checkpoint at journal seq {restored[1]})" if restored is not None else "",
         )
         return state
 
@@ -838,6 +867,7 @@ class Gallery:
             in_base = state.base is not None and state.base.store.find_identity(identity_id) is not None
             state.live.enroll(row, live_faces, np.stack([f.embedding for f in faces]), in_base)
             state.upkeep.changed([identity_id])
+            self.checkpoints.changed()  # D2
             self._prune_audit()
             ids = iter(face_id(v) for v in vids.tolist())
             done = tuple(replace(i, face_id=next(ids)) if i.accepted else i for i in images)
@@ -853,6 +883,7 @@ class Gallery:
             base_ids, live_ids = state.face_vector_ids(identity_id)
             doomed = [*base_ids.tolist(), *live_ids.tolist()]
             record_identity_erasure(self.ledger, state, identity_id, doomed, principal=who)  # before the journal
+            self.checkpoints.erased()  # D2: no checkpoint keeps the subject's template
             audit_seq = self._record(
                 AuditOp.DELETE_IDENTITY, identity_id, len(doomed), who, "DeleteIdentity", erased=True
             )
@@ -883,6 +914,7 @@ class Gallery:
                 raise NotFoundError(f"faces do not exist: {', '.join(missing[:10])}", reason=Reason.FACE_NOT_FOUND)
             identity_ids = [o for o in owners if o is not None]
             record_face_erasure(self.ledger, state, vids, identity_ids, principal=who)  # before the journal and the OK
+            self.checkpoints.erased()  # D2: no checkpoint keeps the erased faces in a template
             audit_seqs = [
                 self._record(AuditOp.DELETE_FACES, owner, n, who, "DeleteFaces")
                 for owner, n in Counter(identity_ids).items()
@@ -924,6 +956,13 @@ def _catch_up(state: GalleryState, delta: JournalSnapshot) -> None:
     """Apply journal changes made after a state's snapshot to it (live state and statistics)."""
     state.live.load(delta)
     state.upkeep.changed(_touched(delta))
+
+
+def _touched_after(snap: JournalSnapshot, seq: int) -> set[str]:
+    """D2: identities whose faces a snapshot's changes after ``seq`` change (a checkpoint holds the rest)."""
+    return {i.identity_id for i in snap.identities if i.seq > seq} | {
+        t.identity_id for t in snap.tombstones if t.identity_id and t.seq > seq
+    }
 
 
 def _touched(snap: JournalSnapshot) -> set[str]:

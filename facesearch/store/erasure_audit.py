@@ -11,7 +11,8 @@ none does. What is looked at:
 * the live journal(s) under the live directory (``ROOT/live`` by default, and ``contracts/*``): rows
   naming the identity (its state, live faces, tombstones), and every ``vectors-*`` file holding
   one of its live faces' vector ids (an embedding record);
-* the server's caches of computed open-set statistics (``LIVE_DIR/open_set/*.npz``: templates by id);
+* the server's caches of computed open-set statistics (``LIVE_DIR/open_set/*.npz``: templates by id)
+  and its checkpoint of the live statistics (``open_set_checkpoint.npz`` in each journal directory);
 * leftovers of killed jobs: ``.trash-*`` (a prune that stopped), ``.staging-*`` (a job that
   stopped before publishing) and ``.work`` (an unfinished build's embeddings): anything may be in
   them, so they count against every subject until ``facesearch-index prune`` deletes them;
@@ -156,6 +157,9 @@ def erase_status(
         _audit_journal(directory, digester, live_vids, (hold, hold_identity), report.unverified, root)
     for cache in sorted((live_dir / "open_set").glob("*.npz")) if (live_dir / "open_set").is_dir() else []:
         _audit_open_set(cache, digester, hold_identity, "cached open-set statistics: templates")
+    for directory in _journal_dirs(live_dir):  # the server's checkpoint of its statistics (server.open_set_checkpoint)
+        if (checkpoint := directory / "open_set_checkpoint.npz").is_file():
+            _audit_open_set(checkpoint, digester, hold_identity, "open-set checkpoint: templates")
     for pattern in LEFTOVER_PATTERNS:
         for leftover in sorted(root.glob(pattern)):
             for subject in subjects:
