@@ -259,7 +259,7 @@ class ServerConfig:
     def security_warnings(self) -> tuple[str, ...]:
         """What makes this server unsafe on the network, in words (logged at start, in GetStats)."""
         out = []
-        auth = self.auth_tokens_file is not None or self.tls_client_scopes is not None
+        auth = self.auth_tokens_file is not None or self.tls_client_ca is not None  # tokens, or client certificates
         if not is_loopback(self.listen):
             if not self.tls:
                 out.append(
@@ -269,7 +269,7 @@ class ServerConfig:
             if not auth:
                 out.append(
                     f"gRPC on {self.listen} is reachable from the network without authentication "
-                    "(FACESEARCH_AUTH_TOKENS_FILE or FACESEARCH_TLS_CLIENT_SCOPES): anyone who can connect may "
+                    "(FACESEARCH_AUTH_TOKENS_FILE or FACESEARCH_TLS_CLIENT_CA): anyone who can connect may "
                     "identify, enroll, list and delete"
                 )
             elif self.auth_tokens_file is not None and not self.tls:

@@ -212,3 +212,13 @@ def test_plaintext_tokens_off_loopback_are_refused_and_warnings_say_why(tmp_path
     warnings = open_server.security_warnings()
     assert len(warnings) == 3 and "without TLS" in warnings[0] and "without authentication" in warnings[1]
     assert "metrics" in warnings[2]
+
+
+def test_tls_with_client_certificates_on_the_network_has_no_warning(tmp_path: Path) -> None:
+    for name in ("cert", "key", "ca"):
+        (tmp_path / name).write_text("pem")
+    base = {"bundle": tmp_path, "index_root": tmp_path, "live_dir": tmp_path, "listen": "0.0.0.0:50051"}
+    tls = {"tls_cert": tmp_path / "cert", "tls_key": tmp_path / "key"}
+    assert ServerConfig(**base, **tls, tls_client_ca=tmp_path / "ca").security_warnings() == ()  # type: ignore[arg-type]
+    (only,) = ServerConfig(**base, **tls).security_warnings()  # type: ignore[arg-type]
+    assert "without authentication" in only
