@@ -79,7 +79,9 @@ def test_refused_maximum_size_calls_do_not_grow_the_server(token_server: ServerP
         ):
             codes: list[grpc.StatusCode] = []
 
-            def call(i: int, metadata: tuple[tuple[str, str], ...] = metadata, codes: list = codes) -> None:  # type: ignore[type-arg]
+            def call(
+                i: int, metadata: tuple[tuple[str, str], ...] = metadata, codes: list[grpc.StatusCode] = codes
+            ) -> None:
                 try:
                     channels[i % 4].unary_unary("/facesearch.v1.FaceSearch/Identify")(
                         request, metadata=metadata, timeout=120

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool
+from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
@@ -17,6 +18,7 @@ from facesearch.errors import InvalidInputError, PermissionDeniedError, Precondi
 from server.app import main as server_main
 from server.auth import (
     Authenticator,
+    TokenTable,
     WatchedFile,
     digest_of,
     parse_client_scopes,
@@ -29,7 +31,7 @@ from server.principal import ANONYMOUS, IMPLIED_BY_ADMIN, Principal, Scope
 from server.reflection import v1_service_descriptor
 
 
-def _tokens(path: Path) -> WatchedFile:  # type: ignore[type-arg]
+def _tokens(path: Path) -> WatchedFile[TokenTable]:
     return WatchedFile(path, lambda text: parse_token_file(text, where=str(path)), "token file")
 
 
@@ -119,7 +121,7 @@ def test_authenticator_tokens_and_client_certificates(tmp_path: Path) -> None:
         parse_client_scopes("lonely\n", where="clients")
 
 
-def _registered() -> list:  # type: ignore[type-arg]
+def _registered() -> list[ServiceDescriptor]:
     return [
         pb.DESCRIPTOR.services_by_name["FaceSearch"],
         health_pb2.DESCRIPTOR.services_by_name["Health"],
