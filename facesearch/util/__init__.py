@@ -7,17 +7,31 @@ api) > reasons.
 
 Modules (and the tests that cover them):
 
-- ``failpoints``: Failpoints: make a named write site fail on purpose, to test what a full or
-  failing disk does. Tests: ``tests/unit/test_lock_failpoints.py``.
+- ``cancel``: Cooperative cancellation: a deadline plus a cancel flag, checked by the thread doing
+  the work. Tests: ``tests/unit/test_server_bounds.py``.
+- ``failpoints``: Failpoints: make a named write site fail (or the process die) on purpose, to test
+  what a full or failing disk, or a crash at exactly that point, does. Tests:
+  ``tests/integration/test_crash_points.py``, ``tests/unit/test_lock_failpoints.py``.
 - ``fs``: Files that readers see whole or not at all: the one atomic writer, the one pointer switch,
   whole directory replacement, and file digests. Tests:
-  ``tests/integration/test_server_erasure.py``, ``tests/unit/test_fs.py``.
+  ``tests/integration/test_server_erasure.py``, ``tests/unit/test_fs.py``,
+  ``tests/unit/test_lock_failpoints.py``.
 - ``lock``: Single-writer locks: an exclusive ``flock`` on a lock file that names its holder. Tests:
   ``tests/unit/test_lock_failpoints.py``.
 """
 
 from __future__ import annotations
 
+from facesearch.util.cancel import (
+    AllCancelled,
+    Cancelled,
+    CancelToken,
+    Checkpoint,
+    DeadlineExceeded,
+    WorkStopped,
+    checkpoint,
+)
+from facesearch.util.failpoints import Operation
 from facesearch.util.fs import (
     atomic_path,
     fsync_dir,
@@ -36,9 +50,17 @@ from facesearch.util.lock import (
 )
 
 __all__ = [
+    "AllCancelled",
+    "CancelToken",
+    "Cancelled",
+    "Checkpoint",
+    "DeadlineExceeded",
     "FileLock",
     "LockHeldError",
+    "Operation",
+    "WorkStopped",
     "atomic_path",
+    "checkpoint",
     "fsync_dir",
     "fsync_path",
     "hold",
