@@ -97,6 +97,7 @@ def dispatch(args: argparse.Namespace) -> int:
             )
         ledger, audit = _open(args.root)
         with ledger, audit:
+            audit.pseudonymise_erased(ledger.current().subjects.keys())  # an erasure a crash interrupted
             n = audit.prune(older_than_days=args.older_than_days)
             left = audit.count()
         print(f"facesearch-index audit prune: deleted {n} rows older than {args.older_than_days:g} days; {left} kept")

@@ -546,6 +546,7 @@ class Gallery:
         self._enrolled = 0  # enrollments written since the last expiry of request ids
         self._audit_pruned = 0.0
         self._prune_audit()
+        self._finish_erasures()
         self._closing = threading.Event()
         if audit is not None:  # pruned hourly even when no write comes
             threading.Thread(target=self._audit_upkeep, name="audit-prune", daemon=True).start()
@@ -641,6 +642,18 @@ class Gallery:
     def _failed(self, seq: int | None) -> None:
         if seq is not None and self.audit is not None:
             self.audit.failed(seq)
+
+    def _finish_erasures(self) -> None:
+        """Pseudonymise audit rows of identities the ledger holds erased (a crash between the two writes)."""
+        if self.audit is None or self.ledger is None:
+            return
+        try:
+            n = self.audit.pseudonymise_erased(self.ledger.current().subjects.keys())
+        except (FaceSearchError, sqlite3.Error) as err:
+            log.warning("audit log: erased identities not pseudonymised (retried at the next start): %s", err)
+            return
+        if n:
+            log.warning("audit log: %d rows of erased identities pseudonymised (an erasure interrupted)", n)
 
     def _prune_audit(self) -> None:
         """Delete audit rows past the retention, at most every AUDIT_PRUNE_EVERY_S (best effort)."""

@@ -20,7 +20,9 @@ Erasure
     command-line removal) rewrites every row of it to keep only ``subject``, the erasure ledger's
     keyed digest of the id (:class:`facesearch.store.erasure_ledger.Digester`), and records the
     erasure itself that way; the rewrite zeroes the old bytes (``secure_delete``) and checkpoints
-    the write-ahead log, so no copy of the id is left in the file. Whoever knows the id can still
+    the write-ahead log, so no copy of the id is left in the file. The ledger is written first: if a
+    crash falls between the two, :meth:`AuditLog.pseudonymise_erased` (run by the server at start
+    and by ``facesearch-index audit prune``) finishes the rewrite. Whoever knows the id can still
     find those rows (:meth:`AuditLog.entries` with ``identity`` matches the digest too).
 
 Bounds
@@ -36,7 +38,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -194,6 +196,19 @@ class AuditLog:
             ).rowcount
         self._checkpoint()
         return int(n)
+
+    def pseudonymise_erased(self, subjects: Collection[str]) -> int:
+        """Pseudonymise every identity whose digest is in ``subjects`` (the ledger's erased ones) and
+        whose rows still name it: what a crash between an erasure's ledger record and its audit row
+        left behind. Costs one digest per distinct identity id named in the log; returns the rows changed."""
+        if not subjects:
+            return 0
+        with self._lock:
+            named = [
+                r[0]
+                for r in self._conn.execute("SELECT DISTINCT identity_id FROM entries WHERE identity_id IS NOT NULL")
+            ]
+        return sum(self.pseudonymise(i) for i in named if self.digester.subject(i) in subjects)
 
     def failed(self, seq: int) -> None:
         """Mark row ``seq`` failed (its change did not commit); best effort."""

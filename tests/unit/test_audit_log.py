@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from facesearch.store.audit_log import AUDIT_FILE, AuditLog, AuditOp
-from facesearch.store.erasure_ledger import ErasureLedger
+from facesearch.store.erasure_ledger import ErasureKind, ErasureLedger
 from facesearch.store.journal_db import (
     connect,
     count_requests,
@@ -71,6 +71,21 @@ def test_erasure_keeps_only_the_digest_everywhere(log: AuditLog, tmp_path: Path)
     assert log.entries(identity_id="Other_Subject")[0].identity_id is None
 
 
+def test_an_erasure_interrupted_before_its_audit_row_is_finished_at_start(log: AuditLog, tmp_path: Path) -> None:
+    log.record(AuditOp.ENROLL, "Crashed_Erasure", principal="p", faces=1, via="Enroll")
+    log.record(AuditOp.ENROLL, "Still_Here", principal="p", faces=1, via="Enroll")
+    with ErasureLedger.open(tmp_path) as ledger:  # the ledger has it, the audit log was never told
+        ledger.record(ErasureKind.IDENTITY, "Crashed_Erasure", [], via="DeleteIdentity")
+        journal = LiveJournal.open(tmp_path / "live", contract_id="m:1", d=8)
+        try:
+            gallery = Gallery(journal, 8, ledger=ledger, audit=log)
+            assert [r.identity_id for r in log.entries()] == [None, "Still_Here"]
+            assert not [f.name for f in tmp_path.glob(AUDIT_FILE + "*") if b"Crashed_Erasure" in f.read_bytes()]
+            gallery.close()
+        finally:
+            journal.close()
+
+
 def test_retention_pruning_by_the_log_and_by_a_starting_gallery(log: AuditLog, tmp_path: Path) -> None:
     old = log.record(AuditOp.ENROLL, "old", principal="p", via="Enroll")
     log.record(AuditOp.ENROLL, "new", principal="p", via="Enroll")
@@ -84,7 +99,7 @@ def test_retention_pruning_by_the_log_and_by_a_starting_gallery(log: AuditLog, t
     try:  # a server's gallery prunes at start, by its retention setting
         gallery = Gallery(journal, 8, audit=log, settings=WriteSettings(audit_retention_days=5))
         assert [r.identity_id for r in log.entries()] == ["new"]
-        gallery._requests.close()
+        gallery.close()
     finally:
         journal.close()
 
