@@ -17,6 +17,10 @@ Modules (and the tests that cover them; all run against a real PostgreSQL that t
   ``tests/integration/test_pg_store.py``, ``tests/integration/test_pg_faults.py``.
 - ``failures``: PostgreSQL errors as ``STORE_UNAVAILABLE`` / ``STORE_OUTCOME_UNKNOWN``. Tests:
   ``tests/integration/test_pg_faults.py``.
+- ``ledger``: :class:`PgLedger`: the erasure ledger (same records and HMAC digests as
+  ``facesearch.store.erasure_ledger``) and the audit log, written in the deletion's own transaction.
+  Tests: ``tests/integration/test_pg_store.py``.
+- ``sql``: the statements the store's transactions run, and row decoding. Tests: through its callers.
 - ``records``: the result types. Tests: through its callers.
 - Commands: ``facesearch-index db migrate|status --store URL`` (``indexer/db_commands.py``).
 
@@ -82,7 +86,8 @@ from __future__ import annotations
 from facesearch.store.postgres.listener import ChangeListener, Wake
 from facesearch.store.postgres.migrations import LATEST, MIGRATIONS, Migration, MigrationReport, check_schema, migrate
 from facesearch.store.postgres.records import AuditEntry, Change, ChangeKind, Deleted, Enrolled, PoolSettings
-from facesearch.store.postgres.store import APPEND_LOCK, NOTIFY_CHANNEL, PgStore
+from facesearch.store.postgres.sql import APPEND_LOCK, NOTIFY_CHANNEL
+from facesearch.store.postgres.store import PgStore
 
 __all__ = [
     "APPEND_LOCK",

@@ -26,7 +26,7 @@ from typing import Any
 import psycopg
 
 from facesearch.store.postgres.failures import is_transient
-from facesearch.store.postgres.store import NOTIFY_CHANNEL
+from facesearch.store.postgres.sql import NOTIFY_CHANNEL
 from facesearch.store.store_location import redact
 
 __all__ = ["ChangeListener", "Wake"]
