@@ -355,7 +355,7 @@ class FaceSearchService:
             require_stricter(threshold, self.policy.verify(None, None), "Verify")
         state = self.state() if query.identity_id is not None else None
         if state is not None and query.identity_id is not None:
-            await self._io(state.require, query.identity_id)
+            await self.read_lane.run(deadline, functools.partial(state.require, query.identity_id))
         reference: AnalyzedPhoto | None = None
         surveys = [self.engine.survey(query.image)]
         if query.reference_image is not None:
@@ -376,7 +376,7 @@ class FaceSearchService:
             sim = float(np.dot(face.embedding, ref.embedding))
             return VerifyResult(verify_decision(sim, threshold), sim, threshold, face, ref, "")
         assert state is not None and query.identity_id is not None
-        vids, embeddings = await self._io(state.embeddings_of, query.identity_id)
+        vids, embeddings = await self.read_lane.run(deadline, functools.partial(state.embeddings_of, query.identity_id))
         if len(vids) == 0:
             return VerifyResult(VerifyDecision.NO_FACE_IN_REFERENCE, 0.0, threshold, face, None, "")
         sims = embeddings @ face.embedding
