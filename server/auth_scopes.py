@@ -2,7 +2,9 @@
 
 The server checks the table against the descriptors of the services it registers before it starts
 (:func:`check_table`) and refuses to start when a method has no entry, so a method added to the proto
-cannot be served without a decision here. An entry of ``None`` is public (the health service, which
+cannot be served without a decision here; a call of a method the table lacks (a service registered
+without its descriptor in that check) is refused at run time, PERMISSION_DENIED with reason
+``METHOD_NOT_MAPPED``. An entry of ``None`` is public (the health service, which
 load balancers probe without credentials). ``admin`` holds every scope but ``candidates``
 (:mod:`server.principal`); reflection needs ``admin``.
 
