@@ -58,15 +58,6 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
         self.access_log = access_log
         self.scopes = scopes
 
-    def admit(self, method: str, metadata: Mapping[str, str], context: grpc.aio.ServicerContext) -> Principal:
-        """The call's principal, if it may call ``method``; raises UNAUTHENTICATED or PERMISSION_DENIED."""
-        required = required_scope(method, self.scopes)
-        if required is None:
-            return PUBLIC
-        principal = self.auth.principal(metadata, context.auth_context())
-        authorize(principal, method, required)
-        return principal
-
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
@@ -139,8 +130,7 @@ class _Call:
             code = grpc.StatusCode.OK
             reason = ""
             try:
-                self.principal = self.edge.admit(self.method, self.metadata, context)
-                token = bind_principal(self.principal)
+                token = bind_principal(self._admit(context))
                 try:
                     request = (
                         _decoded(requests, self.deserialize, self.short)
@@ -165,8 +155,7 @@ class _Call:
             code = grpc.StatusCode.OK
             reason = ""
             try:
-                self.principal = self.edge.admit(self.method, self.metadata, context)
-                token = bind_principal(self.principal)
+                token = bind_principal(self._admit(context))
                 try:
                     request = (
                         _decoded(requests, self.deserialize, self.short)
@@ -192,6 +181,17 @@ class _Call:
                 self._record(code, reason, context)
 
         return run
+
+    def _admit(self, context: grpc.aio.ServicerContext) -> Principal:
+        """The caller, if it may call this method; raises UNAUTHENTICATED or PERMISSION_DENIED. A caller
+        refused for want of a scope is named in the access log all the same."""
+        required = required_scope(self.method, self.edge.scopes)
+        if required is None:
+            self.principal = PUBLIC
+            return PUBLIC
+        self.principal = self.edge.auth.principal(self.metadata, context.auth_context())
+        authorize(self.principal, self.method, required)
+        return self.principal
 
     def _classify(self, err: BaseException, context: grpc.aio.ServicerContext) -> tuple[grpc.StatusCode, str]:
         if isinstance(err, asyncio.CancelledError):

@@ -137,7 +137,11 @@ def test_the_access_log_names_the_principal(matrix_server: ServerProcess) -> Non
         assert _call(channel, stats, "identify")[0] == grpc.StatusCode.PERMISSION_DENIED
     log = matrix_server.log()
     assert '"method":"/facesearch.v1.FaceSearch/GetStats","code":"OK"' in log
-    assert '"principal":"read-token"' in log and '"principal":"identify-token"' in log
+    assert '"principal":"read-token"' in log
+    # a caller refused for want of a scope is named too
+    assert '"code":"PERMISSION_DENIED","ms":' in log and '"principal":"identify-token"' in log
+    refused = [line for line in log.splitlines() if '"principal":"identify-token"' in line and "GetStats" in line]
+    assert refused and all('"reason":"SCOPE_REQUIRED"' in line for line in refused)
     assert "matrix-read-secret" not in log  # secrets never reach the log
     assert "DEPRECATED" in log and "plain token" in log  # the legacy line was loaded with a warning
 
