@@ -15,6 +15,10 @@ Modules (and the tests that cover them; all run against a real PostgreSQL that t
   idempotency. Tests: ``tests/integration/test_pg_store.py``, ``tests/integration/test_pg_faults.py``.
 - ``listener``: :class:`ChangeListener`: LISTEN/NOTIFY wake-ups. Tests:
   ``tests/integration/test_pg_store.py``, ``tests/integration/test_pg_faults.py``.
+- ``replicas``: :class:`ReplicaRegistry`: each replica's applied position and heartbeat; a deletion
+  waits until every replica applied it or is fenced. Tests: ``tests/integration/test_pg_replicas.py``.
+- ``follower``: :class:`LogFollower`: a replica's catch-up (at start, on NOTIFY, every poll, after
+  its own writes) and its fence. Tests: ``tests/integration/test_pg_replicas.py``.
 - ``failures``: PostgreSQL errors as ``STORE_UNAVAILABLE`` / ``STORE_OUTCOME_UNKNOWN``. Tests:
   ``tests/integration/test_pg_faults.py``.
 - ``ledger``: :class:`PgLedger`: the erasure ledger (same records and HMAC digests as
@@ -37,34 +41,34 @@ older than what the store pruned is refused (``STORE_LOG_PRUNED``): pruning neve
 oldest kept version, as for the journal.
 
 Writes. ``Gallery.enroll`` calls :meth:`PgStore.enroll` (durable in PostgreSQL when it returns; the
-check for create-only and erased identities is made *inside* the store's transaction, so two replicas
-cannot both create one identity: writes are serialised by the store's append lock, see
-:mod:`~facesearch.store.postgres.store`), then applies the returned seq, vector ids and identity row
-to its own live state before replying: read-your-writes on the replica that took the write. It must
-apply the change at its seq, after every lower seq: the replica first catches up to ``seq - 1`` from
-the log if its tail is behind (another replica's writes), then applies its own. Nothing is written
-locally: PostgreSQL down means the write fails with ``STORE_UNAVAILABLE`` (``STORE_OUTCOME_UNKNOWN``
-if the connection broke during the commit: the client retries with the same ``request_id``).
-Reads never touch PostgreSQL: Identify keeps working from memory through an outage.
+checks for create-only and erased identities are made *inside* the store's transaction, so two
+replicas cannot both create one identity: writes are serialised by the store's append lock, see
+:mod:`~facesearch.store.postgres.store`), then :meth:`LogFollower.catch_up` before replying: the
+replica applies everything up to and including its own write, in seq order (read-your-writes, and
+never its own change ahead of another replica's earlier one). Deletions likewise, then
+``store.replicas.wait_applied(seq, fence_s=...)`` before the OK (below). Nothing is written locally:
+PostgreSQL down means the write fails with ``STORE_UNAVAILABLE`` (``STORE_OUTCOME_UNKNOWN`` if the
+connection broke during the commit: the client retries with the same ``request_id``). Reads never
+touch PostgreSQL: Identify keeps working from memory through an outage shorter than ``fence_s``.
 
-Propagation. Each replica runs one follower thread: :class:`ChangeListener.wait` (LISTEN on its own
-connection, woken by the NOTIFY each commit sends with its seq), then ``snapshot(after_seq=applied)``
-and apply. The log is the truth and the notification only a wake-up, so a lost notification (the
-listening connection dropped, PostgreSQL restarted) is caught up by seq at the next wake-up or at the
-poll interval (``timeout`` of ``wait``, e.g. 1 s) at the latest.
+Propagation. Each replica runs one :class:`LogFollower` thread: :class:`ChangeListener.wait` (LISTEN
+on its own connection, woken by the NOTIFY each commit sends with its seq), then
+``snapshot(after_seq=applied)``, ``apply``, heartbeat. The log is the truth and the notification only
+a wake-up, so a lost notification (the listening connection dropped, PostgreSQL restarted) is caught
+up by seq at the next wake-up, at the latest after ``poll_s`` (e.g. 1 s).
 
-Deletion guarantee (the bound). After ``DeleteIdentity``/``DeleteFaces`` returns OK no replica
-returns those faces: each replica serves only while its applied position is fresh, i.e. it has
-caught up with the log within the last ``max_lag`` seconds (e.g. 2 s; a catch-up is one snapshot
-query, it succeeds within a poll interval whenever PostgreSQL answers). The replica that takes a
-deletion commits it, then waits until every *live* replica reports an applied seq >= the deletion's
-(each replica records ``(replica_id, applied_seq, heartbeat_at)`` in a ``replicas`` table, a later
-migration, on every catch-up; live = heartbeat within ``max_lag``), at most ``max_lag``; a replica
-that has not caught up within ``max_lag`` of a change it has not applied stops answering searches
-(NOT_SERVING, reason NOT_READY) until it has. So: an OK deletion is invisible on every replica
-at once if all are live, and within ``max_lag`` on one that was not (which by then refuses to
-search). During a PostgreSQL outage no deletion can be acknowledged (it is a write), so serving
-stale-but-complete data from memory is safe: nothing acknowledged is missing from it.
+Deletion guarantee (the bound; :mod:`~facesearch.store.postgres.replicas`). After
+``DeleteIdentity``/``DeleteFaces`` returns OK no replica returns those faces. Two rules, one constant
+``fence_s`` (e.g. 10 s, longer than a PostgreSQL restart): (1) a replica serves searches only while
+its last successful catch-up started less than ``fence_s`` ago by its own monotonic clock
+(:meth:`LogFollower.serving_allowed`; otherwise health NOT_SERVING and searches UNAVAILABLE
+``NOT_READY`` until it caught up); (2) the replica that committed a deletion replies OK only after
+:meth:`ReplicaRegistry.wait_applied`: every registered replica has applied the deletion's seq, or its
+last heartbeat is older than ``fence_s + margin_s`` by the database's clock (so by rule 1 it has
+stopped serving; ``margin_s`` covers clock-rate drift and a search already in flight). In practice a
+deletion waits one notification round trip (milliseconds) for live replicas, and at most
+``fence_s + margin_s`` for one that died or lost PostgreSQL without leaving the registry; a replica
+that stops cleanly leaves it (:meth:`LogFollower.stop`). Tested in ``test_pg_replicas.py``.
 
 Compaction and rebuilds. ``facesearch-index compact`` reads ``snapshot()`` (the whole store, or the
 tail after the current version's ``live_seq``) with its high water, publishes a version with
@@ -75,17 +79,21 @@ tail after the current version's ``live_seq``) with its high water, publishes a 
 ``facesearch.store.erasure_ledger``; ``purge_store`` takes the ``ErasureSet`` it returns) so a rebuild
 never brings an erased subject back.
 
-Not done yet (next sessions): the ``replicas`` table and the wait-for-replicas on delete; wiring into
-``server/gallery.py`` and ``server/config.py`` (``FACESEARCH_STORE``); compaction from the store;
+Not done yet (next sessions): wiring into ``server/gallery.py`` (the follower's ``apply`` is
+``LiveState.load`` + ``OpenSetUpkeep.changed``, as ``_catch_up`` does for a journal; ``serving_allowed``
+into health and admission) and ``server/config.py`` (``FACESEARCH_STORE``, fence and poll settings);
+compaction and build from the store; the Python client's several targets;
 several model contracts in one database (one contract per database today, refused otherwise);
 audit-log retention; ``bench/replicas.py``.
 """
 
 from __future__ import annotations
 
+from facesearch.store.postgres.follower import LogFollower
 from facesearch.store.postgres.listener import ChangeListener, Wake
 from facesearch.store.postgres.migrations import LATEST, MIGRATIONS, Migration, MigrationReport, check_schema, migrate
 from facesearch.store.postgres.records import AuditEntry, Change, ChangeKind, Deleted, Enrolled, PoolSettings
+from facesearch.store.postgres.replicas import Propagation, ReplicaRegistry, ReplicaState
 from facesearch.store.postgres.sql import APPEND_LOCK, NOTIFY_CHANNEL
 from facesearch.store.postgres.store import PgStore
 
@@ -100,10 +108,14 @@ __all__ = [
     "ChangeListener",
     "Deleted",
     "Enrolled",
+    "LogFollower",
     "Migration",
     "MigrationReport",
     "PgStore",
     "PoolSettings",
+    "Propagation",
+    "ReplicaRegistry",
+    "ReplicaState",
     "Wake",
     "check_schema",
     "migrate",

@@ -12,7 +12,7 @@ newer facesearch migrated it) is refused with "this code reads up to N": a serve
 writes a schema it does not know. Both raise :class:`~facesearch.errors.PreconditionError` with
 ``Reason.STORE_SCHEMA``. Migrations are only ever appended; a released one is never edited.
 
-Tables of version 1 (times are ``timestamptz``; nothing holds photo pixels):
+Tables (version 1 unless noted; times are ``timestamptz``; nothing holds photo pixels):
 
 ``store_meta``      key -> jsonb: ``store_id`` (a uuid, what an index version's ``live_journal_id``
                     names), ``contract_id`` and ``d`` of the embeddings, the erasure ledger's HMAC key.
@@ -29,6 +29,9 @@ Tables of version 1 (times are ``timestamptz``; nothing holds photo pixels):
                     identity; pruned with the log.
 ``erasures``        the erasure ledger (as ``facesearch.store.erasure_ledger``): HMAC digests only.
 ``audit_log``       who enrolled, deleted, erased or unerased whom, when; never pruned with the log.
+``replicas``        (version 2) each server's ``replica_id``, the log position it has applied, its last
+                    heartbeat (the database's clock): what a deletion waits for
+                    (:mod:`facesearch.store.postgres.replicas`).
 ``idempotency_keys`` SHA-256 of an enroll's ``request_id`` -> the digest of what it asked and its result
                     (seq, face ids), so a retry returns the first result; no identity id or name.
 """
@@ -129,8 +132,21 @@ CREATE TABLE idempotency_keys (
 CREATE INDEX idempotency_keys_created ON idempotency_keys (created_at);
 """
 
+_V2 = """
+CREATE TABLE replicas (
+    replica_id text PRIMARY KEY,
+    applied_seq bigint NOT NULL DEFAULT 0,
+    heartbeat_at timestamptz NOT NULL DEFAULT now(),
+    started_at timestamptz NOT NULL DEFAULT now(),
+    info jsonb NOT NULL DEFAULT '{}'
+);
+"""
+
 #: Every migration, in order; append only.
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "identities, faces, change log, erasures, audit, idempotency", _V1),)
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "identities, faces, change log, erasures, audit, idempotency", _V1),
+    Migration(2, "replicas: each server's applied log position and heartbeat", _V2),
+)
 LATEST = MIGRATIONS[-1].version
 
 _VERSION_TABLE = """
@@ -158,10 +174,10 @@ def current_version(conn: Any) -> int:
     return int(row[0])
 
 
-def _refuse_newer(version: int, where: str) -> None:
-    if version > LATEST:
+def _refuse_newer(version: int, where: str, latest: int = LATEST) -> None:
+    if version > latest:
         raise PreconditionError(
-            f"PostgreSQL store {where} has schema version {version}; this facesearch reads up to {LATEST}: "
+            f"PostgreSQL store {where} has schema version {version}; this facesearch reads up to {latest}: "
             "upgrade facesearch (a newer one migrated this database)",
             reason=Reason.STORE_SCHEMA,
         )
@@ -177,8 +193,7 @@ def migrate(conn: Any, where: str = "", migrations: tuple[Migration, ...] = MIGR
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATE_LOCK,))
         conn.execute(_VERSION_TABLE)
         before = current_version(conn)
-        if before > latest:
-            _refuse_newer(before, where)
+        _refuse_newer(before, where, latest)
         applied = []
         for m in migrations:
             if m.version > before:

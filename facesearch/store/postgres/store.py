@@ -61,6 +61,7 @@ from facesearch.store.postgres.records import (
     PoolSettings,
     enroll_fingerprint,
 )
+from facesearch.store.postgres.replicas import ReplicaRegistry
 from facesearch.store.postgres.sql import APPEND_LOCK, EPOCH
 from facesearch.store.store_location import redact
 
@@ -84,6 +85,7 @@ class PgStore:
         self.contract_id = str(meta["contract_id"])
         self.d = int(meta["d"])
         self.ledger = PgLedger(self, Digester(bytes.fromhex(str(meta["erasure_key"]))))
+        self.replicas = ReplicaRegistry(self)
 
     @property
     def journal_id(self) -> str:
