@@ -23,7 +23,7 @@ from facesearch.api.v1 import facesearch_pb2 as pb
 from server.auth import token_line
 from server.principal import Scope
 from tests.integration.server_fixtures import *  # noqa: F403
-from tests.integration.server_fixtures import REPO, ServerProcess, start_server
+from tests.integration.server_fixtures import REPO, ServerProcess, start_server, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -209,3 +209,35 @@ def test_a_port_in_use_ends_start_up_with_one_line_naming_the_setting(server_bun
             last = done.stderr.strip().splitlines()[-1]
             assert "cannot start: cannot listen on" in last and f"127.0.0.1:{port} ({setting})" in last, last
             assert "Traceback" not in done.stderr and "Errno" not in done.stderr
+
+
+def test_server_wide_call_limit_and_idle_connections_are_enforced(server_bundle: Path, tmp_path: Path) -> None:
+    """FACESEARCH_MAX_CONCURRENT_RPCS: a call over the limit is refused at once (RESOURCE_EXHAUSTED), here
+    with 3 health watches open; FACESEARCH_CONNECTION_IDLE_S: a connection with no call is closed
+    (GOAWAY: the client's channel goes from READY to IDLE)."""
+    env = {"FACESEARCH_MAX_CONCURRENT_RPCS": "3", "FACESEARCH_CONNECTION_IDLE_S": "1"}
+    srv = start_server(server_bundle, tmp_path / "index", tmp_path / "logs", env=env)
+    try:
+        with grpc.insecure_channel(srv.target) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            watches = [stub.Watch(health_pb2.HealthCheckRequest(), timeout=60) for _ in range(3)]
+            assert [next(w).status for w in watches] == [health_pb2.HealthCheckResponse.SERVING] * 3
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Check(health_pb2.HealthCheckRequest(), timeout=10)
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            for watch in watches:
+                watch.cancel()
+            wait_until(lambda: _check(stub), timeout=10, what="the watches' slots to be free")
+            states: list[grpc.ChannelConnectivity] = []
+            channel.subscribe(states.append, try_to_connect=False)
+            # the client's own idle timeout is 30 minutes: IDLE here is the server closing the connection
+            wait_until(lambda: grpc.ChannelConnectivity.IDLE in states, timeout=20, what="the idle connection closed")
+    finally:
+        assert srv.stop() == 0
+
+
+def _check(stub: health_pb2_grpc.HealthStub) -> bool:
+    try:
+        return stub.Check(health_pb2.HealthCheckRequest(), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
+    except grpc.RpcError:
+        return False
