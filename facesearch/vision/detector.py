@@ -45,7 +45,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,7 +54,7 @@ import numpy as np
 import onnxruntime as ort
 
 from facesearch.errors import BundleError, ImageTooLargeError, InvalidInputError, ModelFormatError
-from facesearch.util.cancel import Checkpoint, checkpoint
+from facesearch.util.cancel import Checkpoint, checkpoint, interrupt_on_stop
 from facesearch.vision.nms import greedy_nms
 from facesearch.vision.onnx_session import create_session
 from facesearch.vision.pyramid import (
@@ -285,32 +285,60 @@ class FaceDetector:
         """The network's score maps ``(n, 1, h, w)``, or None when the tensor is too small to score.
 
         Tensors of more output cells than one tile are scored tile by tile (see the module docstring);
-        ``cancel`` is checked before each tile.
+        ``cancel`` is checked before each tile, and a :class:`~facesearch.util.cancel.CancelToken` also
+        stops a tile's network run midway (onnxruntime's ``RunOptions.terminate``, checked between nodes).
         """
         n, _, rows, cols = batch.tensor.shape
         if min(rows, cols) < self.config.min_input_size:
             return None
         c, t = self.config, self.tile_cells
         out_rows, out_cols = c.output_size(rows), c.output_size(cols)
-        if t is None or out_rows * out_cols <= t * t:  # no more work than one tile: one run
-            return self._run(batch.tensor, last=True)
-        scores = np.empty((n, 1, out_rows, out_cols), dtype=np.float32)
-        tiles = [(r0, c0) for r0 in range(0, out_rows, t) for c0 in range(0, out_cols, t)]
-        for r0, c0 in tiles:
-            checkpoint(cancel, "a detector tile")
-            r1, c1 = min(out_rows, r0 + t), min(out_cols, c0 + t)
-            (y0, y1), (x0, x1) = c.input_span(r0, r1, rows), c.input_span(c0, c1, cols)
-            tile = self._run(np.ascontiguousarray(batch.tensor[:, :, y0:y1, x0:x1]), last=(r0, c0) == tiles[-1])
-            # the tile's first output cell is y0 / stride: keep cells [r0, r1) x [c0, c1)
-            dy, dx = y0 // c.out_stride, x0 // c.out_stride
-            scores[:, :, r0:r1, c0:c1] = tile[:, :, r0 - dy : r1 - dy, c0 - dx : c1 - dx]
-        return scores
+        options, last_options, unregister = self._run_options(cancel)
+        try:
+            if t is None or out_rows * out_cols <= t * t:  # no more work than one tile: one run
+                return self._run(batch.tensor, last_options, cancel)
+            scores = np.empty((n, 1, out_rows, out_cols), dtype=np.float32)
+            tiles = [(r0, c0) for r0 in range(0, out_rows, t) for c0 in range(0, out_cols, t)]
+            for r0, c0 in tiles:
+                checkpoint(cancel, "a detector tile")
+                r1, c1 = min(out_rows, r0 + t), min(out_cols, c0 + t)
+                (y0, y1), (x0, x1) = c.input_span(r0, r1, rows), c.input_span(c0, c1, cols)
+                tensor = np.ascontiguousarray(batch.tensor[:, :, y0:y1, x0:x1])
+                tile = self._run(tensor, last_options if (r0, c0) == tiles[-1] else options, cancel)
+                # the tile's first output cell is y0 / stride: keep cells [r0, r1) x [c0, c1)
+                dy, dx = y0 // c.out_stride, x0 // c.out_stride
+                scores[:, :, r0:r1, c0:c1] = tile[:, :, r0 - dy : r1 - dy, c0 - dx : c1 - dx]
+            return scores
+        finally:
+            unregister()
 
-    def _run(self, tensor: np.ndarray, *, last: bool = False) -> np.ndarray:
-        """One network run; ``last``: the photo's final one, after which the arena gives memory back."""
-        options = self._shrink if last else None
+    def _run_options(
+        self, cancel: Checkpoint | None
+    ) -> tuple[ort.RunOptions | None, ort.RunOptions | None, Callable[[], None]]:
+        """Run options for a photo's tiles and for its last one (which gives the arena's memory back):
+        with a cancel token, fresh ones that the token terminates when it stops."""
+        if cancel is None:
+            return None, self._shrink, lambda: None
+        options, last = ort.RunOptions(), ort.RunOptions()
+        if self._shrink is not None:
+            last.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+
+        def terminate() -> None:
+            options.terminate = True
+            last.terminate = True
+
+        return options, last, interrupt_on_stop(cancel, terminate)
+
+    def _run(
+        self, tensor: np.ndarray, options: ort.RunOptions | None = None, cancel: Checkpoint | None = None
+    ) -> np.ndarray:
+        """One network run (``options``: the last run's arena shrink, a terminate flag)."""
         feeds = {self.config.input_name: tensor}
-        scores: np.ndarray = self._session.run([self.config.output_name], feeds, options)[0]
+        try:
+            scores: np.ndarray = self._session.run([self.config.output_name], feeds, options)[0]
+        except Exception:
+            checkpoint(cancel, "the end of a detector tile")  # terminated by the token: say so
+            raise
         return scores
 
     def decode(self, scores: np.ndarray, batch: PreparedBatch, adjust_threshold: float = 0.0) -> list[Detection]:

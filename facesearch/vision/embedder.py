@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
 from facesearch.errors import InvalidInputError
-from facesearch.util.cancel import Checkpoint, checkpoint
+from facesearch.util.cancel import Checkpoint, checkpoint, interrupt_on_stop
 from facesearch.vision.onnx_session import create_session
 
 
@@ -37,7 +38,8 @@ class Embedder:
 
     def embed_raw(self, chips: np.ndarray, cancel: Checkpoint | None = None) -> np.ndarray:
         """``chips``: (N, size, size, 3) uint8 RGB. Returns (N, dim) float32, unnormalised. ``cancel`` is
-        checked before each batch of ``max_batch`` chips."""
+        checked before each batch of ``max_batch`` chips, and a cancel token also stops a batch's run
+        midway (onnxruntime's ``RunOptions.terminate``)."""
         if chips.ndim != 4 or chips.shape[1:] != (self.chip_size, self.chip_size, 3) or chips.dtype != np.uint8:
             raise InvalidInputError(
                 f"chips must be uint8 of shape (N, {self.chip_size}, {self.chip_size}, 3), "
@@ -46,9 +48,19 @@ class Embedder:
         if len(chips) == 0:
             return np.zeros((0, self.dim), np.float32)
         parts = []
-        for i in range(0, len(chips), self.max_batch):
-            checkpoint(cancel, "an embedding batch")
-            parts.append(self._session.run(None, {self._input: np.ascontiguousarray(chips[i : i + self.max_batch])})[0])
+        options = ort.RunOptions() if cancel is not None else None
+        unregister = interrupt_on_stop(cancel, lambda: setattr(options, "terminate", True))
+        try:
+            for i in range(0, len(chips), self.max_batch):
+                checkpoint(cancel, "an embedding batch")
+                feeds = {self._input: np.ascontiguousarray(chips[i : i + self.max_batch])}
+                try:
+                    parts.append(self._session.run(None, feeds, options)[0])
+                except Exception:
+                    checkpoint(cancel, "the end of an embedding batch")  # terminated by the token: say so
+                    raise
+        finally:
+            unregister()
         return np.concatenate(parts).astype(np.float32, copy=False)
 
     def embed(self, chips: np.ndarray, cancel: Checkpoint | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -167,6 +167,30 @@ def test_cancel_token_stops_at_the_next_check() -> None:
         AllCancelled([token, late]).check("nobody wants it")
 
 
+def test_on_stop_runs_once_at_cancel_or_deadline() -> None:
+    fired: list[str] = []
+    token = CancelToken.after(None)
+    unregister = token.on_stop(lambda: fired.append("a"))
+    token.cancel()
+    token.cancel()
+    unregister()
+    assert fired == ["a"]
+    timed = CancelToken.after(0.05)  # a timer fires at the deadline, while a callback is registered
+    event = threading.Event()
+    timed.on_stop(event.set)
+    assert event.wait(5)
+    quiet = CancelToken.after(0.05)
+    quiet.on_stop(lambda: fired.append("never"))()  # unregistered before the deadline
+    time.sleep(0.15)
+    assert fired == ["a"]
+    first, second = CancelToken(), CancelToken()
+    AllCancelled([first, second]).on_stop(lambda: fired.append("batch"))
+    first.cancel()
+    assert fired == ["a"]  # one request of the batch still wants it
+    second.cancel()
+    assert fired == ["a", "batch"]
+
+
 def test_pyramid_building_stops_between_levels() -> None:
     planes = np.zeros((1, 3, 400, 400), np.uint8)
     layout = tiled_pyramid_layout(400, 400, 6, 10, 11)
