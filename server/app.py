@@ -69,7 +69,7 @@ from server.metrics import Metrics
 from server.open_set_upkeep import OpenSetParams
 from server.reflection import enable as enable_reflection
 from server.reflection import v1_service_descriptor
-from server.service import EnrollRules, FaceSearchService
+from server.service import EnrollRules, FaceSearchService, ServiceLimits
 from server.servicer import FaceSearchServicer
 from server.watcher import IndexWatcher
 from server.write_health import WriteStatus
@@ -204,6 +204,7 @@ class FaceSearchServer:
             policy=threshold_policy(self.bundle, open_set, c),
             enroll_rules=EnrollRules(c.enroll_min_face_size, c.enroll_min_blur),
             io=self.io,
+            limits=ServiceLimits(max_faces=c.max_faces),  # helper B: FACESEARCH_MAX_FACES
         )
         log.info("decision thresholds: %s", self.service.policy.note)
         self.metrics.queue_depth.set_function(lambda: self.admission.depth)
@@ -228,6 +229,7 @@ class FaceSearchServer:
             self.bundle.embedding_dim,
             stream_window=max(2, c.workers),
             security_warnings=warnings,
+            stream_idle_s=c.stream_idle_s,  # helper B: FACESEARCH_STREAM_IDLE_S
         )
         facesearch_service = pb.DESCRIPTOR.services_by_name["FaceSearch"]
         health_service = health_pb2.DESCRIPTOR.services_by_name["Health"]

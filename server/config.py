@@ -77,6 +77,12 @@ FACESEARCH_ENROLL_REQUEST_TTL_S                                 86400 (Enroll re
                                                                 idempotent retries, seconds)
 FACESEARCH_ENROLL_REQUEST_MAX                                   100000 (request ids kept, at most)
 FACESEARCH_AUDIT_RETENTION_DAYS                                 365 (ROOT/audit.sqlite rows kept)
+FACESEARCH_MAX_FACES                                            64 (faces searched per photo; of
+                                                                more, the largest, and the reply
+                                                                says how many were found)
+FACESEARCH_STREAM_IDLE_S                                        60 (a StreamIdentify stream with no
+                                                                item and no reply pending this
+                                                                long is closed: STREAM_IDLE)
 ==================================  ==========================  ==============================
 """
 
@@ -152,8 +158,12 @@ class ServerConfig:
     enroll_request_ttl_s: float = 86400.0  # Enroll request ids remembered this long (idempotent retries)
     enroll_request_max: int = 100_000  # and at most this many
     audit_retention_days: float = 365.0  # audit log rows older than this are deleted
+    # -- service bounds (helper B, issue 13): faces per photo, idle streams
+    max_faces: int = 64  # faces searched per photo (the largest); the reply says how many were found
+    stream_idle_s: float = 60.0  # a StreamIdentify stream with no item (and no reply pending) this long is closed
 
     def __post_init__(self) -> None:
+        self._check_service_bounds()
         _check_hostport(self.listen, "FACESEARCH_LISTEN (--listen)")
         if self.metrics_listen is not None:
             _check_hostport(self.metrics_listen, "FACESEARCH_METRICS_LISTEN (--metrics-listen)")
@@ -284,6 +294,16 @@ class ServerConfig:
             )
         return tuple(out)
 
+    def _check_service_bounds(self) -> None:  # helper B's block
+        if not 1 <= self.max_faces <= 1000:
+            raise InvalidInputError(
+                f"FACESEARCH_MAX_FACES must be 1..1000, got {self.max_faces}", reason=Reason.BAD_CONFIG
+            )
+        if not self.stream_idle_s > 0:
+            raise InvalidInputError(
+                f"FACESEARCH_STREAM_IDLE_S must be > 0 seconds, got {self.stream_idle_s}", reason=Reason.BAD_CONFIG
+            )
+
     def _check_detection(self) -> None:
         for name, value in (("DETECT_PIXELS", self.detect_pixels), ("MAX_DETECT_PIXELS", self.max_detect_pixels)):
             if value is not None and value < MIN_DETECT_PIXELS:
@@ -408,6 +428,8 @@ def load_config(args: argparse.Namespace | None = None, env: Mapping[str, str] |
         enroll_request_ttl_s=reader.as_float("FACESEARCH_ENROLL_REQUEST_TTL_S", 86400.0),
         enroll_request_max=reader.as_int("FACESEARCH_ENROLL_REQUEST_MAX", 100_000),
         audit_retention_days=reader.as_float("FACESEARCH_AUDIT_RETENTION_DAYS", 365.0),
+        max_faces=reader.as_int("FACESEARCH_MAX_FACES", 64),
+        stream_idle_s=reader.as_float("FACESEARCH_STREAM_IDLE_S", 60.0),
     )
 
 

@@ -19,6 +19,7 @@ from facesearch.util.cancel import AllCancelled, Cancelled, CancelToken, Deadlin
 from facesearch.vision.pyramid import build_pyramid_tensor, tiled_pyramid_layout
 from server import convert
 from server.admission import Admission, Busy, Deadline, run_stoppable
+from server.config import load_config
 from server.service import passing, require_stricter
 
 
@@ -234,3 +235,15 @@ def test_a_cancelled_caller_keeps_its_slot_until_the_thread_stopped() -> None:
             assert adm.active == 0 and busy.count == 0
 
     asyncio.run(scenario())
+
+
+def test_face_cap_and_stream_idle_settings() -> None:
+    base = {"FACESEARCH_BUNDLE": "/nonexistent", "FACESEARCH_INDEX": "/tmp/none"}
+    c = load_config(env=base)
+    assert (c.max_faces, c.stream_idle_s) == (64, 60.0)
+    c = load_config(env={**base, "FACESEARCH_MAX_FACES": "8", "FACESEARCH_STREAM_IDLE_S": "2.5"})
+    assert (c.max_faces, c.stream_idle_s) == (8, 2.5)
+    for name, value in (("FACESEARCH_MAX_FACES", "0"), ("FACESEARCH_STREAM_IDLE_S", "0")):
+        with pytest.raises(InvalidInputError) as err:
+            load_config(env={**base, name: value})
+        assert err.value.reason == "BAD_CONFIG" and name in err.value.message
