@@ -1,6 +1,7 @@
 """Hostile and slow clients against a real server: 1,000 idle connections (half of them never send
-the HTTP/2 preface), StreamIdentify streams that send nothing, and calls that open a stream but never
-send their request message. A healthy client's calls keep succeeding, and the server closes each of
+the HTTP/2 preface, a quarter stop inside a frame), StreamIdentify streams that send nothing, calls
+that open a stream but never send their request message, and a rapid-reset flood (streams opened and
+cancelled at once, CVE-2023-44487). A healthy client's calls keep succeeding, and the server closes each of
 them within its configured limit (FACESEARCH_CONNECTION_IDLE_S, FACESEARCH_STREAM_IDLE_S) plus slack
 for a loaded machine. Latency with and without them is measured in ``bench/slow_clients.py``; no
 timing is asserted here beyond "closed within the limit, and not long before it"."""
@@ -132,8 +133,11 @@ def test_idle_connections_do_not_stop_a_healthy_client_and_are_reaped(
         opened = time.monotonic()
         for i in range(IDLE_CONNECTIONS):
             sock = socket.create_connection(("127.0.0.1", hostile_server.port), timeout=30)
-            if i % 2 == 0:  # half say hello as HTTP/2 clients and go quiet, half never send a byte
+            if i % 4 == 0:  # a quarter say hello as HTTP/2 clients and go quiet
                 sock.sendall(HTTP2_PREFACE)
+            elif i % 4 == 1:  # a quarter stop half-way through a frame header
+                sock.sendall(HTTP2_PREFACE + b"\x00\x00\x40\x01")
+            # and half never send a byte
             socks.append(sock)
         codes = healthy_calls(hostile_server, _photo(people))
         assert codes == ["OK"] * len(codes), codes
@@ -241,3 +245,50 @@ def test_calls_without_a_body_are_closed_and_free_their_slots(
     finally:
         for channel in channels:
             channel.close()
+
+
+def _hpack_literal(name_index: int, value: bytes) -> bytes:
+    """A header 'literal without indexing' with an indexed name (HPACK, RFC 7541 6.2.2; no Huffman)."""
+    assert name_index < 15 and len(value) < 127
+    return bytes([name_index, len(value)]) + value
+
+
+def _frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
+    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
+
+
+def test_rapid_reset_flood_does_not_stop_a_healthy_client(
+    hostile_server: ServerProcess, people: dict[str, list[Path]]
+) -> None:
+    """20,000 streams, each a HEADERS frame for GetStats at once cancelled by RST_STREAM (the
+    "rapid reset" attack), from one raw HTTP/2 connection: the server may cut that connection
+    (GOAWAY), and it stays up, healthy for everyone else."""
+    headers = (
+        b"\x83\x86"  # :method POST, :scheme http (static table)
+        + _hpack_literal(4, b"/facesearch.v1.FaceSearch/GetStats")  # :path
+        + _hpack_literal(1, b"127.0.0.1")  # :authority
+        + b"\x0f\x10"
+        + bytes([16])
+        + b"application/grpc"  # content-type (static index 31)
+        + b"\x00\x02te\x08trailers"
+    )
+    flood = bytearray(HTTP2_PREFACE)
+    for n in range(20_000):
+        stream = 2 * n + 1
+        flood += _frame(0x1, 0x4, stream, headers)  # HEADERS, END_HEADERS
+        flood += _frame(0x3, 0x0, stream, (8).to_bytes(4, "big"))  # RST_STREAM CANCEL
+    sock = socket.create_connection(("127.0.0.1", hostile_server.port), timeout=30)
+    sent = 0
+    try:
+        view = memoryview(bytes(flood))
+        while sent < len(view):
+            try:
+                sent += sock.send(view[sent : sent + 65536])
+            except (BrokenPipeError, ConnectionResetError):
+                break  # the server cut us off: allowed
+    finally:
+        sock.close()
+    assert sent > len(HTTP2_PREFACE)
+    assert hostile_server.proc.poll() is None
+    codes = healthy_calls(hostile_server, _photo(people), n=2)
+    assert codes == ["OK"] * len(codes), codes
