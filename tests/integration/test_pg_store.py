@@ -174,12 +174,16 @@ def test_a_reader_following_the_log_by_seq_never_skips_a_change_under_concurrent
     seen: list[int] = []
     errors: list[BaseException] = []
 
+    cuts: list[tuple[int, list[int]]] = []
+
     def follow() -> None:
         last = 0
         while not stop.is_set():
             batch = store.changes_since(last)
             seen.extend(c.seq for c in batch)
             last = batch[-1].seq if batch else last
+            snap = store.snapshot()  # a consistent cut: exactly the changes up to its high water
+            cuts.append((snap.high_water, [f.seq for f in snap.faces]))
         seen.extend(c.seq for c in store.changes_since(last))
 
     def write(w: int) -> None:
@@ -204,6 +208,9 @@ def test_a_reader_following_the_log_by_seq_never_skips_a_change_under_concurrent
     assert errors == []
     every = [c.seq for c in store.changes_since(0)]
     assert len(every) == 90 and seen == every  # nothing skipped, nothing twice, in order
+    assert len(cuts) > 1
+    for high, face_seqs in cuts:  # one face per enroll, no deletions: the cut holds seqs 1..high
+        assert sorted(face_seqs) == [s for s in every if s <= high]
 
 
 def test_an_erased_identity_is_refused_until_unerased(store: PgStore) -> None:

@@ -215,40 +215,35 @@ class PgStore:
         below what :meth:`prune` removed is refused (``STORE_LOG_PRUNED``): deletions in the pruned
         range are gone from the log, so a version that old cannot be brought up to date from it.
         """
-        with self.connection("snapshot") as conn:
-            conn.read_only = True
-            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-            try:
-                with conn.transaction():
-                    pruned = sql.pruned_upto(conn)
-                    if 0 < after_seq < pruned:
-                        raise PreconditionError(
-                            f"PostgreSQL store {self.where}: changes after seq {after_seq} were asked, but the log "
-                            f"is pruned up to {pruned}: serve a newer index version (or compact one from the store)",
-                            reason=Reason.STORE_LOG_PRUNED,
-                        )
-                    high = sql.high_water(conn)
-                    identities = [
-                        sql.identity_of(r)
-                        for r in conn.execute(
-                            sql.IDENTITY_SELECT + " WHERE seq > %s ORDER BY identity_id", (after_seq,)
-                        ).fetchall()
-                    ]
-                    rows = conn.execute(
-                        f"SELECT {_FACE_COLUMNS}, {EPOCH.format('created_at')}, embedding FROM faces "
-                        "WHERE seq > %s ORDER BY vector_id",
-                        (after_seq,),
-                    ).fetchall()
-                    tombstones = [
-                        Tombstone(r[0], r[1], r[2])
-                        for r in conn.execute(
-                            "SELECT vector_id, seq, identity_id FROM tombstones WHERE seq > %s ORDER BY vector_id",
-                            (after_seq,),
-                        ).fetchall()
-                    ]
-            finally:
-                conn.read_only = False
-                conn.isolation_level = None
+        with self.connection("snapshot") as conn, conn.transaction():
+            # one consistent cut; a pooled connection's settings are left as they were
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            pruned = sql.pruned_upto(conn)
+            if 0 < after_seq < pruned:
+                raise PreconditionError(
+                    f"PostgreSQL store {self.where}: changes after seq {after_seq} were asked, but the log "
+                    f"is pruned up to {pruned}: serve a newer index version (or compact one from the store)",
+                    reason=Reason.STORE_LOG_PRUNED,
+                )
+            high = sql.high_water(conn)
+            identities = [
+                sql.identity_of(r)
+                for r in conn.execute(
+                    sql.IDENTITY_SELECT + " WHERE seq > %s ORDER BY identity_id", (after_seq,)
+                ).fetchall()
+            ]
+            rows = conn.execute(
+                f"SELECT {_FACE_COLUMNS}, {EPOCH.format('created_at')}, embedding FROM faces "
+                "WHERE seq > %s ORDER BY vector_id",
+                (after_seq,),
+            ).fetchall()
+            tombstones = [
+                Tombstone(r[0], r[1], r[2])
+                for r in conn.execute(
+                    "SELECT vector_id, seq, identity_id FROM tombstones WHERE seq > %s ORDER BY vector_id",
+                    (after_seq,),
+                ).fetchall()
+            ]
         faces = [sql.face_of(r) for r in rows]
         embeddings = self._embeddings([r[-1] for r in rows], [r[0] for r in rows])
         return JournalSnapshot(self.store_id, high, identities, faces, embeddings, tombstones)
