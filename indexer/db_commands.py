@@ -2,7 +2,9 @@
 
     facesearch-index db migrate [--store URL]   apply the pending schema migrations (a no-op when current)
     facesearch-index db status [--store URL]    schema version against this code's, store id, model
-                                                contract, log position, row counts (JSON on stdout)
+                                                contract, log position, row counts, and each server
+                                                following the log (applied position, heartbeat age):
+                                                JSON on stdout
 
 ``--store`` defaults to ``FACESEARCH_STORE`` (the variable the servers read); it must be a
 ``postgresql://`` URL (these commands have nothing to do for the embedded SQLite store). ``migrate``

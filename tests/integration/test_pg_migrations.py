@@ -144,6 +144,7 @@ def test_db_commands_migrate_and_report_status_with_exit_codes(pg_dsn: str) -> N
     assert status.returncode == 0, status.stderr
     report = json.loads(status.stdout)
     assert report["current"] and report["schema_version"] == LATEST and "***" in report["store"]
+    assert report["replicas"] == [] and report["counts"]["faces"] == 0
     assert pg_dsn not in status.stdout  # password hidden
     usage = _index("db", "status", store=None)
     assert usage.returncode == 2 and "BAD_ARGS" in usage.stderr

@@ -17,6 +17,7 @@ import pytest
 
 from facesearch.store.live_journal import JournalSnapshot, NewFace
 from facesearch.store.postgres import MIGRATIONS, LogFollower, PgStore, PoolSettings, migrate
+from facesearch.store.postgres.admin import store_status
 from facesearch.store.postgres.migrations import current_version
 from tests.pg_fixtures import *  # noqa: F403
 from tests.pg_fixtures import PgServer
@@ -205,6 +206,8 @@ def test_a_replica_that_stops_cleanly_leaves_the_registry(dsn: str) -> None:
     try:
         follower.catch_up()
         assert [s.replica_id for s in store.replicas.states()] == ["leaving"]
+        listed = store_status(dsn).replicas  # what `facesearch-index db status` shows
+        assert [(r["replica_id"], r["applied_seq"]) for r in listed] == [("leaving", 0)]
         follower.stop()
         assert store.replicas.states() == []
         seq = store.enroll("wes", [face(6)]).seq

@@ -32,6 +32,8 @@ class StoreStatus:
     high_water: int = 0
     pruned_upto: int = 0
     counts: dict[str, int] = field(default_factory=dict)
+    #: each registered server: id, applied log position, seconds since its heartbeat (database clock)
+    replicas: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def current(self) -> bool:
@@ -78,6 +80,13 @@ def store_status(url: str, *, timeout_s: int = 10) -> StoreStatus:
             counts[table] = int(row[0]) if row else 0
         row = conn.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()
         pruned = int(meta.get("pruned_upto", 0))
+        replicas = [
+            {"replica_id": r[0], "applied_seq": int(r[1]), "heartbeat_age_s": round(float(r[2]), 3)}
+            for r in conn.execute(
+                "SELECT replica_id, applied_seq, extract(epoch FROM now() - heartbeat_at)::float8 FROM replicas "
+                "ORDER BY replica_id"
+            ).fetchall()
+        ]
         return StoreStatus(
             status.store,
             version,
@@ -88,4 +97,5 @@ def store_status(url: str, *, timeout_s: int = 10) -> StoreStatus:
             high_water=max(int(row[0]) if row else 0, pruned),
             pruned_upto=pruned,
             counts=counts,
+            replicas=replicas,
         )
