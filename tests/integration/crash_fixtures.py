@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -157,11 +158,20 @@ def check_served(c: FaceSearchClient, history: HistoryRoot, expected: Expected) 
                 assert identity_id not in top_identities(c, photo), f"erased {identity_id} matched"
 
 
-def serve_and_check(history: HistoryRoot, root: Path, logs: Path, expected: Expected) -> None:
+def serve_and_check(
+    history: HistoryRoot,
+    root: Path,
+    logs: Path,
+    expected: Expected,
+    settle: Callable[[FaceSearchClient], None] | None = None,
+) -> None:
+    """Start a server on ``root``; ``settle`` (first) may update ``expected`` from what it serves."""
     srv = start_server(history.bundle, root, logs)
     try:
         with srv.client(timeout=60) as c:
             wait_until(lambda: c.health() == "SERVING", timeout=60, what="SERVING")
+            if settle is not None:
+                settle(c)
             check_served(c, history, expected)
     finally:
         assert srv.stop() == 0, srv.log()[-3000:]

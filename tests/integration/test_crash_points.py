@@ -21,6 +21,7 @@ published and live history (:mod:`tests.integration.crash_fixtures`):
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import pytest
 
+from facesearch.client.service_client import FaceSearchClient
 from facesearch.errors import FaceSearchError
 from facesearch.util import failpoints
 from facesearch.util.failpoints import Operation
@@ -107,9 +109,10 @@ def test_a_crash_at_the_failpoint_loses_nothing_acknowledged(
         assert done.returncode == -9, f"not a crash at {site}: exit {done.returncode}\n{done.stderr[-3000:]}"
 
     check_at_rest(root)
+    settle = None
     if target is not None:
-        _settle_interrupted(history, root, logs, expected, target=target, op=op)
-    serve_and_check(history, root, logs, expected)
+        settle = functools.partial(_settle_interrupted, history=history, expected=expected, target=target, op=op)
+    serve_and_check(history, root, logs, expected, settle=settle)
     if op == Operation.COMPACT:  # an interrupted compaction does not wedge the root
         done = _index_job(["compact", str(root), "--keep-versions", "2", "--quiet"])
         assert done.returncode == 0, done.stderr[-3000:]
@@ -118,15 +121,10 @@ def test_a_crash_at_the_failpoint_loses_nothing_acknowledged(
 
 
 def _settle_interrupted(
-    history: HistoryRoot, root: Path, logs: Path, expected: Expected, *, target: str, op: Operation
+    c: FaceSearchClient, *, history: HistoryRoot, expected: Expected, target: str, op: Operation
 ) -> None:
     """Find how the interrupted change ended up, check it is whole or absent, and update ``expected``."""
-    srv = start_server(history.bundle, root, logs)
-    try:
-        with srv.client(timeout=60) as c:
-            faces, listed, matched = identity_state(c, target, history.photos[target][0])
-    finally:
-        assert srv.stop() == 0
+    faces, listed, matched = identity_state(c, target, history.photos[target][0])
     before = expected.faces.get(target)
     if op == Operation.ENROLL:
         if faces is None:
