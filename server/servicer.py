@@ -154,6 +154,7 @@ class FaceSearchServicer(pb_grpc.FaceSearchServicer):
             nonlocal outstanding
             seq = 0
             items = aiter(request_iterator)
+            nxt: asyncio.Future[pb.StreamIdentifyRequest] | None = None
             try:
                 while True:
                     nxt = asyncio.ensure_future(anext(items))
@@ -178,6 +179,8 @@ class FaceSearchServicer(pb_grpc.FaceSearchServicer):
                     await pending.put(asyncio.create_task(one(seq, item)))
                     seq += 1
             finally:
+                if nxt is not None and not nxt.done():
+                    nxt.cancel()
                 await pending.put(None)
 
         feeder = asyncio.create_task(reader())
