@@ -421,22 +421,36 @@ def _parses(descriptor: Descriptor, data: bytes) -> bool:
     return True
 
 
+def reason_of(trailing: Any) -> str:
+    """The ErrorInfo reason in a call's status details trailer ("" when there is none)."""
+    from google.rpc import error_details_pb2, status_pb2
+
+    raw = dict(trailing or ()).get("grpc-status-details-bin")
+    if not raw:
+        return ""
+    for detail in status_pb2.Status.FromString(raw).details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return str(info.reason)
+    return ""
+
+
 def _unary_call(
     method: MethodDescriptor, channel: grpc.Channel, srv: ServerProcess, expected: frozenset[grpc.StatusCode]
-) -> Callable[[bytes], grpc.StatusCode]:
+) -> Callable[[bytes], tuple[grpc.StatusCode, str]]:
     call: Any = channel.unary_unary(method_path(method), request_serializer=_identity, response_deserializer=_identity)
     response_class = message_class(method.output_type)
 
-    def send(request: bytes) -> grpc.StatusCode:
+    def send(request: bytes) -> tuple[grpc.StatusCode, str]:
         try:
             reply, rpc = call.with_call(request, timeout=CALL_TIMEOUT_S)
         except grpc.RpcError as err:
-            code, details = err.code(), err.details()
+            code, details, reason = err.code(), err.details(), reason_of(err.trailing_metadata())
         else:
-            code, details = rpc.code(), rpc.details()
+            code, details, reason = rpc.code(), rpc.details(), ""
             response_class.FromString(reply)  # an OK reply is a well-formed response
         _check_code(code, details, request, srv, expected)
-        return code
+        return code, reason
 
     return send
 
@@ -454,7 +468,7 @@ def test_fuzzed_unary_requests_never_get_internal_or_unknown(
     @FUZZ_SETTINGS
     @given(request=requests(method.input_type).filter(lambda r: _parses(method.input_type, r)))
     def one(request: bytes) -> None:
-        code = send(request)
+        code, _ = send(request)
         seen[code.name] = seen.get(code.name, 0) + 1
 
     one()
@@ -483,23 +497,25 @@ def test_unparseable_requests_are_invalid_argument(
         method_path(method), request_serializer=_identity, response_deserializer=_identity
     )
 
-    def send_item(request: bytes) -> grpc.StatusCode:
+    def send_item(request: bytes) -> tuple[grpc.StatusCode, str]:
         replies = call(iter([request]), timeout=CALL_TIMEOUT_S)
         try:
             for _ in replies:
                 pass
-            code, details = replies.code(), replies.details()
+            code, details, reason = replies.code(), replies.details(), reason_of(replies.trailing_metadata())
         except grpc.RpcError as err:
-            code, details = err.code(), err.details()
+            code, details, reason = err.code(), err.details(), reason_of(err.trailing_metadata())
         _check_code(code, details, request, fuzz_server, refused)
-        return code
+        return code, reason
 
     send = send_item if method.client_streaming else _unary_call(method, channel, fuzz_server, refused)
 
     @settings(FUZZ_SETTINGS, max_examples=15)
     @given(request=garbage)
     def one(request: bytes) -> None:
-        send(request)
+        code, reason = send(request)
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            assert reason == "MALFORMED_REQUEST", (reason, request.hex())
 
     one()
     _assert_healthy(fuzz_server, channel)
