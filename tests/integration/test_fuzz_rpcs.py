@@ -2,19 +2,22 @@
 
 The methods, their request types and every field are read from the service descriptor, so a method or
 field added later is fuzzed too. Each request goes on the wire as raw bytes (a channel with identity
-serializers), made one of four ways: a message built field by field from the descriptor (random values
-at the edges of each type, odd Unicode, photos from ``tests/data/odd_images``, huge repeated fields and
-maps within the message limit), random bytes, a valid message truncated or byte-mutated, or hostile wire
-encodings (wrong wire types, lengths past the end, deep nesting, overlong varints, unknown fields).
-StreamIdentify gets streams of such items.
+serializers), made one of these ways: a valid request of the method (``SEEDS``; a new method starts from
+its empty request) with one or two fields overridden, or a message built field by field from the
+descriptor (values at the edges of each type, odd Unicode, photos from ``tests/data/odd_images``, huge
+repeated fields and maps within the message limit); random bytes; a valid message truncated or
+byte-mutated; hostile wire encodings (wrong wire types, lengths past the end, deep nesting, overlong
+varints, unterminated groups, unknown fields). StreamIdentify gets streams of such items; call metadata
+is fuzzed too.
 
-Asserted: the status is never INTERNAL or UNKNOWN (nor UNIMPLEMENTED, nor a dead server's UNAVAILABLE),
-an OK reply parses as the method's response type, a stream item's own error is never INTERNAL/UNKNOWN,
-and after each method's run the server is alive and its health check says SERVING.
+Asserted: a request that parses is never answered INTERNAL or UNKNOWN (nor UNIMPLEMENTED, nor a dead
+server's UNAVAILABLE, nor DEADLINE_EXCEEDED); one that does not parse is INVALID_ARGUMENT with reason
+MALFORMED_REQUEST (or RESOURCE_EXHAUSTED over the size limit); an OK reply parses as the method's
+response type; a stream item's own error is never INTERNAL/UNKNOWN; after each method's run the server
+is alive and its health check says SERVING.
 
 Deterministic (hypothesis ``derandomize=True``, no example database): the same examples on every run.
-A failure prints the request bytes; findings in code this suite does not own go to the issue's notes
-with their reproduction.
+A failure prints the request bytes (hex) and the server log's tail.
 """
 
 from __future__ import annotations
