@@ -103,6 +103,14 @@ def _tiff_claiming(width: int, height: int) -> bytes:
     return b"II*\x00" + struct.pack("<I", 8) + ifd + bytes(64)
 
 
+def _tiff_jpeg_strip(jpeg: bytes, width: int, height: int) -> bytes:
+    """A grayscale TIFF whose one strip is ``jpeg`` (Compression 7): libtiff decodes it itself."""
+    entries = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, 1, 8), (259, 3, 1, 7), (262, 3, 1, 1)]
+    entries += [(273, 4, 1, 8 + 2 + 12 * 9 + 4), (277, 3, 1, 1), (278, 4, 1, height), (279, 4, 1, len(jpeg))]
+    ifd = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHII", *e) for e in entries) + b"\0\0\0\0"
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + jpeg
+
+
 def _iso_media(brand: bytes) -> bytes:
     ftyp = b"ftyp" + brand + b"\0\0\0\0" + b"mif1" + brand
     return struct.pack(">I", 4 + len(ftyp)) + ftyp + bytes(64)
@@ -168,6 +176,13 @@ def build(base: Image.Image) -> dict[str, tuple[bytes, dict[str, object]]]:
         "scan_bomb.jpg": (
             _repeated_scans(_encode(Image.new("RGB", (WIDTH, HEIGHT), "gray"), "JPEG", progressive=True), 200),
             {"reason": "IMAGE_TOO_LARGE"},
+        ),
+        # libtiff stops a JPEG strip at 100 scans itself (TIFFjpeg_progress_monitor)
+        "tiff_scan_bomb.tiff": (
+            _tiff_jpeg_strip(
+                _repeated_scans(_encode(Image.new("L", base.size, 90), "JPEG", progressive=True), 200), *base.size
+            ),
+            {"reason": "IMAGE_UNDECODABLE"},
         ),
         "bad_png_crc.png": (_corrupt_png_crc(_encode(rgb, "PNG")), {"reason": "IMAGE_UNDECODABLE"}),
         "bad_gif_version.gif": (b"GIF00a" + _encode(rgb, "GIF")[6:], {"reason": "IMAGE_FORMAT_UNSUPPORTED"}),
