@@ -249,12 +249,18 @@ def start_pg() -> PgServer:
         template = _TEMPLATES[bin_dir] = PgServer(bin_dir).init()
         atexit.register(shutil.rmtree, template.root, True)
     server = PgServer(bin_dir, password=template.password)
+    atexit.register(_stop_quietly, server)  # a test process that ends early leaves no server running
     try:
         server.copy_of(template)
         return server.start()
     except BaseException:
         server.stop()
         raise
+
+
+def _stop_quietly(server: PgServer) -> None:
+    with contextlib.suppress(Exception):
+        server.stop()
 
 
 @pytest.fixture(scope="session")

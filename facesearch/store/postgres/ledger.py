@@ -57,11 +57,18 @@ class PgLedger:
         )
 
     def erased_now(self, conn: psycopg.Connection[Any], identity_id: str) -> bool:
-        row = conn.execute(
+        return self.is_erasure(self.query_erased(conn, identity_id).fetchone())
+
+    def query_erased(self, conn: psycopg.Connection[Any], identity_id: str) -> psycopg.Cursor[Any]:
+        """The identity's last erasure or unerase (its row: :meth:`is_erasure`), not waited for."""
+        return conn.execute(
             "SELECT kind FROM erasures WHERE subject = %s AND kind IN ('identity', 'unerase') "
             "ORDER BY seq DESC LIMIT 1",
             (self.digester.subject(identity_id),),
-        ).fetchone()
+        )
+
+    @staticmethod
+    def is_erasure(row: Sequence[Any] | None) -> bool:
         return row is not None and row[0] == ErasureKind.IDENTITY
 
     def records(self, after: int = 0) -> list[Erasure]:

@@ -23,6 +23,7 @@ from facesearch.store.postgres.records import ChangeKind, Enrolled
 
 __all__ = [
     "APPEND_LOCK",
+    "CURRENT_SEQ",
     "EPOCH",
     "IDENTITY_SELECT",
     "NOTIFY_CHANNEL",
@@ -35,7 +36,8 @@ __all__ = [
     "high_water",
     "identity_of",
     "pruned_upto",
-    "replay",
+    "queue_change",
+    "replayed",
     "request_key",
     "tombstone",
 ]
@@ -44,6 +46,8 @@ __all__ = [
 APPEND_LOCK = int.from_bytes(b"fsappend", "big") - (1 << 63)
 #: LISTEN/NOTIFY channel; the payload is the committed change's seq.
 NOTIFY_CHANNEL = "facesearch_changes"
+#: The seq of the change this transaction appended (after :func:`queue_change`).
+CURRENT_SEQ = "currval('changes_seq_seq')"
 #: A timestamptz column as unix seconds.
 EPOCH = "extract(epoch FROM {})::float8"
 
@@ -91,15 +95,23 @@ def append_change(
     conn: psycopg.Connection[Any], kind: ChangeKind, identity_id: str | None, vids: list[int], principal: str | None
 ) -> tuple[int, float]:
     """The log entry (under :data:`APPEND_LOCK`) and its NOTIFY (delivered at commit): ``(seq, time)``."""
-    row = conn.execute(
+    row = queue_change(conn, kind, identity_id, vids, principal).fetchone()
+    assert row is not None
+    return int(row[0]), float(row[1])
+
+
+def queue_change(
+    conn: psycopg.Connection[Any], kind: ChangeKind, identity_id: str | None, vids: list[int], principal: str | None
+) -> psycopg.Cursor[Any]:
+    """:func:`append_change` without waiting for its result (in a pipeline: later statements of the
+    transaction name the new seq as :data:`CURRENT_SEQ`); the cursor's row is ``(seq, time)``."""
+    cur = conn.execute(
         f"INSERT INTO changes (kind, identity_id, vector_ids, principal) VALUES (%s, %s, %s, %s) "
         f"RETURNING seq, {EPOCH.format('at')}",
         (str(kind), identity_id, vids, principal),
-    ).fetchone()
-    assert row is not None
-    seq, at = int(row[0]), float(row[1])
-    conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, str(seq)))
-    return seq, at
+    )
+    conn.execute(f"SELECT pg_notify(%s, {CURRENT_SEQ}::text)", (NOTIFY_CHANNEL,))
+    return cur
 
 
 def tombstone(conn: psycopg.Connection[Any], rows: Sequence[tuple[int, str | None]], seq: int) -> None:
@@ -119,18 +131,25 @@ def audit(
     change_seq: int | None,
     principal: str | None,
     detail: Mapping[str, object],
+    current: bool = False,
 ) -> None:
+    """An audit entry; ``current``: of the change this transaction appended (``change_seq`` ignored)."""
+    seq = CURRENT_SEQ if current else "%s"
     conn.execute(
-        "INSERT INTO audit_log (principal, action, identity_id, change_seq, detail) VALUES (%s, %s, %s, %s, %s)",
-        (principal, action, identity_id, change_seq, Jsonb({k: v for k, v in detail.items() if v is not None})),
+        f"INSERT INTO audit_log (principal, action, identity_id, change_seq, detail) VALUES (%s, %s, %s, {seq}, %s)",
+        (principal, action, identity_id, *(() if current else (change_seq,)), Jsonb(_present(detail))),
     )
 
 
-def replay(conn: psycopg.Connection[Any], request_id: str, fingerprint: str, identity_id: str) -> Enrolled | None:
-    """The first result of ``request_id`` (None: new); a different request under it is refused."""
-    row = conn.execute(
-        "SELECT fingerprint, result FROM idempotency_keys WHERE request_key = %s", (request_key(request_id),)
-    ).fetchone()
+def _present(detail: Mapping[str, object]) -> dict[str, object]:
+    return {k: v for k, v in detail.items() if v is not None}
+
+
+def replayed(
+    row: Sequence[Any] | None, request_id: str, fingerprint: str, identity: LiveIdentity | None, identity_id: str
+) -> Enrolled | None:
+    """The first result of ``request_id`` from its ``idempotency_keys`` row (None: a new request);
+    a different request under a known id is refused (``REQUEST_ID_REUSED``)."""
     if row is None:
         return None
     if row[0] != fingerprint:
@@ -140,14 +159,12 @@ def replay(conn: psycopg.Connection[Any], request_id: str, fingerprint: str, ide
             reason=Reason.REQUEST_ID_REUSED,
         )
     first = row[1]
-    ident = conn.execute(IDENTITY_SELECT + " WHERE identity_id = %s", (identity_id,)).fetchone()
-    identity = identity_of(ident) if ident is not None else LiveIdentity(identity_id, 0, True, None, {}, 0, 0)
     return Enrolled(
         int(first["seq"]),
         np.asarray(first["vector_ids"], dtype=np.int64),
         bool(first["created"]),
         int(first["face_count"]),
-        identity,
+        identity or LiveIdentity(identity_id, 0, True, None, {}, 0, 0),
         replayed=True,
     )
 

@@ -171,8 +171,11 @@ class PgStore:
         full = f"PostgreSQL store {self.where}: {what}"
         with self.connection(what) as conn:
             try:
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
-                yield conn
+                # pipeline mode: statements are sent without waiting for each other's results, and a
+                # result asked for collects all queued before it: the lock costs no round trip of its own
+                with conn.pipeline():
+                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
+                    yield conn
             except BaseException:
                 if not conn.closed:
                     conn.rollback()
@@ -283,84 +286,77 @@ class PgStore:
         meta = dict(metadata or {})
         print_ = enroll_fingerprint(identity_id, name, meta, faces, create_only=create_only, principal=principal)
         with self.writing(f"enroll {identity_id!r}") as conn:
+            # what the decision needs, in one round trip (pipelined after the append lock)
+            known = conn.execute(
+                "SELECT fingerprint, result FROM idempotency_keys WHERE request_key = %s",
+                (sql.request_key(request_id or ""),),
+            )
+            erasure = self.ledger.query_erased(conn, identity_id)
+            prior = conn.execute(sql.IDENTITY_SELECT + " WHERE identity_id = %s FOR UPDATE", (identity_id,))
+            counted = conn.execute("SELECT count(*) FROM faces WHERE identity_id = %s", (identity_id,))
+            drawn = conn.execute("SELECT nextval('face_vector_ids') FROM generate_series(1, %s)", (len(faces),))
+            row = prior.fetchone()
+            existing = None if row is None else sql.identity_of(row)
             if request_id is not None:
-                first = sql.replay(conn, request_id, print_, identity_id)
+                first = sql.replayed(known.fetchone(), request_id, print_, existing, identity_id)
                 if first is not None:
                     return first
-            if self.ledger.erased_now(conn, identity_id):
+            if self.ledger.is_erasure(erasure.fetchone()):
                 raise PreconditionError(
                     f"identity {identity_id!r} was erased; unerase it first (facesearch-index unerase) to enroll it "
                     "again",
                     reason=Reason.IDENTITY_ERASED,
                 )
-            prior = conn.execute(sql.IDENTITY_SELECT + " WHERE identity_id = %s FOR UPDATE", (identity_id,)).fetchone()
-            existing = None if prior is None else sql.identity_of(prior)
             alive = existing is not None and not existing.deleted
             if alive and create_only:
                 raise AlreadyExistsError(f"identity {identity_id!r} already exists", reason=Reason.IDENTITY_EXISTS)
-            vids = [
-                int(r[0])
-                for r in conn.execute(
-                    "SELECT nextval('face_vector_ids') FROM generate_series(1, %s)", (len(faces),)
-                ).fetchall()
-            ]
-            seq, now = sql.append_change(conn, ChangeKind.ENROLL, identity_id, vids, principal)
+            vids = [int(r[0]) for r in drawn.fetchall()]
+            held = counted.fetchone()
+            count = (int(held[0]) if alive and held else 0) + len(faces)
             kept_name = name or (existing.name if alive and existing else None)
             kept_meta = meta or (dict(existing.metadata) if alive and existing else {})
-            created_at = existing.created_at if alive and existing else now
+            kept_created = existing.created_at if alive and existing else None
+            # every write in one more round trip: they name the new seq as CURRENT_SEQ
+            change = sql.queue_change(conn, ChangeKind.ENROLL, identity_id, vids, principal)
             conn.execute(
                 "INSERT INTO identities (identity_id, name, metadata, deleted, seq, created_at, updated_at) "
-                "VALUES (%s, %s, %s, false, %s, to_timestamp(%s), to_timestamp(%s)) "
+                f"VALUES (%s, %s, %s, false, {sql.CURRENT_SEQ}, coalesce(to_timestamp(%s), now()), now()) "
                 "ON CONFLICT (identity_id) DO UPDATE SET name = excluded.name, metadata = excluded.metadata, "
                 "deleted = false, seq = excluded.seq, created_at = excluded.created_at, "
                 "updated_at = excluded.updated_at",
-                (identity_id, kept_name, Jsonb(kept_meta), seq, created_at, now),
+                (identity_id, kept_name, Jsonb(kept_meta), kept_created),
             )
             with conn.cursor() as cur:
                 cur.executemany(
                     "INSERT INTO faces (vector_id, identity_id, seq, embedding, source, x1, y1, x2, y2, det_score, "
-                    "face_size, blur, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
-                    "to_timestamp(%s))",
+                    f"face_size, blur, created_at) VALUES (%s, %s, {sql.CURRENT_SEQ}, %s, %s, %s, %s, %s, %s, %s, "
+                    "%s, %s, now())",
                     [
-                        (
-                            v,
-                            identity_id,
-                            seq,
-                            e,
-                            f.source,
-                            *(f.box or (None,) * 4),
-                            f.det_score,
-                            f.face_size,
-                            f.blur,
-                            now,
-                        )
+                        (v, identity_id, e, f.source, *(f.box or (None,) * 4), f.det_score, f.face_size, f.blur)
                         for v, e, f in zip(vids, embeddings, faces, strict=True)
                     ],
                 )
-            count = sql.face_count(conn, identity_id)
-            result = {
-                "seq": seq,
-                "identity_id": identity_id,
-                "vector_ids": vids,
-                "created": not alive,
-                "face_count": count,
-            }
             sql.audit(
                 conn,
                 "enroll",
                 identity_id,
-                change_seq=seq,
+                change_seq=None,
                 principal=principal,
                 detail={"faces": len(vids)},
+                current=True,
             )
-            if request_id is not None:
+            if request_id is not None:  # the result, without the identity id (as the journal's request table)
                 conn.execute(
-                    "INSERT INTO idempotency_keys (request_key, fingerprint, change_seq, result) "
-                    "VALUES (%s, %s, %s, %s)",
-                    (sql.request_key(request_id), print_, seq, Jsonb(result)),
+                    "INSERT INTO idempotency_keys (request_key, fingerprint, change_seq, result) VALUES (%s, %s, "
+                    f"{sql.CURRENT_SEQ}, jsonb_build_object('seq', {sql.CURRENT_SEQ}, 'vector_ids', %s::bigint[], "
+                    "'created', %s, 'face_count', %s))",
+                    (sql.request_key(request_id), print_, vids, not alive, count),
                 )
-            row = LiveIdentity(identity_id, seq, False, kept_name, kept_meta, created_at, now)
-        return Enrolled(seq, np.asarray(vids, dtype=np.int64), not alive, count, row)
+            written = change.fetchone()
+            assert written is not None
+            seq, now = int(written[0]), float(written[1])
+            identity = LiveIdentity(identity_id, seq, False, kept_name, kept_meta, kept_created or now, now)
+        return Enrolled(seq, np.asarray(vids, dtype=np.int64), not alive, count, identity)
 
     def delete_identity(
         self,
@@ -464,7 +460,10 @@ class PgStore:
         index version absorbed them); faces stay (the store is the record of every live face).
         Returns the log entries removed."""
         with self.writing("prune") as conn:
-            removed = conn.execute("DELETE FROM changes WHERE seq <= %s", (upto_seq,)).rowcount
+            gone = conn.execute(
+                "WITH gone AS (DELETE FROM changes WHERE seq <= %s RETURNING 1) SELECT count(*) FROM gone", (upto_seq,)
+            ).fetchone()
+            removed = int(gone[0]) if gone else 0
             conn.execute("DELETE FROM tombstones WHERE seq <= %s", (upto_seq,))
             conn.execute("DELETE FROM identities WHERE deleted AND seq <= %s", (upto_seq,))
             conn.execute(
