@@ -607,6 +607,53 @@ def test_fuzzed_metadata_never_gets_internal_or_unknown(fuzz_server: ServerProce
     assert len(sent) >= 30, f"only {len(sent)} of 60 metadata sets went out"
 
 
+def test_fuzzed_health_and_reflection_requests_never_get_internal_or_unknown(
+    fuzz_server: ServerProcess, channel: grpc.Channel
+) -> None:
+    """The other services on the port, fuzzed from their descriptors the same way: Health.Check and
+    reflection (v1alpha, and v1 by path: the same messages) with odd service, file and symbol names."""
+    from grpc_reflection.v1alpha import reflection_pb2
+
+    check = health_pb2.DESCRIPTOR.services_by_name["Health"].methods_by_name["Check"]
+    reflect = reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"].methods_by_name["ServerReflectionInfo"]
+    check_call: Any = channel.unary_unary("/grpc.health.v1.Health/Check", _identity, _identity)
+    reflect_calls: list[Any] = [
+        channel.stream_stream(f"/grpc.reflection.{v}.ServerReflection/ServerReflectionInfo", _identity, _identity)
+        for v in ("v1alpha", "v1")
+    ]
+    seen: set[str] = set()
+
+    @settings(FUZZ_SETTINGS, max_examples=40)
+    @given(
+        which=st.integers(0, 2),
+        check_request=requests(check.input_type),
+        reflect_items=st.lists(requests(reflect.input_type), max_size=3),
+    )
+    def one(which: int, check_request: bytes, reflect_items: list[bytes]) -> None:
+        if which == 0:
+            try:
+                check_call(check_request, timeout=CALL_TIMEOUT_S)
+                code, details = grpc.StatusCode.OK, ""
+            except grpc.RpcError as err:
+                code, details = err.code(), err.details()
+            request = check_request
+        else:
+            replies = reflect_calls[which - 1](iter(reflect_items), timeout=CALL_TIMEOUT_S)
+            try:
+                for _ in replies:
+                    pass
+                code, details = replies.code(), replies.details()
+            except grpc.RpcError as err:
+                code, details = err.code(), err.details()
+            request = b"".join(struct.pack(">I", len(i)) + i for i in reflect_items)
+        seen.add(code.name)
+        _check_code(code, details, request, fuzz_server)
+
+    one()
+    _assert_healthy(fuzz_server, channel)
+    assert {"OK", "INVALID_ARGUMENT"} <= seen or {"OK", "NOT_FOUND"} <= seen, seen
+
+
 def test_every_method_is_fuzzed() -> None:
     """The descriptor drives the fuzzing: every method of the service is in the tests above."""
     assert set(UNARY) | {"StreamIdentify"} == set(METHODS), json.dumps(sorted(METHODS))
