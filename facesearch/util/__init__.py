@@ -30,6 +30,7 @@ from facesearch.util.cancel import (
     DeadlineExceeded,
     WorkStopped,
     checkpoint,
+    interrupt_on_stop,
 )
 from facesearch.util.failpoints import Operation
 from facesearch.util.fs import (
@@ -65,6 +66,7 @@ __all__ = [
     "fsync_path",
     "hold",
     "holder_pid",
+    "interrupt_on_stop",
     "read_pointer",
     "replace_dir",
     "sha256_file",
