@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import io
 import json
+import struct
 import subprocess
 import sys
 import textwrap
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -165,6 +167,76 @@ def test_mutated_photos_decode_or_give_a_reason(name: str, edits: list[tuple[int
 def test_random_bytes_behind_a_signature_give_a_reason(data: bytes, head: bytes) -> None:
     got = _outcome(head + data)
     assert set(got) in ({"reason"}, {"shape"})
+
+
+# --- PNG: structure-aware mutations (a byte flip alone stops at the chunk's CRC) --------------
+
+
+def _png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    chunks, at = [], 8
+    while at + 8 <= len(data):
+        length = int.from_bytes(data[at : at + 4], "big")
+        chunks.append((data[at + 4 : at + 8], data[at + 8 : at + 8 + length]))
+        at += 12 + length
+    return chunks
+
+
+def _png(chunks: list[tuple[bytes, bytes]]) -> bytes:
+    out = b"\x89PNG\r\n\x1a\n"
+    for kind, body in chunks:
+        out += len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
+    return out
+
+
+PNG_SOURCES = ["rgb.png", "rgba.png", "palette_alpha.png", "gray16.png", "interlaced.png", "apng.png", "bilevel.png"]
+
+
+@settings(max_examples=300, derandomize=True, deadline=None, database=None)
+@given(
+    name=st.sampled_from(PNG_SOURCES),
+    ihdr=st.tuples(  # None: the file's own value (so that many still decode, and deep)
+        st.one_of(st.none(), st.sampled_from([1, 15, 16, 47, 49, 1000, 2**31 - 1, 0])),  # width
+        st.one_of(st.none(), st.sampled_from([1, 16, 63, 65, 1000, 2**31 - 1, 0])),  # height
+        st.one_of(st.none(), st.sampled_from([0, 1, 2, 4, 8, 16, 3, 255])),  # bit depth
+        st.one_of(st.none(), st.sampled_from([0, 1, 2, 3, 4, 5, 6, 7])),  # colour type
+        st.one_of(st.none(), st.sampled_from([0, 1, 2])),  # interlace method
+    ),
+    raw_edits=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 1 << 20), st.integers(0, 255)), max_size=4),
+    chunk_edits=st.lists(st.tuples(st.integers(0, 50), st.integers(0, 3), st.integers(0, 1 << 16)), max_size=3),
+)
+def test_png_with_valid_crcs_and_odd_headers_decodes_or_gives_a_reason(
+    name: str,
+    ihdr: tuple[int | None, int | None, int | None, int | None, int | None],
+    raw_edits: list[tuple[int, int, int]],
+    chunk_edits: list[tuple[int, int, int]],
+) -> None:
+    """IHDR rewritten with any size, bit depth, colour type and interlace method; the image data
+    (decompressed, mutated, recompressed) and chunks dropped, duplicated or reordered; every CRC
+    recomputed, so the decoder itself meets the damage."""
+    chunks = _png_chunks((CORPUS / name).read_bytes())
+    own = struct.unpack(">IIBBBBB", chunks[0][1])
+    width, height, depth, color, interlace = (
+        o if v is None else v for v, o in zip(ihdr, own[:4] + own[6:], strict=True)
+    )
+    chunks[0] = (b"IHDR", struct.pack(">IIBBBBB", width, height, depth, color, 0, 0, interlace))
+    idat = [i for i, (kind, _) in enumerate(chunks) if kind == b"IDAT"]
+    if idat and raw_edits:
+        raw = zlib.decompress(b"".join(chunks[i][1] for i in idat))
+        chunks[idat[0]] = (b"IDAT", zlib.compress(_mutate(raw, raw_edits)))
+        chunks = [c for i, c in enumerate(chunks) if i not in idat[1:]]
+    for where, op, value in chunk_edits:
+        at = where % len(chunks)
+        if op == 0 and len(chunks) > 1:
+            del chunks[at]
+        elif op == 1:
+            chunks.insert(at, chunks[value % len(chunks)])
+        elif op == 2:
+            chunks.insert(at, (b"tEXt", b"k\0" + b"v" * (value % 5000)))
+        else:
+            chunks.insert(at, (b"zTXt", b"k\0\0" + zlib.compress(b"z" * (value * 64))))  # a text bomb
+    got = _outcome(_png(chunks))
+    if "shape" in got:
+        assert got["shape"] == [height, width] or name == "apng.png", (got, width, height)
 
 
 # --- JPEG scans: the work bomb ---------------------------------------------------------
