@@ -248,8 +248,8 @@ def test_an_enroll_retried_with_its_request_id_returns_the_first_result(store: P
         store.enroll("hana", faces(2, 10), name="Hana", request_id="req-1", principal="svc")
     assert reused.value.reason is Reason.REQUEST_ID_REUSED
     with psycopg.connect(store.dsn) as conn:  # the id itself is not stored, only its digest
-        keys = [r[0] for r in conn.execute("SELECT request_key FROM idempotency_keys").fetchall()]
-    assert keys and "req-1" not in keys
+        rows = conn.execute("SELECT request_key, result::text FROM idempotency_keys").fetchall()
+    assert rows and all("req-1" not in key and "hana" not in result for key, result in rows)
     with pytest.raises(AlreadyExistsError):
         store.enroll("hana", faces(1, 11), create_only=True, request_id="req-2")
     assert store.expire_request_ids(0.0) == 1
