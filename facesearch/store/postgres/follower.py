@@ -12,6 +12,9 @@ one catch-up at a time, in seq order:
   before it, before the reply (read-your-writes), so a replica never applies its own change out of
   order with another replica's.
 
+``apply`` must be idempotent: when it fails part-way the position does not move, and the next
+catch-up hands it the same changes again (``LiveState.load`` of the same rows is).
+
 :meth:`serving_allowed` is the replica's half of the deletion guarantee
 (:mod:`facesearch.store.postgres.replicas`): False once its last successful catch-up started
 ``fence_s`` or more ago. A PostgreSQL outage shorter than that changes nothing for reads.

@@ -10,8 +10,10 @@ threads. Writes:
   commits. Holding the lock from before the seq is drawn until after the commit makes the log's seq
   order its commit order: a reader that has seen seq N has seen every change below N, so
   ``changes_since(N)`` / ``snapshot(after_seq=N)`` never skip a change committed late. Writes are thus
-  serialised in the database (one short transaction each: a few ms and one commit flush), which is
-  also what decides two replicas enrolling one identity at once: they run one after the other; a
+  serialised in the database (one short transaction each: an enroll holds the lock for two round
+  trips, psycopg's pipeline mode sending its reads together and then its writes together, plus the
+  commit flush; bench/results/pg_store.md), which is also what decides two replicas enrolling one
+  identity at once: they run one after the other; a
   create-only enroll of the second gets ``IDENTITY_EXISTS``, an appending one adds its faces after
   the first's. The identity row's primary key is the backstop.
 * a write is durable when it returns (``synchronous_commit`` on, PostgreSQL's default): the caller
@@ -19,7 +21,7 @@ threads. Writes:
 * PostgreSQL down or restarting: ``STORE_UNAVAILABLE`` (nothing written; the pool reconnects by
   itself, no restart of the store object); the connection lost during ``COMMIT``:
   ``STORE_OUTCOME_UNKNOWN`` (an enroll retried with the same ``request_id`` returns the first
-  result, a deletion retried is a no-op).
+  result; a deletion retried finds it made: NOT_FOUND, with the erasure and tombstones in place).
 
 Reads (:meth:`PgStore.snapshot`) run in one ``REPEATABLE READ`` read-only transaction: a consistent
 cut with its high-water seq, as :class:`~facesearch.store.live_journal.JournalSnapshot`.
