@@ -11,8 +11,8 @@ the connection lost *during* ``COMMIT`` (:func:`commit`)              ``Unavaila
 The ambiguous case is named apart because a retry of it is safe only as an idempotent retry: the
 write may have been committed (an Enroll retried with the same ``request_id`` returns the first
 result; a deletion retried after it was made gets NOT_FOUND, and what it erased stays erased).
-Anything else (a constraint violation, a bug in a query)
-keeps its own exception: it is not a condition a retry fixes.
+Anything else (a constraint violation, a bug in a query) keeps its own exception: it is not a
+condition a retry fixes.
 """
 
 from __future__ import annotations
