@@ -51,11 +51,13 @@ _RUN_AS = "postgres"  # the OS user the server runs as when the tests run as roo
 
 
 def find_pg_bin() -> Path | None:
-    """The folder holding ``initdb`` and ``pg_ctl``: ``$FACESEARCH_PG_BIN``, the newest Debian
-    ``/usr/lib/postgresql/*/bin``, ``pg_config --bindir``, or ``PATH``; None when there is none."""
+    """The folder holding ``initdb`` and ``pg_ctl``: ``$FACESEARCH_PG_BIN`` when set (None if it lacks
+    them), else the newest Debian ``/usr/lib/postgresql/*/bin``, ``pg_config --bindir``, or ``PATH``;
+    None when there is none."""
+    if os.environ.get("FACESEARCH_PG_BIN"):  # set: that folder or nothing (no silent fallback)
+        chosen = Path(os.environ["FACESEARCH_PG_BIN"])
+        return chosen if (chosen / "initdb").is_file() and (chosen / "pg_ctl").is_file() else None
     candidates: list[Path] = []
-    if os.environ.get("FACESEARCH_PG_BIN"):
-        candidates.append(Path(os.environ["FACESEARCH_PG_BIN"]))
     debian = Path("/usr/lib/postgresql")
     if debian.is_dir():
         versions = [p for p in debian.iterdir() if p.name.isdigit()]
