@@ -17,7 +17,10 @@ set -euo pipefail
 die() { echo "pg-dev.sh: $*" >&2; exit 2; }
 
 pg_bin() {
-  if [ -n "${FACESEARCH_PG_BIN:-}" ]; then echo "$FACESEARCH_PG_BIN"; return; fi
+  if [ -n "${FACESEARCH_PG_BIN:-}" ]; then
+    [ -x "$FACESEARCH_PG_BIN/initdb" ] || die "FACESEARCH_PG_BIN=$FACESEARCH_PG_BIN holds no initdb"
+    echo "$FACESEARCH_PG_BIN"; return
+  fi
   local v
   for v in $(ls /usr/lib/postgresql 2>/dev/null | sort -rn); do
     if [ -x "/usr/lib/postgresql/$v/bin/initdb" ]; then echo "/usr/lib/postgresql/$v/bin"; return; fi
