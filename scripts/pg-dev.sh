@@ -60,8 +60,9 @@ start() {
 
 stop() {
   local dir="$1"
-  [ -d "$dir/data" ] || die "$dir holds no pg-dev.sh server"
-  as_owner "$(pg_bin)/pg_ctl" stop -w -t 60 -m fast -D "$dir/data" >/dev/null || true
+  if [ -f "$dir/data/postmaster.pid" ]; then
+    as_owner "$(pg_bin)/pg_ctl" stop -w -t 60 -m fast -D "$dir/data" >/dev/null || true
+  fi
   rm -rf "$dir"
 }
 
@@ -75,6 +76,7 @@ case "$cmd" in
     echo "# stop it with: scripts/pg-dev.sh stop $dir" ;;
   stop)
     [ $# -eq 1 ] || die "usage: pg-dev.sh stop DIR"
+    [ -d "$1/data" ] || die "$1 holds no pg-dev.sh server"
     stop "$1" ;;
   run)
     [ "${1:-}" = "--" ] && shift
