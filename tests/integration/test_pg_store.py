@@ -332,3 +332,52 @@ def drop_listeners(dsn: str) -> None:
         for (pid,) in admin.execute(query).fetchall():
             admin.execute("SELECT pg_terminate_backend(%s, 10000)", (pid,))  # waits up to 10 s for it to end
         assert admin.execute(query).fetchall() == []
+
+
+def test_a_deletion_racing_an_enrollment_of_the_same_identity_never_leaves_faces_behind(
+    pg_dsn: str, store: PgStore
+) -> None:
+    """Replica A deletes an identity while replica B adds faces to it: whichever the store serialises
+    first, afterwards the identity is erased and holds no face (B's faces were either deleted with it,
+    or refused with IDENTITY_ERASED)."""
+    other = PgStore.open(pg_dsn, contract_id="test-contract", d=D, pool=POOL)
+
+    def race(who: str, seed: int) -> dict[str, object]:
+        barrier = threading.Barrier(2)
+        got: dict[str, object] = {}
+
+        def delete() -> None:
+            barrier.wait()
+            got["delete"] = store.delete_identity(who)
+
+        def append() -> None:
+            barrier.wait()
+            try:
+                got["enroll"] = other.enroll(who, faces(2, seed))
+            except PreconditionError as err:
+                got["enroll"] = err
+
+        threads = [threading.Thread(target=delete), threading.Thread(target=append)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return got
+
+    outcomes: set[str] = set()
+    try:
+        for round_ in range(8):
+            who = f"race-{round_}"
+            store.enroll(who, faces(1, 300 + round_))
+            got = race(who, 400 + round_)
+            assert store.face_count(who) == 0 and store.is_erased(who)
+            enrolled = got["enroll"]
+            if isinstance(enrolled, PreconditionError):
+                assert enrolled.reason is Reason.IDENTITY_ERASED
+                outcomes.add("refused")
+            else:  # enrolled first: the deletion took its faces too
+                assert set(enrolled.vector_ids.tolist()) <= set(got["delete"].vector_ids)  # type: ignore[attr-defined]
+                outcomes.add("deleted with it")
+    finally:
+        other.close()
+    assert outcomes  # which orders occur depends on scheduling; each is checked when it does
