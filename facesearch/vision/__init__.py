@@ -12,10 +12,11 @@ Modules (and the tests that cover them):
   ``tests/unit/test_landmarks_align.py``.
 - ``decode``: Decode any supported photo safely into a C-contiguous HxWx3 uint8 RGB array. Tests:
   ``tests/integration/test_checkpoint_export.py``, ``tests/integration/test_detect_budget.py``,
-  ``tests/integration/test_flip_average.py``, ``tests/integration/test_indexer_images.py``,
-  ``tests/integration/test_pipeline_embed.py``, ``tests/integration/test_server_large_photos.py``,
-  ``tests/integration/test_training_export.py``, ``tests/unit/test_decode.py``,
-  ``tests/unit/test_decode_fuzz.py``, ``tests/unit/test_decode_reduced.py``.
+  ``tests/integration/test_exposure_pipeline.py``, ``tests/integration/test_flip_average.py``,
+  ``tests/integration/test_indexer_images.py``, ``tests/integration/test_pipeline_embed.py``,
+  ``tests/integration/test_server_large_photos.py``, ``tests/integration/test_training_export.py``,
+  ``tests/unit/test_decode.py``, ``tests/unit/test_decode_fuzz.py``,
+  ``tests/unit/test_decode_reduced.py``, ``tests/unit/test_exposure.py``.
 - ``detection_plan``: How much of a photo the face detector scans: a budget in pyramid pixels, and
   what it buys. Tests: ``tests/integration/test_server_large_photos.py``,
   ``tests/unit/test_detection_plan.py``.
@@ -24,6 +25,8 @@ Modules (and the tests that cover them):
   ``tests/integration/test_parity_detector.py``, ``tests/unit/test_detector.py``.
 - ``embedder``: The face embedder: aligned 150x150 RGB chips -> 128-d descriptors, via onnxruntime.
   Tests: ``tests/integration/test_flip_average.py``, ``tests/integration/test_parity_embedder.py``.
+- ``exposure``: Overexposed photos (a flash, a backlight): measuring it, and a darker copy to detect
+  faces in. Tests: ``tests/integration/test_exposure_pipeline.py``, ``tests/unit/test_exposure.py``.
 - ``image_limits``: Size limits a photo must meet before its pixels are decoded. Tests: through its
   callers.
 - ``landmarks``: Five-point face landmarks, computed exactly as dlib's ``shape_predictor`` does.
@@ -35,9 +38,10 @@ Modules (and the tests that cover them):
   callers.
 - ``pipeline``: The face pipeline: photo -> faces (box, score, landmarks, chip, embedding, quality).
   Tests: ``tests/integration/test_checkpoint_export.py``,
-  ``tests/integration/test_detect_budget.py``, ``tests/integration/test_flip_average.py``,
-  ``tests/integration/test_indexer_images.py``, ``tests/integration/test_pipeline_embed.py``,
-  ``tests/integration/test_training_export.py``, ``tests/unit/test_detection_plan.py``,
+  ``tests/integration/test_detect_budget.py``, ``tests/integration/test_exposure_pipeline.py``,
+  ``tests/integration/test_flip_average.py``, ``tests/integration/test_indexer_images.py``,
+  ``tests/integration/test_pipeline_embed.py``, ``tests/integration/test_training_export.py``,
+  ``tests/unit/test_detection_plan.py``, ``tests/unit/test_exposure.py``,
   ``tests/unit/test_jobs_runner.py``.
 - ``pyramid``: dlib's image pyramids, reproduced bit for bit in numpy. Tests:
   ``tests/unit/test_detector.py``, ``tests/unit/test_pyramid_fast.py``,
@@ -81,6 +85,7 @@ from facesearch.vision.detector import (
     upsample_for_min_face,
 )
 from facesearch.vision.embedder import Embedder
+from facesearch.vision.exposure import measure_exposure
 from facesearch.vision.image_limits import DecodeLimits
 from facesearch.vision.landmarks import (
     LandmarkPredictor,
@@ -177,6 +182,7 @@ __all__ = [
     "largest_first",
     "load_image",
     "lround",
+    "measure_exposure",
     "measure_quality",
     "nearest_centre",
     "plan_detection",

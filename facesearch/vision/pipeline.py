@@ -32,6 +32,7 @@ from facesearch.vision.align import face_chip
 from facesearch.vision.detection_plan import DetectionPlan, plan_detection
 from facesearch.vision.detector import Detection, FaceDetector
 from facesearch.vision.embedder import Embedder
+from facesearch.vision.exposure import measure_exposure, normalise_exposure
 from facesearch.vision.landmarks import LandmarkPredictor
 from facesearch.vision.quality import FaceQuality, measure_quality
 from facesearch.vision.selection import nearest_centre_index
@@ -78,6 +79,14 @@ class PipelineConfig:
     #: The most a call naming its own smallest face (``detect(..., min_face=)``) may scan; None:
     #: ``detect_pixels``.
     max_detect_pixels: int | None = None
+    #: When a photo gives no face and is overexposed (:mod:`facesearch.vision.exposure`), search
+    #: again in an exposure-normalised copy (boxes from the copy, chips from the photo). None: on
+    #: unless ``detect_pixels`` is None (the dlib-parity mode stays exactly dlib's).
+    exposure_rescue: bool | None = None
+
+    @property
+    def rescues_exposure(self) -> bool:
+        return self.detect_pixels is not None if self.exposure_rescue is None else self.exposure_rescue
 
     def __post_init__(self) -> None:
         if self.min_face < 10:
@@ -157,12 +166,24 @@ class FacePipeline:
         if (plan.width, plan.height) != (width, height):
             raise InvalidInputError(f"a plan for {plan.width}x{plan.height} used on a {width}x{height} photo")
         if plan.exact:
-            found = self.detector.detect(
-                image, upsample=plan.upsample, adjust_threshold=self.config.detection_threshold, cancel=cancel
+            found = self._detect_exposed(
+                image,
+                lambda pixels: self.detector.detect(
+                    pixels, upsample=plan.upsample, adjust_threshold=self.config.detection_threshold, cancel=cancel
+                ),
             )
             _after_scan(plan)
             return found
         return self.detect_scan(scan_copy(image, plan), plan, cancel)
+
+    def _detect_exposed(self, image: np.ndarray, run: Callable[[np.ndarray], list[Detection]]) -> list[Detection]:
+        """``run(image)``; when that finds nothing in an overexposed photo (and the config rescues
+        exposure), ``run`` on its exposure-normalised copy (same geometry, so the same boxes)."""
+        found = run(image)
+        if found or not self.config.rescues_exposure:
+            return found
+        exposure = measure_exposure(image)
+        return run(normalise_exposure(image, exposure)) if exposure.overexposed else found
 
     def detect_scan(self, scan: np.ndarray, plan: DetectionPlan, cancel: Checkpoint | None = None) -> list[Detection]:
         """Faces found in a scaled plan's copy (:func:`scan_copy`, or a reduced decode of that size),
@@ -171,8 +192,11 @@ class FacePipeline:
             raise InvalidInputError(
                 f"detect_scan needs a {plan.scan_width}x{plan.scan_height} copy, got {scan.shape[1]}x{scan.shape[0]}"
             )
-        found = self.detector.detect(
-            scan, upsample=0, adjust_threshold=self.config.detection_threshold, exact=False, cancel=cancel
+        found = self._detect_exposed(
+            scan,
+            lambda pixels: self.detector.detect(
+                pixels, upsample=0, adjust_threshold=self.config.detection_threshold, exact=False, cancel=cancel
+            ),
         )  # a scaled copy is no dlib scan: its pyramid is built the fast way
         _after_scan(plan)
         sx, sy = plan.width / plan.scan_width, plan.height / plan.scan_height
