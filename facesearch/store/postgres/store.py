@@ -276,6 +276,7 @@ class PgStore:
         create_only: bool = False,
         request_id: str | None = None,
         principal: str | None = None,
+        fingerprint: str | None = None,
     ) -> Enrolled:
         """Add ``faces`` to ``identity_id`` (creating it); durable on return.
 
@@ -283,10 +284,14 @@ class PgStore:
         (``IDENTITY_ERASED``), an existing one when ``create_only`` (``IDENTITY_EXISTS``; an identity only
         in a published version is the caller's to check), a ``request_id`` already used for another
         request. A known ``request_id`` returns the first result (``replayed``), writing nothing.
+        ``fingerprint``: what identifies the request's content instead of the faces' digest (a server
+        passes its digest of the photos: re-embedding a retried photo may differ in the last bits).
         """
         embeddings = sql.embedding_rows(faces, self.d)
         meta = dict(metadata or {})
-        print_ = enroll_fingerprint(identity_id, name, meta, faces, create_only=create_only, principal=principal)
+        print_ = fingerprint or enroll_fingerprint(
+            identity_id, name, meta, faces, create_only=create_only, principal=principal
+        )
         with self.writing(f"enroll {identity_id!r}") as conn:
             # what the decision needs, in one round trip (pipelined after the append lock)
             known = conn.execute(
