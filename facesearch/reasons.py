@@ -196,6 +196,12 @@ class Reason(StrEnum):
         "changes asked of the PostgreSQL store's log were pruned: use a newer version",
     )
     STORE_DRIVER_MISSING = auto(), _PRECONDITION, "a postgresql:// store without the postgres extra (psycopg) installed"
+    REPLICA_FENCED = (
+        auto(),
+        _UNAVAILABLE,
+        "this replica has not caught up with the shared store for FACESEARCH_STORE_FENCE_S: it may miss a deletion, "
+        "so it does not answer searches until it has (try another replica)",
+    )
 
     # -- batch jobs and evaluation ----------------------------------------------------------------
     MEMORY_BUDGET = auto(), _EXHAUSTED, "a job that would exceed its memory budget; the message names the knob"

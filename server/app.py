@@ -52,6 +52,7 @@ from facesearch.scoring.thresholds import ThresholdPolicy
 from facesearch.store.audit_log import AuditLog
 from facesearch.store.erasure_ledger import ErasureLedger
 from facesearch.store.live_journal import LiveJournal, journal_place
+from facesearch.store.store_location import require_postgres_driver
 from facesearch.vision.image_limits import DecodeLimits
 from facesearch.vision.pipeline import FacePipeline, PipelineConfig
 from server.admission import Admission
@@ -77,6 +78,7 @@ from server.write_health import WriteStatus
 log = logging.getLogger("facesearch.server.app")
 
 IO_THREADS = 4
+FENCE_CHECK_S = 0.1  # G: how often a replica's health is matched to its fence (searches check it themselves)
 # Keepalive enforcement (see server/config.py): clients may ping every 10 s while calls are open;
 # the server pings a quiet connection after 60 s and drops it when 20 s pass unanswered.
 KEEPALIVE_MIN_RECV_PING_MS = 10_000
@@ -143,6 +145,8 @@ class FaceSearchServer:
         self._refused: FaceSearchError | None = None
         self._health_tasks: set[asyncio.Task[None]] = set()
         self._reloader: asyncio.Task[None] | None = None
+        self._fence_task: asyncio.Task[None] | None = None
+        self._fence_ok = True  # G: a replica's last health by its fence
         self.auth: Authenticator | None = None
 
     async def start(self) -> None:
@@ -159,20 +163,10 @@ class FaceSearchServer:
                 max_detect_pixels=c.max_detect_pixels,
             ),
         )
-        place = journal_place(c.live_dir, self.bundle.contract_id)
-        for directory, contract, faces in place.others:
-            log.warning(
-                "live journal %s holds %d live faces of model contract %s, which this model (%s) cannot "
-                "search; they are kept as they are: serve them again with that model's bundle, or "
-                "re-enroll those people",
-                directory,
-                faces,
-                contract,
-                self.bundle.contract_id,
-            )
-        self.journal = LiveJournal.open(
-            place.directory, contract_id=self.bundle.contract_id, d=self.bundle.embedding_dim
-        )
+        if c.store.shared:
+            self._open_replica()
+        else:
+            self._open_embedded()
         self.cpu = ThreadPoolExecutor(max_workers=c.workers, thread_name_prefix="cpu")
         self.io = ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="io")
         self.batcher = EmbedBatcher(
@@ -187,15 +181,7 @@ class FaceSearchServer:
             self.metrics.observe_stage,
         )
         open_set = load_open_set_calibration(c.bundle)
-        self.ledger = ErasureLedger.open(c.index_root)
-        self.gallery = Gallery(
-            self.journal,
-            self.bundle.embedding_dim,
-            open_set_params(open_set, c),
-            self.ledger,
-            audit=AuditLog.open(c.index_root, self.ledger.digester),  # D1: who enrolled/deleted whom
-            settings=write_settings(c),
-        )
+        self.gallery = self._gallery(open_set_params(open_set, c))
         self.admission = Admission(c.workers, c.queue_size, c.work_memory)
         self.service = FaceSearchService(
             engine,
@@ -269,6 +255,82 @@ class FaceSearchServer:
         )
         await self.watcher.load_current()
         self.watcher.start()
+        if c.store.shared:
+            self._fence_task = asyncio.get_running_loop().create_task(self._watch_fence(), name="replica-fence")
+
+    def _open_embedded(self) -> None:
+        """The default store: the live journal and ledger under the index root (SQLite)."""
+        c = self.config
+        place = journal_place(c.live_dir, self.bundle.contract_id)
+        for directory, contract, faces in place.others:
+            log.warning(
+                "live journal %s holds %d live faces of model contract %s, which this model (%s) cannot "
+                "search; they are kept as they are: serve them again with that model's bundle, or "
+                "re-enroll those people",
+                directory,
+                faces,
+                contract,
+                self.bundle.contract_id,
+            )
+        self.journal = LiveJournal.open(
+            place.directory, contract_id=self.bundle.contract_id, d=self.bundle.embedding_dim
+        )
+        self.ledger = ErasureLedger.open(c.index_root)
+
+    def _open_replica(self) -> None:
+        """G: the shared PostgreSQL store (FACESEARCH_STORE): schema checked (STORE_SCHEMA refuses to
+        start), bound to this model's contract; the driver is imported only here."""
+        require_postgres_driver()
+        from server.replica_gallery import open_store  # noqa: PLC0415 - imports psycopg: PostgreSQL only
+
+        c = self.config
+        assert c.store.url is not None
+        self.store = open_store(c.store.url, contract_id=self.bundle.contract_id, d=self.bundle.embedding_dim)
+        log.info("store %s (store id %s), replica %s", c.store, self.store.store_id, c.replica_id)
+
+    def _gallery(self, params: OpenSetParams) -> Gallery:
+        c = self.config
+        if c.store.shared:
+            from server.replica_gallery import ReplicaGallery  # noqa: PLC0415 - PostgreSQL only
+
+            return ReplicaGallery(
+                self.store,
+                c.live_dir,
+                self.bundle.embedding_dim,
+                params,
+                settings=write_settings(c),
+                replica_id=c.replica_id,
+                fence_s=c.store_fence_s,
+                poll_s=c.store_poll_s,
+                info={"listen": c.listen},
+            )
+        return Gallery(
+            self.journal,
+            self.bundle.embedding_dim,
+            params,
+            self.ledger,
+            audit=AuditLog.open(c.index_root, self.ledger.digester),  # D1: who enrolled/deleted whom
+            settings=write_settings(c),
+        )
+
+    async def _watch_fence(self) -> None:
+        """G: a replica's health follows its fence (NOT_SERVING while it may miss a deletion)."""
+        serving = getattr(self.gallery, "serving", None)
+        if serving is None:
+            return
+        while True:
+            await asyncio.sleep(FENCE_CHECK_S)
+            if self.gallery.current is None or self._refused is not None:
+                continue
+            ok = bool(serving())
+            if ok != self._fence_ok:
+                self._fence_ok = ok
+                if ok:
+                    log.info("replica %s caught up with the store: serving again", self.config.replica_id)
+                else:
+                    log.warning("replica %s fenced: not caught up with the store", self.config.replica_id)
+                await self.health.set(ok)
+                self.metrics.serving.set(int(ok))
 
     def _bind(self, server: grpc.aio.Server) -> int:
         c = self.config
@@ -313,12 +375,14 @@ class FaceSearchServer:
         self.service.not_ready = None
         self.metrics.swaps.labels("ok").inc()
         self._update_gauges()
-        await self.health.set(True)
-        self.metrics.serving.set(1)
+        serving = getattr(self.gallery, "serving", None)  # G: a fenced replica stays NOT_SERVING
+        self._fence_ok = bool(serving()) if serving is not None else True
+        await self.health.set(self._fence_ok)
+        self.metrics.serving.set(int(self._fence_ok))
 
     async def _refuse(self, version: str | None, err: FaceSearchError) -> None:
         self.metrics.swaps.labels("refused" if err.reason == Reason.CONTRACT_MISMATCH else "failed").inc()
-        if self.gallery.state is None:  # nothing served yet: stay NOT_SERVING and say why
+        if self.gallery.current is None:  # nothing served yet: stay NOT_SERVING and say why
             self._refused = err
             self.service.not_ready = PreconditionError(f"index version {version} refused: {err}", reason=err.reason)
             await self.health.set(False)
@@ -336,7 +400,7 @@ class FaceSearchServer:
         task.add_done_callback(self._health_tasks.discard)
 
     def _update_gauges(self) -> None:
-        state = self.gallery.state
+        state = self.gallery.current
         if state is None:
             return
         stats = state.stats()
@@ -348,11 +412,11 @@ class FaceSearchServer:
         m.set_index(stats.index_version, self.bundle.contract_id)
 
     def _live_count(self) -> int:
-        state = self.gallery.state
+        state = self.gallery.current
         return state.live.alive_count if state else 0
 
     def _tomb_count(self) -> int:
-        state = self.gallery.state
+        state = self.gallery.current
         return state.live.base_tombstone_total if state else 0
 
     async def stop(self, grace: float | None = None) -> None:
@@ -369,6 +433,9 @@ class FaceSearchServer:
         if self._reloader is not None:
             self._reloader.cancel()
             self._reloader = None
+        if self._fence_task is not None:
+            self._fence_task.cancel()
+            self._fence_task = None
         if self._grpc is not None:
             await self._grpc.stop(grace)
             self._grpc = None
@@ -382,7 +449,9 @@ class FaceSearchServer:
         if hasattr(self, "ledger"):
             self.ledger.close()
         if hasattr(self, "gallery"):
-            self.gallery.close()
+            self.gallery.close()  # a replica leaves the store's registry here
+        if hasattr(self, "store"):
+            self.store.close()
         self.metrics.stop()
         self._stopped.set()
         log.info("stopped")

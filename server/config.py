@@ -83,6 +83,22 @@ FACESEARCH_MAX_FACES                                            64 (faces search
 FACESEARCH_STREAM_IDLE_S                                        60 (a StreamIdentify stream with no
                                                                 item and no reply pending this
                                                                 long is closed: STREAM_IDLE)
+FACESEARCH_STORE                                                sqlite (files under the index root);
+                                                                postgresql://USER:PW@HOST:PORT/DB:
+                                                                the store shared by replicas
+                                                                (server/replica_gallery.py)
+FACESEARCH_REPLICA_ID                                           HOSTNAME-PORT (this replica's name
+                                                                in the store; PostgreSQL only)
+FACESEARCH_STORE_FENCE_S                                        10 (a replica that has not caught
+                                                                up with the store this long stops
+                                                                answering searches: REPLICA_FENCED;
+                                                                a deletion waits at most this long
+                                                                for a replica that is gone)
+FACESEARCH_STORE_POLL_S                                         1 (catch-up interval when no
+                                                                notification came; < FENCE_S)
+(with FACESEARCH_STORE=postgresql)                              FACESEARCH_LIVE_DIR defaults to
+                                                                ROOT/replicas/REPLICA_ID (the
+                                                                replica's own caches)
 ==================================  ==========================  ==============================
 """
 
@@ -91,6 +107,8 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import re
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -98,6 +116,7 @@ from typing import Any
 
 from facesearch.bundle.location import default_bundle
 from facesearch.errors import InvalidInputError, Reason
+from facesearch.store.store_location import StoreKind, StoreLocation, parse_store
 from facesearch.vision.detection_plan import worst_work_bytes
 from facesearch.vision.pipeline import DEFAULT_DETECT_PIXELS, MIN_DETECT_PIXELS
 
@@ -106,6 +125,8 @@ DEFAULT_METRICS_LISTEN = "127.0.0.1:9464"
 DEFAULT_MAX_DETECT_PIXELS = 9_000_000  # a 1080p frame searched down to 40 px faces (2x: 8.3 MP)
 DEFAULT_WORK_MEMORY = 1 << 30
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+SQLITE_STORE = StoreLocation(StoreKind.SQLITE)
+REPLICA_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 def _cores() -> int:
@@ -161,9 +182,15 @@ class ServerConfig:
     # -- service bounds (helper B, issue 13): faces per photo, idle streams
     max_faces: int = 64  # faces searched per photo (the largest); the reply says how many were found
     stream_idle_s: float = 60.0  # a StreamIdentify stream with no item (and no reply pending) this long is closed
+    # -- replicas (helper G, issue 14): the shared PostgreSQL store
+    store: StoreLocation = SQLITE_STORE
+    replica_id: str = "replica"
+    store_fence_s: float = 10.0  # not caught up this long: stop answering searches (REPLICA_FENCED)
+    store_poll_s: float = 1.0  # catch up at least this often (a notification wakes it sooner)
 
     def __post_init__(self) -> None:
         self._check_service_bounds()
+        self._check_replica()
         _check_hostport(self.listen, "FACESEARCH_LISTEN (--listen)")
         if self.metrics_listen is not None:
             _check_hostport(self.metrics_listen, "FACESEARCH_METRICS_LISTEN (--metrics-listen)")
@@ -304,6 +331,19 @@ class ServerConfig:
                 f"FACESEARCH_STREAM_IDLE_S must be > 0 seconds, got {self.stream_idle_s}", reason=Reason.BAD_CONFIG
             )
 
+    def _check_replica(self) -> None:  # helper G's block
+        if not REPLICA_ID.fullmatch(self.replica_id):
+            raise InvalidInputError(
+                f"FACESEARCH_REPLICA_ID must be 1..64 of A-Z a-z 0-9 . _ -, got {self.replica_id!r}",
+                reason=Reason.BAD_CONFIG,
+            )
+        if not 0 < self.store_poll_s < self.store_fence_s:
+            raise InvalidInputError(
+                f"FACESEARCH_STORE_POLL_S ({self.store_poll_s}) must be > 0 and under FACESEARCH_STORE_FENCE_S "
+                f"({self.store_fence_s})",
+                reason=Reason.BAD_CONFIG,
+            )
+
     def _check_detection(self) -> None:
         for name, value in (("DETECT_PIXELS", self.detect_pixels), ("MAX_DETECT_PIXELS", self.max_detect_pixels)):
             if value is not None and value < MIN_DETECT_PIXELS:
@@ -332,7 +372,10 @@ class ServerConfig:
         return self.tls_cert is not None
 
     def describe(self) -> dict[str, Any]:
-        return {f.name: str(v) if isinstance(v := getattr(self, f.name), Path) else v for f in fields(self)}
+        # a StoreLocation prints its URL without the password
+        return {
+            f.name: str(v) if isinstance(v := getattr(self, f.name), Path | StoreLocation) else v for f in fields(self)
+        }
 
 
 def is_loopback(hostport: str) -> bool:
@@ -387,11 +430,15 @@ def load_config(args: argparse.Namespace | None = None, env: Mapping[str, str] |
     bundle = flag("bundle") or reader.as_path("FACESEARCH_BUNDLE") or default_bundle(home / "models")
     index_root = flag("index") or reader.as_path("FACESEARCH_INDEX") or home / "index"
     metrics = flag("metrics_listen") or env.get("FACESEARCH_METRICS_LISTEN") or DEFAULT_METRICS_LISTEN
+    listen = flag("listen") or env.get("FACESEARCH_LISTEN") or DEFAULT_LISTEN
+    store = parse_store(env.get("FACESEARCH_STORE"), "FACESEARCH_STORE")
+    replica_id = env.get("FACESEARCH_REPLICA_ID", "").strip() or _default_replica_id(listen)
+    own_dir = Path(index_root) / ("replicas/" + replica_id if store.shared else "live")
     return ServerConfig(
         bundle=Path(bundle),
         index_root=Path(index_root),
-        live_dir=reader.as_path("FACESEARCH_LIVE_DIR") or Path(index_root) / "live",
-        listen=flag("listen") or env.get("FACESEARCH_LISTEN") or DEFAULT_LISTEN,
+        live_dir=reader.as_path("FACESEARCH_LIVE_DIR") or own_dir,
+        listen=listen,
         metrics_listen=None if metrics.lower() in ("off", "none", "") else metrics,
         tls_cert=flag("tls_cert") or reader.as_path("FACESEARCH_TLS_CERT"),
         tls_key=flag("tls_key") or reader.as_path("FACESEARCH_TLS_KEY"),
@@ -430,7 +477,18 @@ def load_config(args: argparse.Namespace | None = None, env: Mapping[str, str] |
         audit_retention_days=reader.as_float("FACESEARCH_AUDIT_RETENTION_DAYS", 365.0),
         max_faces=reader.as_int("FACESEARCH_MAX_FACES", 64),
         stream_idle_s=reader.as_float("FACESEARCH_STREAM_IDLE_S", 60.0),
+        store=store,
+        replica_id=replica_id,
+        store_fence_s=reader.as_float("FACESEARCH_STORE_FENCE_S", 10.0),
+        store_poll_s=reader.as_float("FACESEARCH_STORE_POLL_S", 1.0),
     )
+
+
+def _default_replica_id(listen: str) -> str:
+    """``HOSTNAME-PORT``: stable across restarts of one replica, distinct between replicas on one host."""
+    host = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname())[:40] or "host"
+    port = listen.rpartition(":")[2]
+    return f"{host}-{port}" if port not in ("", "0") else f"{host}-pid{os.getpid()}"  # port 0: picked at bind
 
 
 class _EnvReader:

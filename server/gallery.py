@@ -676,6 +676,12 @@ class Gallery:
 
     @property
     def state(self) -> GalleryState | None:
+        """The state searches use (a replica raises UNAVAILABLE here while fenced: server/replica_gallery.py)."""
+        return self._state
+
+    @property
+    def current(self) -> GalleryState | None:
+        """The installed state, for gauges and status (never raises)."""
         return self._state
 
     def install(self, base: BaseIndex | None) -> None:

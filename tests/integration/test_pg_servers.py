@@ -1,0 +1,214 @@
+"""Real ``facesearch-server`` replicas sharing one PostgreSQL store (tests/pg_fixtures.py) and one index
+root (issue 14): an enrollment on one replica is found on the other; two replicas enrolling one
+identity at once: one wins, the other gets IDENTITY_EXISTS; after a deletion's OK on one replica the
+other does not return the faces (no waiting); a replica stopped, and one killed with SIGKILL, comes
+back caught up before it reports SERVING; an unmigrated store is refused at start; PostgreSQL stopped
+mid-run: Identify keeps answering from memory, writes fail UNAVAILABLE STORE_UNAVAILABLE, a replica
+cut off past FACESEARCH_STORE_FENCE_S stops serving (REPLICA_FENCED), and everything resumes when
+PostgreSQL is back, without restarting a server."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from facesearch.bundle.manifest import ModelBundle
+from facesearch.client.service_client import FaceSearchClient, RpcFailedError
+from facesearch.errors import AlreadyExistsError, FaceSearchError, NotFoundError
+from facesearch.store.postgres import migrate
+from tests.integration.server_fixtures import *  # noqa: F403
+from tests.integration.server_fixtures import REPO, ServerProcess, build_index, start_server, synthetic_embeddings
+from tests.integration.server_fixtures import wait_until as until
+from tests.pg_fixtures import *  # noqa: F403
+from tests.pg_fixtures import PgServer
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def root(server_bundle: Path, tmp_path: Path) -> Path:
+    """A shared root with a small published version (synthetic faces, built from no store)."""
+    contract = ModelBundle.load(server_bundle, verify=False).contract_id
+    emb, ids = synthetic_embeddings(200, seed=11, prefix="pub")
+    build_index(tmp_path / "index", emb, ids, contract, work=tmp_path / "work")
+    return tmp_path / "index"
+
+
+def migrated(dsn: str) -> str:
+    with psycopg.connect(dsn) as conn:
+        migrate(conn)
+    return dsn
+
+
+def replica(bundle: Path, root: Path, logs: Path, dsn: str, name: str, **env: str) -> ServerProcess:
+    return start_server(
+        bundle,
+        root,
+        logs,
+        env={
+            "FACESEARCH_STORE": dsn,
+            "FACESEARCH_REPLICA_ID": name,
+            "FACESEARCH_STORE_POLL_S": "0.5",
+            "FACESEARCH_STORE_FENCE_S": "4",
+            **env,
+        },
+    )
+
+
+def serving(srv: ServerProcess) -> None:
+    with srv.client() as c:
+        until(lambda: _health(c) == "SERVING", timeout=120, what=f"{srv.target} SERVING")
+
+
+def _health(c: FaceSearchClient) -> str:
+    try:
+        return c.health()
+    except FaceSearchError:
+        return "DOWN"
+
+
+def found(c: FaceSearchClient, photo: Path) -> set[str]:
+    return {x.identity_id for f in c.identify(photo, top_k=10).faces for x in f.candidates}
+
+
+def test_replicas_share_enrollments_and_deletions(
+    server_bundle: Path, root: Path, tmp_path: Path, people: dict[str, list[Path]], pg_dsn: str
+) -> None:
+    dsn = migrated(pg_dsn)
+    a, b, c_name, d_name = [p for p in people if len(people[p]) >= 3][:4]
+    logs = tmp_path / "logs"
+    r1 = replica(server_bundle, root, logs, dsn, "r1")
+    r2 = replica(server_bundle, root, logs, dsn, "r2")
+    try:
+        serving(r1)
+        serving(r2)
+        with r1.client(timeout=120) as c1, r2.client(timeout=120) as c2:
+            # read-your-writes on r1, then r2 learns of it by itself
+            first = c1.enroll(a, people[a][:2], use_largest_face=True)
+            assert first.created and c1.get_identity(a).face_count == 2
+            until(lambda: _exists(c2, a), timeout=30, what="r2 to learn of the enrollment")
+            assert a in found(c2, people[a][2])
+
+            # one identity enrolled on both replicas at once: one creates it, the other gets IDENTITY_EXISTS
+            outcomes: dict[str, object] = {}
+
+            def enroll(name: str, c: FaceSearchClient) -> None:
+                try:
+                    outcomes[name] = c.enroll(b, people[b][:1], use_largest_face=True)
+                except AlreadyExistsError as err:
+                    outcomes[name] = err
+
+            threads = [threading.Thread(target=enroll, args=x) for x in (("r1", c1), ("r2", c2))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            refused = [o for o in outcomes.values() if isinstance(o, AlreadyExistsError)]
+            assert len(refused) == 1 and refused[0].reason == "IDENTITY_EXISTS", outcomes
+            until(lambda: _count(c1) == _count(c2) and _exists(c1, b) and _exists(c2, b), what="both to see b")
+            assert c1.get_identity(b).face_count == c2.get_identity(b).face_count == 1
+
+            # a deletion's OK on r2 means r1 no longer returns the faces: no waiting here
+            assert c2.delete_identity(a) == 2
+            with pytest.raises(NotFoundError):
+                c1.get_identity(a)
+            assert a not in found(c1, people[a][2])
+            faces = c1.enroll(c_name, people[c_name][:3], use_largest_face=True).face_ids
+            assert len(faces) >= 2, faces
+            assert c2.delete_faces([faces[0]]) == 1  # a face r2 learned of (or the store knows)
+            assert c1.get_identity(c_name).face_count == len(faces) - 1
+
+            # r2 stopped cleanly (it leaves the registry); r1 enrolls; r2 restarted is caught up once SERVING
+            r2.stop()
+            c1.enroll(d_name, people[d_name][:1], use_largest_face=True)
+        r2 = replica(server_bundle, root, logs, dsn, "r2")
+        serving(r2)
+        with r2.client(timeout=120) as c2, r1.client(timeout=120) as c1:
+            assert c2.get_identity(d_name).face_count == 1
+            assert c2.get_identity(c_name).face_count == len(faces) - 1
+            with pytest.raises(NotFoundError):
+                c2.get_identity(a)
+
+            # r2 killed: it stays registered, so a deletion waits until it counts as fenced, then is OK
+            r2.kill()
+            assert c1.delete_identity(d_name) == 1
+            with pytest.raises(NotFoundError):
+                c1.get_identity(d_name)
+        r2 = replica(server_bundle, root, logs, dsn, "r2")
+        serving(r2)
+        with r2.client(timeout=120) as c2:
+            with pytest.raises(NotFoundError):
+                c2.get_identity(d_name)
+            assert c2.get_identity(b).face_count == 1
+        status = subprocess.run(
+            [sys.executable, "-m", "indexer", "db", "status", "--store", dsn],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            check=False,
+        )
+        assert "r1" in status.stdout and "r2" in status.stdout, status.stdout + status.stderr
+    finally:
+        r1.stop()
+        r2.stop()
+
+
+def _exists(c: FaceSearchClient, identity_id: str) -> bool:
+    try:
+        c.get_identity(identity_id)
+    except NotFoundError:
+        return False
+    return True
+
+
+def _count(c: FaceSearchClient) -> int:
+    return int(c.stats()["identities"])
+
+
+def test_postgres_outage_reads_from_memory_writes_unavailable_then_resume(
+    server_bundle: Path, root: Path, tmp_path: Path, people: dict[str, list[Path]], pg_private: PgServer
+) -> None:
+    a, b, c_name = [p for p in people if len(people[p]) >= 3][:3]
+    dsn = pg_private.dsn()
+    logs = tmp_path / "logs"
+    with pytest.raises(RuntimeError) as refused:  # not migrated: the server refuses the store's schema
+        replica(server_bundle, root, logs, dsn, "r1")
+    assert "STORE_SCHEMA" in str(refused.value) or "db migrate" in str(refused.value)
+    migrated(dsn)
+    r1 = replica(server_bundle, root, logs, dsn, "r1", FACESEARCH_STORE_FENCE_S="8")
+    try:
+        serving(r1)
+        with r1.client(timeout=120, enroll_retries=0) as c:
+            c.enroll(a, people[a][:2], use_largest_face=True)
+            pg_private.stop_only()
+            assert a in found(c, people[a][2])  # from memory, within the fence
+            with pytest.raises(RpcFailedError) as down:
+                c.enroll(b, people[b][:1], use_largest_face=True)
+            assert down.value.reason == "STORE_UNAVAILABLE"
+            # cut off past the fence: NOT_SERVING, searches refused with REPLICA_FENCED (it may miss a deletion)
+            until(lambda: _health(c) == "NOT_SERVING", timeout=60, what="the fence")
+            with pytest.raises(RpcFailedError) as fenced:
+                c.identify(people[a][2])
+            assert fenced.value.reason == "REPLICA_FENCED"
+            pg_private.start_again()
+            until(lambda: _health(c) == "SERVING", timeout=60, what="serving again")
+            assert a in found(c, people[a][2])
+            until(lambda: _enrolled(c, c_name, people[c_name][:1]), timeout=60, what="writes to resume")
+            assert c.get_identity(c_name).face_count == 1
+            assert r1.proc.poll() is None  # never restarted
+    finally:
+        r1.stop()
+
+
+def _enrolled(c: FaceSearchClient, identity_id: str, photos: list[Path]) -> bool:
+    try:
+        c.enroll(identity_id, photos, use_largest_face=True, request_id=f"resume-{identity_id}")
+    except RpcFailedError as err:
+        assert err.reason in ("STORE_UNAVAILABLE", "STORE_OUTCOME_UNKNOWN"), err
+        return False
+    return True
