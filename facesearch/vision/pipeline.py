@@ -10,6 +10,11 @@ landmarks and chips are always taken from the photo's own pixels (boxes are mapp
 ``detect_pixels=None`` is dlib's exact behaviour at every size (the parity mode); at the default,
 photos under ~0.65 MP at the default 40 px minimum face are scanned exactly as dlib scans them.
 
+Overexposed photos (a flash, a backlight): when a scan finds no face and the photo is overexposed,
+it is scanned again in an exposure-normalised copy (:mod:`facesearch.vision.exposure`;
+``PipelineConfig.exposure_rescue``, off in the parity mode). A photo with a face in the first scan
+is processed exactly as before (bench/results/robustness.md).
+
 Memory: a scan of more than :data:`TRIM_ABOVE_PIXELS` ends by giving the C heap's free memory back
 to the system (glibc's ``malloc_trim``; elsewhere nothing), so a process's RSS returns to its
 baseline after large photos instead of keeping its high-water mark (bench/results/detect_budget.md).
