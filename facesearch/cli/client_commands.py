@@ -1,8 +1,10 @@
 """``facesearch enroll|identify|verify|delete|list``: client calls to a running server.
 
 Connection options (every command): ``--target HOST:PORT`` ($FACESEARCH_TARGET, default
-localhost:50051), ``--token``/``--token-file`` ($FACESEARCH_TOKEN) for bearer auth, ``--tls``
-with ``--ca-cert``/``--client-cert``/``--client-key``, ``--timeout`` seconds, ``--json``.
+localhost:50051; several replicas of one gallery comma-separated, ``HOST:PORT,HOST:PORT``, each
+call balanced round-robin over those that answer), ``--token``/``--token-file``
+($FACESEARCH_TOKEN) for bearer auth, ``--tls`` with ``--ca-cert``/``--client-cert``/``--client-key``,
+``--timeout`` seconds, ``--json``.
 
 ``identify --max-fpir X`` holds the rate of people who are not enrolled that get matched
 to someone at X (e.g. 0.01) at the server's current gallery size; ``--max-fmr X`` holds the
@@ -55,7 +57,11 @@ COMMANDS = ("enroll", "identify", "verify", "delete", "list")
 
 def _connection_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("connection")
-    g.add_argument("--target", default=None, help="server HOST:PORT [$FACESEARCH_TARGET, localhost:50051]")
+    g.add_argument(
+        "--target",
+        default=None,
+        help="server HOST:PORT, or replicas HOST:PORT,HOST:PORT (round-robin) [$FACESEARCH_TARGET, localhost:50051]",
+    )
     g.add_argument("--token", default=None, help="bearer token [$FACESEARCH_TOKEN]")
     g.add_argument("--token-file", type=Path, default=None, help="file holding the bearer token")
     g.add_argument("--tls", action="store_true", help="use TLS (system roots unless --ca-cert)")

@@ -26,7 +26,9 @@ instead of adding the faces twice. Adding faces to an identity that exists needs
 
 from __future__ import annotations
 
+import ipaddress
 import random
+import socket
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -352,8 +354,45 @@ def _identity(r: pb.Identity) -> Identity:
     return Identity(r.identity_id, r.name, dict(r.metadata), r.face_count, faces)
 
 
+def channel_target(target: str) -> tuple[str, list[tuple[str, Any]]]:
+    """The gRPC target and channel options for ``target``: one ``HOST:PORT`` (or any gRPC target URI) as
+    it is; several, comma-separated (``10.0.0.1:50051,10.0.0.2:50051``, the replicas of one gallery),
+    become one static ``ipv4:///``/``ipv6:///`` target balanced by gRPC's ``round_robin`` policy: each
+    call goes to the next replica that is up, and a replica that stops answering is skipped until it
+    is back. Host names are resolved here, once (IPv4 first)."""
+    parts = [p.strip() for p in target.split(",") if p.strip()]
+    if len(parts) <= 1:
+        return target, []
+    v4: list[str] = []
+    v6: list[str] = []
+    for part in parts:
+        host, sep, port = part.rpartition(":")
+        host = host.strip("[]")
+        if not sep or not host or not port.isdigit():
+            raise InvalidInputError(f"target {part!r} of {target!r}: expected HOST:PORT", reason=Reason.BAD_CONFIG)
+        try:
+            addr = ipaddress.ip_address(host)
+        except ValueError:
+            try:
+                infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+            except OSError as err:
+                raise InvalidInputError(
+                    f"target {part!r}: cannot resolve {host!r} ({err})", reason=Reason.BAD_CONFIG
+                ) from None
+            addr = ipaddress.ip_address(sorted(infos, key=lambda i: i[0] != socket.AF_INET)[0][4][0])
+        (v4 if addr.version == 4 else v6).append(f"{addr}:{port}" if addr.version == 4 else f"[{addr}]:{port}")
+    if v4 and v6:
+        raise InvalidInputError(
+            f"targets {target!r} mix IPv4 and IPv6 addresses: use one family", reason=Reason.BAD_CONFIG
+        )
+    uri = f"ipv4:///{','.join(v4)}" if v4 else f"ipv6:///{','.join(v6)}"
+    return uri, [("grpc.lb_policy_name", "round_robin")]
+
+
 class FaceSearchClient:
-    """A connection to one server. Thread-safe; reuse it (channels are expensive to create)."""
+    """A connection to one server, or to several replicas of one gallery (``target`` comma-separated,
+    balanced round-robin: :func:`channel_target`). Thread-safe; reuse it (channels are expensive to
+    create)."""
 
     def __init__(
         self,
@@ -370,9 +409,11 @@ class FaceSearchClient:
         enroll_retries: int = 3,
         retry_backoff_s: float = 0.5,
     ) -> None:
+        channel_uri, balancing = channel_target(target)
         options: list[tuple[str, Any]] = [
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
+            *balancing,
         ]
         if server_name:
             options.append(("grpc.ssl_target_name_override", server_name))
@@ -382,9 +423,9 @@ class FaceSearchClient:
                 private_key=client_key.read_bytes() if client_key else None,
                 certificate_chain=client_cert.read_bytes() if client_cert else None,
             )
-            self._channel = grpc.secure_channel(target, creds, options=options)
+            self._channel = grpc.secure_channel(channel_uri, creds, options=options)
         else:
-            self._channel = grpc.insecure_channel(target, options=options)
+            self._channel = grpc.insecure_channel(channel_uri, options=options)
         self._stub = pb_grpc.FaceSearchStub(self._channel)
         self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
         self.timeout = timeout

@@ -2,7 +2,8 @@
 root (issue 14): an enrollment on one replica is found on the other; two replicas enrolling one
 identity at once: one wins, the other gets IDENTITY_EXISTS; after a deletion's OK on one replica the
 other does not return the faces (no waiting); a replica stopped, and one killed with SIGKILL, comes
-back caught up before it reports SERVING; an unmigrated store is refused at start; PostgreSQL stopped
+back caught up before it reports SERVING; one client over both replicas (comma-separated targets)
+balances its calls round-robin; an unmigrated store is refused at start; PostgreSQL stopped
 mid-run: Identify keeps answering from memory, writes fail UNAVAILABLE STORE_UNAVAILABLE, a replica
 cut off past FACESEARCH_STORE_FENCE_S stops serving (REPLICA_FENCED), and everything resumes when
 PostgreSQL is back, without restarting a server."""
@@ -12,6 +13,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import urllib.request
 from pathlib import Path
 
 import psycopg
@@ -145,6 +147,16 @@ def test_replicas_share_enrollments_and_deletions(
             with pytest.raises(NotFoundError):
                 c2.get_identity(d_name)
             assert c2.get_identity(b).face_count == 1
+        # one client over both replicas (comma-separated targets, gRPC round_robin): calls reach each
+        before = {srv.port: stats_calls(srv) for srv in (r1, r2)}
+        with FaceSearchClient(f"{r1.target},{r2.target}", timeout=60) as both:
+
+            def reached_both() -> bool:  # a subchannel joins the rotation once connected
+                both.stats()  # only GetStats here: two methods alternating would each stay on one replica
+                return all(stats_calls(srv) > before[srv.port] for srv in (r1, r2))
+
+            until(reached_both, timeout=60, interval=0.2, what="calls on both replicas")
+            assert both.get_identity(b).face_count == 1
         status = subprocess.run(
             [sys.executable, "-m", "indexer", "db", "status", "--store", dsn],
             capture_output=True,
@@ -156,6 +168,17 @@ def test_replicas_share_enrollments_and_deletions(
     finally:
         r1.stop()
         r2.stop()
+
+
+def stats_calls(srv: ServerProcess) -> float:
+    """GetStats calls the server has finished (its Prometheus counter)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{srv.metrics_port}/metrics", timeout=10) as page:
+        text = page.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("facesearch_requests_total") and "GetStats" in line
+    )
 
 
 def _exists(c: FaceSearchClient, identity_id: str) -> bool:
