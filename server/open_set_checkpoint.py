@@ -149,6 +149,7 @@ class LiveCheckpoints:
         self.written = 0  # checkpoints written
         self._changes = 0  # changes since the last request
         self._pending = False  # a request not yet written
+        self._on_disk: tuple[CheckpointKey, int] | None = None  # (key, seq) of the checkpoint on disk, when known
         self._files = threading.Lock()  # discard vs the final step of a save
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -157,7 +158,9 @@ class LiveCheckpoints:
 
     def restore(self, key: CheckpointKey, *, at_least: int, at_most: int) -> tuple[GalleryOpenSet, int] | None:
         """The checkpoint of ``key`` at a journal position in ``at_least..at_most`` (see :func:`load`)."""
-        return load(self.directory, key, at_least=at_least, at_most=at_most)
+        found = load(self.directory, key, at_least=at_least, at_most=at_most)
+        self._on_disk = (key, found[1]) if found is not None else None
+        return found
 
     # -- the writer's calls (under the gallery's write lock) -----------------------------------
     def changed(self, n: int = 1) -> None:
@@ -169,12 +172,14 @@ class LiveCheckpoints:
         """A subject is being erased: remove the checkpoint now (it may hold the subject's template)."""
         with self._files:
             self.erasures += 1
+            self._on_disk = None
             discard(self.directory)
         self.request()
 
     def drop(self) -> None:
         """Remove the checkpoint (it is for a version no longer served and nothing replaces it)."""
         with self._files:
+            self._on_disk = None
             discard(self.directory)
 
     def request(self) -> None:
@@ -215,13 +220,14 @@ class LiveCheckpoints:
         """Take a copy and save it (True), unless there is none or an erasure came after the copy."""
         self._pending = False
         taken = self._take()
-        if taken is None:
+        if taken is None or self._on_disk == (taken.key, taken.seq):  # nothing new since the one on disk
             return False
         t0 = time.perf_counter()
         meta_path, data_path = self.directory / META_FILE, self.directory / DATA_FILE
         with self._files:
             if taken.erasures != self.erasures:
                 return False
+            self._on_disk = None
             meta_path.unlink(missing_ok=True)  # never a pointer to a half-written npz
         taken.data.save(data_path)
         sha = sha256_file(data_path)
@@ -231,6 +237,7 @@ class LiveCheckpoints:
                 return False
             meta = {"format": FORMAT, "key": asdict(taken.key), "seq": taken.seq, "sha256": sha}
             write_atomic(meta_path, json.dumps(meta))
+            self._on_disk = (taken.key, taken.seq)
         fsync_dir(self.directory)
         self.written += 1
         log.info(

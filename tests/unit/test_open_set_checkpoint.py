@@ -116,6 +116,12 @@ def test_a_restart_on_a_checkpoint_equals_a_full_replay(
     _same(replayed, _stats(full))
     _close(full, final=True)  # a clean shutdown writes one
     assert json.loads((live / META_FILE).read_text())["seq"] == 51
+    caplog.clear()
+    again = _open(root, live)  # on it, nothing after it: nothing to write
+    assert "; 0 touched by live changes" in caplog.text and "on the checkpoint at journal seq 51" in caplog.text
+    assert not again.checkpoints.write_now()
+    _close(again, final=True)
+    assert again.checkpoints.written == 0
 
 
 def test_an_erasure_removes_the_checkpoint_before_it_returns(root: Path, faces: np.ndarray, tmp_path: Path) -> None:
