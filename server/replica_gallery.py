@@ -44,7 +44,7 @@ from typing import cast
 from facesearch.errors import InvalidInputError, PreconditionError, Reason, UnavailableError
 from facesearch.store.erasure_ledger import ErasedFace
 from facesearch.store.live_journal import JournalSnapshot, LiveJournal, NewFace
-from facesearch.store.postgres import Enrolled, LogFollower, PgStore
+from facesearch.store.postgres import Enrolled, LogFollower, PgStore, sql
 from server.base_index import BaseIndex
 from server.gallery import (
     Checkpoint,
@@ -52,6 +52,7 @@ from server.gallery import (
     EnrollRequest,
     Gallery,
     GalleryState,
+    ImageOutcome,
     WriteSettings,
     _catch_up,
     face_id,
@@ -182,7 +183,19 @@ class ReplicaGallery(Gallery):
         return 0  # request ids live in the store
 
     def replay(self, request: EnrollRequest) -> EnrollOutcome | None:
-        return None  # decided inside the store's transaction (PgStore.enroll)
+        """The first result of ``request``'s id, from the store (whichever replica took it), applied
+        here before it is returned; None for a new id. ``REQUEST_ID_REUSED`` for other content.
+        (PgStore.enroll checks again inside its transaction: two retries at once write once.)"""
+        with self.store.connection("find a request id") as conn:
+            row = conn.execute(
+                "SELECT fingerprint, result FROM idempotency_keys WHERE request_key = %s",
+                (sql.request_key(request.request_id),),
+            ).fetchone()
+        first = sql.replayed(row, request.request_id, request.digest, None, "")
+        if first is None:
+            return None
+        self._caught_up(first.seq, "an earlier enrollment with this request_id")
+        return self._outcome(first, request.images)
 
     def close(self) -> None:
         if self.follower is not None:
@@ -255,14 +268,20 @@ class ReplicaGallery(Gallery):
             fingerprint=request.digest if request is not None else None,  # the photos', as any replica sees them
         )
         done: Enrolled = self.writes.run(write)
-        vids = [face_id(v) for v in done.vector_ids.tolist()]
-        it = iter(vids)
-        outcome_images = tuple(replace(i, face_id=next(it)) if i.accepted else i for i in images)
         if done.replayed:
-            return EnrollOutcome(done.created, vids, done.face_count, outcome_images, True)
+            self._caught_up(done.seq, "an earlier enrollment with this request_id")
+            return self._outcome(done, images)
         self._caught_up(done.seq, f"the enrollment of {identity_id!r}")
         count = self._require_state().face_count(identity_id)
-        return EnrollOutcome(existing is None and done.created, vids, count, outcome_images)
+        return replace(self._outcome(done, images), created=existing is None and done.created, face_count=count)
+
+    @staticmethod
+    def _outcome(done: Enrolled, images: tuple[ImageOutcome, ...]) -> EnrollOutcome:
+        """An enrollment's result (a replayed one: as first given), the accepted photos given their face ids."""
+        vids = [face_id(v) for v in done.vector_ids.tolist()]
+        it = iter(vids)
+        outcome_images = tuple(replace(i, face_id=next(it, "")) if i.accepted else i for i in images)
+        return EnrollOutcome(done.created, vids, done.face_count, outcome_images, done.replayed)
 
     def delete_identity(self, identity_id: str, *, principal: str | None = None) -> int:
         who = principal or current_principal().name

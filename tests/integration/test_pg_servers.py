@@ -1,5 +1,6 @@
 """Real ``facesearch-server`` replicas sharing one PostgreSQL store (tests/pg_fixtures.py) and one index
-root (issue 14): an enrollment on one replica is found on the other; two replicas enrolling one
+root (issue 14): an enrollment on one replica is found on the other, and its retry (same request id)
+on the other gets the first result; two replicas enrolling one
 identity at once: one wins, the other gets IDENTITY_EXISTS; after a deletion's OK on one replica the
 other does not return the faces (no waiting); a replica stopped, and one killed with SIGKILL, comes
 back caught up before it reports SERVING; one client over both replicas (comma-separated targets)
@@ -91,9 +92,13 @@ def test_replicas_share_enrollments_and_deletions(
         serving(r2)
         with r1.client(timeout=120) as c1, r2.client(timeout=120) as c2:
             # read-your-writes on r1, then r2 learns of it by itself
-            first = c1.enroll(a, people[a][:2], use_largest_face=True)
+            first = c1.enroll(a, people[a][:2], use_largest_face=True, request_id="enroll-a")
             assert first.created and c1.get_identity(a).face_count == 2
             until(lambda: _exists(c2, a), timeout=30, what="r2 to learn of the enrollment")
+            # a client's retry reaching the other replica gets the first result (the store keeps request ids)
+            again = c2.enroll(a, people[a][:2], use_largest_face=True, request_id="enroll-a")
+            assert again.face_ids == first.face_ids and again.created
+            assert c2.get_identity(a).face_count == 2
             assert a in found(c2, people[a][2])
 
             # one identity enrolled on both replicas at once: one creates it, the other gets IDENTITY_EXISTS
