@@ -37,6 +37,7 @@ from facesearch.store.index_artifact import (
 )
 from facesearch.store.journal_retention import Absorbed
 from facesearch.store.live_journal import JournalSnapshot, LiveJournal, journal_place
+from facesearch.store.store_location import store_location
 from facesearch.util import failpoints
 from indexer.absorb import LIVE_DIR, Settled, apply_snapshot, settle
 from indexer.build import JobResult, finish_version, version_manifest
@@ -87,6 +88,11 @@ def compact(
 
 
 def run(config: CompactConfig) -> CompactResult:
+    location = store_location()  # G: FACESEARCH_STORE=postgresql://...: absorb the shared store's log instead
+    if location.shared and location.url:
+        from indexer.store_compact import run_from_store  # noqa: PLC0415 - imports the PostgreSQL driver
+
+        return run_from_store(config, location.url)
     set_threads(config.threads)
     t0 = time.perf_counter()
     root = config.root

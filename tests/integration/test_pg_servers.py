@@ -7,10 +7,12 @@ back caught up before it reports SERVING; one client over both replicas (comma-s
 balances its calls round-robin; an unmigrated store is refused at start; PostgreSQL stopped
 mid-run: Identify keeps answering from memory, writes fail UNAVAILABLE STORE_UNAVAILABLE, a replica
 cut off past FACESEARCH_STORE_FENCE_S stops serving (REPLICA_FENCED), and everything resumes when
-PostgreSQL is back, without restarting a server."""
+PostgreSQL is back, without restarting a server; ``facesearch-index compact`` with FACESEARCH_STORE
+absorbs the store's log into a new version that the replicas hot-swap to, dropping the absorbed tail."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -240,3 +242,56 @@ def _enrolled(c: FaceSearchClient, identity_id: str, photos: list[Path]) -> bool
         assert err.reason in ("STORE_UNAVAILABLE", "STORE_OUTCOME_UNKNOWN"), err
         return False
     return True
+
+
+def test_compaction_from_the_store_is_hot_swapped_and_drops_the_absorbed_tail(
+    server_bundle: Path, root: Path, tmp_path: Path, people: dict[str, list[Path]], pg_dsn: str
+) -> None:
+    dsn = migrated(pg_dsn)
+    a, b = [p for p in people if len(people[p]) >= 3][:2]
+    logs = tmp_path / "logs"
+    r1 = replica(server_bundle, root, logs, dsn, "r1")
+    r2: ServerProcess | None = None
+    try:
+        serving(r1)
+        with r1.client(timeout=120) as c1:
+            published = next(i.identity_id for i in c1.list_identities() if i.identity_id.startswith("pub-"))
+            n_a = len(c1.enroll(a, people[a][:3], use_largest_face=True).face_ids)
+            assert n_a >= 1
+            c1.delete_identity(published)
+            before = c1.stats()
+            assert before["live_faces"] == n_a and before["tombstones"] > 0
+            done = subprocess.run(
+                [sys.executable, "-m", "indexer", "compact", str(root)],
+                capture_output=True,
+                text=True,
+                cwd=REPO,
+                env={**os.environ, "PYTHONPATH": str(REPO), "FACESEARCH_STORE": dsn},
+                check=False,
+            )
+            assert done.returncode == 0, done.stdout + done.stderr
+            until(lambda: c1.stats()["index_version"] != before["index_version"], timeout=60, what="the hot swap")
+            after = c1.stats()
+            # the absorbed tail is gone from memory: A is in the version now, the deletion too
+            assert after["live_faces"] == 0 and after["tombstones"] == 0, after
+            assert after["identities"] == before["identities"]
+            assert c1.get_identity(a).face_count == n_a
+            assert a in found(c1, people[a][-1])
+            with pytest.raises(NotFoundError):
+                c1.get_identity(published)
+            n_b = len(c1.enroll(b, people[b][:1], use_largest_face=True).face_ids)
+            assert c1.stats()["live_faces"] == n_b
+        # a replica started now loads the new version and replays only the log after it
+        r2 = replica(server_bundle, root, logs, dsn, "r2")
+        serving(r2)
+        with r2.client(timeout=120) as c2:
+            stats = c2.stats()
+            assert stats["index_version"] == after["index_version"] and stats["live_faces"] == n_b
+            assert c2.get_identity(a).face_count == n_a
+            assert c2.get_identity(b).face_count == n_b
+            with pytest.raises(NotFoundError):
+                c2.get_identity(published)
+    finally:
+        r1.stop()
+        if r2 is not None:
+            r2.stop()

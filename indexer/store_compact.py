@@ -1,0 +1,60 @@
+"""``facesearch-index compact`` with ``FACESEARCH_STORE=postgresql://...``: absorb the shared store's log.
+
+The same job as :mod:`indexer.compact`, reading the PostgreSQL store (:mod:`facesearch.store.postgres`)
+instead of the root's live journal: one consistent ``snapshot`` of the log after the position the
+current version absorbed (``live_seq`` of a version whose ``live_journal_id`` is the store's id; 0 for
+a version built from photos), applied to a copy of the version's identity store, published with
+``live_journal_id = store id`` and ``live_seq = the snapshot's high water``. Every replica's index
+watcher then hot-swaps to it and drops exactly that part of its in-memory tail
+(``Gallery.install`` replays the store from the version's ``live_seq``), so a replica's restart
+replays only what came after. Runs while the replicas serve and enroll; writes made after the
+snapshot stay in the tail.
+
+The store's log is not pruned here (``PgStore.prune`` up to the oldest kept version's ``live_seq`` is
+left for an explicit command): a rollback to any kept version still finds the changes it lacks.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from facesearch.errors import ContractMismatchError
+from facesearch.store.index_artifact import current_version, load_index, resolve_version_dir
+from facesearch.store.postgres import PgStore
+from facesearch.store.postgres.admin import store_status
+from indexer.compact import CompactConfig, CompactResult
+from indexer.compact import _absorbed_seq as absorbed_seq
+from indexer.compact import _publish as publish_compacted
+from indexer.index_stage import set_threads
+from indexer.publish import locked
+
+__all__ = ["run_from_store"]
+
+log = logging.getLogger(__name__)
+
+
+def run_from_store(config: CompactConfig, url: str) -> CompactResult:
+    """Publish ``config.root``'s current version plus the store's log after it (see the module docstring)."""
+    set_threads(config.threads)
+    t0 = time.perf_counter()
+    root = config.root
+    with locked(root):
+        base = load_index(resolve_version_dir(root)) if current_version(root) else None
+        status = store_status(url)
+        if status.contract_id is None or status.d is None:  # no server or job has used it yet: nothing in it
+            log.info("nothing to compact: the store %s holds nothing yet", status.store)
+            return CompactResult(None, 0, 0, 0, 0)
+        contract_id, d = status.contract_id, status.d
+        if base is not None and base.manifest.contract_id != contract_id:
+            raise ContractMismatchError(
+                f"the store holds model contract {contract_id}, the index {base.manifest.version} "
+                f"{base.manifest.contract_id}; they cannot be merged"
+            )
+        with PgStore.open(url, contract_id=contract_id, d=d) as store:
+            done = absorbed_seq(base, store.store_id)
+            snap = store.snapshot(after_seq=done)
+        if snap.high_water <= done:
+            log.info("nothing to compact: the current version holds the store's log up to seq %d", done)
+            return CompactResult(None, done, 0, 0, 0)
+        return publish_compacted(config, base, snap, contract_id=contract_id, d=d, t0=t0)
