@@ -209,14 +209,20 @@ class ReplicaGallery(Gallery):
         if follower is None:
             raise PreconditionError("the replica is still starting", reason=Reason.NOT_READY)
         try:
-            while follower.catch_up() < seq:
-                pass  # a snapshot is taken after the commit: one round reaches seq; loop for safety
+            for _ in range(3):  # a snapshot read after the commit reaches seq in one round
+                if follower.catch_up() >= seq:
+                    return
         except UnavailableError as err:
             raise UnavailableError(
                 f"{what} was committed to the store (seq {seq}) but this replica could not apply it ({err.message}); "
                 "retry: an Enroll with the same request_id returns the first result, a deletion gets NOT_FOUND",
                 reason=Reason.STORE_OUTCOME_UNKNOWN,
             ) from err
+        raise UnavailableError(
+            f"{what} was committed to the store (seq {seq}) but the store's log does not show it yet; retry: an "
+            "Enroll with the same request_id returns the first result, a deletion gets NOT_FOUND",
+            reason=Reason.STORE_OUTCOME_UNKNOWN,
+        )
 
     def _propagated(self, seq: int, what: str) -> None:
         """Wait until no replica can return what deletion ``seq`` removed (applied, or fenced)."""
