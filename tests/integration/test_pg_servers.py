@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from pathlib import Path
 
@@ -295,3 +296,44 @@ def test_compaction_from_the_store_is_hot_swapped_and_drops_the_absorbed_tail(
         r1.stop()
         if r2 is not None:
             r2.stop()
+
+
+def test_replica_killed_mid_enroll_then_retry_elsewhere_enrolls_once(
+    server_bundle: Path, root: Path, tmp_path: Path, people: dict[str, list[Path]], pg_dsn: str
+) -> None:
+    dsn = migrated(pg_dsn)
+    x = max(people, key=lambda p: len(people[p]))
+    photos = people[x][:6]
+    logs = tmp_path / "logs"
+    r1 = replica(server_bundle, root, logs, dsn, "r1")
+    r2 = replica(server_bundle, root, logs, dsn, "r2")
+    try:
+        serving(r1)
+        serving(r2)
+        failed: list[BaseException] = []
+
+        def enroll_on_r1() -> None:
+            with r1.client(timeout=120, enroll_retries=0) as c:
+                try:
+                    c.enroll(x, photos, use_largest_face=True, request_id="kill-me")
+                except FaceSearchError as err:
+                    failed.append(err)
+
+        writer = threading.Thread(target=enroll_on_r1)
+        writer.start()
+        time.sleep(1.0)  # the six photos take longer than this to detect and embed: killed in flight
+        r1.kill()
+        writer.join()
+        with r2.client(timeout=120) as c2:
+            retried = c2.enroll(x, photos, use_largest_face=True, request_id="kill-me")  # the client's retry
+            assert len(retried.face_ids) >= 1
+            assert c2.get_identity(x).face_count == len(retried.face_ids)  # once, whether r1 had committed or not
+            # r1 is still registered (killed): a deletion waits until it counts as fenced, then is OK
+            assert c2.delete_identity(x) == len(retried.face_ids)
+        r1 = replica(server_bundle, root, logs, dsn, "r1")
+        serving(r1)
+        with r1.client(timeout=120) as c1, pytest.raises(NotFoundError):
+            c1.get_identity(x)
+    finally:
+        r1.stop()
+        r2.stop()
