@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from facesearch.scoring.gallery_stats import GalleryOpenSet
-from facesearch.store.erasure_ledger import ERASURE_SEQ_META, erased_in_store, read_erasures
+from facesearch.store.erasure_ledger import ERASURE_SEQ_META, ErasureSet, erased_in_store, read_erasures
 from facesearch.store.identity_store import IdentityStore
 from facesearch.store.index_artifact import STORE_FILE, LoadedIndex, load_index, resolve_version_dir
 
@@ -111,6 +111,29 @@ class BaseIndex:
 
     def close(self) -> None:
         self.store.close()
+
+    def hide_erased(self, erased: ErasureSet) -> tuple[str, ...]:
+        """G: also hide what ``erased`` names (a shared PostgreSQL store's ledger: replicas do not write
+        the root's), before install; returns the identities newly touched (their statistics re-derived)."""
+        hits = erased_in_store(self.store, erased)
+        if not hits:
+            return ()
+        touched = set(hits.identities) | {
+            f.identity_id for f in self.store.faces(hits.face_ids.tolist()) if f is not None
+        }
+        keys, faces = self.store.hidden
+        self.store.hide([*keys, *hits.keys], [*faces, *hits.face_ids.tolist()])
+        hidden = self.store.hidden[1]
+        self._hidden = np.asarray(sorted(hidden), dtype=np.int64) if hidden else None
+        self.hidden_identities = tuple(sorted(set(self.hidden_identities) | touched))
+        self.n_identities = self.store.count_identities()
+        log.warning(
+            "index %s holds %d identities and %d faces the store erased: hidden",
+            self.version,
+            len(hits.identities),
+            len(hits.face_ids),
+        )
+        return tuple(sorted(touched))
 
     # -- facts -------------------------------------------------------------------------
     @property

@@ -131,6 +131,10 @@ class ReplicaGallery(Gallery):
         return self.follower is not None and self.follower.serving_allowed()
 
     def install(self, base: BaseIndex | None) -> None:
+        """Serve ``base`` with the store's log after what it absorbed; what the store's erasure ledger
+        erased is hidden in it first (a version rebuilt from photos never brings an erased subject back)."""
+        if base is not None:
+            base.hide_erased(self.store.erased())
         super().install(base)
         if self.follower is not None:
             return

@@ -8,7 +8,8 @@ balances its calls round-robin; an unmigrated store is refused at start; Postgre
 mid-run: Identify keeps answering from memory, writes fail UNAVAILABLE STORE_UNAVAILABLE, a replica
 cut off past FACESEARCH_STORE_FENCE_S stops serving (REPLICA_FENCED), and everything resumes when
 PostgreSQL is back, without restarting a server; ``facesearch-index compact`` with FACESEARCH_STORE
-absorbs the store's log into a new version that the replicas hot-swap to, dropping the absorbed tail."""
+absorbs the store's log into a new version that the replicas hot-swap to, dropping the absorbed tail;
+a version rebuilt from photos does not bring back an identity the store erased."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import psycopg
 import pytest
 
@@ -337,3 +339,36 @@ def test_replica_killed_mid_enroll_then_retry_elsewhere_enrolls_once(
     finally:
         r1.stop()
         r2.stop()
+
+
+def test_a_rebuild_from_photos_never_brings_back_what_the_store_erased(
+    server_bundle: Path, root: Path, tmp_path: Path, pg_dsn: str
+) -> None:
+    dsn = migrated(pg_dsn)
+    r1 = replica(server_bundle, root, tmp_path / "logs", dsn, "r1")
+    try:
+        serving(r1)
+        with r1.client(timeout=120) as c1:
+            gone = next(i.identity_id for i in c1.list_identities() if i.identity_id.startswith("pub-"))
+            n_gone = c1.delete_identity(gone)
+            before = c1.stats()
+            # the same embeddings published again by the embedded indexer after others: new vector ids, so
+            # the store's tombstones (by vector id) do not cover them; only the erasure ledger can
+            contract = ModelBundle.load(server_bundle, verify=False).contract_id
+            emb, ids = synthetic_embeddings(200, seed=11, prefix="pub")
+            extra, extra_ids = synthetic_embeddings(40, seed=99, prefix="extra")
+            build_index(root, np.concatenate([extra, emb]), extra_ids + ids, contract, work=tmp_path / "work2")
+            until(lambda: c1.stats()["index_version"] != before["index_version"], timeout=60, what="the hot swap")
+            with pytest.raises(NotFoundError):
+                c1.get_identity(gone)
+            assert gone not in {i.identity_id for i in c1.list_identities()}
+            assert c1.stats()["identities"] == before["identities"] + len(set(extra_ids))
+            now = c1.stats()  # the erased identity's faces in the new version are hidden from search too
+            assert now["faces"] == now["index_ntotal"] - n_gone and now["live_faces"] == 0, now
+        r1.stop()
+        r1 = replica(server_bundle, root, tmp_path / "logs", dsn, "r1")  # and after a restart
+        serving(r1)
+        with r1.client(timeout=120) as c1, pytest.raises(NotFoundError):
+            c1.get_identity(gone)
+    finally:
+        r1.stop()
