@@ -25,6 +25,12 @@ client-scopes files (they are also re-read when they change). A port in use ends
 one line naming its setting.
 
 ``facesearch-server token new|hash`` (:mod:`server.auth_cli`) mints tokens for the token file.
+
+Replicas (``FACESEARCH_STORE=postgresql://...``, :mod:`server.replica_gallery`): no live journal is
+opened; the store is opened at start (an unmigrated or newer schema refuses to start), the gallery is
+a :class:`~server.replica_gallery.ReplicaGallery` whose first install registers the replica and
+catches up from the store's log before health turns SERVING, and a task keeps health matched to the
+replica's fence (NOT_SERVING while it has not caught up for ``FACESEARCH_STORE_FENCE_S``).
 """
 
 from __future__ import annotations
