@@ -9,15 +9,20 @@ the gallery is the store's log) with ``FACESEARCH_STORE`` set. ``--clients`` thr
   GetIdentity every 5 ms until it is found: propagation = from the Enroll's OK to found there (the
   5 ms poll adds up to 5 ms; the poll's own call adds its round trip);
 - identify a random lfw-dev photo (errors counted: must be 0);
-- sometimes (1 in 6) delete one of their identities, then at once ask every replica: any that still
+- sometimes (1 call in 10) delete one of their identities, then at once ask every replica: any that still
   returns it is a violation of the deletion guarantee (must be 0).
 
 At the end: every replica's ListIdentities (ids and face counts) is compared with the others and
 with the clients' model (acknowledged enrollments not deleted must all be there: "lost" must be 0),
 and GetStats' identity counts. Then Identify throughput on one replica (the others idle) against a
-SQLite single server on a root of its own with the same enrollments (same photos, enrolled through
-it, at most 60 of them: an Identify's cost is detection and embedding, the live search of a few hundred
+SQLite single server on a root of its own with as many identities (at most 60, photos drawn again,
+enrolled through it: an Identify's cost is detection and embedding, the live search of a few hundred
 faces is negligible beside it), ``--identify-seconds`` each, 4 client threads, measured in the same run.
+
+Between the two (after the replica's Identify phase), PostgreSQL is stopped for
+``--outage-seconds`` (under the 10 s fence) while a thread identifies on random replicas and another
+enrolls on one: Identify errors during the outage (must be 0), enrollments refused, and the time from
+PostgreSQL being back to the first enrollment acknowledged (target 5 s).
 
     nice -n 10 .venv/bin/python bench/replicas.py --replicas 3 --clients 8 --seconds 60 \
         --out bench/results/replicas.md
@@ -168,12 +173,74 @@ def identify_rate(target: str, photos: list[Path], seconds: float, threads: int 
     return sum(counts) / (time.perf_counter() - t0)
 
 
+@dataclass
+class Outage:
+    seconds: float
+    identify_ok: int
+    identify_errors: list[str]
+    writes_refused: int
+    resumed_after_s: float  # from PostgreSQL accepting connections again to the first enrollment acknowledged
+
+
+def postgres_outage(pg: PgServer, servers: list[ServerProcess], photos: list[Path], seconds: float) -> Outage:
+    """PostgreSQL stopped for ``seconds`` (under the fence) while one thread identifies on every replica in
+    turn and one enrolls (1 photo, no retries) on replica 0; then started again."""
+    stop = threading.Event()
+    out = Outage(seconds, 0, [], 0, float("nan"))
+    back: list[float] = []
+    resumed: list[float] = []
+
+    def identify() -> None:
+        rng = random.Random(1)
+        clients = [FaceSearchClient(s.target, timeout=60) for s in servers]
+        while not stop.is_set():
+            try:
+                clients[rng.randrange(len(clients))].identify(rng.choice(photos), top_k=3)
+                out.identify_ok += 1
+            except FaceSearchError as err:
+                out.identify_errors.append(f"{err.reason}: {err.message}")
+        for c in clients:
+            c.close()
+
+    def enroll() -> None:
+        rng = random.Random(2)
+        n = 0
+        with FaceSearchClient(servers[0].target, timeout=60, enroll_retries=0) as c:
+            while not stop.is_set():
+                n += 1
+                try:
+                    c.enroll(f"outage-{n}", [rng.choice(photos)], use_largest_face=True)
+                except FaceSearchError:
+                    out.writes_refused += 1
+                    time.sleep(0.05)
+                    continue
+                if back and not resumed:
+                    resumed.append(time.perf_counter() - back[0])
+                    return
+
+    threads = [threading.Thread(target=identify), threading.Thread(target=enroll)]
+    for t in threads:
+        t.start()
+    time.sleep(2.0)
+    pg.stop_only()
+    time.sleep(seconds)
+    pg.start_again()
+    back.append(time.perf_counter())
+    threads[1].join(timeout=60)
+    stop.set()
+    for t in threads:
+        t.join()
+    out.resumed_after_s = resumed[0] if resumed else float("nan")
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--replicas", type=int, default=3)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=300.0)
     parser.add_argument("--identify-seconds", type=float, default=20.0)
+    parser.add_argument("--outage-seconds", type=float, default=5.0, help="PostgreSQL stopped this long")
     parser.add_argument("--bundle", default=None)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -219,6 +286,7 @@ def main() -> int:
         resurrected = [i for i in tally.deleted if i in galleries[0]]
         # identify throughput: one replica (others idle) vs a SQLite single server with the same enrollments
         replica_rate = identify_rate(servers[0].target, photos, args.identify_seconds)
+        outage = postgres_outage(pg, servers, photos, args.outage_seconds)
         for s in servers:
             s.stop()
         servers.clear()
@@ -251,6 +319,12 @@ def main() -> int:
                 f"{1000 * max(tally.propagation, default=float('nan')):.1f} ms",
             ],
             [
+                f"PostgreSQL stopped {outage.seconds:g} s: Identify ok / errors meanwhile",
+                f"{outage.identify_ok} / {len(outage.identify_errors)}",
+            ],
+            ["... enrollments refused during it (UNAVAILABLE)", str(outage.writes_refused)],
+            ["... first enrollment acknowledged after PostgreSQL was back", f"{outage.resumed_after_s:.2f} s"],
+            [
                 "Identify/s, 4 threads: replica (PostgreSQL) / SQLite single server",
                 f"{replica_rate:.2f} / {sqlite_rate:.2f} (ratio {replica_rate / sqlite_rate:.2f})",
             ],
@@ -258,7 +332,8 @@ def main() -> int:
         text = (
             "# Replicas on a shared PostgreSQL store (bench/replicas.py)\n\n"
             f"    nice -n 10 .venv/bin/python bench/replicas.py --replicas {args.replicas} --clients {args.clients} "
-            f"--seconds {args.seconds:g} --identify-seconds {args.identify_seconds:g}"
+            f"--seconds {args.seconds:g} --identify-seconds {args.identify_seconds:g} "
+            f"--outage-seconds {args.outage_seconds:g}"
             f"{' --out ' + str(args.out) if args.out else ''}\n\n"
             f"Machine: {machine()}, load {os.getloadavg()[0]:.2f} at the end. One PostgreSQL, "
             f"{args.replicas} server processes (FACESEARCH_WORKERS=2 each) and the clients on the same machine.\n\n"
@@ -266,7 +341,7 @@ def main() -> int:
             + "\n"
         )
         errors: defaultdict[str, int] = defaultdict(int)
-        for e in tally.enroll_errors + tally.identify_errors:
+        for e in tally.enroll_errors + tally.identify_errors + outage.identify_errors:
             errors[e[:120]] += 1
         if errors:
             text += "\nErrors:\n\n" + "\n".join(f"- {n} x {e}" for e, n in sorted(errors.items())) + "\n"
@@ -277,7 +352,8 @@ def main() -> int:
             args.out.write_text(text)
         for c in clients:
             c.close()
-        return 0 if equal and not lost and not resurrected and not tally.delete_violations else 1
+        ok = equal and not lost and not resurrected and not tally.delete_violations and not outage.identify_errors
+        return 0 if ok else 1
     finally:
         for s in servers:
             s.stop()
