@@ -165,12 +165,19 @@ class ReplicaGallery(Gallery):
         with self._write:
             state = self._require_state()
             live = state.live
+            in_base = (
+                state.base.contains([f.vector_id for f in snap.faces]).tolist()
+                if state.base is not None and snap.faces
+                else [False] * len(snap.faces)
+            )
             keep = [
                 i
                 for i, f in enumerate(snap.faces)
-                if f.vector_id not in live.faces and f.vector_id not in live.tombstones
+                if f.vector_id not in live.faces and f.vector_id not in live.tombstones and not in_base[i]
             ]
-            if len(keep) < len(snap.faces):  # already served (an install read past the follower's position)
+            # already served: an install read past the follower's position, or the version absorbed them
+            # (a hot swap to a compaction of the store while the follower was behind its live_seq)
+            if len(keep) < len(snap.faces):
                 snap = replace(snap, faces=[snap.faces[i] for i in keep], embeddings=snap.embeddings[keep])
             high = live.high_water
             if snap.tombstones or any(i.deleted for i in snap.identities):
