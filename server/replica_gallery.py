@@ -133,9 +133,15 @@ class ReplicaGallery(Gallery):
     def install(self, base: BaseIndex | None) -> None:
         """Serve ``base`` with the store's log after what it absorbed; what the store's erasure ledger
         erased is hidden in it first (a version rebuilt from photos never brings an erased subject back)."""
-        if base is not None:
-            base.hide_erased(self.store.erased())
-        super().install(base)
+        try:
+            if base is not None:
+                base.hide_erased(self.store.erased())
+            super().install(base)
+        except BaseException:  # e.g. the store unreachable: the watcher loads the version again at its next poll
+            state = self._state
+            if base is not None and (state is None or state.base is not base):
+                base.close()
+            raise
         if self.follower is not None:
             return
         state = self._require_state()
