@@ -108,25 +108,25 @@ def run(config: CompactConfig) -> CompactResult:
                     f"the live journal holds model contract {journal.contract_id}, the index "
                     f"{base.manifest.version} {base.manifest.contract_id}; they cannot be merged"
                 )
-            done = _absorbed_seq(base, journal.journal_id)
+            done = absorbed_seq(base, journal.journal_id)
             snap = journal.snapshot(after_seq=done)
             failpoints.hit("compact.snapshot")
             if snap.high_water <= done:
                 log.info("nothing to compact: the current version holds the journal up to seq %d", done)
                 return CompactResult(None, done, 0, 0, 0)
-            return _publish(config, base, snap, contract_id=journal.contract_id, d=journal.d, t0=t0)
+            return publish_compacted(config, base, snap, contract_id=journal.contract_id, d=journal.d, t0=t0)
         finally:
             journal.close()
 
 
-def _absorbed_seq(base: LoadedIndex | None, journal_id: str) -> int:
+def absorbed_seq(base: LoadedIndex | None, journal_id: str) -> int:
     if base is None:
         return 0
     with IdentityStore.open(base.dir / STORE_FILE, readonly=True) as store:
         return Absorbed.of(store).position_in(journal_id)
 
 
-def _publish(
+def publish_compacted(
     config: CompactConfig,
     base: LoadedIndex | None,
     snap: JournalSnapshot,

@@ -23,9 +23,7 @@ from facesearch.errors import ContractMismatchError
 from facesearch.store.index_artifact import current_version, load_index, resolve_version_dir
 from facesearch.store.postgres import PgStore
 from facesearch.store.postgres.admin import store_status
-from indexer.compact import CompactConfig, CompactResult
-from indexer.compact import _absorbed_seq as absorbed_seq
-from indexer.compact import _publish as publish_compacted
+from indexer.compact import CompactConfig, CompactResult, absorbed_seq, publish_compacted
 from indexer.index_stage import set_threads
 from indexer.publish import locked
 

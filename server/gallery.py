@@ -711,14 +711,14 @@ class Gallery:
                 delta = self.journal.snapshot(after_seq=high)
                 if delta.empty:
                     break
-                _catch_up(state, delta)
+                apply_changes(state, delta)
                 high = delta.high_water
             built = time.perf_counter() - t0
             with self._write:
                 t1 = time.perf_counter()
                 delta = self.journal.snapshot(after_seq=high)  # the last ones: writes wait for these only
                 if not delta.empty:
-                    _catch_up(state, delta)
+                    apply_changes(state, delta)
                 self._state = state
                 if cut:
                     self._retain_while_serving(base)
@@ -971,7 +971,7 @@ class Gallery:
         return out
 
 
-def _catch_up(state: GalleryState, delta: JournalSnapshot) -> None:
+def apply_changes(state: GalleryState, delta: JournalSnapshot) -> None:
     """Apply journal changes made after a state's snapshot to it (live state and statistics)."""
     state.live.load(delta)
     state.upkeep.changed(_touched(delta))

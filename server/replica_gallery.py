@@ -54,7 +54,7 @@ from server.gallery import (
     GalleryState,
     ImageOutcome,
     WriteSettings,
-    _catch_up,
+    apply_changes,
     face_id,
     parse_face_id,
 )
@@ -188,7 +188,7 @@ class ReplicaGallery(Gallery):
             high = live.high_water
             if snap.tombstones or any(i.deleted for i in snap.identities):
                 self.checkpoints.erased()  # no checkpoint keeps an erased subject's template
-            _catch_up(state, snap)
+            apply_changes(state, snap)
             live.high_water = max(high, snap.high_water)
             if snap.faces:
                 self.checkpoints.changed(len(snap.identities))

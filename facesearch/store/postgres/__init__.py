@@ -80,7 +80,7 @@ tail after the current version's ``live_seq``) with its high water, publishes a 
 never brings an erased subject back.
 
 Not done yet (next sessions): wiring into ``server/gallery.py`` (the follower's ``apply`` is
-``LiveState.load`` + ``OpenSetUpkeep.changed``, as ``_catch_up`` does for a journal; ``serving_allowed``
+``LiveState.load`` + ``OpenSetUpkeep.changed``, as ``server.gallery.apply_changes`` does for a journal; ``serving_allowed``
 into health and admission) and ``server/config.py`` (``FACESEARCH_STORE``, fence and poll settings);
 compaction and build from the store; the Python client's several targets;
 several model contracts in one database (one contract per database today, refused otherwise);
