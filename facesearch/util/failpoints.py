@@ -24,6 +24,9 @@ act on the next ``TIMES`` hits (default: every one). Actions:
 ``kill`` (or ``crash``)
     the process kills itself with ``SIGKILL`` (a crash at exactly that point: no cleanup, no
     ``finally``, no flush of anything not yet written).
+``slow``
+    the site waits :data:`SLOW_S` seconds, then goes on (a stalled disk: lets a test's caller
+    deadline pass at exactly that point, whatever the machine's speed).
 
 A spec naming an undeclared site is refused (a typo would otherwise never fire). Cost when unset:
 one dictionary lookup in ``os.environ`` per hit. Hit counts are per process.
@@ -36,6 +39,7 @@ import errno
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
@@ -44,6 +48,7 @@ __all__ = [
     "CURRENT_SWITCH",
     "ENV",
     "SITES",
+    "SLOW_S",
     "AtomicSites",
     "Failpoint",
     "FailpointSpecError",
@@ -57,7 +62,8 @@ __all__ = [
 ENV = "FACESEARCH_FAILPOINTS"
 _ERRNOS = {"eio": errno.EIO, "enospc": errno.ENOSPC, "edquot": errno.EDQUOT}
 _KILLS = ("kill", "crash")
-_ACTIONS = (*_ERRNOS, "torn", *_KILLS)
+_ACTIONS = (*_ERRNOS, "torn", *_KILLS, "slow")
+SLOW_S = 2.0
 
 
 class Operation(StrEnum):
@@ -200,6 +206,9 @@ def hit(site: str) -> str | None:
         raise OSError(code, f"{os.strerror(code)} (failpoint {site})")
     if point.action in _KILLS:
         os.kill(os.getpid(), signal.SIGKILL)
+    if point.action == "slow":
+        time.sleep(SLOW_S)
+        return None
     return point.action
 
 

@@ -29,6 +29,7 @@ from facesearch.bundle.manifest import ModelBundle
 from facesearch.client.service_client import FaceSearchClient, RpcFailedError, ServerUnavailableError
 from facesearch.errors import AlreadyExistsError, InvalidInputError, NotFoundError, UnavailableError
 from facesearch.store.audit_log import AUDIT_FILE
+from facesearch.util.failpoints import SLOW_S
 from indexer.main import main as index_main
 from tests.integration.server_fixtures import *  # noqa: F403
 from tests.integration.server_fixtures import REPO, build_index, start_server, synthetic_embeddings, wait_until
@@ -59,7 +60,9 @@ def test_idempotent_enroll_append_deadline_and_audit(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     a, b, c_name = list(people)[:3]
-    srv = start_server(server_bundle, root, tmp_path / "logs")
+    # every journal write stalls SLOW_S (2 s) before its records: the hurried caller's deadline below passes
+    # there, before the commit, however fast the machine is
+    srv = start_server(server_bundle, root, tmp_path / "logs", env={"FACESEARCH_FAILPOINTS": "journal.append:slow"})
     try:
         with srv.client(timeout=120) as c:
             first = c.enroll(a, people[a][:2], request_id="req-a-1", use_largest_face=True)
@@ -87,7 +90,7 @@ def test_idempotent_enroll_append_deadline_and_audit(
             with srv.client(timeout=0.3, enroll_retries=0) as hurried, pytest.raises(RpcFailedError) as late:
                 hurried.enroll(b, people[b][:6], use_largest_face=True)
             assert late.value.reason == "DEADLINE_EXCEEDED"
-            time.sleep(2.0)  # whatever the server still did for it has finished by now
+            time.sleep(SLOW_S + 2.0)  # whatever the server still did for it has finished by now
             with pytest.raises(NotFoundError):
                 c.get_identity(b)
             assert c.stats()["live_faces"] == live_before
