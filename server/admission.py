@@ -36,12 +36,28 @@ from typing import TypeVar
 from facesearch.errors import Reason, ResourceExhaustedError
 from facesearch.util.cancel import Cancelled, CancelToken, DeadlineExceeded, WorkStopped
 
-__all__ = ["Admission", "Busy", "Cancelled", "Deadline", "DeadlineExceeded", "WorkStopped", "run_stoppable"]
+__all__ = [
+    "Admission",
+    "Busy",
+    "Cancelled",
+    "Deadline",
+    "DeadlineExceeded",
+    "StreamIdle",
+    "WorkStopped",
+    "run_stoppable",
+]
 
 T = TypeVar("T")
 
 #: A request's deadline and cancel flag, checked by its worker thread (:mod:`facesearch.util.cancel`).
 Deadline = CancelToken
+
+
+class StreamIdle(DeadlineExceeded):
+    """A call sent nothing for the idle limit: a stream no item, a unary call not its request message
+    (sent as DEADLINE_EXCEEDED, reason STREAM_IDLE)."""
+
+    reason = Reason.STREAM_IDLE
 
 
 class Busy:

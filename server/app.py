@@ -209,7 +209,7 @@ class FaceSearchServer:
         for warning in warnings:
             log.warning("SECURITY: %s", warning)
         server = grpc.aio.server(
-            interceptors=[EdgeInterceptor(self.metrics, self.auth, c.access_log)],
+            interceptors=[EdgeInterceptor(self.metrics, self.auth, c.access_log, body_timeout_s=c.stream_idle_s)],
             options=grpc_options(c),
             maximum_concurrent_rpcs=c.max_concurrent_rpcs,
         )

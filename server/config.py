@@ -82,7 +82,10 @@ FACESEARCH_MAX_FACES                                            64 (faces search
                                                                 says how many were found)
 FACESEARCH_STREAM_IDLE_S                                        60 (a StreamIdentify stream with no
                                                                 item and no reply pending this
-                                                                long is closed: STREAM_IDLE)
+                                                                long is closed: STREAM_IDLE; so is
+                                                                a call whose request message has
+                                                                not arrived this long after its
+                                                                headers)
 FACESEARCH_STORE                                                sqlite (files under the index root);
                                                                 postgresql://USER:PW@HOST:PORT/DB:
                                                                 the store shared by replicas

@@ -33,6 +33,7 @@ from typing import Any
 import grpc
 
 from facesearch.errors import InvalidInputError, Reason
+from server.admission import StreamIdle
 from server.auth import PUBLIC, Authenticator
 from server.auth_scopes import METHOD_SCOPES, authorize, required_scope
 from server.errors import details_trailer, public_message, reason_status, status_of
@@ -44,6 +45,9 @@ access = logging.getLogger("facesearch.access")
 
 Behavior = Callable[[Any, grpc.aio.ServicerContext], Any]
 
+#: How long a unary call's request message may take to arrive after its headers (FACESEARCH_STREAM_IDLE_S).
+DEFAULT_BODY_TIMEOUT_S = 60.0
+
 
 class EdgeInterceptor(grpc.aio.ServerInterceptor):
     def __init__(
@@ -52,8 +56,10 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
         auth: Authenticator | None,
         access_log: bool,
         scopes: Mapping[str, Scope | None] = METHOD_SCOPES,
+        body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
     ) -> None:
         self.metrics = metrics
+        self.body_timeout_s = body_timeout_s
         self.auth = auth or Authenticator(None, None)
         self.access_log = access_log
         self.scopes = scopes
@@ -99,11 +105,22 @@ async def _decoded(
         yield _decode(data, deserialize, method)
 
 
-async def _single(raw: AsyncIterator[bytes], deserialize: Callable[[bytes], Any] | None, method: str) -> Any:
-    """The one request message of a unary-request method."""
-    async for data in raw:
-        return _decode(data, deserialize, method)
-    raise InvalidInputError(f"the call of {method} carries no request message", reason=Reason.INVALID_ARGUMENT)
+async def _single(
+    raw: AsyncIterator[bytes], deserialize: Callable[[bytes], Any] | None, method: str, timeout_s: float
+) -> Any:
+    """The one request message of a unary-request method, which must arrive within ``timeout_s``: a call
+    that opens its stream and never sends its message would otherwise hold a server-wide RPC slot forever."""
+    try:
+        data = await asyncio.wait_for(anext(aiter(raw)), timeout_s)
+    except StopAsyncIteration:
+        raise InvalidInputError(
+            f"the call of {method} carries no request message", reason=Reason.INVALID_ARGUMENT
+        ) from None
+    except TimeoutError:
+        raise StreamIdle(
+            f"the request message of {method} did not arrive within {timeout_s:g} s (FACESEARCH_STREAM_IDLE_S)"
+        ) from None
+    return _decode(data, deserialize, method)
 
 
 class _Call:
@@ -135,7 +152,7 @@ class _Call:
                     request = (
                         _decoded(requests, self.deserialize, self.short)
                         if streaming_request
-                        else await _single(requests, self.deserialize, self.short)
+                        else await _single(requests, self.deserialize, self.short, self.edge.body_timeout_s)
                     )
                     reply = behavior(request, context)
                     return await reply if inspect.isawaitable(reply) else reply
@@ -160,7 +177,7 @@ class _Call:
                     request = (
                         _decoded(requests, self.deserialize, self.short)
                         if streaming_request
-                        else await _single(requests, self.deserialize, self.short)
+                        else await _single(requests, self.deserialize, self.short, self.edge.body_timeout_s)
                     )
                     replies = behavior(request, context)
                     if inspect.isawaitable(replies):  # writes with context.write itself (health Watch)

@@ -22,7 +22,7 @@ from facesearch.api.v1 import facesearch_pb2 as pb
 from facesearch.api.v1 import facesearch_pb2_grpc as pb_grpc
 from facesearch.errors import FaceSearchError, Reason
 from server import convert
-from server.admission import Deadline, DeadlineExceeded, WorkStopped
+from server.admission import Deadline, StreamIdle, WorkStopped
 from server.errors import status_of
 from server.service import FaceSearchService
 
@@ -30,12 +30,6 @@ log = logging.getLogger(f"facesearch.{__name__}")
 
 #: FACESEARCH_STREAM_IDLE_S's default: a stream with no item (and no reply pending) for this long is closed.
 DEFAULT_STREAM_IDLE_S = 60.0
-
-
-class StreamIdle(DeadlineExceeded):
-    """A stream sent nothing for the idle limit (sent as DEADLINE_EXCEEDED, reason STREAM_IDLE)."""
-
-    reason = Reason.STREAM_IDLE
 
 
 def deadline_of(context: grpc.aio.ServicerContext) -> Deadline:
