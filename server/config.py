@@ -77,6 +77,12 @@ FACESEARCH_ENROLL_REQUEST_TTL_S                                 86400 (Enroll re
                                                                 idempotent retries, seconds)
 FACESEARCH_ENROLL_REQUEST_MAX                                   100000 (request ids kept, at most)
 FACESEARCH_AUDIT_RETENTION_DAYS                                 365 (ROOT/audit.sqlite rows kept)
+FACESEARCH_CHECKPOINT_ERASE_S                                   30 (seconds: after a deletion, the
+                                                                open-set checkpoint is rewritten
+                                                                without the subject within this; a
+                                                                restart before then replays the
+                                                                deletion on it; erase-status lists
+                                                                it as pending meanwhile)
 FACESEARCH_MAX_FACES                                            64 (faces searched per photo; of
                                                                 more, the largest, and the reply
                                                                 says how many were found)
@@ -182,6 +188,8 @@ class ServerConfig:
     enroll_request_ttl_s: float = 86400.0  # Enroll request ids remembered this long (idempotent retries)
     enroll_request_max: int = 100_000  # and at most this many
     audit_retention_days: float = 365.0  # audit log rows older than this are deleted
+    # -- D3 (issue 12): an erased subject leaves the open-set checkpoint's bytes within this many seconds
+    checkpoint_erase_s: float = 30.0
     # -- service bounds (helper B, issue 13): faces per photo, idle streams
     max_faces: int = 64  # faces searched per photo (the largest); the reply says how many were found
     stream_idle_s: float = 60.0  # a StreamIdentify stream with no item (and no reply pending) this long is closed
@@ -222,6 +230,7 @@ class ServerConfig:
         for name, number in (
             ("enroll_request_ttl_s", self.enroll_request_ttl_s),
             ("audit_retention_days", self.audit_retention_days),
+            ("checkpoint_erase_s", self.checkpoint_erase_s),
         ):
             if not number > 0:
                 raise InvalidInputError(
@@ -478,6 +487,7 @@ def load_config(args: argparse.Namespace | None = None, env: Mapping[str, str] |
         enroll_request_ttl_s=reader.as_float("FACESEARCH_ENROLL_REQUEST_TTL_S", 86400.0),
         enroll_request_max=reader.as_int("FACESEARCH_ENROLL_REQUEST_MAX", 100_000),
         audit_retention_days=reader.as_float("FACESEARCH_AUDIT_RETENTION_DAYS", 365.0),
+        checkpoint_erase_s=reader.as_float("FACESEARCH_CHECKPOINT_ERASE_S", 30.0),
         max_faces=reader.as_int("FACESEARCH_MAX_FACES", 64),
         stream_idle_s=reader.as_float("FACESEARCH_STREAM_IDLE_S", 60.0),
         store=store,

@@ -70,6 +70,7 @@ from server.base_index import BaseIndex
 from server.config import ServerConfig
 from server.erasures import record_face_erasure, record_identity_erasure, refuse_erased
 from server.live_state import LiveState, LiveView
+from server.open_set_checkpoint import ERASE_S as CHECKPOINT_ERASE_S
 from server.open_set_checkpoint import LiveCheckpoints, Taken, copy_of, key_for
 from server.open_set_state import OpenSetState
 from server.open_set_upkeep import OpenSetParams, OpenSetUpkeep, load_base_open_set
@@ -101,6 +102,7 @@ class WriteSettings:
     request_ttl_s: float = 86400.0  # how long an Enroll request id is remembered
     request_max: int = 100_000  # how many request ids are remembered, at most
     audit_retention_days: float = 365.0
+    checkpoint_erase_s: float = CHECKPOINT_ERASE_S  # an erased subject leaves the open-set checkpoint within this
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +142,7 @@ def write_settings(config: ServerConfig) -> WriteSettings:
         request_ttl_s=config.enroll_request_ttl_s,
         request_max=config.enroll_request_max,
         audit_retention_days=config.audit_retention_days,
+        checkpoint_erase_s=config.checkpoint_erase_s,
     )
 
 
@@ -556,7 +559,7 @@ class Gallery:
                 "append (the behaviour before the flag, for old clients); turn it off once clients set append"
             )
         # D2: checkpoints of the open-set statistics, so a restart replays only the changes after one
-        self.checkpoints = LiveCheckpoints(journal.dir, self._checkpoint_copy)
+        self.checkpoints = LiveCheckpoints(journal.dir, self._checkpoint_copy, erase_s=self.settings.checkpoint_erase_s)
 
     def _checkpoint_copy(self) -> Taken | None:
         """D2: a copy of the served statistics for a checkpoint (server.open_set_checkpoint)."""
@@ -751,6 +754,8 @@ class Gallery:
             if base is not None:
                 base.open_set = None
             touched = _touched_after(snap, restored[1]) | set(base.hidden_identities if base else ())
+            if erasures := _erasures_after(snap, restored[1]):  # D3: replayed below; its bytes rewritten soon
+                self.checkpoints.replayed_erasures(erasures, restored[1])
         elif base is not None:
             self.base_open_set(base)
             data, base.open_set = base.open_set, None  # taken over: the state keeps it current
@@ -982,6 +987,13 @@ def _touched_after(snap: JournalSnapshot, seq: int) -> set[str]:
     return {i.identity_id for i in snap.identities if i.seq > seq} | {
         t.identity_id for t in snap.tombstones if t.identity_id and t.seq > seq
     }
+
+
+def _erasures_after(snap: JournalSnapshot, seq: int) -> int:
+    """D3: deletions (identities, faces) a snapshot holds after journal change ``seq``."""
+    return len(
+        {i.seq for i in snap.identities if i.deleted and i.seq > seq} | {t.seq for t in snap.tombstones if t.seq > seq}
+    )
 
 
 def _touched(snap: JournalSnapshot) -> set[str]:

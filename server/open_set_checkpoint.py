@@ -18,10 +18,18 @@ they are erasure-relevant):
     written last (atomically), removed first: a checkpoint without it, or whose npz does not match
     its sha256, is ignored (the restart replays everything, as without checkpoints).
 
-:class:`LiveCheckpoints` removes both when the server erases a subject, before the deletion is
-acknowledged (a new checkpoint without the subject is written shortly after). Writing one copies the
-statistics under the gallery's write lock (a memory copy) and saves the copy without it, in one
-background thread, after an install and every :attr:`LiveCheckpoints.EVERY` changes.
+:class:`LiveCheckpoints` keeps a checkpoint usable across an erasure: the deletion is a journal change
+after the checkpoint's ``seq``, so a restart on it replays the deletion (the subject leaves the templates
+and every cohort before the server is SERVING) and the subject is never served. The checkpoint's
+*bytes* still hold the subject's template until it is rewritten: after an erasure the server rewrites it
+without the subject in the background, at most ``erase_s`` (``FACESEARCH_CHECKPOINT_ERASE_S``, default
+30 s) after the deletion (a burst of deletions is written once), at a clean shutdown, and after a crash
+right after the start's install (which replays the deletion); a rewrite that fails removes the
+checkpoint instead. ``facesearch-index erase-status`` reports the subject as held by the checkpoint
+until then. Writing one saves a copy of the statistics (taken under the gallery's write lock, a memory
+copy) to a staging file without the lock, in one background thread, after an install and every
+:attr:`LiveCheckpoints.EVERY` changes, then moves it in place and writes the pointer: the previous
+checkpoint stays usable until the new one is complete.
 """
 
 from __future__ import annotations
@@ -44,7 +52,9 @@ from server.open_set_upkeep import OpenSetParams
 
 __all__ = [
     "DATA_FILE",
+    "ERASE_S",
     "META_FILE",
+    "STAGING_FILE",
     "CheckpointKey",
     "LiveCheckpoints",
     "Taken",
@@ -58,7 +68,9 @@ log = logging.getLogger(f"facesearch.{__name__}")
 
 DATA_FILE = "open_set_checkpoint.npz"
 META_FILE = "open_set_checkpoint.json"
+STAGING_FILE = "open_set_checkpoint.next.npz"  # a checkpoint being written (removed at start when left)
 FORMAT = 1
+ERASE_S = 30.0  # default of FACESEARCH_CHECKPOINT_ERASE_S: an erased subject leaves the checkpoint within this
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,8 +122,8 @@ def key_for(base: BaseIndex | None, journal_id: str, params: OpenSetParams) -> C
 
 
 def discard(directory: Path) -> None:
-    """Remove the checkpoint (pointer first); a failure is logged (the next save replaces it)."""
-    for name in (META_FILE, DATA_FILE):
+    """Remove the checkpoint (pointer first) and any staging file; a failure is logged (the next save replaces it)."""
+    for name in (META_FILE, DATA_FILE, STAGING_FILE, STAGING_FILE + ".tmp.npz", DATA_FILE + ".tmp.npz"):
         try:
             (directory / name).unlink(missing_ok=True)
         except OSError as err:
@@ -133,31 +145,54 @@ class LiveCheckpoints:
 
     ``take`` (called in that thread) returns a copy of the served statistics taken under the gallery's
     write lock with :attr:`erasures` read under it too (:class:`Taken`), or None when there is nothing
-    to checkpoint. Requests come after an
-    install, after every :data:`EVERY` changes, and after an erasure (which first removes the current
-    checkpoint, before the deletion is acknowledged); a burst of requests is written once, ``delay_s``
-    after its first. A checkpoint whose copy predates an erasure is never left behind.
+    to checkpoint. Requests come after an install and after every :data:`EVERY` changes; a burst of
+    requests is written once, ``delay_s`` after its first. An erasure makes a write due ``erase_s / 2``
+    after it (the erasures of that half-window are written once; the write has the other half).
+
+    Erasure: :meth:`erased` (before a deletion is acknowledged) leaves the checkpoint in place (a
+    restart on it replays the deletion) and makes a rewrite due within ``erase_s``; :attr:`erase_pending`
+    stays true until a checkpoint taken after the last erasure is on disk (or none is).
     """
 
     EVERY = 1000  # changes between checkpoints (a kill -9 then replays at most about this many)
 
-    def __init__(self, directory: Path, take: Callable[[], Taken | None], *, delay_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        take: Callable[[], Taken | None],
+        *,
+        delay_s: float = 2.0,
+        erase_s: float = ERASE_S,
+    ) -> None:
         self.directory = directory
         self._take = take
         self.delay_s = delay_s
-        self.erasures = 0  # erasures since start (a copy taken before one is stale)
+        self.erase_s = erase_s
+        self.erasures = 0  # erasures since start (a copy taken before one may hold an erased subject)
         self.written = 0  # checkpoints written
+        self.erase_rewrites = 0  # checkpoints written (or removed) to drop erased subjects from the disk
         self._changes = 0  # changes since the last request
         self._pending = False  # a request not yet written
         self._on_disk: tuple[CheckpointKey, int] | None = None  # (key, seq) of the checkpoint on disk, when known
-        self._files = threading.Lock()  # discard vs the final step of a save
+        self._erase_due: float | None = None  # monotonic deadline of a rewrite that drops erased subjects
+        self._files = threading.Lock()  # erasures vs the final step of a save
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        self._started = False  # restored once (leftover staging files removed)
+
+    @property
+    def erase_pending(self) -> bool:
+        """Whether the checkpoint on disk may still hold a subject erased since (or replayed at) the start."""
+        return self._erase_due is not None
 
     def restore(self, key: CheckpointKey, *, at_least: int, at_most: int) -> tuple[GalleryOpenSet, int] | None:
         """The checkpoint of ``key`` at a journal position in ``at_least..at_most`` (see :func:`load`)."""
+        if not self._started:  # at start only (later, the thread may be writing them)
+            self._started = True
+            for name in (STAGING_FILE, STAGING_FILE + ".tmp.npz", DATA_FILE + ".tmp.npz"):  # a write a crash stopped
+                (self.directory / name).unlink(missing_ok=True)
         found = load(self.directory, key, at_least=at_least, at_most=at_most)
         self._on_disk = (key, found[1]) if found is not None else None
         return found
@@ -169,75 +204,121 @@ class LiveCheckpoints:
             self.request()
 
     def erased(self) -> None:
-        """A subject is being erased: remove the checkpoint now (it may hold the subject's template)."""
+        """A subject is being erased: the checkpoint stays usable (a restart replays the deletion after
+        it) and is rewritten without the subject within :attr:`erase_s`."""
         with self._files:
             self.erasures += 1
-            self._on_disk = None
-            discard(self.directory)
-        self.request()
+            if self._erase_due is None:
+                self._erase_due = time.monotonic() + self.erase_s
+        self._start()
+        self._wake.set()
+
+    def replayed_erasures(self, n: int, seq: int) -> None:
+        """The start replayed ``n`` deletions made after the restored checkpoint (at ``seq``): its bytes
+        hold those subjects until the rewrite the install requests."""
+        with self._files:
+            if self._erase_due is None:
+                self._erase_due = time.monotonic() + self.erase_s
+        log.warning(
+            "open-set checkpoint at journal seq %d predates %d deletion(s): they are replayed (the subjects are "
+            "not served) and the checkpoint is rewritten without them within %gs",
+            seq,
+            n,
+            self.erase_s,
+        )
 
     def drop(self) -> None:
         """Remove the checkpoint (it is for a version no longer served and nothing replaces it)."""
         with self._files:
             self._on_disk = None
             discard(self.directory)
+            self._erased_from_disk()
 
     def request(self) -> None:
         self._changes = 0
         self._pending = True
+        self._start()
+        self._wake.set()
+
+    def _start(self) -> None:
         with self._start_lock:
             if self._thread is None and not self._stop.is_set():
                 self._thread = threading.Thread(target=self._run, name="open-set-checkpoint", daemon=True)
                 self._thread.start()
-        self._wake.set()
 
     def close(self, *, final: bool = False) -> None:
         """Stop the thread; ``final``: first write a checkpoint of changes not yet in one (a clean
-        shutdown, so the next start replays nothing)."""
+        shutdown, so the next start replays nothing, and no erased subject is left in it)."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=120)
-        if final and (self._changes or self._pending):
-            try:
-                self.write_now()
-            except Exception:
-                log.exception("open-set checkpoint not written at shutdown")
+        if final and (self._changes or self._pending or self.erase_pending):
+            self._write_or_discard("at shutdown")
 
     # -- the background thread -----------------------------------------------------------------
+    def _due(self, first: float) -> float:
+        """When to write: ``delay_s`` after a request, half the window after an erasure (the deletions of
+        that half are written together; the write has the other half)."""
+        due = first + self.delay_s if self._pending else first
+        erase_due = self._erase_due
+        if erase_due is not None:
+            due = min(due, erase_due - self.erase_s / 2) if self._pending else erase_due - self.erase_s / 2
+        return due
+
     def _run(self) -> None:
         while not self._stop.is_set():
             self._wake.wait()
-            if self._stop.wait(self.delay_s):
+            first = time.monotonic()
+            while (left := self._due(first) - time.monotonic()) > 0:
+                if self._stop.wait(min(left, 0.5)):
+                    return
+            if self._stop.is_set():
                 return
             self._wake.clear()
-            try:
-                self.write_now()
-            except Exception:  # a checkpoint only saves replay time: never fatal
-                log.exception("open-set checkpoint not written")
+            self._write_or_discard("")
+
+    def _write_or_discard(self, when: str) -> None:
+        """:meth:`write_now`; when it fails while an erasure is pending, remove the checkpoint instead."""
+        try:
+            self.write_now()
+        except Exception:  # a checkpoint only saves replay time: never fatal
+            log.exception("open-set checkpoint not written%s", f" {when}" if when else "")
+            if self.erase_pending:
+                log.warning("open-set checkpoint removed instead (it may hold an erased subject)")
+                self.drop()
+
+    def _erased_from_disk(self, erasures: int | None = None) -> None:
+        """Under ``_files``: the disk holds no subject erased before copy ``erasures`` (None: no checkpoint)."""
+        if self._erase_due is not None and (erasures is None or erasures == self.erasures):
+            self._erase_due = None
+            self.erase_rewrites += 1
+            log.info("open-set checkpoint holds no erased subject any more")
 
     def write_now(self) -> bool:
-        """Take a copy and save it (True), unless there is none or an erasure came after the copy."""
+        """Take a copy and save it (True), unless there is none or it is the one on disk."""
         self._pending = False
         taken = self._take()
-        if taken is None or self._on_disk == (taken.key, taken.seq):  # nothing new since the one on disk
+        if taken is None:  # no statistics to write: a checkpoint that may hold an erased subject goes
+            if self.erase_pending:
+                self.drop()
+            return False
+        if self._on_disk == (taken.key, taken.seq):  # nothing new since the one on disk (the same state)
+            with self._files:
+                self._erased_from_disk(taken.erasures)
             return False
         t0 = time.perf_counter()
-        meta_path, data_path = self.directory / META_FILE, self.directory / DATA_FILE
+        meta_path, data_path, staging = (self.directory / n for n in (META_FILE, DATA_FILE, STAGING_FILE))
+        taken.data.save(staging)  # the checkpoint on disk stays usable meanwhile
+        sha = sha256_file(staging)
         with self._files:
-            if taken.erasures != self.erasures:
-                return False
-            self._on_disk = None
-            meta_path.unlink(missing_ok=True)  # never a pointer to a half-written npz
-        taken.data.save(data_path)
-        sha = sha256_file(data_path)
-        with self._files:
-            if taken.erasures != self.erasures:  # erased meanwhile: this copy may hold the subject
-                discard(self.directory)
-                return False
             meta = {"format": FORMAT, "key": asdict(taken.key), "seq": taken.seq, "sha256": sha}
+            staging.replace(data_path)  # the old pointer's sha256 no longer matches: never a mixed pair
             write_atomic(meta_path, json.dumps(meta))
             self._on_disk = (taken.key, taken.seq)
+            self._erased_from_disk(taken.erasures)
+            if self._erase_due is not None:  # an erasure came after the copy: written again when due
+                self._wake.set()
         fsync_dir(self.directory)
         self.written += 1
         log.info(

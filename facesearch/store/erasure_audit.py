@@ -12,7 +12,10 @@ none does. What is looked at:
   naming the identity (its state, live faces, tombstones), and every ``vectors-*`` file holding
   one of its live faces' vector ids (an embedding record);
 * the server's caches of computed open-set statistics (``LIVE_DIR/open_set/*.npz``: templates by id)
-  and its checkpoint of the live statistics (``open_set_checkpoint.npz`` in each journal directory);
+  and its checkpoint of the live statistics (``open_set_checkpoint.npz`` in each journal directory:
+  after a deletion the server rewrites it without the subject within ``FACESEARCH_CHECKPOINT_ERASE_S``,
+  default 30 s, so a subject held there is reported as pending; ``open_set_checkpoint.*.npz``: one
+  being written);
 * leftovers of killed jobs: ``.trash-*`` (a prune that stopped), ``.staging-*`` (a job that
   stopped before publishing) and ``.work`` (an unfinished build's embeddings): anything may be in
   them, so they count against every subject until ``facesearch-index prune`` deletes them;
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -56,6 +60,15 @@ from facesearch.store.index_artifact import (
 )
 from facesearch.store.journal_retention import LIVE_DIR
 from facesearch.store.live_journal import CONTRACTS_DIR, JOURNAL_FILE, LIVE_VECTOR_ID_BASE, LiveJournal
+
+CHECKPOINT_FILE = "open_set_checkpoint.npz"  # server.open_set_checkpoint.DATA_FILE
+CHECKPOINT_STAGING = "open_set_checkpoint.*.npz"  # being written (staging and temporary files)
+#: What erase-status says of a subject in the server's open-set checkpoint (server.open_set_checkpoint).
+CHECKPOINT_PENDING = (
+    "open-set checkpoint: templates; pending: the server rewrites it without erased subjects within "
+    "FACESEARCH_CHECKPOINT_ERASE_S (default 30 s) of the deletion, at a clean shutdown, and right after a "
+    "restart (a restart on it replays the deletion: the subject is not served)"
+)
 
 #: Files of a version derived from its identity store: they hold what the store holds.
 DERIVED_FILES = (INDEX_FILE, VECTOR_IDS_FILE, REFINE_FILE, REFINE_CODEC_FILE, EXACT_FILE, OPEN_SET_FILE)
@@ -157,9 +170,19 @@ def erase_status(
         _audit_journal(directory, digester, live_vids, (hold, hold_identity), report.unverified, root)
     for cache in sorted((live_dir / "open_set").glob("*.npz")) if (live_dir / "open_set").is_dir() else []:
         _audit_open_set(cache, digester, hold_identity, "cached open-set statistics: templates")
+    now = time.time()
+
+    def hold_checkpoint(subject: str, path: Path, what: str) -> None:
+        if subject in subjects:
+            what += f" (erased {max(0.0, now - subjects[subject].erased_at):.0f} s ago)"
+        hold_identity(subject, path, what)
+
     for directory in _journal_dirs(live_dir):  # the server's checkpoint of its statistics (server.open_set_checkpoint)
-        if (checkpoint := directory / "open_set_checkpoint.npz").is_file():
-            _audit_open_set(checkpoint, digester, hold_identity, "open-set checkpoint: templates")
+        if (checkpoint := directory / CHECKPOINT_FILE).is_file():
+            _audit_open_set(checkpoint, digester, hold_checkpoint, CHECKPOINT_PENDING)
+        for staging in sorted(directory.glob(CHECKPOINT_STAGING)):
+            for subject in subjects:
+                hold(subject, staging, "an open-set checkpoint being written (or left by a crash: removed at start)")
     for pattern in LEFTOVER_PATTERNS:
         for leftover in sorted(root.glob(pattern)):
             for subject in subjects:

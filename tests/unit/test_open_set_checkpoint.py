@@ -58,6 +58,7 @@ def _new(v: np.ndarray) -> NewFace:
 def _open(root: Path, live: Path) -> Gallery:
     gallery = Gallery(LiveJournal.open(live, contract_id=CONTRACT, d=D), D, OpenSetParams(k=4))
     gallery.checkpoints.delay_s = 600.0  # the tests write them (write_now), the thread never does
+    gallery.checkpoints.erase_s = 1200.0
     gallery.install(BaseIndex.load(root, contract_id=CONTRACT))
     return gallery
 
@@ -124,22 +125,79 @@ def test_a_restart_on_a_checkpoint_equals_a_full_replay(
     assert again.checkpoints.written == 0
 
 
-def test_an_erasure_removes_the_checkpoint_before_it_returns(root: Path, faces: np.ndarray, tmp_path: Path) -> None:
+def test_a_deletion_after_the_checkpoint_is_replayed_on_it_then_the_checkpoint_is_rewritten(
+    root: Path, faces: np.ndarray, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """D3: an erasure keeps the checkpoint usable (a restart on it replays the deletion: the subject
+    leaves the templates and every cohort, as in a full replay) and the rewrite drops its bytes."""
+    caplog.set_level("INFO")
     live = tmp_path / "live"
     gallery = _open(root, live)
     for i in range(5):
+        gallery.enroll(f"live-{i}", None, {}, [_new(faces[300 + i]), _new(faces[310 + i])])
+    assert gallery.checkpoints.write_now()
+    seq = json.loads((live / META_FILE).read_text())["seq"]
+    data = (live / DATA_FILE).read_bytes()
+    assert b"live-3" in data and b"base-42" in data
+    gallery.delete_identity("live-3", principal="test")
+    gallery.delete_identity("base-42", principal="test")  # a published identity
+    assert (live / META_FILE).is_file() and (live / DATA_FILE).read_bytes() == data  # still usable
+    assert gallery.checkpoints.erase_pending
+    _close(gallery, final=False)  # a crash before the rewrite
+
+    restarted = _open(root, live)
+    assert f"on the checkpoint at journal seq {seq}" in caplog.text
+    assert f"checkpoint at journal seq {seq} predates 2 deletion(s)" in caplog.text
+    assert restarted.checkpoints.erase_pending
+    replayed = _stats(restarted)
+    assert "live-3" not in replayed and "base-42" not in replayed and "live-2" in replayed
+    state = restarted.state
+    assert state is not None
+    served = tmp_path / "served.npz"
+    state.open_set.data.save(served)  # templates, cohorts and neighbour lists: nothing of the subjects
+    assert b"live-3" not in served.read_bytes() and b"base-42" not in served.read_bytes()
+    _close(restarted, final=False)
+
+    kept = {name: (live / name).read_bytes() for name in (META_FILE, DATA_FILE)}
+    for name in kept:
+        (live / name).unlink()
+    full = _open(root, live)  # the whole journal replayed: the same statistics
+    _same(replayed, _stats(full))
+    _close(full, final=False)
+    for name, content in kept.items():
+        (live / name).write_bytes(content)
+
+    again = _open(root, live)
+    assert again.checkpoints.erase_pending
+    assert again.checkpoints.write_now()  # what the start's install requests
+    assert not again.checkpoints.erase_pending and again.checkpoints.erase_rewrites == 1
+    rewritten = (live / DATA_FILE).read_bytes()
+    assert b"live-3" not in rewritten and b"base-42" not in rewritten and b"live-2" in rewritten
+    _close(again, final=False)
+
+
+def test_an_erasure_after_the_copy_is_written_again_and_a_clean_shutdown_rewrites(
+    root: Path, faces: np.ndarray, tmp_path: Path
+) -> None:
+    """D3: a copy taken before an erasure leaves the erasure pending; a clean shutdown drops it."""
+    live = tmp_path / "live"
+    gallery = _open(root, live)
+    for i in range(3):
         gallery.enroll(f"live-{i}", None, {}, [_new(faces[300 + i])])
     assert gallery.checkpoints.write_now()
-    assert b"live-3" in (live / DATA_FILE).read_bytes()
-    gallery.delete_identity("live-3", principal="test")
-    assert not (live / META_FILE).exists() and not (live / DATA_FILE).exists()
-    assert gallery.checkpoints.write_now()  # the next one holds no trace of the subject
-    assert b"live-3" not in (live / DATA_FILE).read_bytes()
-    _close(gallery, final=False)
-    restarted = _open(root, live)
-    state = restarted.state
-    assert state is not None and "live-3" not in state.open_set.data.templates
-    _close(restarted, final=False)
+    gallery.delete_identity("live-1", principal="test")
+    assert gallery.checkpoints.erase_pending
+    stale = gallery._checkpoint_copy()  # a copy taken, then another erasure before it is written
+    assert stale is not None
+    gallery.delete_identity("live-2", principal="test")
+    gallery.checkpoints._take = lambda: stale
+    assert gallery.checkpoints.write_now()  # newer than the one on disk, but it still holds live-2
+    assert gallery.checkpoints.erase_pending and b"live-2" in (live / DATA_FILE).read_bytes()
+    gallery.checkpoints._take = gallery._checkpoint_copy
+    _close(gallery, final=True)  # a clean shutdown writes one without them
+    data = (live / DATA_FILE).read_bytes()
+    assert b"live-1" not in data and b"live-2" not in data and b"live-0" in data
+    assert not gallery.checkpoints.erase_pending
 
 
 def test_a_checkpoint_of_another_version_or_a_damaged_one_is_not_used(
