@@ -907,7 +907,7 @@ class Gallery:
             base_ids, live_ids = state.face_vector_ids(identity_id)
             doomed = [*base_ids.tolist(), *live_ids.tolist()]
             record_identity_erasure(self.ledger, state, identity_id, doomed, principal=who)  # before the journal
-            self.checkpoints.erased()  # D2: no checkpoint keeps the subject's template
+            self.checkpoints.erased()  # D3: the checkpoint is rewritten without the subject within erase_s
             audit_seq = self._record(
                 AuditOp.DELETE_IDENTITY, identity_id, len(doomed), who, "DeleteIdentity", erased=True
             )
@@ -938,7 +938,7 @@ class Gallery:
                 raise NotFoundError(f"faces do not exist: {', '.join(missing[:10])}", reason=Reason.FACE_NOT_FOUND)
             identity_ids = [o for o in owners if o is not None]
             record_face_erasure(self.ledger, state, vids, identity_ids, principal=who)  # before the journal and the OK
-            self.checkpoints.erased()  # D2: no checkpoint keeps the erased faces in a template
+            self.checkpoints.erased()  # D3: the checkpoint is rewritten without those faces within erase_s
             audit_seqs = [
                 self._record(AuditOp.DELETE_FACES, owner, n, who, "DeleteFaces")
                 for owner, n in Counter(identity_ids).items()

@@ -187,7 +187,7 @@ class ReplicaGallery(Gallery):
                 snap = replace(snap, faces=[snap.faces[i] for i in keep], embeddings=snap.embeddings[keep])
             high = live.high_water
             if snap.tombstones or any(i.deleted for i in snap.identities):
-                self.checkpoints.erased()  # no checkpoint keeps an erased subject's template
+                self.checkpoints.erased()  # the checkpoint is rewritten without the subject within erase_s
             apply_changes(state, snap)
             live.high_water = max(high, snap.high_water)
             if snap.faces:
