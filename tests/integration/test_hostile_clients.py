@@ -225,9 +225,9 @@ def test_calls_without_a_body_are_closed_and_free_their_slots(
 ) -> None:
     """More calls than FACESEARCH_MAX_CONCURRENT_RPCS open their stream and never send the request
     message (GetStats and Identify; a silent StreamIdentify is the test above). Those over the limit are refused
-    at once (RESOURCE_EXHAUSTED); the rest must be closed by the server within the stream idle limit
-    (finding F2: they were held forever, locking every other caller out), after which a healthy
-    client's calls succeed again."""
+    at once (RESOURCE_EXHAUSTED); the rest are closed by the server after the stream idle limit with
+    DEADLINE_EXCEEDED / STREAM_IDLE (finding F2, fixed in 2e1ad77: they were held forever, locking
+    every other caller out), after which a healthy client's calls succeed again."""
     channels = [_own_channel(hostile_server) for _ in range(2)]  # 2 x 100 streams per connection
     stalled = MAX_CONCURRENT_RPCS + 20
     try:
@@ -240,6 +240,10 @@ def test_calls_without_a_body_are_closed_and_free_their_slots(
             f"open {STREAM_IDLE_S + SLACK_S:.0f} s later (FACESEARCH_STREAM_IDLE_S={STREAM_IDLE_S})"
         )
         assert set(codes) <= {"DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"}, ended
+        idle = [(reason, seconds) for code, reason, seconds in ended if code == "DEADLINE_EXCEEDED"]
+        assert idle, ended  # some were admitted and had to be closed by the server
+        assert {reason for reason, _ in idle} == {"STREAM_IDLE"}, idle
+        assert min(seconds for _, seconds in idle) > STREAM_IDLE_S / 2, idle  # closed for idling, not at once
         codes_after = healthy_calls(hostile_server, _photo(people), n=2)
         assert codes_after == ["OK"] * len(codes_after), codes_after
     finally:
