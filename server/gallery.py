@@ -727,7 +727,9 @@ class Gallery:
                     self._retain_while_serving(base)
                 held = time.perf_counter() - t1
             if state.live.high_water > cut:  # D2: live changes on top of the version: checkpoint them
-                self.checkpoints.request()
+                key = key_for(base, self.journal.journal_id, self.open_set)
+                if not self.checkpoints.holds(key, state.live.high_water):  # D3: not when restored as it is
+                    self.checkpoints.request()
             else:  # nothing to replay on this version: a checkpoint of another would only hold stale data
                 self.checkpoints.drop()
         log.info(

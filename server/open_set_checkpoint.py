@@ -197,6 +197,10 @@ class LiveCheckpoints:
         self._on_disk = (key, found[1]) if found is not None else None
         return found
 
+    def holds(self, key: CheckpointKey, seq: int) -> bool:
+        """Whether the checkpoint on disk is of ``key`` at journal position ``seq`` (nothing to write)."""
+        return self._on_disk == (key, seq) and not self.erase_pending
+
     # -- the writer's calls (under the gallery's write lock) -----------------------------------
     def changed(self, n: int = 1) -> None:
         self._changes += n
