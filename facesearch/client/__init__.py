@@ -7,13 +7,13 @@ api) > reasons.
 Modules (and the tests that cover them):
 
 - ``service_client``: A Python client for the facesearch gRPC server. Tests:
-  ``tests/integration/test_crash_points.py``, ``tests/integration/test_erasure_model_change.py``,
-  ``tests/integration/test_pg_servers.py``, ``tests/integration/test_server_cohort.py``,
-  ``tests/integration/test_server_decisions.py``,
+  ``tests/integration/test_checkpoint_erasure.py``, ``tests/integration/test_crash_points.py``,
+  ``tests/integration/test_erasure_model_change.py``, ``tests/integration/test_pg_servers.py``,
+  ``tests/integration/test_server_cohort.py``, ``tests/integration/test_server_decisions.py``,
   ``tests/integration/test_server_enroll_idempotency.py``,
   ``tests/integration/test_server_erasure.py``, ``tests/integration/test_server_large_photos.py``,
   ``tests/integration/test_server_rpcs.py``, ``tests/integration/test_server_security.py``,
-  ``tests/unit/test_reasons.py``.
+  ``tests/unit/test_client_targets.py``, ``tests/unit/test_reasons.py``.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from facesearch.client.service_client import (
     FaceSearchClient,
     RpcFailedError,
     ServerUnavailableError,
+    channel_target,
     reported_error,
 )
 
@@ -31,5 +32,6 @@ __all__ = [
     "FaceSearchClient",
     "RpcFailedError",
     "ServerUnavailableError",
+    "channel_target",
     "reported_error",
 ]

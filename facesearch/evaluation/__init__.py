@@ -31,7 +31,7 @@ Modules (and the tests that cover them):
   than the current one. Tests: ``tests/unit/test_promotion_rules.py``.
 - ``synthetic``: Seeded face-like embeddings drawn from a two-covariance model of real dlib
   descriptors. Tests: ``tests/integration/test_indexer_embeddings.py``,
-  ``tests/unit/test_index_synthetic.py``.
+  ``tests/unit/test_index_synthetic.py``, ``tests/unit/test_open_set_checkpoint.py``.
 """
 
 from __future__ import annotations

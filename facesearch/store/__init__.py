@@ -9,13 +9,15 @@ Modules (and the tests that cover them):
 
 - ``audit_log``: The audit log of an index root: who enrolled, deleted, erased or unerased whom, and
   when. Tests: ``tests/integration/test_server_enroll_idempotency.py``,
-  ``tests/integration/test_server_gallery_writes.py``.
+  ``tests/integration/test_server_gallery_writes.py``, ``tests/unit/test_audit_log.py``.
 - ``erasure_audit``: Where an erased subject's data still is under an index root: ``facesearch-index
-  erase-status``. Tests: ``tests/integration/test_server_erasure.py``.
+  erase-status``. Tests: ``tests/integration/test_checkpoint_erasure.py``,
+  ``tests/integration/test_server_erasure.py``.
 - ``erasure_ledger``: The erasure ledger of an index root: every erased identity and face, durably,
   so that no path (a fresh build, ``add``, compaction, a rollback, a restart) brings an erased
   subject back. Tests: ``tests/integration/test_pg_store.py``,
-  ``tests/integration/test_server_gallery_writes.py``, ``tests/unit/test_erasure_ledger.py``.
+  ``tests/integration/test_server_gallery_writes.py``, ``tests/unit/test_audit_log.py``,
+  ``tests/unit/test_erasure_ledger.py``.
 - ``identity_store``: The identity store of an index version: SQLite, one file, no photo pixels by
   default. Tests: ``tests/integration/test_indexer_embeddings.py``,
   ``tests/integration/test_indexer_images.py``, ``tests/integration/test_indexer_open_set.py``,
@@ -24,6 +26,8 @@ Modules (and the tests that cover them):
   ``tests/unit/test_index_store.py``, ``tests/unit/test_open_set_store.py``.
 - ``index_artifact``: The index artifact: what ``facesearch-index`` publishes and the server loads.
   Tests: ``tests/integration/test_batch_bad_photos.py``,
+  ``tests/integration/test_checkpoint_erasure.py``,
+  ``tests/integration/test_erasure_model_change.py``,
   ``tests/integration/test_index_exit_codes.py``, ``tests/integration/test_indexer_embeddings.py``,
   ``tests/integration/test_indexer_images.py``, ``tests/integration/test_indexer_open_set.py``,
   ``tests/integration/test_server_erasure.py``, ``tests/integration/test_server_rebuild.py``,
@@ -32,25 +36,28 @@ Modules (and the tests that cover them):
 - ``journal_check``: Checking and repairing a live journal (``facesearch-index journal
   check|repair``). Tests: ``tests/unit/test_journal_faults.py``.
 - ``journal_db``: The live journal's SQLite file: its schema, its meta, and how it is opened. Tests:
-  ``tests/integration/test_server_gallery_writes.py``.
+  ``tests/integration/test_server_gallery_writes.py``, ``tests/unit/test_audit_log.py``.
 - ``journal_retention``: Which live-journal changes a published version holds, and how much of the
   journal may be forgotten. Tests: ``tests/unit/test_erasure_ledger.py``.
 - ``journal_vectors``: The live journal's vectors file: append-only fixed-size records of (vector
   id, embedding, checksum). Tests: ``tests/integration/test_server_storage.py``,
   ``tests/unit/test_server_journal.py``.
 - ``live_journal``: The live journal: enrollments and deletions made since the published index
-  version was built. Tests: ``tests/integration/test_index_exit_codes.py``,
-  ``tests/integration/test_indexer_open_set.py``, ``tests/integration/test_pg_faults.py``,
+  version was built. Tests: ``tests/integration/test_checkpoint_erasure.py``,
+  ``tests/integration/test_index_exit_codes.py``, ``tests/integration/test_indexer_open_set.py``,
+  ``tests/integration/test_pg_faults.py``, ``tests/integration/test_pg_replicas.py``,
   ``tests/integration/test_pg_store.py``, ``tests/integration/test_server_erasure.py``,
   ``tests/integration/test_server_gallery.py``, ``tests/integration/test_server_gallery_writes.py``,
-  ``tests/integration/test_server_model_change.py``, ``tests/unit/test_journal_faults.py``,
+  ``tests/integration/test_server_model_change.py``, ``tests/unit/test_audit_log.py``,
+  ``tests/unit/test_journal_faults.py``, ``tests/unit/test_open_set_checkpoint.py``,
   ``tests/unit/test_server_journal.py``.
 - ``open_set_build``: The open-set statistics of a published version, built from its identity store.
   Tests: ``tests/unit/test_open_set_store.py``.
 - ``storage_errors``: Storage failures as errors a caller can act on: a full or failing disk is
   UNAVAILABLE, not INTERNAL. Tests: ``tests/unit/test_journal_faults.py``.
 - ``store_location``: Where the identity store and change log live: ``FACESEARCH_STORE``, read in
-  this one place. Tests: ``tests/unit/test_store_location.py``.
+  this one place. Tests: ``tests/unit/test_replica_config.py``,
+  ``tests/unit/test_store_location.py``.
 """
 
 from __future__ import annotations
@@ -157,6 +164,7 @@ from facesearch.store.storage_errors import storage_failure
 from facesearch.store.store_location import (
     STORE_ENV,
     StoreKind,
+    StoreLocation,
     parse_store,
     redact,
     require_postgres_driver,
@@ -212,6 +220,7 @@ __all__ = [
     "SearchParams",
     "StoreHits",
     "StoreKind",
+    "StoreLocation",
     "StoredFace",
     "StoredIdentity",
     "build_open_set_for_store",

@@ -8,10 +8,11 @@ api) > reasons.
 Modules (and the tests that cover them):
 
 - ``cancel``: Cooperative cancellation: a deadline plus a cancel flag, checked by the thread doing
-  the work. Tests: ``tests/unit/test_server_bounds.py``.
+  the work. Tests: ``tests/unit/test_service_bounds.py``.
 - ``failpoints``: Failpoints: make a named write site fail (or the process die) on purpose, to test
   what a full or failing disk, or a crash at exactly that point, does. Tests:
-  ``tests/integration/test_crash_points.py``, ``tests/unit/test_lock_failpoints.py``.
+  ``tests/integration/test_crash_points.py``,
+  ``tests/integration/test_server_enroll_idempotency.py``, ``tests/unit/test_lock_failpoints.py``.
 - ``fs``: Files that readers see whole or not at all: the one atomic writer, the one pointer switch,
   whole directory replacement, and file digests. Tests:
   ``tests/integration/test_server_erasure.py``, ``tests/unit/test_fs.py``,
@@ -32,7 +33,10 @@ from facesearch.util.cancel import (
     checkpoint,
     interrupt_on_stop,
 )
-from facesearch.util.failpoints import Operation
+from facesearch.util.failpoints import (
+    SLOW_S,
+    Operation,
+)
 from facesearch.util.fs import (
     atomic_path,
     fsync_dir,
@@ -51,6 +55,7 @@ from facesearch.util.lock import (
 )
 
 __all__ = [
+    "SLOW_S",
     "AllCancelled",
     "CancelToken",
     "Cancelled",

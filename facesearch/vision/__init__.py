@@ -45,7 +45,7 @@ Modules (and the tests that cover them):
   ``tests/unit/test_jobs_runner.py``.
 - ``pyramid``: dlib's image pyramids, reproduced bit for bit in numpy. Tests:
   ``tests/unit/test_detector.py``, ``tests/unit/test_pyramid_fast.py``,
-  ``tests/unit/test_server_bounds.py``.
+  ``tests/unit/test_service_bounds.py``.
 - ``quality``: Simple, explainable face quality signals used to gate enrollment and to report.
   Tests: ``tests/unit/test_face_selection.py``, ``tests/unit/test_jobs_runner.py``.
 - ``selection``: Which face of a photo a caller uses, and why a photo gives none: one reject

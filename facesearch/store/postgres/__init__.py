@@ -79,12 +79,14 @@ tail after the current version's ``live_seq``) with its high water, publishes a 
 ``facesearch.store.erasure_ledger``; ``purge_store`` takes the ``ErasureSet`` it returns) so a rebuild
 never brings an erased subject back.
 
-Not done yet (next sessions): wiring into ``server/gallery.py`` (the follower's ``apply`` is
-``LiveState.load`` + ``OpenSetUpkeep.changed``, as ``server.gallery.apply_changes`` does for a journal; ``serving_allowed``
-into health and admission) and ``server/config.py`` (``FACESEARCH_STORE``, fence and poll settings);
-compaction and build from the store; the Python client's several targets;
-several model contracts in one database (one contract per database today, refused otherwise);
-audit-log retention; ``bench/replicas.py``.
+Wired in (issue 14, this round): ``server/replica_gallery.py`` (a server with
+``FACESEARCH_STORE=postgresql://...`` is a replica: catch-up before SERVING, enroll and delete through
+the store, the follower thread, the fence), ``indexer/store_compact.py`` (compaction from the store),
+the client's several targets. Not done yet (next sessions): ``build``/``add`` reading the store and
+pruning its log (nothing calls :meth:`PgStore.prune` yet); ``erase-status`` for the store; the
+issue-12 fault and deletion-matrix tests against PostgreSQL; several model contracts in one database
+(one contract per database today, refused otherwise); audit-log and request-id retention in the store;
+the full 5-minute ``bench/replicas.py`` run.
 """
 
 from __future__ import annotations
