@@ -2,7 +2,10 @@
 
     facesearch-index prune ROOT --keep N        delete all but the N newest versions (never the
                                                 current one), the server's cached statistics of
-                                                those, and the leftovers of killed jobs
+                                                those, and the leftovers of killed jobs; with
+                                                FACESEARCH_STORE=postgresql://... also the store's
+                                                log up to the oldest kept version's position, and
+                                                request ids / audit rows past their retention
     facesearch-index erase-status ROOT [ID]     where erased subjects' data still is; exit 0 when
                                                 every erasure is complete, 1 when not
     facesearch-index unerase ROOT ID            permit an erased identity to be enrolled again
@@ -25,6 +28,7 @@ from facesearch.store.audit_log import AuditLog, AuditOp
 from facesearch.store.erasure_audit import EraseStatus, erase_status
 from facesearch.store.erasure_ledger import ErasureLedger, os_principal
 from facesearch.store.journal_retention import LIVE_DIR
+from facesearch.store.store_location import store_location
 from indexer.publish import locked, prune, remove_leftovers
 
 log = logging.getLogger(f"facesearch.{__name__}")
@@ -55,6 +59,13 @@ def dispatch(args: argparse.Namespace) -> int:
         with locked(args.root):
             deleted = prune(args.root, args.keep)
             leftovers = remove_leftovers(args.root)
+            location = store_location()  # a shared store: its log shrinks to what the kept versions absorbed
+            if location.shared and location.url:
+                from indexer.store_compact import prune_from_store  # noqa: PLC0415 - imports the PostgreSQL driver
+
+                pruned = prune_from_store(args.root, location.url)
+                if pruned is not None:
+                    print(f"facesearch-index prune: {pruned.describe()}")
         caches = (args.live_dir or args.root / LIVE_DIR) / "open_set"
         for version in deleted:  # the server's copies of those versions' open-set statistics
             for cache in caches.glob(f"{version}-*.npz"):

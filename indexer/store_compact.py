@@ -10,24 +10,28 @@ watcher then hot-swaps to it and drops exactly that part of its in-memory tail
 replays only what came after. Runs while the replicas serve and enroll; writes made after the
 snapshot stay in the tail.
 
-The store's log is not pruned here (``PgStore.prune`` up to the oldest kept version's ``live_seq`` is
-left for an explicit command): a rollback to any kept version still finds the changes it lacks.
+After publishing (which drops versions past ``--keep-versions``), the store's log is pruned up to the
+oldest kept version's ``live_seq`` and old idempotency keys and audit rows are deleted
+(:func:`facesearch.store.postgres.retention.prune_store`): a rollback to any kept version still finds
+the changes it lacks. ``facesearch-index prune`` runs the same (:func:`prune_from_store`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 from facesearch.errors import ContractMismatchError
 from facesearch.store.index_artifact import current_version, load_index, resolve_version_dir
 from facesearch.store.postgres import PgStore
 from facesearch.store.postgres.admin import store_status
+from facesearch.store.postgres.retention import StorePruned, prune_store
 from indexer.compact import CompactConfig, CompactResult, absorbed_seq, publish_compacted
 from indexer.index_stage import set_threads
 from indexer.publish import locked
 
-__all__ = ["run_from_store"]
+__all__ = ["prune_from_store", "run_from_store"]
 
 log = logging.getLogger(__name__)
 
@@ -55,4 +59,17 @@ def run_from_store(config: CompactConfig, url: str) -> CompactResult:
         if snap.high_water <= done:
             log.info("nothing to compact: the current version holds the store's log up to seq %d", done)
             return CompactResult(None, done, 0, 0, 0)
-        return publish_compacted(config, base, snap, contract_id=contract_id, d=d, t0=t0)
+        result = publish_compacted(config, base, snap, contract_id=contract_id, d=d, t0=t0)
+        with PgStore.open(url, contract_id=contract_id, d=d) as store:
+            log.info("%s", prune_store(store, root).describe())
+        return result
+
+
+def prune_from_store(root: Path, url: str) -> StorePruned | None:
+    """Prune the store's log to what the kept versions of ``root`` absorbed, and expire keys and audit
+    rows (the caller holds ``root``'s lock). None: the store holds nothing yet."""
+    status = store_status(url)
+    if status.contract_id is None or status.d is None:
+        return None
+    with PgStore.open(url, contract_id=status.contract_id, d=status.d) as store:
+        return prune_store(store, root)

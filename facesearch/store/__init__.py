@@ -30,15 +30,17 @@ Modules (and the tests that cover them):
   ``tests/integration/test_erasure_model_change.py``,
   ``tests/integration/test_index_exit_codes.py``, ``tests/integration/test_indexer_embeddings.py``,
   ``tests/integration/test_indexer_images.py``, ``tests/integration/test_indexer_open_set.py``,
-  ``tests/integration/test_server_erasure.py``, ``tests/integration/test_server_rebuild.py``,
-  ``tests/unit/test_erasure_ledger.py``, ``tests/unit/test_index_artifact.py``,
-  ``tests/unit/test_index_tune.py``, ``tests/unit/test_manifests.py``.
+  ``tests/integration/test_pg_retention.py``, ``tests/integration/test_server_erasure.py``,
+  ``tests/integration/test_server_rebuild.py``, ``tests/unit/test_erasure_ledger.py``,
+  ``tests/unit/test_index_artifact.py``, ``tests/unit/test_index_tune.py``,
+  ``tests/unit/test_manifests.py``.
 - ``journal_check``: Checking and repairing a live journal (``facesearch-index journal
   check|repair``). Tests: ``tests/unit/test_journal_faults.py``.
 - ``journal_db``: The live journal's SQLite file: its schema, its meta, and how it is opened. Tests:
   ``tests/integration/test_server_gallery_writes.py``, ``tests/unit/test_audit_log.py``.
 - ``journal_retention``: Which live-journal changes a published version holds, and how much of the
-  journal may be forgotten. Tests: ``tests/unit/test_erasure_ledger.py``.
+  journal may be forgotten. Tests: ``tests/integration/test_pg_retention.py``,
+  ``tests/unit/test_erasure_ledger.py``.
 - ``journal_vectors``: The live journal's vectors file: append-only fixed-size records of (vector
   id, embedding, checksum). Tests: ``tests/integration/test_server_storage.py``,
   ``tests/unit/test_server_journal.py``.
@@ -46,8 +48,9 @@ Modules (and the tests that cover them):
   version was built. Tests: ``tests/integration/test_checkpoint_erasure.py``,
   ``tests/integration/test_index_exit_codes.py``, ``tests/integration/test_indexer_open_set.py``,
   ``tests/integration/test_pg_faults.py``, ``tests/integration/test_pg_replicas.py``,
-  ``tests/integration/test_pg_store.py``, ``tests/integration/test_server_erasure.py``,
-  ``tests/integration/test_server_gallery.py``, ``tests/integration/test_server_gallery_writes.py``,
+  ``tests/integration/test_pg_retention.py``, ``tests/integration/test_pg_store.py``,
+  ``tests/integration/test_server_erasure.py``, ``tests/integration/test_server_gallery.py``,
+  ``tests/integration/test_server_gallery_writes.py``,
   ``tests/integration/test_server_model_change.py``, ``tests/unit/test_audit_log.py``,
   ``tests/unit/test_journal_faults.py``, ``tests/unit/test_open_set_checkpoint.py``,
   ``tests/unit/test_server_journal.py``.
@@ -137,6 +140,7 @@ from facesearch.store.journal_retention import (
     LIVE_DIR,
     NOTHING,
     Absorbed,
+    absorbed_by,
     forget,
     retained_from,
 )
@@ -223,6 +227,7 @@ __all__ = [
     "StoreLocation",
     "StoredFace",
     "StoredIdentity",
+    "absorbed_by",
     "build_open_set_for_store",
     "check",
     "check_files",

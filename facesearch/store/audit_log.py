@@ -53,11 +53,19 @@ __all__ = [
     "AuditEntry",
     "AuditLog",
     "AuditOp",
+    "retention_cutoff",
 ]
 
 AUDIT_FILE = "audit.sqlite"
 SCHEMA_VERSION = 1
 DEFAULT_RETENTION_DAYS = 365.0
+
+
+def retention_cutoff(older_than_days: float, now: float | None = None) -> float:
+    """The retention rule, for this log and the PostgreSQL store's: rows with ``at`` (epoch seconds)
+    before this are deleted."""
+    return (time.time() if now is None else now) - older_than_days * 86400.0
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -217,7 +225,7 @@ class AuditLog:
 
     def prune(self, *, older_than_days: float, now: float | None = None) -> int:
         """Delete rows older than ``older_than_days``; returns how many."""
-        cutoff = (time.time() if now is None else now) - older_than_days * 86400.0
+        cutoff = retention_cutoff(older_than_days, now)
         with self._lock, storage_errors(f"audit log {self.path}: prune"), self._txn():
             n = self._conn.execute("DELETE FROM entries WHERE at < ?", (cutoff,)).rowcount
         if n:

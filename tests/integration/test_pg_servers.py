@@ -8,7 +8,8 @@ balances its calls round-robin; an unmigrated store is refused at start; Postgre
 mid-run: Identify keeps answering from memory, writes fail UNAVAILABLE STORE_UNAVAILABLE, a replica
 cut off past FACESEARCH_STORE_FENCE_S stops serving (REPLICA_FENCED), and everything resumes when
 PostgreSQL is back, without restarting a server; ``facesearch-index compact`` with FACESEARCH_STORE
-absorbs the store's log into a new version that the replicas hot-swap to, dropping the absorbed tail;
+absorbs the store's log into a new version that the replicas hot-swap to, dropping the absorbed tail,
+and after ``prune --keep 1`` shrank the store's log a new replica still catches up and serves all;
 a version rebuilt from photos does not bring back an identity the store erased."""
 
 from __future__ import annotations
@@ -307,6 +308,21 @@ def test_compaction_from_the_store_is_hot_swapped_and_drops_the_absorbed_tail(
                 c1.get_identity(published)
             n_b = len(c1.enroll(b, people[b][:1], use_largest_face=True).face_ids)
             assert c1.stats()["live_faces"] == n_b
+        # the store's log pruned to what the kept version absorbed (retention): a replica still catches up
+        pruned = subprocess.run(
+            [sys.executable, "-m", "indexer", "prune", str(root), "--keep", "1"],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO), "FACESEARCH_STORE": dsn},
+            check=False,
+        )
+        assert pruned.returncode == 0 and "store log pruned up to seq" in pruned.stdout, pruned.stdout + pruned.stderr
+        with psycopg.connect(dsn) as conn:
+            row = conn.execute(
+                "SELECT min(seq), (SELECT value FROM store_meta WHERE key = 'pruned_upto') FROM changes"
+            ).fetchone()
+        assert row is not None and int(row[1]) > 0 and row[0] is not None and row[0] > int(row[1]), row
         # a replica started now loads the new version and replays only the log after it
         r2 = replica(server_bundle, root, logs, dsn, "r2")
         serving(r2)

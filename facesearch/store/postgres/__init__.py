@@ -26,6 +26,8 @@ Modules (and the tests that cover them; all run against a real PostgreSQL that t
   Tests: ``tests/integration/test_pg_store.py``.
 - ``sql``: the statements the store's transactions run, and row decoding. Tests: through its callers.
 - ``records``: the result types. Tests: through its callers.
+- ``retention``: :func:`prune_store`: the log up to the oldest kept version's position, request ids
+  and audit rows past their windows. Tests: ``tests/integration/test_pg_retention.py``.
 - Commands: ``facesearch-index db migrate|status --store URL`` (``indexer/db_commands.py``).
 
 Design: how replicas will use it (to be wired into ``server/gallery.py``)
@@ -82,11 +84,14 @@ never brings an erased subject back.
 Wired in (issue 14, this round): ``server/replica_gallery.py`` (a server with
 ``FACESEARCH_STORE=postgresql://...`` is a replica: catch-up before SERVING, enroll and delete through
 the store, the follower thread, the fence), ``indexer/store_compact.py`` (compaction from the store),
-the client's several targets. Not done yet (next sessions): ``build``/``add`` reading the store and
-pruning its log (nothing calls :meth:`PgStore.prune` yet); ``erase-status`` for the store; the
-issue-12 fault and deletion-matrix tests against PostgreSQL; several model contracts in one database
-(one contract per database today, refused otherwise); audit-log and request-id retention in the store;
-the full 5-minute ``bench/replicas.py`` run.
+the client's several targets, and retention (``retention``: after a store compaction publishes and
+in ``facesearch-index prune``, the log is pruned up to the oldest kept version's ``live_seq``, request
+ids and audit rows past ``FACESEARCH_ENROLL_REQUEST_TTL_S`` / ``FACESEARCH_AUDIT_RETENTION_DAYS`` are
+deleted; tests: ``tests/integration/test_pg_retention.py``). Not done yet (next sessions):
+``build``/``add`` reading the store; ``erase-status`` for the store; the issue-12 fault and
+deletion-matrix tests against PostgreSQL; several model contracts in one database (one contract per
+database today, refused otherwise); expiring request ids without an indexer run (a replica does not
+prune); the full 5-minute ``bench/replicas.py`` run.
 """
 
 from __future__ import annotations

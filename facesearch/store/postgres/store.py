@@ -48,6 +48,7 @@ from facesearch.errors import (
     PreconditionError,
     Reason,
 )
+from facesearch.store.audit_log import retention_cutoff
 from facesearch.store.erasure_ledger import Digester, ErasedFace, Erasure, ErasureKind, ErasureSet
 from facesearch.store.live_journal import JournalSnapshot, LiveIdentity, NewFace, Tombstone
 from facesearch.store.postgres import sql
@@ -485,6 +486,14 @@ class PgStore:
         with self.connection("expire request ids") as conn, conn.transaction():
             cur = conn.execute(
                 "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => %s)", (older_than_s,)
+            )
+            return int(cur.rowcount)
+
+    def expire_audit(self, older_than_days: float, now: float | None = None) -> int:
+        """Delete audit rows past the retention (the rule of :func:`facesearch.store.audit_log.retention_cutoff`)."""
+        with self.connection("expire audit rows") as conn, conn.transaction():
+            cur = conn.execute(
+                "DELETE FROM audit_log WHERE at < to_timestamp(%s)", (retention_cutoff(older_than_days, now),)
             )
             return int(cur.rowcount)
 
