@@ -142,6 +142,12 @@ class _Call:
         self.principal: Principal | None = None
         self.start = time.perf_counter()
 
+    async def _request(self, requests: AsyncIterator[bytes], streaming_request: bool) -> Any:
+        """The call's request: its decoded stream, or its one message (which must arrive in time)."""
+        if streaming_request:
+            return _decoded(requests, self.deserialize, self.short)
+        return await _single(requests, self.deserialize, self.short, self.edge.body_timeout_s)
+
     def unary(self, behavior: Behavior, streaming_request: bool) -> Callable[..., Awaitable[Any]]:
         async def run(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
             code = grpc.StatusCode.OK
@@ -149,11 +155,7 @@ class _Call:
             try:
                 token = bind_principal(self._admit(context))
                 try:
-                    request = (
-                        _decoded(requests, self.deserialize, self.short)
-                        if streaming_request
-                        else await _single(requests, self.deserialize, self.short, self.edge.body_timeout_s)
-                    )
+                    request = await self._request(requests, streaming_request)
                     reply = behavior(request, context)
                     return await reply if inspect.isawaitable(reply) else reply
                 finally:
@@ -174,11 +176,7 @@ class _Call:
             try:
                 token = bind_principal(self._admit(context))
                 try:
-                    request = (
-                        _decoded(requests, self.deserialize, self.short)
-                        if streaming_request
-                        else await _single(requests, self.deserialize, self.short, self.edge.body_timeout_s)
-                    )
+                    request = await self._request(requests, streaming_request)
                     replies = behavior(request, context)
                     if inspect.isawaitable(replies):  # writes with context.write itself (health Watch)
                         await replies

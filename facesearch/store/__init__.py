@@ -56,6 +56,9 @@ Modules (and the tests that cover them):
   ``tests/unit/test_server_journal.py``.
 - ``open_set_build``: The open-set statistics of a published version, built from its identity store.
   Tests: ``tests/unit/test_open_set_store.py``.
+- ``sqlite_files``: The one way the store opens a small SQLite file that must survive a power loss
+  and keep no deleted bytes (the erasure ledger, the audit log): WAL, ``synchronous = FULL``,
+  ``secure_delete``. Tests: through its callers.
 - ``storage_errors``: Storage failures as errors a caller can act on: a full or failing disk is
   UNAVAILABLE, not INTERNAL. Tests: ``tests/unit/test_journal_faults.py``.
 - ``store_location``: Where the identity store and change log live: ``FACESEARCH_STORE``, read in

@@ -45,6 +45,7 @@ from pathlib import Path
 
 from facesearch.errors import IndexFormatError, Reason
 from facesearch.store.erasure_ledger import Digester
+from facesearch.store.sqlite_files import connect_durable
 from facesearch.store.storage_errors import storage_errors
 
 __all__ = [
@@ -129,11 +130,7 @@ class AuditLog:
         root.mkdir(parents=True, exist_ok=True)
         path = root / AUDIT_FILE
         try:
-            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = FULL")
-            conn.execute("PRAGMA secure_delete = ON")
-            conn.executescript(_SCHEMA)
+            conn = connect_durable(path, _SCHEMA)
             conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (json.dumps(SCHEMA_VERSION),))
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         except sqlite3.Error as err:

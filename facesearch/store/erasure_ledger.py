@@ -55,6 +55,7 @@ import numpy as np
 
 from facesearch.errors import IndexFormatError, NotFoundError, Reason
 from facesearch.store.identity_store import IdentityStore
+from facesearch.store.sqlite_files import connect_durable
 from facesearch.util import failpoints
 
 LEDGER_FILE = "erasures.sqlite"
@@ -207,11 +208,7 @@ class ErasureLedger:
         root.mkdir(parents=True, exist_ok=True)
         path = root / LEDGER_FILE
         try:
-            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = FULL")
-            conn.execute("PRAGMA secure_delete = ON")
-            conn.executescript(_SCHEMA)
+            conn = connect_durable(path, _SCHEMA)
             conn.execute("BEGIN IMMEDIATE")
             conn.execute(
                 "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?), ('key', ?)",
