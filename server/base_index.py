@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from facesearch.scoring.gallery_stats import GalleryOpenSet
-from facesearch.store.erasure_ledger import ERASURE_SEQ_META, ErasureSet, erased_in_store, read_erasures
+from facesearch.store.erasure_ledger import ERASURE_SEQ_META, ErasureSet, StoreHits, erased_in_store, read_erasures
 from facesearch.store.identity_store import IdentityStore
 from facesearch.store.index_artifact import STORE_FILE, LoadedIndex, load_index, resolve_version_dir
 
@@ -115,17 +115,13 @@ class BaseIndex:
     def hide_erased(self, erased: ErasureSet) -> tuple[str, ...]:
         """G: also hide what ``erased`` names (a shared PostgreSQL store's ledger: replicas do not write
         the root's), before install; returns the identities newly touched (their statistics re-derived)."""
-        hits = erased_in_store(self.store, erased)
-        if not hits:
+        found = _hide(self.store, erased)
+        if found is None:
             return ()
-        touched = set(hits.identities) | {
-            f.identity_id for f in self.store.faces(hits.face_ids.tolist()) if f is not None
-        }
-        keys, faces = self.store.hidden
-        self.store.hide([*keys, *hits.keys], [*faces, *hits.face_ids.tolist()])
+        hits, touched = found
         hidden = self.store.hidden[1]
         self._hidden = np.asarray(sorted(hidden), dtype=np.int64) if hidden else None
-        self.hidden_identities = tuple(sorted(set(self.hidden_identities) | touched))
+        self.hidden_identities = tuple(sorted({*self.hidden_identities, *touched}))
         self.n_identities = self.store.count_identities()
         log.warning(
             "index %s holds %d identities and %d faces the store erased: hidden",
@@ -133,7 +129,7 @@ class BaseIndex:
             len(hits.identities),
             len(hits.face_ids),
         )
-        return tuple(sorted(touched))
+        return touched
 
     # -- facts -------------------------------------------------------------------------
     @property
@@ -191,12 +187,10 @@ class BaseIndex:
 
 def _hide_erased(store: IdentityStore, vdir: Path) -> tuple[str, ...]:
     """Hide what the root's ledger erased after ``vdir`` was written; returns the identities touched."""
-    erased = read_erasures(vdir.parent).since(int(store.meta(ERASURE_SEQ_META) or 0))
-    hits = erased_in_store(store, erased)
-    if not hits:
+    found = _hide(store, read_erasures(vdir.parent).since(int(store.meta(ERASURE_SEQ_META) or 0)))
+    if found is None:
         return ()
-    touched = set(hits.identities) | {f.identity_id for f in store.faces(hits.face_ids.tolist()) if f is not None}
-    store.hide(hits.keys, hits.face_ids.tolist())
+    hits, touched = found
     log.warning(
         "index %s holds %d erased identities and %d erased faces (written before their erasure): hidden; "
         "`facesearch-index erase-status` lists the files that still hold them",
@@ -204,4 +198,16 @@ def _hide_erased(store: IdentityStore, vdir: Path) -> tuple[str, ...]:
         len(hits.identities),
         len(hits.face_ids),
     )
-    return tuple(sorted(touched))
+    return touched
+
+
+def _hide(store: IdentityStore, erased: ErasureSet) -> tuple[StoreHits, tuple[str, ...]] | None:
+    """Add what ``erased`` names in ``store`` to what its reads leave out; ``(hits, identities touched)``,
+    or None when the version holds none of it. The one hiding step of a load and of a replica's install."""
+    hits = erased_in_store(store, erased)
+    if not hits:
+        return None
+    touched = set(hits.identities) | {f.identity_id for f in store.faces(hits.face_ids.tolist()) if f is not None}
+    keys, faces = store.hidden
+    store.hide([*keys, *hits.keys], [*faces, *hits.face_ids.tolist()])
+    return hits, tuple(sorted(touched))
