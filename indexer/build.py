@@ -232,6 +232,8 @@ def finish_version(
 
 def run(config: BuildConfig) -> JobResult:
     """Build a new version of the index at ``config.out`` from scratch and publish it."""
+    if config.input is None:
+        raise InvalidInputError("build --from-store needs a PostgreSQL store (--store URL or FACESEARCH_STORE)")
     set_threads(config.threads)
     t0 = time.perf_counter()
     root = config.out

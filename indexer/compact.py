@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from facesearch.errors import ContractMismatchError, PreconditionError, Reason
-from facesearch.store.erasure_ledger import read_erasures
+from facesearch.store.erasure_ledger import ErasureSet, purge_store, read_erasures
 from facesearch.store.identity_store import IdentityStore
 from facesearch.store.index_artifact import (
     REJECTS_FILE,
@@ -62,6 +62,7 @@ class CompactConfig:
     progress: bool = False
     index: IndexOptions = field(default_factory=IndexOptions)
     bundle: Path | None = None  # only for the open-set parameters (default: the parent version's)
+    retrain: bool = False  # train the index anew even when the current one still fits (add --retrain)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +135,14 @@ def publish_compacted(
     contract_id: str,
     d: int,
     t0: float,
+    store_erased: ErasureSet | None = None,
+    facts: dict[str, Any] | None = None,
+    rejects_from: Path | None = None,
 ) -> CompactResult:
+    """Apply ``snap`` to a copy of ``base`` (or to nothing: a version of the snapshot alone, trained
+    anew) and publish it. ``store_erased``: a shared store's erasure ledger, purged besides the root's;
+    ``facts``: more entries for the manifest's ``build``; ``rejects_from``: the input rows a build skipped
+    (``rejects.jsonl``), kept in the version."""
     root = config.root
     open_set = resolve_spec(config.bundle, base.dir if base is not None else None)
     version = next_version(root)
@@ -146,6 +154,8 @@ def publish_compacted(
         else:
             store = IdentityStore.create(store_path, contract_id=contract_id, d=d)
         deleted = apply_snapshot(store, snap)
+        # the store's ledger first: settle records the root ledger's position, the one a server's load reads
+        store_hits = purge_store(store, store_erased) if store_erased else None
         settled: Settled = settle(store, read_erasures(root))
         n_total = store.count_faces()
         if n_total == 0:
@@ -156,7 +166,8 @@ def publish_compacted(
             )
         vids_now, _ = store.vector_identity_keys()
         options = _options_of(base) if base is not None else config.index
-        reason = retrain_reason(base, n_total, config.memory_budget, options, False) if base else "first version"
+        budget = config.memory_budget
+        reason = retrain_reason(base, n_total, budget, options, config.retrain) if base else "first version"
         removed = np.setdiff1d(base.vector_ids, vids_now) if base is not None else np.zeros(0, np.int64)
         added = np.setdiff1d(vids_now, base.vector_ids) if base is not None else vids_now
         if reason is None:
@@ -189,6 +200,8 @@ def publish_compacted(
             "removed_faces": len(removed),
             "deleted_identities": deleted,
             "retrained": reason,
+            **({"store_erased_faces_purged": len(store_hits.face_ids)} if store_hits is not None else {}),
+            **(facts or {}),
         }
         parent = base.manifest.version if base is not None else None
         fp = fingerprint("compact", parent, snap.journal_id, snap.high_water)
@@ -203,6 +216,8 @@ def publish_compacted(
             config=config,
             build=build,
         )
+        if rejects_from is not None and rejects_from.is_file():
+            shutil.copyfile(rejects_from, staged / REJECTS_FILE)
         rejects = RejectsWriter(staged / REJECTS_FILE)
         job = finish_version(
             root=root,

@@ -51,7 +51,7 @@ class EmbedOptions:
 @dataclass(frozen=True, slots=True)
 class BuildConfig:
     out: Path
-    input: InputSpec
+    input: InputSpec | None  # None: build --from-store (indexer.store_build)
     bundle: Path | None
     memory_budget: int
     index: IndexOptions = field(default_factory=IndexOptions)
@@ -62,7 +62,7 @@ class BuildConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.input.kind != "embeddings" and self.bundle is None:
+        if self.input is not None and self.input.kind != "embeddings" and self.bundle is None:
             raise InvalidInputError(f"--{self.input.kind} needs --bundle DIR (the model that embeds the faces)")
         if self.keep_versions < 1:
             raise InvalidInputError(f"--keep-versions must be >= 1, got {self.keep_versions}")

@@ -1,8 +1,8 @@
 """``facesearch-index``: build | add | remove | compact | info | verify | rollback.
 
-    facesearch-index build --bundle DIR (--images TREE | --manifest FILE | --embeddings FILE)
-                           --out ROOT [--memory-budget 8G] [--ray ADDRESS]
-    facesearch-index add ROOT (--images TREE | --manifest FILE | --embeddings FILE) [--bundle DIR]
+    facesearch-index build --bundle DIR (--images TREE | --manifest FILE | --embeddings FILE | --from-store)
+                           --out ROOT [--memory-budget 8G] [--ray ADDRESS] [--store URL]
+    facesearch-index add ROOT (--images TREE | --manifest FILE | --embeddings FILE) [--bundle DIR] [--store URL]
     facesearch-index remove ROOT --identity ID [--identity ID ...] | --identities-file FILE [--bundle DIR]
     facesearch-index compact ROOT [--live-dir DIR] [--bundle DIR]
     facesearch-index info ROOT            the current manifest as JSON on stdout
@@ -12,6 +12,9 @@
     facesearch-index journal check|repair ROOT   the server's live journal (indexer.journal_commands)
     facesearch-index db migrate|status [--store URL]   a PostgreSQL store's schema (indexer.db_commands)
     facesearch-index audit list|prune ROOT       the audit log: who enrolled/deleted whom (indexer.audit_commands)
+
+With a PostgreSQL store (``--store URL`` or ``FACESEARCH_STORE``) ``build``/``add``/``compact`` read and
+write the store (indexer/store_build.py, indexer/store_compact.py); ``remove`` is refused there.
 
 Every published version carries ``open_set.npz``, the gallery's open-set statistics
 (indexer/open_set_stage.py), listed in its manifest.
@@ -37,11 +40,21 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
-from facesearch.errors import ExitCode, FaceSearchError, InvalidInputError
+from facesearch.errors import ExitCode, FaceSearchError, InvalidInputError, Reason
 from facesearch.store.index_artifact import REJECTS_FILE, IndexManifest, read_manifest, resolve_version_dir
 from facesearch.vision.selection import is_failure
-from indexer import audit_commands, build, db_commands, erasure_commands, journal_commands, update, verify
+from indexer import (
+    audit_commands,
+    build,
+    db_commands,
+    erasure_commands,
+    journal_commands,
+    store_build,
+    update,
+    verify,
+)
 from indexer.config import (
     AddConfig,
     BuildConfig,
@@ -66,11 +79,26 @@ def default_budget() -> str:
     return format_size(min(8 << 30, int(total * 0.7))).replace(".00", "")
 
 
-def _add_input(p: argparse.ArgumentParser, *, required: bool) -> None:
+def _add_input(p: argparse.ArgumentParser, *, required: bool, from_store: bool = False) -> None:
     group = p.add_mutually_exclusive_group(required=required)
     group.add_argument("--images", type=Path, metavar="TREE", help="folder tree, one folder per identity")
     group.add_argument("--manifest", type=Path, metavar="FILE", help="CSV/JSONL: path, identity_id, name, metadata")
     group.add_argument("--embeddings", type=Path, metavar="FILE", help=".npz or .parquet of precomputed embeddings")
+    if from_store:
+        group.add_argument(
+            "--from-store",
+            action="store_true",
+            help="no input: retrain the index over everything the PostgreSQL store holds (needs --store)",
+        )
+    _add_store(p)
+
+
+def _add_store(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--store",
+        metavar="URL",
+        help="a PostgreSQL store shared by replicas, postgresql://... (default: $FACESEARCH_STORE; unset: SQLite)",
+    )
 
 
 def _add_job_flags(p: argparse.ArgumentParser) -> None:
@@ -113,7 +141,7 @@ def parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="build a new index version from photos or embeddings")
     b.add_argument("--bundle", type=Path, metavar="DIR", help="model bundle (optional with --embeddings)")
-    _add_input(b, required=True)
+    _add_input(b, required=True, from_store=True)
     b.add_argument("--out", type=Path, required=True, metavar="ROOT", help="index root")
     _add_job_flags(b)
     a = sub.add_parser("add", help="add faces/identities to the current version")
@@ -128,6 +156,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--identities-file", type=Path, metavar="FILE", help="one identity id per line")
     r.add_argument("--memory-budget", default=default_budget(), metavar="SIZE")
     r.add_argument("--bundle", type=Path, metavar="DIR", help=_OPEN_SET_BUNDLE)
+    _add_store(r)
     r.add_argument("--keep-versions", type=int, default=3)
     r.add_argument("--threads", type=int, default=0)
     r.add_argument("--quiet", action="store_true")
@@ -147,6 +176,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--live-dir", type=Path, metavar="DIR", help="the server's live journal (default: ROOT/live)")
     c.add_argument("--memory-budget", default=default_budget(), metavar="SIZE")
     c.add_argument("--bundle", type=Path, metavar="DIR", help=_OPEN_SET_BUNDLE)
+    _add_store(c)
     c.add_argument("--keep-versions", type=int, default=3)
     c.add_argument("--threads", type=int, default=0)
     c.add_argument("--quiet", action="store_true")
@@ -160,7 +190,9 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _input(args: argparse.Namespace) -> InputSpec:
+def _input(args: argparse.Namespace) -> InputSpec | None:
+    if getattr(args, "from_store", False):
+        return None
     for kind in ("images", "manifest", "embeddings"):
         if getattr(args, kind) is not None:
             return InputSpec(kind, getattr(args, kind))
@@ -267,6 +299,96 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitCode.FAILED
 
 
+def _build_config(args: argparse.Namespace) -> BuildConfig:
+    return BuildConfig(
+        out=args.out,
+        input=_input(args),
+        bundle=args.bundle,
+        memory_budget=parse_size(args.memory_budget),
+        index=IndexOptions.parse(args.index_options),
+        embed=_embed_options(args),
+        keep_versions=args.keep_versions,
+        threads=args.threads,
+        restart=args.restart,
+        progress=not args.quiet,
+    )
+
+
+def _add_config(args: argparse.Namespace) -> AddConfig:
+    input_ = _input(args)
+    assert input_ is not None
+    return AddConfig(
+        root=args.root,
+        input=input_,
+        bundle=args.bundle,
+        memory_budget=parse_size(args.memory_budget),
+        retrain=args.retrain,
+        index=IndexOptions.parse(args.index_options),
+        embed=_embed_options(args),
+        keep_versions=args.keep_versions,
+        threads=args.threads,
+        restart=args.restart,
+        progress=not args.quiet,
+    )
+
+
+def _with_store(args: argparse.Namespace, url: str) -> int:
+    """build | add | compact with a PostgreSQL store (indexer.store_build); remove is refused."""
+    if args.command == "remove":
+        store_build.refuse_with_store(
+            "facesearch-index remove",
+            "an erasure is recorded in the store's ledger with the deletion itself: delete through a replica "
+            "(DeleteIdentity; `facesearch delete`), then run `facesearch-index compact`",
+        )
+    if args.command == "compact":
+        if args.live_dir is not None:
+            store_build.refuse_with_store("--live-dir", "the store's change log is in PostgreSQL, not a directory")
+        from indexer.compact import CompactConfig  # noqa: PLC0415
+        from indexer.store_compact import run_from_store  # noqa: PLC0415 - imports the PostgreSQL driver
+
+        outcome = run_from_store(
+            CompactConfig(
+                args.root,
+                memory_budget=parse_size(args.memory_budget),
+                keep_versions=args.keep_versions,
+                threads=args.threads,
+                progress=not args.quiet,
+                bundle=args.bundle,
+            ),
+            url,
+        )
+        return _print_compacted(args.root, outcome)
+    if args.command == "build":
+        job = store_build.run_build(_build_config(args), url)
+    else:
+        job = store_build.run_add(_add_config(args), url)
+    if job.imported is not None:
+        i = job.imported
+        print(
+            f"facesearch-index {args.command}: wrote {i.faces:,} faces to the store ({i.identities:,} identities "
+            f"created; {i.duplicates:,} already held, {i.erased:,} of erased subjects skipped), up to seq {i.last_seq}"
+        )
+    if job.result.job is None:
+        print(f"facesearch-index {args.command}: nothing new to publish")
+        return ExitCode.OK
+    manifest, vdir = job.result.job.manifest, job.result.job.version_dir
+    print(summary(args.command, manifest, vdir))
+    print(f"  absorbed the store's log up to seq {job.result.live_seq}")
+    return rows_status(manifest, vdir)
+
+
+def _print_compacted(root: Path, outcome: Any) -> int:
+    if outcome.job is None:
+        print(f"facesearch-index compact: nothing to compact in {root}")
+        return ExitCode.OK
+    print(summary("compact", outcome.job.manifest, outcome.job.version_dir))
+    print(
+        f"live changes folded in up to #{outcome.live_seq}: +{outcome.added_faces} faces, "
+        f"-{outcome.removed_faces} faces, -{outcome.deleted_identities} identities"
+    )
+    return ExitCode.OK
+
+
 def rows_status(manifest: IndexManifest, vdir: Path) -> ExitCode:
     """OK when every input row was read, FAILED (with a note on stderr) when some failed: the photos
     that could not be read or analysed and bad embedding rows, not face-choice or quality rejects."""
@@ -292,39 +414,21 @@ def _dispatch(args: argparse.Namespace) -> int:
         return audit_commands.dispatch(args)
     if args.command in db_commands.COMMANDS:
         return db_commands.dispatch(args)
-    if args.command == "build":
-        result = build.run(
-            BuildConfig(
-                out=args.out,
-                input=_input(args),
-                bundle=args.bundle,
-                memory_budget=parse_size(args.memory_budget),
-                index=IndexOptions.parse(args.index_options),
-                embed=_embed_options(args),
-                keep_versions=args.keep_versions,
-                threads=args.threads,
-                restart=args.restart,
-                progress=not args.quiet,
+    if args.command in ("build", "add", "remove", "compact"):
+        url = store_build.resolve_store(args.store)
+        if url is not None:
+            return _with_store(args, url)
+        if args.command == "build" and args.from_store:
+            raise InvalidInputError(
+                "build --from-store needs a PostgreSQL store: pass --store postgresql://... or set FACESEARCH_STORE",
+                reason=Reason.BAD_ARGS,
             )
-        )
+    if args.command == "build":
+        result = build.run(_build_config(args))
         print(summary("build", result.manifest, result.version_dir))
         return rows_status(result.manifest, result.version_dir)
     if args.command == "add":
-        result = update.run_add(
-            AddConfig(
-                root=args.root,
-                input=_input(args),
-                bundle=args.bundle,
-                memory_budget=parse_size(args.memory_budget),
-                retrain=args.retrain,
-                index=IndexOptions.parse(args.index_options),
-                embed=_embed_options(args),
-                keep_versions=args.keep_versions,
-                threads=args.threads,
-                restart=args.restart,
-                progress=not args.quiet,
-            )
-        )
+        result = update.run_add(_add_config(args))
         print(summary("add", result.manifest, result.version_dir))
         return rows_status(result.manifest, result.version_dir)
     if args.command == "remove":
@@ -374,15 +478,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             progress=not args.quiet,
             bundle=args.bundle,
         )
-        if outcome.job is None:
-            print(f"facesearch-index compact: nothing to compact in {args.root}")
-            return ExitCode.OK
-        print(summary("compact", outcome.job.manifest, outcome.job.version_dir))
-        print(
-            f"live changes folded in up to #{outcome.live_seq}: +{outcome.added_faces} faces, "
-            f"-{outcome.removed_faces} faces, -{outcome.deleted_identities} identities"
-        )
-        return ExitCode.OK
+        return _print_compacted(args.root, outcome)
     if args.command == "rollback":
         with locked(args.root):
             to = rollback(args.root, args.to)
