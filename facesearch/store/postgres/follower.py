@@ -15,6 +15,12 @@ one catch-up at a time, in seq order:
 ``apply`` must be idempotent: when it fails part-way the position does not move, and the next
 catch-up hands it the same changes again (``LiveState.load`` of the same rows is).
 
+Retention without an indexer run: every ``retention.expire_every_s`` (``FACESEARCH_STORE_EXPIRE_S``,
+300 s) the background thread also expires idempotency keys and audit rows past their windows
+(:func:`facesearch.store.postgres.retention.expire_if_free`: one replica at a time, under an advisory
+try-lock; the rules are the indexer's). A failure there is logged and retried at the next interval;
+it never stops the following.
+
 :meth:`serving_allowed` is the replica's half of the deletion guarantee
 (:mod:`facesearch.store.postgres.replicas`): False once its last successful catch-up started
 ``fence_s`` or more ago. A PostgreSQL outage shorter than that changes nothing for reads.
@@ -31,6 +37,7 @@ from typing import Any
 from facesearch.errors import UnavailableError
 from facesearch.store.live_journal import JournalSnapshot
 from facesearch.store.postgres.listener import ChangeListener
+from facesearch.store.postgres.retention import RetentionWindows, expire_if_free
 from facesearch.store.postgres.store import PgStore
 
 __all__ = ["LogFollower"]
@@ -50,6 +57,7 @@ class LogFollower:
         fence_s: float = 10.0,
         info: dict[str, Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        retention: RetentionWindows | None = None,
     ) -> None:
         if poll_s >= fence_s:
             raise ValueError(f"poll_s ({poll_s}) must be well under fence_s ({fence_s})")
@@ -66,6 +74,9 @@ class LogFollower:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.failures = 0  # catch-ups that failed (store unreachable), for logs and metrics
+        self.retention = retention if retention is not None else RetentionWindows.from_env()
+        self._next_expiry = clock() + self.retention.expire_every_s
+        self.expired_runs = 0  # expiry runs this replica made (another replica may have made others)
 
     @property
     def applied_seq(self) -> int:
@@ -111,6 +122,7 @@ class LogFollower:
                     break
                 try:
                     self.catch_up()
+                    self._expire_when_due()
                 except UnavailableError as err:
                     self.failures += 1
                     if self.failures == 1 or self.failures % 50 == 0:
@@ -124,6 +136,30 @@ class LogFollower:
                     self._stop.wait(self.poll_s)
         finally:
             listener.close()
+
+    def _expire_when_due(self) -> None:
+        """Expire keys and audit rows past their windows when the interval is up (see the module docstring)."""
+        every = self.retention.expire_every_s
+        if every <= 0 or self._clock() < self._next_expiry:
+            return
+        self._next_expiry = self._clock() + every
+        try:
+            done = expire_if_free(self.store, self.retention)
+        except UnavailableError as err:
+            log.warning(
+                "replica %s: expiring request ids and audit rows failed (again in %gs): %s", self.replica_id, every, err
+            )
+            return
+        if done is None:
+            return  # another replica is at it
+        self.expired_runs += 1
+        if done.request_ids or done.audit_rows:
+            log.info(
+                "replica %s: %d request ids and %d audit rows past their retention deleted",
+                self.replica_id,
+                done.request_ids,
+                done.audit_rows,
+            )
 
     def stop(self, *, forget: bool = True) -> None:
         """Stop following; ``forget`` leaves the registry (a clean shutdown: deletions stop waiting for it)."""
