@@ -51,7 +51,6 @@ from indexer import (
     db_commands,
     erasure_commands,
     journal_commands,
-    store_build,
     update,
     verify,
 )
@@ -67,6 +66,7 @@ from indexer.config import (
 from indexer.plan import IndexOptions
 from indexer.publish import locked, rollback
 from indexer.sizes import format_size, parse_size
+from indexer.store_flag import add_store_flag, refuse_with_store, resolve_store
 
 log = logging.getLogger("facesearch.indexer.main")
 
@@ -90,15 +90,7 @@ def _add_input(p: argparse.ArgumentParser, *, required: bool, from_store: bool =
             action="store_true",
             help="no input: retrain the index over everything the PostgreSQL store holds (needs --store)",
         )
-    _add_store(p)
-
-
-def _add_store(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--store",
-        metavar="URL",
-        help="a PostgreSQL store shared by replicas, postgresql://... (default: $FACESEARCH_STORE; unset: SQLite)",
-    )
+    add_store_flag(p)
 
 
 def _add_job_flags(p: argparse.ArgumentParser) -> None:
@@ -156,7 +148,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--identities-file", type=Path, metavar="FILE", help="one identity id per line")
     r.add_argument("--memory-budget", default=default_budget(), metavar="SIZE")
     r.add_argument("--bundle", type=Path, metavar="DIR", help=_OPEN_SET_BUNDLE)
-    _add_store(r)
+    add_store_flag(r)
     r.add_argument("--keep-versions", type=int, default=3)
     r.add_argument("--threads", type=int, default=0)
     r.add_argument("--quiet", action="store_true")
@@ -176,7 +168,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--live-dir", type=Path, metavar="DIR", help="the server's live journal (default: ROOT/live)")
     c.add_argument("--memory-budget", default=default_budget(), metavar="SIZE")
     c.add_argument("--bundle", type=Path, metavar="DIR", help=_OPEN_SET_BUNDLE)
-    _add_store(c)
+    add_store_flag(c)
     c.add_argument("--keep-versions", type=int, default=3)
     c.add_argument("--threads", type=int, default=0)
     c.add_argument("--quiet", action="store_true")
@@ -335,14 +327,14 @@ def _add_config(args: argparse.Namespace) -> AddConfig:
 def _with_store(args: argparse.Namespace, url: str) -> int:
     """build | add | compact with a PostgreSQL store (indexer.store_build); remove is refused."""
     if args.command == "remove":
-        store_build.refuse_with_store(
+        refuse_with_store(
             "facesearch-index remove",
             "an erasure is recorded in the store's ledger with the deletion itself: delete through a replica "
             "(DeleteIdentity; `facesearch delete`), then run `facesearch-index compact`",
         )
     if args.command == "compact":
         if args.live_dir is not None:
-            store_build.refuse_with_store("--live-dir", "the store's change log is in PostgreSQL, not a directory")
+            refuse_with_store("--live-dir", "the store's change log is in PostgreSQL, not a directory")
         from indexer.compact import CompactConfig  # noqa: PLC0415
         from indexer.store_compact import run_from_store  # noqa: PLC0415 - imports the PostgreSQL driver
 
@@ -358,6 +350,8 @@ def _with_store(args: argparse.Namespace, url: str) -> int:
             url,
         )
         return _print_compacted(args.root, outcome)
+    from indexer import store_build  # noqa: PLC0415 - imports the PostgreSQL driver
+
     if args.command == "build":
         job = store_build.run_build(_build_config(args), url)
     else:
@@ -415,7 +409,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command in db_commands.COMMANDS:
         return db_commands.dispatch(args)
     if args.command in ("build", "add", "remove", "compact"):
-        url = store_build.resolve_store(args.store)
+        url = resolve_store(args.store)
         if url is not None:
             return _with_store(args, url)
         if args.command == "build" and args.from_store:

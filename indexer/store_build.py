@@ -46,7 +46,6 @@ from facesearch.store.postgres import PgStore
 from facesearch.store.postgres.admin import store_status
 from facesearch.store.postgres.imports import Imported, ImportFace, import_faces
 from facesearch.store.postgres.retention import prune_store
-from facesearch.store.store_location import StoreKind, parse_store, require_postgres_driver
 from indexer.build import WORK_DIR, OpenedInput, open_input
 from indexer.compact import CompactConfig, CompactResult, publish_compacted
 from indexer.config import AddConfig, BuildConfig, InputSpec
@@ -54,29 +53,15 @@ from indexer.index_stage import set_threads
 from indexer.ingest import IngestStats, RejectsWriter, ingest
 from indexer.plan import chunk_rows, plan_index
 from indexer.publish import locked
+from indexer.store_flag import refuse_with_store
 
-__all__ = ["IMPORT_BATCH", "StoreJob", "refuse_with_store", "resolve_store", "run_add", "run_build"]
+__all__ = ["IMPORT_BATCH", "StoreJob", "copy_into", "run_add", "run_build"]
 
 log = logging.getLogger(f"facesearch.{__name__}")
 
 #: Faces written to the store per transaction (the store's append lock is held for one batch).
 IMPORT_BATCH = 1000
 IMPORT_DIR = "import"
-
-
-def resolve_store(flag: str | None) -> str | None:
-    """The PostgreSQL URL of ``--store`` or ``FACESEARCH_STORE`` (None: the embedded SQLite store)."""
-    from facesearch.store.store_location import store_location  # noqa: PLC0415 - the one reader of the variable
-
-    location = parse_store(flag, "--store") if flag else store_location()
-    if location.kind is not StoreKind.POSTGRESQL or location.url is None:
-        return None
-    require_postgres_driver()
-    return location.url
-
-
-def refuse_with_store(what: str, why: str) -> None:
-    raise InvalidInputError(f"{what} cannot be honoured with a PostgreSQL store: {why}", reason=Reason.BAD_ARGS)
 
 
 class StoreJob:

@@ -41,6 +41,7 @@ from facesearch.scoring.gallery_stats import OPEN_SET_FILE, GalleryOpenSet
 from facesearch.store.erasure_ledger import (
     LEDGER_FILE,
     Digester,
+    Erasure,
     ErasureKind,
     ErasureLedger,
     ErasureSet,
@@ -118,22 +119,42 @@ class EraseStatus:
         return out
 
 
+@dataclass(frozen=True, slots=True)
+class LedgerView:
+    """An erasure ledger as :func:`erase_status` reads it: the root's, or a shared store's
+    (``facesearch.store.postgres.erasure_status``), with the places only that ledger's owner knows:
+    ``cache_dirs`` (directories holding open-set caches ``open_set/*.npz`` and checkpoints, e.g. each
+    replica's) and ``more(hold, hold_identity)`` (holdings outside the root, e.g. the store's tables)."""
+
+    records: list[Erasure]
+    erased: ErasureSet
+    digester: Digester
+    cache_dirs: tuple[Path, ...] = ()
+    more: Callable[[_Hold, _Hold], None] | None = None
+
+
 def erase_status(
-    root: Path, *, identity_id: str | None = None, live_dir: Path | None = None, also: Iterable[str] = ()
+    root: Path,
+    *,
+    identity_id: str | None = None,
+    live_dir: Path | None = None,
+    also: Iterable[str] = (),
+    ledger: LedgerView | None = None,
 ) -> EraseStatus:
-    """Audit ``root`` for every erased subject (or only ``identity_id``)."""
+    """Audit ``root`` for every erased subject (or only ``identity_id``); ``ledger``: another ledger
+    than the root's (a shared store's)."""
     root = Path(root)
     live_dir = Path(live_dir) if live_dir is not None else root / LIVE_DIR
-    if not (root / LEDGER_FILE).is_file():
+    if ledger is None and not (root / LEDGER_FILE).is_file():
         if identity_id is not None:
             raise NotFoundError(
                 f"{root} has no erasure ledger: {identity_id!r} is not erased", reason=Reason.NOT_ERASED
             )
         return EraseStatus(str(root), 0, [], [])
-    with ErasureLedger.open(root) as ledger:
-        erased = ledger.current()
-        records = ledger.records()
-        digester = ledger.digester
+    if ledger is None:
+        with ErasureLedger.open(root) as opened:
+            ledger = LedgerView(opened.records(), opened.current(), opened.digester)
+    erased, records, digester = ledger.erased, ledger.records, ledger.digester
     subjects: dict[str, SubjectStatus] = {}
     for r in records:
         if r.kind is ErasureKind.UNERASE:
@@ -177,12 +198,19 @@ def erase_status(
             what += f" (erased {max(0.0, now - subjects[subject].erased_at):.0f} s ago)"
         hold_identity(subject, path, what)
 
-    for directory in _journal_dirs(live_dir):  # the server's checkpoint of its statistics (server.open_set_checkpoint)
+    for cache in sorted(
+        c for d in ledger.cache_dirs if (d / "open_set").is_dir() for c in (d / "open_set").glob("*.npz")
+    ):
+        _audit_open_set(cache, digester, hold_identity, "cached open-set statistics: templates")
+    checkpoint_dirs = [*_journal_dirs(live_dir), *ledger.cache_dirs]
+    for directory in checkpoint_dirs:  # the server's checkpoint of its statistics (server.open_set_checkpoint)
         if (checkpoint := directory / CHECKPOINT_FILE).is_file():
             _audit_open_set(checkpoint, digester, hold_checkpoint, CHECKPOINT_PENDING)
         for staging in sorted(directory.glob(CHECKPOINT_STAGING)):
             for subject in subjects:
                 hold(subject, staging, "an open-set checkpoint being written (or left by a crash: removed at start)")
+    if ledger.more is not None:
+        ledger.more(hold, hold_identity)
     for pattern in LEFTOVER_PATTERNS:
         for leftover in sorted(root.glob(pattern)):
             for subject in subjects:

@@ -56,8 +56,9 @@ def index(*args: str, dsn: str | None, expect: int = 0) -> subprocess.CompletedP
     if dsn is not None:
         env["FACESEARCH_STORE"] = dsn
     done = subprocess.run(
-        [sys.executable, "-m", "indexer", *args, "--quiet"] if args[0] in ("build", "add", "compact") else
-        [sys.executable, "-m", "indexer", *args],
+        [sys.executable, "-m", "indexer", *args, "--quiet"]
+        if args[0] in ("build", "add", "compact")
+        else [sys.executable, "-m", "indexer", *args],
         capture_output=True,
         text=True,
         cwd=REPO,

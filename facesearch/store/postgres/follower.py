@@ -153,12 +153,14 @@ class LogFollower:
         if done is None:
             return  # another replica is at it
         self.expired_runs += 1
-        if done.request_ids or done.audit_rows:
+        if done.request_ids or done.audit_rows or done.pseudonymised:
             log.info(
-                "replica %s: %d request ids and %d audit rows past their retention deleted",
+                "replica %s: %d request ids and %d audit rows past their retention deleted, %d audit rows of erased "
+                "identities pseudonymised",
                 self.replica_id,
                 done.request_ids,
                 done.audit_rows,
+                done.pseudonymised,
             )
 
     def stop(self, *, forget: bool = True) -> None:

@@ -8,7 +8,11 @@ log entry and its audit entry (:meth:`PgLedger.record` runs inside the store's w
 durable together or not at all.
 
 The audit log (who enrolled, deleted, erased or unerased whom, when, by which change) is never
-pruned with the change log.
+pruned with the change log. An erased identity's rows keep only the ledger's digest of its id
+(``identity_id`` NULL, ``detail.subject`` the digest), as the SQLite audit log's do: the deletion
+writes them with the id, and :meth:`PgLedger.pseudonymise_erased` rewrites them (run by every
+expiry of :mod:`facesearch.store.postgres.retention`: a replica's every ``FACESEARCH_STORE_EXPIRE_S``,
+``compact`` and ``prune``). :meth:`PgLedger.audit_entries` of an identity finds them by digest too.
 """
 
 from __future__ import annotations
@@ -103,10 +107,36 @@ class PgLedger:
         return int(row[0]) if row else 0
 
     def audit_entries(self, after: int = 0, identity_id: str | None = None, limit: int = 10_000) -> list[AuditEntry]:
+        """Rows after ``after``, oldest first: all, or one identity's (by id, or by digest once erased)."""
+        subject = None if identity_id is None else self.digester.subject(identity_id)
         with self._store.connection("read the audit log") as conn:
             rows = conn.execute(
                 f"SELECT seq, {EPOCH.format('at')}, principal, action, identity_id, change_seq, detail FROM audit_log "
-                "WHERE seq > %s AND (%s::text IS NULL OR identity_id = %s) ORDER BY seq LIMIT %s",
-                (after, identity_id, identity_id, limit),
+                "WHERE seq > %s AND (%s::text IS NULL OR identity_id = %s OR detail->>'subject' = %s) "
+                "ORDER BY seq LIMIT %s",
+                (after, identity_id, identity_id, subject, limit),
             ).fetchall()
         return [AuditEntry(r[0], r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows]
+
+    def pseudonymise_erased(self) -> int:
+        """Rewrite the audit rows of every identity erased now to keep only its digest; returns the rows
+        changed. Looks only at identities whose deletion is still named in the log (``delete_identity``
+        rows with an id): one digest each."""
+        erased = self.current()
+        if not erased.subjects:
+            return 0
+        changed = 0
+        with self._store.connection("pseudonymise the audit rows of erased identities") as conn, conn.transaction():
+            named = conn.execute(
+                "SELECT DISTINCT identity_id FROM audit_log "
+                "WHERE action = 'delete_identity' AND identity_id IS NOT NULL"
+            ).fetchall()
+            for (identity_id,) in named:
+                if erased.identity_erased(identity_id):
+                    cur = conn.execute(
+                        "UPDATE audit_log SET identity_id = NULL, detail = detail || jsonb_build_object('subject', "
+                        "%s::text) WHERE identity_id = %s",
+                        (self.digester.subject(identity_id), identity_id),
+                    )
+                    changed += int(cur.rowcount)
+        return changed

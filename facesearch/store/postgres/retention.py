@@ -104,11 +104,17 @@ class StorePruned:
 class Expired:
     request_ids: int
     audit_rows: int
+    pseudonymised: int = 0  # audit rows of erased identities rewritten to keep only the digest
 
 
 def expire(store: PgStore, windows: RetentionWindows) -> Expired:
-    """Delete idempotency keys and audit rows past ``windows`` (idempotent)."""
-    return Expired(store.expire_request_ids(windows.request_ttl_s), store.expire_audit(windows.audit_retention_days))
+    """Delete idempotency keys and audit rows past ``windows``, and keep only the digest in the audit
+    rows of erased identities (:meth:`PgLedger.pseudonymise_erased`); idempotent."""
+    return Expired(
+        store.expire_request_ids(windows.request_ttl_s),
+        store.expire_audit(windows.audit_retention_days),
+        store.ledger.pseudonymise_erased(),
+    )
 
 
 def expire_if_free(store: PgStore, windows: RetentionWindows) -> Expired | None:
