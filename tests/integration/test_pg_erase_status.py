@@ -5,7 +5,7 @@ an index root) names every place the subject still is (the kept version's identi
 derived from it, a replica's cached open-set statistics, the store's identity row, log entries,
 tombstones and audit rows); after the erasure procedure (compact, prune --keep 1, the cache gone) it is
 complete, and the audit rows keep only the digest (still found by the id); unerase lifts the erasure in
-the store's ledger."""
+the store's ledger; ``audit list`` reads the store's audit log."""
 
 from __future__ import annotations
 
@@ -84,6 +84,13 @@ def test_erase_status_reads_the_store_ledger_and_completes_after_the_procedure(p
         audit = store.audit_entries(identity_id=gone)  # kept, found by the id, naming it only by digest
         assert {e.action for e in audit} == {"enroll", "delete_identity"} and all(e.identity_id is None for e in audit)
         assert all(e.detail.get("subject") == store.ledger.digester.subject(gone) for e in audit)
+        listed = index("audit", "list", str(root), "--identity", gone, dsn=pg_dsn).stdout.splitlines()
+        digest = store.ledger.digester.subject(gone)[:16]
+        assert [line.split()[3:5] for line in listed] == [
+            ["enroll", f"erased:{digest}"],
+            ["delete_identity", f"erased:{digest}"],
+        ], listed
+        assert all(gone not in line for line in listed), listed
 
         assert store.is_erased(gone)
         out = index("unerase", str(root), gone, dsn=pg_dsn).stdout

@@ -27,8 +27,16 @@ Modules (and the tests that cover them; all run against a real PostgreSQL that t
 - ``sql``: the statements the store's transactions run, and row decoding. Tests: through its callers.
 - ``records``: the result types. Tests: through its callers.
 - ``retention``: :func:`prune_store`: the log up to the oldest kept version's position, request ids
-  and audit rows past their windows. Tests: ``tests/integration/test_pg_retention.py``.
-- Commands: ``facesearch-index db migrate|status --store URL`` (``indexer/db_commands.py``).
+  and audit rows past their windows (:func:`expire`, also run by every replica's follower under an
+  advisory try-lock: :func:`expire_if_free`). Tests: ``tests/integration/test_pg_retention.py``.
+- ``imports``: :func:`import_faces`: a batch of faces written as enrollments (one transaction, one log
+  entry per identity), erased subjects and faces already held skipped: what ``facesearch-index
+  build|add`` with the store index. Tests: ``tests/integration/test_pg_build.py``.
+- ``erasure_status``: :func:`store_erase_status`: ``facesearch-index erase-status`` over the store's
+  ledger (the root, replicas' caches, the store's tables). Tests: ``tests/integration/test_pg_erase_status.py``.
+- Commands: ``facesearch-index db migrate|status --store URL`` (``indexer/db_commands.py``);
+  ``build|add|compact|erase-status|unerase --store URL`` (``indexer/store_build.py``,
+  ``indexer/store_compact.py``, ``indexer/erasure_commands.py``).
 
 Design: how replicas will use it (to be wired into ``server/gallery.py``)
 ==========================================================================
@@ -81,17 +89,28 @@ tail after the current version's ``live_seq``) with its high water, publishes a 
 ``facesearch.store.erasure_ledger``; ``purge_store`` takes the ``ErasureSet`` it returns) so a rebuild
 never brings an erased subject back.
 
-Wired in (issue 14, this round): ``server/replica_gallery.py`` (a server with
-``FACESEARCH_STORE=postgresql://...`` is a replica: catch-up before SERVING, enroll and delete through
-the store, the follower thread, the fence), ``indexer/store_compact.py`` (compaction from the store),
-the client's several targets, and retention (``retention``: after a store compaction publishes and
-in ``facesearch-index prune``, the log is pruned up to the oldest kept version's ``live_seq``, request
-ids and audit rows past ``FACESEARCH_ENROLL_REQUEST_TTL_S`` / ``FACESEARCH_AUDIT_RETENTION_DAYS`` are
-deleted; tests: ``tests/integration/test_pg_retention.py``). Not done yet (next sessions):
-``build``/``add`` reading the store; ``erase-status`` for the store; the issue-12 fault and
-deletion-matrix tests against PostgreSQL; several model contracts in one database (one contract per
-database today, refused otherwise); expiring request ids without an indexer run (a replica does not
-prune); the full 5-minute ``bench/replicas.py`` run.
+Wired in (issue 14): ``server/replica_gallery.py`` (a server with ``FACESEARCH_STORE=postgresql://...``
+is a replica: catch-up before SERVING, enroll and delete through the store, the follower thread, the
+fence), ``indexer/store_compact.py`` (compaction from the store; every version it publishes also purges
+what the store's ledger erased), the client's several targets, and retention (``retention``: after a
+store compaction publishes and in ``facesearch-index prune``, the log is pruned up to the oldest kept
+version's ``live_seq``; request ids and audit rows past ``FACESEARCH_ENROLL_REQUEST_TTL_S`` /
+``FACESEARCH_AUDIT_RETENTION_DAYS`` are deleted there and, without any indexer run, by one replica at a
+time every ``FACESEARCH_STORE_EXPIRE_S``; an erased identity's audit rows keep only its digest after
+the next such run; tests: ``tests/integration/test_pg_retention.py``). ``facesearch-index build|add``
+with the store (``indexer/store_build.py``): the input is written to the store first (``imports``:
+durable enrollments in the log, batches of 1000 faces, resumable: a rerun skips what the store holds),
+then ``build`` trains a new index over everything the store holds (``build --from-store`` does only that;
+``compact`` stays the incremental job) and ``add`` compacts; the version records ``live_seq`` = the
+snapshot's high water, so replicas hot-swap and drop exactly that tail; ``remove`` is refused (delete
+through a replica). ``erase-status``/``unerase`` with the store (``erasure_status``).
+Not done yet (next sessions): the issue-12 fault and deletion-matrix tests against PostgreSQL; several
+model contracts in one database (one contract per database today, refused otherwise); the full
+5-minute ``bench/replicas.py`` run; ``facesearch-index audit list`` reading the store's audit log; a
+build from photos also *removing* store faces absent from its input (a build adds; deletions go
+through a replica); the deletion itself writing the audit rows with only the digest (today a replica's
+next expiry run, or ``compact``/``prune``, rewrites them: ``erase-status`` reports them as pending until
+then).
 """
 
 from __future__ import annotations
