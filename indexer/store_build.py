@@ -226,15 +226,12 @@ def copy_into(
 ) -> Imported:
     """Every face of ``scratch`` into ``store``, ``batch`` faces a transaction (see the module docstring)."""
     total = Imported()
-    infos: dict[str, tuple[str | None, dict[str, object] | None]] = {}
+    infos = _identity_infos(scratch)
     for vids, x, _ in scratch.iter_embeddings(batch):
         rows = scratch.faces(vids.tolist())
         items = []
         for row, e in zip(rows, x, strict=True):
             assert row is not None
-            if row.identity_id not in infos:
-                info = scratch.identity(row.identity_id)
-                infos[row.identity_id] = (info.name, info.metadata or None)
             box = row.box if row.box is not None and all(math.isfinite(v) for v in row.box) else None
             items.append(
                 ImportFace(
@@ -245,6 +242,16 @@ def copy_into(
         named = {i.identity_id: infos[i.identity_id] for i in items}
         total.add(import_faces(store, items, named, principal=principal, via=via))
     return total
+
+
+def _identity_infos(scratch: IdentityStore, page: int = 10_000) -> dict[str, tuple[str | None, dict[str, str] | None]]:
+    """Name and metadata of every identity of ``scratch``, read a page at a time."""
+    out: dict[str, tuple[str | None, dict[str, str] | None]] = {}
+    after = ""
+    while rows := scratch.identities_after(after, page):
+        out.update((r.identity_id, (r.name, r.metadata or None)) for r in rows)
+        after = rows[-1].identity_id
+    return out
 
 
 def _num(value: float | None) -> float | None:
