@@ -35,6 +35,7 @@ import logging
 import math
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from facesearch.errors import InvalidInputError, PreconditionError, Reason
@@ -46,7 +47,7 @@ from facesearch.store.postgres import PgStore
 from facesearch.store.postgres.admin import store_status
 from facesearch.store.postgres.imports import Imported, ImportFace, import_faces
 from facesearch.store.postgres.retention import prune_store
-from indexer.build import WORK_DIR, OpenedInput, open_input
+from indexer.build import WORK_DIR, OpenedInput, ingest_stats_json, open_input
 from indexer.compact import CompactConfig, CompactResult, publish_compacted
 from indexer.config import AddConfig, BuildConfig, InputSpec
 from indexer.index_stage import set_threads
@@ -64,13 +65,12 @@ IMPORT_BATCH = 1000
 IMPORT_DIR = "import"
 
 
+@dataclass(frozen=True, slots=True)
 class StoreJob:
-    """What a build or add with the store did: the import's counts and the compaction's result."""
+    """What a build or add with the store did: the compaction's result and the import's counts."""
 
-    def __init__(self, result: CompactResult, imported: Imported | None, ingest_stats: IngestStats | None) -> None:
-        self.result = result
-        self.imported = imported
-        self.ingest = ingest_stats
+    result: CompactResult
+    imported: Imported | None  # None: build --from-store
 
 
 def _compact_config(root: Path, config: BuildConfig | AddConfig, *, retrain: bool = False) -> CompactConfig:
@@ -95,11 +95,7 @@ def run_build(config: BuildConfig, url: str) -> StoreJob:
     t0 = time.perf_counter()
     root = config.out
     with locked(root):
-        imported, stats, rejects, embed_work = (
-            _import(root, config.input, config, url, expected_contract=None)
-            if config.input is not None
-            else (None, None, None, None)
-        )
+        done = _import(root, config.input, config, url, expected_contract=None) if config.input is not None else None
         status = store_status(url)
         if status.contract_id is None or status.d is None:
             raise PreconditionError(
@@ -109,7 +105,6 @@ def run_build(config: BuildConfig, url: str) -> StoreJob:
         with PgStore.open(url, contract_id=status.contract_id, d=status.d) as store:
             snap = store.snapshot()
             erased = store.erased()
-        facts = _facts(imported, stats)
         result = publish_compacted(
             _compact_config(root, config),
             None,
@@ -118,13 +113,13 @@ def run_build(config: BuildConfig, url: str) -> StoreJob:
             d=status.d,
             t0=t0,
             store_erased=erased,
-            facts=facts,
-            rejects_from=rejects,
+            facts=done.facts() if done is not None else {},
+            rejects_from=done.rejects if done is not None else None,
         )
         with PgStore.open(url, contract_id=status.contract_id, d=status.d) as store:
             log.info("%s", prune_store(store, root).describe())
-        _cleanup(root, embed_work)
-    return StoreJob(result, imported, stats)
+        _cleanup(root, done)
+    return StoreJob(result, done.imported if done is not None else None)
 
 
 def run_add(config: AddConfig, url: str) -> StoreJob:
@@ -137,30 +132,39 @@ def run_add(config: AddConfig, url: str) -> StoreJob:
     with locked(root):
         base = load_index(resolve_version_dir(root)) if current_version(root) else None
         expected = base.manifest.contract_id if base is not None else None
-        imported, stats, rejects, embed_work = _import(root, config.input, config, url, expected_contract=expected)
+        done = _import(root, config.input, config, url, expected_contract=expected)
         from indexer.store_compact import compact_locked  # noqa: PLC0415 - a cycle otherwise (it imports this)
 
         result = compact_locked(
             _compact_config(root, config, retrain=config.retrain),
             url,
             t0=t0,
-            facts=_facts(imported, stats),
-            rejects_from=rejects,
+            facts=done.facts(),
+            rejects_from=done.rejects,
             always=config.retrain,
         )
-        _cleanup(root, embed_work)
-    return StoreJob(result, imported, stats)
+        _cleanup(root, done)
+    return StoreJob(result, done.imported)
 
 
-def _facts(imported: Imported | None, stats: IngestStats | None) -> dict[str, object]:
-    from indexer.build import ingest_stats_json  # noqa: PLC0415
+@dataclass(frozen=True, slots=True)
+class ImportOutcome:
+    """What the input stage of a build or add with the store did."""
 
-    out: dict[str, object] = {}
-    if stats is not None:
-        out.update(ingest_stats_json(stats, None))
-    if imported is not None:
-        out.update(imported.facts())
-    return out
+    opened: OpenedInput
+    ingest: IngestStats
+    imported: Imported
+    rejects: Path  # the skipped input rows, copied into the version
+    import_s: float
+
+    def facts(self) -> dict[str, object]:
+        """The manifest's ``build`` entries (as a build without the store writes, plus the import's)."""
+        return {
+            "embed_s": self.opened.embed_s,
+            "ingest_s": self.import_s,
+            **ingest_stats_json(self.ingest, self.opened.embed),
+            **self.imported.facts(),
+        }
 
 
 def _import(
@@ -170,7 +174,7 @@ def _import(
     url: str,
     *,
     expected_contract: str | None,
-) -> tuple[Imported, IngestStats, Path, Path | None]:
+) -> ImportOutcome:
     """Embed (or read) the input, ingest it into a scratch store, write it to the PostgreSQL store."""
     opened: OpenedInput = open_input(
         spec,
@@ -182,6 +186,7 @@ def _import(
         progress=config.progress,
     )
     plan_index(max(opened.total, 1), opened.d, config.memory_budget, config.index)  # fail early on memory
+    t1 = time.perf_counter()
     work = root / WORK_DIR / IMPORT_DIR
     shutil.rmtree(work, ignore_errors=True)  # a scratch copy: the store itself says what was written
     work.mkdir(parents=True)
@@ -214,7 +219,7 @@ def _import(
         imported.erased,
         imported.last_seq,
     )
-    return imported, stats, work / "rejects.jsonl", opened.work
+    return ImportOutcome(opened, stats, imported, work / "rejects.jsonl", round(time.perf_counter() - t1, 2))
 
 
 def _verb(config: BuildConfig | AddConfig) -> str:
@@ -258,8 +263,8 @@ def _num(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
 
 
-def _cleanup(root: Path, embed_work: Path | None) -> None:
+def _cleanup(root: Path, done: ImportOutcome | None) -> None:
     """The scratch store and the embedding stage's shards: the store and the version hold what they held."""
     shutil.rmtree(root / WORK_DIR / IMPORT_DIR, ignore_errors=True)
-    if embed_work is not None:
-        shutil.rmtree(embed_work, ignore_errors=True)
+    if done is not None and done.opened.work is not None:
+        shutil.rmtree(done.opened.work, ignore_errors=True)

@@ -152,9 +152,11 @@ def test_a_rebuild_from_photos_never_brings_back_an_identity_the_store_erased(
         (tree / name).mkdir(parents=True)
         for photo in people[name][:2]:
             shutil.copy(photo, tree / name / photo.name)
+    (tree / names[1] / "broken.jpg").write_bytes(b"")  # an unreadable photo: published without it, exit 1
     root = tmp_path / "index"
     common = ("--bundle", str(server_bundle), "--workers", "1", "--embed-options", "min_face=80")
-    index("build", "--images", str(tree), "--out", str(root), *common, dsn=dsn)
+    failed = index("build", "--images", str(tree), "--out", str(root), *common, dsn=dsn, expect=1)
+    assert "1 input rows failed" in failed.stderr, failed.stderr
     first = version_identities(root)
     assert set(first) == set(names), first
     bundle = ModelBundle.load(server_bundle, verify=False)
@@ -162,7 +164,7 @@ def test_a_rebuild_from_photos_never_brings_back_an_identity_the_store_erased(
     with PgStore.open(dsn, contract_id=bundle.contract_id, d=bundle.embedding_dim) as store:
         store.delete_identity(erased)  # as a replica's DeleteIdentity: the ledger, the log, the rows
     assert erased not in store_faces(dsn)
-    out = index("build", "--images", str(tree), "--out", str(root), *common, dsn=dsn).stdout
+    out = index("build", "--images", str(tree), "--out", str(root), *common, dsn=dsn, expect=1).stdout
     assert "of erased subjects skipped" in out and f"{len(people[erased][:2])} input rows skipped" in out, out
     assert erased not in store_faces(dsn)
     assert set(version_identities(root)) == set(names[1:])
