@@ -173,6 +173,10 @@ def test_a_rebuild_from_photos_never_brings_back_an_identity_the_store_erased(
     for version in list_versions(root)[-1:]:
         with IdentityStore.open(root / version / STORE_FILE, readonly=True) as vstore:
             assert not vstore.existing_identities([erased])
+    # the same photos read from elsewhere: the same embeddings, so no second copy either
+    moved = shutil.copytree(tree, tmp_path / "moved")
+    again = index("build", "--images", str(moved), "--out", str(root), *common, dsn=dsn, expect=1).stdout
+    assert "wrote 0 faces to the store" in again, again
 
 
 def test_combinations_the_store_cannot_honour_are_refused(pg_dsn: str, tmp_path: Path) -> None:

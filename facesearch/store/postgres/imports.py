@@ -11,10 +11,10 @@ Decided inside the transaction, with the append lock held (every erasure and une
 
 * faces of an identity the store's erasure ledger holds as erased, and erased faces (identity and
   source), are skipped (counted in ``erased``): an import never brings an erased subject back;
-* a face the identity already holds is skipped (``duplicates``): the same identity and source file
-  (or, without a source, the same embedding bytes). So a rerun of an interrupted build writes only
-  what the first run had not (an import is resumable batch by batch), and a rebuild from the same
-  photos adds no second copy.
+* a face the identity already holds is skipped (``duplicates``): the same identity and source file,
+  or the same identity and embedding bytes (the same photo embedded again, wherever it is read from).
+  So a rerun of an interrupted build writes only what the first run had not (an import is resumable
+  batch by batch), and a rebuild from the same photos adds no second copy.
 
 An identity's name and metadata are the batch's when given, else kept.
 """
@@ -74,8 +74,9 @@ class Imported:
         }
 
 
-def _key(identity_id: str, source: str | None, embedding: bytes) -> tuple[str, str]:
-    return (identity_id, source) if source else (identity_id, "md5:" + hashlib.md5(embedding).hexdigest())
+def _keys(identity_id: str, source: str | None, md5: str) -> list[tuple[str, str]]:
+    """What makes a face one the identity already holds: its source file, or its embedding's bytes."""
+    return [(identity_id, "md5:" + md5), *([(identity_id, "source:" + source)] if source else [])]
 
 
 def import_faces(
@@ -102,10 +103,11 @@ def import_faces(
             for r in conn.execute(sql.IDENTITY_SELECT + " WHERE identity_id = ANY(%s) FOR UPDATE", (ids,)).fetchall()
         }
         held = {
-            _key(r[0], r[1], b"") if r[1] else (r[0], "md5:" + r[2])
+            key
             for r in conn.execute(
                 "SELECT identity_id, source, md5(embedding) FROM faces WHERE identity_id = ANY(%s)", (ids,)
             ).fetchall()
+            for key in _keys(r[0], r[1], r[2])
         }
         chosen: dict[str, list[tuple[NewFace, bytes]]] = {}
         for item, blob in zip(faces, blobs, strict=True):
@@ -113,11 +115,11 @@ def import_faces(
             if erased.identity_erased(who) or erased.face_erased(who, face.source):
                 out.erased += 1
                 continue
-            key = _key(who, face.source, blob)
-            if key in held:
+            keys = _keys(who, face.source, hashlib.md5(blob).hexdigest())
+            if any(k in held for k in keys):
                 out.duplicates += 1
                 continue
-            held.add(key)
+            held.update(keys)
             chosen.setdefault(who, []).append((face, blob))
         if not chosen:
             return out
