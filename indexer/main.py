@@ -14,7 +14,7 @@
     facesearch-index audit list|prune ROOT       the audit log: who enrolled/deleted whom (indexer.audit_commands)
 
 With a PostgreSQL store (``--store URL`` or ``FACESEARCH_STORE``) ``build``/``add``/``compact`` read and
-write the store (indexer/store_build.py, indexer/store_compact.py); ``remove`` is refused there.
+write the store and ``remove`` deletes through it (indexer/store_build.py, indexer/store_compact.py).
 
 Every published version carries ``open_set.npz``, the gallery's open-set statistics
 (indexer/open_set_stage.py), listed in its manifest.
@@ -324,14 +324,33 @@ def _add_config(args: argparse.Namespace) -> AddConfig:
     )
 
 
+def _remove_config(args: argparse.Namespace) -> RemoveConfig:
+    ids = list(args.identity)
+    if args.identities_file is not None:
+        ids += [ln.strip() for ln in args.identities_file.read_text().splitlines() if ln.strip()]
+    return RemoveConfig(
+        root=args.root,
+        identities=tuple(dict.fromkeys(ids)),
+        memory_budget=parse_size(args.memory_budget),
+        keep_versions=args.keep_versions,
+        threads=args.threads,
+        progress=not args.quiet,
+        bundle=args.bundle,
+    )
+
+
 def _with_store(args: argparse.Namespace, url: str) -> int:
-    """build | add | compact with a PostgreSQL store (indexer.store_build); remove is refused."""
+    """build | add | remove | compact with a PostgreSQL store (indexer.store_build, indexer.store_compact)."""
     if args.command == "remove":
-        refuse_with_store(
-            "facesearch-index remove",
-            "an erasure is recorded in the store's ledger with the deletion itself: delete through a replica "
-            "(DeleteIdentity; `facesearch delete`), then run `facesearch-index compact`",
+        from indexer import store_build  # noqa: PLC0415 - imports the PostgreSQL driver
+
+        gone = store_build.run_remove(_remove_config(args), url)
+        print(
+            f"facesearch-index remove: deleted {len(gone.removed)} identities ({gone.faces} faces) through the store "
+            f"(up to seq {gone.last_seq}; replicas apply it as a DeleteIdentity)"
+            + (f"; not found: {', '.join(gone.not_found[:5])}" if gone.not_found else "")
         )
+        return _print_compacted(args.root, gone.result)
     if args.command == "compact":
         if args.live_dir is not None:
             refuse_with_store("--live-dir", "the store's change log is in PostgreSQL, not a directory")
@@ -426,20 +445,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(summary("add", result.manifest, result.version_dir))
         return rows_status(result.manifest, result.version_dir)
     if args.command == "remove":
-        ids = list(args.identity)
-        if args.identities_file is not None:
-            ids += [ln.strip() for ln in args.identities_file.read_text().splitlines() if ln.strip()]
-        result = update.run_remove(
-            RemoveConfig(
-                root=args.root,
-                identities=tuple(dict.fromkeys(ids)),
-                memory_budget=parse_size(args.memory_budget),
-                keep_versions=args.keep_versions,
-                threads=args.threads,
-                progress=not args.quiet,
-                bundle=args.bundle,
-            )
-        )
+        result = update.run_remove(_remove_config(args))
         print(summary("remove", result.manifest, result.version_dir))
         return ExitCode.OK
     if args.command == "info":

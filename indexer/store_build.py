@@ -24,9 +24,13 @@ made from), so every replica hot-swaps to it and drops exactly that part of its 
 Erasures: rows of erased subjects are never imported (checked again inside each batch's transaction),
 and every version purges what the store's ledger and the root's ledger erased.
 
-Refused (exit 2): ``--keep-chips`` (the store holds no photo pixels), ``remove`` (an erasure must be
-recorded in the store's ledger, in the deletion's transaction: delete through a replica), and
-``compact --live-dir`` (the store has no journal directory).
+``remove ROOT --identity ID ...`` (:func:`run_remove`): each identity is deleted through the store, as a
+replica's ``DeleteIdentity`` does (the erasure in the store's ledger, the log entry, the tombstones of
+its faces in the store and in the current version, the audit entry: one transaction each; replicas
+apply it within milliseconds), then a store compaction publishes a version without them.
+
+Refused (exit 2): ``--keep-chips`` (the store holds no photo pixels) and ``compact --live-dir`` (the
+store has no journal directory).
 """
 
 from __future__ import annotations
@@ -38,10 +42,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from facesearch.errors import InvalidInputError, PreconditionError, Reason
-from facesearch.store.erasure_ledger import os_principal, purge_store, read_erasures
+from facesearch.errors import InvalidInputError, NotFoundError, PreconditionError, Reason
+from facesearch.store.erasure_ledger import ErasedFace, os_principal, purge_store, read_erasures
 from facesearch.store.identity_store import IdentityStore
-from facesearch.store.index_artifact import current_version, load_index, resolve_version_dir
+from facesearch.store.index_artifact import STORE_FILE, current_version, load_index, resolve_version_dir
 from facesearch.store.live_journal import NewFace
 from facesearch.store.postgres import PgStore
 from facesearch.store.postgres.admin import store_status
@@ -49,14 +53,14 @@ from facesearch.store.postgres.imports import Imported, ImportFace, import_faces
 from facesearch.store.postgres.retention import prune_store
 from indexer.build import WORK_DIR, OpenedInput, ingest_stats_json, open_input
 from indexer.compact import CompactConfig, CompactResult, publish_compacted
-from indexer.config import AddConfig, BuildConfig, InputSpec
+from indexer.config import AddConfig, BuildConfig, InputSpec, RemoveConfig
 from indexer.index_stage import set_threads
 from indexer.ingest import IngestStats, RejectsWriter, ingest
 from indexer.plan import chunk_rows, plan_index
 from indexer.publish import locked
 from indexer.store_flag import refuse_with_store
 
-__all__ = ["IMPORT_BATCH", "StoreJob", "copy_into", "run_add", "run_build"]
+__all__ = ["IMPORT_BATCH", "Removed", "StoreJob", "copy_into", "run_add", "run_build", "run_remove"]
 
 log = logging.getLogger(f"facesearch.{__name__}")
 
@@ -207,6 +211,7 @@ def _import(
             if stats.accepted == 0:
                 raise InvalidInputError(f"{opened.describe}: no usable faces (see {work / 'rejects.jsonl'})")
             imported = copy_into(scratch, store, principal=os_principal(), via=f"facesearch-index {_verb(config)}")
+            imported.erased += stats.erased  # skipped by the ingest already (the rest: erased meanwhile)
         finally:
             scratch.close()
             rejects.close()
@@ -268,3 +273,64 @@ def _cleanup(root: Path, done: ImportOutcome | None) -> None:
     shutil.rmtree(root / WORK_DIR / IMPORT_DIR, ignore_errors=True)
     if done is not None and done.opened.work is not None:
         shutil.rmtree(done.opened.work, ignore_errors=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Removed:
+    result: CompactResult
+    removed: tuple[str, ...]
+    not_found: tuple[str, ...]
+    faces: int
+    last_seq: int
+
+
+def run_remove(config: RemoveConfig, url: str) -> Removed:
+    """Delete ``config.identities`` through the store, then compact (see the module docstring)."""
+    set_threads(config.threads)
+    t0 = time.perf_counter()
+    root = config.root
+    with locked(root):
+        status = store_status(url)
+        if status.contract_id is None or status.d is None:
+            raise NotFoundError(f"the store {status.store} holds nothing yet", reason=Reason.IDENTITY_NOT_FOUND)
+        base_dir = resolve_version_dir(root) if current_version(root) else None
+        removed, missing, faces, last = [], [], 0, 0
+        with PgStore.open(url, contract_id=status.contract_id, d=status.d) as store:
+            for identity_id in config.identities:
+                known = _version_faces(base_dir, identity_id)
+                try:
+                    gone = store.delete_identity(
+                        identity_id, known_faces=known, principal=os_principal(), via="facesearch-index remove"
+                    )
+                except NotFoundError:
+                    missing.append(identity_id)
+                    continue
+                removed.append(identity_id)
+                faces += len(gone.vector_ids)
+                last = gone.seq
+        if not removed:
+            raise NotFoundError(
+                f"none of the identities to remove are in the store or the current version: {missing[:10]}",
+                reason=Reason.IDENTITY_NOT_FOUND,
+            )
+        from indexer.store_compact import compact_locked  # noqa: PLC0415 - a cycle otherwise (it imports this)
+
+        compact = CompactConfig(
+            root,
+            memory_budget=config.memory_budget,
+            keep_versions=config.keep_versions,
+            threads=config.threads,
+            progress=config.progress,
+            bundle=config.bundle,
+        )
+        facts = {"removed_identity_count": len(removed), "removed_faces": faces}  # never the ids: erased
+        result = compact_locked(compact, url, t0=t0, facts=facts)
+    return Removed(result, tuple(removed), tuple(missing), faces, last)
+
+
+def _version_faces(base_dir: Path | None, identity_id: str) -> list[ErasedFace]:
+    """The faces of ``identity_id`` in the current version (the store's tombstones must cover them)."""
+    if base_dir is None:
+        return []
+    with IdentityStore.open(base_dir / STORE_FILE, readonly=True) as store:
+        return [ErasedFace(f.vector_id, f.source) for f in store.faces_of_identities([identity_id])]

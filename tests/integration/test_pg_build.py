@@ -3,7 +3,8 @@ PostgreSQL (tests/pg_fixtures.py): what a build indexes is written to the store 
 enrollments in its change log, in batches), the version is trained over everything the store holds and
 records the log position it absorbed (``live_journal_id`` = the store's id, ``live_seq`` = its high
 water); a rerun adds no copies; ``build --from-store`` retrains over the store alone; ``add`` imports and
-compacts incrementally; an identity erased in the store never comes back through a rebuild from photos;
+compacts incrementally; ``remove`` deletes through the store; an identity erased in the store never
+comes back through a rebuild from photos;
 a replica serves a version built this way and, when a rebuild absorbs its tail, hot-swaps to it and
 drops exactly that tail; combinations that cannot be honoured are refused with exit 2."""
 
@@ -189,11 +190,28 @@ def test_combinations_the_store_cannot_honour_are_refused(pg_dsn: str, tmp_path:
     chips = index("build", "--embeddings", str(npz), "--out", str(root), "--keep-chips", dsn=dsn, expect=2)
     assert "--keep-chips cannot be honoured with a PostgreSQL store" in chips.stderr
     index("build", "--embeddings", str(npz), "--out", str(root), dsn=dsn)
-    removed = index("remove", str(root), "--identity", ids[0], dsn=dsn, expect=2)
-    assert "remove cannot be honoured with a PostgreSQL store" in removed.stderr
     live_dir = index("compact", str(root), "--live-dir", str(tmp_path / "live"), dsn=dsn, expect=2)
     assert "--live-dir cannot be honoured" in live_dir.stderr
-    assert len(list_versions(root)) == 1 and ids[0] in store_faces(dsn)  # nothing was done
+    assert len(list_versions(root)) == 1  # nothing was done
+
+
+def test_remove_with_the_store_deletes_through_it_and_publishes_without_them(pg_dsn: str, tmp_path: Path) -> None:
+    dsn = migrated(pg_dsn)
+    emb, ids = synthetic_embeddings(60, seed=6, prefix="rem")
+    npz = embeddings_file(tmp_path / "emb.npz", emb, ids, CONTRACT)
+    root = tmp_path / "index"
+    index("build", "--embeddings", str(npz), "--out", str(root), dsn=dsn)
+    gone = sorted(set(ids))[0]
+    out = index("remove", str(root), "--identity", gone, "--identity", "nobody", dsn=dsn).stdout
+    assert f"deleted 1 identities ({ids.count(gone)} faces) through the store" in out and "not found: nobody" in out
+    assert gone not in store_faces(dsn) and gone not in version_identities(root)
+    with PgStore.open(dsn, contract_id=CONTRACT, d=int(emb.shape[1])) as store:
+        assert store.is_erased(gone)  # the store's ledger: replicas refuse to enroll it, rebuilds skip it
+        assert absorbed_by(root / str(current_version(root))).seq == store.high_water()
+    again = index("build", "--embeddings", str(npz), "--out", str(root), dsn=dsn).stdout
+    assert f"{ids.count(gone)} of erased subjects skipped" in again and gone not in version_identities(root)
+    missing = index("remove", str(root), "--identity", "nobody", dsn=dsn, expect=1)
+    assert "IDENTITY_NOT_FOUND" in missing.stderr
 
 
 def _health(c: FaceSearchClient) -> str:

@@ -50,7 +50,7 @@ class Imported:
     faces: int = 0
     identities: int = 0  # identities created
     duplicates: int = 0
-    erased: int = 0
+    erased: int = 0  # faces of erased subjects skipped
     last_seq: int = 0  # the seq of the last change written (0: none)
     batches: int = 0
     touched: set[str] = field(default_factory=set, repr=False)
