@@ -102,8 +102,9 @@ with the store (``indexer/store_build.py``): the input is written to the store f
 durable enrollments in the log, batches of 1000 faces, resumable: a rerun skips what the store holds),
 then ``build`` trains a new index over everything the store holds (``build --from-store`` does only that;
 ``compact`` stays the incremental job) and ``add`` compacts; the version records ``live_seq`` = the
-snapshot's high water, so replicas hot-swap and drop exactly that tail; ``remove`` is refused (delete
-through a replica). ``erase-status``/``unerase`` with the store (``erasure_status``).
+snapshot's high water, so replicas hot-swap and drop exactly that tail; ``remove`` deletes through the
+store (as ``DeleteIdentity``), then compacts. ``erase-status``/``unerase``/``audit`` with the store
+(``erasure_status``).
 Not done yet (next sessions): the issue-12 fault and deletion-matrix tests against PostgreSQL; several
 model contracts in one database (one contract per database today, refused otherwise); the full
 5-minute ``bench/replicas.py`` run; ``facesearch-index audit list`` reading the store's audit log; a
