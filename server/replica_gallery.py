@@ -45,6 +45,7 @@ from facesearch.errors import InvalidInputError, PreconditionError, Reason, Unav
 from facesearch.store.erasure_ledger import ErasedFace
 from facesearch.store.live_journal import JournalSnapshot, LiveJournal, NewFace
 from facesearch.store.postgres import Enrolled, LogFollower, PgStore, sql
+from facesearch.store.postgres.failures import inject, store_errors
 from server.base_index import BaseIndex
 from server.gallery import (
     Checkpoint,
@@ -226,6 +227,8 @@ class ReplicaGallery(Gallery):
         if follower is None:
             raise PreconditionError("the replica is still starting", reason=Reason.NOT_READY)
         try:
+            with store_errors(f"replica {self.replica_id}: catch up"):
+                inject("replica.apply")  # failpoint: committed in the store, not applied here yet
             for _ in range(3):  # a snapshot read after the commit reaches seq in one round
                 if follower.catch_up() >= seq:
                     return
@@ -244,6 +247,8 @@ class ReplicaGallery(Gallery):
     def _propagated(self, seq: int, what: str) -> None:
         """Wait until no replica can return what deletion ``seq`` removed (applied, or fenced)."""
         try:
+            with store_errors(f"replica {self.replica_id}: wait for the other replicas"):
+                inject("replica.propagate")  # failpoint: applied here, the others not waited for yet
             done = self.store.replicas.wait_applied(seq, fence_s=self.fence_s)
         except UnavailableError as err:
             raise UnavailableError(

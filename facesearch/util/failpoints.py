@@ -28,6 +28,12 @@ act on the next ``TIMES`` hits (default: every one). Actions:
     the site waits :data:`SLOW_S` seconds, then goes on (a stalled disk: lets a test's caller
     deadline pass at exactly that point, whatever the machine's speed).
 
+Sites of the PostgreSQL store (``Site.store`` :attr:`Store.POSTGRESQL`: ``pg.*`` in ``PgStore``'s write
+transactions, ``replica.*`` in a replica's write path; ``tests/integration/test_pg_crash_points.py``
+runs them through real replicas) take ``kill``/``crash`` and ``slow`` as above; ``eio`` (``enospc``,
+``edquot``) there stands for the connection to PostgreSQL breaking at that point
+(:func:`facesearch.store.postgres.failures.inject` raises it as ``psycopg.OperationalError``).
+
 A spec naming an undeclared site is refused (a typo would otherwise never fire). Cost when unset:
 one dictionary lookup in ``os.environ`` per hit. Hit counts are per process.
 """
@@ -54,6 +60,7 @@ __all__ = [
     "FailpointSpecError",
     "Operation",
     "Site",
+    "Store",
     "active",
     "hit",
     "parse",
@@ -77,11 +84,19 @@ class Operation(StrEnum):
     ROLLBACK = "rollback"  # facesearch-index rollback: the CURRENT switch
 
 
+class Store(StrEnum):
+    """Which store's write path holds a site (each crash-point matrix runs its own store's sites)."""
+
+    SQLITE = "sqlite"  # the live journal, the erasure ledger and the index root's files
+    POSTGRESQL = "postgresql"  # PgStore's write transactions and a replica's write path
+
+
 @dataclass(frozen=True, slots=True)
 class Site:
     name: str
     operations: tuple[Operation, ...]
     where: str
+    store: Store = Store.SQLITE
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +114,8 @@ _WRITES = (_O.ENROLL, _O.DELETE_IDENTITY, _O.DELETE_FACES, _O.SWAP)
 _DELETES = (_O.DELETE_IDENTITY, _O.DELETE_FACES)
 _PUBLISH = (_O.COMPACT,)
 _POINTER = (_O.COMPACT, _O.ROLLBACK)
+_STORE_WRITES = (_O.ENROLL, _O.DELETE_IDENTITY, _O.DELETE_FACES)
+_PG = Store.POSTGRESQL
 
 #: Every failpoint site, in the order an operation meets them.
 SITES: dict[str, Site] = {
@@ -125,6 +142,12 @@ SITES: dict[str, Site] = {
         Site("current.renamed", _POINTER, "CURRENT switch: after the rename, before the root's fsync"),
         Site("publish.prune", _PUBLISH, "before an old version is moved to .trash-*"),
         Site("publish.trash", _PUBLISH, "old version in .trash-*, before it is deleted"),
+        # PostgreSQL store (PgStore.writing, every write transaction; a replica's enroll/delete)
+        Site("pg.write", _STORE_WRITES, "PostgreSQL write: rows written under the append lock, before COMMIT", _PG),
+        Site("pg.commit", _STORE_WRITES, "PostgreSQL write: COMMIT itself (eio: the connection breaks before it)", _PG),
+        Site("pg.committed", _STORE_WRITES, "PostgreSQL write: after COMMIT, before the store returns", _PG),
+        Site("replica.apply", _STORE_WRITES, "replica: write committed, before its own catch-up applies it", _PG),
+        Site("replica.propagate", _DELETES, "replica: deletion applied here, before waiting for the others", _PG),
     )
 }
 

@@ -88,7 +88,9 @@ def test_the_kill_failpoint_is_a_crash(action: str) -> None:
     assert done.returncode == -signal.SIGKILL and "survived" not in done.stdout
 
 
-_HIT = re.compile(r"failpoints\.hit\(\s*([^)]*)\)")
+# failpoints.hit, and the PostgreSQL store's inject (facesearch.store.postgres.failures: hit, then the
+# injected errno raised as a broken connection)
+_HIT = re.compile(r"(?:failpoints\.hit|\binject)\(\s*([^),]*)[,)]")
 
 
 def test_every_site_called_in_the_code_is_declared_and_every_declared_site_is_called() -> None:
@@ -101,8 +103,8 @@ def test_every_site_called_in_the_code_is_declared_and_every_declared_site_is_ca
                 continue
             for arg in _HIT.findall(path.read_text()):
                 literal = re.fullmatch(r'"([a-z_.]+)"', arg.strip())
-                if literal is None:  # only facesearch.util.fs passes a name it was given (AtomicSites)
-                    assert path.name == "fs.py", f"{path}: failpoints.hit({arg}) must name its site literally"
+                if literal is None:  # only fs.py (AtomicSites) and failures.inject pass a name they were given
+                    assert path.name in ("fs.py", "failures.py"), f"{path}: failpoints.hit({arg}) must name its site"
                     continue
                 called.add(literal.group(1))
     atomic = {n for g in (failpoints.CURRENT_SWITCH,) for n in (g.fsync, g.rename, g.renamed)}

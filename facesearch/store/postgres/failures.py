@@ -13,6 +13,12 @@ write may have been committed (an Enroll retried with the same ``request_id`` re
 result; a deletion retried after it was made gets NOT_FOUND, and what it erased stays erased).
 Anything else (a constraint violation, a bug in a query) keeps its own exception: it is not a
 condition a retry fixes.
+
+Failpoints (:mod:`facesearch.util.failpoints`, the ``pg.*`` and ``replica.*`` sites): :func:`inject`
+turns an injected ``eio`` into the error a broken connection raises there, so the code above maps it
+exactly as it maps the real one. :func:`commit` holds ``pg.commit`` (``eio``: the connection closed just
+before ``COMMIT``: nothing made, outcome unknown to the caller) and ``pg.committed`` (``eio``: the reply
+to a ``COMMIT`` that was made is lost).
 """
 
 from __future__ import annotations
@@ -26,8 +32,9 @@ import psycopg_pool
 from psycopg import errors as pg
 
 from facesearch.errors import Reason, UnavailableError
+from facesearch.util import failpoints
 
-__all__ = ["commit", "is_transient", "store_errors", "unavailable"]
+__all__ = ["commit", "inject", "is_transient", "store_errors", "unavailable"]
 
 #: SQLSTATE classes and codes that mean "the server is not there now": connection exceptions (08),
 #: operator intervention (57: admin shutdown, crash shutdown, cannot connect now), insufficient
@@ -70,6 +77,20 @@ def store_errors(what: str) -> Iterator[None]:
         raise
 
 
+def inject(site: str, conn: Any = None) -> None:
+    """:func:`facesearch.util.failpoints.hit` at a PostgreSQL site: ``kill``/``slow`` as anywhere; an
+    errno action (``eio``...) raises ``psycopg.OperationalError`` as a connection broken there would,
+    after closing ``conn`` when one is given (what a broken connection leaves)."""
+    try:
+        failpoints.hit(site)
+    except OSError as err:
+        if conn is not None:
+            conn.close()
+        raise psycopg.OperationalError(
+            f"server closed the connection unexpectedly ({err.strerror}, failpoint {site})"
+        ) from err
+
+
 def commit(conn: Any, what: str) -> None:
     """``COMMIT``; a connection lost meanwhile is ``STORE_OUTCOME_UNKNOWN`` (it may have committed).
 
@@ -77,7 +98,10 @@ def commit(conn: Any, what: str) -> None:
     have happened: that stays ``STORE_UNAVAILABLE`` (transient) or the error itself.
     """
     try:
+        with contextlib.suppress(psycopg.OperationalError):
+            inject("pg.commit", conn)  # an injected break closed conn: its COMMIT below fails as a real one
         conn.commit()
+        inject("pg.committed")
     except (psycopg.OperationalError, psycopg.InterfaceError) as err:
         if isinstance(err, pg.SerializationFailure | pg.DeadlockDetected):
             raise unavailable(err, what) from err

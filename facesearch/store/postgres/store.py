@@ -52,7 +52,7 @@ from facesearch.store.audit_log import retention_cutoff
 from facesearch.store.erasure_ledger import Digester, ErasedFace, Erasure, ErasureKind, ErasureSet
 from facesearch.store.live_journal import JournalSnapshot, LiveIdentity, NewFace, Tombstone
 from facesearch.store.postgres import sql
-from facesearch.store.postgres.failures import commit, store_errors, unavailable
+from facesearch.store.postgres.failures import commit, inject, store_errors, unavailable
 from facesearch.store.postgres.ledger import PgLedger
 from facesearch.store.postgres.migrations import check_schema
 from facesearch.store.postgres.records import (
@@ -179,6 +179,7 @@ class PgStore:
                 with conn.pipeline():
                     conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
                     yield conn
+                inject("pg.write")  # failpoint: everything written, before COMMIT
             except BaseException:
                 if not conn.closed:
                     conn.rollback()
