@@ -98,8 +98,7 @@ def commit(conn: Any, what: str) -> None:
     have happened: that stays ``STORE_UNAVAILABLE`` (transient) or the error itself.
     """
     try:
-        with contextlib.suppress(psycopg.OperationalError):
-            inject("pg.commit", conn)  # an injected break closed conn: its COMMIT below fails as a real one
+        inject("pg.commit", conn)  # an injected break: conn closed, the COMMIT lost with it (not made)
         conn.commit()
         inject("pg.committed")
     except (psycopg.OperationalError, psycopg.InterfaceError) as err:
