@@ -171,3 +171,30 @@ def test_a_neighbour_only_its_template_reveals_is_found() -> None:
     names, _, means = scratch(gallery, "both")
     np.testing.assert_allclose(state.data.cohort.means(names), means, atol=1e-5)
     assert state.data.cohort.neighbours("x")[0][0] == "j"
+
+
+@pytest.mark.parametrize("rule", ["both", "best"])
+def test_a_replay_of_most_of_the_gallery_is_recomputed_in_bulk_with_the_same_statistics(rule: str) -> None:
+    """Issue 14: a replica's (or a restart's) replay of a long log tail touches most identities at once;
+    it is recomputed in bulk (no gallery search per identity) and equals the identity-by-identity
+    replay and a recomputation from scratch, to 1e-6."""
+    gallery = clustered(120, seed=21)
+    names = sorted(gallery)
+    first = {n: gallery[n] for n in names[:30]}
+    replays = []
+    for bulk_min in (1, 10_000):  # bulk; identity by identity
+        state = OpenSetState(build_open_set(*flat(first), k=4, rule=rule))
+        reader = BruteGallery(gallery)
+        upkeep = OpenSetUpkeep(reader, state, bulk_min=bulk_min)
+        upkeep.changed(names[30:] + names[:5])  # 95 of 120 identities touched
+        replays.append((state, reader.searches))
+    (bulk, bulk_searches), (one_by_one, searches) = replays
+    assert bulk_searches == 0 and searches > 0
+    _, templates, means = scratch(gallery, rule)
+    for state in (bulk, one_by_one):
+        assert sorted(map(str, state.data.cohort.identity_ids)) == names
+        np.testing.assert_allclose(state.data.cohort.means(names), means, atol=1e-6)
+        np.testing.assert_allclose(state.data.templates.get(names)[0], templates, atol=1e-6)
+    reader = BruteGallery(gallery)
+    OpenSetUpkeep(reader, OpenSetState(build_open_set(*flat(gallery), k=4, rule=rule)), bulk_min=1).changed(names[:10])
+    assert reader.searches > 0  # a change touching a minority is replayed, not recomputed
