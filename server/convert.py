@@ -29,6 +29,7 @@ from facesearch.vision.detection_plan import DetectionPlan
 from facesearch.vision.pipeline import Face
 from server.engine import AnalyzedPhoto
 from server.gallery import FaceView, IdentityView, check_request_id
+from server.gallery_digest import GalleryDigest
 from server.service import (
     DEFAULT_TOP_K,
     MAX_TOP_K,
@@ -422,6 +423,19 @@ def stats(s: ServiceStats, model_id: str, contract_id: str, dim: int) -> pb.Stat
         out.write_failures = s.writes.failures
         out.enroll_request_ids = s.writes.request_ids
     return out
+
+
+def gallery_digest(d: GalleryDigest) -> pb.GalleryDigest:
+    return pb.GalleryDigest(
+        faces=d.faces,
+        identities=d.identities,
+        faces_sha256=d.faces_sha256,
+        open_set_identities=d.open_set_identities,
+        open_set_failure=d.open_set_failure,
+        identity_ids=d.identity_ids,
+        cohort_means=d.cohort_means,
+        template_projections=d.template_projections,
+    )
 
 
 def admission_lane(name: str, lane: LaneStats) -> pb.AdmissionLane:

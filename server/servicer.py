@@ -13,6 +13,7 @@ pending is closed with DEADLINE_EXCEEDED, reason STREAM_IDLE.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator
 
@@ -24,6 +25,7 @@ from facesearch.errors import FaceSearchError, Reason
 from server import convert
 from server.admission import Deadline, StreamIdle, WorkStopped
 from server.errors import status_of
+from server.gallery_digest import gallery_digest
 from server.service import FaceSearchService
 
 log = logging.getLogger(f"facesearch.{__name__}")
@@ -110,6 +112,10 @@ class FaceSearchServicer(pb_grpc.FaceSearchServicer):
     async def GetStats(self, request: pb.GetStatsRequest, context: grpc.aio.ServicerContext) -> pb.Stats:  # noqa: N802
         stats = convert.stats(await self.service.stats(deadline_of(context)), self.model_id, self.contract_id, self.dim)
         stats.security_warnings.extend(self.security_warnings)  # helper A: what makes this server unsafe
+        if request.include_gallery_digest:  # issue 14: replicas compared value by value
+            state = self.service.state()
+            digest = await self.service.read_lane.run(deadline_of(context), functools.partial(gallery_digest, state))
+            stats.gallery_digest.CopyFrom(convert.gallery_digest(digest))
         return stats
 
     async def StreamIdentify(  # noqa: N802

@@ -419,11 +419,13 @@ class ListIdentitiesResponse(_message.Message):
     def __init__(self, identities: _Optional[_Iterable[_Union[Identity, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class GetStatsRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("include_gallery_digest",)
+    INCLUDE_GALLERY_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    include_gallery_digest: bool
+    def __init__(self, include_gallery_digest: _Optional[bool] = ...) -> None: ...
 
 class Stats(_message.Message):
-    __slots__ = ("model_id", "contract_id", "embedding_dim", "index_version", "index_ntotal", "live_faces", "tombstones", "faces", "identities", "default_min_similarity", "threshold_note", "index_factory", "enroll_min_face_size", "enroll_min_blur", "queue_depth", "default_threshold", "cohort_k", "template_rule", "default_fpir", "security_warnings", "writes_degraded", "writes_reason", "write_failures", "enroll_request_ids", "max_faces", "lanes")
+    __slots__ = ("model_id", "contract_id", "embedding_dim", "index_version", "index_ntotal", "live_faces", "tombstones", "faces", "identities", "default_min_similarity", "threshold_note", "index_factory", "enroll_min_face_size", "enroll_min_blur", "queue_depth", "default_threshold", "cohort_k", "template_rule", "default_fpir", "security_warnings", "writes_degraded", "writes_reason", "write_failures", "enroll_request_ids", "max_faces", "lanes", "gallery_digest")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     CONTRACT_ID_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_DIM_FIELD_NUMBER: _ClassVar[int]
@@ -450,6 +452,7 @@ class Stats(_message.Message):
     ENROLL_REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
     MAX_FACES_FIELD_NUMBER: _ClassVar[int]
     LANES_FIELD_NUMBER: _ClassVar[int]
+    GALLERY_DIGEST_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     contract_id: str
     embedding_dim: int
@@ -476,7 +479,28 @@ class Stats(_message.Message):
     enroll_request_ids: int
     max_faces: int
     lanes: _containers.RepeatedCompositeFieldContainer[AdmissionLane]
-    def __init__(self, model_id: _Optional[str] = ..., contract_id: _Optional[str] = ..., embedding_dim: _Optional[int] = ..., index_version: _Optional[str] = ..., index_ntotal: _Optional[int] = ..., live_faces: _Optional[int] = ..., tombstones: _Optional[int] = ..., faces: _Optional[int] = ..., identities: _Optional[int] = ..., default_min_similarity: _Optional[float] = ..., threshold_note: _Optional[str] = ..., index_factory: _Optional[str] = ..., enroll_min_face_size: _Optional[float] = ..., enroll_min_blur: _Optional[float] = ..., queue_depth: _Optional[int] = ..., default_threshold: _Optional[_Union[DecisionThreshold, _Mapping]] = ..., cohort_k: _Optional[int] = ..., template_rule: _Optional[str] = ..., default_fpir: _Optional[float] = ..., security_warnings: _Optional[_Iterable[str]] = ..., writes_degraded: _Optional[bool] = ..., writes_reason: _Optional[str] = ..., write_failures: _Optional[int] = ..., enroll_request_ids: _Optional[int] = ..., max_faces: _Optional[int] = ..., lanes: _Optional[_Iterable[_Union[AdmissionLane, _Mapping]]] = ...) -> None: ...
+    gallery_digest: GalleryDigest
+    def __init__(self, model_id: _Optional[str] = ..., contract_id: _Optional[str] = ..., embedding_dim: _Optional[int] = ..., index_version: _Optional[str] = ..., index_ntotal: _Optional[int] = ..., live_faces: _Optional[int] = ..., tombstones: _Optional[int] = ..., faces: _Optional[int] = ..., identities: _Optional[int] = ..., default_min_similarity: _Optional[float] = ..., threshold_note: _Optional[str] = ..., index_factory: _Optional[str] = ..., enroll_min_face_size: _Optional[float] = ..., enroll_min_blur: _Optional[float] = ..., queue_depth: _Optional[int] = ..., default_threshold: _Optional[_Union[DecisionThreshold, _Mapping]] = ..., cohort_k: _Optional[int] = ..., template_rule: _Optional[str] = ..., default_fpir: _Optional[float] = ..., security_warnings: _Optional[_Iterable[str]] = ..., writes_degraded: _Optional[bool] = ..., writes_reason: _Optional[str] = ..., write_failures: _Optional[int] = ..., enroll_request_ids: _Optional[int] = ..., max_faces: _Optional[int] = ..., lanes: _Optional[_Iterable[_Union[AdmissionLane, _Mapping]]] = ..., gallery_digest: _Optional[_Union[GalleryDigest, _Mapping]] = ...) -> None: ...
+
+class GalleryDigest(_message.Message):
+    __slots__ = ("faces", "identities", "faces_sha256", "open_set_identities", "open_set_failure", "identity_ids", "cohort_means", "template_projections")
+    FACES_FIELD_NUMBER: _ClassVar[int]
+    IDENTITIES_FIELD_NUMBER: _ClassVar[int]
+    FACES_SHA256_FIELD_NUMBER: _ClassVar[int]
+    OPEN_SET_IDENTITIES_FIELD_NUMBER: _ClassVar[int]
+    OPEN_SET_FAILURE_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_IDS_FIELD_NUMBER: _ClassVar[int]
+    COHORT_MEANS_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_PROJECTIONS_FIELD_NUMBER: _ClassVar[int]
+    faces: int
+    identities: int
+    faces_sha256: str
+    open_set_identities: int
+    open_set_failure: str
+    identity_ids: _containers.RepeatedScalarFieldContainer[str]
+    cohort_means: _containers.RepeatedScalarFieldContainer[float]
+    template_projections: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, faces: _Optional[int] = ..., identities: _Optional[int] = ..., faces_sha256: _Optional[str] = ..., open_set_identities: _Optional[int] = ..., open_set_failure: _Optional[str] = ..., identity_ids: _Optional[_Iterable[str]] = ..., cohort_means: _Optional[_Iterable[float]] = ..., template_projections: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class AdmissionLane(_message.Message):
     __slots__ = ("name", "depth", "peak_depth", "bound", "refused", "busy_threads")
