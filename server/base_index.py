@@ -121,6 +121,9 @@ class BaseIndex:
         hits, touched = found
         hidden = self.store.hidden[1]
         self._hidden = np.asarray(sorted(hidden), dtype=np.int64) if hidden else None
+        # as a load's: the hidden faces are no longer this version's (contains() is False for them), so a
+        # replayed tombstone of one is not subtracted from its identity's count a second time
+        self.vector_ids, self.identity_keys = self.store.vector_identity_keys()
         self.hidden_identities = tuple(sorted({*self.hidden_identities, *touched}))
         self.n_identities = self.store.count_identities()
         log.warning(

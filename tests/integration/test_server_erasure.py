@@ -19,6 +19,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import psycopg
 import pytest
 
 from facesearch.bundle.manifest import ModelBundle
@@ -28,10 +29,12 @@ from facesearch.store.erasure_audit import erase_status
 from facesearch.store.identity_store import IdentityStore
 from facesearch.store.index_artifact import INDEX_FILE, STORE_FILE, current_version, list_versions, read_manifest
 from facesearch.store.live_journal import LiveJournal
+from facesearch.store.postgres import PgStore, migrate
 from facesearch.util.fs import switch_pointer
 from indexer.main import main as index_main
 from tests.integration.server_fixtures import *  # noqa: F403
-from tests.integration.server_fixtures import build_index, start_server, synthetic_embeddings, wait_until
+from tests.integration.server_fixtures import ServerProcess, build_index, start_server, synthetic_embeddings, wait_until
+from tests.pg_fixtures import *  # noqa: F403
 
 pytestmark = pytest.mark.slow
 
@@ -250,3 +253,133 @@ def test_a_corrupt_version_is_refused_and_the_old_one_keeps_serving(server_bundl
     finally:
         srv.stop()
     assert np.isfinite(emb).all()
+
+
+# -- the same matrix with replicas sharing a PostgreSQL store (issue 14) ---------------------------------
+def _replica(bundle: Path, root: Path, logs: Path, dsn: str, name: str) -> ServerProcess:
+    srv = start_server(
+        bundle,
+        root,
+        logs,
+        env={
+            **ENV,
+            "FACESEARCH_STORE": dsn,
+            "FACESEARCH_REPLICA_ID": name,
+            "FACESEARCH_STORE_POLL_S": "0.5",
+            "FACESEARCH_STORE_FENCE_S": "4",
+        },
+    )
+    with srv.client(timeout=60) as c:
+        wait_until(lambda: c.health() == "SERVING", timeout=120, what=f"{name} SERVING")
+    return srv
+
+
+def test_deletion_matrix_with_postgresql_replicas(
+    server_bundle: Path,
+    tmp_path: Path,
+    people: dict[str, list[Path]],
+    pg_dsn: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The matrix above with two replicas sharing a PostgreSQL store: a deletion on either, then a fresh
+    build from the same photos, ``add`` (with the erased person's photos), ``remove``, ``compact``, a
+    rollback to every kept version, rolling forward, a restart of one replica and a SIGKILL and restart
+    of the other, ``prune --keep 1``: neither replica ever serves the erased subject, and the store's
+    audit log records each deletion. Differences from SQLite, by design: every write (``add``'s
+    included) lives in the store's log, so a rollback to a version older than ``add`` still serves W
+    (the store's tail after that version's ``live_seq`` is replayed); the erasure ledger and the audit
+    log are the store's (checked through :class:`PgStore`), not files under the root."""
+    with psycopg.connect(pg_dsn) as conn:
+        migrate(conn)
+    monkeypatch.setenv("FACESEARCH_STORE", pg_dsn)  # every facesearch-index command below uses the store
+    m = Matrix(people)
+    root, logs = tmp_path / "index", tmp_path / "logs"
+    tree = _tree(tmp_path / "tree", {n: people[n][:3] for n in (m.x, m.y, m.o1, m.o2, m.z)})
+    job = ["--quiet", "--keep-versions", "20", "--embed-options", "min_face=80", "--workers", "1"]
+    _index("build", "--bundle", server_bundle, "--images", tree, "--out", root, *job)
+    v1 = str(current_version(root))
+    servers = [_replica(server_bundle, root, logs, pg_dsn, "r1"), _replica(server_bundle, root, logs, pg_dsn, "r2")]
+    try:
+        with servers[0].client(timeout=120) as c1, servers[1].client(timeout=120) as c2:
+            both = (c1, c2)
+            h_faces = len(c1.enroll(m.h, people[m.h][:3], name="H", use_largest_face=True).face_ids)
+            live = c2.enroll(m.live, people[m.live][:2], name=m.live.replace("_", " "), use_largest_face=True)
+            assert c1.delete_identity(m.live) == len(live.face_ids) > 0  # enrolled on r2, deleted on r1
+            x_faces = c2.delete_identity(m.x)
+            assert x_faces > 0
+            y = c1.get_identity(m.y, include_faces=True)
+            m.y_faces = y.face_count - 1
+            m.y_erased_face = next(f.face_id for f in y.faces if Path(f.source).name == m.y_erased_photo)
+            assert c2.delete_faces([m.y_erased_face]) == 1
+            expected = {m.y, m.o1, m.o2, m.z, m.h}
+            for c in both:
+                m.check(c, expected, "live deletions")
+                with pytest.raises(PreconditionError) as refused:  # an erased identity is not enrolled again
+                    c.enroll(m.x, people[m.x][3:4], use_largest_face=True)
+                assert refused.value.reason == "IDENTITY_ERASED"
+
+            _index("build", "--bundle", server_bundle, "--images", tree, "--out", root, *job)  # same tree
+            v2 = str(current_version(root))
+            for c in both:
+                _swap(c, v2)
+                m.check(c, expected, "fresh build")
+
+            more = _tree(tmp_path / "more", {m.x: people[m.x][3:4], m.w: people[m.w][:3]})
+            _index("add", root, "--bundle", server_bundle, "--images", more, *job)
+            v3 = str(current_version(root))
+            expected.add(m.w)
+            for c in both:
+                _swap(c, v3)
+                m.check(c, expected, "add")
+
+            _index("remove", root, "--identity", m.z, "--quiet", "--keep-versions", "20")
+            v4 = str(current_version(root))
+            m.gone.add(m.z)
+            expected.discard(m.z)
+            for c in both:
+                _swap(c, v4)
+                m.check(c, expected, "remove")
+
+            h_faces += len(c2.enroll(m.h, people[m.h][3:4], use_largest_face=True, append=True).face_ids)
+            _index("compact", root, "--quiet", "--keep-versions", "20")
+            v5 = str(current_version(root))
+            for c in both:
+                _swap(c, v5)
+                m.check(c, expected, "compact")
+
+            for version in (v1, v2, v3, v4):  # every kept version: the store's log after it is replayed
+                _index("rollback", root, "--to", version)
+                for c in both:
+                    _swap(c, version)
+                    m.check(c, expected, f"rollback to {version}")
+                    assert c.get_identity(m.h).face_count == h_faces, version
+            _index("rollback", root, "--to", v5)
+            for c in both:
+                _swap(c, v5)
+                m.check(c, expected, "roll forward")
+        assert servers[0].stop() == 0  # r1 restarted cleanly, r2 killed (SIGKILL) and restarted
+        servers[1].kill()
+        servers += [
+            _replica(server_bundle, root, logs, pg_dsn, "r1"),
+            _replica(server_bundle, root, logs, pg_dsn, "r2"),
+        ]
+        _index("prune", root, "--keep", "1")
+        assert list_versions(root) == [v5]
+        for srv in servers[2:]:
+            with srv.client(timeout=120) as c:
+                m.check(c, expected, "restart, prune")
+    finally:
+        for server in servers:
+            server.stop()
+    contract = ModelBundle.load(server_bundle, verify=False).contract_id
+    with PgStore.open(pg_dsn, contract_id=contract, d=128) as store:
+        erased = store.erased()
+        for who in (m.x, m.z, m.live):
+            assert erased.identity_erased(who), who
+            assert store.identity(who) is None or store.identity(who).deleted, who  # type: ignore[union-attr]
+            assert store.face_count(who) == 0, who
+            entries = store.audit_entries(identity_id=who)  # by id, or by digest once pseudonymised
+            assert "delete_identity" in [e.action for e in entries], (who, entries)
+            assert all(e.identity_id != who for e in entries), (who, entries)  # prune kept only the digest
+        assert "delete_faces" in [e.action for e in store.audit_entries(identity_id=m.y)]
+        assert store.face_count(m.y) in (0, m.y_faces)  # Y's erased face is not among the store's rows
