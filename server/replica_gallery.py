@@ -15,7 +15,8 @@ built from photos absorbed nothing of it, so the whole log is replayed). The des
   replicas enrolling one identity at once cannot both create it), then catches up from the log
   (the write and everything before it) before the reply: read-your-writes on this replica. Delete
   commits in the store, catches up, then waits until every registered replica has applied it or
-  fenced itself (:meth:`ReplicaRegistry.wait_applied`) before the OK. PostgreSQL down: the write
+  fenced itself (:meth:`ReplicaRegistry.wait_applied`) before the OK; a deletion found already made
+  (NOT_FOUND: a retry) waits the same way for that earlier deletion before its NOT_FOUND. PostgreSQL down: the write
   fails UNAVAILABLE ``STORE_UNAVAILABLE`` (and GetStats/health show writes degraded) and succeeds
   again once it is back, with no restart. A write committed whose follow-up could not finish (the
   store went away between the two) is UNAVAILABLE ``STORE_OUTCOME_UNKNOWN``: retry (an Enroll with
@@ -41,7 +42,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import cast
 
-from facesearch.errors import InvalidInputError, PreconditionError, Reason, UnavailableError
+from facesearch.errors import InvalidInputError, NotFoundError, PreconditionError, Reason, UnavailableError
 from facesearch.store.erasure_ledger import ErasedFace
 from facesearch.store.live_journal import JournalSnapshot, LiveJournal, NewFace
 from facesearch.store.postgres import Enrolled, LogFollower, PgStore, sql
@@ -244,6 +245,19 @@ class ReplicaGallery(Gallery):
             reason=Reason.STORE_OUTCOME_UNKNOWN,
         )
 
+    def _already_deleted(self, query: str, arg: object, what: str) -> None:
+        """Before a deletion's NOT_FOUND: when an earlier deletion made it (a retry of one whose reply was
+        lost: ``STORE_OUTCOME_UNKNOWN``, or a replica killed before it answered), the NOT_FOUND says it is
+        deleted, so it waits as that deletion's OK would have (applied here, then on every replica or
+        fenced). Otherwise a retry answered at once while another replica still served the faces."""
+        with self.store.connection("find an earlier deletion") as conn:
+            row = conn.execute(query, (arg,)).fetchone()
+        if row is None or row[0] is None:
+            return  # never there, or its deletion pruned (absorbed by every kept version)
+        seq, earlier = int(row[0]), f"the earlier deletion of {what}"
+        self._caught_up(seq, earlier)
+        self._propagated(seq, earlier)
+
     def _propagated(self, seq: int, what: str) -> None:
         """Wait until no replica can return what deletion ``seq`` removed (applied, or fenced)."""
         try:
@@ -320,7 +334,13 @@ class ReplicaGallery(Gallery):
             known = [ErasedFace(int(f.vector_id), f.source) for f in state.base.store.faces(base_ids.tolist()) if f]
         self.checkpoints.erased()
         write = functools.partial(self.store.delete_identity, identity_id, known_faces=known, principal=who)
-        deleted = self.writes.run(write)
+        try:
+            deleted = self.writes.run(write)
+        except NotFoundError:
+            self._already_deleted(
+                "SELECT seq FROM identities WHERE identity_id = %s AND deleted", identity_id, f"{identity_id!r}"
+            )
+            raise
         what = f"the deletion of {identity_id!r}"
         self._caught_up(deleted.seq, what)
         self._propagated(deleted.seq, what)
@@ -338,7 +358,11 @@ class ReplicaGallery(Gallery):
             sources = [f.source if f is not None else None for f in state.base.store.faces(vids)]
         self.checkpoints.erased()
         write = functools.partial(self.store.delete_faces, vids, owners, sources=sources, principal=who)
-        deleted = self.writes.run(write)
+        try:
+            deleted = self.writes.run(write)
+        except NotFoundError:
+            self._already_deleted("SELECT max(seq) FROM tombstones WHERE vector_id = ANY(%s)", vids, "faces")
+            raise
         self._caught_up(deleted.seq, "the deletion of faces")
         self._propagated(deleted.seq, "the deletion of faces")
         return len(vids)

@@ -24,7 +24,9 @@ the module; every case works on identities of its own.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -369,3 +371,55 @@ def test_a_stalled_failpoint_delays_but_loses_nothing_and_two_creates_make_one(s
         else:
             _face_gone(cl, name, t.faces[0], {t.faces[1]}, t.photos[1])
     cl.stop_rf()
+
+
+@pytest.mark.parametrize("op", [Operation.DELETE_IDENTITY, Operation.DELETE_FACES])
+def test_a_retried_deletion_is_not_found_only_once_no_replica_can_return_it(op: Operation, cluster: Cluster) -> None:
+    """A deletion whose reply was lost (``replica.propagate:eio``: committed, not yet waited for) retried:
+    its NOT_FOUND is an acknowledgment too, so it comes only once every replica applied the deletion or is
+    fenced. ``r0`` is paused (SIGSTOP) meanwhile, as a replica cut off from PostgreSQL that still serves
+    from memory: at the NOT_FOUND the registry must show it applied or past the fence, and once resumed
+    it must not return the faces (it answers REPLICA_FENCED until it caught up)."""
+    cl = cluster
+    t = _enrolled(cl, _name("r", op))
+    rf = cl.start_rf("replica.propagate:eio*1")
+    with rf.client(timeout=60) as c:
+        until(lambda: _has(c, t.identity_id), timeout=30, what="rf to hold the identity")
+    os.kill(cl.r0.proc.pid, signal.SIGSTOP)
+    try:
+        err = _attempt(rf, op, t, "")
+        assert err is not None and err.reason == "STORE_OUTCOME_UNKNOWN", err
+        seq = cl.high_water()
+        again = _attempt(rf, op, t, "")
+        assert isinstance(again, NotFoundError), again
+        with psycopg.connect(cl.dsn) as conn:
+            rows = conn.execute(
+                "SELECT replica_id, applied_seq, extract(epoch FROM now() - heartbeat_at)::float8 FROM replicas"
+            ).fetchall()
+        fence_and_margin = 4 + 0.5  # FACESEARCH_STORE_FENCE_S and ReplicaRegistry.wait_applied's margin_s
+        late = [r for r in rows if r[1] < seq and r[2] <= fence_and_margin]
+        assert not late, f"NOT_FOUND while replicas {late} could still serve deletion {seq}"
+    finally:
+        os.kill(cl.r0.proc.pid, signal.SIGCONT)
+    with cl.r0.client(timeout=60) as c:
+        try:
+            still = _has(c, t.identity_id, t.faces[0])
+        except FaceSearchError as fenced:
+            assert fenced.reason == "REPLICA_FENCED", fenced
+        else:
+            assert not still, "r0 returned the deleted faces after the deletion's NOT_FOUND"
+        until(lambda: _health(c) == "SERVING", timeout=60, what="r0 SERVING again")
+    if op is Operation.DELETE_IDENTITY:
+        _gone(cl, t.identity_id, t.photos)
+    else:
+        _face_gone(cl, t.identity_id, t.faces[0], {t.faces[1]}, t.photos[1])
+    cl.stop_rf()
+
+
+def _has(c: FaceSearchClient, identity_id: str, face: str | None = None) -> bool:
+    """Whether ``c`` serves the identity (with ``face``, when given)."""
+    try:
+        got = c.get_identity(identity_id, include_faces=True)
+    except NotFoundError:
+        return False
+    return face is None or face in {f.face_id for f in got.faces}
