@@ -12,19 +12,26 @@ the gallery is the store's log) with ``FACESEARCH_STORE`` set. ``--clients`` thr
 - sometimes (1 call in 10) delete one of their identities, then at once ask every replica: any that still
   returns it is a violation of the deletion guarantee (must be 0).
 
+Mid-run (at ``--outage-at`` seconds), PostgreSQL is stopped for ``--outage-seconds`` (under the 10 s
+fence) and started again on the same port while the clients go on: Identify calls and errors while it
+is down (must be 0 errors), enrollments refused, and the time from PostgreSQL being back to the first
+enrollment acknowledged by any client (target 5 s). A write whose outcome a client could not learn
+(STORE_OUTCOME_UNKNOWN, or a deletion refused mid-way) is neither counted acknowledged nor deleted.
+
 At the end: every replica's ListIdentities (ids and face counts) is compared with the others and
 with the clients' model (acknowledged enrollments not deleted must all be there: "lost" must be 0),
-and GetStats' identity counts. Then Identify throughput on one replica (the others idle) against a
-SQLite single server on a root of its own with as many identities (at most 60, photos drawn again,
-enrolled through it: an Identify's cost is detection and embedding, the live search of a few hundred
-faces is negligible beside it), ``--identify-seconds`` each, 4 client threads, measured in the same run.
+and every replica's gallery digest (GetStats with ``include_gallery_digest``: faces, identities, sha256
+of every identity's face ids, and per identity its open-set cohort mean and template projection) is
+compared value by value with replica 0's (equal to 1e-6).
 
-Between the two (after the replica's Identify phase), PostgreSQL is stopped for
-``--outage-seconds`` (under the 10 s fence) while a thread identifies on random replicas and another
-enrolls on one: Identify errors during the outage (must be 0), enrollments refused, and the time from
-PostgreSQL being back to the first enrollment acknowledged (target 5 s).
+Then Identify throughput: one replica (the others idle) against a SQLite single server on a root of its
+own with as many identities (at most 60, photos drawn again, enrolled through it: an Identify's cost is
+detection and embedding, the live search of a few hundred faces is negligible beside it), 4 client
+threads, in ``--rounds`` interleaved pairs of ``--identify-seconds`` windows (replica, SQLite, replica,
+SQLite, ...; the first of each pair alternates), all servers running throughout: the median of the
+per-pair ratios and their spread, robust to a shared machine's load changing between windows.
 
-    nice -n 10 .venv/bin/python bench/replicas.py --replicas 3 --clients 8 --seconds 60 \
+    nice -n 10 .venv/bin/python bench/replicas.py --replicas 3 --clients 8 --seconds 300 --rounds 6 \
         --out bench/results/replicas.md
 """
 
@@ -34,6 +41,7 @@ import argparse
 import os
 import random
 import shutil
+import statistics
 import sys
 import tempfile
 import threading
@@ -42,6 +50,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
 import numpy as np
 import psycopg
 
@@ -50,6 +59,8 @@ sys.path.insert(0, str(REPO))
 
 from bench.common import data_dir, machine, table  # noqa: E402
 from bench.server_bench import bundle_path  # noqa: E402
+from facesearch.api.v1 import facesearch_pb2 as pb  # noqa: E402
+from facesearch.api.v1 import facesearch_pb2_grpc as pb_grpc  # noqa: E402
 from facesearch.client.service_client import FaceSearchClient  # noqa: E402
 from facesearch.errors import FaceSearchError, NotFoundError  # noqa: E402
 from facesearch.store.postgres import migrate  # noqa: E402
@@ -58,20 +69,45 @@ from tests.pg_fixtures import PgServer, find_pg_bin  # noqa: E402
 
 
 @dataclass
+class Outage:
+    """PostgreSQL's stop mid-run: the window (perf_counter times) and what happened in it."""
+
+    seconds: float
+    down_at: float = float("inf")
+    back_at: float = float("inf")
+    identify_ok: int = 0
+    identify_errors: int = 0
+    enrolls_refused: int = 0
+    first_ack_after_back: float = float("nan")  # seconds from PostgreSQL back to the first enrollment acknowledged
+
+    def down(self, t: float) -> bool:
+        return self.down_at <= t < self.back_at
+
+
+@dataclass
 class Tally:
+    outage: Outage
     lock: threading.Lock = field(default_factory=threading.Lock)
     propagation: list[float] = field(default_factory=list)
     enrolled: dict[str, int] = field(default_factory=dict)  # acknowledged, not deleted: id -> faces
     deleted: set[str] = field(default_factory=set)
+    uncertain: set[str] = field(default_factory=set)  # writes whose outcome the client could not learn
     enroll_errors: list[str] = field(default_factory=list)
     identify_calls: int = 0
     identify_errors: list[str] = field(default_factory=list)
     deletes: int = 0
+    delete_errors: list[str] = field(default_factory=list)
     delete_violations: list[str] = field(default_factory=list)
     no_face: int = 0
 
+    def acknowledged(self, t: float) -> None:
+        o = self.outage
+        if t >= o.back_at and o.first_ack_after_back != o.first_ack_after_back:  # nan: none yet
+            o.first_ack_after_back = t - o.back_at
 
-SQLITE_GALLERY = 60  # identities enrolled into the SQLite server before its Identify phase
+
+SQLITE_GALLERY = 60  # identities enrolled into the SQLite server before its Identify windows
+TOLERANCE = 1e-6  # open-set statistics equal across replicas to this
 
 
 def people() -> list[Path]:
@@ -83,6 +119,18 @@ def people() -> list[Path]:
 
 def pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+def find_elsewhere(other: FaceSearchClient, ident: str) -> None:
+    """Poll ``other`` every 5 ms until it has ``ident`` (a fenced or unreachable replica: keep polling)."""
+    while True:
+        try:
+            other.get_identity(ident)
+            return
+        except NotFoundError:
+            time.sleep(0.005)
+        except FaceSearchError:
+            time.sleep(0.05)
 
 
 def client_loop(  # noqa: PLR0917 - a thread's target
@@ -103,6 +151,9 @@ def client_loop(  # noqa: PLR0917 - a thread's target
             except FaceSearchError as err:
                 with tally.lock:
                     tally.enroll_errors.append(f"{err.reason}: {err.message}")
+                    if tally.outage.down(time.perf_counter()):
+                        tally.outage.enrolls_refused += 1
+                    tally.uncertain.add(ident)  # refused, or committed without the client knowing
                 continue
             ok = time.perf_counter()
             if not out.face_ids:
@@ -111,21 +162,24 @@ def client_loop(  # noqa: PLR0917 - a thread's target
                 continue
             with tally.lock:
                 tally.enrolled[ident] = out.face_count
+                tally.acknowledged(ok)
             mine.append(ident)
             for j, other in enumerate(clients):
                 if j == i:
                     continue
-                while True:
-                    try:
-                        other.get_identity(ident)
-                        break
-                    except NotFoundError:
-                        time.sleep(0.005)
+                find_elsewhere(other, ident)
                 with tally.lock:
                     tally.propagation.append(time.perf_counter() - ok)
         elif roll < 0.4 + 0.1 and mine:
             ident = mine.pop(rng.randrange(len(mine)))
-            c.delete_identity(ident)
+            try:
+                c.delete_identity(ident)
+            except FaceSearchError as err:
+                with tally.lock:
+                    tally.delete_errors.append(f"{err.reason}: {err.message}")
+                    tally.enrolled.pop(ident, None)
+                    tally.uncertain.add(ident)
+                continue
             with tally.lock:
                 tally.deletes += 1
                 tally.enrolled.pop(ident, None)
@@ -135,6 +189,8 @@ def client_loop(  # noqa: PLR0917 - a thread's target
                     other.get_identity(ident)
                 except NotFoundError:
                     continue
+                except FaceSearchError:
+                    continue  # fenced: not serving it either
                 with tally.lock:
                     tally.delete_violations.append(f"{ident} on replica {j}")
         else:
@@ -142,13 +198,78 @@ def client_loop(  # noqa: PLR0917 - a thread's target
                 c.identify(rng.choice(photos), top_k=3)
                 with tally.lock:
                     tally.identify_calls += 1
+                    if tally.outage.down(time.perf_counter()):
+                        tally.outage.identify_ok += 1
             except FaceSearchError as err:
                 with tally.lock:
                     tally.identify_errors.append(f"{err.reason}: {err.message}")
+                    if tally.outage.down(time.perf_counter()):
+                        tally.outage.identify_errors += 1
+
+
+def postgres_outage(pg: PgServer, outage: Outage, at: float, stop: threading.Event) -> None:
+    """Stop PostgreSQL ``at`` seconds from now for ``outage.seconds``, then start it again."""
+    if stop.wait(at):
+        return
+    outage.down_at = time.perf_counter()
+    pg.stop_only()
+    time.sleep(outage.seconds)
+    pg.start_again()
+    outage.back_at = time.perf_counter()
 
 
 def gallery_of(c: FaceSearchClient) -> dict[str, int]:
     return {i.identity_id: i.face_count for i in c.list_identities(page_size=500)}
+
+
+def digest_of(target: str) -> pb.GalleryDigest:
+    with grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 64 << 20)]) as channel:
+        stub = pb_grpc.FaceSearchStub(channel)
+        return stub.GetStats(pb.GetStatsRequest(include_gallery_digest=True), timeout=120).gallery_digest
+
+
+@dataclass
+class DigestCheck:
+    equal: bool
+    faces: list[int]
+    identities: list[int]
+    sha_equal: bool
+    max_mean_diff: float
+    max_projection_diff: float
+    nan_means: int  # identities of replica 0 with no cohort mean (being refreshed, or too few others)
+    failures: list[str]
+
+
+def compare_digests(digests: list[pb.GalleryDigest]) -> DigestCheck:
+    """Every replica's digest against replica 0's: same faces under the same ids, statistics to 1e-6."""
+    ref = digests[0]
+    ids0 = list(ref.identity_ids)
+    m0, p0 = np.asarray(ref.cohort_means), np.asarray(ref.template_projections)
+    sha_equal = all(d.faces_sha256 == ref.faces_sha256 for d in digests)
+    max_mean = max_proj = 0.0
+    same = sha_equal
+    for d in digests[1:]:
+        if list(d.identity_ids) != ids0:
+            same = False
+            continue
+        m, p = np.asarray(d.cohort_means), np.asarray(d.template_projections)
+        if not (np.array_equal(np.isnan(m), np.isnan(m0)) and np.array_equal(np.isnan(p), np.isnan(p0))):
+            same = False
+        both = ~np.isnan(m) & ~np.isnan(m0)
+        max_mean = max(max_mean, float(np.abs(m[both] - m0[both]).max(initial=0.0)))
+        both = ~np.isnan(p) & ~np.isnan(p0)
+        max_proj = max(max_proj, float(np.abs(p[both] - p0[both]).max(initial=0.0)))
+    same = same and max_mean <= TOLERANCE and max_proj <= TOLERANCE
+    return DigestCheck(
+        same,
+        [int(d.faces) for d in digests],
+        [int(d.identities) for d in digests],
+        sha_equal,
+        max_mean,
+        max_proj,
+        int(np.isnan(m0).sum()),
+        [d.open_set_failure for d in digests if d.open_set_failure],
+    )
 
 
 def identify_rate(target: str, photos: list[Path], seconds: float, threads: int = 4) -> float:
@@ -174,64 +295,38 @@ def identify_rate(target: str, photos: list[Path], seconds: float, threads: int 
 
 
 @dataclass
-class Outage:
-    seconds: float
-    identify_ok: int
-    identify_errors: list[str]
-    writes_refused: int
-    resumed_after_s: float  # from PostgreSQL accepting connections again to the first enrollment acknowledged
+class Throughput:
+    replica: list[float]
+    sqlite: list[float]
+    loads: list[float]  # 1-minute load average after each pair
+
+    @property
+    def ratios(self) -> list[float]:
+        return [r / s for r, s in zip(self.replica, self.sqlite, strict=True)]
 
 
-def postgres_outage(pg: PgServer, servers: list[ServerProcess], photos: list[Path], seconds: float) -> Outage:
-    """PostgreSQL stopped for ``seconds`` (under the fence) while one thread identifies on every replica in
-    turn and one enrolls (1 photo, no retries) on replica 0; then started again."""
-    stop = threading.Event()
-    out = Outage(seconds, 0, [], 0, float("nan"))
-    back: list[float] = []
-    resumed: list[float] = []
-
-    def identify() -> None:
-        rng = random.Random(1)
-        clients = [FaceSearchClient(s.target, timeout=60) for s in servers]
-        while not stop.is_set():
-            try:
-                clients[rng.randrange(len(clients))].identify(rng.choice(photos), top_k=3)
-                out.identify_ok += 1
-            except FaceSearchError as err:
-                out.identify_errors.append(f"{err.reason}: {err.message}")
-        for c in clients:
-            c.close()
-
-    def enroll() -> None:
-        rng = random.Random(2)
-        n = 0
-        with FaceSearchClient(servers[0].target, timeout=60, enroll_retries=0) as c:
-            while not stop.is_set():
-                n += 1
-                try:
-                    c.enroll(f"outage-{n}", [rng.choice(photos)], use_largest_face=True)
-                except FaceSearchError:
-                    out.writes_refused += 1
-                    time.sleep(0.05)
-                    continue
-                if back and not resumed:
-                    resumed.append(time.perf_counter() - back[0])
-                    return
-
-    threads = [threading.Thread(target=identify), threading.Thread(target=enroll)]
-    for t in threads:
-        t.start()
-    time.sleep(2.0)
-    pg.stop_only()
-    time.sleep(seconds)
-    pg.start_again()
-    back.append(time.perf_counter())
-    threads[1].join(timeout=60)
-    stop.set()
-    for t in threads:
-        t.join()
-    out.resumed_after_s = resumed[0] if resumed else float("nan")
+def interleaved(replica: str, sqlite: str, photos: list[Path], rounds: int, seconds: float) -> Throughput:
+    """``rounds`` pairs of windows, replica first in even pairs and SQLite first in odd ones."""
+    out = Throughput([], [], [])
+    identify_rate(replica, photos, 3.0)  # warm both (sessions, caches) before the first window
+    identify_rate(sqlite, photos, 3.0)
+    for r in range(rounds):
+        if r % 2 == 0:
+            a = identify_rate(replica, photos, seconds)
+            b = identify_rate(sqlite, photos, seconds)
+        else:
+            b = identify_rate(sqlite, photos, seconds)
+            a = identify_rate(replica, photos, seconds)
+        out.replica.append(a)
+        out.sqlite.append(b)
+        out.loads.append(os.getloadavg()[0])
+        print(f"throughput pair {r + 1}: replica {a:.2f}/s, SQLite {b:.2f}/s, ratio {a / b:.3f}", flush=True)
     return out
+
+
+def wait_serving(c: FaceSearchClient) -> None:
+    while c.health() != "SERVING":
+        time.sleep(0.2)
 
 
 def main() -> int:
@@ -239,8 +334,10 @@ def main() -> int:
     parser.add_argument("--replicas", type=int, default=3)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=300.0)
-    parser.add_argument("--identify-seconds", type=float, default=20.0)
+    parser.add_argument("--identify-seconds", type=float, default=15.0, help="one throughput window")
+    parser.add_argument("--rounds", type=int, default=6, help="interleaved pairs of throughput windows")
     parser.add_argument("--outage-seconds", type=float, default=5.0, help="PostgreSQL stopped this long")
+    parser.add_argument("--outage-at", type=float, default=None, help="seconds into the load (default: half)")
     parser.add_argument("--bundle", default=None)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -249,6 +346,8 @@ def main() -> int:
     bin_dir = find_pg_bin()
     if bin_dir is None:
         raise SystemExit("PostgreSQL server binaries not found (initdb, pg_ctl); set FACESEARCH_PG_BIN")
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    load_start = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="replicas-bench-"))
     pg = PgServer(bin_dir).init().start()
     servers: list[ServerProcess] = []
@@ -260,99 +359,133 @@ def main() -> int:
             servers.append(
                 start_server(bundle, work / "root", work / "logs", env={**env, "FACESEARCH_REPLICA_ID": f"r{r}"})
             )
-        clients = [FaceSearchClient(s.target, timeout=120, enroll_retries=0) for s in servers]
+        replicas = list(servers)
+        clients = [FaceSearchClient(s.target, timeout=120, enroll_retries=0) for s in replicas]
         for c in clients:
-            while c.health() != "SERVING":
-                time.sleep(0.2)
-        tally = Tally()
+            wait_serving(c)
+        tally = Tally(Outage(args.outage_seconds))
         stop = threading.Event()
         threads = [
             threading.Thread(target=client_loop, args=(k, clients, photos, stop, tally, 100 + k))
             for k in range(args.clients)
         ]
+        outage_at = args.seconds / 2 if args.outage_at is None else args.outage_at
+        breaker = threading.Thread(target=postgres_outage, args=(pg, tally.outage, outage_at, stop))
+        loads: list[float] = []
         t0 = time.perf_counter()
         for t in threads:
             t.start()
-        time.sleep(args.seconds)
+        breaker.start()
+        while time.perf_counter() - t0 < args.seconds:
+            time.sleep(min(30.0, max(0.0, args.seconds - (time.perf_counter() - t0))))
+            loads.append(os.getloadavg()[0])
+            print(
+                f"{time.perf_counter() - t0:.0f} s: {tally.identify_calls} identify, {len(tally.enrolled)} "
+                f"enrolled, load {loads[-1]:.2f}",
+                flush=True,
+            )
         stop.set()
         for t in threads:
             t.join()
+        breaker.join()
         ran = time.perf_counter() - t0
-        time.sleep(1.0)
+        time.sleep(2.0)  # the last changes reach every replica (propagation p99 is well under this)
         galleries = [gallery_of(c) for c in clients]
-        stats = [int(c.stats()["identities"]) for c in clients]
         equal = all(g == galleries[0] for g in galleries)
         lost = [i for i in tally.enrolled if i not in galleries[0]]
         resurrected = [i for i in tally.deleted if i in galleries[0]]
-        # identify throughput: one replica (others idle) vs a SQLite single server with the same enrollments
-        replica_rate = identify_rate(servers[0].target, photos, args.identify_seconds)
-        outage = postgres_outage(pg, servers, photos, args.outage_seconds)
-        for s in servers:
-            s.stop()
-        servers.clear()
+        check = compare_digests([digest_of(s.target) for s in replicas])
+        print(f"galleries equal {equal}, digests equal {check.equal}", flush=True)
+        # identify throughput: one replica (others idle) vs a SQLite single server, interleaved windows
         sqlite = start_server(bundle, work / "sqlite-root", work / "logs", env={"FACESEARCH_ACCESS_LOG": "off"})
         servers.append(sqlite)
         with FaceSearchClient(sqlite.target, timeout=120) as c:
-            while c.health() != "SERVING":
-                time.sleep(0.2)
+            wait_serving(c)
             rng = random.Random(7)
             for ident in sorted(galleries[0])[:SQLITE_GALLERY]:  # photos drawn again
                 c.enroll(ident, [rng.choice(photos)], use_largest_face=True)
-        sqlite_rate = identify_rate(sqlite.target, photos, args.identify_seconds)
+        tp = interleaved(replicas[0].target, sqlite.target, photos, args.rounds, args.identify_seconds)
+        load_end = os.getloadavg()[0]
+        o = tally.outage
+        ratios = tp.ratios
         rows = [
             ["replicas x clients, seconds", f"{args.replicas} x {args.clients}, {ran:.0f} s"],
             ["enrollments acknowledged (faces found)", str(len(tally.enrolled) + len(tally.deleted))],
             ["enrollments with no usable face", str(tally.no_face)],
-            ["enroll errors", str(len(tally.enroll_errors))],
+            ["enroll errors (all during the outage: refused / outcome unknown)", str(len(tally.enroll_errors))],
             ["identify calls / errors", f"{tally.identify_calls} / {len(tally.identify_errors)}"],
             [
                 "deletions / replicas still returning one after its OK",
                 f"{tally.deletes} / {len(tally.delete_violations)}",
             ],
+            ["deletions refused (during the outage)", str(len(tally.delete_errors))],
             ["acknowledged enrollments lost", str(len(lost))],
             ["deleted identities back", str(len(resurrected))],
-            ["replicas' galleries equal (ids and face counts)", str(equal)],
-            ["GetStats identities per replica", ", ".join(map(str, stats))],
+            ["replicas' galleries equal (ListIdentities: ids and face counts)", str(equal)],
+            ["gallery digests: faces per replica", ", ".join(map(str, check.faces))],
+            ["gallery digests: identities per replica", ", ".join(map(str, check.identities))],
+            ["gallery digests: sha256 of every identity's face ids equal", str(check.sha_equal)],
+            [
+                "open-set statistics vs replica 0, max abs diff: cohort means / template projections",
+                f"{check.max_mean_diff:.2e} / {check.max_projection_diff:.2e}",
+            ],
+            [f"open-set statistics equal to {TOLERANCE:g} (ids, NaN positions, values)", str(check.equal)],
             [
                 f"propagation OK -> found on another replica, p50 / p99 / max (n={len(tally.propagation)})",
                 f"{1000 * pct(tally.propagation, 50):.1f} / {1000 * pct(tally.propagation, 99):.1f} / "
                 f"{1000 * max(tally.propagation, default=float('nan')):.1f} ms",
             ],
             [
-                f"PostgreSQL stopped {outage.seconds:g} s: Identify ok / errors meanwhile",
-                f"{outage.identify_ok} / {len(outage.identify_errors)}",
+                f"PostgreSQL stopped {o.seconds:g} s at {o.down_at - t0:.0f} s: Identify ok / errors meanwhile",
+                f"{o.identify_ok} / {o.identify_errors}",
             ],
-            ["... enrollments refused during it (UNAVAILABLE)", str(outage.writes_refused)],
-            ["... first enrollment acknowledged after PostgreSQL was back", f"{outage.resumed_after_s:.2f} s"],
+            ["... enrollments refused while it was down", str(o.enrolls_refused)],
+            ["... first enrollment acknowledged after PostgreSQL was back", f"{o.first_ack_after_back:.2f} s"],
             [
-                "Identify/s, 4 threads: replica (PostgreSQL) / SQLite single server",
-                f"{replica_rate:.2f} / {sqlite_rate:.2f} (ratio {replica_rate / sqlite_rate:.2f})",
+                f"Identify/s, 4 threads, {args.rounds} interleaved pairs of {args.identify_seconds:g} s: replica",
+                ", ".join(f"{x:.2f}" for x in tp.replica),
+            ],
+            ["... SQLite single server", ", ".join(f"{x:.2f}" for x in tp.sqlite)],
+            ["... ratio per pair", ", ".join(f"{x:.3f}" for x in ratios)],
+            [
+                "... ratio median (min - max)",
+                f"{statistics.median(ratios):.3f} ({min(ratios):.3f} - {max(ratios):.3f})",
             ],
         ]
         text = (
             "# Replicas on a shared PostgreSQL store (bench/replicas.py)\n\n"
             f"    nice -n 10 .venv/bin/python bench/replicas.py --replicas {args.replicas} --clients {args.clients} "
-            f"--seconds {args.seconds:g} --identify-seconds {args.identify_seconds:g} "
+            f"--seconds {args.seconds:g} --rounds {args.rounds} --identify-seconds {args.identify_seconds:g} "
             f"--outage-seconds {args.outage_seconds:g}"
             f"{' --out ' + str(args.out) if args.out else ''}\n\n"
-            f"Machine: {machine()}, load {os.getloadavg()[0]:.2f} at the end. One PostgreSQL, "
-            f"{args.replicas} server processes (FACESEARCH_WORKERS=2 each) and the clients on the same machine.\n\n"
-            + table(rows, ["measure", "value"])
-            + "\n"
+            f"Run {started}. Machine: {machine()}, shared with other jobs: 1-minute load average "
+            f"{load_start:.2f} at the start, {', '.join(f'{x:.1f}' for x in loads)} every 30 s of the load, "
+            f"{', '.join(f'{x:.1f}' for x in tp.loads)} after each throughput pair, {load_end:.2f} at the end. "
+            f"One PostgreSQL, {args.replicas} server processes (FACESEARCH_WORKERS=2 each), the clients and "
+            "then the SQLite server on the same machine.\n\n" + table(rows, ["measure", "value"]) + "\n"
         )
         errors: defaultdict[str, int] = defaultdict(int)
-        for e in tally.enroll_errors + tally.identify_errors + outage.identify_errors:
+        for e in tally.enroll_errors + tally.identify_errors + tally.delete_errors:
             errors[e[:120]] += 1
         if errors:
             text += "\nErrors:\n\n" + "\n".join(f"- {n} x {e}" for e, n in sorted(errors.items())) + "\n"
         if tally.delete_violations:
             text += "\nDeletion violations: " + ", ".join(tally.delete_violations[:20]) + "\n"
+        if check.failures:
+            text += "\nOpen-set failures: " + "; ".join(check.failures) + "\n"
         print(text)
         if args.out:
             args.out.write_text(text)
         for c in clients:
             c.close()
-        ok = equal and not lost and not resurrected and not tally.delete_violations and not outage.identify_errors
+        ok = (
+            equal
+            and check.equal
+            and not lost
+            and not resurrected
+            and not tally.delete_violations
+            and not tally.identify_errors
+        )
         return 0 if ok else 1
     finally:
         for s in servers:
