@@ -298,12 +298,24 @@ def test_deletion_matrix_with_postgresql_replicas(
     job = ["--quiet", "--keep-versions", "20", "--embed-options", "min_face=80", "--workers", "1"]
     _index("build", "--bundle", server_bundle, "--images", tree, "--out", root, *job)
     v1 = str(current_version(root))
+    contract = ModelBundle.load(server_bundle, verify=False).contract_id
+    with IdentityStore.open(root / v1 / STORE_FILE) as vstore:  # what no file under the root may hold at the end
+        secrets = {
+            who: vstore.embeddings_by_ids([f.vector_id for f in vstore.faces_of_identities([who])])
+            for who in (m.x, m.z)
+        }
+        y0 = [f.vector_id for f in vstore.faces_of_identities([m.y]) if Path(str(f.source)).name == m.y_erased_photo]
+        secrets["y0"] = vstore.embeddings_by_ids(y0)
     servers = [_replica(server_bundle, root, logs, pg_dsn, "r1"), _replica(server_bundle, root, logs, pg_dsn, "r2")]
     try:
         with servers[0].client(timeout=120) as c1, servers[1].client(timeout=120) as c2:
             both = (c1, c2)
             h_faces = len(c1.enroll(m.h, people[m.h][:3], name="H", use_largest_face=True).face_ids)
             live = c2.enroll(m.live, people[m.live][:2], name=m.live.replace("_", " "), use_largest_face=True)
+            with PgStore.open(pg_dsn, contract_id=contract, d=128) as store:
+                snap = store.snapshot()
+            secrets["live"] = snap.embeddings[[i for i, f in enumerate(snap.faces) if f.identity_id == m.live]]
+            assert len(secrets["live"]) == len(live.face_ids)
             assert c1.delete_identity(m.live) == len(live.face_ids) > 0  # enrolled on r2, deleted on r1
             x_faces = c2.delete_identity(m.x)
             assert x_faces > 0
@@ -368,10 +380,16 @@ def test_deletion_matrix_with_postgresql_replicas(
         for srv in servers[2:]:
             with srv.client(timeout=120) as c:
                 m.check(c, expected, "restart, prune")
+        for srv in servers[2:]:  # the replicas' caches (checkpoints) are rewritten without the erased
+            assert srv.stop() == 0
     finally:
         for server in servers:
             server.stop()
-    contract = ModelBundle.load(server_bundle, verify=False).contract_id
+    for who, vectors in secrets.items():  # no file under the root holds an erased face's embedding
+        for row in vectors:
+            assert not _found(root, row.tobytes()), f"an embedding of {who} is still under {root}"
+    for who in (m.x, m.z, m.live):
+        assert not _found(root, who.encode()), (who, _found(root, who.encode()))
     with PgStore.open(pg_dsn, contract_id=contract, d=128) as store:
         erased = store.erased()
         for who in (m.x, m.z, m.live):
@@ -382,4 +400,6 @@ def test_deletion_matrix_with_postgresql_replicas(
             assert "delete_identity" in [e.action for e in entries], (who, entries)
             assert all(e.identity_id != who for e in entries), (who, entries)  # prune kept only the digest
         assert "delete_faces" in [e.action for e in store.audit_entries(identity_id=m.y)]
-        assert store.face_count(m.y) in (0, m.y_faces)  # Y's erased face is not among the store's rows
+        assert store.face_count(m.y) == m.y_faces  # Y's erased face is not among the store's rows
+        held = {Path(str(f.source)).name for f in store.snapshot().faces if f.identity_id == m.y}
+        assert m.y_erased_photo not in held, held
