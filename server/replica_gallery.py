@@ -21,6 +21,8 @@ built from photos absorbed nothing of it, so the whole log is replayed). The des
   again once it is back, with no restart. A write committed whose follow-up could not finish (the
   store went away between the two) is UNAVAILABLE ``STORE_OUTCOME_UNKNOWN``: retry (an Enroll with
   the same request id gets the first result, a deletion gets NOT_FOUND).
+* **Failpoints** (``replica.apply``: committed, before this replica's catch-up; ``replica.propagate``:
+  a deletion applied here, before the wait for the others; ``tests/integration/test_pg_crash_points.py``).
 * **Other replicas' changes** arrive through the follower's thread (LISTEN/NOTIFY wake-ups, the
   log's seq to catch up, at the latest every ``poll_s``). Applying a snapshot is idempotent here:
   faces already served are skipped (a snapshot may overlap what an install already applied).

@@ -7,6 +7,10 @@ embeddings of the same photos, new vector ids), and a server of the new model se
 subject is never back: not fetched, listed, verified or matched (by Identify or StreamIdentify; its
 own photos would score ~1.0), Y's erased photo has no face, an Enroll of X is still refused, and all
 of that survives a restart.
+
+With replicas sharing a PostgreSQL store (a second test, not a parametrization: a store holds one model
+contract): the new model's rebuild against the store is refused and publishes nothing, a replica of the
+new model refuses the store, and the old model's replicas never serve the erased subject.
 """
 
 from __future__ import annotations

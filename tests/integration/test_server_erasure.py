@@ -10,6 +10,9 @@
   finds neither the subjects' ids and names nor their embeddings' bytes.
 * Integrity: a published version whose file differs from its manifest is refused at load (logged,
   counted) and the old one keeps serving; a sound version published after it is served.
+* The matrix again with two replicas sharing a PostgreSQL store (issue 14; its differences are in
+  that test's docstring): deletions on either replica, the same rebuild, add, remove, compact,
+  rollbacks, restarts (one by SIGKILL) and prune; the store's ledger and audit log record each erasure.
 """
 
 from __future__ import annotations

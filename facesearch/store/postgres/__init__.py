@@ -19,8 +19,10 @@ Modules (and the tests that cover them; all run against a real PostgreSQL that t
   waits until every replica applied it or is fenced. Tests: ``tests/integration/test_pg_replicas.py``.
 - ``follower``: :class:`LogFollower`: a replica's catch-up (at start, on NOTIFY, every poll, after
   its own writes) and its fence. Tests: ``tests/integration/test_pg_replicas.py``.
-- ``failures``: PostgreSQL errors as ``STORE_UNAVAILABLE`` / ``STORE_OUTCOME_UNKNOWN``. Tests:
-  ``tests/integration/test_pg_faults.py``.
+- ``failures``: PostgreSQL errors as ``STORE_UNAVAILABLE`` / ``STORE_OUTCOME_UNKNOWN``; the failpoints
+  of the write path (``pg.*``, ``replica.*`` in ``facesearch.util.failpoints``). Tests:
+  ``tests/integration/test_pg_faults.py``, ``tests/integration/test_pg_crash_points.py`` (every site
+  killed, broken, stalled in real replicas), ``tests/integration/test_pg_restart_load.py``.
 - ``ledger``: :class:`PgLedger`: the erasure ledger (same records and HMAC digests as
   ``facesearch.store.erasure_ledger``) and the audit log, written in the deletion's own transaction.
   Tests: ``tests/integration/test_pg_store.py``.
@@ -105,7 +107,9 @@ then ``build`` trains a new index over everything the store holds (``build --fro
 snapshot's high water, so replicas hot-swap and drop exactly that tail; ``remove`` deletes through the
 store (as ``DeleteIdentity``), then compacts. ``erase-status``/``unerase``/``audit`` with the store
 (``erasure_status``).
-Not done yet (next sessions): the issue-12 fault and deletion-matrix tests against PostgreSQL; several
+Issue 12's fault and deletion-matrix tests run against the store too: ``test_pg_crash_points.py``, the
+PostgreSQL cases of ``test_server_erasure.py`` and ``test_erasure_model_change.py``.
+Not done yet (next sessions): several
 model contracts in one database (one contract per database today, refused otherwise); the full
 5-minute ``bench/replicas.py`` run; ``facesearch-index audit list`` reading the store's audit log; a
 build from photos also *removing* store faces absent from its input (a build adds; deletions go
