@@ -26,6 +26,7 @@ import ctypes
 import ctypes.util
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 import cv2
 import numpy as np
@@ -39,6 +40,9 @@ from facesearch.vision.detector import Detection, FaceDetector
 from facesearch.vision.embedder import Embedder
 from facesearch.vision.exposure import measure_exposure, normalise_exposure
 from facesearch.vision.landmarks import LandmarkPredictor
+from facesearch.vision.nms import greedy_nms
+from facesearch.vision.proposals import DEFAULT_MAX_PIXELS as DEFAULT_PROPOSAL_PIXELS
+from facesearch.vision.proposals import FaceProposer, Proposal
 from facesearch.vision.quality import FaceQuality, measure_quality
 from facesearch.vision.selection import nearest_centre_index
 
@@ -48,11 +52,36 @@ Box = tuple[float, float, float, float]
 #: face of 5% or more of the short side in 12 MP photos (bench/results/detect_budget.md); what it
 #: states is the nominal 80 px window over the scale, 5.7% of a 4:3 photo's short side.
 DEFAULT_DETECT_PIXELS = 2_600_000
+#: The mode of a config that names none and has a budget (see :class:`DetectorMode`).
+DEFAULT_DETECTOR_MODE = "budget"
 MIN_DETECT_PIXELS = 10_000  # a 100x100 scan: below it no photo could hold a findable face
 #: Scans larger than this (~50 MB of pyramid) trim the heap when done (a few ms).
 TRIM_ABOVE_PIXELS = 1_000_000
 #: Face chips cut between two cancellation checks in :meth:`FacePipeline.align` (~1 ms each).
 ALIGN_CHECK_EVERY = 8
+
+
+#: Cascade: a proposal's face is brought to this many pixels in its MMOD crop (MMOD's window is 80 px;
+#: the margin absorbs BlazeFace's box size error, ~0.75-1.1x of MMOD's, bench/results/cascade.md).
+CASCADE_FACE_PX = 100
+#: Cascade: the side of the square crop MMOD confirms a proposal in (the face and its context).
+CASCADE_CROP_PX = 224
+#: Cascade: an MMOD box belongs to its proposal when its centre lies within the proposal's box
+#: grown by this share of its size on each side.
+CASCADE_CENTRE_MARGIN = 0.25
+
+
+class DetectorMode(StrEnum):
+    """How faces are found (``PipelineConfig.detector_mode``)."""
+
+    #: dlib's exact scan at every size (the parity mode; ``detect_pixels`` is not applied).
+    EXACT = "exact"
+    #: MMOD over the whole photo within ``detect_pixels`` (a scaled copy when the scan would be larger).
+    BUDGET = "budget"
+    #: BlazeFace proposes regions (:mod:`facesearch.vision.proposals`), MMOD confirms each in a small
+    #: crop that puts the face near its window, so the boxes are MMOD's. Photos with no confirmed
+    #: proposal get the BUDGET scan. Bundles without a proposal model run BUDGET.
+    CASCADE = "cascade"
 
 
 def _heap_trimmer() -> Callable[[], object] | None:
@@ -88,10 +117,22 @@ class PipelineConfig:
     #: again in an exposure-normalised copy (boxes from the copy, chips from the photo). None: on
     #: unless ``detect_pixels`` is None (the dlib-parity mode stays exactly dlib's).
     exposure_rescue: bool | None = None
+    #: How faces are found (:class:`DetectorMode`). None: EXACT when ``detect_pixels`` is None (the
+    #: parity mode), else :data:`DEFAULT_DETECTOR_MODE`.
+    detector_mode: DetectorMode | None = None
+    #: Cascade: the most pixels of the proposal network's largest scaled copy (photos above it are
+    #: searched for proposals down to a larger face, as the MMOD budget does).
+    proposal_pixels: int = DEFAULT_PROPOSAL_PIXELS
+
+    @property
+    def mode(self) -> DetectorMode:
+        if self.detector_mode is not None:
+            return self.detector_mode
+        return DetectorMode.EXACT if self.detect_pixels is None else DetectorMode(DEFAULT_DETECTOR_MODE)
 
     @property
     def rescues_exposure(self) -> bool:
-        return self.detect_pixels is not None if self.exposure_rescue is None else self.exposure_rescue
+        return self.mode is not DetectorMode.EXACT if self.exposure_rescue is None else self.exposure_rescue
 
     def __post_init__(self) -> None:
         if self.min_face < 10:
@@ -136,6 +177,9 @@ class FacePipeline:
         self.detector = FaceDetector.from_onnx(
             bundle.path("detector"), bundle.section("detector"), intra_op_threads=threads
         )
+        proposals = bundle.proposals_model() if self.config.mode is DetectorMode.CASCADE else None
+        #: BlazeFace proposals of the cascade; None when the mode is not CASCADE or the bundle has none.
+        self.proposer = None if proposals is None else FaceProposer.from_onnx(*proposals, intra_op_threads=threads)
         self.landmarks = LandmarkPredictor.from_file(bundle.path("landmarks"))
         self.embedder = Embedder(
             bundle.path("embedder"),
@@ -155,7 +199,7 @@ class FacePipeline:
             height,
             min_face=c.min_face if min_face is None else min_face,
             window=min(self.detector.config.window),
-            budget=c.detect_pixels,
+            budget=None if c.mode is DetectorMode.EXACT else c.detect_pixels,
             max_pixels=c.max_detect_pixels,
             requested=min_face is not None,
         )
@@ -170,6 +214,10 @@ class FacePipeline:
         plan = plan or self.plan(width, height)
         if (plan.width, plan.height) != (width, height):
             raise InvalidInputError(f"a plan for {plan.width}x{plan.height} used on a {width}x{height} photo")
+        if self.proposer is not None:
+            found = self.detect_cascade(image, min(float(self.config.min_face), plan.min_face), cancel)
+            if found:
+                return found
         if plan.exact:
             found = self._detect_exposed(
                 image,
@@ -189,6 +237,45 @@ class FacePipeline:
             return found
         exposure = measure_exposure(image)
         return run(normalise_exposure(image, exposure)) if exposure.overexposed else found
+
+    def propose(self, image: np.ndarray, min_face: float) -> list[Proposal]:
+        """The cascade's BlazeFace proposals for a photo (empty when the cascade is off)."""
+        if self.proposer is None:
+            return []
+        return self.proposer.propose(image, min_face, self.config.proposal_pixels)
+
+    def detect_cascade(self, image: np.ndarray, min_face: float, cancel: Checkpoint | None = None) -> list[Detection]:
+        """The cascade (:attr:`DetectorMode.CASCADE`): MMOD detections, best first, in photo pixels, of
+        the faces BlazeFace proposes down to ``min_face``; empty when none is confirmed (or the
+        bundle has no proposal model)."""
+        _check_image(image)
+        checkpoint(cancel, "face proposals")
+        proposals = self.propose(image, min_face)
+        if not proposals:
+            return []
+        crops, transforms = zip(*(_proposal_crop(image, p) for p in proposals), strict=True)
+        checkpoint(cancel, "the cascade's crops")
+        per_crop = self.detector.detect_batch(
+            list(crops), 0, self.config.detection_threshold, exact=False, cancel=cancel
+        )
+        boxes, scores = [], []
+        for proposal, (sx, sy, ox, oy), found in zip(proposals, transforms, per_crop, strict=True):
+            px1, py1, px2, py2 = proposal.box
+            mx, my = CASCADE_CENTRE_MARGIN * (px2 - px1), CASCADE_CENTRE_MARGIN * (py2 - py1)
+            for d in found:
+                box = (d.box[0] / sx + ox, d.box[1] / sy + oy, d.box[2] / sx + ox, d.box[3] / sy + oy)
+                cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+                if px1 - mx <= cx <= px2 + mx and py1 - my <= cy <= py2 + my:
+                    boxes.append(box)
+                    scores.append(d.score)
+        if not boxes:
+            return []
+        order = np.argsort(-np.asarray(scores), kind="stable")
+        rects = np.round(np.asarray(boxes)[order]).astype(np.int64)
+        rects[:, 2:] -= 1  # dlib's inclusive rectangles
+        c = self.detector.config
+        keep = order[greedy_nms(rects, c.nms_iou, c.nms_covered)]
+        return [Detection(boxes[i], scores[i]) for i in keep]
 
     def detect_scan(self, scan: np.ndarray, plan: DetectionPlan, cancel: Checkpoint | None = None) -> list[Detection]:
         """Faces found in a scaled plan's copy (:func:`scan_copy`, or a reduced decode of that size),
@@ -272,6 +359,32 @@ def _check_image(image: np.ndarray) -> None:
         raise InvalidInputError(
             f"image must be HxWx3 uint8 RGB, got {image.dtype} {image.shape}", reason=Reason.IMAGE_LAYOUT
         )
+
+
+def _proposal_crop(image: np.ndarray, proposal: Proposal) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """The square :data:`CASCADE_CROP_PX` crop that holds ``proposal``'s face at :data:`CASCADE_FACE_PX`
+    pixels, centred (black beyond the photo), and how a crop pixel maps back: ``x = x_crop / sx + ox``."""
+    x1, y1, x2, y2 = proposal.box
+    scale = CASCADE_FACE_PX / max(proposal.size, 1.0)
+    half = CASCADE_CROP_PX / (2 * scale)  # the crop's half side in photo pixels
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    h, w = image.shape[:2]
+    left, top = round(cx - half), round(cy - half)
+    right, bottom = round(cx + half), round(cy + half)
+    crop = np.zeros((CASCADE_CROP_PX, CASCADE_CROP_PX, 3), np.uint8)
+    l0, t0, r0, b0 = max(left, 0), max(top, 0), min(right, w), min(bottom, h)
+    if r0 <= l0 or b0 <= t0:
+        return crop, (scale, scale, float(left), float(top))
+    sx = sy = CASCADE_CROP_PX / (right - left)
+    dx0, dy0 = round((l0 - left) * sx), round((t0 - top) * sy)
+    dw = max(1, min(CASCADE_CROP_PX - dx0, round((r0 - l0) * sx)))
+    dh = max(1, min(CASCADE_CROP_PX - dy0, round((b0 - t0) * sy)))
+    region = image[t0:b0, l0:r0]
+    interp = cv2.INTER_AREA if sx < 1 else cv2.INTER_LINEAR
+    crop[dy0 : dy0 + dh, dx0 : dx0 + dw] = cv2.resize(region, (dw, dh), interpolation=interp)
+    # the pasted region spans photo [l0, r0) onto crop [dx0, dx0 + dw): its own scale per axis
+    fx, fy = dw / (r0 - l0), dh / (b0 - t0)
+    return crop, (fx, fy, l0 - dx0 / fx, t0 - dy0 / fy)
 
 
 def _after_scan(plan: DetectionPlan) -> None:

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from export.blazeface import BlazeFaceRange, convert, find_blazeface
+from facesearch.errors import ModelFormatError
 
 litert = pytest.importorskip("ai_edge_litert.interpreter", reason="ai-edge-litert is the TFLite reference (test extra)")
 
@@ -31,7 +32,7 @@ def test_onnx_matches_tflite_interpreter(
 ) -> None:
     try:
         src = find_blazeface(which)
-    except FileNotFoundError as err:
+    except ModelFormatError as err:
         pytest.skip(str(err))
     session = ort.InferenceSession(
         convert(src.path.read_bytes(), metadata={}).SerializeToString(), providers=["CPUExecutionProvider"]
@@ -58,7 +59,7 @@ def test_onnx_matches_tflite_interpreter(
 def test_conversion_is_deterministic() -> None:
     try:
         src = find_blazeface(BlazeFaceRange.SHORT)
-    except FileNotFoundError as err:
+    except ModelFormatError as err:
         pytest.skip(str(err))
     data = src.path.read_bytes()
     a = convert(data, metadata={"k": "v"}).SerializeToString(deterministic=True)

@@ -9,13 +9,14 @@ import pytest
 
 from export.blazeface import BlazeFaceRange, _same_pads, find_blazeface
 from export.tflite_reader import BuiltinOp, Padding, TensorType, TfliteFormatError, read_tflite
+from facesearch.errors import ModelFormatError
 
 
 @pytest.fixture(scope="module")
 def short_range() -> bytes:
     try:
         return find_blazeface(BlazeFaceRange.SHORT).path.read_bytes()
-    except FileNotFoundError as err:
+    except ModelFormatError as err:
         pytest.skip(str(err))
 
 
