@@ -38,7 +38,7 @@ from facesearch.vision.align import face_chip
 from facesearch.vision.detection_plan import DetectionPlan, plan_detection
 from facesearch.vision.detector import Detection, FaceDetector
 from facesearch.vision.embedder import Embedder
-from facesearch.vision.exposure import measure_exposure, normalise_exposure
+from facesearch.vision.exposure import measure_exposure, rescue_copies
 from facesearch.vision.landmarks import LandmarkPredictor
 from facesearch.vision.nms import greedy_nms
 from facesearch.vision.proposals import DEFAULT_MAX_PIXELS as DEFAULT_PROPOSAL_PIXELS
@@ -231,12 +231,17 @@ class FacePipeline:
 
     def _detect_exposed(self, image: np.ndarray, run: Callable[[np.ndarray], list[Detection]]) -> list[Detection]:
         """``run(image)``; when that finds nothing in an overexposed photo (and the config rescues
-        exposure), ``run`` on its exposure-normalised copy (same geometry, so the same boxes)."""
+        exposure), ``run`` on its exposure-normalised copies until one gives a face (:func:`rescue_copies`;
+        same geometry, so the same boxes)."""
         found = run(image)
         if found or not self.config.rescues_exposure:
             return found
         exposure = measure_exposure(image)
-        return run(normalise_exposure(image, exposure)) if exposure.overexposed else found
+        for copy in rescue_copies(image, exposure) if exposure.overexposed else ():
+            found = run(copy)
+            if found:
+                break
+        return found
 
     def propose(self, image: np.ndarray, min_face: float) -> list[Proposal]:
         """The cascade's BlazeFace proposals for a photo (empty when the cascade is off)."""

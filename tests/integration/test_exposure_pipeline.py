@@ -11,12 +11,15 @@ import pytest
 
 from facesearch.bundle.manifest import ModelBundle
 from facesearch.vision.decode import DecodeLimits, load_image
-from facesearch.vision.exposure import measure_exposure
+from facesearch.vision.exposure import measure_exposure, normalise_exposure
 from facesearch.vision.pipeline import FacePipeline, PipelineConfig, nearest_centre
 
 #: The one fixture photo whose face the detector loses once overexposed (found by scanning all
 #: 124 fixture photos; bench/robustness.py measures the same on 600 lfw-dev pairs).
 LOST_WHEN_FLASHED = "Alec_Baldwin/Alec_Baldwin_0003.jpg"
+#: A fixture photo whose face, under a harsher flash (x2.5 + 40), neither the photo nor its darker
+#: copy gives, and the darker copy equalised does (found by scanning all 124 fixture photos).
+LOST_IN_THE_DARKER_COPY = "Alimzhan_Tokhtakhounov/Alimzhan_Tokhtakhounov_0001.jpg"
 
 
 def _overexpose(img: np.ndarray) -> np.ndarray:
@@ -78,3 +81,17 @@ def test_parity_mode_is_unchanged(bundle: ModelBundle, photos: tuple[np.ndarray,
     assert not parity.config.rescues_exposure
     assert parity.detect(flashed) == []
     assert len(parity.detect(clean)) >= 1
+
+
+def test_the_equalised_copy_is_searched_when_the_darker_one_gives_nothing(bundle: ModelBundle, lfw_dir: Path) -> None:
+    clean = load_image(lfw_dir / "images" / LOST_IN_THE_DARKER_COPY, DecodeLimits())
+    flashed = np.clip(np.round(clean.astype(np.float32) * 2.5 + 40), 0, 255).astype(np.uint8)
+    pipe = FacePipeline(bundle, PipelineConfig(threads=2))
+    threshold = pipe.config.detection_threshold
+    assert pipe.detector.detect(flashed, upsample=1, adjust_threshold=threshold) == []
+    darker = normalise_exposure(flashed)
+    assert pipe.detector.detect(darker, upsample=1, adjust_threshold=threshold) == []  # one copy was not enough
+    found = pipe.detect(flashed)
+    assert len(found) == 1
+    x1, y1, x2, y2 = found[0].box
+    assert 80 < (x1 + x2) / 2 < 170 and 80 < (y1 + y2) / 2 < 170  # the central face
