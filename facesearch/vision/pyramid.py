@@ -127,66 +127,103 @@ def _column_samples(n_in: int, n_out: int) -> _AxisSamples:
     return _AxisSamples(lo, hi, frac, n_simd)
 
 
-def _corners(top: np.ndarray, bottom: np.ndarray, cols: _AxisSamples, c0: int, c1: int) -> tuple[np.ndarray, ...]:
-    """The four corner samples ``(tl, tr, bl, br)`` of output columns ``c0:c1``, from gathered rows."""
-    lo, hi = cols.lo[c0:c1], cols.hi[c0:c1]
-    return (
-        np.take(top, lo, axis=-1),
-        np.take(top, hi, axis=-1),
-        np.take(bottom, lo, axis=-1),
-        np.take(bottom, hi, axis=-1),
-    )
+#: Output values (times planes) per block of rows: the gathers, products and sums of a block stay
+#: in the CPU's cache instead of streaming whole-level temporaries through memory.
+_BLOCK_VALUES = 1 << 16
 
 
-def _simd_part(top: np.ndarray, bottom: np.ndarray, rows: _AxisSamples, cols: _AxisSamples) -> np.ndarray:
-    """``((tlf*tl + trf*tr) + blf*bl) + brf*br`` in float32, weights ``(1-ty)(1-tx)``... also float32."""
+def _simd_part(
+    corners: tuple[np.ndarray, ...],
+    *,
+    tb: np.ndarray,
+    inv_tb: np.ndarray,
+    cols: _AxisSamples,
+    acc: np.ndarray,
+    term: np.ndarray,
+) -> None:
+    """``((tlf*tl + trf*tr) + blf*bl) + brf*br`` in float32 into ``acc``, weights ``(1-ty)(1-tx)``...
+    also float32 (``corners``: the samples of the SIMD columns; ``tb``/``inv_tb``: the rows' float32
+    fractions, ``(m, 1)``; ``term``: scratch)."""
     n = cols.n_simd
-    tb = rows.frac.astype(_F32)[:, None]
-    inv_tb = (1.0 - rows.frac).astype(_F32)[:, None]
     lr = cols.frac[:n].astype(_F32)[None, :]
     inv_lr = _F32(1.0) - lr
-    lo, hi = cols.lo[:n], cols.hi[:n]
-    acc = np.multiply(np.take(top, lo, axis=-1), inv_tb * inv_lr, dtype=_F32)
-    term = np.multiply(np.take(top, hi, axis=-1), inv_tb * lr, dtype=_F32)
+    tl, tr, bl, br = corners
+    np.multiply(tl, inv_tb * inv_lr, out=acc, dtype=_F32)
+    np.multiply(tr, inv_tb * lr, out=term, dtype=_F32)
     acc += term
-    np.multiply(np.take(bottom, lo, axis=-1), tb * inv_lr, out=term, dtype=_F32)
+    np.multiply(bl, tb * inv_lr, out=term, dtype=_F32)
     acc += term
-    np.multiply(np.take(bottom, hi, axis=-1), tb * lr, out=term, dtype=_F32)
+    np.multiply(br, tb * lr, out=term, dtype=_F32)
     acc += term
-    return acc
 
 
-def _resize(src: np.ndarray, out_h: int, out_w: int, out_dtype: type) -> np.ndarray:
-    rows = _row_samples(src.shape[-2], out_h)
-    cols = _column_samples(src.shape[-1], out_w)
-    top, bottom = np.take(src, rows.lo, axis=-2), np.take(src, rows.hi, axis=-2)
+def _tail_part(
+    corners: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    frac: np.ndarray,
+    cols: _AxisSamples,
+    out_dtype: type,
+) -> np.ndarray:
+    """The scalar (double) columns after the SIMD groups, for rows with fractions ``frac`` (``(m, 1)``)."""
     n = cols.n_simd
-    if n == out_w and out_dtype is _F32:
-        return _simd_part(top, bottom, rows, cols)
-    out = np.empty((*src.shape[:-2], out_h, out_w), dtype=out_dtype)
-    if n:
-        # uint8: simd4i(float) truncates (the values are >= 0, so the cast's truncation matches)
-        out[..., :n] = _simd_part(top, bottom, rows, cols)
-    if n == out_w:
-        return out
-    tb = rows.frac[:, None]
-    if out_dtype is _F32:  # scalar tail: float lr_frac and pixels, double tb_frac; rounded once to float
-        tl, tr, bl, br = _corners(top, bottom, cols, n, out_w)
+    tl, tr, bl, br = corners
+    if out_dtype is _F32:  # float lr_frac and pixels, double tb_frac; rounded once to float
         lr = cols.frac[n:].astype(_F32)[None, :]
         inv_lr = _F32(1.0) - lr
         upper = (inv_lr * tl + lr * tr).astype(np.float64)
         lower = (inv_lr * bl + lr * br).astype(np.float64)
-        out[..., n:] = (1.0 - tb) * upper + tb * lower
-    else:  # scalar tail, all double, static_cast<unsigned char>: truncation
-        tl, tr, bl, br = (c.astype(np.float64) for c in _corners(top, bottom, cols, n, out_w))
-        lr = cols.frac[n:][None, :]
-        out[..., n:] = (1.0 - tb) * ((1.0 - lr) * tl + lr * tr) + tb * ((1.0 - lr) * bl + lr * br)
+        return (1.0 - frac) * upper + frac * lower
+    # all double, static_cast<unsigned char>: truncation
+    tl, tr, bl, br = (c.astype(np.float64) for c in (tl, tr, bl, br))
+    lr64 = cols.frac[n:][None, :]
+    return (1.0 - frac) * ((1.0 - lr64) * tl + lr64 * tr) + frac * ((1.0 - lr64) * bl + lr64 * br)
+
+
+def _resize(src: np.ndarray, out_h: int, out_w: int, out_dtype: type, out: np.ndarray | None = None) -> np.ndarray:
+    """dlib's bilinear resize of planes ``(..., H, W)``, a block of output rows at a time, into
+    ``out`` (a new array when None; may be a view, e.g. a level's place in the pyramid tensor).
+
+    Same arithmetic as dlib, gathered in another order: a block's source rows are gathered at the
+    output columns' left and right samples once (each source row serves about two output rows),
+    then the corners are whole-row copies of those."""
+    rows = _row_samples(src.shape[-2], out_h)
+    cols = _column_samples(src.shape[-1], out_w)
+    if out is None:
+        out = np.empty((*src.shape[:-2], out_h, out_w), dtype=out_dtype)
+    n = cols.n_simd
+    tb_all = rows.frac.astype(_F32)[:, None]
+    inv_tb_all = (1.0 - rows.frac).astype(_F32)[:, None]
+    frac_all = rows.frac[:, None]
+    planes = int(np.prod(src.shape[:-2], dtype=np.int64))
+    block = max(1, _BLOCK_VALUES // max(1, planes * out_w))
+    acc = np.empty((*src.shape[:-2], min(block, out_h), n), dtype=_F32)
+    term = np.empty_like(acc)
+    direct = out_dtype is _F32  # float output: the sums land in place; uint8: truncated on copy
+    for r0 in range(0, out_h, block):
+        r1 = min(out_h, r0 + block)
+        m = r1 - r0
+        s0, s1 = int(rows.lo[r0]), int(rows.hi[r1 - 1]) + 1  # the block's source rows (monotonic)
+        source = src[..., s0:s1, :]
+        left, right = np.take(source, cols.lo, axis=-1), np.take(source, cols.hi, axis=-1)
+        lo, hi = rows.lo[r0:r1] - s0, rows.hi[r0:r1] - s0
+        tl, tr = np.take(left, lo, axis=-2), np.take(right, lo, axis=-2)
+        bl, br = np.take(left, hi, axis=-2), np.take(right, hi, axis=-2)
+        if n:
+            target = out[..., r0:r1, :n] if direct else acc[..., :m, :]
+            simd = (tl[..., :n], tr[..., :n], bl[..., :n], br[..., :n])
+            _simd_part(simd, tb=tb_all[r0:r1], inv_tb=inv_tb_all[r0:r1], cols=cols, acc=target, term=term[..., :m, :])
+            if not direct:
+                # simd4i(float) truncates (the values are >= 0, so the cast's truncation matches)
+                out[..., r0:r1, :n] = target
+        if n < out_w:
+            tail = (tl[..., n:], tr[..., n:], bl[..., n:], br[..., n:])
+            out[..., r0:r1, n:] = _tail_part(tail, frac_all[r0:r1], cols, out_dtype)
     return out
 
 
-def resize_float_planes(src: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
-    """dlib ``resize_image`` of float32 planes ``(..., H, W)`` to ``(..., out_h, out_w)``."""
-    return _resize(src, out_h, out_w, _F32)
+def resize_float_planes(src: np.ndarray, out_h: int, out_w: int, out: np.ndarray | None = None) -> np.ndarray:
+    """dlib ``resize_image`` of float32 planes ``(..., H, W)`` to ``(..., out_h, out_w)`` (into ``out``
+    when given: a float32 array or view of that shape, not overlapping ``src``)."""
+    return _resize(src, out_h, out_w, _F32, out)
 
 
 def resize_u8_planes(src: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
@@ -317,17 +354,23 @@ def build_pyramid_tensor(
     if not layout.rects:
         return out
     mean = np.asarray(avg_rgb, dtype=_F32).reshape(1, 3, 1, 1)
-    level = np.subtract(planes, mean, dtype=_F32)
-    level *= _F32(1.0 / 256.0)  # exact: a power of two
     if not exact:
+        level = np.subtract(planes, mean, dtype=_F32)
+        level *= _F32(1.0 / 256.0)  # exact: a power of two
         for n in range(planes.shape[0]):
             _fast_levels(level[n], layout, out[n], cancel)
         return out
-    for i, r in enumerate(layout.rects):
-        if i:
+    # each level is written in its place in the tensor and the next one resized from there
+    previous = None
+    for r in layout.rects:
+        level = out[:, :, r.top : r.bottom + 1, r.left : r.right + 1]
+        if previous is None:
+            np.subtract(planes, mean, out=level, dtype=_F32)
+            level *= _F32(1.0 / 256.0)  # exact: a power of two
+        else:
             checkpoint(cancel, "a pyramid level")
-            level = resize_float_planes(level, r.height, r.width)
-        out[:, :, r.top : r.bottom + 1, r.left : r.right + 1] = level
+            resize_float_planes(previous, r.height, r.width, out=level)
+        previous = level
     return out
 
 
