@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -54,7 +55,8 @@ Box = tuple[float, float, float, float]
 DEFAULT_DETECT_PIXELS = 2_600_000
 #: The mode of a config that names none and has a budget (see :class:`DetectorMode`).
 DEFAULT_DETECTOR_MODE = "budget"
-MIN_DETECT_PIXELS = 10_000  # a 100x100 scan: below it no photo could hold a findable face
+MIN_DETECT_PIXELS = 10_000
+MIN_PROPOSAL_PIXELS = 256  # a 16x16 copy: the proposal network's smallest input  # a 100x100 scan: below it no photo could hold a findable face
 #: Scans larger than this (~50 MB of pyramid) trim the heap when done (a few ms).
 TRIM_ABOVE_PIXELS = 1_000_000
 #: Face chips cut between two cancellation checks in :meth:`FacePipeline.align` (~1 ms each).
@@ -139,6 +141,10 @@ class PipelineConfig:
             raise InvalidInputError(f"min_face must be >= 10 px, got {self.min_face}", reason=Reason.BAD_CONFIG)
         if self.max_batch < 1:
             raise InvalidInputError(f"max_batch must be >= 1, got {self.max_batch}", reason=Reason.BAD_CONFIG)
+        if self.proposal_pixels < MIN_PROPOSAL_PIXELS:
+            raise InvalidInputError(
+                f"proposal_pixels must be >= {MIN_PROPOSAL_PIXELS}, got {self.proposal_pixels}", reason=Reason.BAD_CONFIG
+            )
         for name in ("detect_pixels", "max_detect_pixels"):
             value = getattr(self, name)
             if value is not None and value < MIN_DETECT_PIXELS:
@@ -215,7 +221,8 @@ class FacePipeline:
         if (plan.width, plan.height) != (width, height):
             raise InvalidInputError(f"a plan for {plan.width}x{plan.height} used on a {width}x{height} photo")
         if self.proposer is not None:
-            found = self.detect_cascade(image, min(float(self.config.min_face), plan.min_face), cancel)
+            base = 2.0**plan.upsample if plan.exact else plan.scale
+            found = self.detect_cascade(image, min(float(self.config.min_face), plan.min_face), cancel, base)
             if found:
                 return found
         if plan.exact:
@@ -249,16 +256,21 @@ class FacePipeline:
             return []
         return self.proposer.propose(image, min_face, self.config.proposal_pixels)
 
-    def detect_cascade(self, image: np.ndarray, min_face: float, cancel: Checkpoint | None = None) -> list[Detection]:
+    def detect_cascade(
+        self, image: np.ndarray, min_face: float, cancel: Checkpoint | None = None, base_scale: float = 1.0
+    ) -> list[Detection]:
         """The cascade (:attr:`DetectorMode.CASCADE`): MMOD detections, best first, in photo pixels, of
         the faces BlazeFace proposes down to ``min_face``; empty when none is confirmed (or the
-        bundle has no proposal model)."""
+        bundle has no proposal model). ``base_scale`` is the scale of the scan the photo's plan would
+        run (2 ** upsample, or a budget copy's scale): crops are scaled by it times a power of MMOD's
+        pyramid ratio 5/6, so MMOD sees each face at one of the scan's own pyramid scales."""
         _check_image(image)
         checkpoint(cancel, "face proposals")
         proposals = self.propose(image, min_face)
         if not proposals:
             return []
-        crops, transforms = zip(*(_proposal_crop(image, p) for p in proposals), strict=True)
+        fill = tuple(round(v) for v in self.detector.config.avg_rgb)  # what the scan's padding is
+        crops, transforms = zip(*(_proposal_crop(image, p, base_scale, fill) for p in proposals), strict=True)
         checkpoint(cancel, "the cascade's crops")
         per_crop = self.detector.detect_batch(
             list(crops), 0, self.config.detection_threshold, exact=False, cancel=cancel
@@ -366,17 +378,24 @@ def _check_image(image: np.ndarray) -> None:
         )
 
 
-def _proposal_crop(image: np.ndarray, proposal: Proposal) -> tuple[np.ndarray, tuple[float, float, float, float]]:
-    """The square :data:`CASCADE_CROP_PX` crop that holds ``proposal``'s face at :data:`CASCADE_FACE_PX`
-    pixels, centred (black beyond the photo), and how a crop pixel maps back: ``x = x_crop / sx + ox``."""
+def _proposal_crop(
+    image: np.ndarray, proposal: Proposal, base_scale: float = 1.0, fill: tuple[int, ...] = (0, 0, 0)
+) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """The square :data:`CASCADE_CROP_PX` crop that holds ``proposal``'s face centred (``fill`` beyond the
+    photo: the detector's mean colour, which its input normalisation turns into the zero the scan's
+    pyramid pads with) at :data:`CASCADE_FACE_PX` to 1.2 times that many pixels: the photo scaled by ``base_scale``
+    times a power of 5/6 (MMOD's pyramid ratio). Returns it and how a crop pixel maps back:
+    ``x = x_crop / sx + ox``."""
     x1, y1, x2, y2 = proposal.box
-    scale = CASCADE_FACE_PX / max(proposal.size, 1.0)
+    ratio = base_scale * max(proposal.size, 1.0) / CASCADE_FACE_PX
+    scale = base_scale * (5 / 6) ** math.floor(math.log(ratio) / math.log(6 / 5) + 1e-9)
     half = CASCADE_CROP_PX / (2 * scale)  # the crop's half side in photo pixels
     cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
     h, w = image.shape[:2]
     left, top = round(cx - half), round(cy - half)
     right, bottom = round(cx + half), round(cy + half)
-    crop = np.zeros((CASCADE_CROP_PX, CASCADE_CROP_PX, 3), np.uint8)
+    crop = np.empty((CASCADE_CROP_PX, CASCADE_CROP_PX, 3), np.uint8)
+    crop[:] = fill
     l0, t0, r0, b0 = max(left, 0), max(top, 0), min(right, w), min(bottom, h)
     if r0 <= l0 or b0 <= t0:
         return crop, (scale, scale, float(left), float(top))
