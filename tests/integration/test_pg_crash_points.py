@@ -11,8 +11,10 @@ The matrix is generated from the declarations (a new PostgreSQL site is covered 
 * ``eio`` at every site (a connection to PostgreSQL broken there; every operation reaching it, on one
   ``rf``): the call fails UNAVAILABLE with the site's reason (``STORE_UNAVAILABLE`` when nothing was
   committed, ``STORE_OUTCOME_UNKNOWN`` when it may have been), then the retry on ``r0``;
-* ``slow`` at every site (the append lock held, or the catch-up or the wait delayed): every operation
-  succeeds, and an Enroll racing one of ``r0`` for the same new identity: exactly one creates it.
+* ``slow`` at every site an Enroll reaches (the append lock held, the reply or the catch-up delayed):
+  an Enroll racing one of ``r0`` for the same new identity: exactly one creates it, the other gets
+  IDENTITY_EXISTS. (A stall in a deletion's windows only delays its reply: what can go wrong there is
+  what the kill and eio cases and the retried-deletion test below cover.)
 
 After each: every acknowledged enrollment is on both replicas with exactly its face ids (and the
 store's log holds it once: a retried request id is never applied twice), nothing whose deletion was
@@ -149,8 +151,8 @@ def cluster(
         cl = Cluster(server_bundle, work / "index", work / "logs", dsn, r0=None, photos=[])  # type: ignore[arg-type]
         r0 = cl.r0 = cl.replica("r0")
         with r0.client(timeout=120) as c:  # photos Enroll accepts (some LFW photos fail its blur gate)
-            for i, photos in enumerate(people.values()):
-                r = c.enroll(f"probe-{i}", photos[:5], use_largest_face=True)
+            for i, photos in enumerate(list(people.values())[:6]):
+                r = c.enroll(f"probe-{i}", photos[:3], use_largest_face=True)
                 good = [photos[x.index] for x in r.images if x.accepted]
                 if len(good) >= 2:
                     cl.photos.append(good)
@@ -329,47 +331,31 @@ def test_a_broken_connection_at_the_failpoint_is_an_error_with_a_reason_never_a_
     cl.stop_rf()
 
 
-@pytest.mark.parametrize("site", [s.name for s in PG_SITES])
-def test_a_stalled_failpoint_delays_but_loses_nothing_and_two_creates_make_one(site: str, cluster: Cluster) -> None:
+@pytest.mark.parametrize("site", [s.name for s in PG_SITES if Operation.ENROLL in s.operations])
+def test_a_stalled_failpoint_delays_but_two_creates_still_make_one(site: str, cluster: Cluster) -> None:
     cl = cluster
-    ops = failpoints.SITES[site].operations
     rf = cl.start_rf(f"{site}:slow")
-    for op in ops:
-        name = _name("s", site, op)
-        if op is Operation.ENROLL:  # rf (stalled at the site) and r0 create the same identity at once
-            photos = cl.pair()
-            outcomes: dict[str, object] = {}
+    name = _name("s", site)
+    photos = cl.pair()
+    outcomes: dict[str, object] = {}
 
-            def create(
-                srv: ServerProcess,
-                key: str,
-                photos: list[Path] = photos,
-                name: str = name,
-                outcomes: dict[str, object] = outcomes,
-            ) -> None:
-                with srv.client(timeout=120) as c:
-                    try:
-                        outcomes[key] = c.enroll(name, photos, use_largest_face=True, create_only=True)
-                    except AlreadyExistsError as err:
-                        outcomes[key] = err
+    def create(srv: ServerProcess, key: str) -> None:  # rf (stalled at the site) and r0 at once
+        with srv.client(timeout=120) as c:
+            try:
+                outcomes[key] = c.enroll(name, photos, use_largest_face=True, create_only=True)
+            except AlreadyExistsError as err:
+                outcomes[key] = err
 
-            threads = [threading.Thread(target=create, args=x) for x in ((rf, "rf"), (cl.r0, "r0"))]
-            for th in threads:
-                th.start()
-            for th in threads:
-                th.join()
-            refused = [o for o in outcomes.values() if isinstance(o, AlreadyExistsError)]
-            made = [o for o in outcomes.values() if not isinstance(o, AlreadyExistsError)]
-            assert len(refused) == 1 and refused[0].reason == "IDENTITY_EXISTS" and len(made) == 1, outcomes
-            assert cl.log_count(name, "enroll") == 1
-            _present(cl, name, set(made[0].face_ids), photos[0])  # type: ignore[attr-defined]
-            continue
-        t = _enrolled(cl, name)
-        assert _attempt(rf, op, t, "") is None
-        if op is Operation.DELETE_IDENTITY:
-            _gone(cl, name, t.photos)
-        else:
-            _face_gone(cl, name, t.faces[0], {t.faces[1]}, t.photos[1])
+    threads = [threading.Thread(target=create, args=x) for x in ((rf, "rf"), (cl.r0, "r0"))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    refused = [o for o in outcomes.values() if isinstance(o, AlreadyExistsError)]
+    made = [o for o in outcomes.values() if not isinstance(o, AlreadyExistsError)]
+    assert len(refused) == 1 and refused[0].reason == "IDENTITY_EXISTS" and len(made) == 1, outcomes
+    assert cl.log_count(name, "enroll") == 1
+    _present(cl, name, set(made[0].face_ids), photos[0])  # type: ignore[attr-defined]
     cl.stop_rf()
 
 
