@@ -119,7 +119,8 @@ def main() -> None:
         "```",
         "",
         f"Machine: {machine()} (shared with other jobs: compare the ratios, measured in the same run). "
-        f"Composed photos, seed {SEED}; one onnxruntime thread per session; first call a warm-up, then best of 2, p50 over photos.",
+        f"Composed photos, seed {SEED}; one onnxruntime thread per session; first call a warm-up, "
+        "then best of 2, p50 over photos.",
         "",
         "## detect latency (ms, p50)",
         "",

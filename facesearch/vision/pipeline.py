@@ -55,8 +55,8 @@ Box = tuple[float, float, float, float]
 DEFAULT_DETECT_PIXELS = 2_600_000
 #: The mode of a config that names none and has a budget (see :class:`DetectorMode`).
 DEFAULT_DETECTOR_MODE = "budget"
-MIN_DETECT_PIXELS = 10_000
-MIN_PROPOSAL_PIXELS = 256  # a 16x16 copy: the proposal network's smallest input  # a 100x100 scan: below it no photo could hold a findable face
+MIN_DETECT_PIXELS = 10_000  # a 100x100 scan: below it no photo could hold a findable face
+MIN_PROPOSAL_PIXELS = 256  # a 16x16 copy: the proposal network's smallest input
 #: Scans larger than this (~50 MB of pyramid) trim the heap when done (a few ms).
 TRIM_ABOVE_PIXELS = 1_000_000
 #: Face chips cut between two cancellation checks in :meth:`FacePipeline.align` (~1 ms each).
@@ -143,7 +143,8 @@ class PipelineConfig:
             raise InvalidInputError(f"max_batch must be >= 1, got {self.max_batch}", reason=Reason.BAD_CONFIG)
         if self.proposal_pixels < MIN_PROPOSAL_PIXELS:
             raise InvalidInputError(
-                f"proposal_pixels must be >= {MIN_PROPOSAL_PIXELS}, got {self.proposal_pixels}", reason=Reason.BAD_CONFIG
+                f"proposal_pixels must be >= {MIN_PROPOSAL_PIXELS}, got {self.proposal_pixels}",
+                reason=Reason.BAD_CONFIG,
             )
         for name in ("detect_pixels", "max_detect_pixels"):
             value = getattr(self, name)
