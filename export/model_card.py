@@ -138,6 +138,8 @@ def build_card(
                 "base_weights": base_licence or "dlib models by Davis King: public domain",
                 "fine_tuned_weights": "derived from the base weights and the training data; the data's "
                 "terms (e.g. LFW: research use) apply",
+                # the detection cascade's proposal network, when the bundle ships one
+                "proposals": (manifest.get("proposals") or {}).get("licence"),
             },
         }
     )
@@ -211,6 +213,7 @@ def render_markdown(card: dict[str, Any]) -> str:
         "",
         f"- base weights: {card['licence']['base_weights']}",
         f"- fine-tuned weights: {card['licence']['fine_tuned_weights']}",
+        *([f"- face proposals: {card['licence']['proposals']}"] if card["licence"].get("proposals") else []),
         "",
     ]
     return "\n".join(lines)
