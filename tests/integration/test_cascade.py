@@ -63,9 +63,7 @@ def test_cascade_finds_the_mmod_faces(
     faces = 0
     for path in group_photos + lfw_images[::20]:
         image = decode_image(path.read_bytes())
-        plan = cascade.plan(image.shape[1], image.shape[0])
-        base = 2.0**plan.upsample if plan.exact else plan.scale  # crops on the scan's pyramid scales
-        found = cascade.detect_cascade(image, min_face, base_scale=base)
+        found = cascade.detect_cascade(image, min_face)
         full = scan.detect(image)
         for d in found:
             inside = _inside(d, image)
