@@ -10,8 +10,9 @@ killed jobs, a live journal left from before the store, the byte scan with an id
 * the store's tables: face rows (embeddings) of an erased subject (none after a deletion, which
   deletes them in its transaction); identity rows, change log entries and tombstones that name an
   erased identity (a deleted identity's row keeps its id until the log is pruned past it:
-  ``compact`` then ``prune --keep 1``); audit rows still naming an erased identity (rewritten to the
-  ledger's digest by a replica's next expiry run, within ``FACESEARCH_STORE_EXPIRE_S``, or by
+  ``compact`` then ``prune --keep 1``); audit rows still naming an erased identity (the deletion
+  rewrites them to the ledger's digest in its own transaction; rows an older release left named are
+  rewritten by a replica's next expiry run, within ``FACESEARCH_STORE_EXPIRE_S``, or by
   ``compact``/``prune``).
 
 The rows are read, not the database's files: PostgreSQL keeps deleted rows in its data files until
@@ -95,8 +96,8 @@ def _store_rows(store: PgStore, erased: ErasureSet, records: list[Erasure], hold
     what = {
         "changes": "change log entries naming the identity (pruned with the log: compact, then prune)",
         "tombstones": "tombstones naming the identity (pruned with the log: compact, then prune)",
-        "audit_log": "audit rows naming the identity; pending: rewritten to the ledger's digest by a replica within "
-        "FACESEARCH_STORE_EXPIRE_S (default 300 s), or by compact / prune",
+        "audit_log": "audit rows naming the identity (left by an older release); pending: rewritten to the ledger's "
+        "digest by a replica within FACESEARCH_STORE_EXPIRE_S (default 300 s), or by compact / prune",
     }
     for name, rows in named.items():
         for identity_id, n in rows:

@@ -10,9 +10,11 @@ durable together or not at all.
 The audit log (who enrolled, deleted, erased or unerased whom, when, by which change) is never
 pruned with the change log. An erased identity's rows keep only the ledger's digest of its id
 (``identity_id`` NULL, ``detail.subject`` the digest), as the SQLite audit log's do: the deletion
-writes them with the id, and :meth:`PgLedger.pseudonymise_erased` rewrites them (run by every
-expiry of :mod:`facesearch.store.postgres.retention`: a replica's every ``FACESEARCH_STORE_EXPIRE_S``,
-``compact`` and ``prune``). :meth:`PgLedger.audit_entries` of an identity finds them by digest too.
+rewrites them in its own transaction (:meth:`PgLedger.pseudonymise`), so no row names an erased
+identity once the deletion commits; :meth:`PgLedger.pseudonymise_erased` finishes the rewrite for rows
+an older release left named (run by every expiry of :mod:`facesearch.store.postgres.retention`: a
+replica's every ``FACESEARCH_STORE_EXPIRE_S``, ``compact`` and ``prune``).
+:meth:`PgLedger.audit_entries` of an identity finds them by digest too.
 """
 
 from __future__ import annotations
@@ -133,10 +135,15 @@ class PgLedger:
             ).fetchall()
             for (identity_id,) in named:
                 if erased.identity_erased(identity_id):
-                    cur = conn.execute(
-                        "UPDATE audit_log SET identity_id = NULL, detail = detail || jsonb_build_object('subject', "
-                        "%s::text) WHERE identity_id = %s",
-                        (self.digester.subject(identity_id), identity_id),
-                    )
-                    changed += int(cur.rowcount)
+                    changed += self.pseudonymise(conn, identity_id)
         return changed
+
+    def pseudonymise(self, conn: psycopg.Connection[Any], identity_id: str) -> int:
+        """Rewrite every audit row of ``identity_id`` to keep only its digest, in the caller's
+        transaction (the deletion's: its own row included); returns the rows changed."""
+        cur = conn.execute(
+            "UPDATE audit_log SET identity_id = NULL, detail = detail || jsonb_build_object('subject', "
+            "%s::text) WHERE identity_id = %s",
+            (self.digester.subject(identity_id), identity_id),
+        )
+        return int(cur.rowcount)

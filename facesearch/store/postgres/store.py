@@ -410,6 +410,7 @@ class PgStore:
                 principal=principal,
                 detail={"faces": len(vids), "via": via},
             )
+            self.ledger.pseudonymise(conn, identity_id)  # no audit row names an erased identity
         return Deleted(seq, tuple(vids))
 
     def delete_faces(
