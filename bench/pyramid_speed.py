@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import subprocess
+import sys
 import time
 import types
 from pathlib import Path
@@ -37,6 +38,7 @@ def _reference_module(rev: str) -> types.ModuleType:
         ["git", "show", f"{rev}:facesearch/vision/pyramid.py"], cwd=REPO, check=True, capture_output=True, text=True
     ).stdout
     module = types.ModuleType("pyramid_before")
+    sys.modules[module.__name__] = module  # dataclasses look their module up
     exec(compile(source, f"{rev}:facesearch/vision/pyramid.py", "exec"), module.__dict__)
     return module
 
@@ -76,18 +78,18 @@ def main(argv: list[str] | None = None) -> int:
                     t_up = 0.0
                     for _ in range(up):
                         src = upped
-                        t0 = time.perf_counter()
+                        t0 = time.thread_time()
                         upped = module.pyramid_up_planes(src)
-                        t_up += (time.perf_counter() - t0) * 1e3
+                        t_up += (time.thread_time() - t0) * 1e3
                     layout = after_module.tiled_pyramid_layout(
                         upped.shape[2], upped.shape[3], cfg.rate_down, cfg.padding, cfg.outer_padding
                     )
-                    t0 = time.perf_counter()
+                    t0 = time.thread_time()
                     tensor = module.build_pyramid_tensor(upped, cfg.avg_rgb, layout)
-                    t_exact = (time.perf_counter() - t0) * 1e3
-                    t0 = time.perf_counter()
+                    t_exact = (time.thread_time() - t0) * 1e3
+                    t0 = time.thread_time()
                     module.build_pyramid_tensor(upped, cfg.avg_rgb, layout, exact=False)
-                    t_fast = (time.perf_counter() - t0) * 1e3
+                    t_fast = (time.thread_time() - t0) * 1e3
                     times.setdefault((label, "upsample", name), []).append(t_up)
                     times.setdefault((label, "exact pyramid", name), []).append(t_exact)
                     times.setdefault((label, "fast pyramid", name), []).append(t_fast)
@@ -96,9 +98,9 @@ def main(argv: list[str] | None = None) -> int:
                 mismatches += not np.array_equal(got["before"][1].view(np.int32), got["after"][1].view(np.int32))
                 if k == 0:
                     prepared = det.prepare([scan], up, exact=True)
-                    t0 = time.perf_counter()
+                    t0 = time.thread_time()
                     det.forward(prepared)
-                    t_net = (time.perf_counter() - t0) * 1e3
+                    t_net = (time.thread_time() - t0) * 1e3
                     times.setdefault((label, "network", "after"), []).append(t_net)
                     times.setdefault((label, "network", "before"), []).append(t_net)
     rows = []
@@ -106,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         med = {(s, n): float(np.median(times[(label, s, n)])) for s in stages for n in ("before", "after")}
         for s in stages:
             b, a = med[(s, "before")], med[(s, "after")]
-            rows.append([label, s, f"{b:.1f}", f"{a:.1f}", f"{a / b:.2f}" if s != "network" else "(same)"])
+            ratio = "(same)" if s == "network" else (f"{a / b:.2f}" if b > 0 else "-")
+            rows.append([label, s, f"{b:.1f}", f"{a:.1f}", ratio])
         for mode, pyr in (("exact (parity, and photos <= 0.65 MP)", "exact pyramid"), ("fast pyramid", "fast pyramid")):
             if mode.startswith("fast") and label != "1920x1080 (scan copy)":
                 continue
@@ -123,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Before: facesearch/vision/pyramid.py at {args.reference}; after: the working tree. Median ms over "
         f"{args.photos} LFW photos x {args.rounds} rounds, before and after alternating in each round on the "
         "same arrays; network: onnxruntime, 1 thread, once per photo on the same tensor (not changed). "
+        "Times are CPU time of the calling thread (time.thread_time: on this shared machine wall time "
+        "swings 2-5x with the other jobs; CPU time still varies some with them). "
         "Scans: " + "; ".join(f"{k}: {v}" for k, v in shapes.items()) + ".",
         "",
         table(rows, ["photo", "stage", "before ms", "after ms", "after / before"]),

@@ -130,6 +130,9 @@ def _column_samples(n_in: int, n_out: int) -> _AxisSamples:
 #: Output values (times planes) per block of rows: the gathers, products and sums of a block stay
 #: in the CPU's cache instead of streaming whole-level temporaries through memory.
 _BLOCK_VALUES = 1 << 16
+#: A float resize of at most this many output values (times planes) is done in one piece
+#: (:func:`_resize_small_float`; LFW's levels: blocks were slower there, bench/results/pyramid_speed.md).
+_SMALL_FLOAT_VALUES = 1 << 20
 
 
 def _simd_part(
@@ -194,6 +197,8 @@ def _resize(src: np.ndarray, out_h: int, out_w: int, out_dtype: type, out: np.nd
     inv_tb_all = (1.0 - rows.frac).astype(_F32)[:, None]
     frac_all = rows.frac[:, None]
     planes = int(np.prod(src.shape[:-2], dtype=np.int64))
+    if out_dtype is _F32 and planes * out_h * out_w <= _SMALL_FLOAT_VALUES:
+        return _resize_small_float(src, rows, cols, out)
     block = max(1, _BLOCK_VALUES // max(1, planes * out_w))
     acc = np.empty((*src.shape[:-2], min(block, out_h), n), dtype=_F32)
     term = np.empty_like(acc)
@@ -217,6 +222,38 @@ def _resize(src: np.ndarray, out_h: int, out_w: int, out_dtype: type, out: np.nd
         if n < out_w:
             tail = (tl[..., n:], tr[..., n:], bl[..., n:], br[..., n:])
             out[..., r0:r1, n:] = _tail_part(tail, frac_all[r0:r1], cols, out_dtype)
+    return out
+
+
+def _resize_small_float(src: np.ndarray, rows: _AxisSamples, cols: _AxisSamples, out: np.ndarray | None) -> np.ndarray:
+    """:func:`_resize` of a small float level in one piece: the output rows gathered, then their four
+    corners (at this size the blocks' bookkeeping costs more than the cache saves)."""
+    out_h, out_w, n = rows.lo.shape[0], cols.lo.shape[0], cols.n_simd
+    top, bottom = np.take(src, rows.lo, axis=-2), np.take(src, rows.hi, axis=-2)
+    lr = cols.frac[:n].astype(_F32)[None, :]
+    inv_lr = _F32(1.0) - lr
+    tb, inv_tb = rows.frac.astype(_F32)[:, None], (1.0 - rows.frac).astype(_F32)[:, None]
+    acc = np.multiply(np.take(top, cols.lo[:n], axis=-1), inv_tb * inv_lr, dtype=_F32)
+    term = np.multiply(np.take(top, cols.hi[:n], axis=-1), inv_tb * lr, dtype=_F32)
+    acc += term
+    np.multiply(np.take(bottom, cols.lo[:n], axis=-1), tb * inv_lr, out=term, dtype=_F32)
+    acc += term
+    np.multiply(np.take(bottom, cols.hi[:n], axis=-1), tb * lr, out=term, dtype=_F32)
+    acc += term
+    if n == out_w and out is None:
+        return acc
+    if out is None:
+        out = np.empty((*src.shape[:-2], out_h, out_w), dtype=_F32)
+    out[..., :n] = acc
+    if n < out_w:
+        lo, hi = cols.lo[n:], cols.hi[n:]
+        corners = (
+            np.take(top, lo, axis=-1),
+            np.take(top, hi, axis=-1),
+            np.take(bottom, lo, axis=-1),
+            np.take(bottom, hi, axis=-1),
+        )
+        out[..., n:] = _tail_part(corners, rows.frac[:, None], cols, _F32)
     return out
 
 
@@ -360,17 +397,15 @@ def build_pyramid_tensor(
         for n in range(planes.shape[0]):
             _fast_levels(level[n], layout, out[n], cancel)
         return out
-    # each level is written in its place in the tensor and the next one resized from there
-    previous = None
-    for r in layout.rects:
-        level = out[:, :, r.top : r.bottom + 1, r.left : r.right + 1]
-        if previous is None:
-            np.subtract(planes, mean, out=level, dtype=_F32)
-            level *= _F32(1.0 / 256.0)  # exact: a power of two
-        else:
+    # each level is resized from the previous one kept contiguous (faster than reading and writing
+    # the levels in place in the wide tensor, measured), then copied to its place
+    level = np.subtract(planes, mean, dtype=_F32)
+    level *= _F32(1.0 / 256.0)  # exact: a power of two
+    for i, r in enumerate(layout.rects):
+        if i:
             checkpoint(cancel, "a pyramid level")
-            resize_float_planes(previous, r.height, r.width, out=level)
-        previous = level
+            level = resize_float_planes(level, r.height, r.width)
+        out[:, :, r.top : r.bottom + 1, r.left : r.right + 1] = level
     return out
 
 
