@@ -196,6 +196,11 @@ class Reason(StrEnum):
         "changes asked of the PostgreSQL store's log were pruned: use a newer version",
     )
     STORE_DRIVER_MISSING = auto(), _PRECONDITION, "a postgresql:// store without the postgres extra (psycopg) installed"
+    STORE_ROOT = (
+        auto(),
+        _PRECONDITION,
+        "an index root published from a PostgreSQL store, opened without it: its erasures are in that store's ledger",
+    )
     REPLICA_FENCED = (
         auto(),
         _UNAVAILABLE,

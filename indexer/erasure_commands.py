@@ -35,6 +35,7 @@ from facesearch.store.erasure_audit import EraseStatus, erase_status
 from facesearch.store.erasure_ledger import ErasureLedger, os_principal
 from facesearch.store.journal_retention import LIVE_DIR
 from facesearch.store.store_location import store_location
+from facesearch.store.store_marker import require_store
 from indexer.publish import locked, prune, remove_leftovers
 from indexer.store_flag import add_store_flag, resolve_store
 
@@ -89,12 +90,14 @@ def dispatch(args: argparse.Namespace) -> int:
         if url is not None:
             report = _store_erase_status(args, url)
         else:
+            require_store(args.root, "erase-status", with_store=False)
             report = erase_status(args.root, identity_id=args.identity, live_dir=args.live_dir, also=args.also)
         print(json.dumps(report.to_dict(), indent=2) if args.json else describe(report))
         return ExitCode.OK if report.complete else ExitCode.FAILED
     if args.command == "unerase" and (url := resolve_store(args.store)) is not None:
         return _store_unerase(args, url)
     if args.command == "unerase":
+        require_store(args.root, "unerase", with_store=False)
         with ErasureLedger.open(args.root) as ledger, AuditLog.open(args.root, ledger.digester) as audit:
             record = ledger.unerase(args.identity, via="facesearch-index unerase", principal=os_principal())
             # the audit row names the identity by digest, like its erased history

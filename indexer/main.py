@@ -44,6 +44,7 @@ from typing import Any
 
 from facesearch.errors import ExitCode, FaceSearchError, InvalidInputError, Reason
 from facesearch.store.index_artifact import REJECTS_FILE, IndexManifest, read_manifest, resolve_version_dir
+from facesearch.store.store_marker import require_store
 from facesearch.vision.selection import is_failure
 from indexer import (
     audit_commands,
@@ -431,6 +432,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         url = resolve_store(args.store)
         if url is not None:
             return _with_store(args, url)
+        # a root published from a PostgreSQL store has its erasures in that store's ledger
+        require_store(args.out if args.command == "build" else args.root, f"{args.command}", with_store=False)
         if args.command == "build" and args.from_store:
             raise InvalidInputError(
                 "build --from-store needs a PostgreSQL store: pass --store postgresql://... or set FACESEARCH_STORE",

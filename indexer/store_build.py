@@ -51,6 +51,7 @@ from facesearch.store.postgres import PgStore
 from facesearch.store.postgres.admin import store_status
 from facesearch.store.postgres.imports import Imported, ImportFace, import_faces
 from facesearch.store.postgres.retention import prune_store
+from facesearch.store.store_marker import mark_store_root
 from indexer.build import WORK_DIR, OpenedInput, ingest_stats_json, open_input
 from indexer.compact import CompactConfig, CompactResult, publish_compacted
 from indexer.config import AddConfig, BuildConfig, InputSpec, RemoveConfig
@@ -107,6 +108,7 @@ def run_build(config: BuildConfig, url: str) -> StoreJob:
                 reason=Reason.EMPTY_INDEX,
             )
         with PgStore.open(url, contract_id=status.contract_id, d=status.d) as store:
+            mark_store_root(root, store.store_id)  # before the version: see facesearch.store.store_marker
             snap = store.snapshot()
             erased = store.erased()
         result = publish_compacted(

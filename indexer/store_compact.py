@@ -32,6 +32,7 @@ from facesearch.store.index_artifact import current_version, load_index, resolve
 from facesearch.store.postgres import PgStore
 from facesearch.store.postgres.admin import store_status
 from facesearch.store.postgres.retention import StorePruned, prune_store
+from facesearch.store.store_marker import mark_store_root
 from indexer.compact import CompactConfig, CompactResult, absorbed_seq, publish_compacted
 from indexer.index_stage import set_threads
 from indexer.publish import locked
@@ -73,6 +74,7 @@ def compact_locked(
             f"{base.manifest.contract_id}; they cannot be merged"
         )
     with PgStore.open(url, contract_id=contract_id, d=d) as store:
+        mark_store_root(root, store.store_id)  # before the first version from the store: see store_marker
         done = absorbed_seq(base, store.store_id)
         snap = store.snapshot(after_seq=done)
         erased = store.erased()

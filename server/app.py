@@ -59,6 +59,7 @@ from facesearch.store.audit_log import AuditLog
 from facesearch.store.erasure_ledger import ErasureLedger
 from facesearch.store.live_journal import LiveJournal, journal_place
 from facesearch.store.store_location import require_postgres_driver
+from facesearch.store.store_marker import require_store
 from facesearch.vision.image_limits import DecodeLimits
 from facesearch.vision.pipeline import FacePipeline, PipelineConfig
 from server.admission import Admission
@@ -267,6 +268,7 @@ class FaceSearchServer:
     def _open_embedded(self) -> None:
         """The default store: the live journal and ledger under the index root (SQLite)."""
         c = self.config
+        require_store(c.index_root, "the embedded store", with_store=False, how="set FACESEARCH_STORE=postgresql://...")
         place = journal_place(c.live_dir, self.bundle.contract_id)
         for directory, contract, faces in place.others:
             log.warning(

@@ -266,3 +266,38 @@ def test_a_replica_serves_a_store_build_and_drops_the_tail_a_rebuild_absorbed(
             assert a in {x.identity_id for f in c.identify(people[a][2], top_k=5).faces for x in f.candidates}
     finally:
         r1.stop()
+
+
+def test_a_root_published_from_the_store_is_refused_without_it(
+    pg_dsn: str, tmp_path: Path, server_bundle: Path
+) -> None:
+    """The gap a job without the store had: its erasures are in the store's ledger, not the root's, so a
+    rebuild, add, compact or plain server on such a root would bring back a person erased through a
+    replica. Each is refused (STORE_ROOT) and publishes nothing; with the store they work."""
+    dsn = migrated(pg_dsn)
+    bundle = ModelBundle.load(server_bundle, verify=False)
+    emb, ids = synthetic_embeddings(40, seed=12, prefix="mrk")
+    npz = embeddings_file(tmp_path / "emb.npz", emb, ids, bundle.contract_id)
+    root = tmp_path / "index"
+    index("build", "--embeddings", str(npz), "--out", str(root), dsn=dsn)
+    erased = sorted(set(ids))[0]
+    with PgStore.open(dsn, contract_id=bundle.contract_id, d=bundle.embedding_dim) as store:
+        store.delete_identity(erased)
+        store_id = store.store_id
+    versions = list_versions(root)
+    for args in (
+        ("build", "--embeddings", str(npz), "--out", str(root)),
+        ("add", str(root), "--embeddings", str(npz)),
+        ("compact", str(root)),
+        ("remove", str(root), "--identity", sorted(set(ids))[1]),
+        ("erase-status", str(root), erased),
+        ("unerase", str(root), erased),
+    ):
+        refused = index(*args, dsn=None, expect=1)
+        assert "STORE_ROOT" in refused.stderr and store_id in refused.stderr, (args, refused.stderr)
+    assert list_versions(root) == versions
+    with pytest.raises(RuntimeError, match=f"published from the PostgreSQL store {store_id}.*set FACESEARCH_STORE"):
+        start_server(server_bundle, root, tmp_path / "logs", env={"FACESEARCH_STORE": ""}, timeout=60)
+    # with the store: the rebuild honours the store's erasure
+    index("build", "--embeddings", str(npz), "--out", str(root), dsn=dsn)
+    assert erased not in version_identities(root) and len(list_versions(root)) == len(versions) + 1
