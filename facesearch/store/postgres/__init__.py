@@ -98,24 +98,24 @@ what the store's ledger erased), the client's several targets, and retention (``
 store compaction publishes and in ``facesearch-index prune``, the log is pruned up to the oldest kept
 version's ``live_seq``; request ids and audit rows past ``FACESEARCH_ENROLL_REQUEST_TTL_S`` /
 ``FACESEARCH_AUDIT_RETENTION_DAYS`` are deleted there and, without any indexer run, by one replica at a
-time every ``FACESEARCH_STORE_EXPIRE_S``; an erased identity's audit rows keep only its digest after
-the next such run; tests: ``tests/integration/test_pg_retention.py``). ``facesearch-index build|add``
-with the store (``indexer/store_build.py``): the input is written to the store first (``imports``:
-durable enrollments in the log, batches of 1000 faces, resumable: a rerun skips what the store holds),
-then ``build`` trains a new index over everything the store holds (``build --from-store`` does only that;
-``compact`` stays the incremental job) and ``add`` compacts; the version records ``live_seq`` = the
-snapshot's high water, so replicas hot-swap and drop exactly that tail; ``remove`` deletes through the
-store (as ``DeleteIdentity``), then compacts. ``erase-status``/``unerase``/``audit`` with the store
-(``erasure_status``).
+time every ``FACESEARCH_STORE_EXPIRE_S``; a deletion rewrites the identity's audit rows to the ledger's
+digest in its own transaction; tests: ``tests/integration/test_pg_retention.py``). ``facesearch-index
+build|add`` with the store (``indexer/store_build.py``): the input is written to the store first
+(``imports``: durable enrollments in the log, batches of 1000 faces, resumable: a rerun skips what the
+store holds), then ``build`` trains a new index over everything the store holds (``build --from-store``
+does only that; ``compact`` stays the incremental job) and ``add`` compacts; the version records
+``live_seq`` = the snapshot's high water, so replicas hot-swap and drop exactly that tail; ``remove``
+deletes through the store (as ``DeleteIdentity``), then compacts. ``erase-status``/``unerase``/``audit``
+with the store (``erasure_status``).
 Issue 12's fault and deletion-matrix tests run against the store too: ``test_pg_crash_points.py``, the
 PostgreSQL cases of ``test_server_erasure.py`` and ``test_erasure_model_change.py``.
-Not done yet (next sessions): several
-model contracts in one database (one contract per database today, refused otherwise); the full
-5-minute ``bench/replicas.py`` run; ``facesearch-index audit list`` reading the store's audit log; a
-build from photos also *removing* store faces absent from its input (a build adds; deletions go
-through a replica); the deletion itself writing the audit rows with only the digest (today a replica's
-next expiry run, or ``compact``/``prune``, rewrites them: ``erase-status`` reports them as pending until
-then).
+A root published from the store is marked (``ROOT/STORE``, :mod:`facesearch.store.store_marker`):
+jobs and servers opening it without the store are refused (``STORE_ROOT``). Measured:
+``bench/results/replicas.md`` (the full 5-minute run), ``bench/results/replica_restart.md``.
+Not done yet (next sessions): several model contracts in one database (one contract per database
+today, refused otherwise: a model change means a new database, rebuilt from photos); a build from
+photos also *removing* store faces absent from its input (a build adds; deletions go through a replica
+or ``remove``).
 """
 
 from __future__ import annotations
