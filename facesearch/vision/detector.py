@@ -63,6 +63,7 @@ from facesearch.vision.pyramid import (
     lround,
     pyramid2_rect_down,
     pyramid_up_planes,
+    pyramid_up_planes_fast,
     pyramid_up_size,
     tiled_pyramid_layout,
     tiled_pyramid_to_image,
@@ -256,8 +257,9 @@ class FaceDetector:
         exact: bool = True,
         cancel: Checkpoint | None = None,
     ) -> PreparedBatch:
-        """Upsample and tile same-size images into one pyramid tensor (``exact=False``: its levels
-        resized the fast way, :func:`facesearch.vision.pyramid.build_pyramid_tensor`)."""
+        """Upsample and tile same-size images into one pyramid tensor (``exact=False``: upsampled and
+        its levels resized the fast way, :func:`facesearch.vision.pyramid.pyramid_up_planes_fast`,
+        :func:`facesearch.vision.pyramid.build_pyramid_tensor`)."""
         if not 0 <= upsample <= MAX_UPSAMPLE:
             raise InvalidInputError(f"upsample must be between 0 and {MAX_UPSAMPLE}, got {upsample}")
         rgb = [_as_rgb(im) for im in images]
@@ -275,7 +277,7 @@ class FaceDetector:
         planes = np.ascontiguousarray(np.stack(rgb).transpose(0, 3, 1, 2))  # (n, 3, H, W)
         for _ in range(upsample):
             checkpoint(cancel, "an upsampling")
-            planes = pyramid_up_planes(planes)
+            planes = pyramid_up_planes(planes) if exact else pyramid_up_planes_fast(planes)
         c = self.config
         layout = tiled_pyramid_layout(planes.shape[2], planes.shape[3], c.rate_down, c.padding, c.outer_padding)
         tensor = build_pyramid_tensor(planes, c.avg_rgb, layout, exact=exact, cancel=cancel)

@@ -36,3 +36,12 @@ def test_resize_into_a_view_of_a_larger_array() -> None:
     outside = np.ones(canvas.shape, bool)
     outside[:, :, 5:38, 9:52] = False
     assert np.all(canvas[outside] == 7.0)  # nothing written outside the view
+
+
+def test_fast_upsampling_has_dlibs_size_and_is_within_one_grey_level() -> None:
+    rng = np.random.default_rng(5)
+    planes = rng.integers(0, 256, (2, 3, 37, 52), dtype=np.uint8)
+    exact, fast = pyramid.pyramid_up_planes(planes), pyramid.pyramid_up_planes_fast(planes)
+    assert fast.shape == exact.shape == (2, 3, *pyramid.pyramid_up_size(37, 52)) and fast.dtype == np.uint8
+    assert np.abs(fast.astype(int) - exact.astype(int)).max() <= 1
+    np.testing.assert_array_equal(fast[1], pyramid.pyramid_up_planes_fast(planes[1:2])[0])  # per image
