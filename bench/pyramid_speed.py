@@ -115,8 +115,8 @@ def main(argv: list[str] | None = None) -> int:
             b, a = med[(s, "before")], med[(s, "after")]
             ratio = "(same)" if s == "network" else (f"{a / b:.2f}" if b > 0 else "-")
             rows.append([label, s, f"{b:.1f}", f"{a:.1f}", ratio])
-        fast_up = float(np.median(times[(label, "fast upsample", "after")]))
-        rows.append([label, "fast upsample (exact=False)", "-", f"{fast_up:.1f}", "-"])
+        fast_up_ms = float(np.median(times[(label, "fast upsample", "after")]))
+        rows.append([label, "fast upsample (exact=False)", "-", f"{fast_up_ms:.1f}", "-"])
         for mode, pyr in (("exact (parity, and photos <= 0.65 MP)", "exact pyramid"), ("fast pyramid", "fast pyramid")):
             if mode.startswith("fast") and label != "1920x1080 (scan copy)":
                 continue
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append([label, f"sum, {mode}", f"{b:.1f}", f"{a:.1f}", f"{a / b:.2f}"])
         if label != "1920x1080 (scan copy)":  # the exact plan scanned the fast way (exact=False), vs before
             b = med[("upsample", "before")] + med[("exact pyramid", "before")] + med[("network", "before")]
-            a = fast_up + med[("fast pyramid", "after")] + med[("network", "after")]
+            a = fast_up_ms + med[("fast pyramid", "after")] + med[("network", "after")]
             rows.append([label, "sum, exact plan scanned fast (exact=False)", f"{b:.1f}", f"{a:.1f}", f"{a / b:.2f}"])
     text = [
         "# Detector work besides the network: upsampling and pyramid, before/after, same run",
