@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 
 from facesearch.client.service_client import FaceSearchClient
+from facesearch.errors import FaceSearchError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -144,6 +145,44 @@ def start_server(
             words = line.split()
             metrics = words[6]
             return ServerProcess(proc, int(words[4]), int(metrics) if metrics.isdigit() else 0, log_path, [line])
+
+
+def start_replica(
+    bundle: Path,
+    index_root: Path,
+    log_dir: Path,
+    dsn: str,
+    name: str,
+    *,
+    env: dict[str, str] | None = None,
+    wait_serving: bool = True,
+) -> ServerProcess:
+    """A replica on the PostgreSQL store ``dsn`` (issue 14): polls the store every 0.5 s, fenced after 4 s
+    out of touch (``env`` overrides either); with ``wait_serving``, returned once it reports SERVING
+    (caught up with the store's log)."""
+    srv = start_server(
+        bundle,
+        index_root,
+        log_dir,
+        env={
+            "FACESEARCH_STORE": dsn,
+            "FACESEARCH_REPLICA_ID": name,
+            "FACESEARCH_STORE_POLL_S": "0.5",
+            "FACESEARCH_STORE_FENCE_S": "4",
+            **(env or {}),
+        },
+    )
+    if wait_serving:
+        with srv.client(timeout=60) as c:
+            wait_until(lambda: _health_or_down(c) == "SERVING", timeout=120, what=f"{name} SERVING")
+    return srv
+
+
+def _health_or_down(c: FaceSearchClient) -> str:
+    try:
+        return c.health()
+    except FaceSearchError:
+        return "DOWN"
 
 
 def wait_until(predicate: object, timeout: float = 30.0, interval: float = 0.1, what: str = "condition") -> None:

@@ -24,7 +24,12 @@ from facesearch.bundle.manifest import ModelBundle
 from facesearch.errors import FaceSearchError, NotFoundError
 from facesearch.store.postgres import migrate
 from tests.integration.server_fixtures import *  # noqa: F403
-from tests.integration.server_fixtures import ServerProcess, build_index, start_server, synthetic_embeddings
+from tests.integration.server_fixtures import (
+    ServerProcess,
+    build_index,
+    start_replica,
+    synthetic_embeddings,
+)
 from tests.integration.server_fixtures import wait_until as until
 from tests.pg_fixtures import *  # noqa: F403
 from tests.pg_fixtures import PgServer
@@ -41,20 +46,8 @@ class Attempt:
 
 
 def _replica(bundle: Path, root: Path, logs: Path, dsn: str, name: str) -> ServerProcess:
-    srv = start_server(
-        bundle,
-        root,
-        logs,
-        env={
-            "FACESEARCH_STORE": dsn,
-            "FACESEARCH_REPLICA_ID": name,
-            "FACESEARCH_STORE_POLL_S": "0.5",
-            "FACESEARCH_STORE_FENCE_S": "30",  # a restart takes a few seconds: nobody is fenced by it
-        },
-    )
-    with srv.client(timeout=60) as c:
-        until(lambda: c.health() == "SERVING", timeout=120, what=f"{name} SERVING")
-    return srv
+    # a restart takes a few seconds: nobody is fenced by it
+    return start_replica(bundle, root, logs, dsn, name, env={"FACESEARCH_STORE_FENCE_S": "30"})
 
 
 @pytest.fixture

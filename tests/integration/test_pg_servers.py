@@ -31,7 +31,13 @@ from facesearch.client.service_client import FaceSearchClient, RpcFailedError
 from facesearch.errors import AlreadyExistsError, FaceSearchError, NotFoundError
 from facesearch.store.postgres import migrate
 from tests.integration.server_fixtures import *  # noqa: F403
-from tests.integration.server_fixtures import REPO, ServerProcess, build_index, start_server, synthetic_embeddings
+from tests.integration.server_fixtures import (
+    REPO,
+    ServerProcess,
+    build_index,
+    start_replica,
+    synthetic_embeddings,
+)
 from tests.integration.server_fixtures import wait_until as until
 from tests.pg_fixtures import *  # noqa: F403
 from tests.pg_fixtures import PgServer
@@ -55,18 +61,7 @@ def migrated(dsn: str) -> str:
 
 
 def replica(bundle: Path, root: Path, logs: Path, dsn: str, name: str, **env: str) -> ServerProcess:
-    return start_server(
-        bundle,
-        root,
-        logs,
-        env={
-            "FACESEARCH_STORE": dsn,
-            "FACESEARCH_REPLICA_ID": name,
-            "FACESEARCH_STORE_POLL_S": "0.5",
-            "FACESEARCH_STORE_FENCE_S": "4",
-            **env,
-        },
-    )
+    return start_replica(bundle, root, logs, dsn, name, env=env, wait_serving=False)
 
 
 def serving(srv: ServerProcess) -> None:

@@ -36,7 +36,14 @@ from facesearch.store.postgres import PgStore, migrate
 from facesearch.util.fs import switch_pointer
 from indexer.main import main as index_main
 from tests.integration.server_fixtures import *  # noqa: F403
-from tests.integration.server_fixtures import ServerProcess, build_index, start_server, synthetic_embeddings, wait_until
+from tests.integration.server_fixtures import (
+    ServerProcess,
+    build_index,
+    start_replica,
+    start_server,
+    synthetic_embeddings,
+    wait_until,
+)
 from tests.pg_fixtures import *  # noqa: F403
 
 pytestmark = pytest.mark.slow
@@ -260,21 +267,7 @@ def test_a_corrupt_version_is_refused_and_the_old_one_keeps_serving(server_bundl
 
 # -- the same matrix with replicas sharing a PostgreSQL store (issue 14) ---------------------------------
 def _replica(bundle: Path, root: Path, logs: Path, dsn: str, name: str) -> ServerProcess:
-    srv = start_server(
-        bundle,
-        root,
-        logs,
-        env={
-            **ENV,
-            "FACESEARCH_STORE": dsn,
-            "FACESEARCH_REPLICA_ID": name,
-            "FACESEARCH_STORE_POLL_S": "0.5",
-            "FACESEARCH_STORE_FENCE_S": "4",
-        },
-    )
-    with srv.client(timeout=60) as c:
-        wait_until(lambda: c.health() == "SERVING", timeout=120, what=f"{name} SERVING")
-    return srv
+    return start_replica(bundle, root, logs, dsn, name, env=ENV)
 
 
 def test_deletion_matrix_with_postgresql_replicas(
