@@ -20,9 +20,10 @@ Modules (and the tests that cover them):
   ``tests/unit/test_service_bounds.py``.
 - ``gallery_stats``: A gallery's open-set statistics: identity templates and the cohort, built in
   bulk and saved. Tests: ``tests/integration/test_indexer_open_set.py``,
-  ``tests/unit/test_architecture.py``, ``tests/unit/test_decision.py``,
-  ``tests/unit/test_open_set_checkpoint.py``, ``tests/unit/test_open_set_shortlist.py``,
-  ``tests/unit/test_open_set_store.py``, ``tests/unit/test_server_open_set.py``.
+  ``tests/integration/test_pg_erase_status.py``, ``tests/unit/test_architecture.py``,
+  ``tests/unit/test_decision.py``, ``tests/unit/test_open_set_checkpoint.py``,
+  ``tests/unit/test_open_set_shortlist.py``, ``tests/unit/test_open_set_store.py``,
+  ``tests/unit/test_server_open_set.py``.
 - ``normalise``: Open-set scores: adaptive symmetric normalisation with the gallery as cohort.
   Tests: ``tests/integration/test_indexer_open_set.py``,
   ``tests/integration/test_server_cohort.py``, ``tests/integration/test_server_gallery.py``,

@@ -21,15 +21,17 @@ Modules (and the tests that cover them):
 - ``identity_store``: The identity store of an index version: SQLite, one file, no photo pixels by
   default. Tests: ``tests/integration/test_indexer_embeddings.py``,
   ``tests/integration/test_indexer_images.py``, ``tests/integration/test_indexer_open_set.py``,
-  ``tests/integration/test_server_erasure.py``, ``tests/integration/test_server_rebuild.py``,
-  ``tests/unit/test_architecture.py``, ``tests/unit/test_erasure_ledger.py``,
-  ``tests/unit/test_index_store.py``, ``tests/unit/test_open_set_store.py``.
+  ``tests/integration/test_pg_build.py``, ``tests/integration/test_server_erasure.py``,
+  ``tests/integration/test_server_rebuild.py``, ``tests/unit/test_architecture.py``,
+  ``tests/unit/test_erasure_ledger.py``, ``tests/unit/test_index_store.py``,
+  ``tests/unit/test_open_set_store.py``.
 - ``index_artifact``: The index artifact: what ``facesearch-index`` publishes and the server loads.
   Tests: ``tests/integration/test_batch_bad_photos.py``,
   ``tests/integration/test_checkpoint_erasure.py``,
   ``tests/integration/test_erasure_model_change.py``,
   ``tests/integration/test_index_exit_codes.py``, ``tests/integration/test_indexer_embeddings.py``,
   ``tests/integration/test_indexer_images.py``, ``tests/integration/test_indexer_open_set.py``,
+  ``tests/integration/test_pg_build.py``, ``tests/integration/test_pg_erase_status.py``,
   ``tests/integration/test_pg_retention.py``, ``tests/integration/test_server_erasure.py``,
   ``tests/integration/test_server_rebuild.py``, ``tests/unit/test_erasure_ledger.py``,
   ``tests/unit/test_index_artifact.py``, ``tests/unit/test_index_tune.py``,
@@ -39,18 +41,18 @@ Modules (and the tests that cover them):
 - ``journal_db``: The live journal's SQLite file: its schema, its meta, and how it is opened. Tests:
   ``tests/integration/test_server_gallery_writes.py``, ``tests/unit/test_audit_log.py``.
 - ``journal_retention``: Which live-journal changes a published version holds, and how much of the
-  journal may be forgotten. Tests: ``tests/integration/test_pg_retention.py``,
-  ``tests/unit/test_erasure_ledger.py``.
+  journal may be forgotten. Tests: ``tests/integration/test_pg_build.py``,
+  ``tests/integration/test_pg_retention.py``, ``tests/unit/test_erasure_ledger.py``.
 - ``journal_vectors``: The live journal's vectors file: append-only fixed-size records of (vector
   id, embedding, checksum). Tests: ``tests/integration/test_server_storage.py``,
   ``tests/unit/test_server_journal.py``.
 - ``live_journal``: The live journal: enrollments and deletions made since the published index
   version was built. Tests: ``tests/integration/test_checkpoint_erasure.py``,
   ``tests/integration/test_index_exit_codes.py``, ``tests/integration/test_indexer_open_set.py``,
-  ``tests/integration/test_pg_faults.py``, ``tests/integration/test_pg_replicas.py``,
-  ``tests/integration/test_pg_retention.py``, ``tests/integration/test_pg_store.py``,
-  ``tests/integration/test_server_erasure.py``, ``tests/integration/test_server_gallery.py``,
-  ``tests/integration/test_server_gallery_writes.py``,
+  ``tests/integration/test_pg_build.py``, ``tests/integration/test_pg_faults.py``,
+  ``tests/integration/test_pg_replicas.py``, ``tests/integration/test_pg_retention.py``,
+  ``tests/integration/test_pg_store.py``, ``tests/integration/test_server_erasure.py``,
+  ``tests/integration/test_server_gallery.py``, ``tests/integration/test_server_gallery_writes.py``,
   ``tests/integration/test_server_model_change.py``, ``tests/unit/test_audit_log.py``,
   ``tests/unit/test_journal_faults.py``, ``tests/unit/test_open_set_checkpoint.py``,
   ``tests/unit/test_server_journal.py``.
@@ -64,6 +66,8 @@ Modules (and the tests that cover them):
 - ``store_location``: Where the identity store and change log live: ``FACESEARCH_STORE``, read in
   this one place. Tests: ``tests/unit/test_replica_config.py``,
   ``tests/unit/test_store_location.py``.
+- ``store_marker``: Which store an index root belongs to: ``ROOT/STORE``, written before the first
+  version published from a PostgreSQL store. Tests: through its callers.
 """
 
 from __future__ import annotations
@@ -177,6 +181,10 @@ from facesearch.store.store_location import (
     require_postgres_driver,
     store_location,
 )
+from facesearch.store.store_marker import (
+    mark_store_root,
+    require_store,
+)
 
 __all__ = [
     "AUDIT_FILE",
@@ -247,6 +255,7 @@ __all__ = [
     "journal_place",
     "list_versions",
     "load_index",
+    "mark_store_root",
     "open_set_build_bytes",
     "os_principal",
     "parse_store",
@@ -259,6 +268,7 @@ __all__ = [
     "repair",
     "request_key",
     "require_postgres_driver",
+    "require_store",
     "resolve_version_dir",
     "retained_from",
     "storage_failure",

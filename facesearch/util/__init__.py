@@ -11,12 +11,11 @@ Modules (and the tests that cover them):
   the work. Tests: ``tests/unit/test_service_bounds.py``.
 - ``failpoints``: Failpoints: make a named write site fail (or the process die) on purpose, to test
   what a full or failing disk, or a crash at exactly that point, does. Tests:
-  ``tests/integration/test_crash_points.py``,
+  ``tests/integration/test_crash_points.py``, ``tests/integration/test_pg_crash_points.py``,
   ``tests/integration/test_server_enroll_idempotency.py``, ``tests/unit/test_lock_failpoints.py``.
 - ``fs``: Files that readers see whole or not at all: the one atomic writer, the one pointer switch,
   whole directory replacement, and file digests. Tests:
-  ``tests/integration/test_server_erasure.py``, ``tests/unit/test_fs.py``,
-  ``tests/unit/test_lock_failpoints.py``.
+  ``tests/integration/test_server_erasure.py``, ``tests/unit/test_fs.py``.
 - ``lock``: Single-writer locks: an exclusive ``flock`` on a lock file that names its holder. Tests:
   ``tests/unit/test_lock_failpoints.py``.
 """

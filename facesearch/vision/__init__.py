@@ -11,18 +11,20 @@ Modules (and the tests that cover them):
   cuts it. Tests: ``tests/integration/test_parity_landmarks_chips.py``,
   ``tests/unit/test_landmarks_align.py``.
 - ``decode``: Decode any supported photo safely into a C-contiguous HxWx3 uint8 RGB array. Tests:
-  ``tests/integration/test_checkpoint_export.py``, ``tests/integration/test_detect_budget.py``,
-  ``tests/integration/test_exposure_pipeline.py``, ``tests/integration/test_flip_average.py``,
-  ``tests/integration/test_indexer_images.py``, ``tests/integration/test_pipeline_embed.py``,
-  ``tests/integration/test_server_large_photos.py``, ``tests/integration/test_training_export.py``,
-  ``tests/unit/test_decode.py``, ``tests/unit/test_decode_fuzz.py``,
-  ``tests/unit/test_decode_reduced.py``, ``tests/unit/test_exposure.py``.
+  ``tests/integration/test_cascade.py``, ``tests/integration/test_checkpoint_export.py``,
+  ``tests/integration/test_detect_budget.py``, ``tests/integration/test_exposure_pipeline.py``,
+  ``tests/integration/test_flip_average.py``, ``tests/integration/test_indexer_images.py``,
+  ``tests/integration/test_pipeline_embed.py``, ``tests/integration/test_server_large_photos.py``,
+  ``tests/integration/test_training_export.py``, ``tests/unit/test_decode.py``,
+  ``tests/unit/test_decode_fuzz.py``, ``tests/unit/test_decode_reduced.py``,
+  ``tests/unit/test_exposure.py``.
 - ``detection_plan``: How much of a photo the face detector scans: a budget in pyramid pixels, and
   what it buys. Tests: ``tests/integration/test_server_large_photos.py``,
   ``tests/unit/test_detection_plan.py``.
 - ``detector``: Face detection with dlib's MMOD CNN detector, exported to ONNX, run by onnxruntime.
-  Tests: ``tests/integration/test_detect_budget.py``, ``tests/integration/test_detector_int8.py``,
-  ``tests/integration/test_parity_detector.py``, ``tests/unit/test_detector.py``.
+  Tests: ``tests/integration/test_cascade.py``, ``tests/integration/test_detect_budget.py``,
+  ``tests/integration/test_detector_int8.py``, ``tests/integration/test_parity_detector.py``,
+  ``tests/unit/test_detector.py``.
 - ``embedder``: The face embedder: aligned 150x150 RGB chips -> 128-d descriptors, via onnxruntime.
   Tests: ``tests/integration/test_flip_average.py``, ``tests/integration/test_parity_embedder.py``.
 - ``exposure``: Overexposed photos (a flash, a backlight): measuring it, and a darker copy to detect
@@ -37,15 +39,17 @@ Modules (and the tests that cover them):
 - ``onnx_session``: Creating onnxruntime sessions the one way facesearch does it. Tests: through its
   callers.
 - ``pipeline``: The face pipeline: photo -> faces (box, score, landmarks, chip, embedding, quality).
-  Tests: ``tests/integration/test_checkpoint_export.py``,
+  Tests: ``tests/integration/test_cascade.py``, ``tests/integration/test_checkpoint_export.py``,
   ``tests/integration/test_detect_budget.py``, ``tests/integration/test_exposure_pipeline.py``,
   ``tests/integration/test_flip_average.py``, ``tests/integration/test_indexer_images.py``,
   ``tests/integration/test_pipeline_embed.py``, ``tests/integration/test_training_export.py``,
   ``tests/unit/test_detection_plan.py``, ``tests/unit/test_exposure.py``,
-  ``tests/unit/test_jobs_runner.py``.
+  ``tests/unit/test_jobs_runner.py``, ``tests/unit/test_proposals.py``.
+- ``proposals``: Face proposals: where a photo's faces probably are, from a much cheaper network
+  than MMOD. Tests: ``tests/unit/test_proposals.py``.
 - ``pyramid``: dlib's image pyramids, reproduced bit for bit in numpy. Tests:
-  ``tests/unit/test_detector.py``, ``tests/unit/test_pyramid_fast.py``,
-  ``tests/unit/test_service_bounds.py``.
+  ``tests/unit/test_detector.py``, ``tests/unit/test_pyramid_blocks.py``,
+  ``tests/unit/test_pyramid_fast.py``, ``tests/unit/test_service_bounds.py``.
 - ``quality``: Simple, explainable face quality signals used to gate enrollment and to report.
   Tests: ``tests/unit/test_face_selection.py``, ``tests/unit/test_jobs_runner.py``.
 - ``selection``: Which face of a photo a caller uses, and why a photo gives none: one reject
@@ -85,7 +89,10 @@ from facesearch.vision.detector import (
     upsample_for_min_face,
 )
 from facesearch.vision.embedder import Embedder
-from facesearch.vision.exposure import measure_exposure
+from facesearch.vision.exposure import (
+    measure_exposure,
+    normalise_exposure,
+)
 from facesearch.vision.image_limits import DecodeLimits
 from facesearch.vision.landmarks import (
     LandmarkPredictor,
@@ -100,8 +107,11 @@ from facesearch.vision.onnx_session import (
     default_threads,
 )
 from facesearch.vision.pipeline import (
+    CASCADE_CROP_PX,
+    CASCADE_FACE_PX,
     DEFAULT_DETECT_PIXELS,
     MIN_DETECT_PIXELS,
+    DetectorMode,
     Face,
     FacePipeline,
     PipelineConfig,
@@ -141,6 +151,8 @@ from facesearch.vision.selection import (
 )
 
 __all__ = [
+    "CASCADE_CROP_PX",
+    "CASCADE_FACE_PX",
     "DEFAULT_DETECT_PIXELS",
     "DEFAULT_LIMITS",
     "DOMINANCE_RATIO",
@@ -153,6 +165,7 @@ __all__ = [
     "Detection",
     "DetectionPlan",
     "DetectorConfig",
+    "DetectorMode",
     "Embedder",
     "Face",
     "FaceDetector",
@@ -185,6 +198,7 @@ __all__ = [
     "measure_exposure",
     "measure_quality",
     "nearest_centre",
+    "normalise_exposure",
     "plan_detection",
     "policy_key",
     "process_photo",
