@@ -53,6 +53,7 @@ from facesearch.api.v1 import facesearch_pb2 as pb
 from facesearch.api.v1 import facesearch_pb2_grpc as pb_grpc
 from facesearch.bundle.manifest import ModelBundle
 from facesearch.errors import ExitCode, FaceSearchError, PreconditionError, Reason, exit_code
+from facesearch.jobs.embed import check_detector, pipeline_mode
 from facesearch.scoring.open_set_calibration import OpenSetCalibration, load_open_set_calibration
 from facesearch.scoring.thresholds import ThresholdPolicy
 from facesearch.store.audit_log import AuditLog
@@ -160,6 +161,7 @@ class FaceSearchServer:
         c = self.config
         faiss.omp_set_num_threads(c.search_threads)  # concurrency comes from requests, not from OpenMP
         self.bundle = ModelBundle.load(c.bundle)
+        check_detector(self.bundle, c.detector, "FACESEARCH_DETECTOR")
         self.pipeline = FacePipeline(
             self.bundle,
             PipelineConfig(
@@ -168,8 +170,10 @@ class FaceSearchServer:
                 max_batch=c.max_batch,
                 detect_pixels=c.detect_pixels,
                 max_detect_pixels=c.max_detect_pixels,
+                detector_mode=pipeline_mode(c.detector),
             ),
         )
+        log.info("detector: %s", self.pipeline.config.mode.value)
         if c.store.shared:
             self._open_replica()
         else:

@@ -61,6 +61,10 @@ FACESEARCH_DETECT_PIXELS                                        2600000 (detecti
                                                                 pixels; "off": dlib's exact scan)
 FACESEARCH_MAX_DETECT_PIXELS                                    9000000 (most a request's
                                                                 min_face_px may scan)
+FACESEARCH_DETECTOR                                             budget (how faces are found: budget,
+                                                                MMOD within the budget; or cascade,
+                                                                BlazeFace proposals confirmed by MMOD,
+                                                                which needs a bundle with proposals.onnx)
 FACESEARCH_WORK_MEMORY                                          1G (photos in CPU stages, together)
 FACESEARCH_ENROLL_MIN_FACE_SIZE                                 50 (px, smallest face enrolled)
 FACESEARCH_ENROLL_MIN_BLUR                                      25 (Laplacian variance)
@@ -125,9 +129,10 @@ from typing import Any
 
 from facesearch.bundle.location import default_bundle
 from facesearch.errors import InvalidInputError, Reason
+from facesearch.jobs.embed import detector_mode
 from facesearch.store.store_location import StoreKind, StoreLocation, parse_store
 from facesearch.vision.detection_plan import worst_work_bytes
-from facesearch.vision.pipeline import DEFAULT_DETECT_PIXELS, MIN_DETECT_PIXELS
+from facesearch.vision.pipeline import DEFAULT_DETECT_PIXELS, DEFAULT_DETECTOR_MODE, MIN_DETECT_PIXELS, DetectorMode
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9464"
@@ -174,6 +179,7 @@ class ServerConfig:
     min_face: int = 40
     detect_pixels: int | None = DEFAULT_DETECT_PIXELS  # None: no budget (dlib's exact scan, any cost)
     max_detect_pixels: int = DEFAULT_MAX_DETECT_PIXELS
+    detector: DetectorMode = DetectorMode.BUDGET  # budget or cascade (FACESEARCH_DETECTOR)
     work_memory: int = DEFAULT_WORK_MEMORY
     enroll_min_face_size: float = 50.0
     enroll_min_blur: float = 25.0
@@ -385,9 +391,8 @@ class ServerConfig:
 
     def describe(self) -> dict[str, Any]:
         # a StoreLocation prints its URL without the password
-        return {
-            f.name: str(v) if isinstance(v := getattr(self, f.name), Path | StoreLocation) else v for f in fields(self)
-        }
+        shown = Path | StoreLocation | DetectorMode
+        return {f.name: str(v) if isinstance(v := getattr(self, f.name), shown) else v for f in fields(self)}
 
 
 def is_loopback(hostport: str) -> bool:
@@ -474,6 +479,7 @@ def load_config(args: argparse.Namespace | None = None, env: Mapping[str, str] |
         min_face=reader.as_int("FACESEARCH_MIN_FACE", 40),
         detect_pixels=reader.as_int_or_off("FACESEARCH_DETECT_PIXELS", DEFAULT_DETECT_PIXELS),
         max_detect_pixels=reader.as_int("FACESEARCH_MAX_DETECT_PIXELS", DEFAULT_MAX_DETECT_PIXELS),
+        detector=detector_mode(env.get("FACESEARCH_DETECTOR") or DEFAULT_DETECTOR_MODE, "FACESEARCH_DETECTOR"),
         work_memory=reader.as_size("FACESEARCH_WORK_MEMORY", DEFAULT_WORK_MEMORY),
         enroll_min_face_size=reader.as_float("FACESEARCH_ENROLL_MIN_FACE_SIZE", 50.0),
         enroll_min_blur=reader.as_float("FACESEARCH_ENROLL_MIN_BLUR", 25.0),

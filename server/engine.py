@@ -16,7 +16,9 @@ Before any pixel is decoded, :meth:`FaceEngine.survey` reads the photo's header 
 detection (:mod:`facesearch.vision.detection_plan`): the smallest face searched, and the memory
 the request will hold, which admission control counts. A large JPEG scanned at half its size or
 less is decoded twice: first reduced in the DCT domain for the detector (the full photo is not
-held while the pyramid is), then in full for landmarks and chips, only if a face was found.
+held while the pyramid is), then in full for landmarks and chips, only if a face was found. With the
+detection cascade on (FACESEARCH_DETECTOR=cascade), its proposals are found and confirmed in the
+reduced decode too, boxes mapped to the photo's pixels; landmarks and chips still come from the full one.
 """
 
 from __future__ import annotations
@@ -131,7 +133,7 @@ class FaceEngine:
             scan = scan_copy(decode_image(data, self.limits, reduce_to=(plan.scan_width, plan.scan_height)), plan)
             t1 = time.perf_counter()
             deadline.check("detect")
-            detections = self.pipeline.detect_scan(scan, plan, deadline)
+            detections = self._detect_reduced(scan, plan, deadline)
             del scan
             t2 = time.perf_counter()
             rgb = decode_image(data, self.limits) if detections else None
@@ -147,6 +149,19 @@ class FaceEngine:
         detections = self.pipeline.detect(rgb, plan, deadline)
         self.observe("detect", time.perf_counter() - t1)
         return rgb, detections, plan
+
+    def _detect_reduced(self, scan: np.ndarray, plan: DetectionPlan, deadline: Deadline) -> list[Detection]:
+        """Faces in a reduced decode (the plan's scan size), boxes in the photo's pixels: what
+        :meth:`FacePipeline.detect` gives the full photo. With the cascade on, its proposals are
+        searched in the reduced pixels down to the same smallest face (in photo pixels) as on a full
+        decode, and confirmed there; a photo with no confirmed proposal gets the budget scan."""
+        if self.pipeline.proposer is not None:
+            sx, sy = plan.width / plan.scan_width, plan.height / plan.scan_height
+            min_face = min(float(self.pipeline.config.min_face), plan.min_face) / max(sx, sy)
+            found = self.pipeline.detect_cascade(scan, min_face, deadline)
+            if found:
+                return [Detection((d.box[0] * sx, d.box[1] * sy, d.box[2] * sx, d.box[3] * sy), d.score) for d in found]
+        return self.pipeline.detect_scan(scan, plan, deadline)
 
     def prepare(
         self, data: bytes, deadline: Deadline, largest_only: bool, survey: PhotoSurvey | None = None

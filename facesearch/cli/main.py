@@ -35,6 +35,12 @@ def _add_embed(sub: argparse._SubParsersAction) -> None:
     )
     which.add_argument("--all-faces", action="store_true", help="a row for every face, not only one")
     p.add_argument("--min-face", type=int, default=40, help="smallest face to find, px across (default 40)")
+    p.add_argument(
+        "--detector",
+        default="budget",
+        help="how faces are found: budget (MMOD within the detection budget, default) or cascade "
+        "(BlazeFace proposals confirmed by MMOD: faster; needs a bundle with proposals.onnx)",
+    )
     p.add_argument("--workers", type=int, default=0, help="worker processes (default: one per core)")
     p.add_argument(
         "--shard-size", type=int, default=64, help="images per resumable shard under OUT.parts/ (default 64)"
@@ -88,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
-    from facesearch.jobs.embed import EmbedConfig, run  # noqa: PLC0415 - keep CLI start fast
+    from facesearch.jobs.embed import EmbedConfig, detector_mode, run  # noqa: PLC0415 - keep CLI start fast
     from facesearch.jobs.image_list import read_image_list  # noqa: PLC0415
     from facesearch.vision.selection import Policy  # noqa: PLC0415
 
@@ -104,6 +110,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
             shard_size=args.shard_size,
             progress=not args.quiet,
             face=Policy(EMBED_FACES[args.face]),
+            detector=detector_mode(args.detector, "--detector"),
         )
     )
     print(

@@ -17,6 +17,11 @@ counts the failed rows, and ``facesearch embed`` exits 1 when there are any.
 
 Nearest-centre stays the default: on lfw-dev it identifies as well as the dominant face and never
 drops a photo (``bench/results/face_selection.md``).
+
+``detector`` chooses how faces are found (:func:`detector_mode`, shared with the server's
+FACESEARCH_DETECTOR and the indexer's ``--embed-options detector=``): ``budget`` (the default) or
+``cascade`` (BlazeFace proposals confirmed by MMOD, ``bench/results/cascade.md``), which needs a
+bundle with the proposal model (:func:`check_detector`).
 """
 
 from __future__ import annotations
@@ -34,12 +39,41 @@ from facesearch.jobs.runner import ShardJob, WorkerSpec, run_shards
 from facesearch.jobs.shards import fingerprint, open_workdir, read_shard
 from facesearch.util.fs import atomic_path
 from facesearch.vision.decode import DecodeLimits, load_image
-from facesearch.vision.pipeline import Face, FacePipeline, PipelineConfig
+from facesearch.vision.pipeline import DEFAULT_DETECTOR_MODE, DetectorMode, Face, FacePipeline, PipelineConfig
 from facesearch.vision.selection import Policy, Rejection, choose_face, policy_key, rejection_for_error
 
 #: The shard arrays, one row per face (or per image without one); also the output's row columns.
 COLUMNS = ("image_index", "embeddings", "found", "boxes", "scores", "errors")
 _BATCH = 8  # images whose faces are embedded in one batch
+#: The detector modes a command may choose (EXACT, dlib's parity scan, is not a setting of its own).
+DETECTOR_CHOICES = (DetectorMode.BUDGET.value, DetectorMode.CASCADE.value)
+
+
+def detector_mode(value: str, what: str) -> DetectorMode:
+    """A detector setting (``what`` names it in the error: a variable, a flag, an option) -> its mode."""
+    setting = value.strip().lower()
+    if setting not in DETECTOR_CHOICES:
+        raise InvalidInputError(
+            f"{what}={value!r}: expected one of {', '.join(DETECTOR_CHOICES)}", reason=Reason.BAD_CONFIG
+        )
+    return DetectorMode(setting)
+
+
+def check_detector(bundle: ModelBundle, mode: DetectorMode, what: str) -> None:
+    """Refuse ``cascade`` for a bundle without the proposal model (it would silently run ``budget``)."""
+    if mode is DetectorMode.CASCADE and bundle.proposals_model() is None:
+        raise InvalidInputError(
+            f"{what}=cascade needs a model bundle with the face-proposal model, and {bundle.root} has none "
+            "(exported before the cascade existed): export it again with `facesearch-export dlib`, or use "
+            f"{what}={DEFAULT_DETECTOR_MODE}",
+            reason=Reason.BAD_CONFIG,
+        )
+
+
+def pipeline_mode(mode: DetectorMode) -> DetectorMode | None:
+    """``PipelineConfig.detector_mode`` for a chosen mode: None for the default, so that the
+    config's own rule stands (EXACT when there is no detection budget)."""
+    return None if mode.value == DEFAULT_DETECTOR_MODE else mode
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +87,7 @@ class EmbedConfig:
     shard_size: int = 64
     progress: bool = True
     face: Policy = Policy.NEAREST_CENTRE  # the face of each image (without all_faces)
+    detector: DetectorMode = DetectorMode.BUDGET  # how faces are found (budget or cascade)
 
     def __post_init__(self) -> None:
         if self.shard_size < 1:
@@ -64,6 +99,8 @@ class EmbedConfig:
         config: list[object] = ["facesearch embed", contract, self.all_faces, self.min_face, self.shard_size]
         if self.face is not Policy.NEAREST_CENTRE:  # the default keeps the fingerprint it always had
             config.append(policy_key(self.face))
+        if self.detector.value != DEFAULT_DETECTOR_MODE:  # likewise: the default's fingerprint is unchanged
+            config.append(f"detector={self.detector.value}")
         return fingerprint(config, ([str(p)] for p in self.paths))
 
 
@@ -85,9 +122,19 @@ class EmbedWorker:
         self.face = face
 
     @classmethod
-    def load(cls, bundle_root: str, min_face: int, all_faces: bool, face: str, *, threads: int | None) -> EmbedWorker:
+    def load(
+        cls,
+        bundle_root: str,
+        min_face: int,
+        all_faces: bool,
+        face: str,
+        detector: str = DEFAULT_DETECTOR_MODE,
+        *,
+        threads: int | None,
+    ) -> EmbedWorker:
         bundle = ModelBundle.load(bundle_root, verify=False)
-        return cls(FacePipeline(bundle, PipelineConfig(min_face=min_face, threads=threads)), all_faces, Policy(face))
+        config = PipelineConfig(min_face=min_face, threads=threads, detector_mode=pipeline_mode(DetectorMode(detector)))
+        return cls(FacePipeline(bundle, config), all_faces, Policy(face))
 
     def __call__(self, start: int, paths: list[str]) -> dict[str, np.ndarray]:
         dim = self.pipeline.embedder.dim
@@ -166,11 +213,13 @@ def _config_json(config: EmbedConfig) -> dict[str, Any]:
     data = asdict(config)
     data["paths"] = len(config.paths)
     data["face"] = config.face.value
+    data["detector"] = config.detector.value
     return {k: str(v) if isinstance(v, Path) else v for k, v in data.items()}
 
 
 def run(config: EmbedConfig) -> EmbedSummary:
     bundle = ModelBundle.load(config.bundle)
+    check_detector(bundle, config.detector, "--detector")
     parts = parts_dir(config.out)
     info = {"config": _config_json(config), "contract_id": bundle.contract_id}
     open_workdir(parts, config.fingerprint(bundle.contract_id), info, restart=False, remedy="delete it to start over")
@@ -178,7 +227,10 @@ def run(config: EmbedConfig) -> EmbedSummary:
         work=parts,
         items=[str(p) for p in config.paths],
         shard_size=config.shard_size,
-        worker=WorkerSpec(EmbedWorker.load, (str(config.bundle), config.min_face, config.all_faces, config.face.value)),
+        worker=WorkerSpec(
+            EmbedWorker.load,
+            (str(config.bundle), config.min_face, config.all_faces, config.face.value, config.detector.value),
+        ),
         workers=config.workers,
         desc="embed",
         progress=config.progress,
