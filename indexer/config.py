@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from facesearch.errors import InvalidInputError
+from facesearch.vision.pipeline import DetectorMode
 from facesearch.vision.selection import MULTI_FACE_SETTINGS, Policy
 from indexer.plan import IndexOptions
 
@@ -38,6 +39,8 @@ class EmbedOptions:
     #: A photo with several faces: keep the "dominant" one (the largest, when clearly larger than the
     #: next; else reject), always the "largest", or "reject" the photo (facesearch.vision.selection).
     multi_face: str = Policy.DOMINANT.value
+    #: How faces are found: budget (the default) or cascade (facesearch.jobs.embed.detector_mode).
+    detector: DetectorMode = DetectorMode.BUDGET
 
     def __post_init__(self) -> None:
         if self.multi_face not in MULTI_FACE_SETTINGS:

@@ -31,10 +31,11 @@ import numpy as np
 
 from facesearch.bundle.manifest import ModelBundle
 from facesearch.errors import IndexBuildError
+from facesearch.jobs.embed import check_detector, pipeline_mode
 from facesearch.jobs.inputs import ImageRow
 from facesearch.jobs.runner import Executor, ShardJob, WorkerSpec, run_shards
 from facesearch.jobs.shards import fingerprint, open_workdir, read_shard, shard_ranges
-from facesearch.vision.pipeline import Face, FacePipeline, PipelineConfig
+from facesearch.vision.pipeline import DetectorMode, Face, FacePipeline, PipelineConfig
 from facesearch.vision.selection import (
     Policy,
     QualityGate,
@@ -72,7 +73,12 @@ class ShardEmbedder:
         self.options = options
         self.bundle = ModelBundle.load(bundle, verify=False)
         self.d = self.bundle.embedding_dim
-        config = PipelineConfig(min_face=options.min_face, threads=threads, keep_chips=options.keep_chips)
+        config = PipelineConfig(
+            min_face=options.min_face,
+            threads=threads,
+            keep_chips=options.keep_chips,
+            detector_mode=pipeline_mode(options.detector),
+        )
         self.pipeline = FacePipeline(self.bundle, config)
         self.policy = Policy(options.multi_face)
         self.gate = QualityGate(min_blur=options.min_blur)
@@ -133,6 +139,8 @@ def stage_fingerprint(rows: list[ImageRow], contract_id: str, options: EmbedOpti
         options.shard_size,
         policy_key(Policy(options.multi_face)),
     ]
+    if options.detector is not DetectorMode.BUDGET:  # the default keeps the fingerprint it always had
+        config.append(f"detector={options.detector.value}")
     return fingerprint(config, ([r.path, r.identity_id, r.name, r.metadata] for r in rows))
 
 
@@ -156,8 +164,10 @@ def run_stage(
             "min_blur": options.min_blur,
             "keep_chips": options.keep_chips,
             "multi_face": policy_key(Policy(options.multi_face)),
+            "detector": options.detector.value,
         },
     }
+    check_detector(ModelBundle.load(bundle, verify=False), options.detector, "--embed-options detector")
     open_workdir(work, stage_fingerprint(rows, contract_id, options), info, restart=restart)
     job = ShardJob(
         work=work,

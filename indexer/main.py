@@ -37,12 +37,13 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from facesearch.errors import ExitCode, FaceSearchError, InvalidInputError, Reason
+from facesearch.jobs.embed import detector_mode
 from facesearch.store.index_artifact import REJECTS_FILE, IndexManifest, read_manifest, resolve_version_dir
 from facesearch.store.store_marker import require_store
 from facesearch.vision.selection import is_failure
@@ -115,7 +116,8 @@ def _add_job_flags(p: argparse.ArgumentParser) -> None:
         "--embed-options",
         default="",
         metavar="K=V,...",
-        help="min_face, min_blur, shard_size, multi_face (dominant (default), largest or reject)",
+        help="min_face, min_blur, shard_size, multi_face (dominant (default), largest or reject), "
+        "detector (budget (default) or cascade)",
     )
     p.add_argument("--keep-versions", type=int, default=3, help="published versions kept for rollback")
     p.add_argument("--restart", action="store_true", help="discard an unfinished embedding stage instead of resuming")
@@ -198,7 +200,13 @@ def _embed_options(args: argparse.Namespace) -> EmbedOptions:
         "keep_chips": args.keep_chips,
         "workers": args.workers,
     }
-    types: dict[str, type] = {"min_face": int, "min_blur": float, "shard_size": int, "multi_face": str}
+    types: dict[str, Callable[[str], object]] = {
+        "min_face": int,
+        "min_blur": float,
+        "shard_size": int,
+        "multi_face": str,
+        "detector": lambda v: detector_mode(v, "--embed-options detector"),
+    }
     for item in filter(None, args.embed_options.split(",")):
         key, _, value = item.partition("=")
         key = key.strip().replace("-", "_")
