@@ -17,15 +17,17 @@ from tqdm import tqdm
 
 from facesearch.bundle.manifest import ModelBundle
 from facesearch.vision.decode import DecodeLimits, load_image
-from facesearch.vision.pipeline import FacePipeline, PipelineConfig, nearest_centre
+from facesearch.vision.pipeline import DetectorMode, FacePipeline, PipelineConfig, nearest_centre
 
 _pipe: FacePipeline | None = None
 KEYS = ("found", "embedding", "embedding_flip", "face_size", "blur", "det_score")
 
 
-def _init(bundle: str) -> None:
+def _init(bundle: str, detector: str | None = None) -> None:
     global _pipe  # noqa: PLW0603 - one pipeline per worker process
-    _pipe = FacePipeline(ModelBundle.load(bundle, verify=False), PipelineConfig(threads=1, keep_chips=True))
+    mode = DetectorMode(detector) if detector else None
+    config = PipelineConfig(threads=1, keep_chips=True, detector_mode=mode)
+    _pipe = FacePipeline(ModelBundle.load(bundle, verify=False), config)
 
 
 def _one(path: str) -> tuple[str, dict[str, object]]:
@@ -54,15 +56,20 @@ def _one(path: str) -> tuple[str, dict[str, object]]:
     }
 
 
-def face_cache(paths: list[Path], bundle: Path, cache: Path, workers: int = 2) -> dict[str, np.ndarray]:
-    """Embed ``paths`` once into ``cache`` (npz); later calls with the same paths read it back."""
+def face_cache(
+    paths: list[Path], bundle: Path, cache: Path, workers: int = 2, detector: str | None = None
+) -> dict[str, np.ndarray]:
+    """Embed ``paths`` once into ``cache`` (npz); later calls with the same paths read it back.
+
+    ``detector``: a :class:`DetectorMode` value (budget, cascade, exact); None = the pipeline's default.
+    """
     names = np.asarray([str(p) for p in paths])
     if cache.is_file():
         with np.load(cache) as data:
             if np.array_equal(data["paths"], names):
                 return {k: data[k] for k in data.files}
     rows: dict[str, dict[str, object]] = {}
-    with mp.get_context("spawn").Pool(workers, initializer=_init, initargs=(str(bundle),)) as pool:
+    with mp.get_context("spawn").Pool(workers, initializer=_init, initargs=(str(bundle), detector)) as pool:
         for path, row in tqdm(
             pool.imap_unordered(_one, names.tolist(), chunksize=8), total=len(names), desc="faces", dynamic_ncols=True
         ):
@@ -77,14 +84,18 @@ def face_cache(paths: list[Path], bundle: Path, cache: Path, workers: int = 2) -
 
 
 if __name__ == "__main__":
-    import sys
+    import argparse
 
     from bench.common import REPO, data_dir
 
-    tree = data_dir() / "lfw-dev" / "images"
-    result = face_cache(
-        sorted(tree.glob("*/*.jpg")),
-        REPO / ".facesearch" / "models" / "dlib",
-        Path(sys.argv[1]) if len(sys.argv) > 1 else Path("/tmp/open_set_faces.npz"),
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("cache", nargs="?", type=Path, default=Path("/tmp/open_set_faces.npz"))
+    parser.add_argument("--bundle", type=Path, default=REPO / ".facesearch" / "models" / "dlib")
+    parser.add_argument(
+        "--detector", choices=[m.value for m in DetectorMode], default=None, help="default: the pipeline's default"
     )
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    tree = data_dir() / "lfw-dev" / "images"
+    result = face_cache(sorted(tree.glob("*/*.jpg")), args.bundle, args.cache, args.workers, args.detector)
     print(f"{len(result['paths'])} photos, {int(result['found'].sum())} with a face")
