@@ -28,7 +28,10 @@ from __future__ import annotations
 from facesearch.jobs.embed import (
     EmbedConfig,
     EmbedWorker,
+    check_detector,
+    detector_mode,
     embed_paths,
+    pipeline_mode,
     run,
 )
 from facesearch.jobs.image_list import (
@@ -67,10 +70,13 @@ __all__ = [
     "ImageRow",
     "ShardJob",
     "WorkerSpec",
+    "check_detector",
+    "detector_mode",
     "done_path",
     "embed_paths",
     "fingerprint",
     "open_workdir",
+    "pipeline_mode",
     "process_shard",
     "read_image_list",
     "read_shard",
