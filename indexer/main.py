@@ -43,9 +43,9 @@ from pathlib import Path
 from typing import Any
 
 from facesearch.errors import ExitCode, FaceSearchError, InvalidInputError, Reason
-from facesearch.jobs.embed import detector_mode
 from facesearch.store.index_artifact import REJECTS_FILE, IndexManifest, read_manifest, resolve_version_dir
 from facesearch.store.store_marker import require_store
+from facesearch.vision.pipeline import detector_mode
 from facesearch.vision.selection import is_failure
 from indexer import (
     audit_commands,

@@ -131,7 +131,13 @@ from facesearch.bundle.location import default_bundle
 from facesearch.errors import InvalidInputError, Reason
 from facesearch.store.store_location import StoreKind, StoreLocation, parse_store
 from facesearch.vision.detection_plan import worst_work_bytes
-from facesearch.vision.pipeline import DEFAULT_DETECT_PIXELS, DEFAULT_DETECTOR_MODE, MIN_DETECT_PIXELS, DetectorMode
+from facesearch.vision.pipeline import (
+    DEFAULT_DETECT_PIXELS,
+    DEFAULT_DETECTOR_MODE,
+    MIN_DETECT_PIXELS,
+    DetectorMode,
+    detector_mode,
+)
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9464"
@@ -478,7 +484,7 @@ def load_config(args: argparse.Namespace | None = None, env: Mapping[str, str] |
         min_face=reader.as_int("FACESEARCH_MIN_FACE", 40),
         detect_pixels=reader.as_int_or_off("FACESEARCH_DETECT_PIXELS", DEFAULT_DETECT_PIXELS),
         max_detect_pixels=reader.as_int("FACESEARCH_MAX_DETECT_PIXELS", DEFAULT_MAX_DETECT_PIXELS),
-        detector=_detector(env.get("FACESEARCH_DETECTOR") or DEFAULT_DETECTOR_MODE),
+        detector=detector_mode(env.get("FACESEARCH_DETECTOR") or DEFAULT_DETECTOR_MODE, "FACESEARCH_DETECTOR"),
         work_memory=reader.as_size("FACESEARCH_WORK_MEMORY", DEFAULT_WORK_MEMORY),
         enroll_min_face_size=reader.as_float("FACESEARCH_ENROLL_MIN_FACE_SIZE", 50.0),
         enroll_min_blur=reader.as_float("FACESEARCH_ENROLL_MIN_BLUR", 25.0),
@@ -500,18 +506,6 @@ def load_config(args: argparse.Namespace | None = None, env: Mapping[str, str] |
         store_fence_s=reader.as_float("FACESEARCH_STORE_FENCE_S", 10.0),
         store_poll_s=reader.as_float("FACESEARCH_STORE_POLL_S", 1.0),
     )
-
-
-def _detector(value: str) -> DetectorMode:
-    """FACESEARCH_DETECTOR -> its mode. The rule of facesearch.jobs.embed.detector_mode (the CLI's and
-    the indexer's), restated: this module stays importable below the batch layer (import contracts)."""
-    choices = (DetectorMode.BUDGET.value, DetectorMode.CASCADE.value)
-    setting = value.strip().lower()
-    if setting not in choices:
-        raise InvalidInputError(
-            f"FACESEARCH_DETECTOR={value!r}: expected one of {', '.join(choices)}", reason=Reason.BAD_CONFIG
-        )
-    return DetectorMode(setting)
 
 
 def _default_replica_id(listen: str) -> str:

@@ -22,7 +22,7 @@ Modules (and the tests that cover them):
   ``tests/integration/test_pg_retention.py``, ``tests/integration/test_pg_servers.py``,
   ``tests/integration/test_pipeline_embed.py``, ``tests/integration/test_promotion.py``,
   ``tests/integration/test_server_cohort.py``, ``tests/integration/test_server_decisions.py``,
-  ``tests/integration/test_server_durability.py``,
+  ``tests/integration/test_server_detector.py``, ``tests/integration/test_server_durability.py``,
   ``tests/integration/test_server_enroll_idempotency.py``,
   ``tests/integration/test_server_erasure.py``, ``tests/integration/test_server_model_change.py``,
   ``tests/integration/test_server_rebuild.py``, ``tests/integration/test_server_rpcs.py``,

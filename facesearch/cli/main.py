@@ -94,8 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
-    from facesearch.jobs.embed import EmbedConfig, detector_mode, run  # noqa: PLC0415 - keep CLI start fast
+    from facesearch.jobs.embed import EmbedConfig, run  # noqa: PLC0415 - keep CLI start fast
     from facesearch.jobs.image_list import read_image_list  # noqa: PLC0415
+    from facesearch.vision.pipeline import detector_mode  # noqa: PLC0415
     from facesearch.vision.selection import Policy  # noqa: PLC0415
 
     paths = tuple(read_image_list(args.source))

@@ -39,24 +39,18 @@ from facesearch.jobs.runner import ShardJob, WorkerSpec, run_shards
 from facesearch.jobs.shards import fingerprint, open_workdir, read_shard
 from facesearch.util.fs import atomic_path
 from facesearch.vision.decode import DecodeLimits, load_image
-from facesearch.vision.pipeline import DEFAULT_DETECTOR_MODE, DetectorMode, Face, FacePipeline, PipelineConfig
+from facesearch.vision.pipeline import (
+    DEFAULT_DETECTOR_MODE,
+    DetectorMode,
+    Face,
+    FacePipeline,
+    PipelineConfig,
+)
 from facesearch.vision.selection import Policy, Rejection, choose_face, policy_key, rejection_for_error
 
 #: The shard arrays, one row per face (or per image without one); also the output's row columns.
 COLUMNS = ("image_index", "embeddings", "found", "boxes", "scores", "errors")
 _BATCH = 8  # images whose faces are embedded in one batch
-#: The detector modes a command may choose (EXACT, dlib's parity scan, is not a setting of its own).
-DETECTOR_CHOICES = (DetectorMode.BUDGET.value, DetectorMode.CASCADE.value)
-
-
-def detector_mode(value: str, what: str) -> DetectorMode:
-    """A detector setting (``what`` names it in the error: a variable, a flag, an option) -> its mode."""
-    setting = value.strip().lower()
-    if setting not in DETECTOR_CHOICES:
-        raise InvalidInputError(
-            f"{what}={value!r}: expected one of {', '.join(DETECTOR_CHOICES)}", reason=Reason.BAD_CONFIG
-        )
-    return DetectorMode(setting)
 
 
 def check_detector(bundle: ModelBundle, mode: DetectorMode, what: str) -> None:

@@ -14,23 +14,23 @@ Modules (and the tests that cover them):
   ``tests/integration/test_cascade.py``, ``tests/integration/test_checkpoint_export.py``,
   ``tests/integration/test_detect_budget.py``, ``tests/integration/test_exposure_pipeline.py``,
   ``tests/integration/test_flip_average.py``, ``tests/integration/test_indexer_images.py``,
-  ``tests/integration/test_pipeline_embed.py``, ``tests/integration/test_server_large_photos.py``,
-  ``tests/integration/test_training_export.py``, ``tests/unit/test_decode.py``,
-  ``tests/unit/test_decode_fuzz.py``, ``tests/unit/test_decode_reduced.py``,
-  ``tests/unit/test_exposure.py``.
+  ``tests/integration/test_pipeline_embed.py``, ``tests/integration/test_server_detector.py``,
+  ``tests/integration/test_server_large_photos.py``, ``tests/integration/test_training_export.py``,
+  ``tests/unit/test_decode.py``, ``tests/unit/test_decode_fuzz.py``,
+  ``tests/unit/test_decode_reduced.py``, ``tests/unit/test_exposure.py``.
 - ``detection_plan``: How much of a photo the face detector scans: a budget in pyramid pixels, and
   what it buys. Tests: ``tests/integration/test_server_large_photos.py``,
   ``tests/unit/test_detection_plan.py``.
 - ``detector``: Face detection with dlib's MMOD CNN detector, exported to ONNX, run by onnxruntime.
   Tests: ``tests/integration/test_cascade.py``, ``tests/integration/test_detect_budget.py``,
   ``tests/integration/test_detector_int8.py``, ``tests/integration/test_parity_detector.py``,
-  ``tests/unit/test_detector.py``.
+  ``tests/integration/test_server_detector.py``, ``tests/unit/test_detector.py``.
 - ``embedder``: The face embedder: aligned 150x150 RGB chips -> 128-d descriptors, via onnxruntime.
   Tests: ``tests/integration/test_flip_average.py``, ``tests/integration/test_parity_embedder.py``.
 - ``exposure``: Overexposed photos (a flash, a backlight): measuring it, and a darker copy to detect
   faces in. Tests: ``tests/integration/test_exposure_pipeline.py``, ``tests/unit/test_exposure.py``.
-- ``image_limits``: Size limits a photo must meet before its pixels are decoded. Tests: through its
-  callers.
+- ``image_limits``: Size limits a photo must meet before its pixels are decoded. Tests:
+  ``tests/integration/test_server_detector.py``.
 - ``landmarks``: Five-point face landmarks, computed exactly as dlib's ``shape_predictor`` does.
   Tests: ``tests/integration/test_parity_landmarks_chips.py``,
   ``tests/unit/test_landmarks_align.py``.
@@ -42,9 +42,10 @@ Modules (and the tests that cover them):
   Tests: ``tests/integration/test_cascade.py``, ``tests/integration/test_checkpoint_export.py``,
   ``tests/integration/test_detect_budget.py``, ``tests/integration/test_exposure_pipeline.py``,
   ``tests/integration/test_flip_average.py``, ``tests/integration/test_indexer_images.py``,
-  ``tests/integration/test_pipeline_embed.py``, ``tests/integration/test_training_export.py``,
-  ``tests/unit/test_detection_plan.py``, ``tests/unit/test_exposure.py``,
-  ``tests/unit/test_jobs_runner.py``, ``tests/unit/test_proposals.py``.
+  ``tests/integration/test_pipeline_embed.py``, ``tests/integration/test_server_detector.py``,
+  ``tests/integration/test_training_export.py``, ``tests/unit/test_detection_plan.py``,
+  ``tests/unit/test_exposure.py``, ``tests/unit/test_jobs_runner.py``,
+  ``tests/unit/test_proposals.py``.
 - ``proposals``: Face proposals: where a photo's faces probably are, from a much cheaper network
   than MMOD. Tests: ``tests/unit/test_proposals.py``.
 - ``pyramid``: dlib's image pyramids, reproduced bit for bit in numpy. Tests:
@@ -110,11 +111,13 @@ from facesearch.vision.pipeline import (
     CASCADE_CROP_PX,
     CASCADE_FACE_PX,
     DEFAULT_DETECT_PIXELS,
+    DEFAULT_DETECTOR_MODE,
     MIN_DETECT_PIXELS,
     DetectorMode,
     Face,
     FacePipeline,
     PipelineConfig,
+    detector_mode,
     nearest_centre,
     scan_copy,
 )
@@ -153,6 +156,7 @@ from facesearch.vision.selection import (
 __all__ = [
     "CASCADE_CROP_PX",
     "CASCADE_FACE_PX",
+    "DEFAULT_DETECTOR_MODE",
     "DEFAULT_DETECT_PIXELS",
     "DEFAULT_LIMITS",
     "DOMINANCE_RATIO",
@@ -185,6 +189,7 @@ __all__ = [
     "create_session",
     "decode_image",
     "default_threads",
+    "detector_mode",
     "dominance",
     "extract_chip",
     "face_chip",

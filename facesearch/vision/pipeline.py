@@ -86,6 +86,22 @@ class DetectorMode(StrEnum):
     CASCADE = "cascade"
 
 
+#: The detector modes a setting may choose (EXACT, dlib's parity scan, is not a setting of its own:
+#: it is the mode without a detection budget).
+DETECTOR_CHOICES = (DetectorMode.BUDGET.value, DetectorMode.CASCADE.value)
+
+
+def detector_mode(value: str, what: str) -> DetectorMode:
+    """A detector setting (``what`` names it in the error: a variable, a flag, an option) -> its mode;
+    the one rule of ``FACESEARCH_DETECTOR``, ``facesearch embed --detector`` and ``--embed-options``."""
+    setting = value.strip().lower()
+    if setting not in DETECTOR_CHOICES:
+        raise InvalidInputError(
+            f"{what}={value!r}: expected one of {', '.join(DETECTOR_CHOICES)}", reason=Reason.BAD_CONFIG
+        )
+    return DetectorMode(setting)
+
+
 def _heap_trimmer() -> Callable[[], object] | None:
     """glibc's ``malloc_trim(0)``, or None where the C library has none (musl, macOS)."""
     name = ctypes.util.find_library("c")
