@@ -25,7 +25,7 @@ from server.auth_scopes import METHOD_SCOPES
 from server.principal import Scope, parse_scopes
 from server.reflection import v1_service_descriptor
 from tests.integration.server_fixtures import *  # noqa: F403
-from tests.integration.server_fixtures import ServerProcess, start_server
+from tests.integration.server_fixtures import ServerProcess, start_server, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -135,12 +135,26 @@ def test_the_access_log_names_the_principal(matrix_server: ServerProcess) -> Non
     with grpc.insecure_channel(matrix_server.target) as channel:
         assert _call(channel, stats, "read")[0] == grpc.StatusCode.OK
         assert _call(channel, stats, "identify")[0] == grpc.StatusCode.PERMISSION_DENIED
+
+    def refused_lines() -> list[str]:
+        return [
+            line
+            for line in matrix_server.log().splitlines()
+            if '"principal":"identify-token"' in line and "GetStats" in line
+        ]
+
+    # the access log's line is written once the reply has gone: wait for it, as a reader of the log would
+    wait_until(
+        lambda: bool(refused_lines()) and '"principal":"read-token"' in matrix_server.log(),
+        timeout=30,
+        what="both GetStats calls in the access log",
+    )
     log = matrix_server.log()
     assert '"method":"/facesearch.v1.FaceSearch/GetStats","code":"OK"' in log
     assert '"principal":"read-token"' in log
     # a caller refused for want of a scope is named too
     assert '"code":"PERMISSION_DENIED","ms":' in log and '"principal":"identify-token"' in log
-    refused = [line for line in log.splitlines() if '"principal":"identify-token"' in line and "GetStats" in line]
+    refused = refused_lines()
     assert refused and all('"reason":"SCOPE_REQUIRED"' in line for line in refused)
     assert "matrix-read-secret" not in log  # secrets never reach the log
     assert "DEPRECATED" in log and "plain token" in log  # the legacy line was loaded with a warning
