@@ -39,6 +39,7 @@ import logging
 import math
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -297,12 +298,15 @@ def run_remove(config: RemoveConfig, url: str) -> Removed:
             raise NotFoundError(f"the store {status.store} holds nothing yet", reason=Reason.IDENTITY_NOT_FOUND)
         base_dir = resolve_version_dir(root) if current_version(root) else None
         removed, missing, faces, last = [], [], 0, 0
+        version_faces = _version_faces(base_dir, config.identities)
         with PgStore.open(url, contract_id=status.contract_id, d=status.d) as store:
             for identity_id in config.identities:
-                known = _version_faces(base_dir, identity_id)
                 try:
                     gone = store.delete_identity(
-                        identity_id, known_faces=known, principal=os_principal(), via="facesearch-index remove"
+                        identity_id,
+                        known_faces=version_faces.get(identity_id, []),
+                        principal=os_principal(),
+                        via="facesearch-index remove",
                     )
                 except NotFoundError:
                     missing.append(identity_id)
@@ -330,9 +334,13 @@ def run_remove(config: RemoveConfig, url: str) -> Removed:
     return Removed(result, tuple(removed), tuple(missing), faces, last)
 
 
-def _version_faces(base_dir: Path | None, identity_id: str) -> list[ErasedFace]:
-    """The faces of ``identity_id`` in the current version (the store's tombstones must cover them)."""
+def _version_faces(base_dir: Path | None, identity_ids: Sequence[str]) -> dict[str, list[ErasedFace]]:
+    """The faces of each of ``identity_ids`` in the current version (the store's tombstones must cover
+    them), read in one pass."""
+    found: dict[str, list[ErasedFace]] = {}
     if base_dir is None:
-        return []
+        return found
     with IdentityStore.open(base_dir / STORE_FILE, readonly=True) as store:
-        return [ErasedFace(f.vector_id, f.source) for f in store.faces_of_identities([identity_id])]
+        for f in store.faces_of_identities(list(identity_ids)):
+            found.setdefault(f.identity_id, []).append(ErasedFace(f.vector_id, f.source))
+    return found
