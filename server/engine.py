@@ -133,7 +133,7 @@ class FaceEngine:
             scan = scan_copy(decode_image(data, self.limits, reduce_to=(plan.scan_width, plan.scan_height)), plan)
             t1 = time.perf_counter()
             deadline.check("detect")
-            detections = self._detect_reduced(scan, plan, deadline)
+            detections = self.pipeline.detect_reduced(scan, plan, deadline)
             del scan
             t2 = time.perf_counter()
             rgb = decode_image(data, self.limits) if detections else None
@@ -149,19 +149,6 @@ class FaceEngine:
         detections = self.pipeline.detect(rgb, plan, deadline)
         self.observe("detect", time.perf_counter() - t1)
         return rgb, detections, plan
-
-    def _detect_reduced(self, scan: np.ndarray, plan: DetectionPlan, deadline: Deadline) -> list[Detection]:
-        """Faces in a reduced decode (the plan's scan size), boxes in the photo's pixels: what
-        :meth:`FacePipeline.detect` gives the full photo. With the cascade on, its proposals are
-        searched in the reduced pixels down to the same smallest face (in photo pixels) as on a full
-        decode, and confirmed there; a photo with no confirmed proposal gets the budget scan."""
-        if self.pipeline.proposer is not None:
-            sx, sy = plan.width / plan.scan_width, plan.height / plan.scan_height
-            min_face = min(float(self.pipeline.config.min_face), plan.min_face) / max(sx, sy)
-            found = self.pipeline.detect_cascade(scan, min_face, deadline)
-            if found:
-                return [Detection((d.box[0] * sx, d.box[1] * sy, d.box[2] * sx, d.box[3] * sy), d.score) for d in found]
-        return self.pipeline.detect_scan(scan, plan, deadline)
 
     def prepare(
         self, data: bytes, deadline: Deadline, largest_only: bool, survey: PhotoSurvey | None = None

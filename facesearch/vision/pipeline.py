@@ -322,8 +322,21 @@ class FacePipeline:
             ),
         )  # a scaled copy is no dlib scan: its pyramid is built the fast way
         _after_scan(plan)
-        sx, sy = plan.width / plan.scan_width, plan.height / plan.scan_height
-        return [Detection((d.box[0] * sx, d.box[1] * sy, d.box[2] * sx, d.box[3] * sy), d.score) for d in found]
+        return _scan_to_photo(found, plan)
+
+    def detect_reduced(
+        self, scan: np.ndarray, plan: DetectionPlan, cancel: Checkpoint | None = None
+    ) -> list[Detection]:
+        """What :meth:`detect` gives the full photo, from a scaled plan's copy only (a reduced decode):
+        with the cascade on, its proposals are searched in the copy down to the same smallest face (in
+        photo pixels) as on the full photo and confirmed there; a copy with no confirmed proposal gets
+        :meth:`detect_scan`. Boxes in the photo's pixels."""
+        if self.proposer is not None:
+            scale = max(plan.width / plan.scan_width, plan.height / plan.scan_height)
+            found = self.detect_cascade(scan, min(float(self.config.min_face), plan.min_face) / scale, cancel)
+            if found:
+                return _scan_to_photo(found, plan)
+        return self.detect_scan(scan, plan, cancel)
 
     def align(
         self, image: np.ndarray, boxes: Sequence[Box], cancel: Checkpoint | None = None
@@ -421,6 +434,12 @@ def _proposal_crop(
     # the pasted region spans photo [l0, r0) onto crop [dx0, dx0 + dw): its own scale per axis
     fx, fy = dw / (r0 - l0), dh / (b0 - t0)
     return crop, (fx, fy, l0 - dx0 / fx, t0 - dy0 / fy)
+
+
+def _scan_to_photo(found: list[Detection], plan: DetectionPlan) -> list[Detection]:
+    """Detections in a scaled plan's copy, boxes mapped back to the photo's pixels."""
+    sx, sy = plan.width / plan.scan_width, plan.height / plan.scan_height
+    return [Detection((d.box[0] * sx, d.box[1] * sy, d.box[2] * sx, d.box[3] * sy), d.score) for d in found]
 
 
 def _after_scan(plan: DetectionPlan) -> None:
