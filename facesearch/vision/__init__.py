@@ -15,9 +15,9 @@ Modules (and the tests that cover them):
   ``tests/integration/test_detect_budget.py``, ``tests/integration/test_exposure_pipeline.py``,
   ``tests/integration/test_flip_average.py``, ``tests/integration/test_indexer_images.py``,
   ``tests/integration/test_pipeline_embed.py``, ``tests/integration/test_server_detector.py``,
-  ``tests/integration/test_server_large_photos.py``, ``tests/integration/test_training_export.py``,
-  ``tests/unit/test_decode.py``, ``tests/unit/test_decode_fuzz.py``,
-  ``tests/unit/test_decode_reduced.py``, ``tests/unit/test_exposure.py``.
+  ``tests/integration/test_training_export.py``, ``tests/unit/test_decode.py``,
+  ``tests/unit/test_decode_fuzz.py``, ``tests/unit/test_decode_reduced.py``,
+  ``tests/unit/test_exposure.py``.
 - ``detection_plan``: How much of a photo the face detector scans: a budget in pyramid pixels, and
   what it buys. Tests: ``tests/integration/test_server_large_photos.py``,
   ``tests/unit/test_detection_plan.py``.

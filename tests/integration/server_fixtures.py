@@ -14,6 +14,7 @@ Import the fixtures into a test module with ``from tests.integration.server_fixt
 
 from __future__ import annotations
 
+import io
 import os
 import queue
 import shutil
@@ -25,11 +26,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
+from PIL import Image
 
 from facesearch.client.service_client import FaceSearchClient
 from facesearch.errors import FaceSearchError
+from facesearch.vision.decode import load_image
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -183,6 +187,22 @@ def _health_or_down(c: FaceSearchClient) -> str:
         return c.health()
     except FaceSearchError:
         return "DOWN"
+
+
+#: A 12 MP phone photo (:func:`phone_photo_jpeg`): its size and where its three faces go.
+PHONE_SIZE = (4032, 3024)
+PHONE_PLACES = [(250, 400, 1000), (1600, 250, 1000), (2800, 1500, 1000)]  # (x, y, side): LFW faces ~400 px
+
+
+def phone_photo_jpeg(people: dict[str, list[Path]]) -> bytes:
+    """A 12 MP JPEG: the 5th photo of each of the first three people, enlarged, at PHONE_PLACES."""
+
+    canvas = np.full((PHONE_SIZE[1], PHONE_SIZE[0], 3), 118, np.uint8)
+    for name, (x, y, s) in zip(list(people)[:3], PHONE_PLACES, strict=True):
+        canvas[y : y + s, x : x + s] = cv2.resize(load_image(people[name][4]), (s, s), interpolation=cv2.INTER_CUBIC)
+    buf = io.BytesIO()
+    Image.fromarray(canvas).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
 
 
 def wait_until(predicate: object, timeout: float = 30.0, interval: float = 0.1, what: str = "condition") -> None:

@@ -7,15 +7,12 @@ at start; ``facesearch embed --detector cascade`` and ``--embed-options detector
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import shutil
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
-from PIL import Image
 
 from facesearch.bundle.manifest import ModelBundle
 from facesearch.cli.main import main as facesearch_main
@@ -27,13 +24,11 @@ from facesearch.vision.pipeline import DetectorMode, FacePipeline, PipelineConfi
 from indexer.main import _embed_options
 from server.engine import REDUCED_DECODE_SCALE
 from tests.integration.server_fixtures import *  # noqa: F403
-from tests.integration.server_fixtures import ServerProcess, start_server
+from tests.integration.server_fixtures import PHONE_PLACES, PHONE_SIZE, ServerProcess, phone_photo_jpeg, start_server
 
 pytestmark = pytest.mark.slow
 
 MIN_FACE, BUDGET, MAX_BUDGET, MAX_IMAGE = 80, 1_200_000, 2_500_000, 13_000_000
-SIZE = (4032, 3024)
-PLACES = [(250, 400, 1000), (1600, 250, 1000), (2800, 1500, 1000)]  # (x, y, side): LFW faces ~400 px
 SERVER_ENV = {
     "FACESEARCH_DETECTOR": "cascade",
     "FACESEARCH_MIN_FACE": str(MIN_FACE),
@@ -54,13 +49,7 @@ def server(server_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Ser
 
 @pytest.fixture(scope="module")
 def phone_photo(people: dict[str, list[Path]]) -> bytes:
-    """A 12 MP JPEG: the 5th photo of each of the first three people, enlarged, at PLACES."""
-    canvas = np.full((SIZE[1], SIZE[0], 3), 118, np.uint8)
-    for name, (x, y, s) in zip(list(people)[:3], PLACES, strict=True):
-        canvas[y : y + s, x : x + s] = cv2.resize(load_image(people[name][4]), (s, s), interpolation=cv2.INTER_CUBIC)
-    buf = io.BytesIO()
-    Image.fromarray(canvas).save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
+    return phone_photo_jpeg(people)
 
 
 def _reduced_detections(bundle: Path, data: bytes, mode: DetectorMode) -> list[Detection]:
@@ -98,8 +87,8 @@ def test_a_cascade_server_identifies_enrolled_people_in_small_and_large_photos(
         assert small.faces and small.faces[0].match is not None
         assert small.faces[0].match.identity_id == names[0]
         result = client.identify(phone_photo)
-    assert (result.width, result.height) == SIZE and len(result.faces) == 3
-    for name, (x, y, s) in zip(names, PLACES, strict=True):
+    assert (result.width, result.height) == PHONE_SIZE and len(result.faces) == 3
+    for name, (x, y, s) in zip(names, PHONE_PLACES, strict=True):
         face = min(result.faces, key=lambda f: abs((f.box[0] + f.box[2]) / 2 - x - s / 2) + abs(f.box[1] - y - s / 4))
         cx, cy = (face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2
         assert abs(cx - x - s / 2) < s / 5 and abs(cy - y - s / 2) < s / 5  # boxes in the photo's own pixels

@@ -6,29 +6,22 @@ refused by cost (RESOURCE_EXHAUSTED, WORK_MEMORY_FULL), never run out of memory.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
-from PIL import Image
 
 from facesearch.cli import client_commands
 from facesearch.client.service_client import FaceSearchClient
 from facesearch.errors import FaceSearchError, InvalidInputError, ResourceExhaustedError
-from facesearch.vision.decode import load_image
 from facesearch.vision.detection_plan import worst_work_bytes
 from tests.integration.server_fixtures import *  # noqa: F403
-from tests.integration.server_fixtures import ServerProcess, start_server
+from tests.integration.server_fixtures import PHONE_PLACES, PHONE_SIZE, ServerProcess, phone_photo_jpeg, start_server
 
 pytestmark = pytest.mark.slow
 
 BUDGET, MAX_BUDGET, MAX_IMAGE = 1_200_000, 2_500_000, 13_000_000
-SIZE = (4032, 3024)
-PLACES = [(250, 400, 1000), (1600, 250, 1000), (2800, 1500, 1000)]  # (x, y, side): LFW faces ~400 px
 
 
 @pytest.fixture(scope="module")
@@ -55,13 +48,7 @@ def client(server: ServerProcess) -> FaceSearchClient:
 
 @pytest.fixture(scope="module")
 def phone_photo(people: dict[str, list[Path]]) -> bytes:
-    """A 12 MP JPEG: the 5th photo of each of the first three people, enlarged, at PLACES."""
-    canvas = np.full((SIZE[1], SIZE[0], 3), 118, np.uint8)
-    for name, (x, y, s) in zip(list(people)[:3], PLACES, strict=True):
-        canvas[y : y + s, x : x + s] = cv2.resize(load_image(people[name][4]), (s, s), interpolation=cv2.INTER_CUBIC)
-    buf = io.BytesIO()
-    Image.fromarray(canvas).save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
+    return phone_photo_jpeg(people)
 
 
 def test_a_12_mp_photo_is_accepted_its_faces_found_and_identified(
@@ -71,12 +58,12 @@ def test_a_12_mp_photo_is_accepted_its_faces_found_and_identified(
     for name in names[:2]:
         assert client.enroll(name, people[name][:2], use_largest_face=True).face_ids
     result = client.identify(phone_photo)
-    assert (result.width, result.height) == SIZE
+    assert (result.width, result.height) == PHONE_SIZE
     scope = result.detection
     assert scope is not None and scope.limited and scope.scanned_pixels <= BUDGET
     assert 200 < scope.min_face_px < 320  # 80 px window / sqrt(1.2 MP / 12.2 MP)
     assert len(result.faces) == 3
-    for name, (x, y, s) in zip(names, PLACES, strict=True):
+    for name, (x, y, s) in zip(names, PHONE_PLACES, strict=True):
         face = min(result.faces, key=lambda f: abs((f.box[0] + f.box[2]) / 2 - x - s / 2) + abs(f.box[1] - y - s / 4))
         cx, cy = (face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2
         assert abs(cx - x - s / 2) < s / 5 and abs(cy - y - s / 2) < s / 5  # boxes in the photo's own pixels
